@@ -1,0 +1,300 @@
+//! The event loop of `portdistrict-dataplane`: one thread that owns the protocol
+//! [`Device`] and every fd, and joins them.
+//!
+//! Each turn: `poll(2)` over the TUN fd, the UDP sockets, the rtnetlink monitor, the
+//! UAPI eventfd and the signalfd (timeout: the next timer tick) -> TUN packets to
+//! [`Device::handle_tun_packet`] -> datagrams to [`Device::handle_datagram`] -> link
+//! events (MTU) -> UAPI calls (`get`, `set`, `stats`) -> timers
+//! ([`Device::handle_timeout`]). Reads are bounded per turn so no source starves
+//! the others. The loop ends when the interface is deleted (the TUN fd reports
+//! `EBADFD`) or on SIGTERM/SIGINT.
+
+use crate::io::{poll_fds, EventFd, LinkEvent, LinkMonitor, PollFd, SourceAddr, Tun, UdpSockets};
+use crate::signals::TermSignals;
+use crate::uapi_server::{Call, Pending};
+use portdistrict_wg::device::{Device, Io, SendOutcome, MAX_PACKET};
+use portdistrict_wg::peer::{Endpoint, LocalAddr};
+use portdistrict_wg::uapi::{self, Request, SetRequest};
+use std::net::IpAddr;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Packets read from one source per loop turn before looking at the others.
+const BATCH: usize = 128;
+/// Timers are checked at least this often (their granularity).
+const TICK: Duration = Duration::from_millis(100);
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The TUN interface was deleted.
+    InterfaceDeleted,
+    /// SIGTERM or SIGINT.
+    Signal,
+}
+
+/// The operating-system half handed to the protocol for its outputs.
+struct OsIo<'a> {
+    tun: &'a Tun,
+    udp: Option<&'a UdpSockets>,
+}
+
+fn to_source(local: Option<LocalAddr>) -> SourceAddr {
+    match local {
+        Some(LocalAddr { ip: IpAddr::V4(addr), ifindex }) => SourceAddr::V4 { addr, ifindex },
+        Some(LocalAddr { ip: IpAddr::V6(addr), ifindex }) => SourceAddr::V6 { addr, ifindex },
+        None => SourceAddr::None,
+    }
+}
+
+fn from_source(src: SourceAddr) -> Option<LocalAddr> {
+    match src {
+        SourceAddr::V4 { addr, ifindex } => Some(LocalAddr { ip: IpAddr::V4(addr), ifindex }),
+        SourceAddr::V6 { addr, ifindex } => Some(LocalAddr { ip: IpAddr::V6(addr), ifindex }),
+        SourceAddr::None => None,
+    }
+}
+
+impl Io for OsIo<'_> {
+    fn send_udp(&mut self, to: &Endpoint, datagram: &[u8]) -> SendOutcome {
+        let Some(udp) = self.udp else { return SendOutcome::Failed };
+        let mut src = to_source(to.local);
+        let had_source = src != SourceAddr::None;
+        match udp.send(datagram, to.addr, &mut src) {
+            Ok(()) if had_source && src == SourceAddr::None => SendOutcome::SentWithoutSource,
+            Ok(()) => SendOutcome::Sent,
+            Err(_) => SendOutcome::Failed,
+        }
+    }
+
+    fn write_tun(&mut self, packet: &[u8]) {
+        // A full TUN queue drops, like any NIC; the kernel counts it.
+        let _ = self.tun.write(packet);
+    }
+}
+
+/// Everything the loop owns.
+pub struct Driver {
+    device: Device,
+    tun: Tun,
+    udp: Option<UdpSockets>,
+    listen_port: u16,
+    fwmark: u32,
+    link: LinkMonitor,
+    signals: TermSignals,
+    wake: Arc<EventFd>,
+    calls: mpsc::Receiver<Pending>,
+    buf: Box<[u8]>,
+    events: Vec<LinkEvent>,
+}
+
+impl Driver {
+    /// Builds the loop; binds the UDP sockets to a random port as wireguard-go does.
+    pub fn new(
+        device: Device,
+        tun: Tun,
+        link: LinkMonitor,
+        signals: TermSignals,
+        wake: Arc<EventFd>,
+        calls: mpsc::Receiver<Pending>,
+    ) -> anyhow::Result<Self> {
+        let udp = UdpSockets::bind(0, 0)?;
+        log::info!("{}: listening on UDP port {}", tun.name(), udp.port());
+        Ok(Self {
+            device,
+            tun,
+            udp: Some(udp),
+            listen_port: 0,
+            fwmark: 0,
+            link,
+            signals,
+            wake,
+            calls,
+            buf: vec![0u8; MAX_PACKET + 64].into_boxed_slice(),
+            events: Vec::new(),
+        })
+    }
+
+    /// Runs until the interface is deleted or a termination signal arrives.
+    pub fn run(&mut self) -> anyhow::Result<Exit> {
+        let mut next_tick = Instant::now();
+        loop {
+            let (tun_ready, udp_ready, link_ready, wake_ready, sig_ready) = self.wait(next_tick)?;
+            let now = Instant::now();
+            if sig_ready && self.signals.pending() {
+                return Ok(Exit::Signal);
+            }
+            if tun_ready && self.read_tun(now)? {
+                return Ok(Exit::InterfaceDeleted);
+            }
+            for fd_index in 0..2 {
+                if udp_ready[fd_index] {
+                    self.read_udp(now, fd_index);
+                }
+            }
+            if link_ready {
+                self.link_events();
+            }
+            if wake_ready {
+                let _ = self.wake.drain();
+                self.serve_calls(now);
+            }
+            if now >= next_tick {
+                let mut io = OsIo { tun: &self.tun, udp: self.udp.as_ref() };
+                self.device.handle_timeout(now, &mut io);
+                next_tick = now + TICK;
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn wait(&self, next_tick: Instant) -> anyhow::Result<(bool, [bool; 2], bool, bool, bool)> {
+        use std::os::fd::AsFd;
+        let udp_fds = self.udp.as_ref().map(|u| [u.v4_fd(), u.v6_fd()]).unwrap_or([None, None]);
+        let mut fds = vec![
+            PollFd::readable(self.tun.as_fd()),
+            PollFd::readable(self.link.fd()),
+            PollFd::readable(self.wake.fd()),
+            PollFd::readable(self.signals.fd()),
+        ];
+        let mut udp_slot = [None, None];
+        for (i, fd) in udp_fds.iter().enumerate() {
+            if let Some(fd) = fd {
+                udp_slot[i] = Some(fds.len());
+                fds.push(PollFd::readable(*fd));
+            }
+        }
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        poll_fds(&mut fds, Some(timeout))?;
+        let r = |i: usize| fds[i].revents().any();
+        let udp = [udp_slot[0].is_some_and(r), udp_slot[1].is_some_and(r)];
+        Ok((r(0), udp, r(1), r(2), r(3)))
+    }
+
+    /// Reads TUN packets; returns true when the interface is gone.
+    fn read_tun(&mut self, now: Instant) -> anyhow::Result<bool> {
+        for _ in 0..BATCH {
+            match self.tun.read(&mut self.buf) {
+                Ok(n) => {
+                    let mut io = OsIo { tun: &self.tun, udp: self.udp.as_ref() };
+                    self.device.handle_tun_packet(now, &self.buf[..n], &mut io);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if Tun::is_gone(&e) => return Ok(true),
+                Err(e) => {
+                    log::error!("{}: reading the TUN device failed: {e}", self.tun.name());
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn read_udp(&mut self, now: Instant, which: usize) {
+        let Some(udp) = self.udp.as_ref() else { return };
+        let fd = if which == 0 { udp.v4_fd() } else { udp.v6_fd() };
+        let Some(fd) = fd else { return };
+        for _ in 0..BATCH {
+            match udp.recv(fd, &mut self.buf) {
+                Ok(Some(r)) => {
+                    let mut io = OsIo { tun: &self.tun, udp: Some(udp) };
+                    let local = from_source(r.local);
+                    self.device.handle_datagram(now, r.from, local, &mut self.buf[..r.len], &mut io);
+                }
+                Ok(None) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("UDP receive error: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn link_events(&mut self) {
+        self.events.clear();
+        if let Err(e) = self.link.drain(&mut self.events) {
+            log::warn!("link monitor: {e}");
+        }
+        for ev in &self.events {
+            match ev {
+                LinkEvent::Mtu(m) => {
+                    log::info!("{}: MTU is now {m}", self.tun.name());
+                    self.device.set_mtu(*m as usize);
+                }
+                LinkEvent::Deleted => {
+                    log::info!("{}: left this network namespace (moved or deleted)", self.tun.name())
+                }
+                LinkEvent::Up | LinkEvent::Down => {}
+            }
+        }
+    }
+
+    fn serve_calls(&mut self, now: Instant) {
+        while let Ok(p) = self.calls.try_recv() {
+            let mut out = String::new();
+            match p.call {
+                Call::Uapi(Request::Get) => {
+                    let port = self.udp.as_ref().map_or(self.listen_port, UdpSockets::port);
+                    uapi::format_get(&mut out, &self.device.snapshot(port, self.fwmark));
+                }
+                Call::Uapi(Request::Set(req)) => {
+                    let errno = match self.apply_set(now, &req) {
+                        Ok(()) => 0,
+                        Err(errno) => errno,
+                    };
+                    uapi::format_errno(&mut out, errno);
+                }
+                Call::Stats => {
+                    for (k, v) in self.device.stats.iter() {
+                        out.push_str(&format!("{k}={v}\n"));
+                    }
+                    if let Some(u) = &self.udp {
+                        out.push_str(&format!("rx_truncated={}\n", u.truncated()));
+                    }
+                    uapi::format_errno(&mut out, 0);
+                }
+            }
+            let _ = p.reply.send(out);
+        }
+    }
+
+    /// Applies a `set`: the fallible socket changes first, so that a refused request
+    /// changes nothing; then the device part, which cannot fail.
+    fn apply_set(&mut self, now: Instant, req: &SetRequest) -> Result<(), i32> {
+        let fwmark = req.fwmark.unwrap_or(self.fwmark);
+        let current_port = self.udp.as_ref().map(UdpSockets::port);
+        let new_udp = match req.listen_port {
+            Some(p) if Some(p) != current_port || p == 0 && current_port.is_none() => {
+                match UdpSockets::bind(p, fwmark) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        log::warn!("{}: listen port {p}: {e}", self.tun.name());
+                        return Err(-libc::EADDRINUSE);
+                    }
+                }
+            }
+            _ => None,
+        };
+        if new_udp.is_none() && req.fwmark.is_some() {
+            if let Some(u) = &self.udp {
+                if let Err(e) = u.set_fwmark(fwmark) {
+                    log::warn!("{}: fwmark {fwmark}: {e}", self.tun.name());
+                    return Err(-libc::EIO);
+                }
+            }
+        }
+        if let Some(u) = new_udp {
+            log::info!("{}: listening on UDP port {}", self.tun.name(), u.port());
+            self.udp = Some(u);
+        }
+        if let Some(p) = req.listen_port {
+            self.listen_port = p;
+        }
+        self.fwmark = fwmark;
+        let mut io = OsIo { tun: &self.tun, udp: self.udp.as_ref() };
+        self.device.apply(now, req, &mut io);
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! portdistrict's packet engine: `portdistrict-dataplane IFNAME`.
+//!
+//! The protocol lives in the sans-IO crate `portdistrict-wg`; this crate adds the
+//! operating-system side and the small loop that joins the two:
+//!
+//! - [`io`]: the TUN device, the UDP sockets (IPv4 and IPv6, sticky source address,
+//!   fwmark), and the rtnetlink link monitor (MTU changes, deletion);
+//! - [`uapi_server`]: the unix socket `/var/run/wireguard/IFNAME.sock`;
+//! - [`driver`]: the event loop: TUN -> WireGuard -> UDP and back, timers, UAPI;
+//! - [`signals`], [`logger`]: SIGTERM/SIGINT as an fd, and log lines on stderr.
+
+pub mod driver;
+pub mod logger;
+pub mod signals;
+pub mod io;
+pub mod uapi_server;

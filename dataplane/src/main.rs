@@ -1,0 +1,189 @@
+//! `portdistrict-dataplane [--foreground] IFNAME` — a userspace WireGuard interface,
+//! with the same process contract as wireguard-go: it creates TUN IFNAME, serves
+//! `/var/run/wireguard/IFNAME.sock`, daemonizes unless `--foreground` or
+//! `WG_PROCESS_FOREGROUND=1`, and exits when IFNAME is deleted or on SIGTERM/SIGINT.
+//!
+//! `portdistrict-dataplane --stats IFNAME` prints a running interface's drop counters.
+
+use anyhow::Context as _;
+use portdistrict_dataplane::driver::{Driver, Exit};
+use portdistrict_dataplane::io::{EventFd, LinkMonitor, Tun};
+use portdistrict_dataplane::signals::TermSignals;
+use portdistrict_dataplane::{logger, uapi_server};
+use portdistrict_wg::device::Device;
+use std::io::{Read as _, Write as _};
+use std::process::ExitCode;
+use std::sync::{mpsc, Arc};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+const USAGE: &str = "\
+Usage: portdistrict-dataplane [--foreground] IFNAME
+       portdistrict-dataplane --stats IFNAME
+
+Creates the WireGuard interface IFNAME and serves the userspace API on
+/var/run/wireguard/IFNAME.sock; configure it with wg(8) or wg-quick(8)
+(WG_QUICK_USERSPACE_IMPLEMENTATION=portdistrict-dataplane).
+
+  -f, --foreground   do not daemonize (also WG_PROCESS_FOREGROUND=1)
+      --stats        print the drop and event counters of a running IFNAME
+  -h, --help         this text
+      --version      the version
+
+Environment: LOG_LEVEL=error|warn|info|debug|silent; PD_LOG_FILE=PATH keeps the
+daemon's log in PATH (otherwise a daemonized process logs nowhere).";
+
+enum Mode {
+    Run { ifname: String, foreground: bool },
+    Stats { ifname: String },
+    Help,
+    Version,
+}
+
+fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
+    let mut foreground = std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1");
+    let mut stats = false;
+    let mut ifname = None;
+    for a in args {
+        match a.as_str() {
+            "-f" | "--foreground" => foreground = true,
+            "--stats" => stats = true,
+            "-h" | "--help" => return Ok(Mode::Help),
+            "--version" => return Ok(Mode::Version),
+            s if s.starts_with('-') => anyhow::bail!("unknown option {s}\n\n{USAGE}"),
+            s if ifname.is_none() => ifname = Some(s.to_string()),
+            s => anyhow::bail!("unexpected argument {s}\n\n{USAGE}"),
+        }
+    }
+    let ifname = ifname.with_context(|| format!("missing IFNAME\n\n{USAGE}"))?;
+    if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
+        anyhow::bail!("invalid interface name {ifname:?}: at most 15 characters, no '/' or spaces");
+    }
+    Ok(if stats { Mode::Stats { ifname } } else { Mode::Run { ifname, foreground } })
+}
+
+fn print_stats(ifname: &str) -> anyhow::Result<()> {
+    let path = uapi_server::socket_path(ifname);
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("connecting to {} (is {ifname} running?)", path.display()))?;
+    s.write_all(b"stats=1\n\n")?;
+    let mut text = String::new();
+    s.shutdown(std::net::Shutdown::Write)?;
+    s.read_to_string(&mut text)?;
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with("errno=")) {
+        println!("{}", line.replacen('=', ": ", 1));
+    }
+    if !text.contains("errno=0") {
+        anyhow::bail!("{ifname} does not answer stats (not a portdistrict-dataplane?)");
+    }
+    Ok(())
+}
+
+/// Forks; the parent exits at once (the interface and the socket already exist, so
+/// whoever launched us can use and move the interface immediately), the child
+/// detaches from the terminal and carries on.
+fn daemonize() -> anyhow::Result<()> {
+    // SAFETY: no other thread exists yet (threads are started after this), so the
+    // child is a complete copy of this single-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid > 0 {
+        // SAFETY: _exit skips atexit handlers and stdio flushing that belong to the child now.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: plain syscalls on our own process.
+    unsafe { libc::setsid() };
+    let log = std::env::var_os("PD_LOG_FILE");
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let out = match &log {
+        Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+        None => null.try_clone()?,
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto the standard descriptors of our own process.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(out.as_raw_fd(), 1);
+        libc::dup2(out.as_raw_fd(), 2);
+    }
+    let _ = std::env::set_current_dir("/");
+    Ok(())
+}
+
+fn run(ifname: &str, foreground: bool) -> anyhow::Result<Exit> {
+    let tun = Tun::create(ifname).with_context(|| format!("creating TUN interface {ifname}"))?;
+    let name = tun.name().to_string();
+    if let Err(e) = tun.set_mtu(1420) {
+        log::warn!("{name}: setting the default MTU 1420: {e}");
+    }
+    let listener = uapi_server::bind(&name)?;
+    let mtu = tun.mtu().unwrap_or(1420) as usize;
+    if !foreground {
+        daemonize()?;
+    }
+    let result = (|| {
+        let signals = TermSignals::new().context("signalfd")?;
+        let link = LinkMonitor::new(tun.ifindex()).context("rtnetlink link monitor")?;
+        let wake = Arc::new(EventFd::new().context("eventfd")?);
+        let (tx, rx) = mpsc::channel();
+        uapi_server::spawn(listener, tx, wake.clone()).context("starting the UAPI thread")?;
+        let mut seed = [0u8; 32];
+        getrandom(&mut seed)?;
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let device = Device::new(seed, (Instant::now(), wall), mtu);
+        log::info!("{name}: started (MTU {mtu})");
+        Driver::new(device, tun, link, signals, wake, rx)?.run()
+    })();
+    let _ = std::fs::remove_file(uapi_server::socket_path(&name));
+    result
+}
+
+fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
+    use rand_core::RngCore as _;
+    rand_core::OsRng
+        .try_fill_bytes(buf)
+        .map_err(|e| anyhow::anyhow!("reading the OS random number generator: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = match parse_args(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("portdistrict-dataplane: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match mode {
+        Mode::Help => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Mode::Version => {
+            println!("portdistrict-dataplane {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Mode::Stats { ifname } => match print_stats(&ifname) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portdistrict-dataplane: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Mode::Run { ifname, foreground } => {
+            logger::init(&format!("portdistrict-dataplane({ifname})"));
+            match run(&ifname, foreground) {
+                Ok(exit) => {
+                    log::info!("{ifname}: shutting down ({exit:?})");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    log::error!("{e:#}");
+                    eprintln!("portdistrict-dataplane: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Fuzzes the UAPI request parser: arbitrary bytes must never panic, every
+//! error must carry a negative errno, and every parsed `set` must survive a
+//! round trip through its canonical text and a `get` dump of its contents.
+#![no_main]
+
+use std::fmt::Write as _;
+
+use libfuzzer_sys::fuzz_target;
+use portdistrict_wg::uapi::{
+    format_errno, format_get, parse_request_with, request_len, DeviceSnapshot, PeerChange,
+    PeerSnapshot, Request, SetRequest,
+};
+use portdistrict_wg::PresharedKey;
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(len) = request_len(data) {
+        assert!(len <= data.len());
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse_request_with(text, &resolve_scope) {
+        Ok(Request::Get) => {}
+        Ok(Request::Set(req)) => check_set(&req),
+        Err(e) => {
+            assert!(e.errno() < 0, "{e}");
+            let mut out = e.to_string();
+            format_errno(&mut out, e.errno());
+        }
+    }
+});
+
+fn resolve_scope(name: &str) -> Option<u32> {
+    (name == "eth0").then_some(2)
+}
+
+fn check_set(req: &SetRequest) {
+    let canonical = canonical_text(req);
+    match parse_request_with(&canonical, &resolve_scope) {
+        Ok(Request::Set(again)) => assert_eq!(&again, req, "{canonical}"),
+        other => panic!("canonical text {canonical:?} parsed as {other:?}"),
+    }
+    let mut out = String::new();
+    format_get(&mut out, &snapshot_of(req));
+    assert!(out.ends_with("errno=0\n\n"));
+}
+
+/// The request as `wg` would send it: device keys, then each peer's keys.
+fn canonical_text(req: &SetRequest) -> String {
+    let mut t = String::from("set=1\n");
+    match &req.private_key {
+        Some(Some(key)) => line(&mut t, "private_key", key.to_hex()),
+        Some(None) => line(&mut t, "private_key", "0".repeat(64)),
+        None => {}
+    }
+    opt_line(&mut t, "listen_port", req.listen_port);
+    opt_line(&mut t, "fwmark", req.fwmark);
+    if req.replace_peers {
+        line(&mut t, "replace_peers", "true");
+    }
+    for peer in &req.peers {
+        canonical_peer(&mut t, peer);
+    }
+    t.push('\n');
+    t
+}
+
+fn canonical_peer(t: &mut String, peer: &PeerChange) {
+    line(t, "public_key", peer.public_key.to_hex());
+    for (set, key) in [(peer.remove, "remove"), (peer.update_only, "update_only")] {
+        if set {
+            line(t, key, "true");
+        }
+    }
+    opt_line(
+        t,
+        "preshared_key",
+        peer.preshared_key.as_ref().map(PresharedKey::to_hex),
+    );
+    opt_line(t, "endpoint", peer.endpoint);
+    opt_line(
+        t,
+        "persistent_keepalive_interval",
+        peer.persistent_keepalive_interval,
+    );
+    opt_line(t, "protocol_version", peer.protocol_version);
+    if peer.replace_allowed_ips {
+        line(t, "replace_allowed_ips", "true");
+    }
+    for ip in &peer.allowed_ips {
+        let sign = if ip.remove { "-" } else { "" };
+        line(t, "allowed_ip", format!("{sign}{}/{}", ip.addr, ip.cidr));
+    }
+}
+
+fn line(t: &mut String, key: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(t, "{key}={value}");
+}
+
+fn opt_line(t: &mut String, key: &str, value: Option<impl std::fmt::Display>) {
+    if let Some(value) = value {
+        line(t, key, value);
+    }
+}
+
+/// What a device would report after applying `req` to an empty device.
+fn snapshot_of(req: &SetRequest) -> DeviceSnapshot {
+    let peers = req.peers.iter().filter(|p| !p.remove && !p.update_only);
+    DeviceSnapshot {
+        private_key: req.private_key.clone().flatten(),
+        listen_port: req.listen_port.unwrap_or(0),
+        fwmark: req.fwmark.unwrap_or(0),
+        peers: peers
+            .map(|p| PeerSnapshot {
+                public_key: p.public_key,
+                preshared_key: p.preshared_key.clone().unwrap_or_default(),
+                endpoint: p.endpoint,
+                last_handshake: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+                persistent_keepalive_interval: p.persistent_keepalive_interval.unwrap_or(0),
+                allowed_ips: p
+                    .allowed_ips
+                    .iter()
+                    .filter(|ip| !ip.remove)
+                    .map(|ip| (ip.addr, ip.cidr))
+                    .collect(),
+            })
+            .collect(),
+    }
+}

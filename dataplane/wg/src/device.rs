@@ -1,0 +1,354 @@
+//! The whole interface as one sans-IO value: the static identity, the peers, the
+//! index table, cryptokey routing, the cookie checker and rate limiter, and drop
+//! counters.
+//!
+//! Inbound, [`Device::handle_datagram`]: parse the message type -> handshake
+//! messages: MAC1, then under load MAC2 (else a cookie reply) and the per-source rate
+//! limit, then Noise -> data messages: index lookup, replay pre-check, decrypt in
+//! place, replay update, roaming, inner-source check against the peer's AllowedIPs
+//! -> [`Io::write_tun`]. Outbound, [`Device::handle_tun_packet`]: destination lookup
+//! in AllowedIPs -> seal with the peer's current session (or stage the packet and
+//! start a handshake) -> [`Io::send_udp`]. Timers: [`Device::poll_timeout`] says when
+//! to call [`Device::handle_timeout`].
+//!
+//! Outputs go to an [`Io`] sink rather than a returned buffer because one input can
+//! produce several outputs (a response plus the packets staged behind a handshake);
+//! the sink keeps that allocation-free.
+
+use crate::allowed_ips::AllowedIps;
+use crate::constants::{
+    REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, UNDER_LOAD_AFTER_TIME,
+    UNDER_LOAD_HANDSHAKES_PER_SECOND,
+};
+use crate::cookie::CookieChecker;
+use crate::handshake::{self, StaticIdentity};
+use crate::keys::{PrivateKey, PublicKey};
+use crate::peer::{Endpoint, LocalAddr, Peer, PeerId};
+use crate::ratelimit::RateLimiter;
+use crate::session::{Session, SessionError};
+use crate::stats::Stats;
+use crate::timers::TimerEvent;
+use crate::uapi::{DeviceSnapshot, PeerSnapshot, SetRequest};
+use crate::wire::{self, CookieReply, Data, Initiation, MessageType, Response};
+use rand_core::{RngCore, SeedableRng};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// What the device asks of the operating system.
+pub trait Io {
+    /// Sends one datagram to `to.addr`, from `to.local` when set.
+    fn send_udp(&mut self, to: &Endpoint, datagram: &[u8]) -> SendOutcome;
+    /// Writes one IP packet to the TUN device.
+    fn write_tun(&mut self, packet: &[u8]);
+}
+
+/// The result of [`Io::send_udp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Sent as asked.
+    Sent,
+    /// The sticky source address was gone; sent with normal route selection. The
+    /// device forgets the source.
+    SentWithoutSource,
+    /// Not sent (no route, buffer full...).
+    Failed,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IndexKind {
+    Handshake,
+    Session,
+}
+
+/// Largest datagram or IP packet the device handles, plus room for the header/tag.
+pub const MAX_PACKET: usize = 65535;
+const SCRATCH_LEN: usize = MAX_PACKET + wire::DATA_HEADER_LEN + wire::AEAD_TAG_LEN + 16;
+/// Handshake retries before giving up (`REKEY_ATTEMPT_TIME / REKEY_TIMEOUT`).
+const MAX_TIMER_HANDSHAKES: u32 = (REKEY_ATTEMPT_TIME.as_secs() / REKEY_TIMEOUT.as_secs()) as u32;
+
+/// Counts handshake messages per second to decide when the device is under load.
+#[derive(Default)]
+struct LoadMeter {
+    window_start: Option<Instant>,
+    count: u32,
+    until: Option<Instant>,
+}
+
+impl LoadMeter {
+    fn record(&mut self, now: Instant) -> bool {
+        match self.window_start {
+            Some(s) if now.saturating_duration_since(s) < Duration::from_secs(1) => self.count += 1,
+            _ => {
+                self.window_start = Some(now);
+                self.count = 1;
+            }
+        }
+        if self.count > UNDER_LOAD_HANDSHAKES_PER_SECOND {
+            self.until = Some(now + UNDER_LOAD_AFTER_TIME);
+        }
+        self.until.is_some_and(|u| now < u)
+    }
+}
+
+/// A WireGuard interface.
+pub struct Device {
+    identity: Option<StaticIdentity>,
+    checker: Option<CookieChecker>,
+    peers: Vec<Option<Peer>>,
+    by_key: HashMap<PublicKey, PeerId>,
+    allowed_ips: AllowedIps<PeerId>,
+    indices: HashMap<u32, (PeerId, IndexKind)>,
+    rng: rand_chacha::ChaCha20Rng,
+    ratelimiter: RateLimiter,
+    load: LoadMeter,
+    mtu: usize,
+    epoch: (Instant, Duration),
+    scratch: Box<[u8]>,
+    /// Drop and event counters.
+    pub stats: Stats,
+}
+
+impl Device {
+    /// A device with no key and no peers. `seed` seeds its RNG (from the OS in
+    /// production, fixed in tests); `epoch` pairs a monotonic instant with the wall
+    /// clock (time since the Unix epoch) at that instant, for handshake timestamps.
+    pub fn new(seed: [u8; 32], epoch: (Instant, Duration), mtu: usize) -> Self {
+        Self {
+            identity: None,
+            checker: None,
+            peers: Vec::new(),
+            by_key: HashMap::new(),
+            allowed_ips: AllowedIps::new(),
+            indices: HashMap::new(),
+            rng: rand_chacha::ChaCha20Rng::from_seed(seed),
+            ratelimiter: RateLimiter::new(),
+            load: LoadMeter::default(),
+            mtu,
+            epoch,
+            scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Sets the tunnel MTU used for padding.
+    pub fn set_mtu(&mut self, mtu: usize) {
+        self.mtu = mtu.min(MAX_PACKET);
+    }
+
+    /// The tunnel MTU.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    /// Our public key, if a private key is set.
+    pub fn public_key(&self) -> Option<&PublicKey> {
+        self.identity.as_ref().map(|i| i.public_key())
+    }
+
+    /// Number of peers.
+    pub fn peer_count(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// A peer by public key.
+    pub fn peer(&self, key: &PublicKey) -> Option<&Peer> {
+        self.by_key.get(key).and_then(|id| self.peer_by_id(*id))
+    }
+
+    fn peer_by_id(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.get(id.0 as usize).and_then(Option::as_ref)
+    }
+
+    fn wall(&self, at: Instant) -> Duration {
+        self.epoch.1 + at.saturating_duration_since(self.epoch.0)
+    }
+
+    fn jitter(&mut self) -> Duration {
+        let max = REKEY_TIMEOUT_JITTER_MAX.as_micros() as u64;
+        Duration::from_micros(self.rng.next_u64() % max)
+    }
+
+    fn new_index(&mut self, peer: PeerId, kind: IndexKind) -> u32 {
+        loop {
+            let i = self.rng.next_u32();
+            if let std::collections::hash_map::Entry::Vacant(e) = self.indices.entry(i) {
+                e.insert((peer, kind));
+                return i;
+            }
+        }
+    }
+
+    // ---- configuration -------------------------------------------------------
+
+    /// Sets or clears the private key. A peer whose public key equals the new public
+    /// key is removed; sessions are expired so that new handshakes use the new key.
+    pub fn set_private_key(&mut self, key: Option<PrivateKey>) {
+        let key = key.filter(|k| !k.is_zero());
+        if self.identity.as_ref().map(|i| i.private_key()) == key.as_ref() {
+            return;
+        }
+        self.identity = key.map(StaticIdentity::new);
+        self.checker = self.identity.as_ref().map(|i| CookieChecker::new(i.public_key()));
+        if let Some(own) = self.public_key().copied() {
+            self.remove_peer(&own);
+        }
+        for slot in 0..self.peers.len() {
+            let ss = match (&self.identity, &self.peers[slot]) {
+                (Some(id), Some(p)) => id.static_static(&p.public_key),
+                _ => None,
+            };
+            if let Some(p) = self.peers[slot].as_mut() {
+                p.static_static = ss;
+                let freed = [
+                    p.handshake.as_ref().map(|h| h.local_index),
+                    p.sessions.current.as_ref().map(|s| s.local_index),
+                    p.sessions.next.as_ref().map(|s| s.local_index),
+                ];
+                p.expire_sessions_for_sending();
+                for i in freed.into_iter().flatten() {
+                    self.indices.remove(&i);
+                }
+            }
+        }
+    }
+
+    /// Adds a peer (no-op when it exists or is our own key) and returns its id.
+    pub fn add_peer(&mut self, key: PublicKey) -> Option<PeerId> {
+        if self.public_key() == Some(&key) {
+            return None;
+        }
+        if let Some(id) = self.by_key.get(&key) {
+            return Some(*id);
+        }
+        let ss = self.identity.as_ref().and_then(|i| i.static_static(&key));
+        let peer = Peer::new(key, ss);
+        let id = match self.peers.iter().position(Option::is_none) {
+            Some(free) => {
+                self.peers[free] = Some(peer);
+                PeerId(free as u32)
+            }
+            None => {
+                self.peers.push(Some(peer));
+                PeerId((self.peers.len() - 1) as u32)
+            }
+        };
+        self.by_key.insert(key, id);
+        Some(id)
+    }
+
+    /// Removes a peer, its AllowedIPs and its indices. Returns false if unknown.
+    pub fn remove_peer(&mut self, key: &PublicKey) -> bool {
+        let Some(id) = self.by_key.remove(key) else { return false };
+        self.allowed_ips.remove_value(id);
+        self.indices.retain(|_, (p, _)| *p != id);
+        self.peers[id.0 as usize] = None;
+        true
+    }
+
+    /// Removes every peer.
+    pub fn clear_peers(&mut self) {
+        self.peers.clear();
+        self.by_key.clear();
+        self.allowed_ips.clear();
+        self.indices.clear();
+    }
+
+    fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
+    }
+
+    /// Applies the device and peer parts of a parsed UAPI `set` (listen port and
+    /// fwmark are the caller's, who owns the sockets). Infallible: everything that
+    /// can be wrong was rejected by the parser, so a request applies whole or not at all.
+    pub fn apply(&mut self, now: Instant, req: &SetRequest, io: &mut impl Io) {
+        if let Some(key) = &req.private_key {
+            self.set_private_key(key.clone());
+        }
+        if req.replace_peers {
+            self.clear_peers();
+        }
+        for change in &req.peers {
+            if change.remove {
+                self.remove_peer(&change.public_key);
+                continue;
+            }
+            let id = match self.by_key.get(&change.public_key) {
+                Some(id) => *id,
+                None if change.update_only => continue,
+                None => match self.add_peer(change.public_key) {
+                    Some(id) => id,
+                    None => continue, // our own public key: ignored, as wireguard-go does
+                },
+            };
+            if change.replace_allowed_ips {
+                self.allowed_ips.remove_value(id);
+            }
+            for a in &change.allowed_ips {
+                if a.remove {
+                    // Only this peer's own entry is removed; another peer's stays.
+                    if let Some(other) = self.allowed_ips.remove(a.addr, a.cidr) {
+                        if other != id {
+                            let _ = self.allowed_ips.insert(a.addr, a.cidr, other);
+                        }
+                    }
+                } else {
+                    // The parser bounds cidr, so insert cannot fail.
+                    let _ = self.allowed_ips.insert(a.addr, a.cidr, id);
+                }
+            }
+            let Some(peer) = self.peer_mut(id) else { continue };
+            if let Some(psk) = &change.preshared_key {
+                peer.preshared_key = psk.clone();
+            }
+            if let Some(ep) = change.endpoint {
+                peer.endpoint = Some(Endpoint { addr: ep, local: None });
+            }
+            if let Some(ka) = change.persistent_keepalive_interval {
+                let was = peer.persistent_keepalive;
+                peer.persistent_keepalive = ka;
+                if ka == 0 {
+                    peer.timers.clear_persistent_keepalive();
+                } else if was == 0 || peer.endpoint.is_some() {
+                    self.send_keepalive(id, now, io);
+                }
+            }
+        }
+    }
+
+    /// The state `get=1` reports. `listen_port` and `fwmark` come from the caller.
+    pub fn snapshot(&self, listen_port: u16, fwmark: u32) -> DeviceSnapshot {
+        let mut ips: HashMap<PeerId, Vec<(IpAddr, u8)>> = HashMap::new();
+        for (addr, cidr, id) in self.allowed_ips.iter() {
+            ips.entry(id).or_default().push((addr, cidr));
+        }
+        let peers = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (PeerId(i as u32), p)))
+            .map(|(id, p)| PeerSnapshot {
+                public_key: p.public_key,
+                preshared_key: p.preshared_key.clone(),
+                endpoint: p.endpoint.map(|e| e.addr),
+                last_handshake: p.last_handshake.map(|t| self.wall(t)),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                persistent_keepalive_interval: p.persistent_keepalive,
+                allowed_ips: ips.remove(&id).unwrap_or_default(),
+            })
+            .collect();
+        DeviceSnapshot {
+            private_key: self.identity.as_ref().map(|i| i.private_key().clone()),
+            listen_port,
+            fwmark,
+            peers,
+        }
+    }
+}
+
+mod recv;
+mod send;
+
+#[cfg(test)]
+mod tests;

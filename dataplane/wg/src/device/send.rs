@@ -1,0 +1,263 @@
+//! The send side of [`Device`]: TUN packets to data messages, handshake
+//! initiations, keepalives, staged packets, and the timers that drive them.
+
+use super::*;
+
+/// Sends `datagram` to the peer's endpoint and counts it; forgets the sticky source
+/// when the OS had to fall back to normal route selection.
+pub(super) fn transmit(peer: &mut Peer, stats: &mut Stats, io: &mut impl Io, datagram: &[u8]) -> bool {
+    let Some(ep) = peer.endpoint else {
+        stats.tx_no_endpoint += 1;
+        return false;
+    };
+    match io.send_udp(&ep, datagram) {
+        SendOutcome::Sent => {}
+        SendOutcome::SentWithoutSource => peer.clear_source(),
+        SendOutcome::Failed => {
+            stats.tx_send_failed += 1;
+            return false;
+        }
+    }
+    peer.tx_bytes += datagram.len() as u64;
+    true
+}
+
+/// Destination address of an IP packet, if it is one.
+pub(super) fn destination(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let b: [u8; 4] = packet[16..20].try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(b)))
+        }
+        6 if packet.len() >= 40 => {
+            let b: [u8; 16] = packet[24..40].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+impl Device {
+    /// Routes one IP packet read from the TUN device to its peer and sends it
+    /// encrypted, or stages it and starts a handshake.
+    pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8], io: &mut impl Io) {
+        let Some(dst) = destination(packet).filter(|_| packet.len() <= MAX_PACKET) else {
+            self.stats.tx_malformed += 1;
+            return;
+        };
+        let Some(id) = self.allowed_ips.lookup(dst) else {
+            self.stats.tx_no_route += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            self.stats.tx_no_route += 1;
+            return;
+        };
+        if peer.queue.is_empty() && peer.can_send(now) {
+            self.seal_and_send(id, now, packet, io);
+            if self.peer_by_id(id).is_some_and(|p| p.wants_rekey_on_send(now)) {
+                self.send_handshake_initiation(id, now, false, io);
+            }
+        } else {
+            if peer.stage(packet) {
+                self.stats.tx_queue_dropped += 1;
+            }
+            self.flush_or_handshake(id, now, io);
+        }
+    }
+
+    /// Seals `packet` (empty = keepalive) with the peer's current session and sends it.
+    fn seal_and_send(&mut self, id: PeerId, now: Instant, packet: &[u8], io: &mut impl Io) -> bool {
+        let mtu = self.mtu;
+        let jitter = self.jitter();
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(session) = peer.sessions.current.as_mut() else { return false };
+        let body = wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + packet.len();
+        self.scratch[body].copy_from_slice(packet);
+        let Ok(n) = session.seal(now, &mut self.scratch, packet.len(), mtu) else {
+            return false;
+        };
+        if !transmit(peer, &mut self.stats, io, &self.scratch[..n]) {
+            return false;
+        }
+        peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive);
+        peer.timers.on_authenticated_packet_sent();
+        if !packet.is_empty() {
+            peer.timers.on_data_sent(now, jitter);
+        }
+        true
+    }
+
+    /// Sends staged packets if a session allows it, else starts a handshake.
+    pub(super) fn flush_or_handshake(&mut self, id: PeerId, now: Instant, io: &mut impl Io) {
+        loop {
+            let Some(peer) = self.peer_mut(id) else { return };
+            if !peer.can_send(now) {
+                if !peer.queue.is_empty() {
+                    self.send_handshake_initiation(id, now, false, io);
+                }
+                return;
+            }
+            let Some(pkt) = peer.queue.pop_front() else { break };
+            self.seal_and_send(id, now, &pkt, io);
+        }
+        if self.peer_by_id(id).is_some_and(|p| p.wants_rekey_on_send(now)) {
+            self.send_handshake_initiation(id, now, false, io);
+        }
+    }
+
+    /// Sends a keepalive now (or stages one behind a handshake).
+    pub(super) fn send_keepalive(&mut self, id: PeerId, now: Instant, io: &mut impl Io) {
+        let Some(peer) = self.peer_mut(id) else { return };
+        if peer.queue.is_empty() {
+            peer.stage(&[]);
+        }
+        self.flush_or_handshake(id, now, io);
+    }
+
+    /// Sends a handshake initiation, at most one per `REKEY_TIMEOUT`.
+    pub(super) fn send_handshake_initiation(&mut self, id: PeerId, now: Instant, is_retry: bool, io: &mut impl Io) {
+        let jitter = self.jitter();
+        let wall = self.wall(now);
+        let timestamp = crate::crypto::tai64n(wall.as_secs(), wall.subsec_nanos());
+        let mut ephemeral = [0u8; 32];
+        self.rng.fill_bytes(&mut ephemeral);
+        let Some(peer) = self.peer_mut(id) else { return };
+        if !is_retry {
+            peer.timers.handshake_attempts = 0;
+        }
+        if !peer.handshake_allowed(now) {
+            return;
+        }
+        peer.last_sent_handshake = Some(now);
+        let old = peer.handshake.take().map(|h| h.local_index);
+        if let Some(old) = old {
+            self.indices.remove(&old);
+        }
+        let index = self.new_index(id, IndexKind::Handshake);
+        let (Some(identity), Some(peer)) = (self.identity.as_ref(), self.peers[id.0 as usize].as_mut()) else {
+            self.indices.remove(&index);
+            return;
+        };
+        let Some(ss) = peer.static_static else {
+            self.indices.remove(&index);
+            return;
+        };
+        let mut buf = [0u8; wire::INITIATION_LEN];
+        let state = handshake::create_initiation(
+            identity,
+            &peer.public_key,
+            &ss,
+            index,
+            ephemeral,
+            timestamp,
+            &mut Initiation::new_unchecked(&mut buf[..]),
+        );
+        let Ok(state) = state else {
+            self.indices.remove(&index);
+            return;
+        };
+        peer.handshake = Some(state);
+        peer.cookie.add_macs(now, &mut buf);
+        self.stats.tx_handshake_initiation += 1;
+        transmit(peer, &mut self.stats, io, &buf);
+        peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive);
+        peer.timers.on_authenticated_packet_sent();
+        peer.timers.on_handshake_initiated(now, jitter);
+    }
+
+    /// When [`Device::handle_timeout`] next needs to run, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.iter().flatten().filter_map(|p| p.timers.next_deadline()).min()
+    }
+
+    /// Runs every timer due at `now`: handshake retransmission, keepalives, rekeying,
+    /// key erasure.
+    pub fn handle_timeout(&mut self, now: Instant, io: &mut impl Io) {
+        for slot in 0..self.peers.len() {
+            let id = PeerId(slot as u32);
+            while let Some(ev) = self.peer_mut(id).and_then(|p| p.timers.pop_expired(now)) {
+                self.on_timer(id, ev, now, io);
+            }
+        }
+        self.ratelimiter.gc(now);
+    }
+
+    fn on_timer(&mut self, id: PeerId, ev: TimerEvent, now: Instant, io: &mut impl Io) {
+        match ev {
+            TimerEvent::RetransmitHandshake => {
+                let Some(peer) = self.peer_mut(id) else { return };
+                if peer.timers.handshake_attempts > MAX_TIMER_HANDSHAKES {
+                    peer.timers.on_handshake_gave_up(now);
+                    let dropped = peer.queue.len() as u64;
+                    peer.queue.clear();
+                    self.stats.tx_queue_dropped += dropped;
+                } else {
+                    peer.timers.handshake_attempts += 1;
+                    peer.clear_source();
+                    self.send_handshake_initiation(id, now, true, io);
+                }
+            }
+            TimerEvent::SendKeepalive => {
+                self.send_keepalive(id, now, io);
+                if let Some(p) = self.peer_mut(id) {
+                    p.timers.rearm_keepalive_if_needed(now);
+                }
+            }
+            TimerEvent::NewHandshake => {
+                if let Some(p) = self.peer_mut(id) {
+                    p.clear_source();
+                }
+                self.send_handshake_initiation(id, now, false, io);
+            }
+            TimerEvent::ZeroKeyMaterial => self.zero_key_material(id),
+            TimerEvent::PersistentKeepalive => {
+                if self.peer_by_id(id).is_some_and(|p| p.persistent_keepalive > 0) {
+                    self.send_keepalive(id, now, io);
+                }
+            }
+        }
+    }
+
+    fn zero_key_material(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        let freed: Vec<u32> = peer
+            .sessions
+            .indices()
+            .chain(peer.handshake.as_ref().map(|h| h.local_index))
+            .collect();
+        peer.sessions = Default::default();
+        peer.handshake = None;
+        for i in freed {
+            self.indices.remove(&i);
+        }
+    }
+
+    /// Installs a new session for `id`: as `current` for the initiator (the old
+    /// current becomes `previous`), as `next` for the responder until confirmed.
+    pub(super) fn install_session(&mut self, id: PeerId, session: Session) {
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        let s = &mut peer.sessions;
+        let freed = if session.is_initiator {
+            let old_prev = s.previous.take();
+            if s.next.is_some() {
+                // An unconfirmed responder session loses to our own new one.
+                s.previous = s.next.take();
+                let stale = s.current.take();
+                s.current = Some(session);
+                [old_prev, stale]
+            } else {
+                s.previous = s.current.take();
+                s.current = Some(session);
+                [old_prev, None]
+            }
+        } else {
+            [s.next.replace(session), s.previous.take()]
+        };
+        for old in freed.into_iter().flatten() {
+            self.indices.remove(&old.local_index);
+        }
+    }
+}

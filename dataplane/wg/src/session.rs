@@ -1,0 +1,189 @@
+//! One transport session (a "keypair" in wireguard-go): the two ChaCha20-Poly1305
+//! keys a handshake derived, the send counter, and the receive replay window.
+//!
+//! Encryption and decryption work in place in caller-owned buffers laid out as a
+//! data message: 16-byte header, payload, 16-byte tag.
+
+use crate::constants::{PADDING_MULTIPLE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME};
+use crate::crypto::AeadKey;
+use crate::handshake::SessionKeys;
+use crate::replay::ReplayWindow;
+use crate::wire::{self, Data};
+use std::time::Instant;
+
+/// Why a transport message could not be sealed or opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// The session has sent `REJECT_AFTER_MESSAGES` messages or is older than
+    /// `REJECT_AFTER_TIME`: it must not be used again.
+    #[error("session expired")]
+    Expired,
+    /// The counter was seen before or is older than the replay window.
+    #[error("replayed or too old counter")]
+    Replay,
+    /// The message failed authentication.
+    #[error("data message failed to decrypt")]
+    Decrypt,
+    /// The buffer cannot hold the header, the padded payload and the tag.
+    #[error("buffer too small for the padded message")]
+    BufferTooSmall,
+}
+
+/// Length of `len` bytes of plaintext padded to a multiple of 16, but never beyond
+/// `mtu` (or `len` itself if larger).
+pub fn padded_len(len: usize, mtu: usize) -> usize {
+    let rounded = len.div_ceil(PADDING_MULTIPLE) * PADDING_MULTIPLE;
+    rounded.min(mtu.max(len))
+}
+
+/// An established transport session.
+pub struct Session {
+    send_key: AeadKey,
+    recv_key: AeadKey,
+    /// Our index: the receiver field of messages the peer sends us in this session.
+    pub local_index: u32,
+    /// The peer's index: the receiver field of messages we send.
+    pub remote_index: u32,
+    /// True when we initiated the handshake that made this session.
+    pub is_initiator: bool,
+    /// When the handshake completed.
+    pub created: Instant,
+    send_counter: u64,
+    replay: ReplayWindow,
+}
+
+impl Session {
+    /// Starts a session from freshly derived keys.
+    pub fn new(keys: &SessionKeys, now: Instant) -> Self {
+        Self {
+            send_key: AeadKey::new(&keys.send),
+            recv_key: AeadKey::new(&keys.recv),
+            local_index: keys.local_index,
+            remote_index: keys.remote_index,
+            is_initiator: keys.is_initiator,
+            created: now,
+            send_counter: 0,
+            replay: ReplayWindow::new(),
+        }
+    }
+
+    /// Messages sent so far (the next counter).
+    pub fn send_counter(&self) -> u64 {
+        self.send_counter
+    }
+
+    /// True while this session may still seal messages at `now`.
+    pub fn can_send(&self, now: Instant) -> bool {
+        self.send_counter < REJECT_AFTER_MESSAGES
+            && now.saturating_duration_since(self.created) < REJECT_AFTER_TIME
+    }
+
+    /// True while this session may still open messages at `now`.
+    pub fn can_receive(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.created) < REJECT_AFTER_TIME
+    }
+
+    /// Seals the plaintext at `buf[16..16 + len]` into a complete data message, padding
+    /// it for `mtu`. Returns the message length. `buf` must have room for the padding
+    /// and the tag.
+    pub fn seal(&mut self, now: Instant, buf: &mut [u8], len: usize, mtu: usize) -> Result<usize, SessionError> {
+        if !self.can_send(now) {
+            return Err(SessionError::Expired);
+        }
+        let padded = padded_len(len, mtu);
+        let total = wire::DATA_HEADER_LEN + padded + wire::AEAD_TAG_LEN;
+        let msg = buf.get_mut(..total).ok_or(SessionError::BufferTooSmall)?;
+        msg[wire::DATA_HEADER_LEN + len..wire::DATA_HEADER_LEN + padded].fill(0);
+        let counter = self.send_counter;
+        self.send_counter += 1;
+        let mut view = Data::new_unchecked(&mut *msg);
+        view.fill_header();
+        view.set_receiver(self.remote_index);
+        view.set_counter(counter);
+        self.send_key.seal(counter, &[], &mut msg[wire::DATA_HEADER_LEN..]);
+        Ok(total)
+    }
+
+    /// Opens a data message in place. On success the plaintext (still padded) is at
+    /// `msg[16..16 + n]` and `n` is returned; the counter is then marked as seen.
+    pub fn open(&mut self, now: Instant, msg: &mut [u8]) -> Result<usize, SessionError> {
+        if !self.can_receive(now) {
+            return Err(SessionError::Expired);
+        }
+        let counter = Data::new_checked(&*msg).map_err(|_| SessionError::Decrypt)?.counter();
+        if !self.replay.would_accept(counter) {
+            return Err(SessionError::Replay);
+        }
+        let n = self
+            .recv_key
+            .open(counter, &[], &mut msg[wire::DATA_HEADER_LEN..])
+            .map_err(|_| SessionError::Decrypt)?;
+        if !self.replay.accept(counter) {
+            return Err(SessionError::Replay);
+        }
+        Ok(n)
+    }
+
+    /// Forces the send counter (tests of the Reject-After-Messages limit).
+    #[cfg(test)]
+    pub(crate) fn set_send_counter(&mut self, c: u64) {
+        self.send_counter = c;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pair(now: Instant) -> (Session, Session) {
+        let a = SessionKeys { send: [1; 32], recv: [2; 32], local_index: 10, remote_index: 20, is_initiator: true };
+        let b = SessionKeys { send: [2; 32], recv: [1; 32], local_index: 20, remote_index: 10, is_initiator: false };
+        (Session::new(&a, now), Session::new(&b, now))
+    }
+
+    #[test]
+    fn padding_rules() {
+        assert_eq!(padded_len(0, 1420), 0);
+        assert_eq!(padded_len(1, 1420), 16);
+        assert_eq!(padded_len(16, 1420), 16);
+        assert_eq!(padded_len(1419, 1420), 1420);
+        assert_eq!(padded_len(1415, 1420), 1420);
+        assert_eq!(padded_len(1500, 1420), 1500);
+    }
+
+    #[test]
+    fn seal_open_replay_and_tamper() {
+        let now = crate::test_now();
+        let (mut a, mut b) = pair(now);
+        let mut buf = [0u8; 128];
+        buf[16..21].copy_from_slice(b"hello");
+        let n = a.seal(now, &mut buf, 5, 1420).unwrap();
+        assert_eq!(n, 16 + 16 + 16);
+        let copy = buf;
+        let p = b.open(now, &mut buf[..n]).unwrap();
+        assert_eq!(p, 16);
+        assert_eq!(&buf[16..21], b"hello");
+        let mut again = copy;
+        assert_eq!(b.open(now, &mut again[..n]), Err(SessionError::Replay));
+        let mut bad = copy;
+        bad[20] ^= 1;
+        let mut fresh = pair(now).1;
+        assert_eq!(fresh.open(now, &mut bad[..n]), Err(SessionError::Decrypt));
+    }
+
+    #[test]
+    fn reject_after_messages_and_time() {
+        let now = crate::test_now();
+        let (mut a, _) = pair(now);
+        let mut buf = [0u8; 64];
+        a.set_send_counter(REJECT_AFTER_MESSAGES - 1);
+        assert!(a.seal(now, &mut buf, 0, 1420).is_ok());
+        assert_eq!(a.seal(now, &mut buf, 0, 1420), Err(SessionError::Expired));
+        let (mut c, mut d) = pair(now);
+        let later = now + REJECT_AFTER_TIME + Duration::from_millis(1);
+        assert_eq!(c.seal(later, &mut buf, 0, 1420), Err(SessionError::Expired));
+        let n = c.seal(now, &mut buf, 0, 1420).unwrap();
+        assert_eq!(d.open(later, &mut buf[..n]), Err(SessionError::Expired));
+    }
+}

@@ -1,0 +1,122 @@
+//! Running external commands with context: every failure names the command line and
+//! shows its stdout and stderr; spawned children are guarded and killed on drop.
+
+use std::process::{Child, Command, ExitStatus, Output};
+use std::time::{Duration, Instant};
+
+/// Runs `argv` to completion and returns its output, whatever the exit status.
+///
+/// Panics only if the program cannot be started at all (missing binary), naming it.
+pub fn try_run(argv: &[&str]) -> Output {
+    let (program, args) = argv.split_first().expect("try_run needs a program name");
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", argv.join(" ")))
+}
+
+/// Runs `argv`, panics with the command line, exit status, stdout and stderr unless it
+/// exits 0, and returns stdout as text.
+pub fn run(argv: &[&str]) -> String {
+    let out = try_run(argv);
+    if !out.status.success() {
+        panic!("{}", describe_failure(argv, &out));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A multi-line description of a failed command, for panic messages.
+pub(crate) fn describe_failure(argv: &[&str], out: &Output) -> String {
+    format!(
+        "command failed: `{}` ({})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        argv.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )
+}
+
+/// A spawned child process that is killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct ChildGuard {
+    label: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`; `label` names it in panic messages.
+    pub fn spawn(label: &str, cmd: &mut Command) -> ChildGuard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label} ({cmd:?}): {e}"));
+        ChildGuard {
+            label: label.to_owned(),
+            child: Some(child),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child().id()
+    }
+
+    /// Mutable access to the child (to take its pipes).
+    pub fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("child already reaped")
+    }
+
+    fn child(&self) -> &Child {
+        self.child.as_ref().expect("child already reaped")
+    }
+
+    /// Whether the child has exited (reaping it if so), without blocking.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        let label = self.label.clone();
+        self.child_mut()
+            .try_wait()
+            .unwrap_or_else(|e| panic!("waitpid on {label} failed: {e}"))
+    }
+
+    /// Waits at most `timeout` for the child to exit; `None` if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits at most `timeout` for a clean exit (status 0) and panics otherwise, killing
+    /// the child first if it is still running.
+    pub fn expect_success_within(&mut self, timeout: Duration) {
+        match self.wait_timeout(timeout) {
+            Some(status) if status.success() => {}
+            Some(status) => panic!("{} exited with {status}", self.label),
+            None => {
+                self.kill();
+                panic!("{} did not finish within {timeout:?} (killed)", self.label)
+            }
+        }
+    }
+
+    /// Sends SIGKILL (if still running) and reaps the child.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,62 @@
+//! Harness for the root-only netns integration suites.
+//!
+//! Every test builds its own network namespaces ([`Netns`]), joins them with veth pairs
+//! ([`Veth`]), starts WireGuard implementations inside them ([`Daemon`]: the
+//! implementation under test, `wireguard-go` or `boringtun-cli`), configures them with
+//! `wg` ([`Peer`], [`Keypair`]) and validates by traffic: ping ([`assert_ping`]), TCP
+//! payload transfers with sha256 on both ends ([`tcp_transfer`]) and iperf3
+//! ([`iperf3_tcp`], [`iperf3_udp`]).
+//!
+//! Conventions (STYLE.md §11):
+//! - every resource is an RAII guard that cleans up on drop, also while panicking;
+//! - names are unique per process and per run (`pd-<pid>-<n>-<role>` namespaces,
+//!   `pdw<pid%10000><n>` interfaces), so tests can run in parallel;
+//! - failures panic with context (command line, stdout, stderr, daemon log tail);
+//! - every wait is bounded ([`wait_until`]);
+//! - only addresses inside namespaces the test created are targeted: `10.77.x.y/24` and
+//!   `fd77:0:0:x::/64` on veths, `10.99.0.0/24` and `fd99::/64` inside tunnels.
+//!
+//! The implementation under test is the binary named by `PD_DATAPLANE` (default:
+//! `<workspace>/target/release/portdistrict-dataplane`); see [`Implementation::Uut`].
+
+mod cmd;
+mod daemon;
+mod iperf;
+mod names;
+mod netns;
+mod topology;
+mod traffic;
+mod wait;
+mod wg;
+
+pub use cmd::{run, try_run, ChildGuard};
+pub use daemon::{find_daemon_pids, uut_binary, Daemon, Detached, Implementation};
+pub use iperf::{iperf3_tcp, iperf3_udp, IperfReport};
+pub use names::{unique_ifname, unique_name, TempDir};
+pub use netns::{require_root, Netns, Veth};
+pub use topology::{tunnel_addr, Endpoints, Pair, PairOptions, Side, TUNNEL_PREFIX_V4, TUNNEL_PREFIX_V6};
+pub use traffic::{assert_no_ping, assert_ping, ping_received, tcp_transfer, TransferReport};
+pub use wait::wait_until;
+pub use wg::{genpsk, normalize_conf, Keypair, Peer, PeerStatus, WgDump};
+
+/// Address family of an underlay or tunnel address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The `-4` / `-6` flag most tools accept.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+}
