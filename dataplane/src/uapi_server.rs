@@ -89,6 +89,14 @@ fn read_request(r: &mut impl BufRead) -> Option<String> {
     }
 }
 
+/// Interface index of `name` (for link-local endpoints such as `[fe80::1%eth0]:51820`).
+fn scope_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
 fn serve(conn: UnixStream, tx: &mpsc::Sender<Pending>, wake: &EventFd) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(write_half) = conn.try_clone() else { return };
@@ -98,9 +106,13 @@ fn serve(conn: UnixStream, tx: &mpsc::Sender<Pending>, wake: &EventFd) {
         let call = if text.starts_with("stats=1\n") {
             Ok(Call::Stats)
         } else {
-            uapi::parse_request(&text).map(Call::Uapi)
+            uapi::parse_request_with(&text, &scope_id).map(Call::Uapi)
         };
         let reply = match call {
+            Err(e) if e.closes_connection() => {
+                log::warn!("UAPI request refused, closing: {e}");
+                return;
+            }
             Err(e) => {
                 log::warn!("UAPI request refused: {e}");
                 let mut out = String::new();

@@ -68,8 +68,9 @@ impl Implementation {
 pub fn uut_binary() -> PathBuf {
     let path = match std::env::var_os("PD_DATAPLANE") {
         Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/release/portdistrict-dataplane"),
+        None => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/portdistrict-dataplane")
+        }
     };
     assert!(
         path.is_file(),
@@ -141,9 +142,16 @@ impl Daemon {
             exited.is_some() || (sock.exists() && ns.has_link(&self.ifname))
         });
         if let Some(status) = exited {
-            panic!("{self:?} exited during startup ({status}); log:\n{}", self.log());
+            panic!(
+                "{self:?} exited during startup ({status}); log:\n{}",
+                self.log()
+            );
         }
-        assert!(ready, "{self:?} not ready after {PROCESS_TIMEOUT:?}; log:\n{}", self.log());
+        assert!(
+            ready,
+            "{self:?} not ready after {PROCESS_TIMEOUT:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// The interface name.
@@ -184,7 +192,10 @@ impl Daemon {
 
     /// `wg set IFNAME ARGS...`.
     pub fn set(&self, args: &[&str]) {
-        let argv: Vec<&str> = ["set", &self.ifname].into_iter().chain(args.iter().copied()).collect();
+        let argv: Vec<&str> = ["set", &self.ifname]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
         self.wg(&argv);
     }
 
@@ -207,7 +218,12 @@ impl Daemon {
     pub fn configure(&self, keys: &Keypair, listen_port: u16, peers: &[Peer]) {
         let key = self.private_file("private.key", &format!("{}\n", keys.private));
         let port = listen_port.to_string();
-        self.set(&["listen-port", &port, "private-key", &key.display().to_string()]);
+        self.set(&[
+            "listen-port",
+            &port,
+            "private-key",
+            &key.display().to_string(),
+        ]);
         for peer in peers {
             self.set_peer(peer);
         }
@@ -226,7 +242,10 @@ impl Daemon {
 
     /// `ip -n LINK_NS ARGS...` (the namespace the interface is in now).
     pub fn ip(&self, args: &[&str]) -> String {
-        let argv: Vec<&str> = ["ip", "-n", &self.link_ns].into_iter().chain(args.iter().copied()).collect();
+        let argv: Vec<&str> = ["ip", "-n", &self.link_ns]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
         run(&argv)
     }
 
@@ -281,7 +300,12 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_file(self.socket_path());
         if std::thread::panicking() {
-            eprintln!("--- log of {} {} ---\n{}", self.implementation.label(), self.ifname, tail(&self.log()));
+            eprintln!(
+                "--- log of {} {} ---\n{}",
+                self.implementation.label(),
+                self.ifname,
+                tail(&self.log())
+            );
         }
     }
 }
@@ -350,7 +374,11 @@ impl Detached {
             "expected one {} process for {ifname}, found {pids:?}",
             exe.display()
         );
-        Detached { pid: pids[0], exe, ifname: ifname.to_owned() }
+        Detached {
+            pid: pids[0],
+            exe,
+            ifname: ifname.to_owned(),
+        }
     }
 
     /// The process id.

@@ -27,9 +27,22 @@ pub fn iperf3_tcp(client: &Netns, server: &Netns, dst: IpAddr, secs: u32) -> Ipe
 
 /// UDP for `secs` seconds at `bitrate` (iperf3 syntax, e.g. `"200M"`) with `len`-byte
 /// datagrams.
-pub fn iperf3_udp(client: &Netns, server: &Netns, dst: IpAddr, secs: u32, len: u32, bitrate: &str) -> IperfReport {
+pub fn iperf3_udp(
+    client: &Netns,
+    server: &Netns,
+    dst: IpAddr,
+    secs: u32,
+    len: u32,
+    bitrate: &str,
+) -> IperfReport {
     let len = len.to_string();
-    let json = run_iperf(client, server, dst, secs, &["-u", "-l", &len, "-b", bitrate]);
+    let json = run_iperf(
+        client,
+        server,
+        dst,
+        secs,
+        &["-u", "-l", &len, "-b", bitrate],
+    );
     parse_report(&json, true)
 }
 
@@ -44,13 +57,23 @@ fn run_iperf(client: &Netns, server: &Netns, dst: IpAddr, secs: u32, extra: &[&s
             .stdout(Stdio::null()),
     );
     let listening = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        !server.exec(&["ss", "-Hltn", &format!("sport = :{PORT}")]).trim().is_empty()
+        !server
+            .exec(&["ss", "-Hltn", &format!("sport = :{PORT}")])
+            .trim()
+            .is_empty()
     });
-    assert!(listening, "iperf3 server did not listen on {dst} in {}", server.name());
+    assert!(
+        listening,
+        "iperf3 server did not listen on {dst} in {}",
+        server.name()
+    );
     let secs_s = secs.to_string();
     let mut argv = vec!["iperf3", "-c", &dst_s, "-p", PORT, "-t", &secs_s, "-J"];
     argv.extend_from_slice(extra);
-    let mut cli = ChildGuard::spawn("iperf3 client", client.command(&argv).stdout(Stdio::piped()));
+    let mut cli = ChildGuard::spawn(
+        "iperf3 client",
+        client.command(&argv).stdout(Stdio::piped()),
+    );
     let stdout = cli.child_mut().stdout.take().expect("piped");
     let reader = std::thread::spawn(move || std::io::read_to_string(stdout));
     cli.expect_success_within(Duration::from_secs(u64::from(secs) + 20));
@@ -63,12 +86,16 @@ fn run_iperf(client: &Netns, server: &Netns, dst: IpAddr, secs: u32, extra: &[&s
 
 /// Extracts throughput (and loss for UDP) from iperf3 `-J` output of the client.
 fn parse_report(json: &str, udp: bool) -> IperfReport {
-    let v: serde_json::Value =
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("iperf3 output is not JSON ({e}):\n{json}"));
+    let v: serde_json::Value = serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("iperf3 output is not JSON ({e}):\n{json}"));
     if let Some(err) = v.get("error") {
         panic!("iperf3 reported an error: {err}");
     }
-    let sum = if udp { &v["end"]["sum"] } else { &v["end"]["sum_received"] };
+    let sum = if udp {
+        &v["end"]["sum"]
+    } else {
+        &v["end"]["sum_received"]
+    };
     let number = |key: &str| {
         sum[key]
             .as_f64()

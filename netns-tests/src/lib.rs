@@ -34,7 +34,9 @@ pub use daemon::{find_daemon_pids, uut_binary, Daemon, Detached, Implementation}
 pub use iperf::{iperf3_tcp, iperf3_udp, IperfReport};
 pub use names::{unique_ifname, unique_name, TempDir};
 pub use netns::{require_root, Netns, Veth};
-pub use topology::{tunnel_addr, Endpoints, Pair, PairOptions, Side, TUNNEL_PREFIX_V4, TUNNEL_PREFIX_V6};
+pub use topology::{
+    tunnel_addr, Endpoints, Pair, PairOptions, Side, TUNNEL_PREFIX_V4, TUNNEL_PREFIX_V6,
+};
 pub use traffic::{assert_no_ping, assert_ping, ping_received, tcp_transfer, TransferReport};
 pub use wait::wait_until;
 pub use wg::{genpsk, normalize_conf, Keypair, Peer, PeerStatus, WgDump};

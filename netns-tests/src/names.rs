@@ -21,7 +21,10 @@ pub fn unique_name(role: &str) -> String {
 /// the kernel's 15 characters.
 pub fn unique_ifname(prefix: &str) -> String {
     let name = format!("{prefix}{:04}{}", std::process::id() % 10_000, next());
-    assert!(name.len() <= 15, "interface name {name} exceeds 15 characters");
+    assert!(
+        name.len() <= 15,
+        "interface name {name} exceeds 15 characters"
+    );
     name
 }
 

@@ -151,8 +151,19 @@ impl Veth {
             subnet,
         };
         run(&[
-            "ip", "link", "add", &veth.a_name, "netns", a.name(), "type", "veth", "peer",
-            "name", &veth.b_name, "netns", b.name(),
+            "ip",
+            "link",
+            "add",
+            &veth.a_name,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &veth.b_name,
+            "netns",
+            b.name(),
         ]);
         veth.setup_end(a, &veth.a_name, 1);
         veth.setup_end(b, &veth.b_name, 2);
@@ -174,7 +185,16 @@ impl Veth {
 
     /// `fd77:0:0:<subnet>::<host>`.
     pub fn v6(&self, host: u8) -> Ipv6Addr {
-        Ipv6Addr::new(0xfd77, 0, 0, u16::from(self.subnet), 0, 0, 0, u16::from(host))
+        Ipv6Addr::new(
+            0xfd77,
+            0,
+            0,
+            u16::from(self.subnet),
+            0,
+            0,
+            0,
+            u16::from(host),
+        )
     }
 
     /// An address in this pair's subnets: `host` 1 is side a, 2 is side b.

@@ -73,7 +73,13 @@ impl Side {
     pub fn start(role: &str, implementation: Implementation, index: u8) -> Side {
         let ns = Netns::new(role);
         let daemon = Daemon::start(&ns, implementation);
-        Side { daemon, ns, keys: Keypair::generate(), port: 51819 + u16::from(index), index }
+        Side {
+            daemon,
+            ns,
+            keys: Keypair::generate(),
+            port: 51819 + u16::from(index),
+            index,
+        }
     }
 
     /// This side's tunnel address of `family`.
@@ -94,8 +100,10 @@ impl Side {
 
     /// Adds both tunnel addresses (/24, /64) to the interface and sets it up.
     pub fn address_and_up(&self) {
-        self.daemon.add_address(&format!("{}/24", self.tunnel_addr(Family::V4)));
-        self.daemon.add_address(&format!("{}/64", self.tunnel_addr(Family::V6)));
+        self.daemon
+            .add_address(&format!("{}/24", self.tunnel_addr(Family::V4)));
+        self.daemon
+            .add_address(&format!("{}/64", self.tunnel_addr(Family::V6)));
         self.daemon.link_up();
     }
 }
@@ -105,7 +113,16 @@ pub fn tunnel_addr(family: Family, host: u8) -> IpAddr {
     let [a, b, c] = TUNNEL_PREFIX_V4;
     match family {
         Family::V4 => IpAddr::V4(Ipv4Addr::new(a, b, c, host)),
-        Family::V6 => IpAddr::V6(Ipv6Addr::new(TUNNEL_PREFIX_V6, 0, 0, 0, 0, 0, 0, u16::from(host))),
+        Family::V6 => IpAddr::V6(Ipv6Addr::new(
+            TUNNEL_PREFIX_V6,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::from(host),
+        )),
     }
 }
 
@@ -128,11 +145,24 @@ impl Pair {
         let left = Side::start("left", opts.left, 1);
         let right = Side::start("right", opts.right, 2);
         let veth = Veth::new(&left.ns, &right.ns, 1);
-        let pair = Pair { veth, left, right, psk: opts.psk.then(genpsk) };
+        let pair = Pair {
+            veth,
+            left,
+            right,
+            psk: opts.psk.then(genpsk),
+        };
         let left_knows = opts.endpoints != Endpoints::RightKnowsLeft;
         let right_knows = opts.endpoints != Endpoints::LeftKnowsRight;
-        pair.peer(&pair.left, &pair.right, right_knows.then(|| pair.endpoint_of(&pair.left, opts.outer)));
-        pair.peer(&pair.right, &pair.left, left_knows.then(|| pair.endpoint_of(&pair.right, opts.outer)));
+        pair.peer(
+            &pair.left,
+            &pair.right,
+            right_knows.then(|| pair.endpoint_of(&pair.left, opts.outer)),
+        );
+        pair.peer(
+            &pair.right,
+            &pair.left,
+            left_knows.then(|| pair.endpoint_of(&pair.right, opts.outer)),
+        );
         pair.left.address_and_up();
         pair.right.address_and_up();
         pair

@@ -46,7 +46,9 @@ pub fn ping_received(ns: &Netns, src: Option<IpAddr>, dst: IpAddr, count: u32) -
 /// The `N received` count of ping's summary line.
 fn parse_received(text: &str) -> Option<u32> {
     let line = text.lines().find(|l| l.contains("packets transmitted"))?;
-    let field = line.split(',').find(|f| f.trim_end().ends_with("received"))?;
+    let field = line
+        .split(',')
+        .find(|f| f.trim_end().ends_with("received"))?;
     field.split_whitespace().next()?.parse().ok()
 }
 
@@ -56,16 +58,30 @@ pub fn assert_ping(ns: &Netns, dst: IpAddr, count: u32) {
     let through = wait_until(WARMUP, Duration::from_millis(100), || {
         ping_received(ns, None, dst, 1) == 1
     });
-    assert!(through, "no ping reply from {dst} in {} within {WARMUP:?}", ns.name());
+    assert!(
+        through,
+        "no ping reply from {dst} in {} within {WARMUP:?}",
+        ns.name()
+    );
     let got = ping_received(ns, None, dst, count);
-    assert_eq!(got, count, "ping {dst} from {}: {got}/{count} replies", ns.name());
+    assert_eq!(
+        got,
+        count,
+        "ping {dst} from {}: {got}/{count} replies",
+        ns.name()
+    );
 }
 
 /// Asserts that none of `count` pings from `ns` (source `src` if given) to `dst` is
 /// answered.
 pub fn assert_no_ping(ns: &Netns, src: Option<IpAddr>, dst: IpAddr, count: u32) {
     let got = ping_received(ns, src, dst, count);
-    assert_eq!(got, 0, "ping {dst} from {} (src {src:?}) must fail: got {got}/{count} replies", ns.name());
+    assert_eq!(
+        got,
+        0,
+        "ping {dst} from {} (src {src:?}) must fail: got {got}/{count} replies",
+        ns.name()
+    );
 }
 
 /// What a [`tcp_transfer`] measured.
@@ -89,31 +105,50 @@ impl TransferReport {
 /// Sends `megabytes` MiB of pseudo-random bytes (seeded with `seed`) over TCP from `from`
 /// to `dst:port` in `to` with `ncat`, and asserts that `sha256sum` of what the receiver
 /// got equals that of what was sent. Bounded to 30 s + 0.5 s per MiB.
-pub fn tcp_transfer(from: &Netns, to: &Netns, dst: IpAddr, port: u16, megabytes: u64, seed: u64) -> TransferReport {
+pub fn tcp_transfer(
+    from: &Netns,
+    to: &Netns,
+    dst: IpAddr,
+    port: u16,
+    megabytes: u64,
+    seed: u64,
+) -> TransferReport {
     let budget = Duration::from_secs(30) + Duration::from_millis(500) * megabytes as u32;
     let (flag, dst_s, port_s) = (family_of(dst).flag(), dst.to_string(), port.to_string());
     let mut receiver = ChildGuard::spawn(
         "ncat receiver",
-        to.command(&["ncat", flag, "-l", "--recv-only", &dst_s, &port_s]).stdout(Stdio::piped()),
+        to.command(&["ncat", flag, "-l", "--recv-only", &dst_s, &port_s])
+            .stdout(Stdio::piped()),
     );
     let received_out = receiver.child_mut().stdout.take().expect("piped");
     let mut recv_sum = ChildGuard::spawn(
         "receiver sha256sum",
-        Command::new("sha256sum").stdin(received_out).stdout(Stdio::piped()),
+        Command::new("sha256sum")
+            .stdin(received_out)
+            .stdout(Stdio::piped()),
     );
     let listening = wait_until(Duration::from_secs(5), Duration::from_millis(20), || {
-        !to.exec(&["ss", "-Hltn", &format!("sport = :{port}")]).trim().is_empty()
+        !to.exec(&["ss", "-Hltn", &format!("sport = :{port}")])
+            .trim()
+            .is_empty()
     });
-    assert!(listening, "ncat did not listen on {dst}:{port} in {}", to.name());
+    assert!(
+        listening,
+        "ncat did not listen on {dst}:{port} in {}",
+        to.name()
+    );
 
     let start = Instant::now();
     let mut sender = ChildGuard::spawn(
         "ncat sender",
-        from.command(&["ncat", flag, "--send-only", &dst_s, &port_s]).stdin(Stdio::piped()),
+        from.command(&["ncat", flag, "--send-only", &dst_s, &port_s])
+            .stdin(Stdio::piped()),
     );
     let mut send_sum = ChildGuard::spawn(
         "sender sha256sum",
-        Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()),
+        Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
     );
     let net_in = sender.child_mut().stdin.take().expect("piped");
     let sum_in = send_sum.child_mut().stdin.take().expect("piped");
@@ -129,12 +164,24 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, dst: IpAddr, port: u16, megabytes:
         .unwrap_or_else(|e| panic!("feeding ncat failed: {e}"));
     let sent = digest(&mut send_sum);
     let got = digest(&mut recv_sum);
-    assert_eq!(got, sent, "TCP payload to {dst}:{port} corrupted or truncated ({bytes} bytes sent)");
-    TransferReport { bytes, elapsed, sha256: sent }
+    assert_eq!(
+        got, sent,
+        "TCP payload to {dst}:{port} corrupted or truncated ({bytes} bytes sent)"
+    );
+    TransferReport {
+        bytes,
+        elapsed,
+        sha256: sent,
+    }
 }
 
 /// Writes `bytes` seeded pseudo-random bytes to both sinks, then closes them.
-fn write_stream(seed: u64, bytes: u64, mut a: impl Write, mut b: impl Write) -> std::io::Result<()> {
+fn write_stream(
+    seed: u64,
+    bytes: u64,
+    mut a: impl Write,
+    mut b: impl Write,
+) -> std::io::Result<()> {
     let mut rng = XorShift::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = bytes;
@@ -152,7 +199,9 @@ fn digest(sum: &mut ChildGuard) -> String {
     sum.expect_success_within(Duration::from_secs(30));
     let mut out = String::new();
     let stdout = sum.child_mut().stdout.as_mut().expect("piped");
-    stdout.read_to_string(&mut out).expect("read sha256sum output");
+    stdout
+        .read_to_string(&mut out)
+        .expect("read sha256sum output");
     out.split_whitespace().next().unwrap_or_default().to_owned()
 }
 
@@ -189,7 +238,10 @@ mod tests {
         assert_eq!(parse_received(ok), Some(5));
         let bad = "5 packets transmitted, 0 received, +5 errors, 100% packet loss, time 812ms\n";
         assert_eq!(parse_received(bad), Some(0));
-        assert_eq!(parse_received("ping: connect: Network is unreachable\n"), None);
+        assert_eq!(
+            parse_received("ping: connect: Network is unreachable\n"),
+            None
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ mod tests {
 
     #[test]
     fn true_immediately() {
-        assert!(wait_until(Duration::ZERO, Duration::from_millis(1), || true));
+        assert!(wait_until(Duration::ZERO, Duration::from_millis(1), || {
+            true
+        }));
     }
 
     #[test]
@@ -44,10 +46,14 @@ mod tests {
     #[test]
     fn becomes_true_later() {
         let mut n = 0;
-        assert!(wait_until(Duration::from_secs(5), Duration::from_millis(1), || {
-            n += 1;
-            n == 5
-        }));
+        assert!(wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || {
+                n += 1;
+                n == 5
+            }
+        ));
         assert_eq!(n, 5);
     }
 }

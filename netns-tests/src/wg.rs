@@ -152,7 +152,10 @@ impl WgDump {
     pub fn parse(text: &str) -> WgDump {
         let mut lines = text.lines().filter(|l| !l.trim().is_empty());
         let head: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
-        assert!(head.len() == 4, "malformed wg dump interface line in:\n{text}");
+        assert!(
+            head.len() == 4,
+            "malformed wg dump interface line in:\n{text}"
+        );
         WgDump {
             public_key: head[1].to_owned(),
             listen_port: parse_field(head[2], "listen port", text),
@@ -171,7 +174,10 @@ impl WgDump {
 
 fn parse_peer(line: &str, text: &str) -> PeerStatus {
     let f: Vec<&str> = line.split('\t').collect();
-    assert!(f.len() == 8, "malformed wg dump peer line {line:?} in:\n{text}");
+    assert!(
+        f.len() == 8,
+        "malformed wg dump peer line {line:?} in:\n{text}"
+    );
     let none_if = |s: &str| (s != "(none)").then(|| s.to_owned());
     PeerStatus {
         public_key: f[0].to_owned(),
@@ -246,7 +252,10 @@ mod tests {
         let b = d.peer("pubB");
         assert_eq!(b.endpoint.as_deref(), Some("10.77.1.2:51821"));
         assert_eq!(b.allowed_ips, ["10.99.0.2/32", "fd99::2/128"]);
-        assert_eq!((b.latest_handshake, b.rx_bytes, b.tx_bytes), (1700000000, 1234, 5678));
+        assert_eq!(
+            (b.latest_handshake, b.rx_bytes, b.tx_bytes),
+            (1700000000, 1234, 5678)
+        );
         let c = d.peer("pubC");
         assert_eq!(c.endpoint, None);
         assert!(c.allowed_ips.is_empty());

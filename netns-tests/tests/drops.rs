@@ -23,8 +23,16 @@ fn wrong_key_gets_no_session() {
     let l = l.peer(&right.keys.public);
     let r = right.daemon.dump();
     let r = r.peer(&left.keys.public);
-    assert_eq!((l.latest_handshake, l.rx_bytes), (0, 0), "left must have no session: {l:?}");
-    assert_eq!((r.latest_handshake, r.rx_bytes), (0, 0), "right must have no session: {r:?}");
+    assert_eq!(
+        (l.latest_handshake, l.rx_bytes),
+        (0, 0),
+        "left must have no session: {l:?}"
+    );
+    assert_eq!(
+        (r.latest_handshake, r.rx_bytes),
+        (0, 0),
+        "right must have no session: {r:?}"
+    );
 
     // Control: with the right key back, the same setup works.
     right.daemon.configure(&right.keys, right.port, &[]);
@@ -64,8 +72,14 @@ fn inner_source_outside_allowed_ips_is_dropped() {
     // The packets did arrive (authenticated) but none reached left's TUN.
     let rx_wg_after = left.daemon.dump().peer(&right.keys.public).rx_bytes;
     let rx_tun_after = tun_rx_packets(left.daemon.link_ns(), left.daemon.ifname());
-    assert!(rx_wg_after > rx_wg_before, "spoofed packets never reached left ({rx_wg_before} -> {rx_wg_after})");
-    assert_eq!(rx_tun_after, rx_tun_before, "packets with a disallowed source were delivered");
+    assert!(
+        rx_wg_after > rx_wg_before,
+        "spoofed packets never reached left ({rx_wg_before} -> {rx_wg_after})"
+    );
+    assert_eq!(
+        rx_tun_after, rx_tun_before,
+        "packets with a disallowed source were delivered"
+    );
     // And the allowed source still works.
     assert_ping(&right.ns, left.tunnel_addr(Family::V4), 3);
 }

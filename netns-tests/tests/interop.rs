@@ -9,10 +9,23 @@ use portdistrict_netns_tests::{
 const MIB: u64 = 100;
 
 fn interop(peer: Implementation, uut_initiates: bool) {
-    let endpoints = if uut_initiates { Endpoints::LeftKnowsRight } else { Endpoints::RightKnowsLeft };
-    let opts = PairOptions { left: Implementation::Uut, right: peer, endpoints, ..PairOptions::default() };
+    let endpoints = if uut_initiates {
+        Endpoints::LeftKnowsRight
+    } else {
+        Endpoints::RightKnowsLeft
+    };
+    let opts = PairOptions {
+        left: Implementation::Uut,
+        right: peer,
+        endpoints,
+        ..PairOptions::default()
+    };
     let pair = Pair::new(&opts);
-    let (init, resp) = if uut_initiates { (&pair.left, &pair.right) } else { (&pair.right, &pair.left) };
+    let (init, resp) = if uut_initiates {
+        (&pair.left, &pair.right)
+    } else {
+        (&pair.right, &pair.left)
+    };
 
     assert_ping(&init.ns, resp.tunnel_addr(Family::V4), 5);
     // The responder learned the initiator's endpoint from the handshake.
@@ -21,8 +34,22 @@ fn interop(peer: Implementation, uut_initiates: bool) {
     assert_eq!(learned.as_deref(), Some(expected.as_str()));
     assert_ping(&resp.ns, init.tunnel_addr(Family::V6), 5);
 
-    tcp_transfer(&pair.left.ns, &pair.right.ns, pair.right.tunnel_addr(Family::V4), 5001, MIB, 11);
-    tcp_transfer(&pair.right.ns, &pair.left.ns, pair.left.tunnel_addr(Family::V4), 5002, MIB, 12);
+    tcp_transfer(
+        &pair.left.ns,
+        &pair.right.ns,
+        pair.right.tunnel_addr(Family::V4),
+        5001,
+        MIB,
+        11,
+    );
+    tcp_transfer(
+        &pair.right.ns,
+        &pair.left.ns,
+        pair.left.tunnel_addr(Family::V4),
+        5002,
+        MIB,
+        12,
+    );
 }
 
 #[test]

@@ -5,7 +5,11 @@
 use portdistrict_netns_tests::{assert_ping, tcp_transfer, Family, Pair, PairOptions};
 
 fn uut_pair(outer: Family, psk: bool) {
-    let pair = Pair::new(&PairOptions { outer, psk, ..PairOptions::default() });
+    let pair = Pair::new(&PairOptions {
+        outer,
+        psk,
+        ..PairOptions::default()
+    });
     for family in Family::ALL {
         assert_ping(&pair.left.ns, pair.right.tunnel_addr(family), 5);
         assert_ping(&pair.right.ns, pair.left.tunnel_addr(family), 5);
@@ -20,7 +24,10 @@ fn uut_pair(outer: Family, psk: bool) {
     let dump = pair.left.daemon.dump();
     let peer = dump.peer(&pair.right.keys.public);
     assert_eq!(peer.endpoint.as_deref(), Some(expected.as_str()));
-    assert!(peer.latest_handshake > 0 && peer.rx_bytes > 20 << 20, "{peer:?}");
+    assert!(
+        peer.latest_handshake > 0 && peer.rx_bytes > 20 << 20,
+        "{peer:?}"
+    );
 }
 
 #[test]

@@ -19,11 +19,21 @@ fn expect_roam(roamer: &Side, other: &Side, new_endpoint: SocketAddr) {
         seen = other.daemon.show("endpoints");
         seen.lines().any(|l| l.trim() == want)
     });
-    assert!(updated, "endpoint not updated to {new_endpoint}; wg show endpoints:\n{seen}");
+    assert!(
+        updated,
+        "endpoint not updated to {new_endpoint}; wg show endpoints:\n{seen}"
+    );
     for family in Family::ALL {
         assert_ping(&other.ns, roamer.tunnel_addr(family), 5);
     }
-    tcp_transfer(&other.ns, &roamer.ns, roamer.tunnel_addr(Family::V4), 5003, 10, 21);
+    tcp_transfer(
+        &other.ns,
+        &roamer.ns,
+        roamer.tunnel_addr(Family::V4),
+        5003,
+        10,
+        21,
+    );
 }
 
 #[test]
@@ -35,11 +45,17 @@ fn roams_to_new_v4_address_and_port() {
     let veth = pair.veth.b_name();
     let old = format!("{}/24", pair.veth.v4(2));
     let new = format!("{}/24", pair.veth.v4(3));
-    right.ns.exec(&["ip", "addr", "add", &new, "dev", veth]);
+    // Delete first: a second address in the same /24 would be a secondary, removed
+    // together with the primary.
     right.ns.exec(&["ip", "addr", "del", &old, "dev", veth]);
+    right.ns.exec(&["ip", "addr", "add", &new, "dev", veth]);
     right.daemon.set(&["listen-port", &NEW_PORT.to_string()]);
 
-    expect_roam(right, left, SocketAddr::new(pair.veth.v4(3).into(), NEW_PORT));
+    expect_roam(
+        right,
+        left,
+        SocketAddr::new(pair.veth.v4(3).into(), NEW_PORT),
+    );
 }
 
 #[test]
@@ -51,12 +67,27 @@ fn roams_from_v4_to_v6_underlay() {
     let veth = pair.veth.b_name();
     let old = format!("{}/24", pair.veth.v4(2));
     let new = format!("{}/64", pair.veth.v6(3));
-    right.ns.exec(&["ip", "addr", "add", &new, "dev", veth, "nodad"]);
+    right
+        .ns
+        .exec(&["ip", "addr", "add", &new, "dev", veth, "nodad"]);
     right.ns.exec(&["ip", "addr", "del", &old, "dev", veth]);
-    right.ns.exec(&["ip", "addr", "del", &format!("{}/64", pair.veth.v6(2)), "dev", veth]);
+    right.ns.exec(&[
+        "ip",
+        "addr",
+        "del",
+        &format!("{}/64", pair.veth.v6(2)),
+        "dev",
+        veth,
+    ]);
     right.daemon.set(&["listen-port", &NEW_PORT.to_string()]);
     let left_v6 = pair.endpoint_of(left, Family::V6).to_string();
-    right.daemon.set(&["peer", &left.keys.public, "endpoint", &left_v6]);
+    right
+        .daemon
+        .set(&["peer", &left.keys.public, "endpoint", &left_v6]);
 
-    expect_roam(right, left, SocketAddr::new(pair.veth.v6(3).into(), NEW_PORT));
+    expect_roam(
+        right,
+        left,
+        SocketAddr::new(pair.veth.v6(3).into(), NEW_PORT),
+    );
 }

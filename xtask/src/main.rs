@@ -1,1 +1,178 @@
-fn main() {}
+//! `cargo xtask` — build orchestration for portdistrict.
+//!
+//! - `cargo xtask setup`: installs the tools the demo and the tests run.
+//! - `cargo xtask demo`: two namespaces, two `portdistrict-dataplane`s configured with
+//!   `wg`, pings and iperf3 through the tunnel.
+//! - `cargo xtask test [--skip-fuzz] [--skip-netns] [--only-netns]`: the whole suite
+//!   (fmt, clippy, build, unit tests, fuzz smoke, netns suite), as CI runs it.
+//!
+//! All three need root (packages, network namespaces).
+
+mod demo;
+mod guards;
+mod proc;
+mod setup;
+mod suite;
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+Usage: cargo xtask setup
+       cargo xtask demo
+       cargo xtask test [--skip-fuzz] [--skip-netns] [--only-netns]
+
+  setup   install the tools the demo and the tests run (apt packages, boringtun-cli,
+          cargo-fuzz); skips what is already there
+  demo    two network namespaces, a portdistrict-dataplane in each configured with wg,
+          pings and iperf3 through the tunnel; cleans up after itself
+  test    fmt, clippy, release build, unit tests, fuzz smoke, netns suite; stops at the
+          first failing step and ends with `xtask: N passed, M failed`
+
+All of them run as root.";
+
+/// A parsed command line.
+#[derive(Debug, PartialEq, Eq)]
+enum Task {
+    Setup,
+    Demo,
+    Test(suite::Options),
+    Help,
+}
+
+fn parse(args: &[String]) -> Result<Task> {
+    let Some((first, rest)) = args.split_first() else {
+        return Ok(Task::Help);
+    };
+    let task = match first.as_str() {
+        "setup" => Task::Setup,
+        "demo" => Task::Demo,
+        "test" => {
+            let mut o = suite::Options::default();
+            for a in rest {
+                match a.as_str() {
+                    "--skip-fuzz" => o.skip_fuzz = true,
+                    "--skip-netns" => o.skip_netns = true,
+                    "--only-netns" => o.only_netns = true,
+                    other => bail!("unknown option {other} for `cargo xtask test`\n\n{USAGE}"),
+                }
+            }
+            return Ok(Task::Test(o));
+        }
+        "help" | "-h" | "--help" => Task::Help,
+        other => bail!("unknown task {other}\n\n{USAGE}"),
+    };
+    if let Some(extra) = rest.first() {
+        bail!("unexpected argument {extra} for `cargo xtask {first}`\n\n{USAGE}");
+    }
+    Ok(task)
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub(crate) fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Where cargo puts build outputs: `$CARGO_TARGET_DIR` or `<workspace>/target`.
+pub(crate) fn target_dir() -> PathBuf {
+    target_dir_from(
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from),
+        &workspace_root(),
+    )
+}
+
+fn target_dir_from(env: Option<PathBuf>, root: &Path) -> PathBuf {
+    match env {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// `cargo ARGS...` run from the workspace root.
+pub(crate) fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new("cargo");
+    c.args(args).current_dir(workspace_root());
+    c
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = match parse(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    proc::install_interrupt_handler();
+    proc::complete_path();
+    let result = match task {
+        Task::Help => {
+            println!("{USAGE}");
+            Ok(true)
+        }
+        Task::Setup => setup::run(setup::Needs::ALL).map(|()| true),
+        Task::Demo => demo::run().map(|()| true),
+        Task::Test(o) => suite::run(o),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Vec<String> {
+        s.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_tasks_and_test_options() {
+        assert_eq!(parse(&args(&["demo"])).unwrap(), Task::Demo);
+        assert_eq!(parse(&args(&["setup"])).unwrap(), Task::Setup);
+        assert_eq!(parse(&args(&[])).unwrap(), Task::Help);
+        let o = suite::Options {
+            skip_fuzz: true,
+            only_netns: true,
+            ..suite::Options::default()
+        };
+        assert_eq!(
+            parse(&args(&["test", "--skip-fuzz", "--only-netns"])).unwrap(),
+            Task::Test(o)
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_tasks_and_options() {
+        assert!(parse(&args(&["bench"])).is_err());
+        assert!(parse(&args(&["test", "--fast"])).is_err());
+        assert!(parse(&args(&["demo", "extra"])).is_err());
+    }
+
+    #[test]
+    fn target_dir_honours_cargo_target_dir() {
+        let root = Path::new("/repo");
+        assert_eq!(target_dir_from(None, root), Path::new("/repo/target"));
+        assert_eq!(target_dir_from(Some("/t".into()), root), Path::new("/t"));
+        assert_eq!(
+            target_dir_from(Some("out".into()), root),
+            Path::new("/repo/out")
+        );
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        let manifest = std::fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("[workspace]"));
+    }
+}

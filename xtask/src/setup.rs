@@ -1,0 +1,236 @@
+//! `cargo xtask setup`: installs, idempotently and without prompts, the tools that the
+//! demo and the test suite run: Debian packages (skipped entirely when every tool is
+//! already on the PATH), `boringtun-cli` (interop peer of the netns suite) and
+//! `cargo-fuzz` (fuzz smoke, on the nightly toolchain).
+
+use crate::proc::{capture, cmd, output, require_root, run_streamed, which};
+use anyhow::{bail, Context as _, Result};
+use std::process::Command;
+use std::time::Duration;
+
+/// The tools (executable, Debian package) that the demo and the netns suite invoke.
+const APT_TOOLS: &[(&str, &str)] = &[
+    ("wg", "wireguard-tools"),
+    ("wg-quick", "wireguard-tools"),
+    ("wireguard-go", "wireguard-go"),
+    ("iperf3", "iperf3"),
+    ("ping", "iputils-ping"),
+    ("ncat", "ncat"),
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
+    ("tcpdump", "tcpdump"),
+    ("ps", "procps"),
+    ("pkill", "procps"),
+    ("kill", "procps"),
+    ("killall", "psmisc"),
+    ("fuser", "psmisc"),
+    ("ethtool", "ethtool"),
+    ("modprobe", "kmod"),
+    ("sha256sum", "coreutils"),
+    ("timeout", "coreutils"),
+    ("env", "coreutils"),
+];
+
+/// What the fuzz smoke needs besides cargo-fuzz: libFuzzer is C++, built by `cc`.
+const FUZZ_APT_TOOLS: &[(&str, &str)] = &[("c++", "g++")];
+
+const APT_UPDATE_LIMIT: Duration = Duration::from_secs(10 * 60);
+const APT_INSTALL_LIMIT: Duration = Duration::from_secs(20 * 60);
+const CARGO_INSTALL_LIMIT: Duration = Duration::from_secs(20 * 60);
+const VERSION_LIMIT: Duration = Duration::from_secs(60);
+
+/// Which optional tool sets to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Needs {
+    /// `boringtun-cli`, the interop peer of the netns suite.
+    pub(crate) boringtun: bool,
+    /// The nightly toolchain, `cargo-fuzz` and a C++ compiler.
+    pub(crate) fuzz: bool,
+}
+
+impl Needs {
+    /// Everything (`cargo xtask setup`).
+    pub(crate) const ALL: Needs = Needs {
+        boringtun: true,
+        fuzz: true,
+    };
+    /// The Debian tools only (the demo).
+    pub(crate) const APT_ONLY: Needs = Needs {
+        boringtun: false,
+        fuzz: false,
+    };
+}
+
+/// Installs what `needs` asks for; prints what it found and did.
+pub(crate) fn run(needs: Needs) -> Result<()> {
+    require_root("setup")?;
+    apt(needs)?;
+    if needs.boringtun {
+        cargo_tool(
+            "boringtun-cli",
+            &mut cmd(&["boringtun-cli", "--version"]),
+            &mut cargo_install(false, "boringtun-cli"),
+        )?;
+    }
+    if needs.fuzz {
+        let version = capture(&mut nightly_cargo(&["--version"]), VERSION_LIMIT)?;
+        if !version.status.success() {
+            bail!(
+                "the nightly Rust toolchain is missing (the fuzz smoke needs it): \
+                 `rustup toolchain install nightly`, or pass --skip-fuzz\n{}",
+                version.stderr
+            );
+        }
+        cargo_tool(
+            "cargo-fuzz",
+            &mut nightly_cargo(&["fuzz", "--version"]),
+            &mut cargo_install(true, "cargo-fuzz"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `cargo [+nightly] <args>` through rustup's proxy, without the toolchain selection
+/// that `cargo run` put into xtask's environment.
+pub(crate) fn nightly_cargo(args: &[&str]) -> Command {
+    let mut c = Command::new("cargo");
+    c.arg("+nightly")
+        .args(args)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    c
+}
+
+fn cargo_install(nightly: bool, krate: &str) -> Command {
+    let mut c = if nightly {
+        nightly_cargo(&[])
+    } else {
+        Command::new("cargo")
+    };
+    c.args(["install", "--locked", krate]);
+    c
+}
+
+/// The distinct Debian packages of `tools`, in first-seen order.
+fn packages(tools: &[(&str, &'static str)]) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for (_, package) in tools {
+        if !out.contains(package) {
+            out.push(package);
+        }
+    }
+    out
+}
+
+fn apt(needs: Needs) -> Result<()> {
+    let tools: Vec<(&str, &'static str)> = APT_TOOLS
+        .iter()
+        .chain(if needs.fuzz { FUZZ_APT_TOOLS } else { &[] })
+        .copied()
+        .collect();
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(bin, _)| *bin)
+        .collect();
+    if missing.is_empty() {
+        println!("setup: all {} tools present, apt skipped", tools.len());
+        return Ok(());
+    }
+    if which("apt-get").is_none() {
+        bail!(
+            "missing tools {} and no apt-get to install them: install them by hand",
+            missing.join(" ")
+        );
+    }
+    let packages = packages(&tools);
+    println!(
+        "setup: missing {}; apt-get install {}",
+        missing.join(" "),
+        packages.join(" ")
+    );
+    let apt = |args: &[&str]| {
+        let mut c = cmd(&["apt-get", "-q", "-y"]);
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run_streamed(&mut apt(&["update"]), APT_UPDATE_LIMIT)?;
+    let mut install = apt(&["install", "--no-install-recommends"]);
+    install.args(&packages);
+    run_streamed(&mut install, APT_INSTALL_LIMIT)?;
+    let still: Vec<&str> = tools
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(bin, _)| *bin)
+        .collect();
+    if !still.is_empty() {
+        bail!("after apt-get install, still missing: {}", still.join(" "));
+    }
+    println!("setup: installed {}", packages.join(" "));
+    Ok(())
+}
+
+/// Skips `install` when `version` runs and succeeds; otherwise installs and checks again.
+fn cargo_tool(name: &str, version: &mut Command, install: &mut Command) -> Result<()> {
+    if let Ok(found) = output(version, VERSION_LIMIT) {
+        println!("setup: {name} present ({})", found.trim());
+        return Ok(());
+    }
+    println!("setup: installing {name}");
+    run_streamed(install, CARGO_INSTALL_LIMIT)?;
+    let found = output(version, VERSION_LIMIT)
+        .with_context(|| format!("{name} does not run after `cargo install`"))?;
+    println!("setup: installed {name} ({})", found.trim());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packages_are_deduplicated_in_order() {
+        assert_eq!(
+            packages(&[
+                ("wg", "wireguard-tools"),
+                ("wg-quick", "wireguard-tools"),
+                ("ip", "iproute2")
+            ]),
+            ["wireguard-tools", "iproute2"]
+        );
+    }
+
+    #[test]
+    fn the_brief_packages_are_all_listed() {
+        let listed = packages(APT_TOOLS);
+        for p in [
+            "wireguard-tools",
+            "wireguard-go",
+            "iperf3",
+            "iputils-ping",
+            "ncat",
+            "iproute2",
+            "nftables",
+            "iptables",
+            "tcpdump",
+            "procps",
+            "psmisc",
+            "ethtool",
+            "kmod",
+        ] {
+            assert!(listed.contains(&p), "{p} missing from APT_TOOLS");
+        }
+    }
+
+    #[test]
+    fn nightly_cargo_drops_the_pinned_toolchain() {
+        let c = nightly_cargo(&["fuzz", "list"]);
+        let args: Vec<_> = c.get_args().collect();
+        assert_eq!(args, ["+nightly", "fuzz", "list"]);
+        assert!(c
+            .get_envs()
+            .any(|(k, v)| k == "RUSTUP_TOOLCHAIN" && v.is_none()));
+    }
+}

@@ -1,0 +1,306 @@
+//! `cargo xtask test`: the whole test suite, as CI runs it. Steps run in order, each
+//! with a header and its duration; the first failing step stops the run. The last line
+//! is `xtask: N passed, M failed` (plus `, K skipped` when steps were skipped).
+
+use crate::guards::TempDir;
+use crate::proc::{output, require_root, run_streamed, secs};
+use crate::setup::{self, nightly_cargo, Needs};
+use anyhow::{bail, Context as _, Result};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Upper bound for one cargo step (fresh builds on 2 cores included).
+const STEP_LIMIT: Duration = Duration::from_secs(40 * 60);
+/// Upper bound for one fuzz target's run (`-max_total_time` plus start-up).
+const FUZZ_RUN_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// How long each fuzz target runs.
+const FUZZ_SECONDS: u32 = 20;
+/// The fuzz crate, relative to the workspace root.
+const FUZZ_DIR: &str = "dataplane/wg/fuzz";
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Options {
+    /// Leave out the fuzz smoke.
+    pub(crate) skip_fuzz: bool,
+    /// Leave out the netns suite.
+    pub(crate) skip_netns: bool,
+    /// Run only setup, the release build and the netns suite.
+    pub(crate) only_netns: bool,
+}
+
+/// One step of the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Setup,
+    Fmt,
+    Clippy,
+    Build,
+    Unit,
+    Fuzz,
+    Netns,
+}
+
+const ALL_STEPS: [Step; 7] = [
+    Step::Setup,
+    Step::Fmt,
+    Step::Clippy,
+    Step::Build,
+    Step::Unit,
+    Step::Fuzz,
+    Step::Netns,
+];
+
+impl Step {
+    fn title(self) -> &'static str {
+        match self {
+            Step::Setup => "setup (tools the suite runs)",
+            Step::Fmt => "cargo fmt --all -- --check",
+            Step::Clippy => "cargo clippy --workspace --all-targets -- -D warnings",
+            Step::Build => "cargo build --release --workspace",
+            Step::Unit => "cargo test --workspace --exclude portdistrict-netns-tests",
+            Step::Fuzz => "fuzz smoke (cargo +nightly fuzz run, each target)",
+            Step::Netns => "netns suite (cargo test --release -p portdistrict-netns-tests)",
+        }
+    }
+}
+
+/// The steps `o` selects, in order.
+fn plan(o: Options) -> Result<Vec<Step>> {
+    if o.only_netns && o.skip_netns {
+        bail!("--only-netns and --skip-netns contradict each other");
+    }
+    if o.only_netns {
+        return Ok(vec![Step::Setup, Step::Build, Step::Netns]);
+    }
+    Ok(ALL_STEPS
+        .into_iter()
+        .filter(|&s| match s {
+            Step::Fuzz => !o.skip_fuzz,
+            Step::Netns => !o.skip_netns,
+            _ => true,
+        })
+        .collect())
+}
+
+/// The closing line: `xtask: N passed, M failed[, K skipped]`.
+fn summary(passed: usize, failed: usize, skipped: usize) -> String {
+    let mut s = format!("xtask: {passed} passed, {failed} failed");
+    if skipped > 0 {
+        s.push_str(&format!(", {skipped} skipped"));
+    }
+    s
+}
+
+/// Runs the suite; returns whether every selected step passed.
+pub(crate) fn run(o: Options) -> Result<bool> {
+    require_root("test")?;
+    let steps = plan(o)?;
+    let skipped_by_options = ALL_STEPS.len() - steps.len();
+    let start = Instant::now();
+    let mut results: Vec<(Step, Duration, bool)> = Vec::new();
+    for (i, &step) in steps.iter().enumerate() {
+        println!("\n==> [{}/{}] {}", i + 1, steps.len(), step.title());
+        let t = Instant::now();
+        let outcome = run_step(step, &steps);
+        let took = t.elapsed();
+        match &outcome {
+            Ok(()) => println!(
+                "<== [{}/{}] {:?}: ok in {}",
+                i + 1,
+                steps.len(),
+                step,
+                secs(took)
+            ),
+            Err(e) => println!(
+                "<== [{}/{}] {:?}: FAILED after {}: {e:#}",
+                i + 1,
+                steps.len(),
+                step,
+                secs(took)
+            ),
+        }
+        results.push((step, took, outcome.is_ok()));
+        if outcome.is_err() {
+            break;
+        }
+    }
+    println!("\nsteps:");
+    for (step, took, ok) in &results {
+        println!(
+            "  {:<8} {:<6} {:>8}",
+            format!("{step:?}"),
+            if *ok { "ok" } else { "FAILED" },
+            secs(*took)
+        );
+    }
+    println!("  total {}", secs(start.elapsed()));
+    let passed = results.iter().filter(|r| r.2).count();
+    let failed = results.len() - passed;
+    let skipped = skipped_by_options + steps.len() - results.len();
+    println!("{}", summary(passed, failed, skipped));
+    Ok(failed == 0)
+}
+
+fn run_step(step: Step, steps: &[Step]) -> Result<()> {
+    match step {
+        Step::Setup => setup::run(Needs {
+            boringtun: steps.contains(&Step::Netns),
+            fuzz: steps.contains(&Step::Fuzz),
+        }),
+        Step::Fmt => cargo(&["fmt", "--all", "--", "--check"]),
+        Step::Clippy => cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        Step::Build => cargo(&["build", "--release", "--workspace"]),
+        Step::Unit => cargo(&[
+            "test",
+            "--workspace",
+            "--exclude",
+            "portdistrict-netns-tests",
+        ]),
+        Step::Fuzz => fuzz_smoke(),
+        Step::Netns => netns(),
+    }
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    run_streamed(&mut crate::cargo(args), STEP_LIMIT)
+}
+
+fn netns() -> Result<()> {
+    let binary = crate::target_dir().join("release/portdistrict-dataplane");
+    let binary = binary.canonicalize().with_context(|| {
+        format!(
+            "{} missing: the release build did not produce it",
+            binary.display()
+        )
+    })?;
+    println!("PD_DATAPLANE={}", binary.display());
+    let mut c = crate::cargo(&[
+        "test",
+        "--release",
+        "-p",
+        "portdistrict-netns-tests",
+        "--",
+        "--test-threads=2",
+    ]);
+    c.env("PD_DATAPLANE", &binary);
+    run_streamed(&mut c, STEP_LIMIT)
+}
+
+/// Builds every fuzz target once, then runs each for [`FUZZ_SECONDS`] on a copy of its
+/// checked-in corpus (the copy receives the new inputs, so the repo stays unchanged).
+fn fuzz_smoke() -> Result<()> {
+    let dir = crate::workspace_root().join(FUZZ_DIR);
+    let listed = output(
+        nightly_cargo(&["fuzz", "list"]).current_dir(&dir),
+        STEP_LIMIT,
+    )?;
+    let targets: Vec<&str> = listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if targets.is_empty() {
+        bail!("`cargo +nightly fuzz list` in {FUZZ_DIR} lists no targets");
+    }
+    println!("fuzz targets: {}", targets.join(" "));
+    run_streamed(
+        nightly_cargo(&["fuzz", "build"]).current_dir(&dir),
+        STEP_LIMIT,
+    )?;
+    let max_time = format!("-max_total_time={FUZZ_SECONDS}");
+    for target in targets {
+        let corpus = TempDir::new(&format!("pd-fuzz-{}-{target}", std::process::id()))?;
+        let copied = copy_files(&dir.join("corpus").join(target), corpus.path())?;
+        println!("--- fuzz {target}: {copied} corpus inputs, {FUZZ_SECONDS} s");
+        let corpus_arg = corpus.path().to_string_lossy().into_owned();
+        let mut run = nightly_cargo(&["fuzz", "run", target, &corpus_arg, "--", &max_time]);
+        run_streamed(run.current_dir(&dir), FUZZ_RUN_LIMIT)
+            .with_context(|| format!("fuzz target {target}"))?;
+    }
+    Ok(())
+}
+
+/// Copies the regular files of `from` (if it exists) into `to`; how many.
+fn copy_files(from: &Path, to: &Path) -> Result<usize> {
+    if !from.is_dir() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_plan_runs_everything_in_order() {
+        assert_eq!(plan(Options::default()).unwrap(), ALL_STEPS);
+    }
+
+    #[test]
+    fn skips_and_only_netns_select_steps() {
+        let o = Options {
+            skip_fuzz: true,
+            skip_netns: true,
+            ..Options::default()
+        };
+        assert_eq!(
+            plan(o).unwrap(),
+            [
+                Step::Setup,
+                Step::Fmt,
+                Step::Clippy,
+                Step::Build,
+                Step::Unit
+            ]
+        );
+        let o = Options {
+            only_netns: true,
+            ..Options::default()
+        };
+        assert_eq!(plan(o).unwrap(), [Step::Setup, Step::Build, Step::Netns]);
+        assert!(plan(Options {
+            only_netns: true,
+            skip_netns: true,
+            ..Options::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn summary_is_the_plain_closing_line() {
+        assert_eq!(summary(7, 0, 0), "xtask: 7 passed, 0 failed");
+        assert_eq!(summary(3, 1, 3), "xtask: 3 passed, 1 failed, 3 skipped");
+    }
+
+    #[test]
+    fn copy_files_copies_regular_files_only() {
+        let from = TempDir::new(&format!("pd-xtask-test-from-{}", std::process::id())).unwrap();
+        let to = TempDir::new(&format!("pd-xtask-test-to-{}", std::process::id())).unwrap();
+        std::fs::write(from.path().join("a"), b"1").unwrap();
+        std::fs::create_dir(from.path().join("sub")).unwrap();
+        assert_eq!(copy_files(from.path(), to.path()).unwrap(), 1);
+        assert_eq!(std::fs::read(to.path().join("a")).unwrap(), b"1");
+        assert_eq!(
+            copy_files(&from.path().join("missing"), to.path()).unwrap(),
+            0
+        );
+    }
+}
