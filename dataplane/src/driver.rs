@@ -41,23 +41,37 @@ struct OsIo<'a> {
 
 fn to_source(local: Option<LocalAddr>) -> SourceAddr {
     match local {
-        Some(LocalAddr { ip: IpAddr::V4(addr), ifindex }) => SourceAddr::V4 { addr, ifindex },
-        Some(LocalAddr { ip: IpAddr::V6(addr), ifindex }) => SourceAddr::V6 { addr, ifindex },
+        Some(LocalAddr {
+            ip: IpAddr::V4(addr),
+            ifindex,
+        }) => SourceAddr::V4 { addr, ifindex },
+        Some(LocalAddr {
+            ip: IpAddr::V6(addr),
+            ifindex,
+        }) => SourceAddr::V6 { addr, ifindex },
         None => SourceAddr::None,
     }
 }
 
 fn from_source(src: SourceAddr) -> Option<LocalAddr> {
     match src {
-        SourceAddr::V4 { addr, ifindex } => Some(LocalAddr { ip: IpAddr::V4(addr), ifindex }),
-        SourceAddr::V6 { addr, ifindex } => Some(LocalAddr { ip: IpAddr::V6(addr), ifindex }),
+        SourceAddr::V4 { addr, ifindex } => Some(LocalAddr {
+            ip: IpAddr::V4(addr),
+            ifindex,
+        }),
+        SourceAddr::V6 { addr, ifindex } => Some(LocalAddr {
+            ip: IpAddr::V6(addr),
+            ifindex,
+        }),
         SourceAddr::None => None,
     }
 }
 
 impl Io for OsIo<'_> {
     fn send_udp(&mut self, to: &Endpoint, datagram: &[u8]) -> SendOutcome {
-        let Some(udp) = self.udp else { return SendOutcome::Failed };
+        let Some(udp) = self.udp else {
+            return SendOutcome::Failed;
+        };
         let mut src = to_source(to.local);
         let had_source = src != SourceAddr::None;
         match udp.send(datagram, to.addr, &mut src) {
@@ -127,9 +141,9 @@ impl Driver {
             if tun_ready && self.read_tun(now)? {
                 return Ok(Exit::InterfaceDeleted);
             }
-            for fd_index in 0..2 {
-                if udp_ready[fd_index] {
-                    self.read_udp(now, fd_index);
+            for (which, ready) in udp_ready.into_iter().enumerate() {
+                if ready {
+                    self.read_udp(now, which);
                 }
             }
             if link_ready {
@@ -140,7 +154,10 @@ impl Driver {
                 self.serve_calls(now);
             }
             if now >= next_tick {
-                let mut io = OsIo { tun: &self.tun, udp: self.udp.as_ref() };
+                let mut io = OsIo {
+                    tun: &self.tun,
+                    udp: self.udp.as_ref(),
+                };
                 self.device.handle_timeout(now, &mut io);
                 next_tick = now + TICK;
             }
@@ -150,20 +167,23 @@ impl Driver {
     #[allow(clippy::type_complexity)]
     fn wait(&self, next_tick: Instant) -> anyhow::Result<(bool, [bool; 2], bool, bool, bool)> {
         use std::os::fd::AsFd;
-        let udp_fds = self.udp.as_ref().map(|u| [u.v4_fd(), u.v6_fd()]).unwrap_or([None, None]);
-        let mut fds = vec![
-            PollFd::readable(self.tun.as_fd()),
+        let udp_fds = self
+            .udp
+            .as_ref()
+            .map(|u| [u.v4_fd(), u.v6_fd()])
+            .unwrap_or([None, None]);
+        // A fixed array: no allocation per loop turn. Missing UDP sockets poll the
+        // TUN fd twice, which is harmless.
+        let tun = self.tun.as_fd();
+        let mut fds = [
+            PollFd::readable(tun),
             PollFd::readable(self.link.fd()),
             PollFd::readable(self.wake.fd()),
             PollFd::readable(self.signals.fd()),
+            PollFd::readable(udp_fds[0].unwrap_or(tun)),
+            PollFd::readable(udp_fds[1].unwrap_or(tun)),
         ];
-        let mut udp_slot = [None, None];
-        for (i, fd) in udp_fds.iter().enumerate() {
-            if let Some(fd) = fd {
-                udp_slot[i] = Some(fds.len());
-                fds.push(PollFd::readable(*fd));
-            }
-        }
+        let udp_slot = [udp_fds[0].map(|_| 4), udp_fds[1].map(|_| 5)];
         let timeout = next_tick.saturating_duration_since(Instant::now());
         poll_fds(&mut fds, Some(timeout))?;
         let r = |i: usize| fds[i].revents().any();
@@ -176,7 +196,10 @@ impl Driver {
         for _ in 0..BATCH {
             match self.tun.read(&mut self.buf) {
                 Ok(n) => {
-                    let mut io = OsIo { tun: &self.tun, udp: self.udp.as_ref() };
+                    let mut io = OsIo {
+                        tun: &self.tun,
+                        udp: self.udp.as_ref(),
+                    };
                     self.device.handle_tun_packet(now, &self.buf[..n], &mut io);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -198,9 +221,18 @@ impl Driver {
         for _ in 0..BATCH {
             match udp.recv(fd, &mut self.buf) {
                 Ok(Some(r)) => {
-                    let mut io = OsIo { tun: &self.tun, udp: Some(udp) };
+                    let mut io = OsIo {
+                        tun: &self.tun,
+                        udp: Some(udp),
+                    };
                     let local = from_source(r.local);
-                    self.device.handle_datagram(now, r.from, local, &mut self.buf[..r.len], &mut io);
+                    self.device.handle_datagram(
+                        now,
+                        r.from,
+                        local,
+                        &mut self.buf[..r.len],
+                        &mut io,
+                    );
                 }
                 Ok(None) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -224,7 +256,10 @@ impl Driver {
                     self.device.set_mtu(*m as usize);
                 }
                 LinkEvent::Deleted => {
-                    log::info!("{}: left this network namespace (moved or deleted)", self.tun.name())
+                    log::info!(
+                        "{}: left this network namespace (moved or deleted)",
+                        self.tun.name()
+                    )
                 }
                 LinkEvent::Up | LinkEvent::Down => {}
             }
@@ -293,7 +328,10 @@ impl Driver {
             self.listen_port = p;
         }
         self.fwmark = fwmark;
-        let mut io = OsIo { tun: &self.tun, udp: self.udp.as_ref() };
+        let mut io = OsIo {
+            tun: &self.tun,
+            udp: self.udp.as_ref(),
+        };
         self.device.apply(now, req, &mut io);
         Ok(())
     }

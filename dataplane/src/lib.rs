@@ -10,7 +10,7 @@
 //! - [`signals`], [`logger`]: SIGTERM/SIGINT as an fd, and log lines on stderr.
 
 pub mod driver;
+pub mod io;
 pub mod logger;
 pub mod signals;
-pub mod io;
 pub mod uapi_server;

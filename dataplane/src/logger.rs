@@ -42,7 +42,10 @@ pub fn init(prefix: &str) {
         Ok("silent") => log::LevelFilter::Off,
         _ => log::LevelFilter::Info,
     };
-    let logger = Logger { start: Instant::now(), prefix: prefix.to_string() };
+    let logger = Logger {
+        start: Instant::now(),
+        prefix: prefix.to_string(),
+    };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }

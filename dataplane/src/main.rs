@@ -58,7 +58,11 @@ fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
     if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
         anyhow::bail!("invalid interface name {ifname:?}: at most 15 characters, no '/' or spaces");
     }
-    Ok(if stats { Mode::Stats { ifname } } else { Mode::Run { ifname, foreground } })
+    Ok(if stats {
+        Mode::Stats { ifname }
+    } else {
+        Mode::Run { ifname, foreground }
+    })
 }
 
 fn print_stats(ifname: &str) -> anyhow::Result<()> {
@@ -69,7 +73,10 @@ fn print_stats(ifname: &str) -> anyhow::Result<()> {
     let mut text = String::new();
     s.shutdown(std::net::Shutdown::Write)?;
     s.read_to_string(&mut text)?;
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with("errno=")) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("errno="))
+    {
         println!("{}", line.replacen('=', ": ", 1));
     }
     if !text.contains("errno=0") {
@@ -95,9 +102,15 @@ fn daemonize() -> anyhow::Result<()> {
     // SAFETY: plain syscalls on our own process.
     unsafe { libc::setsid() };
     let log = std::env::var_os("PD_LOG_FILE");
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     let out = match &log {
-        Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?,
         None => null.try_clone()?,
     };
     use std::os::fd::AsRawFd;
@@ -130,7 +143,9 @@ fn run(ifname: &str, foreground: bool) -> anyhow::Result<Exit> {
         uapi_server::spawn(listener, tx, wake.clone()).context("starting the UAPI thread")?;
         let mut seed = [0u8; 32];
         getrandom(&mut seed)?;
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let device = Device::new(seed, (Instant::now(), wall), mtu);
         log::info!("{name}: started (MTU {mtu})");
         Driver::new(device, tun, link, signals, wake, rx)?.run()

@@ -33,7 +33,9 @@ impl TermSignals {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by signalfd and is owned by nobody else.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// The fd to poll for readability.
@@ -45,7 +47,13 @@ impl TermSignals {
     pub fn pending(&self) -> bool {
         let mut info = [0u8; 128];
         // SAFETY: reading into a 128-byte buffer, the size of signalfd_siginfo.
-        let n = unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&self.fd), info.as_mut_ptr().cast(), info.len()) };
+        let n = unsafe {
+            libc::read(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                info.as_mut_ptr().cast(),
+                info.len(),
+            )
+        };
         n > 0
     }
 }

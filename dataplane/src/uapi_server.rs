@@ -48,27 +48,37 @@ pub fn bind(ifname: &str) -> anyhow::Result<UnixListener> {
     let _ = std::fs::set_permissions(SOCKET_DIR, std::fs::Permissions::from_mode(0o755));
     let path = socket_path(ifname);
     if UnixStream::connect(&path).is_ok() {
-        anyhow::bail!("{} is in use: another process serves interface {ifname}", path.display());
+        anyhow::bail!(
+            "{} is in use: another process serves interface {ifname}",
+            path.display()
+        );
     }
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
     Ok(listener)
 }
 
 /// Starts the accept thread.
-pub fn spawn(listener: UnixListener, tx: mpsc::Sender<Pending>, wake: Arc<EventFd>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("uapi".into()).spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let (tx, wake) = (tx.clone(), wake.clone());
-            // One thread per client: a slow client must not block the others.
-            let _ = std::thread::Builder::new()
-                .name("uapi-conn".into())
-                .spawn(move || serve(conn, &tx, &wake));
-        }
-    })?;
+pub fn spawn(
+    listener: UnixListener,
+    tx: mpsc::Sender<Pending>,
+    wake: Arc<EventFd>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("uapi".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (tx, wake) = (tx.clone(), wake.clone());
+                // One thread per client: a slow client must not block the others.
+                let _ = std::thread::Builder::new()
+                    .name("uapi-conn".into())
+                    .spawn(move || serve(conn, &tx, &wake));
+            }
+        })?;
     Ok(())
 }
 
@@ -99,7 +109,9 @@ fn scope_id(name: &str) -> Option<u32> {
 
 fn serve(conn: UnixStream, tx: &mpsc::Sender<Pending>, wake: &EventFd) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(write_half) = conn.try_clone() else { return };
+    let Ok(write_half) = conn.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(conn);
     let mut writer = std::io::BufWriter::new(write_half);
     while let Some(text) = read_request(&mut reader) {
@@ -130,7 +142,11 @@ fn serve(conn: UnixStream, tx: &mpsc::Sender<Pending>, wake: &EventFd) {
                 }
             }
         };
-        if writer.write_all(reply.as_bytes()).and_then(|()| writer.flush()).is_err() {
+        if writer
+            .write_all(reply.as_bytes())
+            .and_then(|()| writer.flush())
+            .is_err()
+        {
             return;
         }
     }

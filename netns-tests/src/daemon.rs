@@ -141,15 +141,23 @@ impl Daemon {
             exited = self.child.try_status();
             exited.is_some() || (sock.exists() && ns.has_link(&self.ifname))
         });
+        let what = format!(
+            "{} ({}) for {} in {}",
+            self.implementation.label(),
+            self.implementation.binary().display(),
+            self.ifname,
+            self.link_ns
+        );
         if let Some(status) = exited {
             panic!(
-                "{self:?} exited during startup ({status}); log:\n{}",
+                "{what} exited during startup ({status}); log:\n{}",
                 self.log()
             );
         }
         assert!(
             ready,
-            "{self:?} not ready after {PROCESS_TIMEOUT:?}; log:\n{}",
+            "{what}: interface or {} missing after {PROCESS_TIMEOUT:?}; log:\n{}",
+            sock.display(),
             self.log()
         );
     }

@@ -38,7 +38,10 @@ impl Netns {
     pub fn new(role: &str) -> Netns {
         require_root();
         static SWEEP: Once = Once::new();
-        SWEEP.call_once(sweep_stale_namespaces);
+        SWEEP.call_once(|| {
+            sweep_stale_namespaces();
+            sweep_stale_sockets();
+        });
         let name = unique_name(role);
         run(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
@@ -125,6 +128,28 @@ fn sweep_stale_namespaces() {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             kill_namespace_pids(name);
             let _ = try_run(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+/// Removes `/var/run/wireguard/pdw*.sock` files nobody listens on any more (left by
+/// implementations SIGKILLed together with an earlier run of this harness).
+fn sweep_stale_sockets() {
+    let Ok(dir) = std::fs::read_dir("/var/run/wireguard") else {
+        return;
+    };
+    for path in dir.filter_map(|e| Some(e.ok()?.path())) {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if !(name.starts_with("pdw") && name.ends_with(".sock")) {
+            continue;
+        }
+        let refused = std::os::unix::net::UnixStream::connect(&path)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+        if refused {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }

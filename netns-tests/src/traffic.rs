@@ -25,9 +25,16 @@ fn family_of(addr: IpAddr) -> Family {
 /// Runs `ping -c count` from `ns` (with source `src` if given) and returns how many
 /// replies came back. Bounded: 0.2 s between probes, 1 s wait for the last reply.
 pub fn ping_received(ns: &Netns, src: Option<IpAddr>, dst: IpAddr, count: u32) -> u32 {
-    let (count_s, dst_s) = (count.to_string(), dst.to_string());
+    ping_with_wait(ns, src, dst, count, 1)
+}
+
+/// [`ping_received`] waiting `wait_secs` for the last reply.
+fn ping_with_wait(ns: &Netns, src: Option<IpAddr>, dst: IpAddr, count: u32, wait_secs: u32) -> u32 {
+    let (count_s, dst_s, wait_s) = (count.to_string(), dst.to_string(), wait_secs.to_string());
     let src_s = src.map(|s| s.to_string());
-    let mut argv = vec!["ping", "-n", "-q", "-c", &count_s, "-i", "0.2", "-W", "1"];
+    let mut argv = vec![
+        "ping", "-n", "-q", "-c", &count_s, "-i", "0.2", "-W", &wait_s,
+    ];
     if let Some(src) = &src_s {
         argv.extend(["-I", src]);
     }
@@ -53,7 +60,7 @@ fn parse_received(text: &str) -> Option<u32> {
 }
 
 /// Waits (bounded) until one ping from `ns` to `dst` is answered, then asserts that
-/// `count` of `count` pings are.
+/// `count` of `count` pings are (allowing 2 s for the last reply, for loaded machines).
 pub fn assert_ping(ns: &Netns, dst: IpAddr, count: u32) {
     let through = wait_until(WARMUP, Duration::from_millis(100), || {
         ping_received(ns, None, dst, 1) == 1
@@ -63,7 +70,7 @@ pub fn assert_ping(ns: &Netns, dst: IpAddr, count: u32) {
         "no ping reply from {dst} in {} within {WARMUP:?}",
         ns.name()
     );
-    let got = ping_received(ns, None, dst, count);
+    let got = ping_with_wait(ns, None, dst, count, 2);
     assert_eq!(
         got,
         count,

@@ -5,7 +5,7 @@
 //! a guard (see `guards`), so nothing is left behind on any exit path.
 
 use crate::guards::{Background, Dataplane, Netns, TempDir};
-use crate::proc::{check_interrupt, output, require_root, run_streamed, POLL};
+use crate::proc::{check_interrupt, interrupted, output, require_root, run_streamed, POLL};
 use crate::setup::{self, Needs};
 use anyhow::{bail, Context as _, Result};
 use std::path::Path;
@@ -61,8 +61,11 @@ pub(crate) fn run() -> Result<()> {
         "demo: {} in {} and {} in {} are running",
         names.ifname[0], names.netns[0], names.ifname[1], names.netns[1]
     );
-    configure(&ns, &dp, &tmp).with_context(|| logs(&dp))?;
-    traffic(&ns, &dp, &binary).with_context(|| logs(&dp))?;
+    let result = configure(&ns, &dp, &tmp).and_then(|()| traffic(&ns, &dp, &binary));
+    if result.is_err() && !interrupted() {
+        eprintln!("{}", logs(&dp));
+    }
+    result?;
     println!("demo: done; removing the interfaces and namespaces");
     Ok(())
 }
@@ -204,9 +207,12 @@ fn traffic(ns: &[Netns; 2], dp: &[Dataplane; 2], binary: &Path) -> Result<()> {
         print!("{}", wg(&ns[i], &["show", dp[i].ifname()])?);
     }
     for d in dp {
-        println!("\n$ portdistrict-dataplane --stats {}", d.ifname());
         let mut stats = crate::proc::cmd(&[&binary.to_string_lossy(), "--stats", d.ifname()]);
-        print!("{}", output(&mut stats, SHORT)?);
+        let stats = nonzero_counters(&output(&mut stats, SHORT)?);
+        println!(
+            "\nportdistrict-dataplane --stats {} (non-zero counters): {stats}",
+            d.ifname()
+        );
     }
     println!();
     Ok(())
@@ -230,6 +236,22 @@ fn ping_summary(out: &str) -> String {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The `name: value` lines of `--stats` whose value is not 0, as `name=value, ...`.
+fn nonzero_counters(stats: &str) -> String {
+    let nonzero: Vec<String> = stats
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .filter(|(_, v)| *v != "0")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if nonzero.is_empty() {
+        "none".to_owned()
+    } else {
+        nonzero.join(", ")
+    }
 }
 
 /// A 3-second iperf3 TCP run from `client` to `addr` in `server`; bits per second as
@@ -318,6 +340,15 @@ mod tests {
             received_bits_per_second(r#"{"sum_received":{"bits_per_second":"x"}}"#),
             None
         );
+    }
+
+    #[test]
+    fn only_nonzero_counters_are_shown() {
+        assert_eq!(
+            nonzero_counters("rx_replay: 0\ntx_no_route: 2\nhandshakes_completed: 1\n"),
+            "tx_no_route=2, handshakes_completed=1"
+        );
+        assert_eq!(nonzero_counters("rx_replay: 0\n"), "none");
     }
 
     #[test]

@@ -196,7 +196,11 @@ mod tests {
         msg_with_sender(gen, now, 42)
     }
 
-    fn msg_with_sender(gen: &mut CookieGenerator, now: Instant, sender: u32) -> [u8; wire::INITIATION_LEN] {
+    fn msg_with_sender(
+        gen: &mut CookieGenerator,
+        now: Instant,
+        sender: u32,
+    ) -> [u8; wire::INITIATION_LEN] {
         let mut m = [0u8; wire::INITIATION_LEN];
         {
             let mut v = Initiation::new_unchecked(&mut m[..]);

@@ -189,7 +189,10 @@ impl Device {
             return;
         }
         self.identity = key.map(StaticIdentity::new);
-        self.checker = self.identity.as_ref().map(|i| CookieChecker::new(i.public_key()));
+        self.checker = self
+            .identity
+            .as_ref()
+            .map(|i| CookieChecker::new(i.public_key()));
         if let Some(own) = self.public_key().copied() {
             self.remove_peer(&own);
         }
@@ -239,7 +242,9 @@ impl Device {
 
     /// Removes a peer, its AllowedIPs and its indices. Returns false if unknown.
     pub fn remove_peer(&mut self, key: &PublicKey) -> bool {
-        let Some(id) = self.by_key.remove(key) else { return false };
+        let Some(id) = self.by_key.remove(key) else {
+            return false;
+        };
         self.allowed_ips.remove_value(id);
         self.indices.retain(|_, (p, _)| *p != id);
         self.peers[id.0 as usize] = None;
@@ -297,12 +302,17 @@ impl Device {
                     let _ = self.allowed_ips.insert(a.addr, a.cidr, id);
                 }
             }
-            let Some(peer) = self.peer_mut(id) else { continue };
+            let Some(peer) = self.peer_mut(id) else {
+                continue;
+            };
             if let Some(psk) = &change.preshared_key {
                 peer.preshared_key = psk.clone();
             }
             if let Some(ep) = change.endpoint {
-                peer.endpoint = Some(Endpoint { addr: ep, local: None });
+                peer.endpoint = Some(Endpoint {
+                    addr: ep,
+                    local: None,
+                });
             }
             if let Some(ka) = change.persistent_keepalive_interval {
                 let was = peer.persistent_keepalive;

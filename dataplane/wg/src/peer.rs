@@ -119,7 +119,10 @@ impl Peer {
 
     /// True when the current session may seal a packet now.
     pub fn can_send(&self, now: Instant) -> bool {
-        self.sessions.current.as_ref().is_some_and(|s| s.can_send(now))
+        self.sessions
+            .current
+            .as_ref()
+            .is_some_and(|s| s.can_send(now))
     }
 
     /// Stages a packet until a session exists; the oldest is dropped when full.
@@ -154,9 +157,11 @@ impl Peer {
     pub(crate) fn wants_rekey_on_receive(&self, now: Instant) -> bool {
         let limit = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
         !self.timers.sent_last_minute_handshake
-            && self.sessions.current.as_ref().is_some_and(|s| {
-                s.is_initiator && now.saturating_duration_since(s.created) > limit
-            })
+            && self
+                .sessions
+                .current
+                .as_ref()
+                .is_some_and(|s| s.is_initiator && now.saturating_duration_since(s.created) > limit)
     }
 
     /// Forgets the sticky source address (after a failed handshake, as wireguard-go).

@@ -86,7 +86,13 @@ impl Session {
     /// Seals the plaintext at `buf[16..16 + len]` into a complete data message, padding
     /// it for `mtu`. Returns the message length. `buf` must have room for the padding
     /// and the tag.
-    pub fn seal(&mut self, now: Instant, buf: &mut [u8], len: usize, mtu: usize) -> Result<usize, SessionError> {
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+        mtu: usize,
+    ) -> Result<usize, SessionError> {
         if !self.can_send(now) {
             return Err(SessionError::Expired);
         }
@@ -100,7 +106,8 @@ impl Session {
         view.fill_header();
         view.set_receiver(self.remote_index);
         view.set_counter(counter);
-        self.send_key.seal(counter, &[], &mut msg[wire::DATA_HEADER_LEN..]);
+        self.send_key
+            .seal(counter, &[], &mut msg[wire::DATA_HEADER_LEN..]);
         Ok(total)
     }
 
@@ -110,7 +117,9 @@ impl Session {
         if !self.can_receive(now) {
             return Err(SessionError::Expired);
         }
-        let counter = Data::new_checked(&*msg).map_err(|_| SessionError::Decrypt)?.counter();
+        let counter = Data::new_checked(&*msg)
+            .map_err(|_| SessionError::Decrypt)?
+            .counter();
         if !self.replay.would_accept(counter) {
             return Err(SessionError::Replay);
         }
@@ -137,8 +146,20 @@ mod tests {
     use std::time::Duration;
 
     fn pair(now: Instant) -> (Session, Session) {
-        let a = SessionKeys { send: [1; 32], recv: [2; 32], local_index: 10, remote_index: 20, is_initiator: true };
-        let b = SessionKeys { send: [2; 32], recv: [1; 32], local_index: 20, remote_index: 10, is_initiator: false };
+        let a = SessionKeys {
+            send: [1; 32],
+            recv: [2; 32],
+            local_index: 10,
+            remote_index: 20,
+            is_initiator: true,
+        };
+        let b = SessionKeys {
+            send: [2; 32],
+            recv: [1; 32],
+            local_index: 20,
+            remote_index: 10,
+            is_initiator: false,
+        };
         (Session::new(&a, now), Session::new(&b, now))
     }
 

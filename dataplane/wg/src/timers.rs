@@ -58,11 +58,17 @@ impl Timers {
     /// Removes and returns one timer whose deadline is at or before `now`.
     pub fn pop_expired(&mut self, now: Instant) -> Option<TimerEvent> {
         let slots: [(&mut Option<Instant>, TimerEvent); 5] = [
-            (&mut self.retransmit_handshake, TimerEvent::RetransmitHandshake),
+            (
+                &mut self.retransmit_handshake,
+                TimerEvent::RetransmitHandshake,
+            ),
             (&mut self.send_keepalive, TimerEvent::SendKeepalive),
             (&mut self.new_handshake, TimerEvent::NewHandshake),
             (&mut self.zero_key_material, TimerEvent::ZeroKeyMaterial),
-            (&mut self.persistent_keepalive, TimerEvent::PersistentKeepalive),
+            (
+                &mut self.persistent_keepalive,
+                TimerEvent::PersistentKeepalive,
+            ),
         ];
         for (slot, ev) in slots {
             if slot.is_some_and(|d| d <= now) {
@@ -124,7 +130,8 @@ impl Timers {
     /// Any authenticated packet was sent or received: re-arm the persistent keepalive.
     pub fn on_authenticated_packet_traversal(&mut self, now: Instant, persistent_keepalive: u16) {
         if persistent_keepalive > 0 {
-            self.persistent_keepalive = Some(now + Duration::from_secs(u64::from(persistent_keepalive)));
+            self.persistent_keepalive =
+                Some(now + Duration::from_secs(u64::from(persistent_keepalive)));
         }
     }
 
@@ -161,7 +168,10 @@ mod tests {
         let mut t = Timers::default();
         t.on_data_sent(t0, Duration::ZERO);
         assert_eq!(t.pop_expired(t0 + Duration::from_secs(14)), None);
-        assert_eq!(t.pop_expired(t0 + Duration::from_secs(15)), Some(TimerEvent::NewHandshake));
+        assert_eq!(
+            t.pop_expired(t0 + Duration::from_secs(15)),
+            Some(TimerEvent::NewHandshake)
+        );
         // A reply cancels it.
         t.on_data_sent(t0, Duration::ZERO);
         t.on_authenticated_packet_received();
@@ -179,7 +189,10 @@ mod tests {
         assert_eq!(t.pop_expired(fire), Some(TimerEvent::SendKeepalive));
         t.on_authenticated_packet_sent();
         t.rearm_keepalive_if_needed(fire);
-        assert_eq!(t.pop_expired(fire + KEEPALIVE_TIMEOUT), Some(TimerEvent::SendKeepalive));
+        assert_eq!(
+            t.pop_expired(fire + KEEPALIVE_TIMEOUT),
+            Some(TimerEvent::SendKeepalive)
+        );
         t.rearm_keepalive_if_needed(fire + KEEPALIVE_TIMEOUT);
         // No more data: no further keepalives (no passive-keepalive loop).
         assert_eq!(t.next_deadline(), None);
@@ -190,11 +203,17 @@ mod tests {
         let t0 = crate::test_now();
         let mut t = Timers::default();
         t.on_handshake_initiated(t0, Duration::from_millis(100));
-        assert_eq!(t.next_deadline(), Some(t0 + REKEY_TIMEOUT + Duration::from_millis(100)));
+        assert_eq!(
+            t.next_deadline(),
+            Some(t0 + REKEY_TIMEOUT + Duration::from_millis(100))
+        );
         t.on_handshake_complete();
         assert_eq!(t.next_deadline(), None);
         t.on_authenticated_packet_traversal(t0, 25);
-        assert_eq!(t.pop_expired(t0 + Duration::from_secs(25)), Some(TimerEvent::PersistentKeepalive));
+        assert_eq!(
+            t.pop_expired(t0 + Duration::from_secs(25)),
+            Some(TimerEvent::PersistentKeepalive)
+        );
         t.on_authenticated_packet_traversal(t0, 0);
         assert_eq!(t.next_deadline(), None);
     }

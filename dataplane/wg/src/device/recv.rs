@@ -11,7 +11,9 @@ fn inner_source(packet: &[u8]) -> Option<(IpAddr, usize)> {
         4 if packet.len() >= 20 => {
             let total = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
             let src: [u8; 4] = packet[12..16].try_into().ok()?;
-            (20..=packet.len()).contains(&total).then_some((IpAddr::V4(Ipv4Addr::from(src)), total))
+            (20..=packet.len())
+                .contains(&total)
+                .then_some((IpAddr::V4(Ipv4Addr::from(src)), total))
         }
         6 if packet.len() >= 40 => {
             let total = 40 + usize::from(u16::from_be_bytes([packet[4], packet[5]]));
@@ -46,7 +48,13 @@ impl Device {
 
     /// MAC1, and under load MAC2 and the per-source rate limit. Returns false when
     /// the message must go no further (a cookie reply may have been sent).
-    fn admit_handshake(&mut self, now: Instant, from: SocketAddr, buf: &[u8], io: &mut impl Io) -> bool {
+    fn admit_handshake(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &[u8],
+        io: &mut impl Io,
+    ) -> bool {
         let Some(checker) = self.checker.as_mut() else {
             self.stats.rx_no_private_key += 1;
             return false;
@@ -62,8 +70,18 @@ impl Device {
             // Bytes 4..8 are the sender index in both initiations and responses.
             let sender = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
             let mut reply = [0u8; wire::COOKIE_REPLY_LEN];
-            checker.create_reply(now, &mut self.rng, buf, sender, from, &mut CookieReply::new_unchecked(&mut reply[..]));
-            let ep = Endpoint { addr: from, local: None };
+            checker.create_reply(
+                now,
+                &mut self.rng,
+                buf,
+                sender,
+                from,
+                &mut CookieReply::new_unchecked(&mut reply[..]),
+            );
+            let ep = Endpoint {
+                addr: from,
+                local: None,
+            };
             if io.send_udp(&ep, &reply) == SendOutcome::Failed {
                 self.stats.tx_send_failed += 1;
             }
@@ -93,7 +111,9 @@ impl Device {
             self.stats.rx_malformed += 1;
             return;
         };
-        let Some(identity) = self.identity.as_ref() else { return };
+        let Some(identity) = self.identity.as_ref() else {
+            return;
+        };
         let by_key = &self.by_key;
         let peers = &self.peers;
         let consumed = handshake::consume_initiation(identity, &msg, |k| {
@@ -104,8 +124,12 @@ impl Device {
             self.stats.rx_handshake_invalid += 1;
             return;
         };
-        let Some(&id) = self.by_key.get(&consumed.remote_static) else { return };
-        let Some(peer) = self.peers[id.0 as usize].as_mut() else { return };
+        let Some(&id) = self.by_key.get(&consumed.remote_static) else {
+            return;
+        };
+        let Some(peer) = self.peers[id.0 as usize].as_mut() else {
+            return;
+        };
         let flood = peer
             .last_initiation_consumed
             .is_some_and(|t| now.saturating_duration_since(t) <= HANDSHAKE_INITIATION_RATE);
@@ -117,7 +141,8 @@ impl Device {
         peer.last_initiation_consumed = Some(now);
         peer.endpoint = Some(from);
         peer.rx_bytes += buf.len() as u64;
-        peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive);
+        peer.timers
+            .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
         peer.timers.on_authenticated_packet_received();
         let psk = peer.preshared_key.clone();
 
@@ -125,19 +150,28 @@ impl Device {
         self.rng.fill_bytes(&mut ephemeral);
         let index = self.new_index(id, IndexKind::Session);
         let mut out = [0u8; wire::RESPONSE_LEN];
-        let keys = handshake::create_response(&consumed, &psk, index, ephemeral, &mut Response::new_unchecked(&mut out[..]));
+        let keys = handshake::create_response(
+            &consumed,
+            &psk,
+            index,
+            ephemeral,
+            &mut Response::new_unchecked(&mut out[..]),
+        );
         let Ok(keys) = keys else {
             self.indices.remove(&index);
             self.stats.rx_handshake_invalid += 1;
             return;
         };
         self.install_session(id, Session::new(&keys, now));
-        let Some(peer) = self.peers[id.0 as usize].as_mut() else { return };
+        let Some(peer) = self.peers[id.0 as usize].as_mut() else {
+            return;
+        };
         peer.cookie.add_macs(now, &mut out);
         self.stats.tx_handshake_response += 1;
         if transmit(peer, &mut self.stats, io, &out) {
             peer.timers.on_session_derived(now);
-            peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive);
+            peer.timers
+                .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
             peer.timers.on_authenticated_packet_sent();
         }
     }
@@ -151,26 +185,37 @@ impl Device {
             self.stats.rx_unknown_index += 1;
             return;
         };
-        let (Some(identity), Some(peer)) = (self.identity.as_ref(), self.peers[id.0 as usize].as_mut()) else {
+        let (Some(identity), Some(peer)) =
+            (self.identity.as_ref(), self.peers[id.0 as usize].as_mut())
+        else {
             return;
         };
-        let Some(state) = peer.handshake.as_ref().filter(|h| h.local_index == msg.receiver()) else {
+        let Some(state) = peer
+            .handshake
+            .as_ref()
+            .filter(|h| h.local_index == msg.receiver())
+        else {
             self.stats.rx_unknown_index += 1;
             return;
         };
-        let Ok(keys) = handshake::consume_response(identity, &peer.preshared_key, state, &msg) else {
+        let Ok(keys) = handshake::consume_response(identity, &peer.preshared_key, state, &msg)
+        else {
             self.stats.rx_handshake_invalid += 1;
             return;
         };
         // The handshake's index now names the session.
         peer.handshake = None;
-        self.indices.insert(keys.local_index, (id, IndexKind::Session));
+        self.indices
+            .insert(keys.local_index, (id, IndexKind::Session));
         self.install_session(id, Session::new(&keys, now));
-        let Some(peer) = self.peers[id.0 as usize].as_mut() else { return };
+        let Some(peer) = self.peers[id.0 as usize].as_mut() else {
+            return;
+        };
         peer.endpoint = Some(from);
         peer.rx_bytes += buf.len() as u64;
         peer.last_handshake = Some(now);
-        peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive);
+        peer.timers
+            .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
         peer.timers.on_authenticated_packet_received();
         peer.timers.on_handshake_complete();
         peer.timers.on_session_derived(now);
@@ -188,7 +233,9 @@ impl Device {
             self.stats.rx_unknown_index += 1;
             return;
         };
-        let Some(peer) = self.peer_mut(id) else { return };
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
         // A cookie reply is not authenticated traffic from the peer: no roaming, no timers.
         match peer.cookie.consume_reply(now, &msg) {
             Ok(()) => self.stats.rx_cookie_reply += 1,
@@ -205,7 +252,9 @@ impl Device {
             self.stats.rx_unknown_index += 1;
             return;
         };
-        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
         let s = &mut peer.sessions;
         let (session, is_next) = match (&mut s.current, &mut s.previous, &mut s.next) {
             (Some(c), _, _) if c.local_index == receiver => (c, false),
@@ -224,7 +273,8 @@ impl Device {
         };
         peer.endpoint = Some(from);
         peer.rx_bytes += buf.len() as u64;
-        peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive);
+        peer.timers
+            .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
         peer.timers.on_authenticated_packet_received();
         if is_next {
             let s = &mut peer.sessions;
@@ -239,7 +289,10 @@ impl Device {
             }
             self.flush_or_handshake(id, now, io);
         }
-        if self.peer_by_id(id).is_some_and(|p| p.wants_rekey_on_receive(now)) {
+        if self
+            .peer_by_id(id)
+            .is_some_and(|p| p.wants_rekey_on_receive(now))
+        {
             if let Some(p) = self.peer_mut(id) {
                 p.timers.sent_last_minute_handshake = true;
             }

@@ -5,7 +5,12 @@ use super::*;
 
 /// Sends `datagram` to the peer's endpoint and counts it; forgets the sticky source
 /// when the OS had to fall back to normal route selection.
-pub(super) fn transmit(peer: &mut Peer, stats: &mut Stats, io: &mut impl Io, datagram: &[u8]) -> bool {
+pub(super) fn transmit(
+    peer: &mut Peer,
+    stats: &mut Stats,
+    io: &mut impl Io,
+    datagram: &[u8],
+) -> bool {
     let Some(ep) = peer.endpoint else {
         stats.tx_no_endpoint += 1;
         return false;
@@ -55,7 +60,10 @@ impl Device {
         };
         if peer.queue.is_empty() && peer.can_send(now) {
             self.seal_and_send(id, now, packet, io);
-            if self.peer_by_id(id).is_some_and(|p| p.wants_rekey_on_send(now)) {
+            if self
+                .peer_by_id(id)
+                .is_some_and(|p| p.wants_rekey_on_send(now))
+            {
                 self.send_handshake_initiation(id, now, false, io);
             }
         } else {
@@ -73,7 +81,9 @@ impl Device {
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return false;
         };
-        let Some(session) = peer.sessions.current.as_mut() else { return false };
+        let Some(session) = peer.sessions.current.as_mut() else {
+            return false;
+        };
         let body = wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + packet.len();
         self.scratch[body].copy_from_slice(packet);
         let Ok(n) = session.seal(now, &mut self.scratch, packet.len(), mtu) else {
@@ -82,7 +92,8 @@ impl Device {
         if !transmit(peer, &mut self.stats, io, &self.scratch[..n]) {
             return false;
         }
-        peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive);
+        peer.timers
+            .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
         peer.timers.on_authenticated_packet_sent();
         if !packet.is_empty() {
             peer.timers.on_data_sent(now, jitter);
@@ -93,24 +104,33 @@ impl Device {
     /// Sends staged packets if a session allows it, else starts a handshake.
     pub(super) fn flush_or_handshake(&mut self, id: PeerId, now: Instant, io: &mut impl Io) {
         loop {
-            let Some(peer) = self.peer_mut(id) else { return };
+            let Some(peer) = self.peer_mut(id) else {
+                return;
+            };
             if !peer.can_send(now) {
                 if !peer.queue.is_empty() {
                     self.send_handshake_initiation(id, now, false, io);
                 }
                 return;
             }
-            let Some(pkt) = peer.queue.pop_front() else { break };
+            let Some(pkt) = peer.queue.pop_front() else {
+                break;
+            };
             self.seal_and_send(id, now, &pkt, io);
         }
-        if self.peer_by_id(id).is_some_and(|p| p.wants_rekey_on_send(now)) {
+        if self
+            .peer_by_id(id)
+            .is_some_and(|p| p.wants_rekey_on_send(now))
+        {
             self.send_handshake_initiation(id, now, false, io);
         }
     }
 
     /// Sends a keepalive now (or stages one behind a handshake).
     pub(super) fn send_keepalive(&mut self, id: PeerId, now: Instant, io: &mut impl Io) {
-        let Some(peer) = self.peer_mut(id) else { return };
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
         if peer.queue.is_empty() {
             peer.stage(&[]);
         }
@@ -118,13 +138,21 @@ impl Device {
     }
 
     /// Sends a handshake initiation, at most one per `REKEY_TIMEOUT`.
-    pub(super) fn send_handshake_initiation(&mut self, id: PeerId, now: Instant, is_retry: bool, io: &mut impl Io) {
+    pub(super) fn send_handshake_initiation(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        is_retry: bool,
+        io: &mut impl Io,
+    ) {
         let jitter = self.jitter();
         let wall = self.wall(now);
         let timestamp = crate::crypto::tai64n(wall.as_secs(), wall.subsec_nanos());
         let mut ephemeral = [0u8; 32];
         self.rng.fill_bytes(&mut ephemeral);
-        let Some(peer) = self.peer_mut(id) else { return };
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
         if !is_retry {
             peer.timers.handshake_attempts = 0;
         }
@@ -137,7 +165,9 @@ impl Device {
             self.indices.remove(&old);
         }
         let index = self.new_index(id, IndexKind::Handshake);
-        let (Some(identity), Some(peer)) = (self.identity.as_ref(), self.peers[id.0 as usize].as_mut()) else {
+        let (Some(identity), Some(peer)) =
+            (self.identity.as_ref(), self.peers[id.0 as usize].as_mut())
+        else {
             self.indices.remove(&index);
             return;
         };
@@ -163,14 +193,19 @@ impl Device {
         peer.cookie.add_macs(now, &mut buf);
         self.stats.tx_handshake_initiation += 1;
         transmit(peer, &mut self.stats, io, &buf);
-        peer.timers.on_authenticated_packet_traversal(now, peer.persistent_keepalive);
+        peer.timers
+            .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
         peer.timers.on_authenticated_packet_sent();
         peer.timers.on_handshake_initiated(now, jitter);
     }
 
     /// When [`Device::handle_timeout`] next needs to run, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.iter().flatten().filter_map(|p| p.timers.next_deadline()).min()
+        self.peers
+            .iter()
+            .flatten()
+            .filter_map(|p| p.timers.next_deadline())
+            .min()
     }
 
     /// Runs every timer due at `now`: handshake retransmission, keepalives, rekeying,
@@ -188,7 +223,9 @@ impl Device {
     fn on_timer(&mut self, id: PeerId, ev: TimerEvent, now: Instant, io: &mut impl Io) {
         match ev {
             TimerEvent::RetransmitHandshake => {
-                let Some(peer) = self.peer_mut(id) else { return };
+                let Some(peer) = self.peer_mut(id) else {
+                    return;
+                };
                 if peer.timers.handshake_attempts > MAX_TIMER_HANDSHAKES {
                     peer.timers.on_handshake_gave_up(now);
                     let dropped = peer.queue.len() as u64;
@@ -214,7 +251,10 @@ impl Device {
             }
             TimerEvent::ZeroKeyMaterial => self.zero_key_material(id),
             TimerEvent::PersistentKeepalive => {
-                if self.peer_by_id(id).is_some_and(|p| p.persistent_keepalive > 0) {
+                if self
+                    .peer_by_id(id)
+                    .is_some_and(|p| p.persistent_keepalive > 0)
+                {
                     self.send_keepalive(id, now, io);
                 }
             }
@@ -222,7 +262,9 @@ impl Device {
     }
 
     fn zero_key_material(&mut self, id: PeerId) {
-        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
         let freed: Vec<u32> = peer
             .sessions
             .indices()
@@ -238,7 +280,9 @@ impl Device {
     /// Installs a new session for `id`: as `current` for the initiator (the old
     /// current becomes `previous`), as `next` for the responder until confirmed.
     pub(super) fn install_session(&mut self, id: PeerId, session: Session) {
-        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
         let s = &mut peer.sessions;
         let freed = if session.is_initiator {
             let old_prev = s.previous.take();

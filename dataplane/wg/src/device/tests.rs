@@ -26,7 +26,9 @@ fn key(b: u8) -> PrivateKey {
 }
 
 fn set(dev: &mut Device, now: Instant, text: &str, io: &mut Wire) {
-    let Ok(Request::Set(req)) = parse_request(text) else { panic!("bad test config {text}") };
+    let Ok(Request::Set(req)) = parse_request(text) else {
+        panic!("bad test config {text}")
+    };
     dev.apply(now, &req, io);
 }
 
@@ -89,12 +91,24 @@ impl Sim {
         for _ in 0..100 {
             let mut moved = false;
             while let Some((_, mut d)) = self.wa.sent.pop_front() {
-                self.b.handle_datagram(self.now, A_ADDR.parse().unwrap(), None, &mut d, &mut self.wb);
+                self.b.handle_datagram(
+                    self.now,
+                    A_ADDR.parse().unwrap(),
+                    None,
+                    &mut d,
+                    &mut self.wb,
+                );
                 moved = true;
                 n += 1;
             }
             while let Some((_, mut d)) = self.wb.sent.pop_front() {
-                self.a.handle_datagram(self.now, B_ADDR.parse().unwrap(), None, &mut d, &mut self.wa);
+                self.a.handle_datagram(
+                    self.now,
+                    B_ADDR.parse().unwrap(),
+                    None,
+                    &mut d,
+                    &mut self.wa,
+                );
                 moved = true;
                 n += 1;
             }
@@ -164,17 +178,26 @@ fn handshake_then_data_both_ways_with_and_without_psk() {
         assert_eq!(s.b.stats.handshakes_completed, 1);
         assert!(s.a.peer(&b_pub()).unwrap().last_handshake.is_some());
         // B learned A's endpoint from the authenticated initiation.
-        assert_eq!(s.b.peer(&a_pub()).unwrap().endpoint.unwrap().addr, A_ADDR.parse().unwrap());
+        assert_eq!(
+            s.b.peer(&a_pub()).unwrap().endpoint.unwrap().addr,
+            A_ADDR.parse().unwrap()
+        );
     }
 }
 
 #[test]
 fn psk_mismatch_establishes_nothing() {
-    let mut s = Sim::new(&format!("preshared_key={}\n", "01".repeat(32)), &format!("preshared_key={}\n", "02".repeat(32)));
+    let mut s = Sim::new(
+        &format!("preshared_key={}\n", "01".repeat(32)),
+        &format!("preshared_key={}\n", "02".repeat(32)),
+    );
     s.a_to_b(100);
     s.pump();
     assert!(s.wb.tun.is_empty());
-    assert_eq!(s.a.stats.rx_handshake_invalid, 1, "A cannot open B's response");
+    assert_eq!(
+        s.a.stats.rx_handshake_invalid, 1,
+        "A cannot open B's response"
+    );
     assert_eq!(s.a.stats.handshakes_completed, 0);
 }
 
@@ -182,7 +205,10 @@ fn psk_mismatch_establishes_nothing() {
 fn wrong_peer_key_is_refused() {
     let mut s = Sim::new("", "");
     // B expects some other key than A's.
-    let cfg = format!("set=1\nreplace_peers=true\npublic_key={}\nallowed_ip=10.0.0.1/32\n\n", key(9).public_key().to_hex());
+    let cfg = format!(
+        "set=1\nreplace_peers=true\npublic_key={}\nallowed_ip=10.0.0.1/32\n\n",
+        key(9).public_key().to_hex()
+    );
     let now = s.now;
     set(&mut s.b, now, &cfg, &mut s.wb);
     s.a_to_b(100);
@@ -214,9 +240,25 @@ fn more_specific_prefix_on_another_peer_takes_the_range() {
     s.pump();
     let now = s.now;
     // A gives B the whole /24, then peer 3 a single address inside it.
-    set(&mut s.a, now, &format!("set=1\npublic_key={}\nallowed_ip=10.0.0.0/24\n\n", b_pub().to_hex()), &mut s.wa);
+    set(
+        &mut s.a,
+        now,
+        &format!(
+            "set=1\npublic_key={}\nallowed_ip=10.0.0.0/24\n\n",
+            b_pub().to_hex()
+        ),
+        &mut s.wa,
+    );
     let p3 = key(3).public_key();
-    set(&mut s.a, now, &format!("set=1\npublic_key={}\nendpoint=192.0.2.9:1\nallowed_ip=10.0.0.5/32\n\n", p3.to_hex()), &mut s.wa);
+    set(
+        &mut s.a,
+        now,
+        &format!(
+            "set=1\npublic_key={}\nendpoint=192.0.2.9:1\nallowed_ip=10.0.0.5/32\n\n",
+            p3.to_hex()
+        ),
+        &mut s.wa,
+    );
     // Outbound: 10.0.0.5 goes to peer 3 (an initiation to its endpoint), 10.0.0.6 to B.
     s.a.handle_tun_packet(s.now, &ipv4([10, 0, 0, 1], [10, 0, 0, 5], 60), &mut s.wa);
     assert_eq!(s.wa.sent.len(), 1);
@@ -225,7 +267,15 @@ fn more_specific_prefix_on_another_peer_takes_the_range() {
     s.wa.sent.clear();
     // Inbound: B may no longer use 10.0.0.5 as a source, but still 10.0.0.6.
     let now = s.now;
-    set(&mut s.b, now, &format!("set=1\npublic_key={}\nallowed_ip=10.0.0.0/24\n\n", a_pub().to_hex()), &mut s.wb);
+    set(
+        &mut s.b,
+        now,
+        &format!(
+            "set=1\npublic_key={}\nallowed_ip=10.0.0.0/24\n\n",
+            a_pub().to_hex()
+        ),
+        &mut s.wb,
+    );
     s.b.handle_tun_packet(s.now, &ipv4([10, 0, 0, 5], [10, 0, 0, 1], 60), &mut s.wb);
     let ok = ipv4([10, 0, 0, 6], [10, 0, 0, 1], 60);
     s.b.handle_tun_packet(s.now, &ok, &mut s.wb);
@@ -262,7 +312,13 @@ fn roaming_follows_data_but_not_cookie_replies() {
     // A forged datagram from elsewhere changes nothing.
     let mut junk = d.clone();
     junk[20] ^= 0xff;
-    s.a.handle_datagram(s.now, "203.0.113.1:1".parse().unwrap(), None, &mut junk, &mut s.wa);
+    s.a.handle_datagram(
+        s.now,
+        "203.0.113.1:1".parse().unwrap(),
+        None,
+        &mut junk,
+        &mut s.wa,
+    );
     assert_eq!(s.a.peer(&b_pub()).unwrap().endpoint.unwrap().addr, new);
     assert!(s.a.stats.rx_decrypt_failed + s.a.stats.rx_replay >= 1);
 }
@@ -287,10 +343,19 @@ fn malformed_datagrams_never_panic_and_are_counted() {
     }
     let mut big = vec![4u8; 70_000];
     s.b.handle_datagram(s.now, from, None, &mut big, &mut s.wb);
-    assert!(s.wb.tun.len() == 1, "nothing but the real packet reached the TUN");
-    let dropped: u64 = s.b.stats.iter().map(|(_, v)| v).sum::<u64>() - before.iter().map(|(_, v)| v).sum::<u64>();
-    assert!(dropped >= 20_001, "every bad datagram counted, got {dropped}");
-    assert!(s.b.stats.rx_malformed > 0 && s.b.stats.rx_unknown_index > 0 && s.b.stats.rx_bad_mac1 > 0);
+    assert!(
+        s.wb.tun.len() == 1,
+        "nothing but the real packet reached the TUN"
+    );
+    let dropped: u64 =
+        s.b.stats.iter().map(|(_, v)| v).sum::<u64>() - before.iter().map(|(_, v)| v).sum::<u64>();
+    assert!(
+        dropped >= 20_001,
+        "every bad datagram counted, got {dropped}"
+    );
+    assert!(
+        s.b.stats.rx_malformed > 0 && s.b.stats.rx_unknown_index > 0 && s.b.stats.rx_bad_mac1 > 0
+    );
 }
 
 #[test]
@@ -302,7 +367,11 @@ fn rekey_after_time_and_reject_after_time() {
     s.pump();
     let before = s.a.stats.tx_handshake_initiation;
     s.a_to_b(100);
-    assert_eq!(s.a.stats.tx_handshake_initiation, before + 1, "initiator rekeys on send after 120 s");
+    assert_eq!(
+        s.a.stats.tx_handshake_initiation,
+        before + 1,
+        "initiator rekeys on send after 120 s"
+    );
     s.pump();
     assert_eq!(s.a.stats.handshakes_completed, 2);
 
@@ -314,7 +383,12 @@ fn rekey_after_time_and_reject_after_time() {
     t.wa.sent.clear();
     t.wb.sent.clear();
     t.a_to_b(100);
-    assert!(t.wa.sent.iter().all(|(_, d)| d.len() == wire::INITIATION_LEN), "no data sealed with an expired session");
+    assert!(
+        t.wa.sent
+            .iter()
+            .all(|(_, d)| d.len() == wire::INITIATION_LEN),
+        "no data sealed with an expired session"
+    );
     assert_eq!(t.a.peer(&b_pub()).unwrap().queue.len(), 1);
 }
 const REKEY_AFTER: Duration = crate::constants::REKEY_AFTER_TIME;
@@ -328,7 +402,11 @@ fn passive_keepalive_after_receiving_data() {
     s.pump();
     let ka_before = s.a.stats.rx_keepalive;
     s.advance(Duration::from_secs(11));
-    assert_eq!(s.a.stats.rx_keepalive, ka_before + 1, "B answered A's data with a keepalive");
+    assert_eq!(
+        s.a.stats.rx_keepalive,
+        ka_before + 1,
+        "B answered A's data with a keepalive"
+    );
     s.advance(Duration::from_secs(10));
     // Data arrived while the first keepalive was pending, so one more is owed
     // (wireguard-go's needAnotherKeepalive) — and then no more: no keepalive loop.
@@ -341,14 +419,24 @@ fn passive_keepalive_after_receiving_data() {
 fn persistent_keepalive_brings_the_tunnel_up_and_repeats() {
     let mut s = Sim::new("", "");
     let now = s.now;
-    let cfg = format!("set=1\npublic_key={}\npersistent_keepalive_interval=5\n\n", b_pub().to_hex());
+    let cfg = format!(
+        "set=1\npublic_key={}\npersistent_keepalive_interval=5\n\n",
+        b_pub().to_hex()
+    );
     set(&mut s.a, now, &cfg, &mut s.wa);
     s.pump();
-    assert_eq!(s.a.stats.handshakes_completed, 1, "setting the interval starts a handshake");
+    assert_eq!(
+        s.a.stats.handshakes_completed, 1,
+        "setting the interval starts a handshake"
+    );
     let k0 = s.b.stats.rx_keepalive;
     s.advance(Duration::from_secs(16));
     s.pump();
-    assert!(s.b.stats.rx_keepalive >= k0 + 3, "keepalives every 5 s: {}", s.b.stats.rx_keepalive - k0);
+    assert!(
+        s.b.stats.rx_keepalive >= k0 + 3,
+        "keepalives every 5 s: {}",
+        s.b.stats.rx_keepalive - k0
+    );
 }
 
 #[test]
@@ -387,11 +475,21 @@ fn under_load_initiations_get_cookie_replies_and_retry_with_mac2() {
     s.wb.sent.clear();
     s.a_to_b(100);
     s.pump();
-    assert!(s.a.stats.rx_cookie_reply >= 1, "A got a cookie for its own address and port");
-    assert!(s.wb.tun.is_empty(), "no handshake yet: A must retry with MAC2");
+    assert!(
+        s.a.stats.rx_cookie_reply >= 1,
+        "A got a cookie for its own address and port"
+    );
+    assert!(
+        s.wb.tun.is_empty(),
+        "no handshake yet: A must retry with MAC2"
+    );
     s.advance(Duration::from_secs(6));
     s.pump();
-    assert_eq!(s.wb.tun.len(), 1, "the retry carried MAC2 and went through under load");
+    assert_eq!(
+        s.wb.tun.len(),
+        1,
+        "the retry carried MAC2 and went through under load"
+    );
     // The flooding source was rate-limited without blocking A.
     assert!(s.b.stats.rx_handshake_invalid + s.b.stats.rx_rate_limited > 0);
 }
@@ -407,7 +505,13 @@ fn rate_limit_is_per_source() {
         v.fill_header();
         v.set_sender(i);
         gen.add_macs(s.now, &mut m);
-        s.b.handle_datagram(s.now, "203.0.113.60:1".parse().unwrap(), None, &mut m, &mut s.wb);
+        s.b.handle_datagram(
+            s.now,
+            "203.0.113.60:1".parse().unwrap(),
+            None,
+            &mut m,
+            &mut s.wb,
+        );
     }
     s.a_to_b(100);
     s.pump();
@@ -421,7 +525,12 @@ fn removing_a_peer_forgets_its_sessions_and_routes() {
     s.a_to_b(100);
     s.pump();
     let now = s.now;
-    set(&mut s.a, now, &format!("set=1\npublic_key={}\nremove=true\n\n", b_pub().to_hex()), &mut s.wa);
+    set(
+        &mut s.a,
+        now,
+        &format!("set=1\npublic_key={}\nremove=true\n\n", b_pub().to_hex()),
+        &mut s.wa,
+    );
     assert_eq!(s.a.peer_count(), 0);
     s.a_to_b(100);
     assert_eq!(s.a.stats.tx_no_route, 1);
@@ -446,7 +555,15 @@ fn ipv6_inner_packets_route_and_check() {
     assert!(s.wb.tun.is_empty());
     assert_eq!(s.b.stats.rx_allowed_ips_violation, 1);
     let now = s.now;
-    set(&mut s.b, now, &format!("set=1\npublic_key={}\nallowed_ip=fd00::1/128\n\n", a_pub().to_hex()), &mut s.wb);
+    set(
+        &mut s.b,
+        now,
+        &format!(
+            "set=1\npublic_key={}\nallowed_ip=fd00::1/128\n\n",
+            a_pub().to_hex()
+        ),
+        &mut s.wb,
+    );
     s.a.handle_tun_packet(s.now, &p, &mut s.wa);
     s.pump();
     assert_eq!(s.wb.tun, vec![p]);
