@@ -217,6 +217,22 @@ impl Daemon {
         WgDump::parse(&self.show("dump"))
     }
 
+    /// The UUT's drop and event counters (`portdistrict-dataplane --stats IFNAME`),
+    /// by name. Panics for other implementations, which have no such counters.
+    pub fn stats(&self) -> std::collections::HashMap<String, u64> {
+        assert_eq!(
+            self.implementation,
+            Implementation::Uut,
+            "only the UUT has --stats"
+        );
+        let bin = self.implementation.binary();
+        let out = run(&[bin.to_str().expect("utf-8 path"), "--stats", &self.ifname]);
+        out.lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.trim().parse().expect("numeric counter")))
+            .collect()
+    }
+
     /// Writes `contents` to a mode-0600 file owned by this guard and returns its path.
     pub fn private_file(&self, name: &str, contents: &str) -> PathBuf {
         self.files.write_private(name, contents)

@@ -10,17 +10,11 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use portdistrict_netns_tests::{
-    assert_no_ping, assert_ping, run, uut_binary, wait_until, Daemon, Family, Pair, PairOptions,
+    assert_no_ping, assert_ping, wait_until, Daemon, Family, Pair, PairOptions,
 };
 
-/// The UUT's drop and event counters.
 fn stats(d: &Daemon) -> HashMap<String, u64> {
-    let bin = uut_binary();
-    let out = run(&[bin.to_str().expect("utf-8 path"), "--stats", d.ifname()]);
-    out.lines()
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_string(), v.trim().parse().expect("numeric counter")))
-        .collect()
+    d.stats()
 }
 
 fn uapi(d: &Daemon, request: &str) -> String {

@@ -13,6 +13,7 @@ fn wrong_key_gets_no_session() {
     let (left, right) = (&pair.left, &pair.right);
     // Right presents a key left does not know (left keeps expecting right.keys).
     let impostor = Keypair::generate();
+    let (l0, r0) = (left.daemon.stats(), right.daemon.stats());
     right.daemon.configure(&impostor, right.port, &[]);
 
     for family in Family::ALL {
@@ -33,6 +34,15 @@ fn wrong_key_gets_no_session() {
         (0, 0),
         "right must have no session: {r:?}"
     );
+
+    // Both refusals were counted: left cannot place the impostor's static key, and
+    // right (now the impostor) sees MAC1s made for the key it no longer has.
+    let (l1, r1) = (left.daemon.stats(), right.daemon.stats());
+    assert!(
+        l1["rx_handshake_invalid"] > l0["rx_handshake_invalid"],
+        "left: {l1:?}"
+    );
+    assert!(r1["rx_bad_mac1"] > r0["rx_bad_mac1"], "right: {r1:?}");
 
     // Control: with the right key back, the same setup works.
     right.daemon.configure(&right.keys, right.port, &[]);
@@ -59,6 +69,7 @@ fn inner_source_outside_allowed_ips_is_dropped() {
     right.daemon.add_address("10.99.0.3/24");
     right.daemon.add_address("fd99::3/64");
     let rx_wg_before = left.daemon.dump().peer(&right.keys.public).rx_bytes;
+    let violations_before = left.daemon.stats()["rx_allowed_ips_violation"];
     let rx_tun_before = tun_rx_packets(left.daemon.link_ns(), left.daemon.ifname());
 
     let spoofed: [(IpAddr, IpAddr); 2] = [
@@ -79,6 +90,11 @@ fn inner_source_outside_allowed_ips_is_dropped() {
     assert_eq!(
         rx_tun_after, rx_tun_before,
         "packets with a disallowed source were delivered"
+    );
+    let violations = left.daemon.stats()["rx_allowed_ips_violation"] - violations_before;
+    assert!(
+        violations >= 10,
+        "each spoofed ping counted as a violation: {violations}"
     );
     // And the allowed source still works.
     assert_ping(&right.ns, left.tunnel_addr(Family::V4), 3);
