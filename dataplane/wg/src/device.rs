@@ -91,6 +91,12 @@ impl LoadMeter {
     }
 }
 
+/// A random extra delay in `[0, REKEY_TIMEOUT_JITTER_MAX)` for handshake timers.
+fn jitter_from(rng: &mut rand_chacha::ChaCha20Rng) -> Duration {
+    let max = REKEY_TIMEOUT_JITTER_MAX.as_micros() as u64;
+    Duration::from_micros(rng.next_u64() % max)
+}
+
 /// A WireGuard interface.
 pub struct Device {
     identity: Option<StaticIdentity>,
@@ -165,8 +171,7 @@ impl Device {
     }
 
     fn jitter(&mut self) -> Duration {
-        let max = REKEY_TIMEOUT_JITTER_MAX.as_micros() as u64;
-        Duration::from_micros(self.rng.next_u64() % max)
+        jitter_from(&mut self.rng)
     }
 
     fn new_index(&mut self, peer: PeerId, kind: IndexKind) -> u32 {

@@ -84,6 +84,11 @@ impl Timers {
         *self = Self::default();
     }
 
+    /// True while the "new handshake" timer runs (data sent, no reply yet).
+    pub fn new_handshake_pending(&self) -> bool {
+        self.new_handshake.is_some()
+    }
+
     /// A data packet (not a keepalive) was sent.
     pub fn on_data_sent(&mut self, now: Instant, jitter: Duration) {
         if self.new_handshake.is_none() {

@@ -77,7 +77,6 @@ impl Device {
     /// Seals `packet` (empty = keepalive) with the peer's current session and sends it.
     fn seal_and_send(&mut self, id: PeerId, now: Instant, packet: &[u8], io: &mut impl Io) -> bool {
         let mtu = self.mtu;
-        let jitter = self.jitter();
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return false;
         };
@@ -95,8 +94,8 @@ impl Device {
         peer.timers
             .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
         peer.timers.on_authenticated_packet_sent();
-        if !packet.is_empty() {
-            peer.timers.on_data_sent(now, jitter);
+        if !packet.is_empty() && !peer.timers.new_handshake_pending() {
+            peer.timers.on_data_sent(now, super::jitter_from(&mut self.rng));
         }
         true
     }
