@@ -33,10 +33,75 @@ pub enum Exit {
     Signal,
 }
 
-/// The operating-system half handed to the protocol for its outputs.
+/// Datagrams to one endpoint waiting to leave in one `UDP_SEGMENT` (GSO) send: all of
+/// `segment` bytes except possibly the last.
+struct TxBatch {
+    to: Option<Endpoint>,
+    segment: usize,
+    closed: bool,
+    count: usize,
+    buf: Vec<u8>,
+    /// Endpoints whose sticky source address the kernel refused during a flush.
+    sources_cleared: Vec<std::net::SocketAddr>,
+    /// Datagrams the kernel refused during flushes.
+    failed: u64,
+}
+
+/// Most datagrams in one GSO send (the kernel's limit is 64 segments).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO send.
+const GSO_MAX_BYTES: usize = 65_000;
+
+impl TxBatch {
+    fn new() -> Self {
+        Self {
+            to: None,
+            segment: 0,
+            closed: false,
+            count: 0,
+            buf: Vec::with_capacity(GSO_MAX_BYTES),
+            sources_cleared: Vec::new(),
+            failed: 0,
+        }
+    }
+
+    fn fits(&self, to: &Endpoint, len: usize) -> bool {
+        self.count > 0
+            && self.to.as_ref() == Some(to)
+            && !self.closed
+            && len <= self.segment
+            && self.count < GSO_MAX_SEGMENTS
+            && self.buf.len() + len <= GSO_MAX_BYTES
+    }
+
+    fn flush(&mut self, udp: &UdpSockets) {
+        let Some(to) = self.to.take() else { return };
+        let mut src = to_source(to.local);
+        let had_source = src != SourceAddr::None;
+        let seg = u16::try_from(self.segment).unwrap_or(u16::MAX);
+        let result = if self.count == 1 {
+            udp.send(&self.buf, to.addr, &mut src)
+        } else {
+            udp.send_segments(&self.buf, seg, to.addr, &mut src)
+        };
+        if result.is_err() {
+            self.failed += self.count as u64;
+        }
+        if had_source && src == SourceAddr::None {
+            self.sources_cleared.push(to.addr);
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
+/// The operating-system half handed to the protocol for its outputs. Datagrams are
+/// batched per endpoint and leave as GSO sends when the batch ends (on drop).
 struct OsIo<'a> {
     tun: &'a Tun,
     udp: Option<&'a UdpSockets>,
+    tx: &'a mut TxBatch,
 }
 
 fn to_source(local: Option<LocalAddr>) -> SourceAddr {
@@ -72,18 +137,41 @@ impl Io for OsIo<'_> {
         let Some(udp) = self.udp else {
             return SendOutcome::Failed;
         };
-        let mut src = to_source(to.local);
-        let had_source = src != SourceAddr::None;
-        match udp.send(datagram, to.addr, &mut src) {
-            Ok(()) if had_source && src == SourceAddr::None => SendOutcome::SentWithoutSource,
-            Ok(()) => SendOutcome::Sent,
-            Err(_) => SendOutcome::Failed,
+        if !self.tx.fits(to, datagram.len()) {
+            self.tx.flush(udp);
         }
+        if datagram.len() > GSO_MAX_BYTES / 2 {
+            // Jumbo datagrams (large tunnel MTU) gain nothing from batching.
+            let mut src = to_source(to.local);
+            let had_source = src != SourceAddr::None;
+            return match udp.send(datagram, to.addr, &mut src) {
+                Ok(()) if had_source && src == SourceAddr::None => SendOutcome::SentWithoutSource,
+                Ok(()) => SendOutcome::Sent,
+                Err(_) => SendOutcome::Failed,
+            };
+        }
+        if self.tx.count == 0 {
+            self.tx.to = Some(*to);
+            self.tx.segment = datagram.len();
+        } else if datagram.len() < self.tx.segment {
+            self.tx.closed = true;
+        }
+        self.tx.buf.extend_from_slice(datagram);
+        self.tx.count += 1;
+        SendOutcome::Sent
     }
 
     fn write_tun(&mut self, packet: &[u8]) {
         // A full TUN queue drops, like any NIC; the kernel counts it.
         let _ = self.tun.write(packet);
+    }
+}
+
+impl Drop for OsIo<'_> {
+    fn drop(&mut self) {
+        if let Some(udp) = self.udp {
+            self.tx.flush(udp);
+        }
     }
 }
 
@@ -100,6 +188,7 @@ pub struct Driver {
     calls: mpsc::Receiver<Pending>,
     buf: Box<[u8]>,
     events: Vec<LinkEvent>,
+    tx: TxBatch,
 }
 
 impl Driver {
@@ -126,6 +215,7 @@ impl Driver {
             calls,
             buf: vec![0u8; MAX_PACKET + 64].into_boxed_slice(),
             events: Vec::new(),
+            tx: TxBatch::new(),
         })
     }
 
@@ -157,10 +247,13 @@ impl Driver {
                 let mut io = OsIo {
                     tun: &self.tun,
                     udp: self.udp.as_ref(),
+                    tx: &mut self.tx,
                 };
                 self.device.handle_timeout(now, &mut io);
+                drop(io);
                 next_tick = now + TICK;
             }
+            self.forget_refused_sources();
         }
     }
 
@@ -191,22 +284,37 @@ impl Driver {
         Ok((r(0), udp, r(1), r(2), r(3)))
     }
 
+    /// Endpoints whose sticky source the kernel refused in a batched send fall back
+    /// to normal route selection from now on.
+    fn forget_refused_sources(&mut self) {
+        for addr in self.tx.sources_cleared.drain(..) {
+            self.device.forget_source(addr);
+        }
+    }
+
     /// Reads TUN packets; returns true when the interface is gone.
     fn read_tun(&mut self, now: Instant) -> anyhow::Result<bool> {
+        let Driver {
+            device,
+            tun,
+            udp,
+            tx,
+            buf,
+            ..
+        } = self;
+        let mut io = OsIo {
+            tun,
+            udp: udp.as_ref(),
+            tx,
+        };
         for _ in 0..BATCH {
-            match self.tun.read(&mut self.buf) {
-                Ok(n) => {
-                    let mut io = OsIo {
-                        tun: &self.tun,
-                        udp: self.udp.as_ref(),
-                    };
-                    self.device.handle_tun_packet(now, &self.buf[..n], &mut io);
-                }
+            match tun.read(buf) {
+                Ok(n) => device.handle_tun_packet(now, &buf[..n], &mut io),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if Tun::is_gone(&e) => return Ok(true),
                 Err(e) => {
-                    log::error!("{}: reading the TUN device failed: {e}", self.tun.name());
+                    log::error!("{}: reading the TUN device failed: {e}", tun.name());
                     return Ok(true);
                 }
             }
@@ -215,24 +323,31 @@ impl Driver {
     }
 
     fn read_udp(&mut self, now: Instant, which: usize) {
-        let Some(udp) = self.udp.as_ref() else { return };
+        let Driver {
+            device,
+            tun,
+            udp,
+            tx,
+            buf,
+            ..
+        } = self;
+        let Some(udp) = udp.as_ref() else { return };
         let fd = if which == 0 { udp.v4_fd() } else { udp.v6_fd() };
         let Some(fd) = fd else { return };
+        let mut io = OsIo {
+            tun,
+            udp: Some(udp),
+            tx,
+        };
         for _ in 0..BATCH {
-            match udp.recv(fd, &mut self.buf) {
+            match udp.recv(fd, buf) {
                 Ok(Some(r)) => {
-                    let mut io = OsIo {
-                        tun: &self.tun,
-                        udp: Some(udp),
-                    };
                     let local = from_source(r.local);
-                    self.device.handle_datagram(
-                        now,
-                        r.from,
-                        local,
-                        &mut self.buf[..r.len],
-                        &mut io,
-                    );
+                    // A GRO read holds several datagrams of `segment` bytes each.
+                    let seg = r.segment.map_or(r.len, usize::from).max(1);
+                    for chunk in buf[..r.len].chunks_mut(seg) {
+                        device.handle_datagram(now, r.from, local, chunk, &mut io);
+                    }
                 }
                 Ok(None) => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -287,7 +402,9 @@ impl Driver {
                     }
                     if let Some(u) = &self.udp {
                         out.push_str(&format!("rx_truncated={}\n", u.truncated()));
+                        out.push_str(&format!("tx_gso={}\n", u8::from(u.gso_enabled())));
                     }
+                    out.push_str(&format!("tx_batch_send_failed={}\n", self.tx.failed));
                     uapi::format_errno(&mut out, 0);
                 }
             }
@@ -331,6 +448,7 @@ impl Driver {
         let mut io = OsIo {
             tun: &self.tun,
             udp: self.udp.as_ref(),
+            tx: &mut self.tx,
         };
         self.device.apply(now, req, &mut io);
         Ok(())

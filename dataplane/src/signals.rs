@@ -33,9 +33,8 @@ impl TermSignals {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by signalfd and is owned by nobody else.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// The fd to poll for readability.

@@ -293,7 +293,7 @@ fn effective_uid(status: &str) -> Option<u32> {
 /// Fails with what to do unless running as root.
 pub(crate) fn require_root(what: &str) -> Result<()> {
     if !is_root() {
-        bail!("`cargo xtask {what}` must run as root (it installs packages and creates network namespaces): try `sudo -E cargo xtask {what}`");
+        bail!("`cargo xtask {what}` must run as root (it installs packages and creates network namespaces): run it again as root");
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! is `xtask: N passed, M failed` (plus `, K skipped` when steps were skipped).
 
 use crate::guards::TempDir;
-use crate::proc::{output, require_root, run_streamed, secs};
+use crate::proc::{capture, output, require_root, run_streamed, secs};
 use crate::setup::{self, nightly_cargo, Needs};
 use anyhow::{bail, Context as _, Result};
 use std::path::Path;
@@ -222,10 +222,26 @@ fn fuzz_smoke() -> Result<()> {
         println!("--- fuzz {target}: {copied} corpus inputs, {FUZZ_SECONDS} s");
         let corpus_arg = corpus.path().to_string_lossy().into_owned();
         let mut run = nightly_cargo(&["fuzz", "run", target, &corpus_arg, "--", &max_time]);
-        run_streamed(run.current_dir(&dir), FUZZ_RUN_LIMIT)
-            .with_context(|| format!("fuzz target {target}"))?;
+        let out = capture(run.current_dir(&dir), FUZZ_RUN_LIMIT)?;
+        let text = format!("{}{}", out.stdout, out.stderr);
+        if !out.status.success() {
+            println!("{}", tail(&text, 80));
+            bail!("fuzz target {target} failed ({}); the input is kept in {FUZZ_DIR}/artifacts/{target}/", out.status);
+        }
+        let done = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("Done "))
+            .unwrap_or("finished");
+        println!("{target}: {done}");
     }
     Ok(())
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Copies the regular files of `from` (if it exists) into `to`; how many.
@@ -288,6 +304,12 @@ mod tests {
     fn summary_is_the_plain_closing_line() {
         assert_eq!(summary(7, 0, 0), "xtask: 7 passed, 0 failed");
         assert_eq!(summary(3, 1, 3), "xtask: 3 passed, 1 failed, 3 skipped");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
     }
 
     #[test]

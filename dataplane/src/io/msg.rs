@@ -156,23 +156,36 @@ pub(crate) fn write_pktinfo(buf: &mut CmsgBuf, src: SourceAddr) -> usize {
 
 /// Writes one control message carrying `data` at the start of `buf`.
 fn write_cmsg<T: Copy>(buf: &mut CmsgBuf, level: libc::c_int, ty: libc::c_int, data: T) -> usize {
+    write_cmsg_at(buf, 0, level, ty, data)
+}
+
+/// Writes one control message carrying `data` at `offset` (a multiple of the cmsg
+/// alignment) in `buf`; returns the space it took.
+fn write_cmsg_at<T: Copy>(
+    buf: &mut CmsgBuf,
+    offset: usize,
+    level: libc::c_int,
+    ty: libc::c_int,
+    data: T,
+) -> usize {
     let data_len = mem::size_of::<T>() as libc::c_uint;
     // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
     let (space, len) = unsafe { (libc::CMSG_SPACE(data_len), libc::CMSG_LEN(data_len)) };
     let space = space as usize;
     assert!(
-        space <= buf.0.len(),
-        "control buffer too small for one pktinfo"
+        offset.is_multiple_of(8) && offset + space <= buf.0.len(),
+        "control buffer too small for the control messages"
     );
     let hdr = libc::cmsghdr {
         cmsg_len: len as _,
         cmsg_level: level,
         cmsg_type: ty,
     };
-    let base = buf.0.as_mut_ptr();
-    // SAFETY: `buf` holds at least CMSG_SPACE(size_of::<T>()) bytes (checked above) and
-    // is 8-byte aligned, so the header fits at offset 0 and the data at the offset
-    // CMSG_DATA uses (the aligned header size); writes are unaligned-safe anyway.
+    // SAFETY: `offset + space <= buf.0.len()` (asserted), so the pointer stays in bounds.
+    let base = unsafe { buf.0.as_mut_ptr().add(offset) };
+    // SAFETY: `buf` holds at least CMSG_SPACE(size_of::<T>()) bytes after `offset`
+    // (checked above) and is 8-byte aligned, so the header fits at `base` and the data
+    // at the offset CMSG_DATA uses (the aligned header size); writes are unaligned-safe.
     unsafe {
         std::ptr::write_unaligned(base.cast::<libc::cmsghdr>(), hdr);
         let data_ptr = base.add(cmsg_header_len());
@@ -190,6 +203,39 @@ fn cmsg_header_len() -> usize {
 /// Finds an `IP_PKTINFO` or `IPV6_PKTINFO` message among the first `len` bytes of
 /// `buf` (as filled by `recvmsg`); malformed or unknown messages are skipped.
 pub(crate) fn read_pktinfo(buf: &[u8], len: usize) -> SourceAddr {
+    find_cmsg(buf, len, pktinfo_from).unwrap_or(SourceAddr::None)
+}
+
+/// `SOL_UDP` options for segmentation offload (linux/udp.h).
+pub(crate) const UDP_SEGMENT: libc::c_int = 103;
+/// `SOL_UDP` option for receive coalescing (linux/udp.h).
+pub(crate) const UDP_GRO: libc::c_int = 104;
+
+/// The segment size of a `UDP_GRO` message: the datagram read holds several
+/// datagrams of this size coalesced by the kernel (the last may be shorter).
+pub(crate) fn read_gro(buf: &[u8], len: usize) -> Option<u16> {
+    find_cmsg(buf, len, |level, ty, data| {
+        (level == libc::SOL_UDP && ty == UDP_GRO && data.len() >= 4).then(|| {
+            let v = i32::from_ne_bytes([data[0], data[1], data[2], data[3]]);
+            u16::try_from(v).unwrap_or(0)
+        })
+    })
+    .filter(|s| *s > 0)
+}
+
+/// Appends a `UDP_SEGMENT` message (GSO segment size) at `offset` in `buf`; returns
+/// the new control length.
+pub(crate) fn write_segment_size(buf: &mut CmsgBuf, offset: usize, size: u16) -> usize {
+    offset + write_cmsg_at(buf, offset, libc::SOL_UDP, UDP_SEGMENT, size)
+}
+
+/// Walks the control messages in the first `len` bytes of `buf` and returns the first
+/// `f` accepts; malformed messages end the walk.
+fn find_cmsg<T>(
+    buf: &[u8],
+    len: usize,
+    f: impl Fn(libc::c_int, libc::c_int, &[u8]) -> Option<T>,
+) -> Option<T> {
     let buf = &buf[..len.min(buf.len())];
     let header = cmsg_header_len();
     let mut offset = 0;
@@ -202,12 +248,12 @@ pub(crate) fn read_pktinfo(buf: &[u8], len: usize) -> SourceAddr {
             break;
         }
         let data = &buf[offset + header..offset + cmsg_len];
-        if let Some(src) = pktinfo_from(hdr.cmsg_level, hdr.cmsg_type, data) {
-            return src;
+        if let Some(v) = f(hdr.cmsg_level, hdr.cmsg_type, data) {
+            return Some(v);
         }
         offset += align_cmsg(cmsg_len);
     }
-    SourceAddr::None
+    None
 }
 
 fn read_cmsghdr(bytes: &[u8]) -> libc::cmsghdr {

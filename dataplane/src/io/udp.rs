@@ -18,7 +18,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{cvt, IoError};
-use super::msg::{from_sockaddr, read_pktinfo, to_sockaddr, write_pktinfo, CmsgBuf, SourceAddr};
+use super::msg::{
+    from_sockaddr, read_gro, read_pktinfo, to_sockaddr, write_pktinfo, write_segment_size, CmsgBuf,
+    SourceAddr, UDP_GRO,
+};
 
 /// Socket buffer size asked for (wireguard-go uses the same 7 MiB).
 const SOCKET_BUFFER_SIZE: libc::c_int = 7 << 20;
@@ -34,6 +37,9 @@ pub struct Received {
     pub from: SocketAddr,
     /// The local address (and interface) the datagram arrived on.
     pub local: SourceAddr,
+    /// With `UDP_GRO`: the buffer holds several datagrams of this size from the same
+    /// sender, coalesced by the kernel (the last may be shorter).
+    pub segment: Option<u16>,
 }
 
 /// The UDP sockets of one interface: `0.0.0.0:port` and `[::]:port` (v6-only), either
@@ -44,6 +50,8 @@ pub struct UdpSockets {
     v6: Option<OwnedFd>,
     port: u16,
     truncated: AtomicU64,
+    /// False once a `UDP_SEGMENT` send failed with `EIO` (no GSO on the route).
+    gso: std::sync::atomic::AtomicBool,
 }
 
 /// The two address families, with what differs between their sockets.
@@ -136,6 +144,7 @@ impl UdpSockets {
             v6: v6.map(|(fd, _)| fd),
             port: bound_port,
             truncated: AtomicU64::new(0),
+            gso: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -211,13 +220,64 @@ impl UdpSockets {
         if !src.fits(&dst) {
             *src = SourceAddr::None;
         }
-        match send_one(fd.as_fd(), buf, &dst, *src) {
+        match send_one(fd.as_fd(), buf, &dst, *src, None) {
             Err(e) if *src != SourceAddr::None && source_rejected(&e) => {
                 *src = SourceAddr::None;
-                send_one(fd.as_fd(), buf, &dst, SourceAddr::None)
+                send_one(fd.as_fd(), buf, &dst, SourceAddr::None, None)
             }
             other => other,
         }
+    }
+
+    /// Sends `buf` as datagrams of `segment` bytes each (the last may be shorter) to
+    /// `dst` in one `sendmsg` with `UDP_SEGMENT` (GSO). Falls back to one `sendmsg` per
+    /// datagram where the kernel refuses GSO (`EIO`), and then stops trying GSO. Source
+    /// address handling as [`UdpSockets::send`]. Does not allocate.
+    pub fn send_segments(
+        &self,
+        buf: &[u8],
+        segment: u16,
+        dst: SocketAddr,
+        src: &mut SourceAddr,
+    ) -> io::Result<()> {
+        let seg = usize::from(segment.max(1));
+        if buf.len() <= seg {
+            return self.send(buf, dst, src);
+        }
+        if self.gso.load(Ordering::Relaxed) {
+            let dst = canonical(dst);
+            let fd = match dst {
+                SocketAddr::V4(_) => self.v4.as_ref(),
+                SocketAddr::V6(_) => self.v6.as_ref(),
+            }
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
+            if !src.fits(&dst) {
+                *src = SourceAddr::None;
+            }
+            let result = match send_one(fd.as_fd(), buf, &dst, *src, Some(segment)) {
+                Err(e) if *src != SourceAddr::None && source_rejected(&e) => {
+                    *src = SourceAddr::None;
+                    send_one(fd.as_fd(), buf, &dst, SourceAddr::None, Some(segment))
+                }
+                other => other,
+            };
+            match result {
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    log::warn!("UDP GSO refused by the kernel ({e}); sending datagrams one by one");
+                    self.gso.store(false, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        for chunk in buf.chunks(seg) {
+            self.send(chunk, dst, src)?;
+        }
+        Ok(())
+    }
+
+    /// True while `UDP_SEGMENT` sends are in use.
+    pub fn gso_enabled(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
     }
 }
 
@@ -275,17 +335,28 @@ fn recv_one(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<RecvOutcome> {
         return Ok(RecvOutcome::Skip);
     };
     let local = read_pktinfo(&control.0, msg.msg_controllen as usize);
+    let segment = read_gro(&control.0, msg.msg_controllen as usize).filter(|s| usize::from(*s) < n);
     Ok(RecvOutcome::Datagram(Received {
         len: n,
         from,
         local,
+        segment,
     }))
 }
 
-fn send_one(fd: BorrowedFd<'_>, buf: &[u8], dst: &SocketAddr, src: SourceAddr) -> io::Result<()> {
+fn send_one(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    dst: &SocketAddr,
+    src: SourceAddr,
+    segment: Option<u16>,
+) -> io::Result<()> {
     let (mut name, name_len) = to_sockaddr(dst);
     let mut control = CmsgBuf::new();
-    let control_len = write_pktinfo(&mut control, src);
+    let mut control_len = write_pktinfo(&mut control, src);
+    if let Some(seg) = segment {
+        control_len = write_segment_size(&mut control, control_len, seg);
+    }
     let mut iov = libc::iovec {
         iov_base: buf.as_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
@@ -365,6 +436,11 @@ fn configure(fd: BorrowedFd<'_>, family: Family, fwmark: u32) -> Result<(), IoEr
     if fwmark != 0 {
         set_int(fd, libc::SOL_SOCKET, libc::SO_MARK, fwmark as libc::c_int)
             .map_err(|e| IoError::syscall("setsockopt(SO_MARK)", e))?;
+    }
+    // Receive coalescing: one recvmsg returns many datagrams of one sender. Optional:
+    // without it every datagram is read on its own.
+    if let Err(e) = set_int(fd, libc::SOL_UDP, UDP_GRO, on) {
+        log::info!("UDP_GRO unavailable ({e}); receiving datagrams one by one");
     }
     set_buffer(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF");
     set_buffer(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF");

@@ -256,6 +256,16 @@ impl Device {
         true
     }
 
+    /// Forgets the sticky source address of every peer whose endpoint is `addr` (the
+    /// operating system refused it in a batched send: the address is gone).
+    pub fn forget_source(&mut self, addr: SocketAddr) {
+        for peer in self.peers.iter_mut().flatten() {
+            if peer.endpoint.is_some_and(|e| e.addr == addr) {
+                peer.clear_source();
+            }
+        }
+    }
+
     /// Removes every peer.
     pub fn clear_peers(&mut self) {
         self.peers.clear();

@@ -95,7 +95,8 @@ impl Device {
             .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
         peer.timers.on_authenticated_packet_sent();
         if !packet.is_empty() && !peer.timers.new_handshake_pending() {
-            peer.timers.on_data_sent(now, super::jitter_from(&mut self.rng));
+            peer.timers
+                .on_data_sent(now, super::jitter_from(&mut self.rng));
         }
         true
     }
