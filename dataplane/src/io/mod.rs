@@ -36,5 +36,5 @@ pub use error::IoError;
 pub use msg::SourceAddr;
 pub use netlink::{LinkEvent, LinkMonitor};
 pub use poll::{poll_fds, EventFd, PollFd, Readiness};
-pub use tun::Tun;
+pub use tun::{Tun, TunOffload};
 pub use udp::{Received, UdpSockets};

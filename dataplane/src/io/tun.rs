@@ -37,6 +37,18 @@ pub struct Tun {
     fd: OwnedFd,
     name: String,
     ifindex: u32,
+    offload: TunOffload,
+}
+
+/// What a TUN fd opened with [`Tun::create_offloaded`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunOffload {
+    /// Every read and write starts with a 10-byte `virtio_net_hdr`.
+    pub vnet_hdr: bool,
+    /// TCP segmentation offload (reads may be 64 KiB TCP super-packets).
+    pub tso: bool,
+    /// UDP segmentation offload (reads may be UDP super-packets).
+    pub uso: bool,
 }
 
 impl Tun {
@@ -46,6 +58,39 @@ impl Tun {
     /// An empty `name` lets the kernel choose (`tunN`). The name the kernel used and the
     /// interface index are read back. Needs `CAP_NET_ADMIN`.
     pub fn create(name: &str) -> Result<Tun, IoError> {
+        Self::open(name, TUN_MODE)
+    }
+
+    /// Like [`Tun::create`], with `IFF_VNET_HDR` and `TUNSETOFFLOAD` asking for
+    /// checksum offload, TSO4/6 (with ECN) and USO4/6; USO is dropped on kernels that
+    /// refuse it, and all offloads if `TUNSETOFFLOAD` fails (the virtio-net header stays:
+    /// reads then carry `GSO_NONE`). See [`Tun::offload`] for what was granted.
+    pub fn create_offloaded(name: &str) -> Result<Tun, IoError> {
+        let mut tun = Self::open(name, TUN_MODE | libc::IFF_VNET_HDR)?;
+        let base = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+        let uso = libc::TUN_F_USO4 | libc::TUN_F_USO6;
+        tun.offload.vnet_hdr = true;
+        if tun.set_offload(base | uso).is_ok() {
+            tun.offload.tso = true;
+            tun.offload.uso = true;
+        } else if tun.set_offload(base).is_ok() {
+            tun.offload.tso = true;
+        }
+        Ok(tun)
+    }
+
+    fn set_offload(&self, flags: libc::c_uint) -> io::Result<()> {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long of flags).
+        cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) })?;
+        Ok(())
+    }
+
+    /// The offloads this fd was opened with.
+    pub fn offload(&self) -> TunOffload {
+        self.offload
+    }
+
+    fn open(name: &str, mode: libc::c_int) -> Result<Tun, IoError> {
         let mut req = ifreq_with_name(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -57,7 +102,7 @@ impl Tun {
                 _ => IoError::syscall("open(/dev/net/tun)", e),
             })?;
         let fd = OwnedFd::from(file);
-        req.ifr_ifru.ifru_flags = TUN_MODE as libc::c_short;
+        req.ifr_ifru.ifru_flags = mode as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is one, valid and
         // exclusively borrowed for the call, and `fd` is an open /dev/net/tun.
         cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) })
@@ -76,13 +121,18 @@ impl Tun {
 
     fn from_configured_fd(fd: OwnedFd) -> Result<Tun, IoError> {
         let (name, flags) = tun_get_iff(fd.as_fd())?;
-        if flags & TUN_FRAMING != TUN_MODE {
+        let framing = flags & TUN_FRAMING;
+        if framing != TUN_MODE && framing != TUN_MODE | libc::IFF_VNET_HDR {
             return Err(IoError::WrongTunMode {
                 flags: flags as u32,
             });
         }
         let ifindex = if_index(&name)?;
-        Ok(Tun { fd, name, ifindex })
+        let offload = TunOffload {
+            vnet_hdr: framing & libc::IFF_VNET_HDR != 0,
+            ..TunOffload::default()
+        };
+        Ok(Tun { fd, name, ifindex, offload })
     }
 
     /// The interface name (as the kernel returned it at open time).
