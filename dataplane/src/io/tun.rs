@@ -81,7 +81,13 @@ impl Tun {
 
     fn set_offload(&self, flags: libc::c_uint) -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value (an unsigned long of flags).
-        cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNSETOFFLOAD, flags as libc::c_ulong) })?;
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                flags as libc::c_ulong,
+            )
+        })?;
         Ok(())
     }
 
@@ -132,7 +138,12 @@ impl Tun {
             vnet_hdr: framing & libc::IFF_VNET_HDR != 0,
             ..TunOffload::default()
         };
-        Ok(Tun { fd, name, ifindex, offload })
+        Ok(Tun {
+            fd,
+            name,
+            ifindex,
+            offload,
+        })
     }
 
     /// The interface name (as the kernel returned it at open time).

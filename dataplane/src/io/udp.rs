@@ -275,6 +275,19 @@ impl UdpSockets {
         Ok(())
     }
 
+    /// Turns segmentation (`UDP_SEGMENT` sends) and receive coalescing (`UDP_GRO`) on
+    /// or off for both sockets. Returns whether GRO is on afterwards.
+    pub fn set_offload(&self, on: bool) -> bool {
+        self.gso.store(on, Ordering::Relaxed);
+        let mut gro = on;
+        for fd in self.fds() {
+            if set_int(fd, libc::SOL_UDP, UDP_GRO, libc::c_int::from(on)).is_err() {
+                gro = false;
+            }
+        }
+        gro
+    }
+
     /// True while `UDP_SEGMENT` sends are in use.
     pub fn gso_enabled(&self) -> bool {
         self.gso.load(Ordering::Relaxed)
