@@ -12,6 +12,8 @@
 use crate::io::{poll_fds, EventFd, LinkEvent, LinkMonitor, PollFd, SourceAddr, Tun, UdpSockets};
 use crate::signals::TermSignals;
 use crate::uapi_server::{Call, Pending};
+use portdistrict_offload::vnet::VIRTIO_NET_HDR_LEN;
+use portdistrict_offload::{split, Coalescer, Segments, VirtioNetHdr};
 use portdistrict_wg::device::{Device, Io, SendOutcome, MAX_PACKET};
 use portdistrict_wg::peer::{Endpoint, LocalAddr};
 use portdistrict_wg::uapi::{self, Request, SetRequest};
@@ -102,6 +104,9 @@ struct OsIo<'a> {
     tun: &'a Tun,
     udp: Option<&'a UdpSockets>,
     tx: &'a mut TxBatch,
+    /// With a virtio-net header on the TUN fd: decrypted packets are coalesced (GRO)
+    /// and written as super-packets when the batch ends.
+    gro: Option<&'a mut Coalescer>,
 }
 
 fn to_source(local: Option<LocalAddr>) -> SourceAddr {
@@ -162,8 +167,11 @@ impl Io for OsIo<'_> {
     }
 
     fn write_tun(&mut self, packet: &[u8]) {
-        // A full TUN queue drops, like any NIC; the kernel counts it.
-        let _ = self.tun.write(packet);
+        match self.gro.as_mut() {
+            Some(gro) => gro.push(packet),
+            // A full TUN queue drops, like any NIC; the kernel counts it.
+            None => drop(self.tun.write(packet)),
+        }
     }
 }
 
@@ -172,7 +180,23 @@ impl Drop for OsIo<'_> {
         if let Some(udp) = self.udp {
             self.tx.flush(udp);
         }
+        if let Some(gro) = self.gro.as_mut() {
+            let tun = self.tun;
+            gro.flush(|frame| drop(tun.write(frame)));
+        }
     }
+}
+
+/// Offload state of the loop: the TUN side (virtio-net header, TSO/USO split, GRO)
+/// and counters of what the offload layer refused.
+struct Offload {
+    vnet: bool,
+    segments: Segments,
+    gro: Coalescer,
+    /// TUN reads whose virtio-net header or super-packet could not be split.
+    malformed: u64,
+    /// UDP GSO/GRO wanted (off with `PD_OFFLOAD=off`).
+    udp: bool,
 }
 
 /// Everything the loop owns.
@@ -189,6 +213,7 @@ pub struct Driver {
     buf: Box<[u8]>,
     events: Vec<LinkEvent>,
     tx: TxBatch,
+    offload: Offload,
 }
 
 impl Driver {
@@ -200,9 +225,22 @@ impl Driver {
         signals: TermSignals,
         wake: Arc<EventFd>,
         calls: mpsc::Receiver<Pending>,
+        udp_offload: bool,
     ) -> anyhow::Result<Self> {
         let udp = UdpSockets::bind(0, 0)?;
-        log::info!("{}: listening on UDP port {}", tun.name(), udp.port());
+        let vnet = tun.offload().vnet_hdr;
+        let gro = udp.set_offload(udp_offload);
+        let o = tun.offload();
+        log::info!(
+            "{}: listening on UDP port {}; I/O: poll(2) loop, TUN vnet-hdr {} (TSO {}, USO {}), UDP GSO {}, UDP GRO {}",
+            tun.name(),
+            udp.port(),
+            o.vnet_hdr,
+            o.tso,
+            o.uso,
+            udp.gso_enabled(),
+            gro
+        );
         Ok(Self {
             device,
             tun,
@@ -216,6 +254,13 @@ impl Driver {
             buf: vec![0u8; MAX_PACKET + 64].into_boxed_slice(),
             events: Vec::new(),
             tx: TxBatch::new(),
+            offload: Offload {
+                vnet,
+                segments: Segments::with_capacity(512 * 1024, 4096),
+                gro: Coalescer::new(),
+                malformed: 0,
+                udp: udp_offload,
+            },
         })
     }
 
@@ -248,6 +293,7 @@ impl Driver {
                     tun: &self.tun,
                     udp: self.udp.as_ref(),
                     tx: &mut self.tx,
+                    gro: self.offload.vnet.then_some(&mut self.offload.gro),
                 };
                 self.device.handle_timeout(now, &mut io);
                 drop(io);
@@ -292,7 +338,9 @@ impl Driver {
         }
     }
 
-    /// Reads TUN packets; returns true when the interface is gone.
+    /// Reads TUN packets; returns true when the interface is gone. With a virtio-net
+    /// header, each read may be a TSO/USO super-packet: it is split into MTU-sized
+    /// packets first.
     fn read_tun(&mut self, now: Instant) -> anyhow::Result<bool> {
         let Driver {
             device,
@@ -300,16 +348,25 @@ impl Driver {
             udp,
             tx,
             buf,
+            offload,
             ..
         } = self;
+        let Offload {
+            vnet,
+            segments,
+            gro,
+            malformed,
+            ..
+        } = offload;
         let mut io = OsIo {
             tun,
             udp: udp.as_ref(),
             tx,
+            gro: vnet.then_some(gro),
         };
         for _ in 0..BATCH {
-            match tun.read(buf) {
-                Ok(n) => device.handle_tun_packet(now, &buf[..n], &mut io),
+            let n = match tun.read(buf) {
+                Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if Tun::is_gone(&e) => return Ok(true),
@@ -317,6 +374,21 @@ impl Driver {
                     log::error!("{}: reading the TUN device failed: {e}", tun.name());
                     return Ok(true);
                 }
+            };
+            if !*vnet {
+                device.handle_tun_packet(now, &buf[..n], &mut io);
+                continue;
+            }
+            let split_ok = VirtioNetHdr::parse(&buf[..n]).and_then(|hdr| {
+                segments.clear();
+                split(&hdr, &buf[VIRTIO_NET_HDR_LEN..n], 0, 0, segments)
+            });
+            if split_ok.is_err() {
+                *malformed += 1;
+                continue;
+            }
+            for seg in segments.iter() {
+                device.handle_tun_packet(now, seg, &mut io);
             }
         }
         Ok(false)
@@ -329,15 +401,18 @@ impl Driver {
             udp,
             tx,
             buf,
+            offload,
             ..
         } = self;
         let Some(udp) = udp.as_ref() else { return };
         let fd = if which == 0 { udp.v4_fd() } else { udp.v6_fd() };
         let Some(fd) = fd else { return };
+        let gro = offload.vnet.then_some(&mut offload.gro);
         let mut io = OsIo {
             tun,
             udp: Some(udp),
             tx,
+            gro,
         };
         for _ in 0..BATCH {
             match udp.recv(fd, buf) {
@@ -405,6 +480,11 @@ impl Driver {
                         out.push_str(&format!("tx_gso={}\n", u8::from(u.gso_enabled())));
                     }
                     out.push_str(&format!("tx_batch_send_failed={}\n", self.tx.failed));
+                    out.push_str(&format!(
+                        "tx_offload_malformed={}\n",
+                        self.offload.malformed
+                    ));
+                    out.push_str(&format!("tun_vnet_hdr={}\n", u8::from(self.offload.vnet)));
                     uapi::format_errno(&mut out, 0);
                 }
             }
@@ -420,7 +500,10 @@ impl Driver {
         let new_udp = match req.listen_port {
             Some(p) if Some(p) != current_port || p == 0 && current_port.is_none() => {
                 match UdpSockets::bind(p, fwmark) {
-                    Ok(u) => Some(u),
+                    Ok(u) => {
+                        u.set_offload(self.offload.udp);
+                        Some(u)
+                    }
                     Err(e) => {
                         log::warn!("{}: listen port {p}: {e}", self.tun.name());
                         return Err(-libc::EADDRINUSE);
@@ -449,6 +532,7 @@ impl Driver {
             tun: &self.tun,
             udp: self.udp.as_ref(),
             tx: &mut self.tx,
+            gro: self.offload.vnet.then_some(&mut self.offload.gro),
         };
         self.device.apply(now, req, &mut io);
         Ok(())

@@ -30,7 +30,8 @@ Creates the WireGuard interface IFNAME and serves the userspace API on
       --version      the version
 
 Environment: LOG_LEVEL=error|warn|info|debug|silent; PD_LOG_FILE=PATH keeps the
-daemon's log in PATH (otherwise a daemonized process logs nowhere).";
+daemon's log in PATH (otherwise a daemonized process logs nowhere); PD_OFFLOAD=off
+turns TUN TSO/GRO and UDP GSO/GRO off.";
 
 enum Mode {
     Run { ifname: String, foreground: bool },
@@ -125,7 +126,13 @@ fn daemonize() -> anyhow::Result<()> {
 }
 
 fn run(ifname: &str, foreground: bool) -> anyhow::Result<Exit> {
-    let tun = Tun::create(ifname).with_context(|| format!("creating TUN interface {ifname}"))?;
+    let offload = std::env::var("PD_OFFLOAD").as_deref() != Ok("off");
+    let tun = if offload {
+        Tun::create_offloaded(ifname)
+    } else {
+        Tun::create(ifname)
+    }
+    .with_context(|| format!("creating TUN interface {ifname}"))?;
     let name = tun.name().to_string();
     if let Err(e) = tun.set_mtu(1420) {
         log::warn!("{name}: setting the default MTU 1420: {e}");
@@ -148,7 +155,7 @@ fn run(ifname: &str, foreground: bool) -> anyhow::Result<Exit> {
             .unwrap_or_default();
         let device = Device::new(seed, (Instant::now(), wall), mtu);
         log::info!("{name}: started (MTU {mtu})");
-        Driver::new(device, tun, link, signals, wake, rx)?.run()
+        Driver::new(device, tun, link, signals, wake, rx, offload)?.run()
     })();
     let _ = std::fs::remove_file(uapi_server::socket_path(&name));
     result

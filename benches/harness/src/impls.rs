@@ -1,0 +1,163 @@
+//! The implementations compared: bare veth (no tunnel) and four userspace WireGuards,
+//! with where to find each and how to start it in the foreground.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::proc::find_program;
+
+/// One column of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Impl {
+    /// No tunnel: iperf3 and ping straight over the veth pair.
+    Bare,
+    /// Ours: `portdistrict-dataplane`.
+    Portdistrict,
+    /// `wireguard-go` (Debian package `wireguard-go`).
+    WireguardGo,
+    /// `boringtun-cli` (crates.io).
+    Boringtun,
+    /// `gotatun` from crates.io package `gotatun-cli` (Mullvad's boringtun fork).
+    Gotatun,
+}
+
+impl Impl {
+    /// Every implementation, in column order.
+    pub(crate) const ALL: [Impl; 5] = [
+        Impl::Bare,
+        Impl::Portdistrict,
+        Impl::WireguardGo,
+        Impl::Boringtun,
+        Impl::Gotatun,
+    ];
+
+    /// The name used on the command line, in tables and in JSON.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Impl::Bare => "bare-veth",
+            Impl::Portdistrict => "portdistrict",
+            Impl::WireguardGo => "wireguard-go",
+            Impl::Boringtun => "boringtun",
+            Impl::Gotatun => "gotatun",
+        }
+    }
+
+    /// Parses [`Impl::name`] (also accepts `bare`, `boringtun-cli`, `gotatun-cli`).
+    pub(crate) fn parse(s: &str) -> Option<Impl> {
+        match s {
+            "bare" | "bare-veth" | "veth" => Some(Impl::Bare),
+            "portdistrict" | "pd" => Some(Impl::Portdistrict),
+            "wireguard-go" | "wg-go" => Some(Impl::WireguardGo),
+            "boringtun" | "boringtun-cli" => Some(Impl::Boringtun),
+            "gotatun" | "gotatun-cli" => Some(Impl::Gotatun),
+            _ => None,
+        }
+    }
+
+    /// The executable and how to install it, for peers found on `$PATH`.
+    fn program(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Impl::Bare | Impl::Portdistrict => None,
+            Impl::WireguardGo => Some((
+                "wireguard-go",
+                "install it with `cargo xtask setup` (or `apt-get install wireguard-go`)",
+            )),
+            Impl::Boringtun => Some((
+                "boringtun-cli",
+                "install it with `cargo xtask setup` (or `cargo install --locked boringtun-cli`)",
+            )),
+            Impl::Gotatun => Some((
+                "gotatun",
+                "install it with `cargo xtask setup` (or `cargo install --locked gotatun-cli`)",
+            )),
+        }
+    }
+
+    /// The daemon's executable: `dataplane` for ours, a `$PATH` (or `~/.cargo/bin`)
+    /// lookup for peers; `None` for bare veth.
+    pub(crate) fn binary(self, dataplane: &Path) -> Result<Option<PathBuf>, Error> {
+        if self == Impl::Portdistrict {
+            if !dataplane.is_file() {
+                return Err(Error::MissingDataplane(dataplane.to_owned()));
+            }
+            return Ok(Some(dataplane.to_owned()));
+        }
+        let Some((program, hint)) = self.program() else {
+            return Ok(None);
+        };
+        match find_program(program) {
+            Some(p) => Ok(Some(p)),
+            None => Err(Error::MissingProgram {
+                program: program.to_owned(),
+                hint: hint.to_owned(),
+            }),
+        }
+    }
+
+    /// Arguments before IFNAME that keep the daemon in the foreground with quiet logs.
+    pub(crate) fn daemon_args(self) -> &'static [&'static str] {
+        match self {
+            Impl::Bare => &[],
+            Impl::Portdistrict | Impl::WireguardGo => &["--foreground"],
+            Impl::Boringtun | Impl::Gotatun => &[
+                "--foreground",
+                "--disable-drop-privileges",
+                "--verbosity",
+                "error",
+            ],
+        }
+    }
+}
+
+/// Parses a comma-separated `--impl` list into distinct implementations in column order.
+pub(crate) fn parse_list(list: &str) -> Result<Vec<Impl>, String> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let names: Vec<&str> = Impl::ALL.iter().map(|i| i.name()).collect();
+        let i = Impl::parse(item).ok_or_else(|| {
+            format!(
+                "unknown implementation {item:?} in --impl (known: {})",
+                names.join(", ")
+            )
+        })?;
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    if out.is_empty() {
+        return Err("--impl needs at least one implementation".to_owned());
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for i in Impl::ALL {
+            assert_eq!(Impl::parse(i.name()), Some(i));
+        }
+        assert_eq!(Impl::parse("gotatun-cli"), Some(Impl::Gotatun));
+        assert_eq!(Impl::parse("nope"), None);
+    }
+
+    #[test]
+    fn list_is_deduplicated_and_ordered() {
+        let l = parse_list("gotatun, bare,portdistrict,bare").unwrap();
+        assert_eq!(l, [Impl::Bare, Impl::Portdistrict, Impl::Gotatun]);
+        assert!(parse_list("wireguard-go,x").unwrap_err().contains("\"x\""));
+        assert!(parse_list(" , ").is_err());
+    }
+
+    #[test]
+    fn missing_dataplane_says_how_to_build() {
+        let e = Impl::Portdistrict
+            .binary(Path::new("/nonexistent/pd"))
+            .unwrap_err();
+        assert!(e.to_string().contains("cargo build --release"), "{e}");
+        assert_eq!(Impl::Bare.binary(Path::new("/x")).unwrap(), None);
+    }
+}

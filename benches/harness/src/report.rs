@@ -1,0 +1,508 @@
+//! From raw samples to the report: per scenario and implementation the median and
+//! min–max spread, portdistrict's ratios to every other column, daemon CPU seconds per
+//! GB and peak RSS; rendered as text tables and serialized as JSON.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::impls::Impl;
+use crate::measure::{Sample, Scenario};
+use crate::stats::{ratio, Summary};
+
+/// Everything collected during a run.
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    /// Samples by (scenario, implementation), in repeat order.
+    pub(crate) samples: BTreeMap<(usize, Impl), Vec<Sample>>,
+    /// Peak RSS (KiB) of each daemon, by implementation.
+    pub(crate) peak_rss: BTreeMap<Impl, Vec<u64>>,
+    /// What went wrong, in order.
+    pub(crate) failures: Vec<Failure>,
+}
+
+/// One failed setup or measurement.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Failure {
+    /// The implementation.
+    pub(crate) implementation: &'static str,
+    /// The scenario id, `None` for topology setup.
+    pub(crate) scenario: Option<&'static str>,
+    /// 1-based repeat, 0 for setup.
+    pub(crate) repeat: u32,
+    /// The error.
+    pub(crate) message: String,
+}
+
+/// The JSON document (and the source of the table and the chart).
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    /// Always `pd-bench`.
+    pub(crate) tool: &'static str,
+    /// How the run was configured.
+    pub(crate) config: Config,
+    /// The columns, in order, measured or skipped.
+    pub(crate) implementations: Vec<ImplReport>,
+    /// The rows.
+    pub(crate) scenarios: Vec<ScenarioReport>,
+    /// Failed setups and measurements.
+    pub(crate) failures: Vec<Failure>,
+}
+
+/// The run's configuration.
+#[derive(Debug, Serialize)]
+pub(crate) struct Config {
+    /// Seconds per iperf3 run.
+    pub(crate) duration_s: u32,
+    /// Repeats per scenario.
+    pub(crate) repeat: u32,
+    /// Whether `--quick` was given.
+    pub(crate) quick: bool,
+    /// Our binary.
+    pub(crate) dataplane: PathBuf,
+    /// `uname -r`.
+    pub(crate) kernel: String,
+    /// Online CPUs.
+    pub(crate) cpus: usize,
+}
+
+/// One column.
+#[derive(Debug, Serialize)]
+pub(crate) struct ImplReport {
+    /// Its name.
+    pub(crate) name: &'static str,
+    /// The daemon binary, if any.
+    pub(crate) binary: Option<PathBuf>,
+    /// Why it was not measured, if it was not.
+    pub(crate) skipped: Option<String>,
+    /// Peak RSS of each daemon, KiB.
+    pub(crate) peak_rss_kib: Vec<u64>,
+}
+
+/// One row.
+#[derive(Debug, Serialize)]
+pub(crate) struct ScenarioReport {
+    /// Machine id.
+    pub(crate) id: &'static str,
+    /// Human label.
+    pub(crate) label: &'static str,
+    /// Unit of the values.
+    pub(crate) unit: &'static str,
+    /// Whether bigger is better.
+    pub(crate) higher_is_better: bool,
+    /// Per implementation name.
+    pub(crate) results: BTreeMap<&'static str, Cell>,
+    /// `portdistrict/<other>` → ratio of the medians.
+    pub(crate) ratios: BTreeMap<String, f64>,
+}
+
+/// One implementation's figures in one scenario.
+#[derive(Debug, Serialize)]
+pub(crate) struct Cell {
+    /// Median and spread of the values.
+    pub(crate) value: Option<Summary>,
+    /// Every sample, in repeat order.
+    pub(crate) samples: Vec<Sample>,
+    /// UDP loss percent (receiver side).
+    pub(crate) loss_percent: Option<Summary>,
+    /// Both daemons' CPU seconds per GB delivered (throughput scenarios, tunnels).
+    pub(crate) cpu_s_per_gb: Option<Summary>,
+}
+
+impl Report {
+    /// Builds the report for the columns `impls` (`skipped` gives the reason for those
+    /// not measured) from `c`.
+    pub(crate) fn build(
+        config: Config,
+        impls: Vec<(Impl, Option<PathBuf>, Option<String>)>,
+        c: Collected,
+    ) -> Report {
+        let measured: Vec<Impl> = impls
+            .iter()
+            .filter(|i| i.2.is_none())
+            .map(|i| i.0)
+            .collect();
+        let scenarios = Scenario::ALL
+            .iter()
+            .enumerate()
+            .map(|(si, s)| scenario_report(si, *s, &measured, &c))
+            .collect();
+        let implementations = impls
+            .into_iter()
+            .map(|(i, binary, skipped)| ImplReport {
+                name: i.name(),
+                binary,
+                skipped,
+                peak_rss_kib: c.peak_rss.get(&i).cloned().unwrap_or_default(),
+            })
+            .collect();
+        Report {
+            tool: "pd-bench",
+            config,
+            implementations,
+            scenarios,
+            failures: c.failures,
+        }
+    }
+
+    /// The measured columns' names, in order.
+    pub(crate) fn measured(&self) -> Vec<&'static str> {
+        self.implementations
+            .iter()
+            .filter(|i| i.skipped.is_none())
+            .map(|i| i.name)
+            .collect()
+    }
+
+    /// `(scenario label, implementation)` pairs without a nonzero median: what
+    /// `--quick` fails on.
+    pub(crate) fn missing_figures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.scenarios {
+            for name in self.measured() {
+                let ok = s
+                    .results
+                    .get(name)
+                    .and_then(|c| c.value)
+                    .is_some_and(|v| v.median > 0.0);
+                if !ok {
+                    out.push(format!("{} / {name}", s.label));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn scenario_report(si: usize, s: Scenario, measured: &[Impl], c: &Collected) -> ScenarioReport {
+    let mut results = BTreeMap::new();
+    for i in measured {
+        let samples = c.samples.get(&(si, *i)).cloned().unwrap_or_default();
+        let pick =
+            |f: fn(&Sample) -> Option<f64>| -> Vec<f64> { samples.iter().filter_map(f).collect() };
+        let cpu = if s.higher_is_better() {
+            Summary::of(&pick(Sample::cpu_per_gb))
+        } else {
+            None
+        };
+        results.insert(
+            i.name(),
+            Cell {
+                value: Summary::of(&pick(|x| Some(x.value))),
+                loss_percent: Summary::of(&pick(|x| x.loss_percent)),
+                cpu_s_per_gb: cpu,
+                samples,
+            },
+        );
+    }
+    let median = |name: &str| {
+        results
+            .get(name)
+            .and_then(|c: &Cell| c.value)
+            .map(|v| v.median)
+    };
+    let mut ratios = BTreeMap::new();
+    if let Some(ours) = median(Impl::Portdistrict.name()) {
+        for i in measured.iter().filter(|i| **i != Impl::Portdistrict) {
+            if let Some(r) = median(i.name()).and_then(|theirs| ratio(ours, theirs)) {
+                ratios.insert(format!("portdistrict/{}", i.name()), r);
+            }
+        }
+    }
+    ScenarioReport {
+        id: s.id(),
+        label: s.label(),
+        unit: s.unit(),
+        higher_is_better: s.higher_is_better(),
+        results,
+        ratios,
+    }
+}
+
+/// A number with about three significant digits.
+pub(crate) fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Columns padded to their widest cell; the first left-aligned, the others right.
+pub(crate) fn render_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, s)| match c {
+                0 => format!("{s:<w$}", w = width[c]),
+                _ => format!("{s:>w$}", w = width[c]),
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+impl Report {
+    /// The text report: values, ratios, CPU per GB, UDP loss, peak RSS, failures.
+    pub(crate) fn text(&self) -> String {
+        let names = self.measured();
+        let header = |first: &str| -> Vec<String> {
+            std::iter::once(first.to_owned())
+                .chain(names.iter().map(|n| n.to_string()))
+                .collect()
+        };
+        let c = &self.config;
+        let mut out = format!(
+            "pd-bench: {} s per run, {} repeat(s), kernel {}, {} CPUs; median (min-max)\n\n",
+            c.duration_s, c.repeat, c.kernel, c.cpus
+        );
+        let mut rows = vec![header("scenario")];
+        for s in &self.scenarios {
+            let mut row = vec![format!("{} [{}]", s.label, s.unit)];
+            row.extend(
+                names
+                    .iter()
+                    .map(|n| cell_text(s.results.get(n).and_then(|c| c.value))),
+            );
+            rows.push(row);
+        }
+        out.push_str(&render_table(&rows));
+        for i in &self.implementations {
+            if let Some(why) = &i.skipped {
+                out.push_str(&format!("skipped column {}: {why}\n", i.name));
+            }
+        }
+        out.push_str(&self.ratio_table());
+        out.push_str(&self.side_tables(&names));
+        for f in &self.failures {
+            let what = f.scenario.unwrap_or("setup");
+            out.push_str(&format!(
+                "FAILED {} {what} (repeat {}): {}\n",
+                f.implementation, f.repeat, f.message
+            ));
+        }
+        out
+    }
+
+    fn ratio_table(&self) -> String {
+        let others: Vec<&str> = self
+            .measured()
+            .into_iter()
+            .filter(|n| *n != "portdistrict")
+            .collect();
+        if !self.measured().contains(&"portdistrict") || others.is_empty() {
+            return String::new();
+        }
+        let mut rows = vec![std::iter::once("portdistrict / ...".to_owned())
+            .chain(others.iter().map(|n| n.to_string()))
+            .collect::<Vec<_>>()];
+        for s in &self.scenarios {
+            let better = if s.higher_is_better {
+                "higher"
+            } else {
+                "lower"
+            };
+            let mut row = vec![format!("{} ({better} is better)", s.label)];
+            row.extend(others.iter().map(|n| {
+                s.ratios
+                    .get(&format!("portdistrict/{n}"))
+                    .map_or("-".to_owned(), |r| format!("{r:.2}x"))
+            }));
+            rows.push(row);
+        }
+        format!("\nratios of medians\n{}", render_table(&rows))
+    }
+
+    fn side_tables(&self, names: &[&'static str]) -> String {
+        let tunnels: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| *n != "bare-veth")
+            .collect();
+        if tunnels.is_empty() {
+            return String::new();
+        }
+        let header: Vec<String> = std::iter::once("metric".to_owned())
+            .chain(tunnels.iter().map(|n| n.to_string()))
+            .collect();
+        let mut rows = vec![header];
+        for s in self.scenarios.iter().filter(|s| s.higher_is_better) {
+            let mut row = vec![format!("CPU s/GB, {}", s.label)];
+            row.extend(
+                tunnels
+                    .iter()
+                    .map(|n| cell_text(s.results.get(n).and_then(|c| c.cpu_s_per_gb))),
+            );
+            rows.push(row);
+        }
+        for s in self.scenarios.iter().filter(|s| s.unit == "kpps") {
+            let mut row = vec![format!("loss %, {}", s.label)];
+            row.extend(
+                tunnels
+                    .iter()
+                    .map(|n| cell_text(s.results.get(n).and_then(|c| c.loss_percent))),
+            );
+            rows.push(row);
+        }
+        let mut rss = vec!["peak RSS MiB (max of 2)".to_owned()];
+        rss.extend(tunnels.iter().map(|n| {
+            let kib = self
+                .implementations
+                .iter()
+                .find(|i| i.name == *n)
+                .and_then(|i| i.peak_rss_kib.iter().max().copied());
+            kib.map_or("-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0))
+        }));
+        rows.push(rss);
+        format!(
+            "\ndaemons (both ends; CPU = user+system per GB delivered)\n{}",
+            render_table(&rows)
+        )
+    }
+}
+
+fn cell_text(v: Option<Summary>) -> String {
+    match v {
+        None => "-".to_owned(),
+        Some(s) if s.n == 1 => fmt_num(s.median),
+        Some(s) => format!(
+            "{} ({}-{})",
+            fmt_num(s.median),
+            fmt_num(s.min),
+            fmt_num(s.max)
+        ),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn sample(value: f64, bytes: u64, cpu: Option<f64>) -> Sample {
+        Sample {
+            value,
+            bytes,
+            loss_percent: None,
+            cpu_seconds: cpu,
+        }
+    }
+
+    pub(crate) fn example() -> Report {
+        let mut c = Collected::default();
+        c.samples.insert(
+            (0, Impl::Bare),
+            vec![sample(20.0, 1, None), sample(22.0, 1, None)],
+        );
+        c.samples.insert(
+            (0, Impl::Portdistrict),
+            vec![
+                sample(4.0, 2_000_000_000, Some(1.0)),
+                sample(6.0, 2_000_000_000, Some(3.0)),
+            ],
+        );
+        c.samples.insert(
+            (0, Impl::WireguardGo),
+            vec![sample(2.5, 1_000_000_000, Some(2.0))],
+        );
+        c.samples
+            .insert((4, Impl::Portdistrict), vec![sample(0.2, 0, Some(0.0))]);
+        c.samples
+            .insert((4, Impl::WireguardGo), vec![sample(0.4, 0, Some(0.0))]);
+        c.peak_rss.insert(Impl::Portdistrict, vec![2048, 4096]);
+        let config = Config {
+            duration_s: 1,
+            repeat: 2,
+            quick: true,
+            dataplane: "/dp".into(),
+            kernel: "6.18".into(),
+            cpus: 2,
+        };
+        let impls = vec![
+            (Impl::Bare, None, None),
+            (Impl::Portdistrict, Some("/dp".into()), None),
+            (Impl::WireguardGo, Some("/wg".into()), None),
+            (Impl::Gotatun, None, Some("not installed".into())),
+        ];
+        Report::build(config, impls, c)
+    }
+
+    #[test]
+    fn medians_ratios_and_cpu() {
+        let r = example();
+        let tcp = &r.scenarios[0];
+        assert_eq!(tcp.results["portdistrict"].value.unwrap().median, 5.0);
+        assert_eq!(tcp.results["bare-veth"].value.unwrap().median, 21.0);
+        assert_eq!(tcp.ratios["portdistrict/wireguard-go"], 2.0);
+        assert!((tcp.ratios["portdistrict/bare-veth"] - 5.0 / 21.0).abs() < 1e-12);
+        // (0.5 + 1.5) / 2 s per GB.
+        assert_eq!(
+            tcp.results["portdistrict"].cpu_s_per_gb.unwrap().median,
+            1.0
+        );
+        assert_eq!(tcp.results["bare-veth"].cpu_s_per_gb, None);
+        let ping = &r.scenarios[4];
+        assert_eq!(ping.ratios["portdistrict/wireguard-go"], 0.5);
+        assert_eq!(ping.results["portdistrict"].cpu_s_per_gb, None);
+        assert!(!r.measured().contains(&"gotatun"));
+    }
+
+    #[test]
+    fn missing_figures_name_the_cells() {
+        let missing = example().missing_figures();
+        assert!(missing.contains(&"TCP 4 streams / portdistrict".to_owned()));
+        assert!(missing.contains(&"ping idle / bare-veth".to_owned()));
+        assert!(!missing.contains(&"TCP 1 stream / wireguard-go".to_owned()));
+        assert!(!missing.iter().any(|m| m.contains("gotatun")));
+    }
+
+    #[test]
+    fn text_and_json() {
+        let r = example();
+        let t = r.text();
+        assert!(t.contains("TCP 1 stream [Gbit/s]"), "{t}");
+        assert!(t.contains("5.00 (4.00-6.00)"), "{t}");
+        assert!(t.contains("2.00x"), "{t}");
+        assert!(t.contains("peak RSS MiB (max of 2)"), "{t}");
+        assert!(t.contains("4.0"), "{t}");
+        assert!(t.contains("skipped column gotatun: not installed"), "{t}");
+        let j: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["scenarios"][0]["id"], "tcp_1_stream");
+        assert_eq!(
+            j["scenarios"][0]["results"]["portdistrict"]["value"]["median"],
+            5.0
+        );
+        assert_eq!(j["implementations"][3]["skipped"], "not installed");
+    }
+
+    #[test]
+    fn table_alignment() {
+        let t = render_table(&[
+            vec!["a".into(), "bb".into()],
+            vec!["ccc".into(), "d".into()],
+        ]);
+        assert_eq!(t, "a    bb\nccc   d\n");
+        assert_eq!(fmt_num(1234.5), "1234");
+        assert_eq!(fmt_num(12.345), "12.3");
+        assert_eq!(fmt_num(0.0456), "0.046");
+    }
+}

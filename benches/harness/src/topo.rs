@@ -1,0 +1,454 @@
+//! The namespace topology of one implementation: namespaces `left` and `right` joined by
+//! a veth pair (MTU 1500, `10.77.1.1/24` and `10.77.1.2/24`), and, for a tunnel, one
+//! daemon of the implementation in each, peered with each other over the veth, with
+//! tunnel addresses `10.99.0.1/24` / `10.99.0.2/24` and tunnel MTU 1420. iperf3 clients
+//! and ping run on the left, servers on the right.
+//!
+//! Names carry the harness's pid (`pdb-<pid>-<impl>-l`, interfaces `pb<pid>-<i>l`), so
+//! concurrent runs never collide; every object is a guard that removes it on drop.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::error::{tail, Error};
+use crate::impls::Impl;
+use crate::proc::{
+    self, capture, check_interrupt, cmd, register, run, unregister, Guard, Resource,
+};
+
+/// Bound for small commands (`ip`, `wg`).
+const SHORT: Duration = Duration::from_secs(20);
+/// How long a daemon gets to create its interface and UAPI socket.
+const DAEMON_READY: Duration = Duration::from_secs(10);
+/// How long the first handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(15);
+const LISTEN_PORT: [&str; 2] = ["51820", "51821"];
+const UNDERLAY: [&str; 2] = ["10.77.1.1", "10.77.1.2"];
+const TUNNEL: [&str; 2] = ["10.99.0.1", "10.99.0.2"];
+/// The tunnel interfaces' MTU.
+pub(crate) const TUNNEL_MTU: &str = "1420";
+
+/// A network namespace with `lo` up, deleted (with every process in it) on drop.
+#[derive(Debug)]
+pub(crate) struct Netns {
+    name: String,
+    key: u64,
+}
+
+impl Netns {
+    /// Creates namespace `name`.
+    pub(crate) fn new(name: &str) -> Result<Netns, Error> {
+        run(&mut cmd(&["ip", "netns", "add", name]), SHORT)?;
+        let key = register(Resource::Netns(name.to_owned()));
+        let ns = Netns {
+            name: name.to_owned(),
+            key,
+        };
+        ns.run(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip netns exec NAME argv...`, ready to run or spawn.
+    pub(crate) fn command(&self, argv: &[&str]) -> Command {
+        let mut c = cmd(&["ip", "netns", "exec", &self.name]);
+        c.args(argv);
+        c
+    }
+
+    /// Runs `argv` inside the namespace within [`SHORT`]; fails unless it exits 0.
+    pub(crate) fn run(&self, argv: &[&str]) -> Result<String, Error> {
+        run(&mut self.command(argv), SHORT)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        proc::delete_netns(&self.name);
+        unregister(self.key);
+    }
+}
+
+/// Deletes namespaces `pdb-<pid>-...` and UAPI sockets `pb<pid>-...` whose pid no
+/// longer runs (left by a harness that was SIGKILLed before its guards ran).
+pub(crate) fn sweep_stale() {
+    if let Ok(out) = capture(&mut cmd(&["ip", "netns", "list"]), SHORT) {
+        for name in out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+        {
+            if stale_owner(name, "pdb-").is_some() {
+                proc::delete_netns(name);
+            }
+        }
+    }
+    let Ok(dir) = std::fs::read_dir("/var/run/wireguard") else {
+        return;
+    };
+    for path in dir.filter_map(|e| Some(e.ok()?.path())) {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.ends_with(".sock") && stale_owner(name, "pb").is_some() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// The pid in `<prefix><pid>-...` if no such process runs any more.
+fn stale_owner(name: &str, prefix: &str) -> Option<u32> {
+    let pid: u32 = name.strip_prefix(prefix)?.split_once('-')?.0.parse().ok()?;
+    (!Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+/// A WireGuard daemon in the foreground, owning interface `ifname`; stopped on drop
+/// (SIGTERM, then SIGKILL) and its UAPI socket removed.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    child: Guard,
+    ifname: String,
+    implementation: Impl,
+    log: PathBuf,
+    socket_key: u64,
+}
+
+impl Daemon {
+    /// Starts `binary` for `implementation` in `ns` and waits until its interface and
+    /// UAPI socket exist.
+    fn start(
+        ns: &Netns,
+        implementation: Impl,
+        binary: &Path,
+        ifname: &str,
+        log: PathBuf,
+    ) -> Result<Daemon, Error> {
+        let file = File::create(&log).map_err(|source| Error::Io {
+            action: "cannot create",
+            path: log.clone(),
+            source,
+        })?;
+        let err_file = file.try_clone().map_err(|source| Error::Io {
+            action: "cannot duplicate",
+            path: log.clone(),
+            source,
+        })?;
+        let mut c = ns.command(&[]);
+        c.arg(binary)
+            .args(implementation.daemon_args())
+            .arg(ifname)
+            .env("WG_PROCESS_FOREGROUND", "1")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err_file);
+        let socket = socket_path(ifname);
+        let socket_key = register(Resource::Path(socket.clone()));
+        let mut daemon = Daemon {
+            child: Guard::spawn(&mut c)?,
+            ifname: ifname.to_owned(),
+            implementation,
+            log,
+            socket_key,
+        };
+        let ready = proc::wait_for(DAEMON_READY, || {
+            daemon.check_alive()?;
+            Ok(socket.exists() && ns.run(&["ip", "link", "show", ifname]).is_ok())
+        })?;
+        if !ready {
+            return Err(daemon.failure(format!(
+                "no interface or {} after {DAEMON_READY:?}",
+                socket.display()
+            )));
+        }
+        Ok(daemon)
+    }
+
+    /// Fails with the daemon's log if it has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<(), Error> {
+        match self.child.try_status() {
+            Some(status) => Err(self.failure(format!("exited ({status})"))),
+            None => Ok(()),
+        }
+    }
+
+    fn failure(&self, problem: String) -> Error {
+        Error::Daemon {
+            implementation: self.implementation.name().to_owned(),
+            ifname: self.ifname.clone(),
+            problem,
+            log: tail(
+                &std::fs::read_to_string(&self.log).unwrap_or_default(),
+                3000,
+            ),
+        }
+    }
+
+    /// The daemon's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// `wg ARGS...` (the UAPI socket is reachable from any namespace).
+    fn wg(&self, args: &[&str]) -> Result<String, Error> {
+        let mut c = cmd(&["wg"]);
+        c.args(args);
+        run(&mut c, SHORT)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.child.stop(Duration::from_secs(3));
+        let _ = std::fs::remove_file(socket_path(&self.ifname));
+        unregister(self.socket_key);
+    }
+}
+
+fn socket_path(ifname: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"))
+}
+
+/// Everything one implementation's measurements run on. Fields drop in order: daemons,
+/// then namespaces (with the veth), then the temp dir.
+#[derive(Debug)]
+pub(crate) struct Topology {
+    /// Left then right daemon; empty for bare veth.
+    pub(crate) daemons: Vec<Daemon>,
+    /// Client side (iperf3 client, ping).
+    pub(crate) left: Netns,
+    /// Server side.
+    pub(crate) right: Netns,
+    /// The address the client targets in `right`.
+    pub(crate) target: &'static str,
+    /// Which implementation.
+    pub(crate) implementation: Impl,
+    files: TempDir,
+}
+
+impl Topology {
+    /// Builds the topology for `implementation` (`binary` is its daemon, `None` for
+    /// bare veth); `index` makes interface names distinct between implementations.
+    pub(crate) fn build(
+        implementation: Impl,
+        binary: Option<&Path>,
+        index: usize,
+    ) -> Result<Topology, Error> {
+        let pid = std::process::id();
+        let base = format!("pdb-{pid}-{}", implementation.name());
+        let files = TempDir::new(&base)?;
+        let left = Netns::new(&format!("{base}-l"))?;
+        let right = Netns::new(&format!("{base}-r"))?;
+        veth(&left, &right, &format!("pv{pid}-{index}"))?;
+        let mut topo = Topology {
+            daemons: Vec::new(),
+            left,
+            right,
+            target: UNDERLAY[1],
+            implementation,
+            files,
+        };
+        if let Some(binary) = binary {
+            topo.start_tunnel(binary, &format!("pb{pid}-{index}"))?;
+            topo.target = TUNNEL[1];
+        }
+        Ok(topo)
+    }
+
+    fn start_tunnel(&mut self, binary: &Path, base: &str) -> Result<(), Error> {
+        for (i, (ns, side)) in [(&self.left, "l"), (&self.right, "r")]
+            .into_iter()
+            .enumerate()
+        {
+            let ifname = format!("{base}{side}");
+            let log = self.files.0.join(format!("{ifname}.log"));
+            let daemon = Daemon::start(ns, self.implementation, binary, &ifname, log)?;
+            self.daemons.push(daemon);
+            let key = self.files.0.join(format!("{side}.key"));
+            write_private(&key, &run(&mut cmd(&["wg", "genkey"]), SHORT)?)?;
+            let key = key.to_string_lossy();
+            self.daemons[i].wg(&[
+                "set",
+                &ifname,
+                "listen-port",
+                LISTEN_PORT[i],
+                "private-key",
+                &key,
+            ])?;
+        }
+        let public = [
+            pubkey(&self.files.0.join("l.key"))?,
+            pubkey(&self.files.0.join("r.key"))?,
+        ];
+        for (i, ns) in [&self.left, &self.right].into_iter().enumerate() {
+            let o = 1 - i;
+            let d = &self.daemons[i];
+            let endpoint = format!("{}:{}", UNDERLAY[o], LISTEN_PORT[o]);
+            let allowed = format!("{}/32", TUNNEL[o]);
+            d.wg(&[
+                "set",
+                &d.ifname,
+                "peer",
+                &public[o],
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                &allowed,
+            ])?;
+            ns.run(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", TUNNEL[i]),
+                "dev",
+                &d.ifname,
+            ])?;
+            ns.run(&["ip", "link", "set", &d.ifname, "mtu", TUNNEL_MTU, "up"])?;
+        }
+        self.wait_handshake()
+    }
+
+    /// Pings across the tunnel until a reply comes back (the first handshake).
+    fn wait_handshake(&mut self) -> Result<(), Error> {
+        let ok = proc::wait_for(HANDSHAKE, || {
+            for d in &mut self.daemons {
+                d.check_alive()?;
+            }
+            let out = capture(
+                &mut self
+                    .left
+                    .command(&["ping", "-c", "1", "-W", "1", TUNNEL[1]]),
+                SHORT,
+            )?;
+            Ok(out.status.success())
+        })?;
+        if ok {
+            return Ok(());
+        }
+        Err(self.daemons[0].failure(format!(
+            "no ping reply from {} within {HANDSHAKE:?}",
+            TUNNEL[1]
+        )))
+    }
+
+    /// Fails if a daemon has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<(), Error> {
+        check_interrupt()?;
+        for d in &mut self.daemons {
+            d.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
+/// A veth pair `<base>a` in `a`, `<base>b` in `b`, addressed and up (MTU 1500).
+fn veth(a: &Netns, b: &Netns, base: &str) -> Result<(), Error> {
+    let (na, nb) = (format!("{base}a"), format!("{base}b"));
+    let mut c = cmd(&[
+        "ip",
+        "link",
+        "add",
+        &na,
+        "netns",
+        a.name(),
+        "mtu",
+        "1500",
+        "type",
+        "veth",
+    ]);
+    c.args(["peer", "name", &nb, "netns", b.name(), "mtu", "1500"]);
+    run(&mut c, SHORT)?;
+    for (ns, name, addr) in [(a, &na, UNDERLAY[0]), (b, &nb, UNDERLAY[1])] {
+        ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", name])?;
+        ns.run(&["ip", "link", "set", name, "up"])?;
+    }
+    Ok(())
+}
+
+/// A private temporary directory, removed on drop.
+#[derive(Debug)]
+struct TempDir(PathBuf, u64);
+
+impl TempDir {
+    fn new(name: &str) -> Result<TempDir, Error> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let path = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| Error::Io {
+                action: "cannot create",
+                path: path.clone(),
+                source,
+            })?;
+        let key = register(Resource::Path(path.clone()));
+        Ok(TempDir(path, key))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        unregister(self.1);
+    }
+}
+
+/// `wg pubkey < key_file` (not asked of the daemon: not every implementation reports
+/// its public key over UAPI).
+fn pubkey(key_file: &Path) -> Result<String, Error> {
+    let file = File::open(key_file).map_err(|source| Error::Io {
+        action: "cannot open",
+        path: key_file.to_owned(),
+        source,
+    })?;
+    let mut c = cmd(&["wg", "pubkey"]);
+    c.stdin(file).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = Guard::spawn(&mut c)?;
+    let out = proc::collect(&mut child, SHORT)?;
+    if !out.status.success() {
+        return Err(out.failure(child.command()));
+    }
+    Ok(out.stdout.trim().to_owned())
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(|source| Error::Io {
+            action: "cannot write",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_names() {
+        let me = std::process::id();
+        assert_eq!(stale_owner(&format!("pdb-{me}-gotatun-l"), "pdb-"), None);
+        assert_eq!(
+            stale_owner("pdb-4294967295-bare-veth-r", "pdb-"),
+            Some(u32::MAX)
+        );
+        assert_eq!(stale_owner("pb4294967295-2l.sock", "pb"), Some(u32::MAX));
+        assert_eq!(stale_owner("pd-123-4-left", "pdb-"), None);
+        assert_eq!(stale_owner("pbx-1l.sock", "pb"), None);
+        assert_eq!(stale_owner("wg0.sock", "pb"), None);
+    }
+}
