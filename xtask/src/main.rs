@@ -3,11 +3,15 @@
 //! - `cargo xtask setup`: installs the tools the demo and the tests run.
 //! - `cargo xtask demo`: two namespaces, two `portdistrict-dataplane`s configured with
 //!   `wg`, pings and iperf3 through the tunnel.
-//! - `cargo xtask test [--skip-fuzz] [--skip-netns] [--only-netns]`: the whole suite
-//!   (fmt, clippy, build, unit tests, fuzz smoke, netns suite), as CI runs it.
+//! - `cargo xtask test [--skip-fuzz] [--skip-netns] [--skip-bench] [--only-netns]`: the
+//!   whole suite (fmt, clippy, build, unit tests, fuzz smoke, netns suite, pd-bench
+//!   `--quick`), as CI runs it.
+//! - `cargo xtask bench [PD_BENCH_ARGS...]`: the end-to-end throughput harness
+//!   (pd-bench) against bare veth and the other userspace WireGuards.
 //!
-//! All three need root (packages, network namespaces).
+//! All of them need root (packages, network namespaces).
 
+mod bench;
 mod demo;
 mod guards;
 mod proc;
@@ -21,14 +25,21 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "\
 Usage: cargo xtask setup
        cargo xtask demo
-       cargo xtask test [--skip-fuzz] [--skip-netns] [--only-netns]
+       cargo xtask test [--skip-fuzz] [--skip-netns] [--skip-bench] [--only-netns]
+       cargo xtask bench [PD_BENCH_ARGS...]
 
-  setup   install the tools the demo and the tests run (apt packages, boringtun-cli,
-          cargo-fuzz); skips what is already there
+  setup   install the tools the demo, the tests and the benchmark run (apt packages,
+          boringtun-cli, gotatun-cli, cargo-fuzz); skips what is already there
   demo    two network namespaces, a portdistrict-dataplane in each configured with wg,
           pings and iperf3 through the tunnel; cleans up after itself
-  test    fmt, clippy, release build, unit tests, fuzz smoke, netns suite; stops at the
-          first failing step and ends with `xtask: N passed, M failed`
+  test    fmt, clippy, release build, unit tests, fuzz smoke, netns suite, pd-bench
+          --quick; stops at the first failing step and ends with
+          `xtask: N passed, M failed`; --only-netns runs setup, build and the netns suite
+  bench   setup, release build of portdistrict-dataplane and pd-bench, then
+          `pd-bench --dataplane target/release/portdistrict-dataplane PD_BENCH_ARGS...`
+          (e.g. --quick, or --duration 10 --repeat 5; see benches/harness/README.md):
+          bare veth, portdistrict, wireguard-go, boringtun and gotatun compared;
+          exits with pd-bench's exit code
 
 All of them run as root.";
 
@@ -38,6 +49,8 @@ enum Task {
     Setup,
     Demo,
     Test(suite::Options),
+    /// pd-bench's arguments, passed on as they are.
+    Bench(Vec<String>),
     Help,
 }
 
@@ -54,12 +67,15 @@ fn parse(args: &[String]) -> Result<Task> {
                 match a.as_str() {
                     "--skip-fuzz" => o.skip_fuzz = true,
                     "--skip-netns" => o.skip_netns = true,
+                    "--skip-bench" => o.skip_bench = true,
                     "--only-netns" => o.only_netns = true,
+                    "-h" | "--help" => return Ok(Task::Help),
                     other => bail!("unknown option {other} for `cargo xtask test`\n\n{USAGE}"),
                 }
             }
             return Ok(Task::Test(o));
         }
+        "bench" => return Ok(Task::Bench(rest.to_vec())),
         "help" | "-h" | "--help" => Task::Help,
         other => bail!("unknown task {other}\n\n{USAGE}"),
     };
@@ -112,15 +128,21 @@ fn main() -> ExitCode {
     let result = match task {
         Task::Help => {
             println!("{USAGE}");
-            Ok(true)
+            Ok(ExitCode::SUCCESS)
         }
-        Task::Setup => setup::run(setup::Needs::ALL).map(|()| true),
-        Task::Demo => demo::run().map(|()| true),
-        Task::Test(o) => suite::run(o),
+        Task::Setup => setup::run(setup::Needs::ALL).map(|()| ExitCode::SUCCESS),
+        Task::Demo => demo::run().map(|()| ExitCode::SUCCESS),
+        Task::Test(o) => suite::run(o).map(|ok| {
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
+        Task::Bench(args) => bench::run(&args).map(ExitCode::from),
     };
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE
@@ -150,11 +172,34 @@ mod tests {
             parse(&args(&["test", "--skip-fuzz", "--only-netns"])).unwrap(),
             Task::Test(o)
         );
+        let o = suite::Options {
+            skip_bench: true,
+            ..suite::Options::default()
+        };
+        assert_eq!(
+            parse(&args(&["test", "--skip-bench"])).unwrap(),
+            Task::Test(o)
+        );
+        assert_eq!(parse(&args(&["test", "--help"])).unwrap(), Task::Help);
+    }
+
+    #[test]
+    fn bench_passes_every_argument_on_as_is() {
+        assert_eq!(parse(&args(&["bench"])).unwrap(), Task::Bench(vec![]));
+        assert_eq!(
+            parse(&args(&["bench", "--quick"])).unwrap(),
+            Task::Bench(args(&["--quick"]))
+        );
+        let rest = ["--duration", "10", "--repeat", "5", "--anything", "--help"];
+        assert_eq!(
+            parse(&args(&[&["bench"][..], &rest[..]].concat())).unwrap(),
+            Task::Bench(args(&rest))
+        );
     }
 
     #[test]
     fn rejects_unknown_tasks_and_options() {
-        assert!(parse(&args(&["bench"])).is_err());
+        assert!(parse(&args(&["benchmark"])).is_err());
         assert!(parse(&args(&["test", "--fast"])).is_err());
         assert!(parse(&args(&["demo", "extra"])).is_err());
     }

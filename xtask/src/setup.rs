@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: installs, idempotently and without prompts, the tools that the
 //! demo and the test suite run: Debian packages (skipped entirely when every tool is
-//! already on the PATH), `boringtun-cli` (interop peer of the netns suite) and
-//! `cargo-fuzz` (fuzz smoke, on the nightly toolchain).
+//! already on the PATH), the peers from crates.io that the netns suite and pd-bench run
+//! against (`boringtun-cli`, `gotatun-cli`) and `cargo-fuzz` (fuzz smoke, on the nightly
+//! toolchain).
 
 use crate::proc::{capture, cmd, output, require_root, run_streamed, which};
 use anyhow::{bail, Context as _, Result};
@@ -44,8 +45,9 @@ const VERSION_LIMIT: Duration = Duration::from_secs(60);
 /// Which optional tool sets to install.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Needs {
-    /// `boringtun-cli`, the interop peer of the netns suite.
-    pub(crate) boringtun: bool,
+    /// The userspace WireGuards from crates.io ([`PEERS`]): interop peers of the netns
+    /// suite and columns of pd-bench.
+    pub(crate) peers: bool,
     /// The nightly toolchain, `cargo-fuzz` and a C++ compiler.
     pub(crate) fuzz: bool,
 }
@@ -53,26 +55,39 @@ pub(crate) struct Needs {
 impl Needs {
     /// Everything (`cargo xtask setup`).
     pub(crate) const ALL: Needs = Needs {
-        boringtun: true,
+        peers: true,
         fuzz: true,
     };
     /// The Debian tools only (the demo).
     pub(crate) const APT_ONLY: Needs = Needs {
-        boringtun: false,
+        peers: false,
+        fuzz: false,
+    };
+    /// The Debian tools and the peers (`cargo xtask bench`).
+    pub(crate) const BENCH: Needs = Needs {
+        peers: true,
         fuzz: false,
     };
 }
+
+/// The peers installed from crates.io: (crate, executable it installs).
+const PEERS: &[(&str, &str)] = &[
+    ("boringtun-cli", "boringtun-cli"),
+    ("gotatun-cli", "gotatun"),
+];
 
 /// Installs what `needs` asks for; prints what it found and did.
 pub(crate) fn run(needs: Needs) -> Result<()> {
     require_root("setup")?;
     apt(needs)?;
-    if needs.boringtun {
-        cargo_tool(
-            "boringtun-cli",
-            &mut cmd(&["boringtun-cli", "--version"]),
-            &mut cargo_install(false, "boringtun-cli"),
-        )?;
+    if needs.peers {
+        for (krate, executable) in PEERS {
+            cargo_tool(
+                krate,
+                &mut cmd(&[executable, "--version"]),
+                &mut cargo_install(false, krate),
+            )?;
+        }
     }
     if needs.fuzz {
         let version = capture(&mut nightly_cargo(&["--version"]), VERSION_LIMIT)?;
@@ -222,6 +237,17 @@ mod tests {
         ] {
             assert!(listed.contains(&p), "{p} missing from APT_TOOLS");
         }
+    }
+
+    #[test]
+    fn peers_are_the_crates_with_their_executables() {
+        assert_eq!(
+            PEERS,
+            [
+                ("boringtun-cli", "boringtun-cli"),
+                ("gotatun-cli", "gotatun")
+            ]
+        );
     }
 
     #[test]

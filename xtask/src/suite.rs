@@ -2,6 +2,7 @@
 //! with a header and its duration; the first failing step stops the run. The last line
 //! is `xtask: N passed, M failed` (plus `, K skipped` when steps were skipped).
 
+use crate::bench;
 use crate::guards::TempDir;
 use crate::proc::{capture, output, require_root, run_streamed, secs};
 use crate::setup::{self, nightly_cargo, Needs};
@@ -25,6 +26,8 @@ pub(crate) struct Options {
     pub(crate) skip_fuzz: bool,
     /// Leave out the netns suite.
     pub(crate) skip_netns: bool,
+    /// Leave out the pd-bench `--quick` run.
+    pub(crate) skip_bench: bool,
     /// Run only setup, the release build and the netns suite.
     pub(crate) only_netns: bool,
 }
@@ -39,9 +42,10 @@ enum Step {
     Unit,
     Fuzz,
     Netns,
+    Bench,
 }
 
-const ALL_STEPS: [Step; 7] = [
+const ALL_STEPS: [Step; 8] = [
     Step::Setup,
     Step::Fmt,
     Step::Clippy,
@@ -49,6 +53,7 @@ const ALL_STEPS: [Step; 7] = [
     Step::Unit,
     Step::Fuzz,
     Step::Netns,
+    Step::Bench,
 ];
 
 impl Step {
@@ -61,6 +66,7 @@ impl Step {
             Step::Unit => "cargo test --workspace --exclude portdistrict-netns-tests",
             Step::Fuzz => "fuzz smoke (cargo +nightly fuzz run, each target)",
             Step::Netns => "netns suite (cargo test --release -p portdistrict-netns-tests)",
+            Step::Bench => "pd-bench --quick (every scenario runs; numbers are not checked)",
         }
     }
 }
@@ -78,6 +84,7 @@ fn plan(o: Options) -> Result<Vec<Step>> {
         .filter(|&s| match s {
             Step::Fuzz => !o.skip_fuzz,
             Step::Netns => !o.skip_netns,
+            Step::Bench => !o.skip_bench,
             _ => true,
         })
         .collect())
@@ -144,10 +151,7 @@ pub(crate) fn run(o: Options) -> Result<bool> {
 
 fn run_step(step: Step, steps: &[Step]) -> Result<()> {
     match step {
-        Step::Setup => setup::run(Needs {
-            boringtun: steps.contains(&Step::Netns),
-            fuzz: steps.contains(&Step::Fuzz),
-        }),
+        Step::Setup => setup::run(needs(steps)),
         Step::Fmt => cargo(&["fmt", "--all", "--", "--check"]),
         Step::Clippy => cargo(&[
             "clippy",
@@ -166,6 +170,16 @@ fn run_step(step: Step, steps: &[Step]) -> Result<()> {
         ]),
         Step::Fuzz => fuzz_smoke(),
         Step::Netns => netns(),
+        Step::Bench => quick_bench(),
+    }
+}
+
+/// What setup installs for `steps`: the peers for the netns suite and pd-bench, the
+/// fuzz tools for the fuzz smoke.
+fn needs(steps: &[Step]) -> Needs {
+    Needs {
+        peers: steps.contains(&Step::Netns) || steps.contains(&Step::Bench),
+        fuzz: steps.contains(&Step::Fuzz),
     }
 }
 
@@ -192,6 +206,16 @@ fn netns() -> Result<()> {
     ]);
     c.env("PD_DATAPLANE", &binary);
     run_streamed(&mut c, STEP_LIMIT)
+}
+
+/// pd-bench `--quick` on the release build: it fails unless every scenario gave a
+/// figure for every implementation.
+fn quick_bench() -> Result<()> {
+    let status = bench::pd_bench(&["--quick".to_owned()])?;
+    if !status.success() {
+        bail!("pd-bench --quick failed ({status})");
+    }
+    Ok(())
 }
 
 /// Builds every fuzz target once, then runs each for [`FUZZ_SECONDS`] on a copy of its
@@ -268,6 +292,8 @@ mod tests {
     #[test]
     fn default_plan_runs_everything_in_order() {
         assert_eq!(plan(Options::default()).unwrap(), ALL_STEPS);
+        assert_eq!(ALL_STEPS.last(), Some(&Step::Bench));
+        assert_eq!(ALL_STEPS[ALL_STEPS.len() - 2], Step::Netns);
     }
 
     #[test]
@@ -284,9 +310,15 @@ mod tests {
                 Step::Fmt,
                 Step::Clippy,
                 Step::Build,
-                Step::Unit
+                Step::Unit,
+                Step::Bench
             ]
         );
+        let o = Options {
+            skip_bench: true,
+            ..Options::default()
+        };
+        assert_eq!(plan(o).unwrap(), ALL_STEPS[..7]);
         let o = Options {
             only_netns: true,
             ..Options::default()
@@ -298,6 +330,25 @@ mod tests {
             ..Options::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn setup_installs_what_the_selected_steps_run() {
+        assert_eq!(needs(&ALL_STEPS), Needs::ALL);
+        let no_netns = plan(Options {
+            skip_netns: true,
+            skip_fuzz: true,
+            ..Options::default()
+        })
+        .unwrap();
+        assert_eq!(needs(&no_netns), Needs::BENCH);
+        let neither = plan(Options {
+            skip_netns: true,
+            skip_bench: true,
+            ..Options::default()
+        })
+        .unwrap();
+        assert!(!needs(&neither).peers && needs(&neither).fuzz);
     }
 
     #[test]
