@@ -211,6 +211,18 @@ impl UdpSockets {
     /// `EAFNOSUPPORT` when this namespace has no socket of `dst`'s family.
     /// Does not allocate.
     pub fn send(&self, buf: &[u8], dst: SocketAddr, src: &mut SourceAddr) -> io::Result<()> {
+        self.send_with(buf, dst, src, None)
+    }
+
+    /// One `sendmsg` from the socket of `dst`'s family, with `src` (and `segment`, for
+    /// GSO) in control messages; retried once without `src` when the kernel refuses it.
+    fn send_with(
+        &self,
+        buf: &[u8],
+        dst: SocketAddr,
+        src: &mut SourceAddr,
+        segment: Option<u16>,
+    ) -> io::Result<()> {
         let dst = canonical(dst);
         let fd = match dst {
             SocketAddr::V4(_) => self.v4.as_ref(),
@@ -220,10 +232,10 @@ impl UdpSockets {
         if !src.fits(&dst) {
             *src = SourceAddr::None;
         }
-        match send_one(fd.as_fd(), buf, &dst, *src, None) {
+        match send_one(fd.as_fd(), buf, &dst, *src, segment) {
             Err(e) if *src != SourceAddr::None && source_rejected(&e) => {
                 *src = SourceAddr::None;
-                send_one(fd.as_fd(), buf, &dst, SourceAddr::None, None)
+                send_one(fd.as_fd(), buf, &dst, SourceAddr::None, segment)
             }
             other => other,
         }
@@ -245,23 +257,7 @@ impl UdpSockets {
             return self.send(buf, dst, src);
         }
         if self.gso.load(Ordering::Relaxed) {
-            let dst = canonical(dst);
-            let fd = match dst {
-                SocketAddr::V4(_) => self.v4.as_ref(),
-                SocketAddr::V6(_) => self.v6.as_ref(),
-            }
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
-            if !src.fits(&dst) {
-                *src = SourceAddr::None;
-            }
-            let result = match send_one(fd.as_fd(), buf, &dst, *src, Some(segment)) {
-                Err(e) if *src != SourceAddr::None && source_rejected(&e) => {
-                    *src = SourceAddr::None;
-                    send_one(fd.as_fd(), buf, &dst, SourceAddr::None, Some(segment))
-                }
-                other => other,
-            };
-            match result {
+            match self.send_with(buf, dst, src, Some(segment)) {
                 Err(e) if e.raw_os_error() == Some(libc::EIO) => {
                     log::warn!("UDP GSO refused by the kernel ({e}); sending datagrams one by one");
                     self.gso.store(false, Ordering::Relaxed);
