@@ -28,6 +28,7 @@ mod netlink;
 mod poll;
 mod tun;
 mod udp;
+pub mod uring;
 
 #[cfg(test)]
 mod testutil;
@@ -38,3 +39,4 @@ pub use netlink::{LinkEvent, LinkMonitor};
 pub use poll::{poll_fds, EventFd, PollFd, Readiness};
 pub use tun::{Tun, TunOffload};
 pub use udp::{Received, UdpSockets};
+pub use uring::{recvmmsg_batch, Completion, Reactor, ReactorConfig, RecvBatch};

@@ -1,0 +1,761 @@
+//! An io_uring reactor for the receive side: TUN reads, UDP receives and readiness
+//! of the control fds, all completed through one ring.
+//!
+//! What flows through, in order, on each [`Reactor::run_once`]:
+//!
+//! 1. Pending submissions (re-armed reads, new multishots) go to the kernel in one
+//!    `io_uring_enter`, which also waits for the first completion or the timeout.
+//! 2. Every completion queued is handed to the caller's closure as a [`Completion`]:
+//!    - **TUN.** `tun_reads` `READ_FIXED` operations are always in flight, each into
+//!      its own registered buffer of the pool. A finished read yields
+//!      [`Completion::Tun`] (virtio-net header + packet, as `read(2)` would return);
+//!      when the closure returns, the same buffer is read into again.
+//!    - **UDP.** One multishot `RECVMSG` per socket, with a provided-buffer ring
+//!      (`IORING_REGISTER_PBUF_RING`) per socket: the kernel picks a buffer per
+//!      datagram (or per `UDP_GRO` batch) and writes an `io_uring_recvmsg_out` header,
+//!      the sender's address, the control messages (pktinfo, GRO segment size) and the
+//!      payload into it. It yields [`Completion::Udp`]; when the closure returns the
+//!      buffer goes back to the ring. When the ring runs dry the multishot ends
+//!      (`ENOBUFS`) and is re-armed after the drain.
+//!    - **Control fds** (netlink, eventfd, signalfd): a one-shot `POLL_ADD` each,
+//!      re-armed after [`Completion::Readable`], so readiness is level-triggered like
+//!      `poll(2)`: an fd not read empty is reported again on the next turn.
+//! 3. Rings of provided buffers are published (one store each) and ended multishots
+//!    re-armed; they are submitted at the start of the next turn.
+//!
+//! Buffers are lent to the closure only for the duration of the call: nothing is
+//! allocated per completion and nothing needs returning by hand.
+//!
+//! **Sends stay synchronous** (`write(2)` on the TUN fd, `sendmsg(2)` with
+//! `UDP_SEGMENT` on the sockets, as [`super::Tun`] and [`super::UdpSockets`] do):
+//! the reactor only receives.
+//!
+//! **Exit.** When the interface is deleted the TUN reads fail with `EBADFD`; the first
+//! such failure is reported once as [`Completion::TunError`] and TUN reading stops.
+//!
+//! **Without io_uring** (`kernel.io_uring_disabled`, seccomp, old kernels: see
+//! [`Reactor::probe`]) the driver keeps its `poll(2)` loop and can read the UDP
+//! sockets in batches with [`recvmmsg_batch`].
+//!
+//! The fds passed in are borrowed for the call only and kept as raw numbers: the
+//! caller keeps them open while the reactor uses them (the TUN fd and the extra fds
+//! for the reactor's life, the UDP sockets until [`Reactor::set_udp`] replaces them).
+//! In-flight operations hold their own reference to the file, so closing a socket
+//! right after replacing it is safe.
+
+mod mmsg;
+mod region;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::time::Duration;
+
+use io_uring::types::{CancelBuilder, Fd, RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
+
+use super::error::IoError;
+use super::msg::{from_sockaddr, read_gro, read_pktinfo, CmsgBuf, SourceAddr};
+pub use mmsg::{recvmmsg_batch, RecvBatch};
+use region::{BufRing, Region};
+
+/// Sizes of the reactor's buffer pools. Out-of-range values are clamped (see fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReactorConfig {
+    /// TUN reads kept in flight, each with its own registered buffer (1..=1024).
+    pub tun_reads: u16,
+    /// Bytes per TUN buffer: the virtio-net header plus the largest packet.
+    pub tun_buffer: usize,
+    /// Provided buffers per UDP socket; rounded up to a power of two (1..=32768).
+    pub udp_buffers: u16,
+    /// Payload bytes per UDP buffer (`UDP_GRO` batches reach 64 KiB; a larger
+    /// datagram or batch is dropped and counted in [`Reactor::truncated`]).
+    pub udp_payload: usize,
+}
+
+impl Default for ReactorConfig {
+    /// 32 TUN reads of 10 + 65536 bytes and 64 UDP buffers of 64 KiB per socket:
+    /// about 10 MiB in all.
+    fn default() -> Self {
+        ReactorConfig {
+            tun_reads: 32,
+            tun_buffer: 10 + 65_536,
+            udp_buffers: 64,
+            udp_payload: 65_536,
+        }
+    }
+}
+
+/// One finished receive, lent to the [`Reactor::run_once`] closure.
+#[derive(Debug)]
+pub enum Completion<'a> {
+    /// One TUN read: the bytes `read(2)` would have returned (with `IFF_VNET_HDR`, the
+    /// virtio-net header and the packet). The buffer is read into again afterwards.
+    Tun(&'a [u8]),
+    /// One UDP message, possibly several datagrams coalesced by `UDP_GRO`. The
+    /// payload may be changed in place (e.g. decrypted); the buffer goes back to the
+    /// kernel afterwards.
+    Udp {
+        /// The socket it arrived on: 0 for IPv4, 1 for IPv6.
+        family: usize,
+        /// The payload.
+        data: &'a mut [u8],
+        /// The sender.
+        from: SocketAddr,
+        /// The local address (and interface) it arrived on, from pktinfo.
+        local: SourceAddr,
+        /// With `UDP_GRO`: `data` holds datagrams of this size (the last may be shorter).
+        segment: Option<u16>,
+    },
+    /// Extra fd number `index` (in the order given to [`Reactor::new`]) is readable or
+    /// has an error or hangup pending; reported again next turn until read empty.
+    Readable(usize),
+    /// A TUN read failed for good: `EBADFD` when the interface was deleted
+    /// ([`super::Tun::is_gone`]), otherwise another error. Reported once; the reactor
+    /// stops reading the TUN fd.
+    TunError(io::Error),
+}
+
+/// What a submission was, packed into its `user_data`: kind (8 bits), generation
+/// (24 bits, UDP only), index (32 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tag {
+    /// A read into TUN buffer `index`.
+    Tun(u32),
+    /// The multishot receive of socket `family`, armed in generation `gen`.
+    Udp { family: usize, gen: u32 },
+    /// A readiness poll of extra fd `index`.
+    Poll(u32),
+    /// A cancellation request (its completion carries nothing of interest).
+    Cancel,
+}
+
+const GEN_MASK: u32 = 0x00ff_ffff;
+
+impl Tag {
+    fn encode(self) -> u64 {
+        let (kind, gen, index) = match self {
+            Tag::Tun(i) => (1u64, 0, i),
+            Tag::Udp { family, gen } => (2, gen & GEN_MASK, family as u32),
+            Tag::Poll(i) => (3, 0, i),
+            Tag::Cancel => (4, 0, 0),
+        };
+        (kind << 56) | (u64::from(gen) << 32) | u64::from(index)
+    }
+
+    fn decode(data: u64) -> Option<Tag> {
+        let index = data as u32;
+        let gen = (data >> 32) as u32 & GEN_MASK;
+        match data >> 56 {
+            1 => Some(Tag::Tun(index)),
+            2 if index < 2 => Some(Tag::Udp {
+                family: index as usize,
+                gen,
+            }),
+            3 => Some(Tag::Poll(index)),
+            4 => Some(Tag::Cancel),
+            _ => None,
+        }
+    }
+}
+
+/// The receive state of one UDP socket.
+struct UdpSlot {
+    fd: Option<RawFd>,
+    /// Allocated when a socket of this family is first armed.
+    ring: Option<BufRing>,
+    /// `msg_namelen` / `msg_controllen` for the multishot (read by the kernel when
+    /// the submission is consumed; boxed so its address survives moves of the reactor).
+    msg: Box<libc::msghdr>,
+    gen: u32,
+    /// A multishot of generation `gen` is in flight.
+    armed: bool,
+    /// The multishot ended and is to be armed again after the drain.
+    rearm: bool,
+}
+
+impl UdpSlot {
+    fn new() -> UdpSlot {
+        // SAFETY: `msghdr` is plain old data (integers and raw pointers); all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_controllen = mem::size_of::<CmsgBuf>() as _;
+        UdpSlot {
+            fd: None,
+            ring: None,
+            msg: Box::new(msg),
+            gen: 0,
+            armed: false,
+            rearm: false,
+        }
+    }
+
+    /// Bytes before the payload in a provided buffer: the `io_uring_recvmsg_out`
+    /// header, the name field and the control field.
+    // `msg_controllen` is a `size_t` on glibc but a `socklen_t` on musl.
+    #[allow(clippy::unnecessary_cast)]
+    fn payload_offset(&self) -> usize {
+        RECVMSG_OUT_LEN + self.msg.msg_namelen as usize + self.msg.msg_controllen as usize
+    }
+}
+
+/// Size of `struct io_uring_recvmsg_out` (four `u32`s).
+const RECVMSG_OUT_LEN: usize = 16;
+
+/// The io_uring receive reactor; see the module documentation.
+pub struct Reactor {
+    // Declared first so that it is dropped (the ring fd closed) before the buffers.
+    ring: IoUring,
+    tun: RawFd,
+    tun_pool: Region,
+    tun_stride: usize,
+    tun_len: usize,
+    tun_reads: u16,
+    /// The pool is registered (`READ_FIXED`); otherwise plain `READ` is used.
+    tun_fixed: bool,
+    tun_dead: bool,
+    udp: [UdpSlot; 2],
+    udp_buffers: u16,
+    udp_buf_size: usize,
+    extra: Vec<RawFd>,
+    /// Completions copied out of the queue, capacity = the queue's size.
+    cqes: Vec<(u64, i32, u32)>,
+    truncated: u64,
+}
+
+// SAFETY: the raw pointers in the reactor (buffer mappings, the boxed msghdrs) point
+// to memory it owns exclusively and are not tied to a thread; the ring is not set up
+// with `SINGLE_ISSUER`, so it may be driven from whichever thread owns the reactor.
+unsafe impl Send for Reactor {}
+
+impl std::fmt::Debug for Reactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reactor")
+            .field("tun", &self.tun)
+            .field("tun_reads", &self.tun_reads)
+            .field("tun_fixed", &self.tun_fixed)
+            .field("udp", &self.udp.each_ref().map(|s| s.fd))
+            .field("extra", &self.extra)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reactor {
+    /// Sets up the ring, the TUN buffer pool (registered when the kernel allows; plain
+    /// reads otherwise) and arms every read: `tun_reads` reads on `tun`, a multishot
+    /// receive on each UDP socket given, a poll on each of `extra`. Nothing is
+    /// submitted before the first [`Reactor::run_once`].
+    pub fn new(
+        tun: BorrowedFd<'_>,
+        udp: [Option<BorrowedFd<'_>>; 2],
+        extra: &[BorrowedFd<'_>],
+        cfg: ReactorConfig,
+    ) -> Result<Reactor, IoError> {
+        let tun_reads = cfg.tun_reads.clamp(1, 1024);
+        let udp_buffers = cfg.udp_buffers.clamp(1, 1 << 15).next_power_of_two();
+        let tun_len = cfg.tun_buffer.clamp(64, 1 << 20);
+        let tun_stride = tun_len.next_multiple_of(64);
+        let udp_buf_size = RECVMSG_OUT_LEN
+            + mem::size_of::<libc::sockaddr_storage>()
+            + mem::size_of::<CmsgBuf>()
+            + cfg.udp_payload.clamp(1, 1 << 20);
+        let in_flight = usize::from(tun_reads) + extra.len() + 8;
+        let sq = in_flight.next_power_of_two() as u32;
+        let cq = (2 * (in_flight + 2 * usize::from(udp_buffers))).next_power_of_two() as u32;
+        let ring = IoUring::builder()
+            .setup_cqsize(cq)
+            .build(sq)
+            .map_err(|e| IoError::syscall("io_uring_setup", e))?;
+        let pool = Region::new(
+            tun_stride * usize::from(tun_reads),
+            "mmap(io_uring TUN buffers)",
+        )?;
+        let mut reactor = Reactor {
+            cqes: Vec::with_capacity(ring.params().cq_entries() as usize),
+            ring,
+            tun: tun.as_raw_fd(),
+            tun_pool: pool,
+            tun_stride,
+            tun_len,
+            tun_reads,
+            tun_fixed: false,
+            tun_dead: false,
+            udp: [UdpSlot::new(), UdpSlot::new()],
+            udp_buffers,
+            udp_buf_size,
+            extra: extra.iter().map(|fd| fd.as_raw_fd()).collect(),
+            truncated: 0,
+        };
+        reactor.tun_fixed = reactor.register_tun_pool();
+        reactor.arm_all(udp)?;
+        log::info!(
+            "io_uring reactor: {tun_reads} TUN reads in flight ({}), multishot UDP receive \
+             with {udp_buffers} provided buffers per socket",
+            if reactor.tun_fixed {
+                "registered buffers"
+            } else {
+                "unregistered buffers"
+            },
+        );
+        Ok(reactor)
+    }
+
+    /// Registers the TUN pool as fixed buffers; false (plain reads) if the kernel
+    /// refuses, e.g. over `RLIMIT_MEMLOCK`.
+    fn register_tun_pool(&self) -> bool {
+        let iovecs: Vec<libc::iovec> = (0..usize::from(self.tun_reads))
+            .map(|i| libc::iovec {
+                // SAFETY: `i * stride` is inside the pool, which has `tun_reads` strides.
+                iov_base: unsafe { self.tun_pool.as_ptr().add(i * self.tun_stride) }.cast(),
+                iov_len: self.tun_len,
+            })
+            .collect();
+        // SAFETY: every iovec lies inside `tun_pool`, which outlives the ring (declared
+        // after it, so dropped after the ring fd is closed).
+        match unsafe { self.ring.submitter().register_buffers(&iovecs) } {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!("io_uring: cannot register the TUN buffers ({e}); using plain reads");
+                false
+            }
+        }
+    }
+
+    fn arm_all(&mut self, udp: [Option<BorrowedFd<'_>>; 2]) -> Result<(), IoError> {
+        for i in 0..self.tun_reads {
+            self.arm_tun(u32::from(i))?;
+        }
+        for (family, fd) in udp.into_iter().enumerate() {
+            self.udp[family].fd = fd.map(|fd| fd.as_raw_fd());
+            if self.udp[family].fd.is_some() {
+                self.arm_udp(family)?;
+            }
+        }
+        for i in 0..self.extra.len() {
+            self.arm_poll(i as u32)?;
+        }
+        Ok(())
+    }
+
+    /// Whether io_uring can run the reactor here; see [`Reactor::probe`].
+    pub fn available() -> bool {
+        Self::probe().is_ok()
+    }
+
+    /// Checks that io_uring works and has what the reactor uses: the opcodes (by
+    /// `IORING_REGISTER_PROBE`), timeouts on waits (`IORING_FEAT_EXT_ARG`, 5.11),
+    /// provided-buffer rings (5.19) and synchronous cancellation (6.0, which comes with
+    /// multishot `RECVMSG`). The error says what is missing, for the start-up log:
+    /// `io_uring_setup` fails with `EPERM` under `kernel.io_uring_disabled`.
+    pub fn probe() -> Result<(), IoError> {
+        let ring = IoUring::new(4).map_err(|e| IoError::syscall("io_uring_setup", e))?;
+        let unsupported = |what| IoError::syscall(what, io::ErrorKind::Unsupported.into());
+        if !ring.params().is_feature_ext_arg() {
+            return Err(unsupported("io_uring_enter(EXT_ARG)"));
+        }
+        let mut probe = Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(|e| IoError::syscall("io_uring_register(PROBE)", e))?;
+        let ops = [
+            (opcode::ReadFixed::CODE, "io_uring READ_FIXED"),
+            (opcode::Read::CODE, "io_uring READ"),
+            (opcode::RecvMsgMulti::CODE, "io_uring RECVMSG"),
+            (opcode::PollAdd::CODE, "io_uring POLL_ADD"),
+            (opcode::AsyncCancel::CODE, "io_uring ASYNC_CANCEL"),
+        ];
+        if let Some((_, name)) = ops.iter().find(|(code, _)| !probe.is_supported(*code)) {
+            return Err(unsupported(name));
+        }
+        let bufs = BufRing::new(1, 64)?;
+        // SAFETY: the one-entry ring is valid until unregistered below (or until the
+        // ring is dropped, before `bufs`, on the error path).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(bufs.ring_addr(), 1, 0, 0)
+        }
+        .map_err(|e| IoError::syscall("io_uring_register(PBUF_RING)", e))?;
+        drop(ring.submitter().unregister_buf_ring(0));
+        let zero = Timespec::new();
+        match ring
+            .submitter()
+            .register_sync_cancel(Some(zero), CancelBuilder::any())
+        {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(IoError::syscall("io_uring_register(SYNC_CANCEL)", e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// UDP messages dropped because they did not fit a buffer (see
+    /// [`ReactorConfig::udp_payload`]).
+    pub fn truncated(&self) -> u64 {
+        self.truncated
+    }
+
+    /// Submits what is pending, waits until at least one completion is queued or
+    /// `timeout` passes (a signal ends the wait early too), then calls `f` for every
+    /// completion queued, re-arming reads as it goes. Call it once per loop turn with
+    /// the time to the next timer as `timeout`.
+    ///
+    /// Fails only on a broken ring or a UDP socket error other than a full buffer
+    /// ring; completions queued before are still delivered first.
+    pub fn run_once(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(Completion<'_>),
+    ) -> Result<(), IoError> {
+        self.submit_and_wait(timeout)?;
+        let mut cqes = mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        let mut first_err = None;
+        for &(data, res, flags) in &cqes {
+            if let Err(e) = self.complete(data, res, flags, &mut f) {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.cqes = cqes;
+        if let Err(e) = self.after_drain() {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn submit_and_wait(&mut self, timeout: Duration) -> Result<(), IoError> {
+        let ts = Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(IoError::syscall("io_uring_enter", e)),
+        }
+    }
+
+    fn complete(
+        &mut self,
+        data: u64,
+        res: i32,
+        flags: u32,
+        f: &mut impl FnMut(Completion<'_>),
+    ) -> Result<(), IoError> {
+        match Tag::decode(data) {
+            Some(Tag::Tun(i)) => self.complete_tun(i, res, f),
+            Some(Tag::Udp { family, gen }) => self.complete_udp(family, gen, res, flags, f),
+            Some(Tag::Poll(i)) => self.complete_poll(i, res, f),
+            Some(Tag::Cancel) | None => Ok(()),
+        }
+    }
+
+    fn complete_tun(
+        &mut self,
+        index: u32,
+        res: i32,
+        f: &mut impl FnMut(Completion<'_>),
+    ) -> Result<(), IoError> {
+        if index >= u32::from(self.tun_reads) {
+            return Ok(());
+        }
+        if res == 0 {
+            return self.arm_tun(index);
+        }
+        if res > 0 {
+            let len = (res as usize).min(self.tun_len);
+            // SAFETY: the read into buffer `index` has completed and is re-armed only
+            // after the slice is gone (below); the range is inside the pool.
+            let buf = unsafe {
+                self.tun_pool
+                    .slice_mut(index as usize * self.tun_stride, len)
+            };
+            f(Completion::Tun(buf));
+            return self.arm_tun(index);
+        }
+        match -res {
+            libc::EAGAIN | libc::EINTR => self.arm_tun(index),
+            libc::ECANCELED => Ok(()),
+            _ if self.tun_dead => Ok(()),
+            errno => {
+                self.tun_dead = true;
+                f(Completion::TunError(io::Error::from_raw_os_error(errno)));
+                Ok(())
+            }
+        }
+    }
+
+    fn complete_udp(
+        &mut self,
+        family: usize,
+        gen: u32,
+        res: i32,
+        flags: u32,
+        f: &mut impl FnMut(Completion<'_>),
+    ) -> Result<(), IoError> {
+        let slot = &mut self.udp[family];
+        let current = gen == slot.gen;
+        let mut result = Ok(());
+        if current && !cqueue::more(flags) {
+            slot.armed = false;
+            match res {
+                0.. => slot.rearm = true,
+                _ if matches!(
+                    -res,
+                    libc::ENOBUFS | libc::EINTR | libc::EAGAIN | libc::ECANCELED
+                ) =>
+                {
+                    slot.rearm = true
+                }
+                _ => {
+                    let e = io::Error::from_raw_os_error(-res);
+                    result = Err(IoError::syscall("io_uring RECVMSG (UDP)", e));
+                }
+            }
+        }
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            if current && res >= 0 {
+                self.deliver_udp(family, bid, res as usize, f);
+            }
+            if let Some(ring) = self.udp[family].ring.as_mut() {
+                ring.recycle(bid);
+            }
+        }
+        result
+    }
+
+    /// Parses provided buffer `bid` of `family` (`len` bytes used) and hands the
+    /// datagram to `f`; truncated or unparsable messages are counted and dropped.
+    fn deliver_udp(
+        &mut self,
+        family: usize,
+        bid: u16,
+        len: usize,
+        f: &mut impl FnMut(Completion<'_>),
+    ) {
+        let slot = &mut self.udp[family];
+        let start = slot.payload_offset();
+        let Some(ring) = slot.ring.as_mut() else {
+            return;
+        };
+        // SAFETY: `bid` was just handed to us by a completion of this ring's group and
+        // is recycled only after this function returns.
+        let Some(buf) = (unsafe { ring.buffer(bid) }) else {
+            return;
+        };
+        let len = len.min(buf.len());
+        let Some((from, local, segment, payload_len)) = parse_recvmsg(&buf[..len], &slot.msg)
+        else {
+            self.truncated += 1;
+            return;
+        };
+        let data = &mut buf[start..start + payload_len];
+        f(Completion::Udp {
+            family,
+            data,
+            from,
+            local,
+            segment,
+        });
+    }
+
+    fn complete_poll(
+        &mut self,
+        index: u32,
+        res: i32,
+        f: &mut impl FnMut(Completion<'_>),
+    ) -> Result<(), IoError> {
+        if index as usize >= self.extra.len() {
+            return Ok(());
+        }
+        match res {
+            0.. => {
+                f(Completion::Readable(index as usize));
+                self.arm_poll(index)
+            }
+            _ if -res == libc::ECANCELED => Ok(()),
+            _ if matches!(-res, libc::EINTR | libc::EAGAIN) => self.arm_poll(index),
+            _ => Err(IoError::syscall(
+                "io_uring POLL_ADD",
+                io::Error::from_raw_os_error(-res),
+            )),
+        }
+    }
+
+    /// Publishes recycled buffers and re-arms ended multishots.
+    fn after_drain(&mut self) -> Result<(), IoError> {
+        for family in 0..2 {
+            if let Some(ring) = self.udp[family].ring.as_mut() {
+                ring.publish();
+            }
+            let slot = &mut self.udp[family];
+            if mem::take(&mut slot.rearm) && slot.fd.is_some() && !slot.armed {
+                self.arm_udp(family)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the UDP sockets (the listen port changed): cancels the multishots on
+    /// the old ones (datagrams they still complete are dropped) and arms the new ones.
+    /// The old sockets may be closed as soon as this returns.
+    pub fn set_udp(&mut self, udp: [Option<BorrowedFd<'_>>; 2]) -> Result<(), IoError> {
+        for (family, fd) in udp.into_iter().enumerate() {
+            let slot = &mut self.udp[family];
+            if slot.armed {
+                let old = Tag::Udp {
+                    family,
+                    gen: slot.gen,
+                };
+                let cancel = opcode::AsyncCancel::new(old.encode())
+                    .build()
+                    .user_data(Tag::Cancel.encode());
+                self.push(&cancel)?;
+            }
+            let slot = &mut self.udp[family];
+            slot.gen = slot.gen.wrapping_add(1) & GEN_MASK;
+            slot.armed = false;
+            slot.rearm = false;
+            slot.fd = fd.map(|fd| fd.as_raw_fd());
+            if slot.fd.is_some() {
+                self.arm_udp(family)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn arm_tun(&mut self, index: u32) -> Result<(), IoError> {
+        if self.tun_dead {
+            return Ok(());
+        }
+        // SAFETY: buffer `index` (< tun_reads) is inside the pool.
+        let buf = unsafe { self.tun_pool.as_ptr().add(index as usize * self.tun_stride) };
+        let len = self.tun_len as u32;
+        let entry = if self.tun_fixed {
+            opcode::ReadFixed::new(Fd(self.tun), buf, len, index as u16).build()
+        } else {
+            opcode::Read::new(Fd(self.tun), buf, len).build()
+        };
+        self.push(&entry.user_data(Tag::Tun(index).encode()))
+    }
+
+    fn arm_udp(&mut self, family: usize) -> Result<(), IoError> {
+        let Some(fd) = self.udp[family].fd else {
+            return Ok(());
+        };
+        if self.udp[family].ring.is_none() {
+            let ring = BufRing::new(self.udp_buffers, self.udp_buf_size)?;
+            // SAFETY: the ring mapping lives in `self.udp` until the reactor is
+            // dropped, after the io_uring fd is closed (field order).
+            unsafe {
+                self.ring.submitter().register_buf_ring_with_flags(
+                    ring.ring_addr(),
+                    ring.count(),
+                    family as u16,
+                    0,
+                )
+            }
+            .map_err(|e| IoError::syscall("io_uring_register(PBUF_RING)", e))?;
+            self.udp[family].ring = Some(ring);
+        }
+        let slot = &mut self.udp[family];
+        let tag = Tag::Udp {
+            family,
+            gen: slot.gen,
+        };
+        let entry = opcode::RecvMsgMulti::new(Fd(fd), &*slot.msg, family as u16)
+            .build()
+            .user_data(tag.encode());
+        slot.armed = true;
+        self.push(&entry)
+    }
+
+    fn arm_poll(&mut self, index: u32) -> Result<(), IoError> {
+        let Some(&fd) = self.extra.get(index as usize) else {
+            return Ok(());
+        };
+        let entry = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(Tag::Poll(index).encode());
+        self.push(&entry)
+    }
+
+    /// Queues `entry`, submitting what is queued first when the queue is full.
+    fn push(&mut self, entry: &squeue::Entry) -> Result<(), IoError> {
+        // SAFETY: every entry points into memory the reactor owns and keeps until the
+        // ring is closed: TUN pool buffers, boxed msghdrs; provided-buffer rings are
+        // registered above with the same lifetime.
+        if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        self.ring
+            .submit()
+            .map_err(|e| IoError::syscall("io_uring_enter", e))?;
+        // SAFETY: as above.
+        unsafe { self.ring.submission().push(entry) }
+            .map_err(|_| IoError::syscall("io_uring submission", io::ErrorKind::WouldBlock.into()))
+    }
+}
+
+impl Drop for Reactor {
+    /// Cancels every operation in flight and waits for that (at most a second), so
+    /// the kernel is done with the buffers before they are unmapped.
+    fn drop(&mut self) {
+        let limit = Timespec::new().sec(1);
+        match self
+            .ring
+            .submitter()
+            .register_sync_cancel(Some(limit), CancelBuilder::any())
+        {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => log::debug!("io_uring: cancelling on drop failed: {e}"),
+        }
+    }
+}
+
+/// The sender, local address, `UDP_GRO` segment size and payload length of a
+/// multishot `RECVMSG` result in `buf`; `None` if it is truncated, malformed or not
+/// from an IP address.
+fn parse_recvmsg(
+    buf: &[u8],
+    msg: &libc::msghdr,
+) -> Option<(SocketAddr, SourceAddr, Option<u16>, usize)> {
+    let out = RecvMsgOut::parse(buf, msg).ok()?;
+    if out.is_payload_truncated() || out.is_name_data_truncated() {
+        return None;
+    }
+    // SAFETY: `sockaddr_storage` is plain old data; all-zero is a valid value.
+    let mut name: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let name_data = out.name_data();
+    let name_len = name_data.len().min(mem::size_of_val(&name));
+    // SAFETY: copies `name_len` bytes, no more than either side holds, into `name`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            name_data.as_ptr(),
+            (&mut name as *mut libc::sockaddr_storage).cast::<u8>(),
+            name_len,
+        );
+    }
+    let from = from_sockaddr(&name, name_len as libc::socklen_t)?;
+    let control = out.control_data();
+    let local = read_pktinfo(control, control.len());
+    let payload_len = out.payload_data().len();
+    let segment = read_gro(control, control.len()).filter(|s| usize::from(*s) < payload_len);
+    Some((from, local, segment, payload_len))
+}
