@@ -31,7 +31,8 @@ Creates the WireGuard interface IFNAME and serves the userspace API on
 
 Environment: LOG_LEVEL=error|warn|info|debug|silent; PD_LOG_FILE=PATH keeps the
 daemon's log in PATH (otherwise a daemonized process logs nowhere); PD_OFFLOAD=off
-turns TUN TSO/GRO and UDP GSO/GRO off.";
+turns TUN TSO/GRO and UDP GSO/GRO off; PD_IO=uring receives through io_uring instead
+of the poll(2) loop.";
 
 enum Mode {
     Run { ifname: String, foreground: bool },

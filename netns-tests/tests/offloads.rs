@@ -1,5 +1,6 @@
 //! The same transfers with every offload forced off (`PD_OFFLOAD=off`: no virtio-net
-//! header on the TUN fd, no UDP GSO/GRO) as with them on, and proof from the
+//! header on the TUN fd, no UDP GSO/GRO), on the default `poll(2)` receive path and on
+//! the io_uring one (`PD_IO=uring`), and proof from the
 //! dataplane's own counters that each run used the path it claims.
 //!
 //! Each test file is its own process, so the environment variable set here reaches
@@ -41,27 +42,30 @@ fn transfers(pair: &Pair) {
 }
 
 #[test]
-fn transfers_with_offloads_on_and_off() {
-    // On (the default).
-    let pair = Pair::new(&PairOptions::default());
-    transfers(&pair);
-    let s = pair.right.daemon.stats();
-    assert_eq!(
-        (s["tun_vnet_hdr"], s["tx_gso"]),
-        (1, 1),
-        "offloads should be on: {s:?}"
-    );
-    assert_eq!(s["tx_offload_malformed"], 0, "{s:?}");
-    drop(pair);
-
-    // Off.
-    std::env::set_var("PD_OFFLOAD", "off");
-    let pair = Pair::new(&PairOptions::default());
-    transfers(&pair);
-    let s = pair.right.daemon.stats();
-    assert_eq!(
-        (s["tun_vnet_hdr"], s["tx_gso"]),
-        (0, 0),
-        "offloads should be off: {s:?}"
-    );
+fn transfers_with_fast_paths_on_and_off() {
+    // (PD_OFFLOAD, PD_IO, expected tun_vnet_hdr, tx_gso, io_uring)
+    let configs = [
+        (None, None, (1, 1, 0)),
+        (None, Some("uring"), (1, 1, 1)),
+        (Some("off"), None, (0, 0, 0)),
+    ];
+    for (offload, io, expected) in configs {
+        // Each test file is its own process: these variables reach only our daemons.
+        match offload {
+            Some(v) => std::env::set_var("PD_OFFLOAD", v),
+            None => std::env::remove_var("PD_OFFLOAD"),
+        }
+        match io {
+            Some(v) => std::env::set_var("PD_IO", v),
+            None => std::env::remove_var("PD_IO"),
+        }
+        let pair = Pair::new(&PairOptions::default());
+        transfers(&pair);
+        for side in [&pair.left, &pair.right] {
+            let s = side.daemon.stats();
+            let got = (s["tun_vnet_hdr"], s["tx_gso"], s["io_uring"]);
+            assert_eq!(got, expected, "PD_OFFLOAD={offload:?} PD_IO={io:?}: {s:?}");
+            assert_eq!(s["tx_offload_malformed"], 0, "{s:?}");
+        }
+    }
 }
