@@ -32,6 +32,7 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("sha256sum", "coreutils"),
     ("timeout", "coreutils"),
     ("env", "coreutils"),
+    ("python3", "python3"),
 ];
 
 /// What the fuzz smoke needs besides cargo-fuzz: libFuzzer is C++, built by `cc`.
