@@ -10,8 +10,8 @@
 //! `EBADFD`) or on SIGTERM/SIGINT.
 
 use crate::io::{
-    poll_fds, Completion, EventFd, LinkEvent, LinkMonitor, PollFd, Reactor, ReactorConfig,
-    SourceAddr, Tun, UdpSockets,
+    poll_fds, recvmmsg_batch, Completion, EventFd, LinkEvent, LinkMonitor, PollFd, Reactor,
+    ReactorConfig, RecvBatch, SourceAddr, Tun, UdpSockets,
 };
 use crate::signals::TermSignals;
 use crate::uapi_server::{Call, Pending};
@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// Packets read from one source per loop turn before looking at the others.
 const BATCH: usize = 128;
+/// Entries per `recvmmsg` call (each up to 64 KiB: one datagram or a GRO run).
+const RX_BATCH: usize = 16;
 /// Timers are checked at least this often (their granularity).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -296,6 +298,8 @@ pub struct Driver {
     events: Vec<LinkEvent>,
     tx: TxBatch,
     offload: Offload,
+    /// Buffers of the poll loop's `recvmmsg` receives.
+    rx_batch: RecvBatch,
     /// The io_uring receive path; `None` runs the `poll(2)` loop.
     reactor: Option<Reactor>,
 }
@@ -328,6 +332,7 @@ impl Driver {
         let reactor = open_reactor(&tun, &udp, &link, &wake, &signals);
         Ok(Self {
             reactor,
+            rx_batch: RecvBatch::new(RX_BATCH, MAX_PACKET + 64),
             device,
             tun,
             udp: Some(udp),
@@ -569,13 +574,16 @@ impl Driver {
         Ok(false)
     }
 
+    /// Reads UDP datagrams with `recvmmsg(2)`, a batch per call (each entry possibly
+    /// a `UDP_GRO` run of datagrams from one sender), until the socket is empty or
+    /// [`BATCH`] entries were handled.
     fn read_udp(&mut self, now: Instant, which: usize) {
         let Driver {
             device,
             tun,
             udp,
             tx,
-            buf,
+            rx_batch,
             offload,
             ..
         } = self;
@@ -589,21 +597,26 @@ impl Driver {
             tx,
             gro,
         };
-        for _ in 0..BATCH {
-            match udp.recv(fd, buf) {
-                Ok(Some(r)) => {
-                    let local = from_source(r.local);
-                    // A GRO read holds several datagrams of `segment` bytes each.
-                    let seg = r.segment.map_or(r.len, usize::from).max(1);
-                    for chunk in buf[..r.len].chunks_mut(seg) {
-                        device.handle_datagram(now, r.from, local, chunk, &mut io);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        let mut handled = 0;
+        while handled < BATCH {
+            let n = match recvmmsg_batch(fd, rx_batch) {
+                Ok(0) => break,
+                Ok(n) => n,
                 Err(e) => {
                     log::debug!("UDP receive error: {e}");
                     break;
+                }
+            };
+            handled += n;
+            for i in 0..rx_batch.len() {
+                let Some((r, data)) = rx_batch.get(i) else {
+                    continue;
+                };
+                let local = from_source(r.local);
+                // A GRO entry holds several datagrams of `segment` bytes each.
+                let seg = r.segment.map_or(r.len, usize::from).max(1);
+                for chunk in data[..r.len].chunks_mut(seg) {
+                    device.handle_datagram(now, r.from, local, chunk, &mut io);
                 }
             }
         }
@@ -651,7 +664,8 @@ impl Driver {
                         out.push_str(&format!("{k}={v}\n"));
                     }
                     if let Some(u) = &self.udp {
-                        out.push_str(&format!("rx_truncated={}\n", u.truncated()));
+                        let truncated = u.truncated() + self.rx_batch.truncated();
+                        out.push_str(&format!("rx_truncated={truncated}\n"));
                         out.push_str(&format!("tx_gso={}\n", u8::from(u.gso_enabled())));
                     }
                     out.push_str(&format!("tx_batch_send_failed={}\n", self.tx.failed));
