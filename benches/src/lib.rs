@@ -13,7 +13,10 @@
 //!    measurement contains no allocation of the harness.
 //!
 //! [`ipv4_packet`], [`random_v4_prefixes`] and [`lookup_addresses`] build the
-//! inputs; [`SplitMix64`] makes them reproducible.
+//! inputs; [`SplitMix64`] makes them reproducible. [`fleet`] holds the fixture of
+//! the scale benchmark: one responder with many peers and one device per peer.
+
+pub mod fleet;
 
 use portdistrict_wg::allowed_ips::AllowedIps;
 use portdistrict_wg::constants::{REJECT_AFTER_TIME, REKEY_TIMEOUT};
@@ -60,6 +63,9 @@ pub enum SetupError {
     /// The generated UAPI configuration did not parse.
     #[error("the benchmark's UAPI configuration was refused: {0}")]
     Config(#[from] UapiError),
+    /// A [`fleet::Fleet`] was asked for zero initiators or more than [`fleet::MAX_FLEET`].
+    #[error("a fleet has 1..={max} initiators, not {0}", max = fleet::MAX_FLEET)]
+    BadFleetSize(usize),
     /// The generated UAPI configuration parsed as something other than `set=1`.
     #[error("the benchmark's UAPI configuration is not a set=1 request")]
     NotASet,
@@ -303,7 +309,7 @@ fn config_text(
     )
 }
 
-fn parse_set(text: &str) -> Result<SetRequest, SetupError> {
+pub(crate) fn parse_set(text: &str) -> Result<SetRequest, SetupError> {
     match parse_request(text)? {
         Request::Set(set) => Ok(set),
         Request::Get => Err(SetupError::NotASet),

@@ -12,10 +12,12 @@ usage: pd-bench [--quick] [--duration S] [--repeat N] [--impl LIST] [--dataplane
 
 Measures bare veth, portdistrict, wireguard-go, boringtun and gotatun between two network
 namespaces (TCP 1 and 4 streams, UDP 1420- and 64-byte packet rates, ping idle and under
-load), repeating each scenario with the implementations interleaved. Run as root.
+load), repeating each scenario with the implementations interleaved; then each tunnel
+daemon's RSS with 0 and 1,000 peers and the `wg setconf` time. Run as root.
 
   --quick           1-second runs, 1 repeat; fails unless every scenario gave a nonzero
-                    figure for every implementation (numbers are never compared)
+                    figure for every implementation and every tunnel a nonzero RSS in
+                    the scale section (numbers are never compared)
   --duration S      seconds per iperf3 run (default 5)
   --repeat N        repeats per scenario (default 3)
   --impl LIST       comma-separated subset of: bare-veth,portdistrict,wireguard-go,

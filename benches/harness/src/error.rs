@@ -79,6 +79,16 @@ pub(crate) enum Error {
         /// The output (tail).
         text: String,
     },
+    /// A daemon's state after a command is not what the command asked for.
+    #[error("{what}: expected {expected}, got {got}")]
+    Unexpected {
+        /// What was checked.
+        what: String,
+        /// What should be there.
+        expected: String,
+        /// What is there.
+        got: String,
+    },
     /// Reading or writing a file failed.
     #[error("{action} {path}: {source}")]
     Io {

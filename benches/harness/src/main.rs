@@ -6,10 +6,12 @@
 //! and 64 bytes, ping idle and under load), repeating them with the implementations
 //! interleaved (`for rep { for impl { all scenarios } }`). It reports medians with
 //! min–max spread, portdistrict's ratio to every other column, the daemons' CPU seconds
-//! per GB and peak RSS, as a table on stdout, a JSON file and an SVG chart.
+//! per GB and peak RSS, as a table on stdout, a JSON file and an SVG chart. Then, for
+//! each tunnel, the [`scale`] section: one daemon's memory with no peer and with 1,000
+//! peers, and how long `wg setconf` took to configure them.
 //!
 //! Flow: [`cli`] → [`impls`] (find binaries) → [`topo`] (namespaces, daemons) →
-//! [`measure`] (one sample) → [`report`] / [`svg`] (aggregate and render). Every
+//! [`measure`] (one sample) → [`scale`] → [`report`] / [`svg`] (aggregate and render). Every
 //! resource is a guard in [`proc`]'s registry, torn down on return, Ctrl-C or panic.
 
 mod cli;
@@ -18,6 +20,7 @@ mod impls;
 mod measure;
 mod proc;
 mod report;
+mod scale;
 mod stats;
 mod svg;
 mod topo;
@@ -76,6 +79,7 @@ fn run() -> Result<ExitCode, Error> {
         }
     }
     drop(topos);
+    scale_all(&columns, &mut collected)?;
     let report = Report::build(config(&opts), columns, collected);
     print!("{}", report.text());
     write(&opts.json, &to_json(&report)?)?;
@@ -179,6 +183,38 @@ fn measure_all(
                         }
                     }
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The scale section for every tunnel column with a binary, one after the other.
+fn scale_all(columns: &[Column], c: &mut Collected) -> Result<(), Error> {
+    for (index, (i, binary, _)) in columns.iter().enumerate() {
+        let Some(binary) = binary else { continue };
+        eprintln!("pd-bench: scale: {} with {} peers", i.name(), scale::PEERS);
+        match scale::measure(*i, binary, index) {
+            Ok(s) => {
+                eprintln!(
+                    "[scale] {:<13} RSS {} -> {} KiB (peak {} KiB), wg setconf {} ms",
+                    i.name(),
+                    s.idle.rss_kib,
+                    s.loaded.rss_kib,
+                    s.loaded.hwm_kib,
+                    report::fmt_num(s.setconf_ms)
+                );
+                c.scale.push(s);
+            }
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(e) => {
+                eprintln!("pd-bench: {} scale failed: {e}", i.name());
+                c.failures.push(Failure {
+                    implementation: i.name(),
+                    scenario: Some("scale"),
+                    repeat: 0,
+                    message: e.to_string(),
+                });
             }
         }
     }

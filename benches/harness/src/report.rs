@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::impls::Impl;
 use crate::measure::{Sample, Scenario};
+use crate::scale::ScaleSample;
 use crate::stats::{ratio, Summary};
 
 /// Everything collected during a run.
@@ -18,6 +19,8 @@ pub(crate) struct Collected {
     pub(crate) samples: BTreeMap<(usize, Impl), Vec<Sample>>,
     /// Peak RSS (KiB) of each daemon, by implementation.
     pub(crate) peak_rss: BTreeMap<Impl, Vec<u64>>,
+    /// The scale section, one per implementation measured.
+    pub(crate) scale: Vec<ScaleSample>,
     /// What went wrong, in order.
     pub(crate) failures: Vec<Failure>,
 }
@@ -46,6 +49,8 @@ pub(crate) struct Report {
     pub(crate) implementations: Vec<ImplReport>,
     /// The rows.
     pub(crate) scenarios: Vec<ScenarioReport>,
+    /// Daemon memory with 0 and with many peers, and the `wg setconf` time.
+    pub(crate) scale: Vec<ScaleSample>,
     /// Failed setups and measurements.
     pub(crate) failures: Vec<Failure>,
 }
@@ -142,6 +147,7 @@ impl Report {
             config,
             implementations,
             scenarios,
+            scale: c.scale,
             failures: c.failures,
         }
     }
@@ -169,6 +175,15 @@ impl Report {
                 if !ok {
                     out.push(format!("{} / {name}", s.label));
                 }
+            }
+        }
+        for name in self.measured().into_iter().filter(|n| *n != "bare-veth") {
+            let ok = self
+                .scale
+                .iter()
+                .any(|x| x.implementation == name && x.idle.rss_kib > 0 && x.loaded.rss_kib > 0);
+            if !ok {
+                out.push(format!("scale RSS / {name}"));
             }
         }
         out
@@ -294,6 +309,7 @@ impl Report {
         }
         out.push_str(&self.ratio_table());
         out.push_str(&self.side_tables(&names));
+        out.push_str(&self.scale_table());
         for f in &self.failures {
             let what = f.scenario.unwrap_or("setup");
             out.push_str(&format!(
@@ -381,6 +397,49 @@ impl Report {
     }
 }
 
+/// How one row of the scale table renders a sample.
+type ScaleCell = fn(&ScaleSample) -> String;
+
+impl Report {
+    /// The scale section: memory with 0 and with N peers, growth per peer, setconf time.
+    fn scale_table(&self) -> String {
+        let Some(peers) = self.scale.first().map(|x| x.peers) else {
+            return String::new();
+        };
+        let rows_of: [(String, ScaleCell); 6] = [
+            ("RSS MiB, 0 peers".to_owned(), |x| mib(x.idle.rss_kib)),
+            ("peak RSS MiB, 0 peers".to_owned(), |x| mib(x.idle.hwm_kib)),
+            (format!("RSS MiB, {peers} peers"), |x| mib(x.loaded.rss_kib)),
+            (format!("peak RSS MiB, {peers} peers"), |x| {
+                mib(x.loaded.hwm_kib)
+            }),
+            ("RSS KiB per peer".to_owned(), |x| {
+                format!("{:.2}", x.rss_kib_per_peer())
+            }),
+            ("wg setconf ms".to_owned(), |x| fmt_num(x.setconf_ms)),
+        ];
+        let mut rows = vec![std::iter::once("metric".to_owned())
+            .chain(self.scale.iter().map(|x| x.implementation.to_owned()))
+            .collect::<Vec<_>>()];
+        for (label, f) in rows_of {
+            rows.push(
+                std::iter::once(label)
+                    .chain(self.scale.iter().map(f))
+                    .collect(),
+            );
+        }
+        format!(
+            "\nscale (one daemon each, {peers} peers: one /32 + one /128 and an endpoint each)\n{}",
+            render_table(&rows)
+        )
+    }
+}
+
+/// KiB as MiB with one decimal.
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
 fn cell_text(v: Option<Summary>) -> String {
     match v {
         None => "-".to_owned(),
@@ -397,6 +456,7 @@ fn cell_text(v: Option<Summary>) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::scale::Memory;
 
     fn sample(value: f64, bytes: u64, cpu: Option<f64>) -> Sample {
         Sample {
@@ -429,6 +489,19 @@ pub(crate) mod tests {
         c.samples
             .insert((4, Impl::WireguardGo), vec![sample(0.4, 0, Some(0.0))]);
         c.peak_rss.insert(Impl::Portdistrict, vec![2048, 4096]);
+        c.scale.push(ScaleSample {
+            implementation: "portdistrict",
+            peers: 1000,
+            idle: Memory {
+                rss_kib: 3072,
+                hwm_kib: 3072,
+            },
+            loaded: Memory {
+                rss_kib: 5120,
+                hwm_kib: 6144,
+            },
+            setconf_ms: 42.0,
+        });
         let config = Config {
             duration_s: 1,
             repeat: 2,
@@ -469,6 +542,11 @@ pub(crate) mod tests {
     #[test]
     fn missing_figures_name_the_cells() {
         let missing = example().missing_figures();
+        assert!(missing.contains(&"scale RSS / wireguard-go".to_owned()));
+        assert!(!missing
+            .iter()
+            .any(|m| m.contains("scale RSS / portdistrict")));
+        assert!(!missing.iter().any(|m| m.contains("scale RSS / bare-veth")));
         assert!(missing.contains(&"TCP 4 streams / portdistrict".to_owned()));
         assert!(missing.contains(&"ping idle / bare-veth".to_owned()));
         assert!(!missing.contains(&"TCP 1 stream / wireguard-go".to_owned()));
@@ -485,6 +563,10 @@ pub(crate) mod tests {
         assert!(t.contains("peak RSS MiB (max of 2)"), "{t}");
         assert!(t.contains("4.0"), "{t}");
         assert!(t.contains("skipped column gotatun: not installed"), "{t}");
+        assert!(t.contains("scale (one daemon each, 1000 peers"), "{t}");
+        assert!(t.contains("RSS MiB, 1000 peers"), "{t}");
+        assert!(t.contains("RSS KiB per peer"), "{t}");
+        assert!(t.contains("2.05"), "(5120 - 3072) / 1000 KiB per peer: {t}");
         let j: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(j["scenarios"][0]["id"], "tcp_1_stream");
         assert_eq!(
@@ -492,6 +574,9 @@ pub(crate) mod tests {
             5.0
         );
         assert_eq!(j["implementations"][3]["skipped"], "not installed");
+        assert_eq!(j["scale"][0]["implementation"], "portdistrict");
+        assert_eq!(j["scale"][0]["loaded"]["hwm_kib"], 6144);
+        assert_eq!(j["scale"][0]["setconf_ms"], 42.0);
     }
 
     #[test]

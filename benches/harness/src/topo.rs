@@ -123,7 +123,7 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Starts `binary` for `implementation` in `ns` and waits until its interface and
     /// UAPI socket exist.
-    fn start(
+    pub(crate) fn start(
         ns: &Netns,
         implementation: Impl,
         binary: &Path,
@@ -196,7 +196,7 @@ impl Daemon {
     }
 
     /// `wg ARGS...` (the UAPI socket is reachable from any namespace).
-    fn wg(&self, args: &[&str]) -> Result<String, Error> {
+    pub(crate) fn wg(&self, args: &[&str]) -> Result<String, Error> {
         let mut c = cmd(&["wg"]);
         c.args(args);
         run(&mut c, SHORT)
@@ -373,10 +373,11 @@ fn veth(a: &Netns, b: &Netns, base: &str) -> Result<(), Error> {
 
 /// A private temporary directory, removed on drop.
 #[derive(Debug)]
-struct TempDir(PathBuf, u64);
+pub(crate) struct TempDir(PathBuf, u64);
 
 impl TempDir {
-    fn new(name: &str) -> Result<TempDir, Error> {
+    /// Creates `$TMPDIR/<name>` (mode 0700), replacing a leftover of that name.
+    pub(crate) fn new(name: &str) -> Result<TempDir, Error> {
         use std::os::unix::fs::DirBuilderExt as _;
         let path = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&path);
@@ -390,6 +391,11 @@ impl TempDir {
             })?;
         let key = register(Resource::Path(path.clone()));
         Ok(TempDir(path, key))
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
     }
 }
 
@@ -418,7 +424,8 @@ fn pubkey(key_file: &Path) -> Result<String, Error> {
     Ok(out.stdout.trim().to_owned())
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
+/// Writes `contents` to a new file `path` readable by its owner only.
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
