@@ -339,6 +339,9 @@ impl Device {
                 }
             }
         }
+        // Rebuild the lookup table now, on the configuration path, rather than in
+        // the first packet routed after the change.
+        self.allowed_ips.prepare_lookup();
     }
 
     /// The state `get=1` reports. `listen_port` and `fwmark` come from the caller.
