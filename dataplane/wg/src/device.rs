@@ -334,7 +334,8 @@ impl Device {
                 peer.persistent_keepalive = ka;
                 if ka == 0 {
                     peer.timers.clear_persistent_keepalive();
-                } else if was == 0 || peer.endpoint.is_some() {
+                } else if was == 0 {
+                    // Turning it on sends one at once, as wireguard-go does.
                     self.send_keepalive(id, now, io);
                 }
             }
