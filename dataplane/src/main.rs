@@ -90,7 +90,10 @@ fn print_stats(ifname: &str) -> anyhow::Result<()> {
 /// Forks; the parent exits at once (the interface and the socket already exist, so
 /// whoever launched us can use and move the interface immediately), the child
 /// detaches from the terminal and carries on.
-fn daemonize() -> anyhow::Result<()> {
+/// Inherited descriptors other than stdio and `keep` are closed, so that a launcher
+/// waiting for EOF on a pipe it passed down (`out=$(portdistrict-dataplane wg0)`)
+/// is not held open by the daemon.
+fn daemonize(keep: &[std::os::fd::RawFd]) -> anyhow::Result<()> {
     // SAFETY: no other thread exists yet (threads are started after this), so the
     // child is a complete copy of this single-threaded process.
     let pid = unsafe { libc::fork() };
@@ -122,8 +125,26 @@ fn daemonize() -> anyhow::Result<()> {
         libc::dup2(out.as_raw_fd(), 1);
         libc::dup2(out.as_raw_fd(), 2);
     }
+    drop((null, out));
+    close_inherited(keep);
     let _ = std::env::set_current_dir("/");
     Ok(())
+}
+
+/// Closes every open descriptor above 2 that is not in `keep`.
+fn close_inherited(keep: &[std::os::fd::RawFd]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let open: Vec<std::os::fd::RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open.into_iter().filter(|fd| *fd > 2 && !keep.contains(fd)) {
+        // SAFETY: `fd` is not owned by any Rust object of this process (the ones we
+        // keep are in `keep`; the directory handle is already closed, so its number
+        // fails with EBADF at worst).
+        unsafe { libc::close(fd) };
+    }
 }
 
 fn run(ifname: &str, foreground: bool) -> anyhow::Result<Exit> {
@@ -141,7 +162,8 @@ fn run(ifname: &str, foreground: bool) -> anyhow::Result<Exit> {
     let listener = uapi_server::bind(&name)?;
     let mtu = tun.mtu().unwrap_or(1420) as usize;
     if !foreground {
-        daemonize()?;
+        use std::os::fd::AsRawFd;
+        daemonize(&[tun.as_raw_fd(), listener.as_raw_fd()])?;
     }
     let result = (|| {
         let signals = TermSignals::new().context("signalfd")?;
