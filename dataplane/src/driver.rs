@@ -196,27 +196,64 @@ impl Drop for OsIo<'_> {
 /// into MTU-sized packets first (a TSO/USO super-packet).
 fn tun_frame(
     device: &mut Device,
-    vnet: bool,
-    segments: &mut Segments,
-    malformed: &mut u64,
+    tun_split: &mut TunSplit<'_>,
     now: Instant,
     frame: &[u8],
     io: &mut OsIo<'_>,
 ) {
-    if !vnet {
+    if !tun_split.vnet {
         device.handle_tun_packet(now, frame, io);
         return;
     }
+    let segments = &mut *tun_split.segments;
     let split_ok = VirtioNetHdr::parse(frame).and_then(|hdr| {
         segments.clear();
         split(&hdr, &frame[VIRTIO_NET_HDR_LEN..], 0, 0, segments)
     });
     if split_ok.is_err() {
-        *malformed += 1;
+        *tun_split.malformed += 1;
         return;
     }
     for seg in segments.iter() {
         device.handle_tun_packet(now, seg, io);
+    }
+}
+
+/// The TUN-read half of the offload state, borrowed next to an [`OsIo`].
+struct TunSplit<'a> {
+    vnet: bool,
+    segments: &'a mut Segments,
+    malformed: &'a mut u64,
+}
+
+impl<'a> OsIo<'a> {
+    /// The output sink of one batch (with the coalescer when the TUN fd carries a
+    /// virtio-net header), and the TUN-read half of the offload state.
+    fn new(
+        tun: &'a Tun,
+        udp: Option<&'a UdpSockets>,
+        tx: &'a mut TxBatch,
+        offload: &'a mut Offload,
+    ) -> (Self, TunSplit<'a>) {
+        let Offload {
+            vnet,
+            segments,
+            gro,
+            malformed,
+            ..
+        } = offload;
+        let io = OsIo {
+            tun,
+            udp,
+            tx,
+            gro: vnet.then_some(gro),
+        };
+        let tun_split = TunSplit {
+            vnet: *vnet,
+            segments,
+            malformed,
+        };
+        (io, tun_split)
     }
 }
 
@@ -391,12 +428,12 @@ impl Driver {
     }
 
     fn timers(&mut self, now: Instant) {
-        let mut io = OsIo {
-            tun: &self.tun,
-            udp: self.udp.as_ref(),
-            tx: &mut self.tx,
-            gro: self.offload.vnet.then_some(&mut self.offload.gro),
-        };
+        let (mut io, _) = OsIo::new(
+            &self.tun,
+            self.udp.as_ref(),
+            &mut self.tx,
+            &mut self.offload,
+        );
         self.device.handle_timeout(now, &mut io);
     }
 
@@ -422,26 +459,13 @@ impl Driver {
                 let Some(reactor) = reactor.as_mut() else {
                     return Ok(Exit::Signal);
                 };
-                let Offload {
-                    vnet,
-                    segments,
-                    gro,
-                    malformed,
-                    ..
-                } = offload;
-                let vnet = *vnet;
-                let mut io = OsIo {
-                    tun,
-                    udp: udp.as_ref(),
-                    tx,
-                    gro: vnet.then_some(gro),
-                };
+                let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, offload);
                 let mut now = None;
                 reactor.run_once(timeout, |c| {
                     let now = *now.get_or_insert_with(Instant::now);
                     match c {
                         Completion::Tun(frame) => {
-                            tun_frame(device, vnet, segments, malformed, now, frame, &mut io)
+                            tun_frame(device, &mut tun_split, now, frame, &mut io)
                         }
                         Completion::Udp {
                             data,
@@ -545,19 +569,7 @@ impl Driver {
             offload,
             ..
         } = self;
-        let Offload {
-            vnet,
-            segments,
-            gro,
-            malformed,
-            ..
-        } = offload;
-        let mut io = OsIo {
-            tun,
-            udp: udp.as_ref(),
-            tx,
-            gro: vnet.then_some(gro),
-        };
+        let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, offload);
         for _ in 0..BATCH {
             let n = match tun.read(buf) {
                 Ok(n) => n,
@@ -569,7 +581,7 @@ impl Driver {
                     return Ok(true);
                 }
             };
-            tun_frame(device, *vnet, segments, malformed, now, &buf[..n], &mut io);
+            tun_frame(device, &mut tun_split, now, &buf[..n], &mut io);
         }
         Ok(false)
     }
@@ -590,13 +602,7 @@ impl Driver {
         let Some(udp) = udp.as_ref() else { return };
         let fd = if which == 0 { udp.v4_fd() } else { udp.v6_fd() };
         let Some(fd) = fd else { return };
-        let gro = offload.vnet.then_some(&mut offload.gro);
-        let mut io = OsIo {
-            tun,
-            udp: Some(udp),
-            tx,
-            gro,
-        };
+        let (mut io, _) = OsIo::new(tun, Some(udp), tx, offload);
         let mut handled = 0;
         while handled < BATCH {
             let n = match recvmmsg_batch(fd, rx_batch) {
@@ -730,12 +736,12 @@ impl Driver {
             self.listen_port = p;
         }
         self.fwmark = fwmark;
-        let mut io = OsIo {
-            tun: &self.tun,
-            udp: self.udp.as_ref(),
-            tx: &mut self.tx,
-            gro: self.offload.vnet.then_some(&mut self.offload.gro),
-        };
+        let (mut io, _) = OsIo::new(
+            &self.tun,
+            self.udp.as_ref(),
+            &mut self.tx,
+            &mut self.offload,
+        );
         self.device.apply(now, req, &mut io);
         Ok(())
     }
