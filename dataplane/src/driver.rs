@@ -10,17 +10,20 @@
 //! `EBADFD`) or on SIGTERM/SIGINT.
 
 use crate::io::{
-    poll_fds, recvmmsg_batch, Completion, EventFd, LinkEvent, LinkMonitor, PollFd, Reactor,
-    ReactorConfig, RecvBatch, SourceAddr, Tun, UdpSockets,
+    poll_fds, read_cpu_times, recvmmsg_batch, Completion, EventFd, IdleGate, Job, LinkEvent,
+    LinkMonitor, PollFd, Pool, Reactor, ReactorConfig, RecvBatch, SourceAddr, Tun, UdpSockets,
 };
 use crate::signals::TermSignals;
 use crate::uapi_server::{Call, Pending};
 use portdistrict_offload::vnet::VIRTIO_NET_HDR_LEN;
 use portdistrict_offload::{split, Coalescer, Segments, VirtioNetHdr};
-use portdistrict_wg::device::{Device, Io, SendOutcome, MAX_PACKET};
+use portdistrict_wg::crypto::AeadKey;
+use portdistrict_wg::device::{DataTicket, Device, Io, SendOutcome, MAX_PACKET};
 use portdistrict_wg::peer::{Endpoint, LocalAddr};
+use portdistrict_wg::session::{open_with, seal_prepared, SessionError};
 use portdistrict_wg::uapi::{self, Request, SetRequest};
-use std::net::IpAddr;
+use portdistrict_wg::wire::{self, MessageType};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,11 @@ struct TxBatch {
     closed: bool,
     count: usize,
     buf: Vec<u8>,
+    /// Data messages in `buf` still to be sealed before the batch leaves: offset,
+    /// length and index into `keys`.
+    unsealed: Vec<(usize, usize, usize)>,
+    /// The keys of `unsealed` (usually one: a batch goes to one endpoint).
+    keys: Vec<Arc<AeadKey>>,
     /// Endpoints whose sticky source address the kernel refused during a flush.
     sources_cleared: Vec<std::net::SocketAddr>,
     /// Datagrams the kernel refused during flushes.
@@ -67,6 +75,8 @@ impl TxBatch {
             closed: false,
             count: 0,
             buf: Vec::with_capacity(GSO_MAX_BYTES),
+            unsealed: Vec::with_capacity(GSO_MAX_SEGMENTS),
+            keys: Vec::with_capacity(GSO_MAX_SEGMENTS),
             sources_cleared: Vec::new(),
             failed: 0,
         }
@@ -81,7 +91,28 @@ impl TxBatch {
             && self.buf.len() + len <= GSO_MAX_BYTES
     }
 
-    fn flush(&mut self, udp: &UdpSockets) {
+    /// Appends one datagram for `to` (flushing first if it does not fit); returns
+    /// its offset in `buf`.
+    fn append(&mut self, udp: &UdpSockets, pool: &Pool, to: &Endpoint, datagram: &[u8]) -> usize {
+        if !self.fits(to, datagram.len()) {
+            self.flush(udp, pool);
+        }
+        if self.count == 0 {
+            self.to = Some(*to);
+            self.segment = datagram.len();
+        } else if datagram.len() < self.segment {
+            self.closed = true;
+        }
+        let offset = self.buf.len();
+        self.buf.extend_from_slice(datagram);
+        self.count += 1;
+        offset
+    }
+
+    /// Seals the batch's data messages (in parallel when there are enough of them)
+    /// and sends the batch.
+    fn flush(&mut self, udp: &UdpSockets, pool: &Pool) {
+        self.seal(pool);
         let Some(to) = self.to.take() else { return };
         let mut src = to_source(to.local);
         let had_source = src != SourceAddr::None;
@@ -101,6 +132,50 @@ impl TxBatch {
         self.count = 0;
         self.closed = false;
     }
+
+    fn seal(&mut self, pool: &Pool) {
+        if self.unsealed.is_empty() {
+            return;
+        }
+        let mut jobs: [Option<SealJob<'_>>; GSO_MAX_SEGMENTS] = [const { None }; GSO_MAX_SEGMENTS];
+        let mut rest: &mut [u8] = &mut self.buf;
+        let mut pos = 0;
+        let mut n = 0;
+        // `unsealed` is in offset order and its ranges are disjoint.
+        for (&(offset, len, key), slot) in self.unsealed.iter().zip(jobs.iter_mut()) {
+            let tail = std::mem::take(&mut rest);
+            let Some((_, tail)) = tail.split_at_mut_checked(offset - pos) else {
+                break;
+            };
+            let Some((msg, tail)) = tail.split_at_mut_checked(len) else {
+                break;
+            };
+            rest = tail;
+            pos = offset + len;
+            *slot = Some(SealJob {
+                msg,
+                key: &self.keys[key],
+            });
+            n += 1;
+        }
+        pool.run(&mut jobs[..n]);
+        self.unsealed.clear();
+        self.keys.clear();
+    }
+}
+
+/// Seal one prepared data message in place.
+struct SealJob<'a> {
+    msg: &'a mut [u8],
+    key: &'a AeadKey,
+}
+
+impl Job for Option<SealJob<'_>> {
+    fn run(&mut self) {
+        if let Some(j) = self {
+            seal_prepared(j.key, j.msg);
+        }
+    }
 }
 
 /// The operating-system half handed to the protocol for its outputs. Datagrams are
@@ -109,6 +184,7 @@ struct OsIo<'a> {
     tun: &'a Tun,
     udp: Option<&'a UdpSockets>,
     tx: &'a mut TxBatch,
+    pool: &'a Pool,
     /// With a virtio-net header on the TUN fd: decrypted packets are coalesced (GRO)
     /// and written as super-packets when the batch ends.
     gro: Option<&'a mut Coalescer>,
@@ -142,32 +218,52 @@ fn from_source(src: SourceAddr) -> Option<LocalAddr> {
     }
 }
 
+impl OsIo<'_> {
+    /// Jumbo datagrams (large tunnel MTU) gain nothing from batching: sent at once.
+    fn send_now(udp: &UdpSockets, to: &Endpoint, datagram: &[u8]) -> SendOutcome {
+        let mut src = to_source(to.local);
+        let had_source = src != SourceAddr::None;
+        match udp.send(datagram, to.addr, &mut src) {
+            Ok(()) if had_source && src == SourceAddr::None => SendOutcome::SentWithoutSource,
+            Ok(()) => SendOutcome::Sent,
+            Err(_) => SendOutcome::Failed,
+        }
+    }
+}
+
 impl Io for OsIo<'_> {
     fn send_udp(&mut self, to: &Endpoint, datagram: &[u8]) -> SendOutcome {
         let Some(udp) = self.udp else {
             return SendOutcome::Failed;
         };
-        if !self.tx.fits(to, datagram.len()) {
-            self.tx.flush(udp);
-        }
         if datagram.len() > GSO_MAX_BYTES / 2 {
-            // Jumbo datagrams (large tunnel MTU) gain nothing from batching.
-            let mut src = to_source(to.local);
-            let had_source = src != SourceAddr::None;
-            return match udp.send(datagram, to.addr, &mut src) {
-                Ok(()) if had_source && src == SourceAddr::None => SendOutcome::SentWithoutSource,
-                Ok(()) => SendOutcome::Sent,
-                Err(_) => SendOutcome::Failed,
-            };
+            self.tx.flush(udp, self.pool);
+            return Self::send_now(udp, to, datagram);
         }
-        if self.tx.count == 0 {
-            self.tx.to = Some(*to);
-            self.tx.segment = datagram.len();
-        } else if datagram.len() < self.tx.segment {
-            self.tx.closed = true;
+        self.tx.append(udp, self.pool, to, datagram);
+        SendOutcome::Sent
+    }
+
+    fn send_data(&mut self, to: &Endpoint, msg: &mut [u8], key: &Arc<AeadKey>) -> SendOutcome {
+        let Some(udp) = self.udp else {
+            return SendOutcome::Failed;
+        };
+        if msg.len() > GSO_MAX_BYTES / 2 {
+            self.tx.flush(udp, self.pool);
+            seal_prepared(key, msg);
+            return Self::send_now(udp, to, msg);
         }
-        self.tx.buf.extend_from_slice(datagram);
-        self.tx.count += 1;
+        // Sealed when the batch leaves, together with the rest of the batch.
+        let offset = self.tx.append(udp, self.pool, to, msg);
+        let tx = &mut *self.tx;
+        let k = match tx.keys.last() {
+            Some(last) if Arc::ptr_eq(last, key) => tx.keys.len() - 1,
+            _ => {
+                tx.keys.push(Arc::clone(key));
+                tx.keys.len() - 1
+            }
+        };
+        tx.unsealed.push((offset, msg.len(), k));
         SendOutcome::Sent
     }
 
@@ -183,12 +279,92 @@ impl Io for OsIo<'_> {
 impl Drop for OsIo<'_> {
     fn drop(&mut self) {
         if let Some(udp) = self.udp {
-            self.tx.flush(udp);
+            self.tx.flush(udp, self.pool);
         }
         if let Some(gro) = self.gro.as_mut() {
             let tun = self.tun;
             gro.flush(|frame| drop(tun.write(frame)));
         }
+    }
+}
+
+/// Most data messages opened in parallel as one group.
+const RX_GROUP: usize = 64;
+
+/// One data message of a receive batch: opened on any thread, finished in order.
+struct OpenJob<'a> {
+    msg: &'a mut [u8],
+    ticket: DataTicket,
+    from: SocketAddr,
+    local: Option<LocalAddr>,
+    opened: Result<usize, SessionError>,
+}
+
+impl Job for Option<OpenJob<'_>> {
+    fn run(&mut self) {
+        if let Some(j) = self {
+            j.opened = open_with(j.ticket.key(), j.msg);
+        }
+    }
+}
+
+/// Received datagrams on their way to the device: data messages are admitted in
+/// arrival order ([`Device::begin_data`]), opened in parallel as a group, then
+/// finished in arrival order ([`Device::finish_data`]). Any other message first
+/// finishes the group, so that a handshake is seen exactly where it arrived.
+struct RxGroup<'a> {
+    jobs: [Option<OpenJob<'a>>; RX_GROUP],
+    len: usize,
+}
+
+impl<'a> RxGroup<'a> {
+    fn new() -> Self {
+        RxGroup {
+            jobs: [const { None }; RX_GROUP],
+            len: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn datagram(
+        &mut self,
+        device: &mut Device,
+        pool: &Pool,
+        now: Instant,
+        from: SocketAddr,
+        local: Option<LocalAddr>,
+        msg: &'a mut [u8],
+        io: &mut OsIo<'_>,
+    ) {
+        if wire::message_type(msg) != Ok(MessageType::Data) {
+            self.finish(device, pool, now, io);
+            device.handle_datagram(now, from, local, msg, io);
+            return;
+        }
+        let Some(ticket) = device.begin_data(now, msg) else {
+            return;
+        };
+        self.jobs[self.len] = Some(OpenJob {
+            msg,
+            ticket,
+            from,
+            local,
+            opened: Err(SessionError::Decrypt),
+        });
+        self.len += 1;
+        if self.len == RX_GROUP {
+            self.finish(device, pool, now, io);
+        }
+    }
+
+    fn finish(&mut self, device: &mut Device, pool: &Pool, now: Instant, io: &mut OsIo<'_>) {
+        pool.run(&mut self.jobs[..self.len]);
+        for slot in &mut self.jobs[..self.len] {
+            if let Some(j) = slot.take() {
+                device.finish_data(now, j.from, j.local, j.msg, j.ticket, j.opened, io);
+            }
+        }
+        self.len = 0;
     }
 }
 
@@ -233,6 +409,7 @@ impl<'a> OsIo<'a> {
         tun: &'a Tun,
         udp: Option<&'a UdpSockets>,
         tx: &'a mut TxBatch,
+        pool: &'a Pool,
         offload: &'a mut Offload,
     ) -> (Self, TunSplit<'a>) {
         let Offload {
@@ -246,6 +423,7 @@ impl<'a> OsIo<'a> {
             tun,
             udp,
             tx,
+            pool,
             gro: vnet.then_some(gro),
         };
         let tun_split = TunSplit {
@@ -308,6 +486,28 @@ fn open_reactor(
     }
 }
 
+/// How often the idle gate samples the CPU times.
+const GATE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Worker threads for the crypto pool, and whether an [`IdleGate`] decides when to
+/// use them: `PD_CRYPTO_THREADS=N` forces N threads in all (the loop's included,
+/// always used; 1 = no workers); unset, one per CPU besides the loop's, used while
+/// CPU time is idle.
+fn crypto_workers() -> (usize, bool) {
+    if let Ok(v) = std::env::var("PD_CRYPTO_THREADS") {
+        match v.trim().parse::<usize>() {
+            Ok(n) => return (n.clamp(1, 64) - 1, false),
+            Err(_) => {
+                log::warn!("PD_CRYPTO_THREADS={v:?} is not a number; using one thread per CPU")
+            }
+        }
+    }
+    (
+        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1,
+        true,
+    )
+}
+
 /// Offload state of the loop: the TUN side (virtio-net header, TSO/USO split, GRO)
 /// and counters of what the offload layer refused.
 struct Offload {
@@ -334,6 +534,11 @@ pub struct Driver {
     buf: Box<[u8]>,
     events: Vec<LinkEvent>,
     tx: TxBatch,
+    /// Threads that seal and open the messages of a batch in parallel.
+    pool: Pool,
+    /// Decides when `pool` uses its workers (`None`: always, as configured).
+    gate: Option<IdleGate>,
+    gate_next: Instant,
     offload: Offload,
     /// Buffers of the poll loop's `recvmmsg` receives.
     rx_batch: RecvBatch,
@@ -367,7 +572,19 @@ impl Driver {
             gro
         );
         let reactor = open_reactor(&tun, &udp, &link, &wake, &signals);
+        let (workers, gated) = crypto_workers();
+        let pool = Pool::new(workers);
+        log::info!(
+            "{}: crypto on up to {} thread(s): the loop and {} worker(s), {} (PD_CRYPTO_THREADS=N forces N)",
+            tun.name(),
+            pool.workers() + 1,
+            pool.workers(),
+            if gated { "used while other CPUs are idle" } else { "always used" }
+        );
         Ok(Self {
+            pool,
+            gate: (gated && workers > 0).then(IdleGate::new),
+            gate_next: Instant::now(),
             reactor,
             rx_batch: RecvBatch::new(RX_BATCH, MAX_PACKET + 64),
             device,
@@ -428,10 +645,38 @@ impl Driver {
     }
 
     fn timers(&mut self, now: Instant) {
+        if let Some(gate) = self.gate.as_mut().filter(|_| now >= self.gate_next) {
+            self.gate_next = now + GATE_INTERVAL;
+            match read_cpu_times() {
+                Ok(t) => {
+                    let on = gate.update(t);
+                    if on != self.pool.enabled() {
+                        log::debug!(
+                            "{}: parallel crypto {}",
+                            self.tun.name(),
+                            if on {
+                                "on (idle CPU time)"
+                            } else {
+                                "off (CPUs busy)"
+                            }
+                        );
+                    }
+                    self.pool.set_enabled(on);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{}: /proc/stat: {e}; parallel crypto stays on",
+                        self.tun.name()
+                    );
+                    self.gate = None;
+                }
+            }
+        }
         let (mut io, _) = OsIo::new(
             &self.tun,
             self.udp.as_ref(),
             &mut self.tx,
+            &self.pool,
             &mut self.offload,
         );
         self.device.handle_timeout(now, &mut io);
@@ -452,6 +697,7 @@ impl Driver {
                     tun,
                     udp,
                     tx,
+                    pool,
                     offload,
                     reactor,
                     ..
@@ -459,7 +705,7 @@ impl Driver {
                 let Some(reactor) = reactor.as_mut() else {
                     return Ok(Exit::Signal);
                 };
-                let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, offload);
+                let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, pool, offload);
                 let mut now = None;
                 reactor.run_once(timeout, |c| {
                     let now = *now.get_or_insert_with(Instant::now);
@@ -475,8 +721,11 @@ impl Driver {
                             ..
                         } => {
                             let seg = segment.map_or(data.len(), usize::from).max(1);
+                            let mut rx = RxGroup::new();
                             for chunk in data.chunks_mut(seg) {
-                                device.handle_datagram(
+                                rx.datagram(
+                                    device,
+                                    pool,
                                     now,
                                     from,
                                     from_source(local),
@@ -484,6 +733,7 @@ impl Driver {
                                     &mut io,
                                 );
                             }
+                            rx.finish(device, pool, now, &mut io);
                         }
                         Completion::Readable(i) => {
                             if let Some(r) = readable.get_mut(i) {
@@ -565,11 +815,12 @@ impl Driver {
             tun,
             udp,
             tx,
+            pool,
             buf,
             offload,
             ..
         } = self;
-        let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, offload);
+        let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, pool, offload);
         for _ in 0..BATCH {
             let n = match tun.read(buf) {
                 Ok(n) => n,
@@ -595,6 +846,7 @@ impl Driver {
             tun,
             udp,
             tx,
+            pool,
             rx_batch,
             offload,
             ..
@@ -602,7 +854,7 @@ impl Driver {
         let Some(udp) = udp.as_ref() else { return };
         let fd = if which == 0 { udp.v4_fd() } else { udp.v6_fd() };
         let Some(fd) = fd else { return };
-        let (mut io, _) = OsIo::new(tun, Some(udp), tx, offload);
+        let (mut io, _) = OsIo::new(tun, Some(udp), tx, pool, offload);
         let mut handled = 0;
         while handled < BATCH {
             let n = match recvmmsg_batch(fd, rx_batch) {
@@ -614,17 +866,16 @@ impl Driver {
                 }
             };
             handled += n;
-            for i in 0..rx_batch.len() {
-                let Some((r, data)) = rx_batch.get(i) else {
-                    continue;
-                };
+            let mut rx = RxGroup::new();
+            for (r, data) in rx_batch.entries_mut() {
                 let local = from_source(r.local);
                 // A GRO entry holds several datagrams of `segment` bytes each.
                 let seg = r.segment.map_or(r.len, usize::from).max(1);
-                for chunk in data[..r.len].chunks_mut(seg) {
-                    device.handle_datagram(now, r.from, local, chunk, &mut io);
+                for chunk in data.chunks_mut(seg) {
+                    rx.datagram(device, pool, now, r.from, local, chunk, &mut io);
                 }
             }
+            rx.finish(device, pool, now, &mut io);
         }
     }
 
@@ -675,6 +926,15 @@ impl Driver {
                         out.push_str(&format!("tx_gso={}\n", u8::from(u.gso_enabled())));
                     }
                     out.push_str(&format!("tx_batch_send_failed={}\n", self.tx.failed));
+                    let p = self.pool.stats();
+                    out.push_str(&format!("crypto_threads={}\n", self.pool.workers() + 1));
+                    out.push_str(&format!(
+                        "crypto_parallel={}\n",
+                        u8::from(self.pool.enabled())
+                    ));
+                    out.push_str(&format!("crypto_jobs={}\n", p.jobs));
+                    out.push_str(&format!("crypto_parallel_batches={}\n", p.parallel_batches));
+                    out.push_str(&format!("crypto_worker_jobs={}\n", p.worker_jobs));
                     out.push_str(&format!(
                         "tx_offload_malformed={}\n",
                         self.offload.malformed
@@ -740,6 +1000,7 @@ impl Driver {
             &self.tun,
             self.udp.as_ref(),
             &mut self.tx,
+            &self.pool,
             &mut self.offload,
         );
         self.device.apply(now, req, &mut io);

@@ -1,6 +1,7 @@
 //! The same transfers with every offload forced off (`PD_OFFLOAD=off`: no virtio-net
 //! header on the TUN fd, no UDP GSO/GRO), on the default `poll(2)` receive path and on
-//! the io_uring one (`PD_IO=uring`), and proof from the
+//! the io_uring one (`PD_IO=uring`), with crypto forced onto worker threads
+//! (`PD_CRYPTO_THREADS=2`) and onto the loop thread alone (`=1`), and proof from the
 //! dataplane's own counters that each run used the path it claims.
 //!
 //! Each test file is its own process, so the environment variable set here reaches
@@ -41,31 +42,85 @@ fn transfers(pair: &Pair) {
     assert!(r.bytes > 0);
 }
 
+/// One daemon configuration and what its counters must show afterwards.
+struct Config {
+    offload: Option<&'static str>,
+    io: Option<&'static str>,
+    crypto_threads: Option<&'static str>,
+    /// (tun_vnet_hdr, tx_gso, io_uring)
+    expected: (u64, u64, u64),
+}
+
+fn set_env(name: &str, value: Option<&str>) {
+    match value {
+        Some(v) => std::env::set_var(name, v),
+        None => std::env::remove_var(name),
+    }
+}
+
 #[test]
 fn transfers_with_fast_paths_on_and_off() {
-    // (PD_OFFLOAD, PD_IO, expected tun_vnet_hdr, tx_gso, io_uring)
     let configs = [
-        (None, None, (1, 1, 0)),
-        (None, Some("uring"), (1, 1, 1)),
-        (Some("off"), None, (0, 0, 0)),
+        Config {
+            offload: None,
+            io: None,
+            crypto_threads: None,
+            expected: (1, 1, 0),
+        },
+        // Parallel crypto forced on, on both receive paths.
+        Config {
+            offload: None,
+            io: None,
+            crypto_threads: Some("2"),
+            expected: (1, 1, 0),
+        },
+        Config {
+            offload: None,
+            io: Some("uring"),
+            crypto_threads: Some("2"),
+            expected: (1, 1, 1),
+        },
+        // Everything off: no offloads, one crypto thread.
+        Config {
+            offload: Some("off"),
+            io: None,
+            crypto_threads: Some("1"),
+            expected: (0, 0, 0),
+        },
     ];
-    for (offload, io, expected) in configs {
+    for c in configs {
         // Each test file is its own process: these variables reach only our daemons.
-        match offload {
-            Some(v) => std::env::set_var("PD_OFFLOAD", v),
-            None => std::env::remove_var("PD_OFFLOAD"),
-        }
-        match io {
-            Some(v) => std::env::set_var("PD_IO", v),
-            None => std::env::remove_var("PD_IO"),
-        }
+        set_env("PD_OFFLOAD", c.offload);
+        set_env("PD_IO", c.io);
+        set_env("PD_CRYPTO_THREADS", c.crypto_threads);
+        let what = format!(
+            "PD_OFFLOAD={:?} PD_IO={:?} PD_CRYPTO_THREADS={:?}",
+            c.offload, c.io, c.crypto_threads
+        );
         let pair = Pair::new(&PairOptions::default());
         transfers(&pair);
         for side in [&pair.left, &pair.right] {
             let s = side.daemon.stats();
             let got = (s["tun_vnet_hdr"], s["tx_gso"], s["io_uring"]);
-            assert_eq!(got, expected, "PD_OFFLOAD={offload:?} PD_IO={io:?}: {s:?}");
+            assert_eq!(got, c.expected, "{what}: {s:?}");
             assert_eq!(s["tx_offload_malformed"], 0, "{s:?}");
+            assert!(s["crypto_jobs"] > 10_000, "{what}: {s:?}");
+            match c.crypto_threads {
+                // Forced on: workers sealed and opened part of the traffic.
+                Some("2") => {
+                    assert_eq!(
+                        (s["crypto_threads"], s["crypto_parallel"]),
+                        (2, 1),
+                        "{what}: {s:?}"
+                    );
+                    assert!(s["crypto_worker_jobs"] > 0, "{what}: {s:?}");
+                }
+                Some("1") => {
+                    assert_eq!(s["crypto_threads"], 1, "{what}: {s:?}");
+                    assert_eq!(s["crypto_worker_jobs"], 0, "{what}: {s:?}");
+                }
+                _ => {}
+            }
         }
     }
 }

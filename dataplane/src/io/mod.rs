@@ -25,6 +25,7 @@
 mod error;
 mod msg;
 mod netlink;
+pub mod parallel;
 mod poll;
 mod tun;
 mod udp;
@@ -36,6 +37,7 @@ mod testutil;
 pub use error::IoError;
 pub use msg::SourceAddr;
 pub use netlink::{LinkEvent, LinkMonitor};
+pub use parallel::{read_cpu_times, CpuTimes, IdleGate, Job, Pool, PoolStats};
 pub use poll::{poll_fds, EventFd, PollFd, Readiness};
 pub use tun::{Tun, TunOffload};
 pub use udp::{Received, UdpSockets};

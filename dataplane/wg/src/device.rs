@@ -21,6 +21,7 @@ use crate::constants::{
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
 };
 use crate::cookie::CookieChecker;
+use crate::crypto::AeadKey;
 use crate::handshake::{self, StaticIdentity};
 use crate::keys::{PrivateKey, PublicKey};
 use crate::peer::{Endpoint, LocalAddr, Peer, PeerId};
@@ -33,12 +34,21 @@ use crate::wire::{self, CookieReply, Data, Initiation, MessageType, Response};
 use rand_core::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the device asks of the operating system.
 pub trait Io {
     /// Sends one datagram to `to.addr`, from `to.local` when set.
     fn send_udp(&mut self, to: &Endpoint, datagram: &[u8]) -> SendOutcome;
+    /// Sends a data message laid out by [`Session::prepare_seal`] (header, padded
+    /// plaintext, room for the tag) after sealing it with `key`. A sink that batches
+    /// may take a copy and seal it later, on any thread, before the batch leaves; the
+    /// default seals in place now and sends it with [`Io::send_udp`].
+    fn send_data(&mut self, to: &Endpoint, msg: &mut [u8], key: &Arc<AeadKey>) -> SendOutcome {
+        crate::session::seal_prepared(key, msg);
+        self.send_udp(to, msg)
+    }
     /// Writes one IP packet to the TUN device.
     fn write_tun(&mut self, packet: &[u8]);
 }
@@ -378,6 +388,7 @@ impl Device {
 
 mod recv;
 mod send;
+pub use recv::DataTicket;
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use crate::crypto::AeadKey;
 use crate::handshake::SessionKeys;
 use crate::replay::ReplayWindow;
 use crate::wire::{self, Data};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why a transport message could not be sealed or opened.
@@ -36,10 +37,32 @@ pub fn padded_len(len: usize, mtu: usize) -> usize {
     rounded.min(mtu.max(len))
 }
 
+/// Encrypts a message laid out by [`Session::prepare_seal`] in place: header (with
+/// the counter), padded plaintext, room for the tag.
+pub fn seal_prepared(key: &AeadKey, msg: &mut [u8]) {
+    let Ok(view) = Data::new_checked(&*msg) else {
+        return;
+    };
+    let counter = view.counter();
+    key.seal(counter, &[], &mut msg[wire::DATA_HEADER_LEN..]);
+}
+
+/// Decrypts a data message in place with `key`; returns the (padded) plaintext length
+/// at `msg[16..]`. Touches no session state: the caller checks the replay window.
+pub fn open_with(key: &AeadKey, msg: &mut [u8]) -> Result<usize, SessionError> {
+    let counter = Data::new_checked(&*msg)
+        .map_err(|_| SessionError::Decrypt)?
+        .counter();
+    key.open(counter, &[], &mut msg[wire::DATA_HEADER_LEN..])
+        .map_err(|_| SessionError::Decrypt)
+}
+
 /// An established transport session.
 pub struct Session {
-    send_key: AeadKey,
-    recv_key: AeadKey,
+    // Shared so that a batching driver can seal and open on worker threads after
+    // the device has moved on (the key outlives a session replaced mid-batch).
+    send_key: Arc<AeadKey>,
+    recv_key: Arc<AeadKey>,
     /// Our index: the receiver field of messages the peer sends us in this session.
     pub local_index: u32,
     /// The peer's index: the receiver field of messages we send.
@@ -56,8 +79,8 @@ impl Session {
     /// Starts a session from freshly derived keys.
     pub fn new(keys: &SessionKeys, now: Instant) -> Self {
         Self {
-            send_key: AeadKey::new(&keys.send),
-            recv_key: AeadKey::new(&keys.recv),
+            send_key: Arc::new(AeadKey::new(&keys.send)),
+            recv_key: Arc::new(AeadKey::new(&keys.recv)),
             local_index: keys.local_index,
             remote_index: keys.remote_index,
             is_initiator: keys.is_initiator,
@@ -93,6 +116,22 @@ impl Session {
         len: usize,
         mtu: usize,
     ) -> Result<usize, SessionError> {
+        let total = self.prepare_seal(now, buf, len, mtu)?;
+        seal_prepared(&self.send_key, &mut buf[..total]);
+        Ok(total)
+    }
+
+    /// Everything of [`Session::seal`] but the encryption: takes the next counter,
+    /// writes the header and the padding. Returns the message length; the message
+    /// must then be sealed with [`seal_prepared`] under [`Session::send_key`] (on any
+    /// thread) before it is sent.
+    pub fn prepare_seal(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+        mtu: usize,
+    ) -> Result<usize, SessionError> {
         if !self.can_send(now) {
             return Err(SessionError::Expired);
         }
@@ -106,9 +145,29 @@ impl Session {
         view.fill_header();
         view.set_receiver(self.remote_index);
         view.set_counter(counter);
-        self.send_key
-            .seal(counter, &[], &mut msg[wire::DATA_HEADER_LEN..]);
         Ok(total)
+    }
+
+    /// The key that seals what this session sends.
+    pub fn send_key(&self) -> &Arc<AeadKey> {
+        &self.send_key
+    }
+
+    /// The key that opens what this session receives.
+    pub fn recv_key(&self) -> &Arc<AeadKey> {
+        &self.recv_key
+    }
+
+    /// True when `counter` is inside the replay window and not seen yet (a check
+    /// before decrypting; [`Session::accept_counter`] decides after).
+    pub fn replay_would_accept(&self, counter: u64) -> bool {
+        self.replay.would_accept(counter)
+    }
+
+    /// Marks `counter` of an authenticated message as seen; false when it was seen
+    /// before (a duplicate that raced through [`Session::replay_would_accept`]).
+    pub fn accept_counter(&mut self, counter: u64) -> bool {
+        self.replay.accept(counter)
     }
 
     /// Opens a data message in place. On success the plaintext (still padded) is at

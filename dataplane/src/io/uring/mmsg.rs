@@ -80,6 +80,17 @@ impl RecvBatch {
         Some((received, &mut self.bufs[start..start + received.len]))
     }
 
+    /// Every datagram of the last call, in order, with its bytes (disjoint slices, so
+    /// that a batch can be worked on in parallel).
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = (Received, &mut [u8])> + '_ {
+        let mut slots = self.bufs.chunks_mut(self.size).enumerate();
+        self.received.iter().filter_map(move |&(slot, received)| {
+            // `received` is in slot order (see `recvmmsg_batch`).
+            let (_, buf) = slots.find(|(i, _)| *i == slot)?;
+            Some((received, &mut buf[..received.len]))
+        })
+    }
+
     /// Datagrams dropped so far because they were larger than `size`.
     pub fn truncated(&self) -> u64 {
         self.truncated

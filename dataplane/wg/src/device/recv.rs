@@ -244,33 +244,96 @@ impl Device {
     }
 
     fn handle_data(&mut self, now: Instant, from: Endpoint, buf: &mut [u8], io: &mut impl Io) {
-        let Ok(receiver) = Data::new_checked(&*buf).map(|d| d.receiver()) else {
-            self.stats.rx_malformed += 1;
+        let Some(ticket) = self.begin_data(now, buf) else {
             return;
+        };
+        let opened = crate::session::open_with(ticket.key(), buf);
+        self.finish_data(now, from.addr, from.local, buf, ticket, opened, io);
+    }
+
+    /// First step of receiving a data message in a batch: finds its session and
+    /// checks the replay window. `None` when the message goes no further (counted).
+    /// The message is then opened with [`DataTicket::key`] — on any thread, in
+    /// parallel with others — and handed to [`Device::finish_data`] in arrival order.
+    pub fn begin_data(&mut self, now: Instant, buf: &[u8]) -> Option<DataTicket> {
+        let Ok((receiver, counter)) = Data::new_checked(buf).map(|d| (d.receiver(), d.counter()))
+        else {
+            self.stats.rx_malformed += 1;
+            return None;
         };
         let Some(&(id, IndexKind::Session)) = self.indices.get(&receiver) else {
             self.stats.rx_unknown_index += 1;
+            return None;
+        };
+        let Some(session) = self.session_by_index(id, receiver) else {
+            self.stats.rx_unknown_index += 1;
+            return None;
+        };
+        if !session.can_receive(now) {
+            self.stats.rx_session_expired += 1;
+            return None;
+        }
+        if !session.replay_would_accept(counter) {
+            self.stats.rx_replay += 1;
+            return None;
+        }
+        Some(DataTicket {
+            key: Arc::clone(session.recv_key()),
+            peer: id,
+            receiver,
+            counter,
+        })
+    }
+
+    fn session_by_index(&self, id: PeerId, receiver: u32) -> Option<&Session> {
+        let s = &self.peer_by_id(id)?.sessions;
+        [&s.current, &s.previous, &s.next]
+            .into_iter()
+            .flatten()
+            .find(|x| x.local_index == receiver)
+    }
+
+    /// Last step of receiving a data message: `opened` is the result of opening
+    /// `buf` with the ticket's key. Updates the replay window, roams, runs the timers,
+    /// checks the inner source against the peer's AllowedIPs and writes the packet to
+    /// the TUN device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish_data(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        local: Option<LocalAddr>,
+        buf: &mut [u8],
+        ticket: DataTicket,
+        opened: Result<usize, SessionError>,
+        io: &mut impl Io,
+    ) {
+        let Ok(len) = opened else {
+            self.stats.rx_decrypt_failed += 1;
             return;
         };
+        let id = ticket.peer;
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            self.stats.rx_unknown_index += 1;
             return;
         };
         let s = &mut peer.sessions;
+        let receiver = ticket.receiver;
         let (session, is_next) = match (&mut s.current, &mut s.previous, &mut s.next) {
             (Some(c), _, _) if c.local_index == receiver => (c, false),
             (_, Some(p), _) if p.local_index == receiver => (p, false),
             (_, _, Some(n)) if n.local_index == receiver => (n, true),
             _ => {
+                // Replaced while the batch was being opened.
                 self.stats.rx_unknown_index += 1;
                 return;
             }
         };
-        let len = match session.open(now, buf) {
-            Ok(n) => n,
-            Err(SessionError::Replay) => return self.stats.rx_replay += 1,
-            Err(SessionError::Expired) => return self.stats.rx_session_expired += 1,
-            Err(_) => return self.stats.rx_decrypt_failed += 1,
-        };
+        if !session.accept_counter(ticket.counter) {
+            self.stats.rx_replay += 1;
+            return;
+        }
+        let from = Endpoint { addr: from, local };
         peer.endpoint = Some(from);
         peer.rx_bytes += buf.len() as u64;
         peer.timers
@@ -315,5 +378,21 @@ impl Device {
             p.timers.on_data_received(now);
         }
         io.write_tun(&plain[..inner_len]);
+    }
+}
+
+/// A data message admitted by [`Device::begin_data`]: the key that opens it and the
+/// session its result goes back to.
+pub struct DataTicket {
+    key: Arc<AeadKey>,
+    peer: PeerId,
+    receiver: u32,
+    counter: u64,
+}
+
+impl DataTicket {
+    /// The key that opens the message ([`crate::session::open_with`]).
+    pub fn key(&self) -> &Arc<AeadKey> {
+        &self.key
     }
 }

@@ -15,7 +15,13 @@ pub(super) fn transmit(
         stats.tx_no_endpoint += 1;
         return false;
     };
-    match io.send_udp(&ep, datagram) {
+    let outcome = io.send_udp(&ep, datagram);
+    account(peer, stats, outcome, datagram.len())
+}
+
+/// Counts what [`Io::send_udp`] or [`Io::send_data`] did with `len` bytes.
+fn account(peer: &mut Peer, stats: &mut Stats, outcome: SendOutcome, len: usize) -> bool {
+    match outcome {
         SendOutcome::Sent => {}
         SendOutcome::SentWithoutSource => peer.clear_source(),
         SendOutcome::Failed => {
@@ -23,7 +29,7 @@ pub(super) fn transmit(
             return false;
         }
     }
-    peer.tx_bytes += datagram.len() as u64;
+    peer.tx_bytes += len as u64;
     true
 }
 
@@ -83,12 +89,17 @@ impl Device {
         let Some(session) = peer.sessions.current.as_mut() else {
             return false;
         };
-        let body = wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + packet.len();
-        self.scratch[body].copy_from_slice(packet);
-        let Ok(n) = session.seal(now, &mut self.scratch, packet.len(), mtu) else {
+        let Some(ep) = peer.endpoint else {
+            self.stats.tx_no_endpoint += 1;
             return false;
         };
-        if !transmit(peer, &mut self.stats, io, &self.scratch[..n]) {
+        let body = wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + packet.len();
+        self.scratch[body].copy_from_slice(packet);
+        let Ok(n) = session.prepare_seal(now, &mut self.scratch, packet.len(), mtu) else {
+            return false;
+        };
+        let outcome = io.send_data(&ep, &mut self.scratch[..n], session.send_key());
+        if !account(peer, &mut self.stats, outcome, n) {
             return false;
         }
         peer.timers
