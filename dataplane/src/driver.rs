@@ -18,7 +18,9 @@ use crate::uapi_server::{Call, Pending};
 use portdistrict_offload::vnet::VIRTIO_NET_HDR_LEN;
 use portdistrict_offload::{split, Coalescer, Segments, VirtioNetHdr};
 use portdistrict_wg::crypto::AeadKey;
-use portdistrict_wg::device::{DataTicket, Device, Io, SendOutcome, MAX_PACKET};
+use portdistrict_wg::device::{
+    DataTicket, Device, Io, SendOutcome, MAX_PACKET, TUN_HEADROOM, TUN_TAILROOM,
+};
 use portdistrict_wg::peer::{Endpoint, LocalAddr};
 use portdistrict_wg::session::{open_with, seal_prepared, SessionError};
 use portdistrict_wg::uapi::{self, Request, SetRequest};
@@ -384,14 +386,23 @@ fn tun_frame(
     let segments = &mut *tun_split.segments;
     let split_ok = VirtioNetHdr::parse(frame).and_then(|hdr| {
         segments.clear();
-        split(&hdr, &frame[VIRTIO_NET_HDR_LEN..], 0, 0, segments)
+        split(
+            &hdr,
+            &frame[VIRTIO_NET_HDR_LEN..],
+            TUN_HEADROOM,
+            TUN_TAILROOM,
+            segments,
+        )
     });
     if split_ok.is_err() {
         *tun_split.malformed += 1;
         return;
     }
-    for seg in segments.iter() {
-        device.handle_tun_packet(now, seg, io);
+    // Each segment has room for the data header before it and the padding and tag
+    // after it: it is sealed where it lies.
+    for i in 0..segments.len() {
+        let (buf, len) = segments.get_with_room_mut(i);
+        device.handle_tun_packet_in_place(now, buf, len, io);
     }
 }
 
@@ -596,7 +607,7 @@ impl Driver {
             signals,
             wake,
             calls,
-            buf: vec![0u8; MAX_PACKET + 64].into_boxed_slice(),
+            buf: vec![0u8; TUN_HEADROOM + MAX_PACKET + 64 + TUN_TAILROOM].into_boxed_slice(),
             events: Vec::new(),
             tx: TxBatch::new(),
             offload: Offload {
@@ -821,8 +832,13 @@ impl Driver {
             ..
         } = self;
         let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, pool, offload);
+        let vnet = tun_split.vnet;
         for _ in 0..BATCH {
-            let n = match tun.read(buf) {
+            // Without a virtio-net header the packet is read where it will be sealed:
+            // after room for the data header, with room for padding and tag behind.
+            let at = if vnet { 0 } else { TUN_HEADROOM };
+            let end = buf.len() - TUN_TAILROOM;
+            let n = match tun.read(&mut buf[at..end]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -832,7 +848,11 @@ impl Driver {
                     return Ok(true);
                 }
             };
-            tun_frame(device, &mut tun_split, now, &buf[..n], &mut io);
+            if vnet {
+                tun_frame(device, &mut tun_split, now, &buf[..n], &mut io);
+            } else {
+                device.handle_tun_packet_in_place(now, buf, n, &mut io);
+            }
         }
         Ok(false)
     }

@@ -73,6 +73,11 @@ enum IndexKind {
 
 /// Largest datagram or IP packet the device handles, plus room for the header/tag.
 pub const MAX_PACKET: usize = 65535;
+/// Bytes [`Device::handle_tun_packet_in_place`] needs after the packet: padding to 16
+/// and the AEAD tag.
+pub const TUN_TAILROOM: usize = 32;
+/// Bytes it needs before the packet: the data message header.
+pub const TUN_HEADROOM: usize = wire::DATA_HEADER_LEN;
 const SCRATCH_LEN: usize = MAX_PACKET + wire::DATA_HEADER_LEN + wire::AEAD_TAG_LEN + 16;
 /// Handshake retries before giving up (`REKEY_ATTEMPT_TIME / REKEY_TIMEOUT`).
 const MAX_TIMER_HANDSHAKES: u32 = (REKEY_ATTEMPT_TIME.as_secs() / REKEY_TIMEOUT.as_secs()) as u32;

@@ -52,7 +52,33 @@ impl Device {
     /// Routes one IP packet read from the TUN device to its peer and sends it
     /// encrypted, or stages it and starts a handshake.
     pub fn handle_tun_packet(&mut self, now: Instant, packet: &[u8], io: &mut impl Io) {
-        let Some(dst) = destination(packet).filter(|_| packet.len() <= MAX_PACKET) else {
+        if packet.len() > MAX_PACKET {
+            self.stats.tx_malformed += 1;
+            return;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + packet.len()]
+            .copy_from_slice(packet);
+        self.handle_tun_packet_in_place(now, &mut scratch, packet.len(), io);
+        self.scratch = scratch;
+    }
+
+    /// [`Device::handle_tun_packet`] without a copy: the IP packet is at
+    /// `buf[16..16 + len]`, and `buf` has [`TUN_TAILROOM`] bytes after it, so the
+    /// data message is laid out around the packet where it lies.
+    pub fn handle_tun_packet_in_place(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+        io: &mut impl Io,
+    ) {
+        let body = wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + len;
+        let Some(packet) = buf.get(body) else {
+            self.stats.tx_malformed += 1;
+            return;
+        };
+        let Some(dst) = destination(packet).filter(|_| len <= MAX_PACKET) else {
             self.stats.tx_malformed += 1;
             return;
         };
@@ -65,7 +91,16 @@ impl Device {
             return;
         };
         if peer.queue.is_empty() && peer.can_send(now) {
-            self.seal_and_send(id, now, packet, io);
+            if buf.len() >= wire::DATA_HEADER_LEN + len + TUN_TAILROOM {
+                self.seal_and_send(id, now, buf, len, io);
+            } else {
+                // No room around the packet (a caller's short buffer): copy it.
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + len]
+                    .copy_from_slice(&buf[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + len]);
+                self.seal_and_send(id, now, &mut scratch, len, io);
+                self.scratch = scratch;
+            }
             if self
                 .peer_by_id(id)
                 .is_some_and(|p| p.wants_rekey_on_send(now))
@@ -73,15 +108,23 @@ impl Device {
                 self.send_handshake_initiation(id, now, false, io);
             }
         } else {
-            if peer.stage(packet) {
+            if peer.stage(&buf[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + len]) {
                 self.stats.tx_queue_dropped += 1;
             }
             self.flush_or_handshake(id, now, io);
         }
     }
 
-    /// Seals `packet` (empty = keepalive) with the peer's current session and sends it.
-    fn seal_and_send(&mut self, id: PeerId, now: Instant, packet: &[u8], io: &mut impl Io) -> bool {
+    /// Seals the plaintext at `buf[16..16 + len]` (empty = keepalive) with the peer's
+    /// current session, in place, and sends it. `buf` has room for padding and tag.
+    fn seal_and_send(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+        io: &mut impl Io,
+    ) -> bool {
         let mtu = self.mtu;
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return false;
@@ -93,23 +136,31 @@ impl Device {
             self.stats.tx_no_endpoint += 1;
             return false;
         };
-        let body = wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + packet.len();
-        self.scratch[body].copy_from_slice(packet);
-        let Ok(n) = session.prepare_seal(now, &mut self.scratch, packet.len(), mtu) else {
+        let Ok(n) = session.prepare_seal(now, buf, len, mtu) else {
             return false;
         };
-        let outcome = io.send_data(&ep, &mut self.scratch[..n], session.send_key());
+        let outcome = io.send_data(&ep, &mut buf[..n], session.send_key());
         if !account(peer, &mut self.stats, outcome, n) {
             return false;
         }
         peer.timers
             .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
         peer.timers.on_authenticated_packet_sent();
-        if !packet.is_empty() && !peer.timers.new_handshake_pending() {
+        if len > 0 && !peer.timers.new_handshake_pending() {
             peer.timers
                 .on_data_sent(now, super::jitter_from(&mut self.rng));
         }
         true
+    }
+
+    /// [`Device::seal_and_send`] of a packet elsewhere (staged, or a keepalive): copied
+    /// into the scratch buffer first.
+    fn seal_and_send_copy(&mut self, id: PeerId, now: Instant, packet: &[u8], io: &mut impl Io) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + packet.len()]
+            .copy_from_slice(packet);
+        self.seal_and_send(id, now, &mut scratch, packet.len(), io);
+        self.scratch = scratch;
     }
 
     /// Sends staged packets if a session allows it, else starts a handshake.
@@ -127,7 +178,7 @@ impl Device {
             let Some(pkt) = peer.queue.pop_front() else {
                 break;
             };
-            self.seal_and_send(id, now, &pkt, io);
+            self.seal_and_send_copy(id, now, &pkt, io);
         }
         if self
             .peer_by_id(id)
