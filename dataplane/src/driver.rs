@@ -683,6 +683,12 @@ impl Driver {
                 }
             }
         }
+        self.with_io(|device, io| device.handle_timeout(now, io));
+    }
+
+    /// Runs `f` on the device with the loop's output sink; what it sends leaves when
+    /// `f` returns.
+    fn with_io(&mut self, f: impl FnOnce(&mut Device, &mut OsIo<'_>)) {
         let (mut io, _) = OsIo::new(
             &self.tun,
             self.udp.as_ref(),
@@ -690,7 +696,7 @@ impl Driver {
             &self.pool,
             &mut self.offload,
         );
-        self.device.handle_timeout(now, &mut io);
+        f(&mut self.device, &mut io);
     }
 
     /// The loop on io_uring: one `run_once` per turn receives every TUN read and UDP
@@ -1016,14 +1022,7 @@ impl Driver {
             self.listen_port = p;
         }
         self.fwmark = fwmark;
-        let (mut io, _) = OsIo::new(
-            &self.tun,
-            self.udp.as_ref(),
-            &mut self.tx,
-            &self.pool,
-            &mut self.offload,
-        );
-        self.device.apply(now, req, &mut io);
+        self.with_io(|device, io| device.apply(now, req, io));
         Ok(())
     }
 }

@@ -412,6 +412,18 @@ mod tests {
         }
     }
 
+    /// One job per element of `outs`, squaring `base + index` into it.
+    fn squares(outs: &mut [u64], base: u64) -> Vec<Square<'_>> {
+        outs.iter_mut()
+            .enumerate()
+            .map(|(i, out)| Square {
+                input: i as u64 + base,
+                out,
+                thread: None,
+            })
+            .collect()
+    }
+
     #[test]
     fn every_job_runs_exactly_once_in_many_batches() {
         let pool = Pool::new(3);
@@ -421,15 +433,7 @@ mod tests {
         for round in 0..2000u64 {
             let n = (round % 200) as usize + 1;
             outs.iter_mut().for_each(|o| *o = u64::MAX);
-            let mut jobs: Vec<Square<'_>> = outs[..n]
-                .iter_mut()
-                .enumerate()
-                .map(|(i, out)| Square {
-                    input: i as u64 + round,
-                    out,
-                    thread: None,
-                })
-                .collect();
+            let mut jobs = squares(&mut outs[..n], round);
             pool.run(&mut jobs);
             let me = std::thread::current().id();
             others += jobs.iter().filter(|j| j.thread != Some(me)).count();
@@ -448,15 +452,7 @@ mod tests {
     fn small_batches_and_no_workers_run_inline() {
         let pool = Pool::new(0);
         let mut outs = [0u64; 10];
-        let mut jobs: Vec<Square<'_>> = outs
-            .iter_mut()
-            .enumerate()
-            .map(|(i, out)| Square {
-                input: i as u64,
-                out,
-                thread: None,
-            })
-            .collect();
+        let mut jobs = squares(&mut outs, 0);
         pool.run(&mut jobs);
         let me = std::thread::current().id();
         assert!(jobs.iter().all(|j| j.thread == Some(me)));
@@ -532,15 +528,7 @@ mod tests {
         }));
         assert!(r.is_err());
         let mut outs = [0u64; 16];
-        let mut jobs: Vec<Square<'_>> = outs
-            .iter_mut()
-            .enumerate()
-            .map(|(i, out)| Square {
-                input: i as u64,
-                out,
-                thread: None,
-            })
-            .collect();
+        let mut jobs = squares(&mut outs, 0);
         pool.run(&mut jobs);
         drop(jobs);
         assert_eq!(outs[15], 225);

@@ -95,11 +95,7 @@ impl Device {
                 self.seal_and_send(id, now, buf, len, io);
             } else {
                 // No room around the packet (a caller's short buffer): copy it.
-                let mut scratch = std::mem::take(&mut self.scratch);
-                scratch[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + len]
-                    .copy_from_slice(&buf[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + len]);
-                self.seal_and_send(id, now, &mut scratch, len, io);
-                self.scratch = scratch;
+                self.seal_and_send_copy(id, now, &buf[wire::DATA_HEADER_LEN..][..len], io);
             }
             if self
                 .peer_by_id(id)
