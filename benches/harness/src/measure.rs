@@ -1,6 +1,7 @@
 //! The scenarios and how one run of a scenario is measured on a [`Topology`]: iperf3
-//! (TCP 1 and 4 streams, UDP 1420- and 64-byte packets at full speed), ping idle and
-//! under a TCP stream, and the daemons' CPU time (`/proc/<pid>/stat`) around it.
+//! (TCP 1 and 4 streams, UDP 1420- and 64-byte packets at full speed, 64-byte packets
+//! at the highest rate carried with at most 1% loss), ping idle and under a TCP
+//! stream, and the daemons' CPU time (`/proc/<pid>/stat`) around it.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -30,6 +31,11 @@ pub(crate) enum Scenario {
     Udp1420,
     /// `iperf3 -u -b 0 -l 36`: 64-byte IP packets.
     Udp64,
+    /// 64-byte IP packets at the highest offered rate delivered with at most
+    /// [`MAX_LOSS_PERCENT`] loss (a search over offered rates, RFC 2544 style): the
+    /// packet rate the tunnel carries, without the generator's excess competing for
+    /// the CPUs as in [`Scenario::Udp64`].
+    Udp64LowLoss,
     /// `ping -c 50 -i 0.01` on an idle tunnel.
     PingIdle,
     /// The same ping during a single TCP stream.
@@ -38,11 +44,12 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// Every scenario, in row order.
-    pub(crate) const ALL: [Scenario; 6] = [
+    pub(crate) const ALL: [Scenario; 7] = [
         Scenario::Tcp1,
         Scenario::Tcp4,
         Scenario::Udp1420,
         Scenario::Udp64,
+        Scenario::Udp64LowLoss,
         Scenario::PingIdle,
         Scenario::PingLoaded,
     ];
@@ -54,6 +61,7 @@ impl Scenario {
             Scenario::Tcp4 => "tcp_4_streams",
             Scenario::Udp1420 => "udp_1420_pps",
             Scenario::Udp64 => "udp_64_pps",
+            Scenario::Udp64LowLoss => "udp_64_pps_low_loss",
             Scenario::PingIdle => "ping_idle",
             Scenario::PingLoaded => "ping_loaded",
         }
@@ -66,6 +74,7 @@ impl Scenario {
             Scenario::Tcp4 => "TCP 4 streams",
             Scenario::Udp1420 => "UDP 1420 B",
             Scenario::Udp64 => "UDP 64 B",
+            Scenario::Udp64LowLoss => "UDP 64 B, loss <= 1%",
             Scenario::PingIdle => "ping idle",
             Scenario::PingLoaded => "ping loaded",
         }
@@ -75,7 +84,7 @@ impl Scenario {
     pub(crate) fn unit(self) -> &'static str {
         match self {
             Scenario::Tcp1 | Scenario::Tcp4 => "Gbit/s",
-            Scenario::Udp1420 | Scenario::Udp64 => "kpps",
+            Scenario::Udp1420 | Scenario::Udp64 | Scenario::Udp64LowLoss => "kpps",
             Scenario::PingIdle | Scenario::PingLoaded => "ms",
         }
     }
@@ -117,13 +126,77 @@ pub(crate) fn run(topo: &mut Topology, scenario: Scenario, secs: u32) -> Result<
         Scenario::Tcp4 => tcp(topo, secs, "4")?,
         Scenario::Udp1420 => udp(topo, secs, "1392")?,
         Scenario::Udp64 => udp(topo, secs, "36")?,
+        Scenario::Udp64LowLoss => udp_low_loss(topo, secs, 36)?,
         Scenario::PingIdle => ping(topo)?,
         Scenario::PingLoaded => ping_loaded(topo, secs)?,
     };
     topo.check_alive()?;
     let after = cpu_seconds(topo)?;
-    sample.cpu_seconds = before.zip(after).map(|(b, a)| a - b);
+    if sample.cpu_seconds.is_none() {
+        sample.cpu_seconds = before.zip(after).map(|(b, a)| a - b);
+    }
     Ok(sample)
+}
+
+/// iperf3's UDP socket buffers (`-w`, both ends). With the default 208 KiB the
+/// receiving iperf3 itself drops datagrams whenever it is scheduled out for a
+/// millisecond at a few hundred thousand packets/s (seen as drops on its socket in
+/// `ss -uam`, not in any tunnel): the tool, not the tunnel, would set the figure.
+const UDP_SOCKET_BUFFER: &str = "4M";
+
+/// Loss at or below which an offered rate counts as carried.
+pub(crate) const MAX_LOSS_PERCENT: f64 = 1.0;
+/// The offered rates [`Scenario::Udp64LowLoss`] searches between, packets/s.
+const SEARCH_PPS: (f64, f64) = (10e3, 2e6);
+/// Trials of the search (bisection in log space: the last step is ~4% of the rate).
+const SEARCH_STEPS: u32 = 7;
+
+/// The next offered rate to try, given the highest carried and lowest not carried.
+pub(crate) fn next_rate(lo: f64, hi: f64) -> f64 {
+    (lo * hi).sqrt()
+}
+
+/// Bisects the offered rate of `len`-byte UDP payloads; each trial lasts a quarter of
+/// `secs` (at least 1 s). The sample is the best trial within [`MAX_LOSS_PERCENT`]
+/// loss, with the daemons' CPU time of that trial; 0 if even the lowest rate lost
+/// more.
+fn udp_low_loss(topo: &Topology, secs: u32, len: u32) -> Result<Sample, Error> {
+    let trial = secs.div_ceil(4).max(1);
+    let len_arg = len.to_string();
+    let (mut lo, mut hi) = SEARCH_PPS;
+    let mut best: Option<Sample> = None;
+    for _ in 0..SEARCH_STEPS {
+        let rate = next_rate(lo, hi);
+        let bits = format!("{}", (rate * f64::from(len) * 8.0) as u64);
+        let before = cpu_seconds(topo)?;
+        let json = iperf(
+            topo,
+            trial,
+            &["-u", "-w", UDP_SOCKET_BUFFER, "-b", &bits, "-l", &len_arg],
+        )?;
+        let after = cpu_seconds(topo)?;
+        let r = parse_iperf(&json, true)?;
+        if r.lost_percent > MAX_LOSS_PERCENT {
+            hi = rate;
+            continue;
+        }
+        lo = rate;
+        let sample = Sample {
+            value: r.packets_per_second / 1e3,
+            bytes: r.bytes,
+            loss_percent: Some(r.lost_percent),
+            cpu_seconds: before.zip(after).map(|(b, a)| a - b),
+        };
+        if best.as_ref().is_none_or(|b| sample.value > b.value) {
+            best = Some(sample);
+        }
+    }
+    Ok(best.unwrap_or(Sample {
+        value: 0.0,
+        bytes: 0,
+        loss_percent: None,
+        cpu_seconds: None,
+    }))
 }
 
 fn tcp(topo: &Topology, secs: u32, streams: &str) -> Result<Sample, Error> {
@@ -138,7 +211,11 @@ fn tcp(topo: &Topology, secs: u32, streams: &str) -> Result<Sample, Error> {
 }
 
 fn udp(topo: &Topology, secs: u32, len: &str) -> Result<Sample, Error> {
-    let json = iperf(topo, secs, &["-u", "-b", "0", "-l", len])?;
+    let json = iperf(
+        topo,
+        secs,
+        &["-u", "-w", UDP_SOCKET_BUFFER, "-b", "0", "-l", len],
+    )?;
     let r = parse_iperf(&json, true)?;
     Ok(Sample {
         value: r.packets_per_second / 1e3,
@@ -394,6 +471,20 @@ mod tests {
 
     const UDP: &str = r#"{"end":{"sum_received":{"seconds":2.0,"bytes":1756656,
         "bits_per_second":1.3e7,"packets":325147,"lost_packets":276351,"lost_percent":83.87}}}"#;
+
+    #[test]
+    fn rate_search_bisects_in_log_space() {
+        let (lo, hi) = SEARCH_PPS;
+        let first = next_rate(lo, hi);
+        assert!((first - (lo * hi).sqrt()).abs() < 1e-6);
+        assert!(lo < first && first < hi);
+        // After every step the bracket's ratio is square-rooted: 200 -> ~1.04.
+        let mut ratio = hi / lo;
+        for _ in 0..SEARCH_STEPS {
+            ratio = ratio.sqrt();
+        }
+        assert!(ratio < 1.05, "{ratio}");
+    }
 
     #[test]
     fn udp_counts_received_packets_only() {
