@@ -446,7 +446,8 @@ impl<'a> OsIo<'a> {
     }
 }
 
-/// The io_uring reactor when `PD_IO=uring` and the kernel allows it; says which
+/// The io_uring reactor unless `PD_IO=poll` asks for the `poll(2)` loop or the kernel
+/// refuses io_uring (`kernel.io_uring_disabled`, seccomp, old kernel); says which
 /// receive path is active.
 fn open_reactor(
     tun: &Tun,
@@ -456,19 +457,23 @@ fn open_reactor(
     signals: &TermSignals,
 ) -> Option<Reactor> {
     use std::os::fd::AsFd;
-    // Opt-in: on this project's 2-core machines the TUN reads that io_uring punts to
-    // its kernel workers cost more than the syscalls they save (pd-bench: TCP 3.8 vs
-    // 5.0 Gbit/s), so the poll(2) loop stays the default until that is solved.
-    if std::env::var("PD_IO").as_deref() != Ok("uring") {
-        log::info!(
-            "{}: receive path: poll(2) loop (PD_IO=uring selects io_uring)",
+    match std::env::var("PD_IO").as_deref() {
+        Ok("poll") => {
+            log::info!(
+                "{}: receive path: poll(2) loop with recvmmsg (PD_IO=poll)",
+                tun.name()
+            );
+            return None;
+        }
+        Ok("uring") | Err(_) => {}
+        Ok(other) => log::warn!(
+            "{}: PD_IO={other:?} is neither \"uring\" nor \"poll\"; trying io_uring",
             tun.name()
-        );
-        return None;
+        ),
     }
     if let Err(e) = Reactor::probe() {
         log::info!(
-            "{}: receive path: poll(2) loop (io_uring unavailable: {e})",
+            "{}: receive path: poll(2) loop with recvmmsg (io_uring unavailable: {e})",
             tun.name()
         );
         return None;
@@ -482,14 +487,15 @@ fn open_reactor(
     ) {
         Ok(r) => {
             log::info!(
-                "{}: receive path: io_uring (TUN reads in flight, multishot UDP receive)",
-                tun.name()
+                "{}: receive path: io_uring (TUN reads in flight, multishot UDP receive; task work: {})",
+                tun.name(),
+                r.task_work()
             );
             Some(r)
         }
         Err(e) => {
             log::warn!(
-                "{}: receive path: poll(2) loop (io_uring setup failed: {e})",
+                "{}: receive path: poll(2) loop with recvmmsg (io_uring setup failed: {e})",
                 tun.name()
             );
             None
@@ -573,7 +579,7 @@ impl Driver {
         let gro = udp.set_offload(udp_offload);
         let o = tun.offload();
         log::info!(
-            "{}: listening on UDP port {}; I/O: poll(2) loop, TUN vnet-hdr {} (TSO {}, USO {}), UDP GSO {}, UDP GRO {}",
+            "{}: listening on UDP port {}; offloads: TUN vnet-hdr {} (TSO {}, USO {}), UDP GSO {}, UDP GRO {}",
             tun.name(),
             udp.port(),
             o.vnet_hdr,

@@ -31,8 +31,10 @@ Creates the WireGuard interface IFNAME and serves the userspace API on
 
 Environment: LOG_LEVEL=error|warn|info|debug|silent; PD_LOG_FILE=PATH keeps the
 daemon's log in PATH (otherwise a daemonized process logs nowhere); PD_OFFLOAD=off
-turns TUN TSO/GRO and UDP GSO/GRO off; PD_IO=uring receives through io_uring instead
-of the poll(2) loop.";
+turns TUN TSO/GRO and UDP GSO/GRO off; PD_IO=poll receives through the poll(2) loop
+with recvmmsg instead of io_uring (also the fallback where io_uring is unavailable);
+PD_CRYPTO_THREADS=N forces N crypto threads (default: one per CPU, used while CPUs
+are idle).";
 
 enum Mode {
     Run { ifname: String, foreground: bool },

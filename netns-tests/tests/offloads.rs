@@ -1,6 +1,7 @@
 //! The same transfers with every offload forced off (`PD_OFFLOAD=off`: no virtio-net
-//! header on the TUN fd, no UDP GSO/GRO), on the default `poll(2)` receive path and on
-//! the io_uring one (`PD_IO=uring`), with crypto forced onto worker threads
+//! header on the TUN fd, no UDP GSO/GRO), on the default io_uring receive path and on
+//! the `poll(2)` + `recvmmsg` one (`PD_IO=poll`, also the fallback where io_uring is
+//! unavailable), with crypto forced onto worker threads
 //! (`PD_CRYPTO_THREADS=2`) and onto the loop thread alone (`=1`), and proof from the
 //! dataplane's own counters that each run used the path it claims.
 //!
@@ -65,25 +66,25 @@ fn transfers_with_fast_paths_on_and_off() {
             offload: None,
             io: None,
             crypto_threads: None,
-            expected: (1, 1, 0),
+            expected: (1, 1, 1),
         },
         // Parallel crypto forced on, on both receive paths.
         Config {
             offload: None,
             io: None,
             crypto_threads: Some("2"),
-            expected: (1, 1, 0),
+            expected: (1, 1, 1),
         },
         Config {
             offload: None,
-            io: Some("uring"),
+            io: Some("poll"),
             crypto_threads: Some("2"),
-            expected: (1, 1, 1),
+            expected: (1, 1, 0),
         },
-        // Everything off: no offloads, one crypto thread.
+        // Everything off: no offloads, the poll(2) loop, one crypto thread.
         Config {
             offload: Some("off"),
-            io: None,
+            io: Some("poll"),
             crypto_threads: Some("1"),
             expected: (0, 0, 0),
         },
