@@ -1,0 +1,11 @@
+//! Exit nodes: a provider forwards and masquerades its authorized consumers' traffic
+//! out of its uplink; a consumer in system mode sends all of its traffic through the
+//! provider behind a kill switch that fails closed.
+//!
+//! - [`policy`]: the pure part. A [`policy::ConsumerPolicy`] or
+//!   [`policy::ProviderPolicy`] becomes a [`policy::Plan`]: an nftables script that
+//!   replaces one table in one transaction, sysctls, and `ip` rules and routes, in the
+//!   order they must be applied. Snapshot-tested (`tests/snapshots/`).
+#![forbid(unsafe_code)]
+
+pub mod policy;

@@ -1,0 +1,365 @@
+//! A consumer in system mode: all IPv4 (and, when the provider offers it, IPv6)
+//! traffic into the tunnel by fwmark policy routing (the wg-quick pattern), behind a
+//! kill switch that drops everything else.
+//!
+//! The kill switch is one `inet` table with `policy drop` on output, input and forward.
+//! Output allows, in this order: loopback; DNS only to the tunnel resolver through the
+//! tunnel (every other DNS is dropped here, before any LAN allowance); the tunnel; the
+//! marked WireGuard UDP to the provider's endpoints; DHCP, DHCPv6 and neighbour
+//! discovery; the LAN ranges only with `allow_lan`. Input drops traffic for the tunnel
+//! addresses arriving on any other interface (CVE-2019-14899) before anything else is
+//! accepted. The table holds no reference to a process: when the dataplane or the CLI
+//! dies the rules stay and the machine is blocked, not open.
+
+use super::{check_ifname, Family, IpCommand, Plan, PolicyError, Sysctl};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The nftables table of the kill switch (family `inet`).
+pub const KILL_SWITCH_TABLE: &str = "portdistrict_killswitch";
+
+/// Rule priorities: looked up before `main` (32766), in this order.
+const PRIO_SUPPRESS: u32 = 32760;
+const PRIO_TUNNEL: u32 = 32761;
+
+/// IPv4 ranges that count as the LAN with `allow_lan`.
+const LAN_V4: &str = "10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 169.254.0.0/16";
+/// IPv6 ranges that count as the LAN with `allow_lan` (link-local, ULA, multicast).
+const LAN_V6: &str = "fe80::/10, fc00::/7, ff00::/8";
+
+/// What a consumer in system mode asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerPolicy {
+    /// The tunnel interface (the dataplane's TUN device).
+    pub tunnel: String,
+    /// The mark the dataplane puts on its own UDP socket (`fwmark`), which is also the
+    /// routing table's selector.
+    pub fwmark: u32,
+    /// The routing table holding the default routes into the tunnel.
+    pub table: u32,
+    /// The provider's WireGuard endpoints: the only underlay traffic allowed out.
+    pub endpoints: Vec<SocketAddr>,
+    /// Our IPv4 address inside the tunnel.
+    pub inner_v4: Ipv4Addr,
+    /// Our IPv6 address inside the tunnel; `None` when the provider offers no IPv6, and
+    /// then IPv6 is blocked, never sent around the tunnel.
+    pub inner_v6: Option<Ipv6Addr>,
+    /// The DNS resolver reachable through the tunnel: the only DNS server allowed.
+    pub resolver: IpAddr,
+    /// Allow traffic to and from the LAN ranges (never DNS to them).
+    pub allow_lan: bool,
+}
+
+impl ConsumerPolicy {
+    /// Checks the policy and computes its plan.
+    pub fn plan(&self) -> Result<Plan, PolicyError> {
+        self.check()?;
+        let mut ip = Vec::new();
+        let mut families = vec![Family::V4];
+        if self.inner_v6.is_some() {
+            families.push(Family::V6);
+        }
+        let table = self.table.to_string();
+        let mark = format!("{:#x}", self.fwmark);
+        for f in families {
+            ip.push(IpCommand::new(
+                f,
+                &[
+                    "route",
+                    "add",
+                    "default",
+                    "dev",
+                    &self.tunnel,
+                    "table",
+                    &table,
+                ],
+            ));
+            ip.push(IpCommand::new(
+                f,
+                &[
+                    "rule",
+                    "add",
+                    "priority",
+                    &PRIO_TUNNEL.to_string(),
+                    "not",
+                    "fwmark",
+                    &mark,
+                    "table",
+                    &table,
+                ],
+            ));
+            ip.push(IpCommand::new(
+                f,
+                &[
+                    "rule",
+                    "add",
+                    "priority",
+                    &PRIO_SUPPRESS.to_string(),
+                    "table",
+                    "main",
+                    "suppress_prefixlength",
+                    "0",
+                ],
+            ));
+        }
+        Ok(Plan {
+            nft_table: KILL_SWITCH_TABLE,
+            nft: self.ruleset(),
+            // Replies to marked packets pass the reverse-path filter (as wg-quick does).
+            sysctls: vec![Sysctl::new("net.ipv4.conf.all.src_valid_mark", "1")],
+            ip,
+        })
+    }
+
+    fn check(&self) -> Result<(), PolicyError> {
+        check_ifname(&self.tunnel)?;
+        if self.fwmark == 0 {
+            return Err(PolicyError::ZeroMark);
+        }
+        if matches!(self.table, 0 | 253..=255) {
+            return Err(PolicyError::ReservedTable(self.table));
+        }
+        if self.endpoints.is_empty() {
+            return Err(PolicyError::NoEndpoint);
+        }
+        if self.resolver.is_ipv6() && self.inner_v6.is_none() {
+            return Err(PolicyError::ResolverFamily(self.resolver));
+        }
+        Ok(())
+    }
+
+    /// The `nft -f` script: creates the table if missing, deletes it and defines it
+    /// again, all in one transaction.
+    fn ruleset(&self) -> String {
+        let t = &self.tunnel;
+        let mut s = String::new();
+        let _ = writeln!(s, "table inet {KILL_SWITCH_TABLE}");
+        let _ = writeln!(s, "delete table inet {KILL_SWITCH_TABLE}");
+        let _ = writeln!(s, "table inet {KILL_SWITCH_TABLE} {{");
+
+        let _ = writeln!(s, "\tchain output {{");
+        let _ = writeln!(
+            s,
+            "\t\ttype filter hook output priority filter; policy drop;"
+        );
+        let _ = writeln!(s, "\t\toif \"lo\" accept");
+        let _ = writeln!(
+            s,
+            "\t\tmeta l4proto {{ tcp, udp }} th dport 53 oifname \"{t}\" {} daddr {} accept",
+            ip_kw(self.resolver),
+            self.resolver
+        );
+        let _ = writeln!(
+            s,
+            "\t\tmeta l4proto {{ tcp, udp }} th dport 53 counter drop"
+        );
+        let _ = writeln!(s, "\t\toifname \"{t}\" accept");
+        for ep in &self.endpoints {
+            let _ = writeln!(
+                s,
+                "\t\tmeta mark {:#x} {} daddr {} udp dport {} accept",
+                self.fwmark,
+                ip_kw(ep.ip()),
+                ep.ip(),
+                ep.port()
+            );
+        }
+        let _ = writeln!(s, "\t\tudp sport 68 udp dport 67 accept");
+        let _ = writeln!(s, "\t\tudp sport 546 udp dport 547 accept");
+        let _ = writeln!(
+            s,
+            "\t\ticmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} accept"
+        );
+        if self.allow_lan {
+            let _ = writeln!(s, "\t\tip daddr {{ {LAN_V4} }} accept");
+            let _ = writeln!(s, "\t\tip6 daddr {{ {LAN_V6} }} accept");
+        }
+        let _ = writeln!(s, "\t\tcounter drop");
+        let _ = writeln!(s, "\t}}");
+
+        let _ = writeln!(s, "\tchain input {{");
+        let _ = writeln!(
+            s,
+            "\t\ttype filter hook input priority filter; policy drop;"
+        );
+        let _ = writeln!(s, "\t\tiif \"lo\" accept");
+        let _ = writeln!(s, "\t\tiifname != \"{t}\" ip daddr {} drop", self.inner_v4);
+        if let Some(v6) = self.inner_v6 {
+            let _ = writeln!(s, "\t\tiifname != \"{t}\" ip6 daddr {v6} drop");
+        }
+        let _ = writeln!(s, "\t\tct state established,related accept");
+        for ep in &self.endpoints {
+            let _ = writeln!(
+                s,
+                "\t\t{} saddr {} udp sport {} accept",
+                ip_kw(ep.ip()),
+                ep.ip(),
+                ep.port()
+            );
+        }
+        let _ = writeln!(s, "\t\tudp sport 67 udp dport 68 accept");
+        let _ = writeln!(s, "\t\tudp sport 547 udp dport 546 accept");
+        let _ = writeln!(
+            s,
+            "\t\ticmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept"
+        );
+        if self.allow_lan {
+            let _ = writeln!(s, "\t\tip saddr {{ {LAN_V4} }} accept");
+            let _ = writeln!(s, "\t\tip6 saddr {{ {LAN_V6} }} accept");
+        }
+        let _ = writeln!(s, "\t\tcounter drop");
+        let _ = writeln!(s, "\t}}");
+
+        let _ = writeln!(s, "\tchain forward {{");
+        let _ = writeln!(
+            s,
+            "\t\ttype filter hook forward priority filter; policy drop;"
+        );
+        let _ = writeln!(s, "\t}}");
+        let _ = writeln!(s, "}}");
+        s
+    }
+}
+
+/// The nftables address keyword for `addr`'s family.
+fn ip_kw(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        "ip"
+    } else {
+        "ip6"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn example() -> ConsumerPolicy {
+        ConsumerPolicy {
+            tunnel: "pd0".into(),
+            fwmark: 0xca6c,
+            table: 51820,
+            endpoints: vec!["203.0.113.5:51820".parse().unwrap()],
+            inner_v4: "100.64.0.2".parse().unwrap(),
+            inner_v6: Some("fd7a:115c:a1e0::2".parse().unwrap()),
+            resolver: "100.64.0.1".parse().unwrap(),
+            allow_lan: false,
+        }
+    }
+
+    fn output_chain(nft: &str) -> Vec<&str> {
+        let start = nft.find("chain output").unwrap();
+        let end = start + nft[start..].find("\t}").unwrap();
+        nft[start..end].lines().map(str::trim).collect()
+    }
+
+    #[test]
+    fn dns_is_decided_before_the_tunnel_and_the_lan() {
+        let mut p = example();
+        p.allow_lan = true;
+        let plan = p.plan().unwrap();
+        let out = output_chain(&plan.nft);
+        let pos = |needle: &str| {
+            out.iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} missing in {out:#?}"))
+        };
+        let dns_ok = pos("th dport 53 oifname \"pd0\" ip daddr 100.64.0.1 accept");
+        let dns_drop = pos("th dport 53 counter drop");
+        assert!(dns_ok < dns_drop);
+        assert!(dns_drop < pos("oifname \"pd0\" accept"));
+        assert!(dns_drop < pos("ip daddr { 10.0.0.0/8"));
+        assert_eq!(out.last(), Some(&"counter drop"));
+    }
+
+    #[test]
+    fn lan_only_when_asked() {
+        let plan = example().plan().unwrap();
+        assert!(!plan.nft.contains("10.0.0.0/8"), "{}", plan.nft);
+        assert!(!plan.nft.contains("fe80::/10"));
+        let mut p = example();
+        p.allow_lan = true;
+        let lan = p.plan().unwrap();
+        assert!(lan.nft.contains("ip daddr { 10.0.0.0/8"));
+        assert!(lan.nft.contains("ip6 saddr { fe80::/10"));
+    }
+
+    #[test]
+    fn spoofed_tunnel_addresses_are_dropped_first_on_input() {
+        let plan = example().plan().unwrap();
+        let input: Vec<&str> = plan.nft[plan.nft.find("chain input").unwrap()..]
+            .lines()
+            .map(str::trim)
+            .collect();
+        let cve4 = input
+            .iter()
+            .position(|l| *l == "iifname != \"pd0\" ip daddr 100.64.0.2 drop")
+            .unwrap();
+        let cve6 = input
+            .iter()
+            .position(|l| *l == "iifname != \"pd0\" ip6 daddr fd7a:115c:a1e0::2 drop")
+            .unwrap();
+        let first_accept_after_lo = input
+            .iter()
+            .skip(3)
+            .position(|l| l.ends_with("accept"))
+            .unwrap()
+            + 3;
+        assert!(cve4 < first_accept_after_lo && cve6 < first_accept_after_lo);
+    }
+
+    #[test]
+    fn without_provider_ipv6_no_v6_route_and_the_firewall_blocks_it() {
+        let mut p = example();
+        p.inner_v6 = None;
+        let plan = p.plan().unwrap();
+        assert!(plan.ip.iter().all(|c| c.family == Family::V4));
+        // Only marked WireGuard, DHCP and ND leave: no rule accepts other IPv6 out.
+        let out = output_chain(&plan.nft);
+        assert!(out.iter().all(|l| !l.starts_with("ip6 daddr")));
+        assert!(plan.nft.contains("policy drop;"));
+    }
+
+    #[test]
+    fn every_endpoint_gets_a_marked_hole_and_nothing_else() {
+        let mut p = example();
+        p.endpoints.push("[2001:db8::5]:4500".parse().unwrap());
+        let plan = p.plan().unwrap();
+        assert!(plan
+            .nft
+            .contains("meta mark 0xca6c ip daddr 203.0.113.5 udp dport 51820 accept"));
+        assert!(plan
+            .nft
+            .contains("meta mark 0xca6c ip6 daddr 2001:db8::5 udp dport 4500 accept"));
+        assert!(plan
+            .nft
+            .contains("ip6 saddr 2001:db8::5 udp sport 4500 accept"));
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_reason() {
+        type Breakage = fn(&mut ConsumerPolicy);
+        let cases: [(Breakage, PolicyError); 5] = [
+            (
+                |p| p.tunnel = "bad name".into(),
+                PolicyError::InterfaceName("bad name".into()),
+            ),
+            (|p| p.fwmark = 0, PolicyError::ZeroMark),
+            (|p| p.table = 254, PolicyError::ReservedTable(254)),
+            (|p| p.endpoints.clear(), PolicyError::NoEndpoint),
+            (
+                |p| {
+                    p.inner_v6 = None;
+                    p.resolver = "fd00::1".parse().unwrap();
+                },
+                PolicyError::ResolverFamily("fd00::1".parse().unwrap()),
+            ),
+        ];
+        for (break_it, want) in cases {
+            let mut p = example();
+            break_it(&mut p);
+            assert_eq!(p.plan(), Err(want.clone()));
+            assert!(!want.to_string().is_empty());
+        }
+    }
+}

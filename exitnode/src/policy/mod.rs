@@ -1,0 +1,180 @@
+//! Pure policy: what a consumer in system mode or an exit-node provider wants, turned
+//! into the exact routes, rules, sysctls and nftables ruleset that realise it. No
+//! syscall, no process, no clock: a value in, a [`Plan`] out, snapshot-tested. The
+//! shell that applies a plan (atomically, reading it back) lives elsewhere.
+//!
+//! Order matters in a plan and is part of its meaning: the nftables script comes
+//! first (it blocks before any route points into the tunnel), then sysctls, then
+//! rules and routes.
+
+mod consumer;
+mod provider;
+
+pub use consumer::{ConsumerPolicy, KILL_SWITCH_TABLE};
+pub use provider::{ProviderPolicy, EXIT_TABLE};
+
+use std::fmt::Write as _;
+
+/// Why a policy cannot be turned into rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// An interface name the kernel would refuse (1 to 15 bytes, no `/`, whitespace,
+    /// quotes or control characters).
+    #[error("interface name {0:?} is invalid: use 1-15 characters, no '/', spaces or quotes")]
+    InterfaceName(String),
+    /// The consumer's tunnel and uplink, or the provider's tunnel and uplink, are one.
+    #[error("the tunnel and the uplink are the same interface {0:?}")]
+    SameInterface(String),
+    /// A firewall mark of 0 marks nothing.
+    #[error("the firewall mark must not be 0")]
+    ZeroMark,
+    /// Routing tables 0, 253, 254 and 255 are the kernel's own.
+    #[error("routing table {0} is reserved (0, 253 default, 254 main, 255 local): pick another")]
+    ReservedTable(u32),
+    /// System mode needs at least one provider endpoint to keep a direct path to.
+    #[error("no provider endpoint: the invite carries none")]
+    NoEndpoint,
+    /// The tunnel resolver is IPv6 but the provider gave the consumer no IPv6 address.
+    #[error("the tunnel resolver {0} is IPv6 but the provider offers no IPv6 in the tunnel")]
+    ResolverFamily(std::net::IpAddr),
+}
+
+/// IP family of a rule or route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    /// IPv4 (`ip -4`).
+    V4,
+    /// IPv6 (`ip -6`).
+    V6,
+}
+
+impl Family {
+    /// The `ip` flag.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+}
+
+/// One `ip` command of a plan: `ip FAMILY ARGS...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpCommand {
+    /// The family it applies to.
+    pub family: Family,
+    /// The arguments after the family flag, e.g. `["rule", "add", ...]`.
+    pub args: Vec<String>,
+}
+
+impl IpCommand {
+    fn new(family: Family, args: &[&str]) -> IpCommand {
+        IpCommand {
+            family,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        }
+    }
+}
+
+/// One sysctl of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysctl {
+    /// Its name, dotted (`net.ipv4.conf.all.src_valid_mark`).
+    pub name: String,
+    /// The value to write.
+    pub value: String,
+}
+
+impl Sysctl {
+    fn new(name: impl Into<String>, value: &str) -> Sysctl {
+        Sysctl {
+            name: name.into(),
+            value: value.to_owned(),
+        }
+    }
+
+    /// Its path under `/proc/sys`.
+    pub fn path(&self) -> String {
+        format!("/proc/sys/{}", self.name.replace('.', "/"))
+    }
+}
+
+/// Everything a policy asks of the system, in the order it must be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The nftables table the plan owns (family `inet`); removing it undoes the
+    /// firewall part.
+    pub nft_table: &'static str,
+    /// An `nft -f` script that replaces that table in one transaction.
+    pub nft: String,
+    /// Sysctls to set.
+    pub sysctls: Vec<Sysctl>,
+    /// Rules and routes to add, in order.
+    pub ip: Vec<IpCommand>,
+}
+
+impl Plan {
+    /// The whole plan as text: what snapshot tests compare and `--dry-run` prints.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# nftables (nft -f)\n");
+        out.push_str(&self.nft);
+        out.push_str("\n# sysctls\n");
+        for s in &self.sysctls {
+            let _ = writeln!(out, "{} = {}", s.name, s.value);
+        }
+        out.push_str("\n# ip\n");
+        for c in &self.ip {
+            let _ = writeln!(out, "ip {} {}", c.family.flag(), c.args.join(" "));
+        }
+        out
+    }
+}
+
+/// Checks an interface name the way the kernel's `dev_valid_name` does, and refuses
+/// what would need quoting in an nftables script.
+pub(crate) fn check_ifname(name: &str) -> Result<(), PolicyError> {
+    let ok = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'"' | b'\'' | b'\\' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::InterfaceName(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names() {
+        for good in ["pd0", "eth0", "wg-exit", "enp0s31f6", "a23456789012345"] {
+            assert_eq!(check_ifname(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a b",
+            "a\"b",
+            "a234567890123456",
+            "é",
+            "a:1",
+        ] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sysctl_paths() {
+        let s = Sysctl::new("net.ipv4.conf.all.src_valid_mark", "1");
+        assert_eq!(s.path(), "/proc/sys/net/ipv4/conf/all/src_valid_mark");
+    }
+}

@@ -1,0 +1,62 @@
+//! The rendered plans of example policies, compared with the files in
+//! `tests/snapshots/`. A change to the rules shows up as a diff of those files in
+//! review; `UPDATE_SNAPSHOTS=1 cargo test -p portdistrict-exitnode` rewrites them.
+
+use portdistrict_exitnode::policy::{ConsumerPolicy, ProviderPolicy};
+use std::path::PathBuf;
+
+fn check(name: &str, got: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, got).expect("writing the snapshot");
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_SNAPSHOTS=1 creates it)", path.display()));
+    assert_eq!(
+        got, want,
+        "{name} changed; review and run with UPDATE_SNAPSHOTS=1"
+    );
+}
+
+fn consumer() -> ConsumerPolicy {
+    ConsumerPolicy {
+        tunnel: "pd0".into(),
+        fwmark: 0xca6c,
+        table: 51820,
+        endpoints: vec!["203.0.113.5:51820".parse().unwrap()],
+        inner_v4: "100.64.0.2".parse().unwrap(),
+        inner_v6: Some("fd7a:115c:a1e0::2".parse().unwrap()),
+        resolver: "100.64.0.1".parse().unwrap(),
+        allow_lan: false,
+    }
+}
+
+#[test]
+fn consumer_system_mode() {
+    check("consumer.txt", &consumer().plan().unwrap().render());
+}
+
+#[test]
+fn consumer_allow_lan_without_ipv6() {
+    let mut p = consumer();
+    p.allow_lan = true;
+    p.inner_v6 = None;
+    p.endpoints.push("[2001:db8::5]:51820".parse().unwrap());
+    check("consumer-lan-v4only.txt", &p.plan().unwrap().render());
+}
+
+#[test]
+fn provider() {
+    let p = ProviderPolicy {
+        tunnel: "pdexit".into(),
+        uplink: "eth0".into(),
+        consumers_v4: vec!["100.64.0.2".parse().unwrap()],
+        consumers_v6: vec!["fd7a:115c:a1e0::2".parse().unwrap()],
+        ipv6: true,
+        negotiation_port: 51821,
+    };
+    check("provider.txt", &p.plan().unwrap().render());
+}
