@@ -6,6 +6,9 @@
 //!   [`policy::ProviderPolicy`] becomes a [`policy::Plan`]: an nftables script that
 //!   replaces one table in one transaction, sysctls, and `ip` rules and routes, in the
 //!   order they must be applied. Snapshot-tested (`tests/snapshots/`).
+//! - [`apply`]: the thin shell. The nftables script goes in as one `nft -f`
+//!   transaction and is read back and verified chain by chain.
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod policy;

@@ -1,0 +1,179 @@
+//! The thin shell that applies the firewall part of a [`Plan`]: the nftables script in
+//! one `nft -f -` transaction (the table is replaced whole or not at all), then read
+//! back with `nft -j list table` and verified chain by chain against the script.
+//!
+//! Every command may run behind a prefix (`ip netns exec NS`, for tests and for
+//! instances that live in a namespace).
+
+use crate::policy::Plan;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+/// Why applying or removing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A command could not be started (not installed, no permission).
+    #[error("running {cmd}: {source} (is nftables installed, and are we root?)")]
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command ran and failed; nothing of the transaction was applied.
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        cmd: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// The table read back is not what was applied.
+    #[error("nftables table {table} read back does not match: {problem}")]
+    Verify {
+        /// The table.
+        table: String,
+        /// What differs.
+        problem: String,
+    },
+}
+
+/// Runs `prefix... argv...` with `stdin` fed in; returns stdout.
+fn run(prefix: &[&str], argv: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
+    let all: Vec<&str> = prefix.iter().chain(argv).copied().collect();
+    let cmd = all.join(" ");
+    let mut c = Command::new(all[0]);
+    c.args(&all[1..])
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(|source| ApplyError::Spawn {
+        cmd: cmd.clone(),
+        source,
+    })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|source| ApplyError::Spawn {
+                cmd: cmd.clone(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| ApplyError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ApplyError::Failed {
+            cmd,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Replaces the plan's nftables table in one transaction and verifies it.
+pub fn apply_nft(plan: &Plan, prefix: &[&str]) -> Result<(), ApplyError> {
+    run(prefix, &["nft", "-f", "-"], Some(&plan.nft))?;
+    verify_nft(plan, prefix)
+}
+
+/// Reads the plan's table back and checks that every chain holds as many rules as the
+/// script gave it.
+pub fn verify_nft(plan: &Plan, prefix: &[&str]) -> Result<(), ApplyError> {
+    let json = run(
+        prefix,
+        &["nft", "-j", "list", "table", "inet", plan.nft_table],
+        None,
+    )?;
+    let bad = |problem: String| ApplyError::Verify {
+        table: plan.nft_table.to_owned(),
+        problem,
+    };
+    let got = rules_per_chain(&json).map_err(|e| bad(format!("unreadable listing: {e}")))?;
+    let want = script_rules_per_chain(&plan.nft);
+    if got != want {
+        return Err(bad(format!("rules per chain {got:?}, expected {want:?}")));
+    }
+    Ok(())
+}
+
+/// Deletes `table` (family `inet`); a table that is not there is no error.
+pub fn remove_nft(table: &str, prefix: &[&str]) -> Result<(), ApplyError> {
+    // `destroy` (nft >= 1.0.8) would do; `add` then `delete` works everywhere.
+    let script = format!("table inet {table}\ndelete table inet {table}\n");
+    run(prefix, &["nft", "-f", "-"], Some(&script)).map(|_| ())
+}
+
+/// Counts the rules of each chain in an `nft -j list table` listing.
+fn rules_per_chain(json: &str) -> Result<BTreeMap<String, usize>, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    let mut out = BTreeMap::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(name) = item["chain"]["name"].as_str() {
+            out.entry(name.to_owned()).or_insert(0);
+        }
+        if let Some(chain) = item["rule"]["chain"].as_str() {
+            *out.entry(chain.to_owned()).or_insert(0) += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Counts the rules of each chain in one of our scripts (every line inside a chain
+/// block except its `type ... hook ...` line).
+fn script_rules_per_chain(script: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut chain: Option<String> = None;
+    for line in script.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("chain ") {
+            let name = rest.trim_end_matches('{').trim().to_owned();
+            out.insert(name.clone(), 0);
+            chain = Some(name);
+        } else if line == "}" {
+            chain = None;
+        } else if let Some(c) = &chain {
+            if !line.is_empty() && !line.starts_with("type ") {
+                *out.entry(c.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_rules_in_scripts_and_listings() {
+        let script = "table inet t\ndelete table inet t\ntable inet t {\n\tset s {\n\t\ttype ipv4_addr;\n\t}\n\tchain output {\n\t\ttype filter hook output priority filter; policy drop;\n\t\toif \"lo\" accept\n\t\tcounter drop\n\t}\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t}\n}\n";
+        let want: BTreeMap<String, usize> =
+            [("output".to_owned(), 2), ("forward".to_owned(), 0)].into();
+        assert_eq!(script_rules_per_chain(script), want);
+        let json = r#"{"nftables": [{"metainfo": {}}, {"table": {"name": "t"}},
+            {"chain": {"name": "output"}}, {"chain": {"name": "forward"}},
+            {"rule": {"chain": "output", "expr": []}}, {"rule": {"chain": "output", "expr": []}}]}"#;
+        assert_eq!(rules_per_chain(json).unwrap(), want);
+        assert!(rules_per_chain("not json").is_err());
+    }
+
+    #[test]
+    fn a_missing_binary_is_a_clear_error() {
+        let e = run(&[], &["/nonexistent/nft"], None).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/nft"), "{e}");
+        assert!(matches!(e, ApplyError::Spawn { .. }));
+        let e = run(&[], &["false"], None).unwrap_err();
+        assert!(matches!(e, ApplyError::Failed { .. }), "{e}");
+    }
+}

@@ -1,0 +1,211 @@
+//! The consumer kill switch of `exitnode`, applied with real nftables in a namespace
+//! and judged by traffic. A consumer namespace has an uplink veth to an "internet"
+//! namespace (where the provider's WireGuard endpoint is) and a second veth that
+//! stands in for the tunnel interface, to a "provider" namespace holding the tunnel
+//! resolver. Only the ruleset is applied here (no routes): what it lets out and in is
+//! the question.
+
+use portdistrict_exitnode::apply::{apply_nft, remove_nft};
+use portdistrict_exitnode::policy::{ConsumerPolicy, KILL_SWITCH_TABLE};
+use portdistrict_netns_tests::{assert_no_ping, assert_ping, Family, Netns, Veth};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Stdio};
+
+const MARK: u32 = 0xca6c;
+
+/// Counts UDP datagrams arriving on `addr:port` for 1 s (the sender starts once it is
+/// ready), then prints the count.
+const UDP_COUNT: &str = r#"
+import socket, sys, time
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port))
+print("ready", flush=True)
+s.settimeout(0.2)
+n, end = 0, time.time() + 1
+while time.time() < end:
+    try:
+        s.recv(2048)
+        n += 1
+    except socket.timeout:
+        pass
+print(n, flush=True)
+"#;
+
+/// Sends 5 datagrams to `addr:port` with firewall mark `mark` (0: none); prints how
+/// many the kernel accepted (a netfilter drop on output fails the send with EPERM).
+const UDP_SEND: &str = r#"
+import socket, sys
+addr, port, mark = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+if mark:
+    s.setsockopt(socket.SOL_SOCKET, 36, mark)  # SO_MARK
+ok = 0
+for _ in range(5):
+    try:
+        s.sendto(b"x" * 32, (addr, port))
+        ok += 1
+    except OSError:
+        pass
+print(ok)
+"#;
+
+/// A UDP counter running in a namespace; `count` ends it and returns its count.
+struct Counter(Child);
+
+impl Counter {
+    fn start(ns: &Netns, addr: IpAddr, port: u16) -> Counter {
+        let (a, p) = (addr.to_string(), port.to_string());
+        let mut child = ns
+            .command(&["python3", "-c", UDP_COUNT, &a, &p])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        let stdout = child.stdout.as_mut().expect("piped");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("counter output");
+        assert_eq!(line.trim(), "ready", "UDP counter on {a}:{p} did not start");
+        Counter(child)
+    }
+
+    fn count(mut self) -> u32 {
+        let out = std::mem::replace(&mut self.0, spawn_true())
+            .wait_with_output()
+            .expect("counter");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("counter printed {out:?}"))
+    }
+}
+
+fn spawn_true() -> Child {
+    std::process::Command::new("true").spawn().expect("true")
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends 5 datagrams from `from` to `to` with `mark`, and returns how many arrived.
+fn udp(from: &Netns, to_ns: &Netns, to: SocketAddr, mark: u32) -> u32 {
+    let counter = Counter::start(to_ns, to.ip(), to.port());
+    let (a, p, m) = (to.ip().to_string(), to.port().to_string(), mark.to_string());
+    from.exec(&["python3", "-c", UDP_SEND, &a, &p, &m]);
+    counter.count()
+}
+
+#[test]
+fn kill_switch_lets_out_only_the_tunnel_and_marked_wireguard() {
+    let consumer = Netns::new("ks-consumer");
+    let internet = Netns::new("ks-internet");
+    let provider = Netns::new("ks-provider");
+    let uplink = Veth::new(&consumer, &internet, 31);
+    let tunnel = Veth::new(&consumer, &provider, 32);
+    // A second address behind the "tunnel" that is not the resolver.
+    let other = "10.77.32.3";
+    provider.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{other}/24"),
+        "dev",
+        tunnel.b_name(),
+    ]);
+
+    let endpoint4 = SocketAddr::new(uplink.b_addr(Family::V4), 51820);
+    let endpoint6 = SocketAddr::new(uplink.b_addr(Family::V6), 51820);
+    let resolver = tunnel.b_addr(Family::V4);
+    let policy = ConsumerPolicy {
+        tunnel: tunnel.a_name().to_owned(),
+        fwmark: MARK,
+        table: 51820,
+        endpoints: vec![endpoint4, endpoint6],
+        inner_v4: tunnel.v4(1),
+        inner_v6: Some(tunnel.v6(1)),
+        resolver,
+        allow_lan: false,
+    };
+    let plan = policy.plan().expect("valid policy");
+    let prefix = ["ip", "netns", "exec", consumer.name()];
+
+    // Before: the uplink is open.
+    assert_ping(&consumer, uplink.b_addr(Family::V4), 1);
+    assert_eq!(
+        udp(
+            &consumer,
+            &internet,
+            SocketAddr::new(uplink.b_addr(Family::V4), 53),
+            0
+        ),
+        5
+    );
+
+    apply_nft(&plan, &prefix).expect("applying the kill switch");
+    // Applying again replaces the table (idempotent) and still verifies.
+    apply_nft(&plan, &prefix).expect("re-applying the kill switch");
+
+    // Nothing but marked WireGuard to the endpoints leaves by the uplink.
+    for family in Family::ALL {
+        assert_no_ping(&consumer, None, uplink.b_addr(family), 2);
+    }
+    for ep in [endpoint4, endpoint6] {
+        assert_eq!(udp(&consumer, &internet, ep, 0), 0, "unmarked UDP to {ep}");
+        assert_eq!(
+            udp(&consumer, &internet, ep, MARK),
+            5,
+            "marked WireGuard to {ep}"
+        );
+        let dns = SocketAddr::new(ep.ip(), 53);
+        assert_eq!(
+            udp(&consumer, &internet, dns, MARK),
+            0,
+            "marked DNS to {dns}"
+        );
+        let other_port = SocketAddr::new(ep.ip(), 51821);
+        assert_eq!(
+            udp(&consumer, &internet, other_port, MARK),
+            0,
+            "marked UDP to {other_port}"
+        );
+    }
+
+    // Through the tunnel: everything, but DNS only to the resolver.
+    assert_ping(&consumer, resolver, 2);
+    assert_eq!(
+        udp(&consumer, &provider, SocketAddr::new(resolver, 53), 0),
+        5
+    );
+    let other_ip: IpAddr = other.parse().unwrap();
+    assert_eq!(
+        udp(&consumer, &provider, SocketAddr::new(other_ip, 53), 0),
+        0,
+        "DNS elsewhere"
+    );
+    assert_eq!(
+        udp(&consumer, &provider, SocketAddr::new(other_ip, 5000), 0),
+        5
+    );
+
+    // CVE-2019-14899: the tunnel address probed through the uplink gets no answer.
+    internet.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.77.32.0/24",
+        "via",
+        &uplink.a_addr(Family::V4).to_string(),
+    ]);
+    assert_no_ping(&internet, None, tunnel.a_addr(Family::V4), 2);
+
+    // Removing the table opens the machine again (and proves it was the table).
+    remove_nft(KILL_SWITCH_TABLE, &prefix).expect("removing the kill switch");
+    remove_nft(KILL_SWITCH_TABLE, &prefix).expect("removing twice is no error");
+    assert_ping(&consumer, uplink.b_addr(Family::V4), 1);
+    assert_ping(&internet, tunnel.a_addr(Family::V4), 1);
+}
