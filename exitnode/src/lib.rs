@@ -6,9 +6,12 @@
 //!   [`policy::ProviderPolicy`] becomes a [`policy::Plan`]: an nftables script that
 //!   replaces one table in one transaction, sysctls, and `ip` rules and routes, in the
 //!   order they must be applied. Snapshot-tested (`tests/snapshots/`).
+//! - [`invite`]: the `portdistrict-invite1:` line a provider hands out: versioned,
+//!   Ed25519-signed, with endpoints, WireGuard key, token, expiry, uses, transport.
 //! - [`apply`]: the thin shell. The nftables script goes in as one `nft -f`
 //!   transaction and is read back and verified chain by chain.
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod invite;
 pub mod policy;

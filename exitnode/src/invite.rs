@@ -1,0 +1,366 @@
+//! Exit invites: one line, `portdistrict-invite1:<base64url>`, that a provider hands
+//! to a consumer out of band. Versioned, signed by the provider (Ed25519), carrying
+//! the provider's endpoints, its WireGuard public key, a token, an expiry, the number
+//! of uses and a transport.
+//!
+//! Binary layout (all integers big-endian), then the signature over everything
+//! before it:
+//!
+//! ```text
+//! version u8 (1) | transport u8 (1 = WireGuard over UDP) | wg_key [32] | signer [32]
+//! | token [16] | expires u64 (Unix seconds) | uses u16 | endpoint count u8 (1..=8)
+//! | endpoints: family u8 (4 or 6), address [4 or 16], port u16 | signature [64]
+//! ```
+//!
+//! Decoding checks everything it can without the provider's state: label, base64url,
+//! version and transport (unknown ones ask for an upgrade), structure, and the
+//! signature under the embedded signer key (so a changed byte is caught). Whether the
+//! signer is the provider itself, the token known, unused, unrevoked and unexpired is
+//! for the provider to decide ([`Invite::check_expiry`] takes the time as an argument).
+
+use base64::Engine as _;
+use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The label every invite starts with.
+pub const PREFIX: &str = "portdistrict-invite1:";
+/// The one binary version this code writes and reads.
+pub const VERSION: u8 = 1;
+/// Most endpoints an invite carries.
+pub const MAX_ENDPOINTS: usize = 8;
+const SIGNATURE_LEN: usize = 64;
+const HEADER_LEN: usize = 1 + 1 + 32 + 32 + 16 + 8 + 2 + 1;
+
+/// How the consumer reaches the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// WireGuard over UDP to the endpoints.
+    WireGuardUdp,
+}
+
+impl Transport {
+    fn code(self) -> u8 {
+        match self {
+            Transport::WireGuardUdp => 1,
+        }
+    }
+}
+
+/// What an invite says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// The transport.
+    pub transport: Transport,
+    /// The provider's WireGuard public key.
+    pub wg_key: [u8; 32],
+    /// The Ed25519 public key that signed the invite (the provider's).
+    pub signer: [u8; 32],
+    /// The secret the consumer presents in its exit request.
+    pub token: [u8; 16],
+    /// When it stops being valid, Unix seconds.
+    pub expires: u64,
+    /// How many consumers may use it.
+    pub uses: u16,
+    /// Where the provider listens.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Why an invite was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InviteError {
+    /// The text does not start with [`PREFIX`].
+    #[error("not a portdistrict invite: it must start with {PREFIX:?}")]
+    NotAnInvite,
+    /// An invite of a later format (`portdistrict-inviteN:` or a newer version byte).
+    #[error("invite format version {0} is newer than this portdistrict understands: upgrade portdistrict")]
+    UnknownVersion(u8),
+    /// A transport this version does not know.
+    #[error("invite asks for transport {0}, unknown to this portdistrict: upgrade portdistrict")]
+    UnknownTransport(u8),
+    /// The part after the label is not base64url.
+    #[error("invite is damaged: not base64url ({0})")]
+    Base64(String),
+    /// The invite ends early.
+    #[error("invite is damaged: it ends inside the {0}")]
+    Truncated(&'static str),
+    /// Bytes after the signature.
+    #[error("invite is damaged: {0} unexpected bytes after the signature")]
+    Trailing(usize),
+    /// An endpoint count of 0 or above [`MAX_ENDPOINTS`], or a bad address family.
+    #[error("invite is damaged: {0}")]
+    Malformed(&'static str),
+    /// The signature does not verify: the invite was altered.
+    #[error("invite signature does not verify: it was altered or is not from this provider")]
+    BadSignature,
+    /// Past its expiry.
+    #[error("invite expired at {expires} (Unix time); ask the provider for a new one")]
+    Expired {
+        /// The expiry, Unix seconds.
+        expires: u64,
+    },
+}
+
+impl Invite {
+    /// The invite as one line, signed with `key` (whose public key must be
+    /// [`Invite::signer`]; it is written from `key`).
+    pub fn encode(&self, key: &Ed25519KeyPair) -> String {
+        let mut body = Vec::with_capacity(HEADER_LEN + 19 * self.endpoints.len() + 64);
+        body.push(VERSION);
+        body.push(self.transport.code());
+        body.extend_from_slice(&self.wg_key);
+        body.extend_from_slice(key.public_key().as_ref());
+        body.extend_from_slice(&self.token);
+        body.extend_from_slice(&self.expires.to_be_bytes());
+        body.extend_from_slice(&self.uses.to_be_bytes());
+        let eps = &self.endpoints[..self.endpoints.len().min(MAX_ENDPOINTS)];
+        body.push(eps.len() as u8);
+        for ep in eps {
+            match ep.ip() {
+                IpAddr::V4(a) => {
+                    body.push(4);
+                    body.extend_from_slice(&a.octets());
+                }
+                IpAddr::V6(a) => {
+                    body.push(6);
+                    body.extend_from_slice(&a.octets());
+                }
+            }
+            body.extend_from_slice(&ep.port().to_be_bytes());
+        }
+        let sig = key.sign(&body);
+        body.extend_from_slice(sig.as_ref());
+        format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body)
+        )
+    }
+
+    /// Parses and verifies one invite line (surrounding whitespace allowed).
+    pub fn decode(text: &str) -> Result<Invite, InviteError> {
+        let text = text.trim();
+        let Some(b64) = text.strip_prefix(PREFIX) else {
+            return Err(
+                later_label(text).map_or(InviteError::NotAnInvite, InviteError::UnknownVersion)
+            );
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|e| InviteError::Base64(e.to_string()))?;
+        let mut r = Reader(&bytes);
+        let version = r.u8("version")?;
+        if version != VERSION {
+            return Err(InviteError::UnknownVersion(version));
+        }
+        let transport = match r.u8("transport")? {
+            1 => Transport::WireGuardUdp,
+            t => return Err(InviteError::UnknownTransport(t)),
+        };
+        let wg_key = r.array("WireGuard key")?;
+        let signer: [u8; 32] = r.array("signer key")?;
+        let token = r.array("token")?;
+        let expires = u64::from_be_bytes(r.array("expiry")?);
+        let uses = u16::from_be_bytes(r.array("use count")?);
+        let count = usize::from(r.u8("endpoint count")?);
+        if count == 0 || count > MAX_ENDPOINTS {
+            return Err(InviteError::Malformed("endpoint count must be 1 to 8"));
+        }
+        let mut endpoints = Vec::with_capacity(count);
+        for _ in 0..count {
+            let ip = match r.u8("endpoint")? {
+                4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>("endpoint")?)),
+                6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>("endpoint")?)),
+                _ => return Err(InviteError::Malformed("endpoint family must be 4 or 6")),
+            };
+            endpoints.push(SocketAddr::new(
+                ip,
+                u16::from_be_bytes(r.array("endpoint")?),
+            ));
+        }
+        let signed_len = bytes.len() - r.0.len();
+        let sig: [u8; SIGNATURE_LEN] = r.array("signature")?;
+        if !r.0.is_empty() {
+            return Err(InviteError::Trailing(r.0.len()));
+        }
+        UnparsedPublicKey::new(&ED25519, signer)
+            .verify(&bytes[..signed_len], &sig)
+            .map_err(|_| InviteError::BadSignature)?;
+        Ok(Invite {
+            transport,
+            wg_key,
+            signer,
+            token,
+            expires,
+            uses,
+            endpoints,
+        })
+    }
+
+    /// Refuses the invite at or after its expiry (`now`: Unix seconds).
+    pub fn check_expiry(&self, now: u64) -> Result<(), InviteError> {
+        if now >= self.expires {
+            return Err(InviteError::Expired {
+                expires: self.expires,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The N of a `portdistrict-inviteN:` label with N > 1.
+fn later_label(text: &str) -> Option<u8> {
+    let rest = text.strip_prefix("portdistrict-invite")?;
+    let (n, _) = rest.split_once(':')?;
+    n.parse::<u8>().ok().filter(|&n| n > VERSION)
+}
+
+/// Reads fields off the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u8(&mut self, field: &'static str) -> Result<u8, InviteError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], InviteError> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(InviteError::Truncated(field))?;
+        self.0 = rest;
+        Ok(*head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed key (RFC 8032 test 1 seed) so that encodings are reproducible.
+    fn key() -> Ed25519KeyPair {
+        let seed = hex_seed("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+        Ed25519KeyPair::from_seed_unchecked(&seed).unwrap()
+    }
+
+    fn hex_seed(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    fn example() -> Invite {
+        let k = key();
+        Invite {
+            transport: Transport::WireGuardUdp,
+            wg_key: [7; 32],
+            signer: k.public_key().as_ref().try_into().unwrap(),
+            token: [9; 16],
+            expires: 1_800_000_000,
+            uses: 1,
+            endpoints: vec![
+                "203.0.113.5:51820".parse().unwrap(),
+                "[2001:db8::5]:51820".parse().unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_golden_layout() {
+        let line = example().encode(&key());
+        assert!(line.starts_with(PREFIX));
+        assert_eq!(Invite::decode(&format!("  {line}\n")), Ok(example()));
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&line[PREFIX.len()..])
+            .unwrap();
+        // version, transport, then the WireGuard key.
+        assert_eq!(&bytes[..4], &[1, 1, 7, 7]);
+        // expiry and uses after the two keys and the token.
+        let at = 2 + 32 + 32 + 16;
+        assert_eq!(&bytes[at..at + 8], &1_800_000_000u64.to_be_bytes());
+        assert_eq!(&bytes[at + 8..at + 11], &[0, 1, 2]);
+        // v4 endpoint: family, address, port.
+        assert_eq!(&bytes[at + 11..at + 18], &[4, 203, 0, 113, 5, 0xca, 0x6c]);
+        assert_eq!(bytes.len(), HEADER_LEN + 7 + 19 + SIGNATURE_LEN);
+    }
+
+    #[test]
+    fn any_changed_byte_is_refused() {
+        let line = example().encode(&key());
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&line[PREFIX.len()..])
+            .unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x01;
+            let text = format!(
+                "{PREFIX}{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b)
+            );
+            assert!(Invite::decode(&text).is_err(), "flipped byte {i} accepted");
+        }
+    }
+
+    #[test]
+    fn unknown_versions_and_transports_ask_for_an_upgrade() {
+        let e = Invite::decode("portdistrict-invite2:AAAA").unwrap_err();
+        assert_eq!(e, InviteError::UnknownVersion(2));
+        assert!(e.to_string().contains("upgrade"));
+        let line = example().encode(&key());
+        let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&line[PREFIX.len()..])
+            .unwrap();
+        bytes[0] = 2;
+        let enc = |b: &[u8]| {
+            format!(
+                "{PREFIX}{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+            )
+        };
+        assert_eq!(
+            Invite::decode(&enc(&bytes)),
+            Err(InviteError::UnknownVersion(2))
+        );
+        bytes[0] = 1;
+        bytes[1] = 9;
+        let e = Invite::decode(&enc(&bytes)).unwrap_err();
+        assert_eq!(e, InviteError::UnknownTransport(9));
+        assert!(e.to_string().contains("upgrade"));
+    }
+
+    #[test]
+    fn damaged_and_foreign_text_is_named() {
+        assert_eq!(Invite::decode("hello"), Err(InviteError::NotAnInvite));
+        assert!(matches!(
+            Invite::decode(&format!("{PREFIX}!!!")),
+            Err(InviteError::Base64(_))
+        ));
+        let line = example().encode(&key());
+        let short = &line[..line.len() - 10];
+        assert!(matches!(
+            Invite::decode(short),
+            Err(InviteError::Truncated(_) | InviteError::Base64(_))
+        ));
+        let mut long = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&line[PREFIX.len()..])
+            .unwrap();
+        long.extend_from_slice(&[0, 0, 0]);
+        let text = format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&long)
+        );
+        assert_eq!(Invite::decode(&text), Err(InviteError::Trailing(3)));
+    }
+
+    #[test]
+    fn expiry_is_checked_against_the_given_time() {
+        let inv = example();
+        assert_eq!(inv.check_expiry(1_799_999_999), Ok(()));
+        assert_eq!(
+            inv.check_expiry(1_800_000_000),
+            Err(InviteError::Expired {
+                expires: 1_800_000_000
+            })
+        );
+    }
+}
