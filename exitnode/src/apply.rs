@@ -2,10 +2,17 @@
 //! one `nft -f -` transaction (the table is replaced whole or not at all), then read
 //! back with `nft -j list table` and verified chain by chain against the script.
 //!
+//! [`apply_plan`] applies a whole plan in its order (nftables, sysctls, rules and
+//! routes) and returns the [`Undo`] that takes exactly that back: the table deleted,
+//! each sysctl set to the value it had before, each rule and route deleted in reverse
+//! order. A step that fails rolls back the steps before it, so a refused plan changes
+//! nothing. The caller persists the `Undo` (atomically) before reporting success, so a
+//! crash after applying still leaves the way back on disk.
+//!
 //! Every command may run behind a prefix (`ip netns exec NS`, for tests and for
 //! instances that live in a namespace).
 
-use crate::policy::Plan;
+use crate::policy::{IpCommand, Plan};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -115,6 +122,99 @@ pub fn remove_nft(table: &str, prefix: &[&str]) -> Result<(), ApplyError> {
     run(prefix, &["nft", "-f", "-"], Some(&script)).map(|_| ())
 }
 
+/// What takes an applied plan back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Undo {
+    /// The nftables table to delete (family `inet`).
+    pub nft_table: String,
+    /// Sysctls and the values they had before, to write back.
+    pub sysctls: Vec<(String, String)>,
+    /// `ip` commands that delete what was added, in the order to run them.
+    pub ip: Vec<IpCommand>,
+}
+
+/// Applies `plan`: nftables first (the machine is blocked before any route points
+/// into the tunnel), then sysctls, then rules and routes. On failure, what was done is
+/// taken back and the first error returned.
+pub fn apply_plan(plan: &Plan, prefix: &[&str]) -> Result<Undo, ApplyError> {
+    let mut undo = Undo {
+        nft_table: plan.nft_table.to_owned(),
+        sysctls: Vec::new(),
+        ip: Vec::new(),
+    };
+    let result = apply_steps(plan, prefix, &mut undo);
+    if let Err(e) = result {
+        // Best effort: the original error is the one to report.
+        let _ = undo_plan(&undo, prefix);
+        return Err(e);
+    }
+    Ok(undo)
+}
+
+fn apply_steps(plan: &Plan, prefix: &[&str], undo: &mut Undo) -> Result<(), ApplyError> {
+    apply_nft(plan, prefix)?;
+    for s in &plan.sysctls {
+        let old = run(prefix, &["sysctl", "-n", &s.name], None)?
+            .trim()
+            .to_owned();
+        run(
+            prefix,
+            &["sysctl", "-q", "-w", &format!("{}={}", s.name, s.value)],
+            None,
+        )?;
+        undo.sysctls.push((s.name.clone(), old));
+    }
+    for c in &plan.ip {
+        run(prefix, &ip_argv(c), None)?;
+        undo.ip.insert(0, inverse(c));
+    }
+    Ok(())
+}
+
+/// Takes an applied plan back: rules and routes, sysctls (last set, first restored),
+/// then the table. Every step is tried; the first error is returned.
+pub fn undo_plan(undo: &Undo, prefix: &[&str]) -> Result<(), ApplyError> {
+    let mut first = None;
+    for c in &undo.ip {
+        if let Err(e) = run(prefix, &ip_argv(c), None) {
+            first.get_or_insert(e);
+        }
+    }
+    for (name, old) in undo.sysctls.iter().rev() {
+        if let Err(e) = run(
+            prefix,
+            &["sysctl", "-q", "-w", &format!("{name}={old}")],
+            None,
+        ) {
+            first.get_or_insert(e);
+        }
+    }
+    if let Err(e) = remove_nft(&undo.nft_table, prefix) {
+        first.get_or_insert(e);
+    }
+    first.map_or(Ok(()), Err)
+}
+
+fn ip_argv(c: &IpCommand) -> Vec<&str> {
+    let mut v = vec!["ip", c.family.flag()];
+    v.extend(c.args.iter().map(String::as_str));
+    v
+}
+
+/// The command that deletes what `c` adds (`... add ...` -> `... del ...`).
+fn inverse(c: &IpCommand) -> IpCommand {
+    let mut args = c.args.clone();
+    if let Some(verb) = args.get_mut(1) {
+        if verb == "add" {
+            *verb = "del".to_owned();
+        }
+    }
+    IpCommand {
+        family: c.family,
+        args,
+    }
+}
+
 /// Counts the rules of each chain in an `nft -j list table` listing.
 fn rules_per_chain(json: &str) -> Result<BTreeMap<String, usize>, serde_json::Error> {
     let v: serde_json::Value = serde_json::from_str(json)?;
@@ -166,6 +266,22 @@ mod tests {
             {"rule": {"chain": "output", "expr": []}}, {"rule": {"chain": "output", "expr": []}}]}"#;
         assert_eq!(rules_per_chain(json).unwrap(), want);
         assert!(rules_per_chain("not json").is_err());
+    }
+
+    #[test]
+    fn inverse_turns_adds_into_deletes() {
+        let c = IpCommand {
+            family: crate::policy::Family::V6,
+            args: [
+                "rule", "add", "priority", "32761", "not", "fwmark", "0xca6c", "table", "51820",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let inv = inverse(&c);
+        assert_eq!(inv.args[1], "del");
+        assert_eq!(inv.args[2..], c.args[2..]);
+        assert_eq!(ip_argv(&inv)[..4], ["ip", "-6", "rule", "del"]);
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //! - [`invite`]: the `portdistrict-invite1:` line a provider hands out: versioned,
 //!   Ed25519-signed, with endpoints, WireGuard key, token, expiry, uses, transport.
 //! - [`apply`]: the thin shell. The nftables script goes in as one `nft -f`
-//!   transaction and is read back and verified chain by chain.
+//!   transaction and is read back and verified chain by chain; a whole plan is
+//!   applied in order and returns the exact [`apply::Undo`].
+//! - [`state`]: atomic state files (temp, fsync, rename).
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod invite;
 pub mod policy;
+pub mod state;

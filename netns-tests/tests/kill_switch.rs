@@ -2,14 +2,18 @@
 //! and judged by traffic. A consumer namespace has an uplink veth to an "internet"
 //! namespace (where the provider's WireGuard endpoint is) and a second veth that
 //! stands in for the tunnel interface, to a "provider" namespace holding the tunnel
-//! resolver. Only the ruleset is applied here (no routes): what it lets out and in is
-//! the question.
+//! resolver. The first test applies only the ruleset: what it lets out and in is the
+//! question. The second applies the whole plan (ruleset, sysctl, fwmark rules and the
+//! tunnel's default route), checks that traffic to a far address now takes the
+//! tunnel, and that undoing it restores `ip rule`, every routing table, the nftables
+//! ruleset and the sysctl exactly, as does a plan that fails half-way.
 
-use portdistrict_exitnode::apply::{apply_nft, remove_nft};
+use portdistrict_exitnode::apply::{apply_nft, apply_plan, remove_nft, undo_plan, Undo};
 use portdistrict_exitnode::policy::{ConsumerPolicy, KILL_SWITCH_TABLE};
-use portdistrict_netns_tests::{assert_no_ping, assert_ping, Family, Netns, Veth};
+use portdistrict_netns_tests::{assert_no_ping, assert_ping, wait_until, Family, Netns, Veth};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Stdio};
+use std::time::Duration;
 
 const MARK: u32 = 0xca6c;
 
@@ -208,4 +212,126 @@ fn kill_switch_lets_out_only_the_tunnel_and_marked_wireguard() {
     remove_nft(KILL_SWITCH_TABLE, &prefix).expect("removing twice is no error");
     assert_ping(&consumer, uplink.b_addr(Family::V4), 1);
     assert_ping(&internet, tunnel.a_addr(Family::V4), 1);
+}
+
+/// Everything `use off` must put back exactly, read in the consumer namespace.
+fn snapshot(ns: &Netns) -> String {
+    let mut out = String::new();
+    for argv in [
+        &["ip", "-4", "rule"][..],
+        &["ip", "-6", "rule"],
+        &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["nft", "list", "ruleset"],
+        &["sysctl", "net.ipv4.conf.all.src_valid_mark"],
+    ] {
+        out.push_str(&format!("$ {}\n{}", argv.join(" "), ns.exec(argv)));
+    }
+    out
+}
+
+#[test]
+fn system_mode_routes_everything_into_the_tunnel_and_off_restores_exactly() {
+    let consumer = Netns::new("sm-consumer");
+    let internet = Netns::new("sm-internet");
+    let provider = Netns::new("sm-provider");
+    let uplink = Veth::new(&consumer, &internet, 33);
+    let tunnel = Veth::new(&consumer, &provider, 34);
+    // A far-away address: on the internet side (reached by the default route) and on
+    // the provider side (what the tunnel leads to).
+    let far = "198.18.0.1";
+    for ns in [&internet, &provider] {
+        ns.exec(&["ip", "addr", "add", &format!("{far}/32"), "dev", "lo"]);
+    }
+    let gw = uplink.b_addr(Family::V4).to_string();
+    consumer.exec(&["ip", "route", "add", "default", "via", &gw]);
+    provider.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &tunnel.a_addr(Family::V4).to_string(),
+    ]);
+    let far_ep = SocketAddr::new(far.parse().unwrap(), 7000);
+
+    // Before: the far address is the internet's.
+    assert_eq!(udp(&consumer, &internet, far_ep, 0), 5);
+    // Link-local IPv6 addresses appear when DAD ends: let them settle first, or they
+    // would show up as a difference that is not ours.
+    let settled = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        [uplink.a_name(), tunnel.a_name()].iter().all(|dev| {
+            let out = consumer.exec(&["ip", "-6", "addr", "show", "dev", dev, "scope", "link"]);
+            out.contains("fe80::") && !out.contains("tentative")
+        })
+    });
+    assert!(settled, "link-local addresses did not settle");
+    let before = snapshot(&consumer);
+
+    let policy = ConsumerPolicy {
+        tunnel: tunnel.a_name().to_owned(),
+        fwmark: MARK,
+        table: 51820,
+        endpoints: vec![SocketAddr::new(uplink.b_addr(Family::V4), 51820)],
+        inner_v4: tunnel.v4(1),
+        inner_v6: None,
+        resolver: tunnel.b_addr(Family::V4),
+        allow_lan: false,
+    };
+    let plan = policy.plan().expect("valid policy");
+    let prefix = ["ip", "netns", "exec", consumer.name()];
+    let undo = apply_plan(&plan, &prefix).expect("system mode on");
+    // The way back survives a round trip through its state-file form.
+    let text = serde_json::to_string(&undo).unwrap();
+    let undo: Undo = serde_json::from_str(&text).unwrap();
+    assert_ne!(snapshot(&consumer), before);
+
+    // Unmarked traffic to the far address goes into the tunnel, not out the uplink.
+    assert_eq!(
+        udp(&consumer, &internet, far_ep, 0),
+        0,
+        "leaked to the internet"
+    );
+    assert_eq!(
+        udp(&consumer, &provider, far_ep, 0),
+        5,
+        "not through the tunnel"
+    );
+    // Marked WireGuard still takes the direct path to the provider's endpoint.
+    let ep = SocketAddr::new(uplink.b_addr(Family::V4), 51820);
+    assert_eq!(udp(&consumer, &internet, ep, MARK), 5);
+    // IPv6 is not offered: blocked, not leaked.
+    assert_no_ping(&consumer, None, uplink.b_addr(Family::V6), 2);
+
+    // A plan that fails half-way (a route into a missing device) changes nothing.
+    let mut bad = plan.clone();
+    bad.ip.push(portdistrict_exitnode::policy::IpCommand {
+        family: portdistrict_exitnode::policy::Family::V4,
+        args: [
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "dev",
+            "pdnosuchdev",
+            "table",
+            "51821",
+        ]
+        .map(String::from)
+        .to_vec(),
+    });
+    let applied = snapshot(&consumer);
+    // Applying on top of itself: the rules already exist, so it fails and rolls back
+    // only its own steps... which would remove ours too; use a second table instead.
+    undo_plan(&undo, &prefix).expect("system mode off");
+    assert_eq!(snapshot(&consumer), before, "use off must restore exactly");
+    assert!(apply_plan(&bad, &prefix).is_err());
+    assert_eq!(
+        snapshot(&consumer),
+        before,
+        "a failed apply must change nothing"
+    );
+    assert_ne!(applied, before);
+
+    // And traffic is back on the uplink.
+    assert_eq!(udp(&consumer, &internet, far_ep, 0), 5);
 }

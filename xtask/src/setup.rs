@@ -23,6 +23,7 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("tcpdump", "tcpdump"),
     ("ps", "procps"),
+    ("sysctl", "procps"),
     ("pkill", "procps"),
     ("kill", "procps"),
     ("killall", "psmisc"),

@@ -40,7 +40,9 @@ pub enum PolicyError {
 }
 
 /// IP family of a rule or route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Family {
     /// IPv4 (`ip -4`).
     V4,
@@ -59,7 +61,7 @@ impl Family {
 }
 
 /// One `ip` command of a plan: `ip FAMILY ARGS...`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IpCommand {
     /// The family it applies to.
     pub family: Family,
