@@ -12,9 +12,12 @@
 //!   transaction and is read back and verified chain by chain; a whole plan is
 //!   applied in order and returns the exact [`apply::Undo`].
 //! - [`state`]: atomic state files (temp, fsync, rename).
+//! - [`store`]: the provider's issued invites and authorized consumers, and the
+//!   decision on an exit request (token known, unexpired, uses left, not revoked).
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod invite;
 pub mod policy;
 pub mod state;
+pub mod store;
