@@ -14,6 +14,7 @@
 //! - [`state`]: atomic state files (temp, fsync, rename).
 //! - [`store`]: the provider's issued invites and authorized consumers, and the
 //!   decision on an exit request (token known, unexpired, uses left, not revoked).
+//! - [`wire`]: the exit negotiation messages (request, ack, nak) with golden bytes.
 #![forbid(unsafe_code)]
 
 pub mod apply;
@@ -21,3 +22,4 @@ pub mod invite;
 pub mod policy;
 pub mod state;
 pub mod store;
+pub mod wire;
