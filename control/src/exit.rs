@@ -1,0 +1,336 @@
+//! The provider's offline exit commands: they read and write the exit state under
+//! `STATE_DIR/exit/` (created 0700): `signing.pk8` (the Ed25519 key that signs
+//! invites, 0600), `wg.key` (the provider's WireGuard private key, 0600) and
+//! `store.json` (issued invites and authorized consumers). Every write is atomic.
+
+use crate::{parse_duration, Dirs};
+use anyhow::{bail, Context as _};
+use portdistrict_exitnode::invite::{Invite, Transport, MAX_ENDPOINTS};
+use portdistrict_exitnode::state::{write_atomic, write_atomic_mode};
+use portdistrict_exitnode::store::Store;
+use portdistrict_wg::PrivateKey;
+use ring::rand::{SecureRandom as _, SystemRandom};
+use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Options of `exit invite`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InviteOptions {
+    endpoints: Vec<SocketAddr>,
+    expires: Duration,
+    uses: u16,
+}
+
+impl InviteOptions {
+    /// Parses `--endpoint HOST:PORT` (repeatable, at least one), `--expires 24h`,
+    /// `--uses 1`.
+    pub(crate) fn parse(opts: &[&str]) -> anyhow::Result<InviteOptions> {
+        let mut o = InviteOptions {
+            endpoints: Vec::new(),
+            expires: Duration::from_secs(86_400),
+            uses: 1,
+        };
+        let mut it = opts.iter();
+        while let Some(&flag) = it.next() {
+            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag {
+                "--endpoint" => {
+                    let addrs: Vec<SocketAddr> = value
+                        .to_socket_addrs()
+                        .with_context(|| format!("--endpoint {value}: expected HOST:PORT"))?
+                        .collect();
+                    let first = addrs
+                        .first()
+                        .with_context(|| format!("--endpoint {value}: no address"))?;
+                    o.endpoints.push(*first);
+                }
+                "--expires" => o.expires = parse_duration(value)?,
+                "--uses" => {
+                    o.uses = value
+                        .parse()
+                        .ok()
+                        .filter(|&u| u > 0)
+                        .with_context(|| format!("--uses {value}: expected 1 to 65535"))?
+                }
+                _ => bail!("exit invite: unknown option {flag}"),
+            }
+        }
+        if o.endpoints.is_empty() {
+            bail!("exit invite needs --endpoint HOST:PORT: where consumers reach this provider");
+        }
+        if o.endpoints.len() > MAX_ENDPOINTS {
+            bail!("exit invite takes at most {MAX_ENDPOINTS} endpoints");
+        }
+        Ok(o)
+    }
+}
+
+struct ExitDir(PathBuf);
+
+impl ExitDir {
+    fn open(dirs: &Dirs) -> anyhow::Result<ExitDir> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = dirs.state.join("exit");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(ExitDir(dir))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// The signing key, made on first use.
+    fn signing_key(&self) -> anyhow::Result<Ed25519KeyPair> {
+        let path = self.path("signing.pk8");
+        if !path.exists() {
+            let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                .map_err(|_| anyhow::anyhow!("generating the signing key failed"))?;
+            write_atomic_mode(&path, doc.as_ref(), 0o600)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ed25519KeyPair::from_pkcs8(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not an Ed25519 PKCS#8 key ({e}); restore it from backup",
+                path.display()
+            )
+        })
+    }
+
+    /// The provider's WireGuard key, made on first use.
+    fn wg_key(&self) -> anyhow::Result<PrivateKey> {
+        let path = self.path("wg.key");
+        if !path.exists() {
+            let key = PrivateKey::generate(&mut rand_core::OsRng);
+            write_atomic_mode(&path, format!("{}\n", key.to_base64()).as_bytes(), 0o600)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        PrivateKey::from_base64(text.trim())
+            .map_err(|e| anyhow::anyhow!("{}: not a WireGuard key ({e})", path.display()))
+    }
+
+    fn store(&self) -> anyhow::Result<Store> {
+        let path = self.path("store.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is damaged; restore it from backup", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, store: &Store) -> anyhow::Result<()> {
+        let path = self.path("store.json");
+        let text = serde_json::to_string_pretty(store)?;
+        write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `exit invite`: records a new invite and returns its line.
+pub(crate) fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
+    let dir = ExitDir::open(dirs)?;
+    let key = dir.signing_key()?;
+    let wg = dir.wg_key()?;
+    let mut store = dir.store()?;
+    let mut token = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut token)
+        .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
+    let invite = Invite {
+        transport: Transport::WireGuardUdp,
+        wg_key: *wg.public_key().as_bytes(),
+        signer: key
+            .public_key()
+            .as_ref()
+            .try_into()
+            .context("Ed25519 public keys are 32 bytes")?,
+        token,
+        expires: now() + o.expires.as_secs(),
+        uses: o.uses,
+        endpoints: o.endpoints.clone(),
+    };
+    store.issue(&token, invite.expires, o.uses);
+    // Recorded before it is shown: an invite the store does not know is worthless.
+    dir.save(&store)?;
+    Ok(invite.encode(&key))
+}
+
+/// `exit list`.
+pub(crate) fn list(dirs: &Dirs) -> anyhow::Result<String> {
+    let store = ExitDir::open(dirs)?.store()?;
+    let now = now();
+    let mut out = String::new();
+    let _ = writeln!(out, "invites: {}", store.invites.len());
+    for i in &store.invites {
+        let state = if i.revoked {
+            "revoked".to_owned()
+        } else if now >= i.expires {
+            "expired".to_owned()
+        } else if i.uses_left == 0 {
+            "used up".to_owned()
+        } else {
+            format!(
+                "{} use(s) left, expires in {}s",
+                i.uses_left,
+                i.expires - now
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  token {}...  {state}",
+            &i.token[..8.min(i.token.len())]
+        );
+    }
+    let _ = writeln!(out, "consumers: {}", store.consumers.len());
+    for c in &store.consumers {
+        let v6 = c.inner_v6.map(|a| format!(" {a}")).unwrap_or_default();
+        let _ = writeln!(out, "  {}  {}{v6}", c.wg_key, c.inner_v4);
+    }
+    Ok(out)
+}
+
+/// `exit revoke CONSUMER`: by WireGuard public key or inner address.
+pub(crate) fn revoke(dirs: &Dirs, who: &str) -> anyhow::Result<String> {
+    let dir = ExitDir::open(dirs)?;
+    let mut store = dir.store()?;
+    let key = store
+        .consumers
+        .iter()
+        .find(|c| {
+            c.wg_key == who
+                || c.inner_v4.to_string() == who
+                || c.inner_v6.is_some_and(|a| a.to_string() == who)
+        })
+        .map(|c| c.wg_key.clone());
+    let Some(key) = key else {
+        bail!("no authorized consumer {who:?}: give its WireGuard public key or inner address (see `portdistrict exit list`)");
+    };
+    store.revoke(&key);
+    dir.save(&store)?;
+    Ok(key)
+}
+
+/// The exit directory of `dirs` (for tests).
+#[cfg(test)]
+fn exit_dir(dirs: &Dirs) -> PathBuf {
+    dirs.state.join("exit")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs(tag: &str) -> Dirs {
+        let base = std::env::temp_dir().join(format!("pd-ctl-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        Dirs {
+            state: base.join("state"),
+            run: base.join("run"),
+        }
+    }
+
+    fn cleanup(d: &Dirs) {
+        if let Some(base) = d.state.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+
+    #[test]
+    fn invite_is_recorded_signed_and_decodable() {
+        let d = dirs("invite");
+        let o = InviteOptions::parse(&[
+            "--endpoint",
+            "192.0.2.1:51820",
+            "--uses",
+            "2",
+            "--expires",
+            "1h",
+        ])
+        .unwrap();
+        let line = invite(&d, &o).unwrap();
+        let inv = Invite::decode(&line).unwrap();
+        assert_eq!(inv.endpoints, ["192.0.2.1:51820".parse().unwrap()]);
+        assert_eq!(inv.uses, 2);
+        let wg = ExitDir::open(&d).unwrap().wg_key().unwrap();
+        assert_eq!(&inv.wg_key, wg.public_key().as_bytes());
+        // Same keys the second time; a new token.
+        let again = Invite::decode(&invite(&d, &o).unwrap()).unwrap();
+        assert_eq!((again.signer, again.wg_key), (inv.signer, inv.wg_key));
+        assert_ne!(again.token, inv.token);
+        let store = ExitDir::open(&d).unwrap().store().unwrap();
+        assert_eq!(store.invites.len(), 2);
+        assert!(list(&d).unwrap().contains("2 use(s) left"));
+        use std::os::unix::fs::PermissionsExt as _;
+        for secret in ["signing.pk8", "wg.key"] {
+            let m = std::fs::metadata(exit_dir(&d).join(secret)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{secret}");
+        }
+        cleanup(&d);
+    }
+
+    #[test]
+    fn revoke_by_key_or_address_and_unknown_is_an_error() {
+        let d = dirs("revoke");
+        let o = InviteOptions::parse(&["--endpoint", "192.0.2.1:51820", "--uses", "2"]).unwrap();
+        let inv = Invite::decode(&invite(&d, &o).unwrap()).unwrap();
+        let dir = ExitDir::open(&d).unwrap();
+        let mut store = dir.store().unwrap();
+        let g = store.authorize(now(), &inv.token, "keyA").unwrap();
+        store.authorize(now(), &inv.token, "keyB").unwrap();
+        dir.save(&store).unwrap();
+        assert_eq!(revoke(&d, "keyA").unwrap(), "keyA");
+        assert!(revoke(&d, "keyA").is_err(), "already revoked");
+        let b_addr = dir.store().unwrap().consumers[0].inner_v4;
+        assert_ne!(b_addr, g.inner_v4);
+        assert_eq!(revoke(&d, &b_addr.to_string()).unwrap(), "keyB");
+        let e = revoke(&d, "nobody").unwrap_err();
+        assert!(e.to_string().contains("exit list"), "{e}");
+        cleanup(&d);
+    }
+
+    #[test]
+    fn bad_options_say_what_is_wrong() {
+        for (opts, needle) in [
+            (&[][..], "--endpoint"),
+            (&["--endpoint", "nonsense"][..], "HOST:PORT"),
+            (&["--endpoint", "192.0.2.1:1", "--uses", "0"][..], "--uses"),
+            (
+                &["--endpoint", "192.0.2.1:1", "--expires", "1y"][..],
+                "unit",
+            ),
+            (
+                &["--endpoint", "192.0.2.1:1", "--bogus", "1"][..],
+                "--bogus",
+            ),
+            (&["--endpoint"][..], "needs a value"),
+        ] {
+            let e = InviteOptions::parse(opts).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{opts:?}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_store_is_refused_with_its_path() {
+        let d = dirs("damaged");
+        let dir = ExitDir::open(&d).unwrap();
+        std::fs::write(dir.path("store.json"), "{not json").unwrap();
+        let e = list(&d).unwrap_err();
+        assert!(format!("{e:#}").contains("store.json"), "{e:#}");
+        cleanup(&d);
+    }
+}

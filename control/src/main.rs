@@ -1,0 +1,167 @@
+//! `portdistrict`, the command line of portdistrict.
+//!
+//! Available now: the provider's offline exit commands, which work on the state
+//! directory alone (no daemon):
+//!
+//! - `portdistrict exit invite --endpoint HOST:PORT [--endpoint ...] [--expires 24h]
+//!   [--uses 1]` prints one `portdistrict-invite1:` line and records the invite;
+//! - `portdistrict exit list` shows issued invites and authorized consumers;
+//! - `portdistrict exit revoke CONSUMER` (its WireGuard public key or inner address)
+//!   takes a consumer's authorization away.
+//!
+//! Every command takes `--state-dir DIR` (default `/var/lib/portdistrict`) and
+//! `--run-dir DIR` (default `/run/portdistrict`).
+#![forbid(unsafe_code)]
+
+mod exit;
+
+use anyhow::{bail, Context as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
+
+Commands:
+  exit invite --endpoint HOST:PORT [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
+                        print a new invite (portdistrict-invite1:...) and record it
+  exit list             issued invites and authorized consumers
+  exit revoke CONSUMER  revoke a consumer (WireGuard public key or inner address)
+
+Options:
+  --state-dir DIR       persistent state (default /var/lib/portdistrict)
+  --run-dir DIR         runtime files (default /run/portdistrict)";
+
+/// Global options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Dirs {
+    pub(crate) state: PathBuf,
+    pub(crate) run: PathBuf,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args) {
+        eprintln!("portdistrict: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let (dirs, rest) = parse_dirs(args)?;
+    match rest
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] | ["help" | "--help" | "-h"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        ["exit", "invite", opts @ ..] => {
+            let line = exit::invite(&dirs, &exit::InviteOptions::parse(opts)?)?;
+            println!("{line}");
+            Ok(())
+        }
+        ["exit", "list"] => {
+            print!("{}", exit::list(&dirs)?);
+            Ok(())
+        }
+        ["exit", "revoke", who] => {
+            let what = exit::revoke(&dirs, who)?;
+            println!("revoked {what}");
+            Ok(())
+        }
+        _ => bail!("unknown command {:?}\n\n{USAGE}", rest.join(" ")),
+    }
+}
+
+/// Takes `--state-dir` and `--run-dir` (anywhere on the line) off the arguments.
+fn parse_dirs(args: &[String]) -> anyhow::Result<(Dirs, Vec<String>)> {
+    let mut dirs = Dirs {
+        state: PathBuf::from("/var/lib/portdistrict"),
+        run: PathBuf::from("/run/portdistrict"),
+    };
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--state-dir" | "--run-dir" => {
+                let v = it
+                    .next()
+                    .with_context(|| format!("{a} needs a directory"))?;
+                if a == "--state-dir" {
+                    dirs.state = PathBuf::from(v);
+                } else {
+                    dirs.run = PathBuf::from(v);
+                }
+            }
+            _ => rest.push(a.clone()),
+        }
+    }
+    Ok((dirs, rest))
+}
+
+/// `90s`, `30m`, `24h`, `7d`.
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("duration {s:?}: expected a number and a unit, like 24h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("duration {s:?}: the unit must be s, m, h or d"),
+    };
+    if secs == 0 {
+        bail!("duration {s:?} must be above zero");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn dirs_anywhere_on_the_line() {
+        let (d, rest) = parse_dirs(&v(&[
+            "exit",
+            "--state-dir",
+            "/s",
+            "list",
+            "--run-dir",
+            "/r",
+        ]))
+        .unwrap();
+        assert_eq!(d.state, PathBuf::from("/s"));
+        assert_eq!(d.run, PathBuf::from("/r"));
+        assert_eq!(rest, ["exit", "list"]);
+        assert!(parse_dirs(&v(&["--state-dir"])).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        for bad in ["", "h", "10", "10y", "0h", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_commands_are_named() {
+        let e = run(&v(&["frobnicate"])).unwrap_err();
+        assert!(e.to_string().contains("frobnicate"));
+    }
+}
