@@ -69,6 +69,17 @@ pub enum Refusal {
     Full,
 }
 
+impl Refusal {
+    /// Every refusal.
+    pub const ALL: [Refusal; 5] = [
+        Refusal::UnknownToken,
+        Refusal::Expired,
+        Refusal::UsedUp,
+        Refusal::Revoked,
+        Refusal::Full,
+    ];
+}
+
 /// Invites and consumers of one provider.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
@@ -228,13 +239,7 @@ mod tests {
         assert!(!s.revoke("nobody"));
         s.invites[0].revoked = true;
         assert_eq!(s.authorize(10, &T1, "keyB"), Err(Refusal::Revoked));
-        for r in [
-            Refusal::UnknownToken,
-            Refusal::Expired,
-            Refusal::UsedUp,
-            Refusal::Revoked,
-            Refusal::Full,
-        ] {
+        for r in Refusal::ALL {
             assert!(!r.to_string().is_empty());
         }
     }

@@ -211,13 +211,7 @@ mod tests {
             resolver: "fd7a:115c:a1e0::1".parse().unwrap(),
         };
         assert_eq!(Message::parse(&v6only.emit()), Ok(v6only));
-        for r in [
-            Refusal::UnknownToken,
-            Refusal::Expired,
-            Refusal::UsedUp,
-            Refusal::Revoked,
-            Refusal::Full,
-        ] {
+        for r in Refusal::ALL {
             assert_eq!(Message::parse(&Message::Nak(r).emit()), Ok(Message::Nak(r)));
         }
     }

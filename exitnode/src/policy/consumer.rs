@@ -131,94 +131,99 @@ impl ConsumerPolicy {
     /// The `nft -f` script: creates the table if missing, deletes it and defines it
     /// again, all in one transaction.
     fn ruleset(&self) -> String {
-        let t = &self.tunnel;
         let mut s = String::new();
         let _ = writeln!(s, "table inet {KILL_SWITCH_TABLE}");
         let _ = writeln!(s, "delete table inet {KILL_SWITCH_TABLE}");
         let _ = writeln!(s, "table inet {KILL_SWITCH_TABLE} {{");
-
-        let _ = writeln!(s, "\tchain output {{");
-        let _ = writeln!(
-            s,
-            "\t\ttype filter hook output priority filter; policy drop;"
-        );
-        let _ = writeln!(s, "\t\toif \"lo\" accept");
-        let _ = writeln!(
-            s,
-            "\t\tmeta l4proto {{ tcp, udp }} th dport 53 oifname \"{t}\" {} daddr {} accept",
-            ip_kw(self.resolver),
-            self.resolver
-        );
-        let _ = writeln!(
-            s,
-            "\t\tmeta l4proto {{ tcp, udp }} th dport 53 counter drop"
-        );
-        let _ = writeln!(s, "\t\toifname \"{t}\" accept");
-        for ep in &self.endpoints {
-            let _ = writeln!(
-                s,
-                "\t\tmeta mark {:#x} {} daddr {} udp dport {} accept",
-                self.fwmark,
-                ip_kw(ep.ip()),
-                ep.ip(),
-                ep.port()
-            );
-        }
-        let _ = writeln!(s, "\t\tudp sport 68 udp dport 67 accept");
-        let _ = writeln!(s, "\t\tudp sport 546 udp dport 547 accept");
-        let _ = writeln!(
-            s,
-            "\t\ticmpv6 type {{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }} accept"
-        );
-        if self.allow_lan {
-            let _ = writeln!(s, "\t\tip daddr {{ {LAN_V4} }} accept");
-            let _ = writeln!(s, "\t\tip6 daddr {{ {LAN_V6} }} accept");
-        }
-        let _ = writeln!(s, "\t\tcounter drop");
-        let _ = writeln!(s, "\t}}");
-
-        let _ = writeln!(s, "\tchain input {{");
-        let _ = writeln!(
-            s,
-            "\t\ttype filter hook input priority filter; policy drop;"
-        );
-        let _ = writeln!(s, "\t\tiif \"lo\" accept");
-        let _ = writeln!(s, "\t\tiifname != \"{t}\" ip daddr {} drop", self.inner_v4);
-        if let Some(v6) = self.inner_v6 {
-            let _ = writeln!(s, "\t\tiifname != \"{t}\" ip6 daddr {v6} drop");
-        }
-        let _ = writeln!(s, "\t\tct state established,related accept");
-        for ep in &self.endpoints {
-            let _ = writeln!(
-                s,
-                "\t\t{} saddr {} udp sport {} accept",
-                ip_kw(ep.ip()),
-                ep.ip(),
-                ep.port()
-            );
-        }
-        let _ = writeln!(s, "\t\tudp sport 67 udp dport 68 accept");
-        let _ = writeln!(s, "\t\tudp sport 547 udp dport 546 accept");
-        let _ = writeln!(
-            s,
-            "\t\ticmpv6 type {{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }} accept"
-        );
-        if self.allow_lan {
-            let _ = writeln!(s, "\t\tip saddr {{ {LAN_V4} }} accept");
-            let _ = writeln!(s, "\t\tip6 saddr {{ {LAN_V6} }} accept");
-        }
-        let _ = writeln!(s, "\t\tcounter drop");
-        let _ = writeln!(s, "\t}}");
-
-        let _ = writeln!(s, "\tchain forward {{");
-        let _ = writeln!(
-            s,
-            "\t\ttype filter hook forward priority filter; policy drop;"
-        );
-        let _ = writeln!(s, "\t}}");
+        self.output_chain(&mut s);
+        self.input_chain(&mut s);
+        chain(&mut s, "forward", &[]);
         let _ = writeln!(s, "}}");
         s
     }
+
+    fn output_chain(&self, s: &mut String) {
+        let t = &self.tunnel;
+        let r = self.resolver;
+        let mut rules = vec![
+            "oif \"lo\" accept".to_owned(),
+            format!(
+                "meta l4proto {{ tcp, udp }} th dport 53 oifname \"{t}\" {} daddr {r} accept",
+                ip_kw(r)
+            ),
+            "meta l4proto { tcp, udp } th dport 53 counter drop".to_owned(),
+            format!("oifname \"{t}\" accept"),
+        ];
+        rules.extend(self.underlay_holes(Direction::Out));
+        rules.push("counter drop".to_owned());
+        chain(s, "output", &rules);
+    }
+
+    fn input_chain(&self, s: &mut String) {
+        let t = &self.tunnel;
+        let mut rules = vec![
+            "iif \"lo\" accept".to_owned(),
+            format!("iifname != \"{t}\" ip daddr {} drop", self.inner_v4),
+        ];
+        if let Some(v6) = self.inner_v6 {
+            rules.push(format!("iifname != \"{t}\" ip6 daddr {v6} drop"));
+        }
+        rules.push("ct state established,related accept".to_owned());
+        rules.extend(self.underlay_holes(Direction::In));
+        rules.push("counter drop".to_owned());
+        chain(s, "input", &rules);
+    }
+
+    /// What may cross the underlay in `dir`: WireGuard with the provider (marked on
+    /// the way out), DHCP, DHCPv6, neighbour discovery, and the LAN with `allow_lan`.
+    fn underlay_holes(&self, dir: Direction) -> Vec<String> {
+        let (addr, port, mark) = match dir {
+            Direction::Out => ("daddr", "dport", format!("meta mark {:#x} ", self.fwmark)),
+            Direction::In => ("saddr", "sport", String::new()),
+        };
+        let mut rules: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let (kw, ip, p) = (ip_kw(ep.ip()), ep.ip(), ep.port());
+                format!("{mark}{kw} {addr} {ip} udp {port} {p} accept")
+            })
+            .collect();
+        let (dhcp, dhcp6, nd) = match dir {
+            Direction::Out => ("68 udp dport 67", "546 udp dport 547", "nd-router-solicit"),
+            Direction::In => ("67 udp dport 68", "547 udp dport 546", "nd-router-advert"),
+        };
+        rules.push(format!("udp sport {dhcp} accept"));
+        rules.push(format!("udp sport {dhcp6} accept"));
+        rules.push(format!(
+            "icmpv6 type {{ {nd}, nd-neighbor-solicit, nd-neighbor-advert }} accept"
+        ));
+        if self.allow_lan {
+            rules.push(format!("ip {addr} {{ {LAN_V4} }} accept"));
+            rules.push(format!("ip6 {addr} {{ {LAN_V6} }} accept"));
+        }
+        rules
+    }
+}
+
+/// Which way a rule looks at the underlay.
+#[derive(Clone, Copy)]
+enum Direction {
+    Out,
+    In,
+}
+
+/// A base chain with `policy drop` at `hook` (the chain's name) holding `rules`.
+fn chain(s: &mut String, hook: &str, rules: &[String]) {
+    let _ = writeln!(s, "\tchain {hook} {{");
+    let _ = writeln!(
+        s,
+        "\t\ttype filter hook {hook} priority filter; policy drop;"
+    );
+    for r in rules {
+        let _ = writeln!(s, "\t\t{r}");
+    }
+    let _ = writeln!(s, "\t}}");
 }
 
 /// The nftables address keyword for `addr`'s family.
