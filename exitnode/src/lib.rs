@@ -15,10 +15,12 @@
 //! - [`store`]: the provider's issued invites and authorized consumers, and the
 //!   decision on an exit request (token known, unexpired, uses left, not revoked).
 //! - [`wire`]: the exit negotiation messages (request, ack, nak) with golden bytes.
+//! - [`negotiate`]: the provider's answer to one negotiation datagram.
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod invite;
+pub mod negotiate;
 pub mod policy;
 pub mod state;
 pub mod store;
