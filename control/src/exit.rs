@@ -151,6 +151,16 @@ pub(crate) fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
     SystemRandom::new()
         .fill(&mut token)
         .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
+    let negotiation = PrivateKey::generate(&mut rand_core::OsRng);
+    let expires = now() + o.expires.as_secs();
+    let Some(negotiation_addr) = store.issue(
+        &token,
+        &negotiation.public_key().to_base64(),
+        expires,
+        o.uses,
+    ) else {
+        bail!("65,534 invites are on record: revoke or let some expire first");
+    };
     let invite = Invite {
         transport: Transport::WireGuardUdp,
         wg_key: *wg.public_key().as_bytes(),
@@ -160,11 +170,12 @@ pub(crate) fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
             .try_into()
             .context("Ed25519 public keys are 32 bytes")?,
         token,
-        expires: now() + o.expires.as_secs(),
+        negotiation_key: *negotiation.as_bytes(),
+        negotiation_addr,
+        expires,
         uses: o.uses,
         endpoints: o.endpoints.clone(),
     };
-    store.issue(&token, invite.expires, o.uses);
     // Recorded before it is shown: an invite the store does not know is worthless.
     dir.save(&store)?;
     Ok(invite.encode(&key))
@@ -274,6 +285,13 @@ mod tests {
         assert_ne!(again.token, inv.token);
         let store = ExitDir::open(&d).unwrap().store().unwrap();
         assert_eq!(store.invites.len(), 2);
+        // Each invite its own negotiation identity, recorded by its public key.
+        assert_ne!(again.negotiation_addr, inv.negotiation_addr);
+        let neg = PrivateKey::from_bytes(inv.negotiation_key)
+            .public_key()
+            .to_base64();
+        assert_eq!(store.invites[0].negotiation_key, neg);
+        assert_eq!(store.invites[0].negotiation_addr, inv.negotiation_addr);
         assert!(list(&d).unwrap().contains("2 use(s) left"));
         use std::os::unix::fs::PermissionsExt as _;
         for secret in ["signing.pk8", "wg.key"] {

@@ -1,14 +1,24 @@
 //! Exit invites: one line, `portdistrict-invite1:<base64url>`, that a provider hands
 //! to a consumer out of band. Versioned, signed by the provider (Ed25519), carrying
 //! the provider's endpoints, its WireGuard public key, a token, an expiry, the number
-//! of uses and a transport.
+//! of uses, a transport, and the negotiation identity.
+//!
+//! WireGuard only answers peers it knows, and the provider cannot know a consumer's
+//! key before the consumer asks. So the invite carries a one-off WireGuard identity
+//! for negotiation: an X25519 private key and an inner address. The provider, which
+//! made them, keeps the public key configured as a peer whose AllowedIPs is that one
+//! address (and its firewall lets that peer reach only the negotiation port); the
+//! consumer's first handshake uses this identity, sends its exit request with its own
+//! key, and switches to its own key once acked. That is how the first handshake is
+//! authorized for the negotiation only.
 //!
 //! Binary layout (all integers big-endian), then the signature over everything
 //! before it:
 //!
 //! ```text
 //! version u8 (1) | transport u8 (1 = WireGuard over UDP) | wg_key [32] | signer [32]
-//! | token [16] | expires u64 (Unix seconds) | uses u16 | endpoint count u8 (1..=8)
+//! | token [16] | negotiation key [32] | negotiation address [4]
+//! | expires u64 (Unix seconds) | uses u16 | endpoint count u8 (1..=8)
 //! | endpoints: family u8 (4 or 6), address [4 or 16], port u16 | signature [64]
 //! ```
 //!
@@ -29,7 +39,7 @@ pub const VERSION: u8 = 1;
 /// Most endpoints an invite carries.
 pub const MAX_ENDPOINTS: usize = 8;
 const SIGNATURE_LEN: usize = 64;
-const HEADER_LEN: usize = 1 + 1 + 32 + 32 + 16 + 8 + 2 + 1;
+const HEADER_LEN: usize = 1 + 1 + 32 + 32 + 16 + 32 + 4 + 8 + 2 + 1;
 
 /// How the consumer reaches the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +67,10 @@ pub struct Invite {
     pub signer: [u8; 32],
     /// The secret the consumer presents in its exit request.
     pub token: [u8; 16],
+    /// The X25519 private key of the one-off negotiation identity.
+    pub negotiation_key: [u8; 32],
+    /// The inner address that goes with it (the provider routes its replies there).
+    pub negotiation_addr: Ipv4Addr,
     /// When it stops being valid, Unix seconds.
     pub expires: u64,
     /// How many consumers may use it.
@@ -110,6 +124,8 @@ impl Invite {
         body.extend_from_slice(&self.wg_key);
         body.extend_from_slice(key.public_key().as_ref());
         body.extend_from_slice(&self.token);
+        body.extend_from_slice(&self.negotiation_key);
+        body.extend_from_slice(&self.negotiation_addr.octets());
         body.extend_from_slice(&self.expires.to_be_bytes());
         body.extend_from_slice(&self.uses.to_be_bytes());
         let eps = &self.endpoints[..self.endpoints.len().min(MAX_ENDPOINTS)];
@@ -158,6 +174,8 @@ impl Invite {
         let wg_key = r.array("WireGuard key")?;
         let signer: [u8; 32] = r.array("signer key")?;
         let token = r.array("token")?;
+        let negotiation_key = r.array("negotiation key")?;
+        let negotiation_addr = Ipv4Addr::from(r.array::<4>("negotiation address")?);
         let expires = u64::from_be_bytes(r.array("expiry")?);
         let uses = u16::from_be_bytes(r.array("use count")?);
         let count = usize::from(r.u8("endpoint count")?);
@@ -189,6 +207,8 @@ impl Invite {
             wg_key,
             signer,
             token,
+            negotiation_key,
+            negotiation_addr,
             expires,
             uses,
             endpoints,
@@ -256,6 +276,8 @@ mod tests {
             wg_key: [7; 32],
             signer: k.public_key().as_ref().try_into().unwrap(),
             token: [9; 16],
+            negotiation_key: [5; 32],
+            negotiation_addr: Ipv4Addr::new(100, 127, 0, 2),
             expires: 1_800_000_000,
             uses: 1,
             endpoints: vec![
@@ -275,8 +297,12 @@ mod tests {
             .unwrap();
         // version, transport, then the WireGuard key.
         assert_eq!(&bytes[..4], &[1, 1, 7, 7]);
-        // expiry and uses after the two keys and the token.
+        // The negotiation identity after the two keys and the token.
         let at = 2 + 32 + 32 + 16;
+        assert_eq!(&bytes[at..at + 2], &[5, 5]);
+        assert_eq!(&bytes[at + 32..at + 36], &[100, 127, 0, 2]);
+        // expiry and uses after it.
+        let at = at + 36;
         assert_eq!(&bytes[at..at + 8], &1_800_000_000u64.to_be_bytes());
         assert_eq!(&bytes[at + 8..at + 11], &[0, 1, 2]);
         // v4 endpoint: family, address, port.

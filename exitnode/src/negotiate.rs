@@ -70,7 +70,7 @@ mod tests {
     #[test]
     fn a_valid_request_is_granted_then_the_invite_is_used_up() {
         let mut store = Store::default();
-        store.issue(&[5; 16], 100, 1);
+        store.issue(&[5; 16], "neg", 100, 1).unwrap();
         let resolver: IpAddr = "100.64.0.1".parse().unwrap();
         let Answer::Grant {
             wg_key,

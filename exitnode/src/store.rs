@@ -8,17 +8,23 @@
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// Consumers get IPv4 addresses from 100.64.0.0/10 (RFC 6598); .0.0 and .0.1 are
-/// not handed out (network, provider).
+/// Consumers get IPv4 addresses from 100.64.0.0/10 (RFC 6598) below
+/// [`NEGOTIATION_V4_BASE`]; .0.0 and .0.1 are not handed out (network, provider).
 pub const INNER_V4_BASE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
-/// Addresses in the IPv4 range.
-const INNER_V4_SIZE: u32 = 1 << 22;
+/// Consumer addresses: 100.64.0.0 up to 100.126.255.255.
+const INNER_V4_SIZE: u32 = 63 << 16;
+/// Invites' negotiation identities get addresses from 100.127.0.0/16 (from .0.2).
+pub const NEGOTIATION_V4_BASE: Ipv4Addr = Ipv4Addr::new(100, 127, 0, 0);
 
 /// An invite the provider issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issued {
     /// The token, hex.
     pub token: String,
+    /// The public key of the invite's negotiation identity, base64.
+    pub negotiation_key: String,
+    /// The inner address of that identity.
+    pub negotiation_addr: Ipv4Addr,
     /// Expiry, Unix seconds.
     pub expires: u64,
     /// Consumers it may still admit.
@@ -94,14 +100,29 @@ pub struct Store {
 }
 
 impl Store {
-    /// Records a newly issued invite.
-    pub fn issue(&mut self, token: &[u8; 16], expires: u64, uses: u16) {
+    /// Records a newly issued invite whose negotiation identity has public key
+    /// `negotiation_key` (base64); returns the negotiation address it gets (`None`
+    /// when all of 100.127.0.0/16 is taken by invites still recorded).
+    pub fn issue(
+        &mut self,
+        token: &[u8; 16],
+        negotiation_key: &str,
+        expires: u64,
+        uses: u16,
+    ) -> Option<Ipv4Addr> {
+        let base = u32::from(NEGOTIATION_V4_BASE);
+        let addr = (2..1 << 16)
+            .map(|h| Ipv4Addr::from(base + h))
+            .find(|a| self.invites.iter().all(|i| i.negotiation_addr != *a))?;
         self.invites.push(Issued {
             token: hex(token),
+            negotiation_key: negotiation_key.to_owned(),
+            negotiation_addr: addr,
             expires,
             uses_left: uses,
             revoked: false,
         });
+        Some(addr)
     }
 
     /// Decides an exit request from the consumer with WireGuard key `wg_key` presenting
@@ -199,8 +220,14 @@ mod tests {
             v6_prefix: Some("fd7a:115c:a1e0::".parse().unwrap()),
             ..Store::default()
         };
-        s.issue(&T1, 1000, 1);
-        s.issue(&T2, 1000, 2);
+        assert_eq!(
+            s.issue(&T1, "n1", 1000, 1),
+            Some(Ipv4Addr::new(100, 127, 0, 2))
+        );
+        assert_eq!(
+            s.issue(&T2, "n2", 1000, 2),
+            Some(Ipv4Addr::new(100, 127, 0, 3))
+        );
         s
     }
 
