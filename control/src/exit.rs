@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Options of `exit invite`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct InviteOptions {
+pub struct InviteOptions {
     endpoints: Vec<SocketAddr>,
     expires: Duration,
     uses: u16,
@@ -27,7 +27,7 @@ pub(crate) struct InviteOptions {
 impl InviteOptions {
     /// Parses `--endpoint HOST:PORT` (repeatable, at least one), `--expires 24h`,
     /// `--uses 1`.
-    pub(crate) fn parse(opts: &[&str]) -> anyhow::Result<InviteOptions> {
+    pub fn parse(opts: &[&str]) -> anyhow::Result<InviteOptions> {
         let mut o = InviteOptions {
             endpoints: Vec::new(),
             expires: Duration::from_secs(86_400),
@@ -142,7 +142,7 @@ fn now() -> u64 {
 }
 
 /// `exit invite`: records a new invite and returns its line.
-pub(crate) fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
+pub fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
     let dir = ExitDir::open(dirs)?;
     let key = dir.signing_key()?;
     let wg = dir.wg_key()?;
@@ -182,7 +182,7 @@ pub(crate) fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
 }
 
 /// `exit list`.
-pub(crate) fn list(dirs: &Dirs) -> anyhow::Result<String> {
+pub fn list(dirs: &Dirs) -> anyhow::Result<String> {
     let store = ExitDir::open(dirs)?.store()?;
     let now = now();
     let mut out = String::new();
@@ -216,7 +216,7 @@ pub(crate) fn list(dirs: &Dirs) -> anyhow::Result<String> {
 }
 
 /// `exit revoke CONSUMER`: by WireGuard public key or inner address.
-pub(crate) fn revoke(dirs: &Dirs, who: &str) -> anyhow::Result<String> {
+pub fn revoke(dirs: &Dirs, who: &str) -> anyhow::Result<String> {
     let dir = ExitDir::open(dirs)?;
     let mut store = dir.store()?;
     let key = store

@@ -13,11 +13,9 @@
 //! `--run-dir DIR` (default `/run/portdistrict`).
 #![forbid(unsafe_code)]
 
-mod exit;
-
 use anyhow::{bail, Context as _};
+use portdistrict_control::{exit, Dirs};
 use std::path::PathBuf;
-use std::time::Duration;
 
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
 
@@ -30,13 +28,6 @@ Commands:
 Options:
   --state-dir DIR       persistent state (default /var/lib/portdistrict)
   --run-dir DIR         runtime files (default /run/portdistrict)";
-
-/// Global options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Dirs {
-    pub(crate) state: PathBuf,
-    pub(crate) run: PathBuf,
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -102,25 +93,6 @@ fn parse_dirs(args: &[String]) -> anyhow::Result<(Dirs, Vec<String>)> {
     Ok((dirs, rest))
 }
 
-/// `90s`, `30m`, `24h`, `7d`.
-pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("duration {s:?}: expected a number and a unit, like 24h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => bail!("duration {s:?}: the unit must be s, m, h or d"),
-    };
-    if secs == 0 {
-        bail!("duration {s:?} must be above zero");
-    }
-    Ok(Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,19 +116,6 @@ mod tests {
         assert_eq!(d.run, PathBuf::from("/r"));
         assert_eq!(rest, ["exit", "list"]);
         assert!(parse_dirs(&v(&["--state-dir"])).is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(
-            parse_duration("7d").unwrap(),
-            Duration::from_secs(7 * 86_400)
-        );
-        for bad in ["", "h", "10", "10y", "0h", "-1h"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -3,14 +3,11 @@
 //! round trip through its canonical text and a `get` dump of its contents.
 #![no_main]
 
-use std::fmt::Write as _;
-
 use libfuzzer_sys::fuzz_target;
 use portdistrict_wg::uapi::{
-    format_errno, format_get, parse_request_with, request_len, DeviceSnapshot, PeerChange,
+    format_errno, format_get, format_set, parse_request_with, request_len, DeviceSnapshot,
     PeerSnapshot, Request, SetRequest,
 };
-use portdistrict_wg::PresharedKey;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(len) = request_len(data) {
@@ -45,62 +42,11 @@ fn check_set(req: &SetRequest) {
     assert!(out.ends_with("errno=0\n\n"));
 }
 
-/// The request as `wg` would send it: device keys, then each peer's keys.
+/// The request as a client sends it (the library's own formatter).
 fn canonical_text(req: &SetRequest) -> String {
-    let mut t = String::from("set=1\n");
-    match &req.private_key {
-        Some(Some(key)) => line(&mut t, "private_key", key.to_hex()),
-        Some(None) => line(&mut t, "private_key", "0".repeat(64)),
-        None => {}
-    }
-    opt_line(&mut t, "listen_port", req.listen_port);
-    opt_line(&mut t, "fwmark", req.fwmark);
-    if req.replace_peers {
-        line(&mut t, "replace_peers", "true");
-    }
-    for peer in &req.peers {
-        canonical_peer(&mut t, peer);
-    }
-    t.push('\n');
+    let mut t = String::new();
+    format_set(&mut t, req);
     t
-}
-
-fn canonical_peer(t: &mut String, peer: &PeerChange) {
-    line(t, "public_key", peer.public_key.to_hex());
-    for (set, key) in [(peer.remove, "remove"), (peer.update_only, "update_only")] {
-        if set {
-            line(t, key, "true");
-        }
-    }
-    opt_line(
-        t,
-        "preshared_key",
-        peer.preshared_key.as_ref().map(PresharedKey::to_hex),
-    );
-    opt_line(t, "endpoint", peer.endpoint);
-    opt_line(
-        t,
-        "persistent_keepalive_interval",
-        peer.persistent_keepalive_interval,
-    );
-    opt_line(t, "protocol_version", peer.protocol_version);
-    if peer.replace_allowed_ips {
-        line(t, "replace_allowed_ips", "true");
-    }
-    for ip in &peer.allowed_ips {
-        let sign = if ip.remove { "-" } else { "" };
-        line(t, "allowed_ip", format!("{sign}{}/{}", ip.addr, ip.cidr));
-    }
-}
-
-fn line(t: &mut String, key: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(t, "{key}={value}");
-}
-
-fn opt_line(t: &mut String, key: &str, value: Option<impl std::fmt::Display>) {
-    if let Some(value) = value {
-        line(t, key, value);
-    }
 }
 
 /// What a device would report after applying `req` to an empty device.

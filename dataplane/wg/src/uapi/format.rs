@@ -3,7 +3,7 @@
 
 use std::fmt::{Display, Write as _};
 
-use super::{DeviceSnapshot, PeerSnapshot};
+use super::{DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest};
 
 /// Bytes reserved per peer and per allowed IP, so a large dump grows its
 /// buffer once instead of many times.
@@ -15,6 +15,63 @@ const ALLOWED_IP_BYTES: usize = 56;
 pub fn format_errno(out: &mut String, errno: i32) {
     push_line(out, "errno", errno);
     out.push('\n');
+}
+
+/// Appends a `set=1` request carrying `req` (what a client such as `wg set` sends),
+/// ending with the blank line; [`super::parse_request`] reads it back as `req`.
+pub fn format_set(out: &mut String, req: &SetRequest) {
+    out.push_str("set=1\n");
+    match &req.private_key {
+        Some(Some(key)) => push_key(out, "private_key", key.as_bytes()),
+        Some(None) => push_key(out, "private_key", &[0; 32]),
+        None => {}
+    }
+    if let Some(p) = req.listen_port {
+        push_line(out, "listen_port", p);
+    }
+    if let Some(m) = req.fwmark {
+        push_line(out, "fwmark", m);
+    }
+    if req.replace_peers {
+        out.push_str("replace_peers=true\n");
+    }
+    for peer in &req.peers {
+        format_peer_change(out, peer);
+    }
+    out.push('\n');
+}
+
+fn format_peer_change(out: &mut String, peer: &PeerChange) {
+    push_key(out, "public_key", peer.public_key.as_bytes());
+    if peer.remove {
+        out.push_str("remove=true\n");
+    }
+    if peer.update_only {
+        out.push_str("update_only=true\n");
+    }
+    if let Some(psk) = &peer.preshared_key {
+        push_key(out, "preshared_key", &psk.0);
+    }
+    if let Some(e) = peer.endpoint {
+        push_line(out, "endpoint", e);
+    }
+    if let Some(k) = peer.persistent_keepalive_interval {
+        push_line(out, "persistent_keepalive_interval", k);
+    }
+    if let Some(v) = peer.protocol_version {
+        push_line(out, "protocol_version", v);
+    }
+    if peer.replace_allowed_ips {
+        out.push_str("replace_allowed_ips=true\n");
+    }
+    for ip in &peer.allowed_ips {
+        let sign = if ip.remove { "-" } else { "" };
+        push_line(
+            out,
+            "allowed_ip",
+            format_args!("{sign}{}/{}", ip.addr, ip.cidr),
+        );
+    }
 }
 
 /// Appends the whole answer to `get=1`, including the final `errno=0` and

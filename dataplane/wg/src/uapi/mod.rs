@@ -24,7 +24,7 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use format::{format_errno, format_get};
+pub use format::{format_errno, format_get, format_set};
 pub use parse::{parse_request, parse_request_with, request_len};
 
 /// Linux `EINVAL`: wireguard-go's `ipc.IpcErrorInvalid` is `-EINVAL`.

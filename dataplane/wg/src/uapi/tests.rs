@@ -590,3 +590,31 @@ fn formats_200k_allowed_ips_quickly() {
     assert!(out.ends_with(&format!("allowed_ip={last}/24\nerrno=0\n\n")));
     assert!(took < budget(), "formatting took {took:?}");
 }
+
+#[test]
+fn format_set_reads_back_as_the_same_request() {
+    let body = format!(
+        "private_key={PK3}\nlisten_port=51820\nfwmark=51820\nreplace_peers=true\n\
+         public_key={PK1}\npreshared_key={PSK}\nendpoint=[2001:db8::1]:51820\n\
+         persistent_keepalive_interval=25\nprotocol_version=1\nreplace_allowed_ips=true\n\
+         allowed_ip=10.0.0.0/8\nallowed_ip=-fd00::/64\n\
+         public_key={PK2}\nremove=true\n\
+         public_key={PK3}\nupdate_only=true\nendpoint=192.0.2.1:1\n"
+    );
+    let req = set_ok(&body);
+    let mut text = String::new();
+    format_set(&mut text, &req);
+    assert!(
+        text.starts_with("set=1\n") && text.ends_with("\n\n"),
+        "{text:?}"
+    );
+    match parse_request(&text) {
+        Ok(Request::Set(again)) => assert_eq!(again, req, "{text}"),
+        other => panic!("{text:?} parsed as {other:?}"),
+    }
+    // A cleared private key is sent as all zeros.
+    let clear = set_ok(&format!("private_key={}\n", "0".repeat(64)));
+    let mut text = String::new();
+    format_set(&mut text, &clear);
+    assert!(text.contains(&format!("private_key={}\n", "0".repeat(64))));
+}

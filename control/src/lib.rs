@@ -1,0 +1,60 @@
+//! The control side of portdistrict: the `portdistrict` CLI's commands as a library
+//! (the binary in `main.rs` only parses arguments), so that tests and, later, the
+//! control daemon use the same code.
+//!
+//! - [`exit`]: the provider's offline exit commands (invite, list, revoke).
+//! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
+#![forbid(unsafe_code)]
+
+pub mod exit;
+pub mod uapi;
+
+use anyhow::{bail, Context as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The directories every command works in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirs {
+    /// Persistent state (`--state-dir`, default `/var/lib/portdistrict`).
+    pub state: PathBuf,
+    /// Runtime files (`--run-dir`, default `/run/portdistrict`).
+    pub run: PathBuf,
+}
+
+/// `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("duration {s:?}: expected a number and a unit, like 24h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("duration {s:?}: the unit must be s, m, h or d"),
+    };
+    if secs == 0 {
+        bail!("duration {s:?} must be above zero");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        for bad in ["", "h", "10", "10y", "0h", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
