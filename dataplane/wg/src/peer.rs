@@ -171,8 +171,12 @@ impl Peer {
         }
     }
 
-    /// Makes current sessions unusable for sending (private key changed).
+    /// Makes current sessions unusable for sending (private key changed), and lets a
+    /// new handshake start at once (wireguard-go's `ExpireCurrentKeypairs` backdates
+    /// the last initiation the same way): the old identity's initiation must not hold
+    /// back the new one for `REKEY_TIMEOUT`.
     pub(crate) fn expire_sessions_for_sending(&mut self) {
+        self.last_sent_handshake = None;
         self.handshake = None;
         self.sessions.current = None;
         self.sessions.next = None;
