@@ -68,10 +68,11 @@ impl InviteOptions {
     }
 }
 
-struct ExitDir(PathBuf);
+/// The exit state directory.
+pub(crate) struct ExitDir(PathBuf);
 
 impl ExitDir {
-    fn open(dirs: &Dirs) -> anyhow::Result<ExitDir> {
+    pub(crate) fn open(dirs: &Dirs) -> anyhow::Result<ExitDir> {
         use std::os::unix::fs::DirBuilderExt as _;
         let dir = dirs.state.join("exit");
         std::fs::DirBuilder::new()
@@ -105,7 +106,7 @@ impl ExitDir {
     }
 
     /// The provider's WireGuard key, made on first use.
-    fn wg_key(&self) -> anyhow::Result<PrivateKey> {
+    pub(crate) fn wg_key(&self) -> anyhow::Result<PrivateKey> {
         let path = self.path("wg.key");
         if !path.exists() {
             let key = PrivateKey::generate(&mut rand_core::OsRng);
@@ -118,7 +119,7 @@ impl ExitDir {
             .map_err(|e| anyhow::anyhow!("{}: not a WireGuard key ({e})", path.display()))
     }
 
-    fn store(&self) -> anyhow::Result<Store> {
+    pub(crate) fn store(&self) -> anyhow::Result<Store> {
         let path = self.path("store.json");
         match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
@@ -128,7 +129,7 @@ impl ExitDir {
         }
     }
 
-    fn save(&self, store: &Store) -> anyhow::Result<()> {
+    pub(crate) fn save(&self, store: &Store) -> anyhow::Result<()> {
         let path = self.path("store.json");
         let text = serde_json::to_string_pretty(store)?;
         write_atomic(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))

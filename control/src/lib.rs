@@ -3,10 +3,12 @@
 //! control daemon use the same code.
 //!
 //! - [`exit`]: the provider's offline exit commands (invite, list, revoke).
+//! - [`serve`]: `exit serve`, the provider process.
 //! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
 #![forbid(unsafe_code)]
 
 pub mod exit;
+pub mod serve;
 pub mod uapi;
 
 use anyhow::{bail, Context as _};

@@ -1,7 +1,7 @@
 //! `portdistrict`, the command line of portdistrict.
 //!
-//! Available now: the provider's offline exit commands, which work on the state
-//! directory alone (no daemon):
+//! Available now: the provider. `portdistrict exit serve --uplink IFACE` runs the exit
+//! node until SIGTERM; the other exit commands work on the state directory alone:
 //!
 //! - `portdistrict exit invite --endpoint HOST:PORT [--endpoint ...] [--expires 24h]
 //!   [--uses 1]` prints one `portdistrict-invite1:` line and records the invite;
@@ -14,12 +14,14 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
-use portdistrict_control::{exit, Dirs};
+use portdistrict_control::{exit, serve, Dirs};
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
 
 Commands:
+  exit serve --uplink IFACE [--interface pdexit0] [--listen-port 51820]
+                        run the exit node until SIGTERM (dataplane, NAT, negotiation)
   exit invite --endpoint HOST:PORT [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
                         print a new invite (portdistrict-invite1:...) and record it
   exit list             issued invites and authorized consumers
@@ -54,6 +56,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{line}");
             Ok(())
         }
+        ["exit", "serve", opts @ ..] => serve::serve(&dirs, &serve::ServeOptions::parse(opts)?),
         ["exit", "list"] => {
             print!("{}", exit::list(&dirs)?);
             Ok(())

@@ -1,0 +1,250 @@
+//! `portdistrict exit serve` end to end with a hand-driven consumer: a provider
+//! namespace (underlay veth to the consumer, uplink veth to an "internet" namespace)
+//! runs `exit invite` and `exit serve`; the consumer, a real dataplane, takes the
+//! invite's negotiation identity, sends its exit request through the tunnel, gets an
+//! ack with its inner address, switches to its own key and reaches the internet,
+//! which sees only the provider's uplink address. A second consumer with the
+//! single-use invite is refused. SIGTERM takes everything back.
+
+use portdistrict_exitnode::invite::Invite;
+use portdistrict_exitnode::store::Refusal;
+use portdistrict_exitnode::wire::Message;
+use portdistrict_netns_tests::{
+    uut_binary, wait_until, ChildGuard, Daemon, Implementation, Keypair, Netns, TempDir, Veth,
+};
+use portdistrict_wg::{PrivateKey, PublicKey};
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn cli() -> String {
+    uut_binary()
+        .with_file_name("portdistrict")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn b64(bytes: &[u8; 32]) -> String {
+    PublicKey(*bytes).to_base64()
+}
+
+/// Sends `request` from `src` to the provider's negotiation port and returns the
+/// answer (retrying while the first handshake completes).
+const EXCHANGE: &str = r#"
+import socket, sys
+src, req = sys.argv[1], bytes.fromhex(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+s.settimeout(0.5)
+for _ in range(20):
+    s.sendto(req, ("100.64.0.1", 51821))
+    try:
+        print(s.recv(512).hex())
+        break
+    except socket.timeout:
+        pass
+"#;
+
+/// Prints the source address of the first datagram on port 7000 (5 s at most).
+const WHO: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7000))
+s.settimeout(5)
+print("ready", flush=True)
+try:
+    print(s.recvfrom(64)[1][0], flush=True)
+except socket.timeout:
+    print("none", flush=True)
+"#;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn exchange(ns: &Netns, src: &str, msg: &Message) -> Message {
+    let out = ns.exec(&["python3", "-c", EXCHANGE, src, &hex(&msg.emit())]);
+    let bytes: Vec<u8> = (0..out.trim().len() / 2)
+        .map(|i| u8::from_str_radix(&out.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    Message::parse(&bytes).unwrap_or_else(|e| panic!("answer {out:?}: {e}"))
+}
+
+/// Configures the consumer's tunnel `dev` as `key`, at `addr/32`, with the provider
+/// as its one peer for `allowed`.
+fn consumer_as(c: &Daemon, key: &str, addr: &str, provider: &str, endpoint: &str, allowed: &str) {
+    let f = c.private_file("key", key);
+    let f = f.to_string_lossy();
+    c.set(&[
+        "private-key",
+        &f,
+        "peer",
+        provider,
+        "endpoint",
+        endpoint,
+        "allowed-ips",
+        allowed,
+    ]);
+    c.ip(&["addr", "flush", "dev", c.ifname()]);
+    c.add_address(&format!("{addr}/32"));
+}
+
+#[test]
+fn serve_negotiates_forwards_masquerades_and_cleans_up() {
+    let provider = Netns::new("xs-provider");
+    let consumer = Netns::new("xs-consumer");
+    let internet = Netns::new("xs-internet");
+    let underlay = Veth::new(&consumer, &provider, 41);
+    let uplink = Veth::new(&provider, &internet, 42);
+    let state = TempDir::new("xs-state");
+    let run_dir = TempDir::new("xs-run");
+    let (st, rd) = (
+        state.path().to_string_lossy(),
+        run_dir.path().to_string_lossy(),
+    );
+    let endpoint = format!("{}:51820", underlay.v4(2));
+
+    let line = provider.exec(&[
+        &cli(),
+        "--state-dir",
+        &st,
+        "--run-dir",
+        &rd,
+        "exit",
+        "invite",
+        "--endpoint",
+        &endpoint,
+    ]);
+    let invite = Invite::decode(&line).expect("the CLI's invite decodes");
+
+    let ifname = portdistrict_netns_tests::unique_ifname("pdx");
+    let mut cmd = provider.command(&[
+        &cli(),
+        "--state-dir",
+        &st,
+        "--run-dir",
+        &rd,
+        "exit",
+        "serve",
+        "--uplink",
+        uplink.a_name(),
+        "--interface",
+        &ifname,
+    ]);
+    cmd.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
+    let mut serve = ChildGuard::spawn("portdistrict exit serve", &mut cmd);
+    let up = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        provider
+            .try_exec(&["nft", "list", "table", "inet", "portdistrict_exit"])
+            .status
+            .success()
+    });
+    assert!(up, "exit serve did not come up");
+
+    let c = Daemon::start(&consumer, Implementation::Uut);
+    c.ip(&["link", "set", c.ifname(), "up"]);
+    let provider_key = b64(&invite.wg_key);
+    let neg_key = PrivateKey::from_bytes(invite.negotiation_key).to_base64();
+    let neg_addr = invite.negotiation_addr.to_string();
+    consumer_as(
+        &c,
+        &neg_key,
+        &neg_addr,
+        &provider_key,
+        &endpoint,
+        "100.64.0.1/32",
+    );
+    c.ip(&["route", "add", "100.64.0.1/32", "dev", c.ifname()]);
+
+    let me = Keypair::generate();
+    let my_key = *PublicKey::from_base64(&me.public).unwrap().as_bytes();
+    let request = Message::Request {
+        token: invite.token,
+        wg_key: my_key,
+    };
+    let Message::Ack {
+        inner_v4, resolver, ..
+    } = exchange(&consumer, &neg_addr, &request)
+    else {
+        panic!("the exit request was not acked");
+    };
+    assert_eq!(resolver, IpAddr::from([100, 64, 0, 1]));
+
+    // Now as itself, with all of IPv4 through the provider.
+    consumer_as(
+        &c,
+        &me.private,
+        &inner_v4.to_string(),
+        &provider_key,
+        &endpoint,
+        "0.0.0.0/0",
+    );
+    c.ip(&["route", "add", "10.77.42.0/24", "dev", c.ifname()]);
+    let mut who = internet
+        .command(&["python3", "-c", WHO])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(who.stdout.take().expect("piped"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    consumer.exec(&["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('10.77.42.2', 7000)) for _ in range(20)]"]);
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = who.wait();
+    if line.trim() == "none" {
+        for argv in [
+            &["wg", "show", "all"][..],
+            &["nft", "list", "ruleset"],
+            &["sysctl", "-a", "--pattern", "forwarding"],
+            &["ip", "-s", "link"],
+            &["ip", "route"],
+        ] {
+            eprintln!(
+                "provider $ {argv:?}\n{}",
+                String::from_utf8_lossy(&provider.try_exec(argv).stdout)
+            );
+        }
+        eprintln!(
+            "consumer wg: {}",
+            String::from_utf8_lossy(&consumer.try_exec(&["wg", "show", "all"]).stdout)
+        );
+        eprintln!(
+            "consumer ip: {}",
+            String::from_utf8_lossy(&consumer.try_exec(&["ip", "addr"]).stdout)
+        );
+    }
+    assert_eq!(
+        line.trim(),
+        uplink.v4(1).to_string(),
+        "the internet must see the provider's uplink address, not {inner_v4}"
+    );
+
+    // The single-use invite is spent: another consumer is refused.
+    let other = Keypair::generate();
+    let again = Message::Request {
+        token: invite.token,
+        wg_key: *PublicKey::from_base64(&other.public).unwrap().as_bytes(),
+    };
+    consumer_as(
+        &c,
+        &neg_key,
+        &neg_addr,
+        &provider_key,
+        &endpoint,
+        "100.64.0.1/32",
+    );
+    c.ip(&["route", "replace", "100.64.0.1/32", "dev", c.ifname()]);
+    assert_eq!(
+        exchange(&consumer, &neg_addr, &again),
+        Message::Nak(Refusal::UsedUp)
+    );
+
+    // SIGTERM: the provider takes its plan back and deletes the interface.
+    provider.exec(&["kill", "-TERM", &serve.pid().to_string()]);
+    serve.expect_success_within(Duration::from_secs(10));
+    let tables = provider.exec(&["nft", "list", "tables"]);
+    assert!(!tables.contains("portdistrict_exit"), "{tables}");
+    assert!(!provider.has_link(&ifname));
+}
