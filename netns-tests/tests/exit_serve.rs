@@ -132,7 +132,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         &ifname,
     ]);
     cmd.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
-    let mut serve = ChildGuard::spawn("portdistrict exit serve", &mut cmd);
+    let mut serve = TermFirst(ChildGuard::spawn("portdistrict exit serve", &mut cmd));
     let up = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
         provider
             .try_exec(&["nft", "list", "table", "inet", "portdistrict_exit"])
@@ -242,9 +242,26 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     );
 
     // SIGTERM: the provider takes its plan back and deletes the interface.
-    provider.exec(&["kill", "-TERM", &serve.pid().to_string()]);
-    serve.expect_success_within(Duration::from_secs(10));
+    provider.exec(&["kill", "-TERM", &serve.0.pid().to_string()]);
+    serve.0.expect_success_within(Duration::from_secs(10));
     let tables = provider.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("portdistrict_exit"), "{tables}");
     assert!(!provider.has_link(&ifname));
+}
+
+/// Stops `exit serve` with SIGTERM when the test ends early (a panic), so that it
+/// takes its plan back and its dataplane removes its UAPI socket; SIGKILL (the
+/// guard's own drop) only if that does not work within 5 s.
+struct TermFirst(ChildGuard);
+
+impl Drop for TermFirst {
+    fn drop(&mut self) {
+        if self.0.try_status().is_none() {
+            let pid = self.0.pid().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            let _ = self.0.wait_timeout(Duration::from_secs(5));
+        }
+    }
 }
