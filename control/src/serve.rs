@@ -10,7 +10,7 @@
 //! first (a crash never forgets a grant it sent), then the consumer becomes a peer,
 //! the firewall's consumer set is replaced, and only then is the ack sent.
 
-use crate::exit::ExitDir;
+use crate::exit::{now, ExitDir};
 use crate::{uapi, Dirs};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{apply_nft, apply_plan, undo_plan};
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The provider's own address inside the tunnel.
 pub const PROVIDER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
@@ -98,12 +98,6 @@ fn run(argv: &[&str]) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn key_of(base64: &str) -> anyhow::Result<PublicKey> {

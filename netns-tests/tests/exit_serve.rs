@@ -89,6 +89,13 @@ fn consumer_as(c: &Daemon, key: &str, addr: &str, provider: &str, endpoint: &str
     c.add_address(&format!("{addr}/32"));
 }
 
+/// Configures the consumer as the invite's negotiation identity, able to reach only
+/// the provider's negotiation address.
+fn as_negotiator(c: &Daemon, key: &str, addr: &str, provider: &str, endpoint: &str) {
+    consumer_as(c, key, addr, provider, endpoint, "100.64.0.1/32");
+    c.ip(&["route", "replace", "100.64.0.1/32", "dev", c.ifname()]);
+}
+
 #[test]
 fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let provider = Netns::new("xs-provider");
@@ -146,15 +153,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let provider_key = b64(&invite.wg_key);
     let neg_key = PrivateKey::from_bytes(invite.negotiation_key).to_base64();
     let neg_addr = invite.negotiation_addr.to_string();
-    consumer_as(
-        &c,
-        &neg_key,
-        &neg_addr,
-        &provider_key,
-        &endpoint,
-        "100.64.0.1/32",
-    );
-    c.ip(&["route", "add", "100.64.0.1/32", "dev", c.ifname()]);
+    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
 
     let me = Keypair::generate();
     let my_key = *PublicKey::from_base64(&me.public).unwrap().as_bytes();
@@ -227,15 +226,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         token: invite.token,
         wg_key: *PublicKey::from_base64(&other.public).unwrap().as_bytes(),
     };
-    consumer_as(
-        &c,
-        &neg_key,
-        &neg_addr,
-        &provider_key,
-        &endpoint,
-        "100.64.0.1/32",
-    );
-    c.ip(&["route", "replace", "100.64.0.1/32", "dev", c.ifname()]);
+    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
     assert_eq!(
         exchange(&consumer, &neg_addr, &again),
         Message::Nak(Refusal::UsedUp)
