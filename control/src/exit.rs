@@ -25,7 +25,7 @@ pub struct InviteOptions {
 }
 
 impl InviteOptions {
-    /// Parses `--endpoint HOST:PORT` (repeatable, at least one), `--expires 24h`,
+    /// Parses `--endpoint HOST:PORT` (repeatable; default: the endpoints `exit serve --endpoint` recorded), `--expires 24h`,
     /// `--uses 1`.
     pub fn parse(opts: &[&str]) -> anyhow::Result<InviteOptions> {
         let mut o = InviteOptions {
@@ -57,9 +57,6 @@ impl InviteOptions {
                 }
                 _ => bail!("exit invite: unknown option {flag}"),
             }
-        }
-        if o.endpoints.is_empty() {
-            bail!("exit invite needs --endpoint HOST:PORT: where consumers reach this provider");
         }
         if o.endpoints.len() > MAX_ENDPOINTS {
             bail!("exit invite takes at most {MAX_ENDPOINTS} endpoints");
@@ -119,6 +116,22 @@ impl ExitDir {
             .map_err(|e| anyhow::anyhow!("{}: not a WireGuard key ({e})", path.display()))
     }
 
+    /// Serializes read-modify-write of the store between the commands and a running
+    /// `exit serve` (released when the file is dropped).
+    pub(crate) fn lock(&self) -> anyhow::Result<std::fs::File> {
+        let path = self.path("store.lock");
+        let f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        f.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(f)
+    }
+
+    /// The store file's path.
+    pub(crate) fn store_path(&self) -> PathBuf {
+        self.path("store.json")
+    }
+
     pub(crate) fn store(&self) -> anyhow::Result<Store> {
         let path = self.path("store.json");
         match std::fs::read_to_string(&path) {
@@ -146,9 +159,18 @@ pub(crate) fn now() -> u64 {
 /// `exit invite`: records a new invite and returns its line.
 pub fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
     let dir = ExitDir::open(dirs)?;
+    let _lock = dir.lock()?;
     let key = dir.signing_key()?;
     let wg = dir.wg_key()?;
     let mut store = dir.store()?;
+    let endpoints = if o.endpoints.is_empty() {
+        store.endpoints.clone()
+    } else {
+        o.endpoints.clone()
+    };
+    if endpoints.is_empty() {
+        bail!("exit invite needs --endpoint HOST:PORT (where consumers reach this provider), or a provider started with `exit serve --endpoint HOST:PORT`");
+    }
     let mut token = [0u8; 16];
     SystemRandom::new()
         .fill(&mut token)
@@ -176,7 +198,7 @@ pub fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
         negotiation_addr,
         expires,
         uses: o.uses,
-        endpoints: o.endpoints.clone(),
+        endpoints,
     };
     // Recorded before it is shown: an invite the store does not know is worthless.
     dir.save(&store)?;
@@ -217,10 +239,31 @@ pub fn list(dirs: &Dirs) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// `exit revoke CONSUMER`: by WireGuard public key or inner address.
+/// `exit revoke CONSUMER|TOKEN`: a consumer by WireGuard public key or inner address,
+/// or an invite by its token (at least the 8 hex digits `exit list` shows).
 pub fn revoke(dirs: &Dirs, who: &str) -> anyhow::Result<String> {
     let dir = ExitDir::open(dirs)?;
+    let _lock = dir.lock()?;
     let mut store = dir.store()?;
+    let token = who.trim_end_matches('.');
+    if token.len() >= 8 && token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let hits: Vec<usize> = (0..store.invites.len())
+            .filter(|&i| {
+                store.invites[i]
+                    .token
+                    .starts_with(&token.to_ascii_lowercase())
+            })
+            .collect();
+        match hits.as_slice() {
+            [i] => {
+                store.invites[*i].revoked = true;
+                dir.save(&store)?;
+                return Ok(format!("invite {token}"));
+            }
+            [] => {}
+            _ => bail!("{token} matches several invites: give more of the token"),
+        }
+    }
     let key = store
         .consumers
         .iter()
@@ -231,7 +274,7 @@ pub fn revoke(dirs: &Dirs, who: &str) -> anyhow::Result<String> {
         })
         .map(|c| c.wg_key.clone());
     let Some(key) = key else {
-        bail!("no authorized consumer {who:?}: give its WireGuard public key or inner address (see `portdistrict exit list`)");
+        bail!("no authorized consumer or invite {who:?}: give a consumer's WireGuard public key or inner address, or an invite's token (see `portdistrict exit list`)");
     };
     store.revoke(&key);
     dir.save(&store)?;
@@ -303,6 +346,10 @@ mod tests {
         cleanup(&d);
     }
 
+    fn inv_token_prefix(inv: &Invite) -> String {
+        inv.token[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn revoke_by_key_or_address_and_unknown_is_an_error() {
         let d = dirs("revoke");
@@ -318,6 +365,13 @@ mod tests {
         let b_addr = dir.store().unwrap().consumers[0].inner_v4;
         assert_ne!(b_addr, g.inner_v4);
         assert_eq!(revoke(&d, &b_addr.to_string()).unwrap(), "keyB");
+        // An invite by the token prefix `exit list` shows.
+        assert_eq!(
+            revoke(&d, &inv_token_prefix(&inv)).unwrap(),
+            format!("invite {}", inv_token_prefix(&inv))
+        );
+        assert!(dir.store().unwrap().invites[0].revoked);
+        assert!(list(&d).unwrap().contains("revoked"));
         let e = revoke(&d, "nobody").unwrap_err();
         assert!(e.to_string().contains("exit list"), "{e}");
         cleanup(&d);
@@ -326,7 +380,6 @@ mod tests {
     #[test]
     fn bad_options_say_what_is_wrong() {
         for (opts, needle) in [
-            (&[][..], "--endpoint"),
             (&["--endpoint", "nonsense"][..], "HOST:PORT"),
             (&["--endpoint", "192.0.2.1:1", "--uses", "0"][..], "--uses"),
             (
@@ -342,6 +395,21 @@ mod tests {
             let e = InviteOptions::parse(opts).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{opts:?}: {e:#}");
         }
+    }
+
+    #[test]
+    fn without_endpoints_invite_says_where_to_give_one() {
+        let d = dirs("noendpoint");
+        let o = InviteOptions::parse(&[]).unwrap();
+        let e = invite(&d, &o).unwrap_err();
+        assert!(format!("{e:#}").contains("--endpoint"), "{e:#}");
+        let dir = ExitDir::open(&d).unwrap();
+        let mut store = dir.store().unwrap();
+        store.endpoints = vec!["192.0.2.9:4500".parse().unwrap()];
+        dir.save(&store).unwrap();
+        let inv = Invite::decode(&invite(&d, &o).unwrap()).unwrap();
+        assert_eq!(inv.endpoints, store.endpoints);
+        cleanup(&d);
     }
 
     #[test]

@@ -4,9 +4,13 @@
 //!
 //! - [`exit`]: the provider's offline exit commands (invite, list, revoke).
 //! - [`serve`]: `exit serve`, the provider process.
+//! - [`consumer`]: `use`, `use status`, `use off`: consumer system mode.
+//! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
 //! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
 #![forbid(unsafe_code)]
 
+pub mod consumer;
+pub mod dnsfwd;
 pub mod exit;
 pub mod serve;
 pub mod uapi;
@@ -22,6 +26,23 @@ pub struct Dirs {
     pub state: PathBuf,
     /// Runtime files (`--run-dir`, default `/run/portdistrict`).
     pub run: PathBuf,
+}
+
+/// Runs `argv` and fails with its stderr when it fails.
+pub(crate) fn run_cmd(argv: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", argv.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// `90s`, `30m`, `24h`, `7d`.

@@ -1,6 +1,10 @@
 //! `portdistrict`, the command line of portdistrict.
 //!
-//! Available now: the provider. `portdistrict exit serve --uplink IFACE` runs the exit
+//! The consumer: `portdistrict use INVITE --mode system [--allow-lan]` sends all
+//! traffic through the provider behind a kill switch and returns once it flows;
+//! `use status`; `use off` puts the machine back as it was.
+//!
+//! The provider: `portdistrict exit serve --uplink IFACE` runs the exit
 //! node until SIGTERM; the other exit commands work on the state directory alone:
 //!
 //! - `portdistrict exit invite --endpoint HOST:PORT [--endpoint ...] [--expires 24h]
@@ -14,18 +18,28 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
-use portdistrict_control::{exit, serve, Dirs};
+use portdistrict_control::{consumer, exit, serve, Dirs};
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
 
 Commands:
-  exit serve --uplink IFACE [--interface pdexit0] [--listen-port 51820]
-                        run the exit node until SIGTERM (dataplane, NAT, negotiation)
-  exit invite --endpoint HOST:PORT [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
+  exit serve --uplink IFACE [--endpoint HOST:PORT ...] [--interface pdexit0]
+             [--listen-port 51820] [--ipv6 auto|on|off] [--dns-upstream IP[:PORT]]
+                        run the exit node until SIGTERM (dataplane, NAT, negotiation,
+                        DNS forwarder on 100.64.0.1); --endpoint: what invites carry
+  exit invite [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
                         print a new invite (portdistrict-invite1:...) and record it
   exit list             issued invites and authorized consumers
-  exit revoke CONSUMER  revoke a consumer (WireGuard public key or inner address)
+  exit revoke CONSUMER|TOKEN
+                        revoke a consumer (WireGuard public key or inner address) or
+                        an invite (its token as `exit list` shows it)
+  use INVITE --mode system [--allow-lan] [--interface pduse0]
+             [--resolv-conf /etc/resolv.conf|none] [--timeout 20s]
+                        send all traffic through the provider behind a kill switch;
+                        returns once traffic flows (again: repairs or confirms)
+  use status            what system mode applied and how the tunnel is
+  use off               put routes, rules, sysctls, firewall and DNS back as they were
 
 Options:
   --state-dir DIR       persistent state (default /var/lib/portdistrict)
@@ -64,6 +78,21 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         ["exit", "revoke", who] => {
             let what = exit::revoke(&dirs, who)?;
             println!("revoked {what}");
+            Ok(())
+        }
+        ["use", "off"] => {
+            println!("{}", consumer::off(&dirs)?);
+            Ok(())
+        }
+        ["use", "status"] => {
+            print!("{}", consumer::status(&dirs)?);
+            Ok(())
+        }
+        ["use", opts @ ..] => {
+            println!(
+                "{}",
+                consumer::use_exit(&dirs, &consumer::UseOptions::parse(opts)?)?
+            );
             Ok(())
         }
         _ => bail!("unknown command {:?}\n\n{USAGE}", rest.join(" ")),

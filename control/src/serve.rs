@@ -11,16 +11,17 @@
 //! the firewall's consumer set is replaced, and only then is the ack sent.
 
 use crate::exit::{now, ExitDir};
-use crate::{uapi, Dirs};
+use crate::{dnsfwd, run_cmd, uapi, Dirs};
 use anyhow::{bail, Context as _};
-use portdistrict_exitnode::apply::{apply_nft, apply_plan, undo_plan};
+use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, undo_plan, Undo};
 use portdistrict_exitnode::negotiate::{self, Answer};
 use portdistrict_exitnode::policy::ProviderPolicy;
 use portdistrict_exitnode::state::write_atomic;
 use portdistrict_exitnode::store::Store;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,22 +33,41 @@ pub const PROVIDER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 /// The UDP port of exit negotiation inside the tunnel.
 pub const NEGOTIATION_PORT: u16 = 51821;
 
+/// Whether to offer IPv6 to consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Mode {
+    /// When the uplink has an IPv6 address beyond link-local.
+    Auto,
+    /// Always.
+    On,
+    /// Never (consumers then block IPv6).
+    Off,
+}
+
 /// Options of `exit serve`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeOptions {
     uplink: String,
     interface: String,
     listen_port: u16,
+    endpoints: Vec<SocketAddr>,
+    ipv6: Ipv6Mode,
+    dns_upstream: Option<SocketAddr>,
 }
 
 impl ServeOptions {
     /// Parses `--uplink IFACE` (required), `--interface NAME` (default `pdexit0`),
-    /// `--listen-port N` (default 51820).
+    /// `--listen-port N` (default 51820), `--endpoint HOST:PORT` (repeatable; what
+    /// invites carry from now on), `--ipv6 auto|on|off`, `--dns-upstream IP[:PORT]`
+    /// (default: the first nameserver of /etc/resolv.conf).
     pub fn parse(opts: &[&str]) -> anyhow::Result<ServeOptions> {
         let mut o = ServeOptions {
             uplink: String::new(),
             interface: "pdexit0".to_owned(),
             listen_port: 51820,
+            endpoints: Vec::new(),
+            ipv6: Ipv6Mode::Auto,
+            dns_upstream: None,
         };
         let mut it = opts.iter();
         while let Some(&flag) = it.next() {
@@ -61,11 +81,43 @@ impl ServeOptions {
                             format!("--listen-port {value}: expected 1 to 65535")
                         })?
                 }
+                "--endpoint" => {
+                    let first = value
+                        .to_socket_addrs()
+                        .with_context(|| format!("--endpoint {value}: expected HOST:PORT"))?
+                        .next()
+                        .with_context(|| format!("--endpoint {value}: no address"))?;
+                    o.endpoints.push(first);
+                }
+                "--ipv6" => {
+                    o.ipv6 = match value {
+                        "auto" => Ipv6Mode::Auto,
+                        "on" => Ipv6Mode::On,
+                        "off" => Ipv6Mode::Off,
+                        _ => bail!("--ipv6 {value}: expected auto, on or off"),
+                    }
+                }
+                "--dns-upstream" => {
+                    o.dns_upstream = Some(
+                        value
+                            .parse::<SocketAddr>()
+                            .or_else(|_| value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                            .map_err(|_| {
+                                anyhow::anyhow!("--dns-upstream {value}: expected IP or IP:PORT")
+                            })?,
+                    );
+                }
                 _ => bail!("exit serve: unknown option {flag}"),
             }
         }
         if o.uplink.is_empty() {
             bail!("exit serve needs --uplink IFACE: the interface towards the internet");
+        }
+        if o.endpoints.len() > portdistrict_exitnode::invite::MAX_ENDPOINTS {
+            bail!(
+                "exit serve takes at most {} endpoints",
+                portdistrict_exitnode::invite::MAX_ENDPOINTS
+            );
         }
         Ok(o)
     }
@@ -73,7 +125,7 @@ impl ServeOptions {
 
 /// The dataplane binary: `PD_DATAPLANE`, else `portdistrict-dataplane` next to this
 /// executable, else on the `PATH`.
-fn dataplane_binary() -> PathBuf {
+pub(crate) fn dataplane_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PD_DATAPLANE") {
         return PathBuf::from(p);
     }
@@ -83,21 +135,6 @@ fn dataplane_binary() -> PathBuf {
     sibling
         .filter(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("portdistrict-dataplane"))
-}
-
-fn run(argv: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .with_context(|| format!("running {}", argv.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            argv.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 fn key_of(base64: &str) -> anyhow::Result<PublicKey> {
@@ -125,11 +162,10 @@ fn peers_of(store: &Store, now: u64) -> anyhow::Result<Vec<PeerChange>> {
         }
         peers.push(p);
     }
-    for i in store
-        .invites
-        .iter()
-        .filter(|i| !i.revoked && i.uses_left > 0 && now < i.expires)
-    {
+    // Spent and revoked invites keep their negotiation identity until they expire, so
+    // that a consumer hears why it is refused (the firewall confines it to the
+    // negotiation port).
+    for i in store.invites.iter().filter(|i| now < i.expires) {
         let mut p = PeerChange::new(key_of(&i.negotiation_key)?);
         p.allowed_ips.push(host(IpAddr::V4(i.negotiation_addr)));
         peers.push(p);
@@ -137,139 +173,350 @@ fn peers_of(store: &Store, now: u64) -> anyhow::Result<Vec<PeerChange>> {
     Ok(peers)
 }
 
-fn policy_of(o: &ServeOptions, store: &Store) -> ProviderPolicy {
+fn policy_of(o: &ServeOptions, store: &Store, ipv6: bool) -> ProviderPolicy {
     ProviderPolicy {
         tunnel: o.interface.clone(),
         uplink: o.uplink.clone(),
         consumers_v4: store.consumers.iter().map(|c| c.inner_v4).collect(),
-        consumers_v6: Vec::new(),
-        ipv6: false,
+        consumers_v6: if ipv6 {
+            store.consumers.iter().filter_map(|c| c.inner_v6).collect()
+        } else {
+            Vec::new()
+        },
+        ipv6,
         negotiation_port: NEGOTIATION_PORT,
     }
+}
+
+/// Whether `ifname` has an IPv6 address beyond link-local.
+fn has_global_v6(ifname: &str) -> bool {
+    Command::new("ip")
+        .args(["-6", "-o", "addr", "show", "dev", ifname, "scope", "global"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+}
+
+/// A random unique local /64 (RFC 4193: fd00::/8 + 40 random bits + subnet 0).
+fn random_ula() -> anyhow::Result<Ipv6Addr> {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b[1..6])
+        .map_err(|_| anyhow::anyhow!("no randomness for the IPv6 prefix"))?;
+    b[0] = 0xfd;
+    Ok(Ipv6Addr::from(b))
+}
+
+/// The provider's own IPv6 address in the tunnel: the prefix's ::1.
+fn provider_v6(prefix: Ipv6Addr) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(prefix) | 1)
+}
+
+/// What the provider last gave the dataplane and the firewall.
+#[derive(Default)]
+struct Applied {
+    /// Peer key -> its allowed addresses.
+    peers: BTreeMap<String, Vec<IpAddr>>,
+    consumers: Vec<(Ipv4Addr, Option<Ipv6Addr>)>,
+}
+
+/// Brings the dataplane's peers and the firewall's consumer sets in line with the
+/// store: revoked consumers and spent or expired invites' negotiation identities are
+/// removed at once.
+fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> anyhow::Result<()> {
+    let mut want = BTreeMap::new();
+    for p in peers_of(store, now())? {
+        want.insert(
+            p.public_key.to_base64(),
+            p.allowed_ips.iter().map(|a| a.addr).collect::<Vec<_>>(),
+        );
+    }
+    let mut changes = Vec::new();
+    for key in applied.peers.keys().filter(|k| !want.contains_key(*k)) {
+        let mut p = PeerChange::new(key_of(key)?);
+        p.remove = true;
+        changes.push(p);
+    }
+    for (key, addrs) in &want {
+        if applied.peers.get(key) != Some(addrs) {
+            let mut p = PeerChange::new(key_of(key)?);
+            p.replace_allowed_ips = true;
+            p.allowed_ips = addrs.iter().map(|a| host(*a)).collect();
+            changes.push(p);
+        }
+    }
+    if !changes.is_empty() {
+        uapi::set(
+            Path::new(uapi::SOCKET_DIR),
+            &o.interface,
+            &SetRequest {
+                private_key: None,
+                listen_port: None,
+                fwmark: None,
+                replace_peers: false,
+                peers: changes,
+            },
+        )?;
+        applied.peers = want;
+    }
+    let consumers: Vec<_> = store
+        .consumers
+        .iter()
+        .map(|c| (c.inner_v4, c.inner_v6))
+        .collect();
+    if consumers != applied.consumers {
+        apply_nft(&policy_of(o, store, ipv6).plan()?, &[])?;
+        applied.consumers = consumers;
+    }
+    Ok(())
+}
+
+/// Takes back a plan a crashed `exit serve` left (its undo file in the run dir).
+fn recover(undo_path: &Path) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(undo_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", undo_path.display())),
+    };
+    let undo: Undo = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged", undo_path.display()))?;
+    eprintln!(
+        "portdistrict: a previous exit serve did not stop cleanly; taking back its plan ({})",
+        undo_path.display()
+    );
+    undo_plan(&undo, &[])?;
+    std::fs::remove_file(undo_path).with_context(|| format!("removing {}", undo_path.display()))
 }
 
 /// Runs the provider until SIGTERM/SIGINT.
 pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
     let dir = ExitDir::open(dirs)?;
     let wg = dir.wg_key()?;
-    let mut store = dir.store()?;
     std::fs::create_dir_all(&dirs.run)
         .with_context(|| format!("creating {}", dirs.run.display()))?;
+    let undo_path = dirs.run.join("exit-undo.json");
+    recover(&undo_path)?;
+    let ipv6 = match o.ipv6 {
+        Ipv6Mode::On => true,
+        Ipv6Mode::Off => false,
+        Ipv6Mode::Auto => has_global_v6(&o.uplink),
+    };
+    let upstream = match o.dns_upstream {
+        Some(u) => u,
+        None => std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|t| dnsfwd::upstream_from_resolv_conf(&t))
+            .context(
+                "no DNS server for consumers: /etc/resolv.conf names none; pass --dns-upstream IP",
+            )?,
+    };
+    let store = {
+        let _lock = dir.lock()?;
+        let mut store = dir.store()?;
+        let mut changed = false;
+        if !o.endpoints.is_empty() && store.endpoints != o.endpoints {
+            store.endpoints = o.endpoints.clone();
+            changed = true;
+        }
+        if ipv6 && store.v6_prefix.is_none() {
+            store.v6_prefix = Some(random_ula()?);
+            changed = true;
+        }
+        if changed {
+            dir.save(&store)?;
+        }
+        store
+    };
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&term)).context("signal handler")?;
     }
-
+    if Path::new("/sys/class/net").join(&o.interface).exists() {
+        bail!(
+            "interface {} exists already: another exit serve runs, or delete it (ip link del {})",
+            o.interface,
+            o.interface
+        );
+    }
     let bin = dataplane_binary();
-    run(&[&bin.to_string_lossy(), &o.interface])
+    run_cmd(&[&bin.to_string_lossy(), &o.interface])
         .with_context(|| format!("starting the dataplane {}", bin.display()))?;
-    let result = serve_running(dirs, o, &wg, &mut store, &dir, &term);
+    let ctx = Serving {
+        o,
+        dir: &dir,
+        ipv6,
+        upstream,
+        term: &term,
+    };
+    let result = ctx.run(&wg, store, &undo_path);
     // The interface goes in any case; the dataplane exits with it.
-    let _ = run(&["ip", "link", "del", &o.interface]);
+    let _ = run_cmd(&["ip", "link", "del", &o.interface]);
     result
 }
 
-fn serve_running(
-    dirs: &Dirs,
-    o: &ServeOptions,
-    wg: &PrivateKey,
-    store: &mut Store,
-    dir: &ExitDir,
-    term: &AtomicBool,
-) -> anyhow::Result<()> {
-    let sock_dir = Path::new(uapi::SOCKET_DIR);
-    uapi::set(
-        sock_dir,
-        &o.interface,
-        &SetRequest {
-            private_key: Some(Some(wg.clone())),
-            listen_port: Some(o.listen_port),
-            fwmark: None,
-            replace_peers: true,
-            peers: peers_of(store, now())?,
-        },
-    )?;
-    run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{PROVIDER_V4}/10"),
-        "dev",
-        &o.interface,
-    ])?;
-    run(&["ip", "link", "set", &o.interface, "up"])?;
-    let plan = policy_of(o, store).plan()?;
-    let undo = apply_plan(&plan, &[])?;
-    let undo_path = dirs.run.join("exit-undo.json");
-    write_atomic(&undo_path, serde_json::to_string(&undo)?.as_bytes())
-        .with_context(|| format!("writing {}", undo_path.display()))?;
-    eprintln!(
-        "portdistrict: exit node up on {} (uplink {}, UDP {}), negotiation on {PROVIDER_V4}:{NEGOTIATION_PORT}",
-        o.interface, o.uplink, o.listen_port
-    );
-
-    let result = answer_requests(o, store, dir, term);
-    let restored = undo_plan(&undo, &[]);
-    let _ = std::fs::remove_file(&undo_path);
-    result.and(restored.map_err(Into::into))
+struct Serving<'a> {
+    o: &'a ServeOptions,
+    dir: &'a ExitDir,
+    ipv6: bool,
+    upstream: SocketAddr,
+    term: &'a Arc<AtomicBool>,
 }
 
-fn answer_requests(
-    o: &ServeOptions,
-    store: &mut Store,
-    dir: &ExitDir,
-    term: &AtomicBool,
-) -> anyhow::Result<()> {
-    let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(PROVIDER_V4), NEGOTIATION_PORT))
-        .context("binding the negotiation port")?;
-    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let resolver = IpAddr::V4(PROVIDER_V4);
-    let mut buf = [0u8; 512];
-    while !term.load(Ordering::Relaxed) {
-        let (n, from) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("negotiation socket"),
+impl Serving<'_> {
+    fn run(&self, wg: &PrivateKey, store: Store, undo_path: &Path) -> anyhow::Result<()> {
+        let o = self.o;
+        uapi::set(
+            Path::new(uapi::SOCKET_DIR),
+            &o.interface,
+            &SetRequest {
+                private_key: Some(Some(wg.clone())),
+                listen_port: Some(o.listen_port),
+                fwmark: None,
+                replace_peers: true,
+                peers: Vec::new(),
+            },
+        )?;
+        run_cmd(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{PROVIDER_V4}/10"),
+            "dev",
+            &o.interface,
+        ])?;
+        if let (true, Some(prefix)) = (self.ipv6, store.v6_prefix) {
+            run_cmd(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", provider_v6(prefix)),
+                "dev",
+                &o.interface,
+                "nodad",
+            ])?;
+        }
+        run_cmd(&["ip", "link", "set", &o.interface, "up"])?;
+        let plan = policy_of(o, &store, self.ipv6).plan()?;
+        // The way back is on disk before the plan is applied.
+        let undo = plan_undo(&plan, &[])?;
+        write_atomic(undo_path, serde_json::to_string(&undo)?.as_bytes())
+            .with_context(|| format!("writing {}", undo_path.display()))?;
+        let result = apply_planned(&plan, &undo, &[])
+            .map_err(anyhow::Error::from)
+            .and_then(|()| self.serving(store));
+        let restored = undo_plan(&undo, &[]);
+        if restored.is_ok() {
+            let _ = std::fs::remove_file(undo_path);
+        }
+        result.and(restored.map_err(Into::into))
+    }
+
+    fn serving(&self, store: Store) -> anyhow::Result<()> {
+        let o = self.o;
+        // The firewall went in with the store's consumers; the peers are still to add.
+        let mut applied = Applied {
+            peers: BTreeMap::new(),
+            consumers: store
+                .consumers
+                .iter()
+                .map(|c| (c.inner_v4, c.inner_v6))
+                .collect(),
         };
-        match negotiate::answer(store, now(), &buf[..n], resolver) {
-            Answer::Ignore => {}
-            Answer::Refuse { reply } => {
-                let _ = sock.send_to(&reply, from);
+        sync(o, &store, self.ipv6, &mut applied)?;
+        let fwd = dnsfwd::Forwarder::start(
+            SocketAddr::new(IpAddr::V4(PROVIDER_V4), 53),
+            self.upstream,
+            Arc::clone(self.term),
+        )?;
+        eprintln!(
+            "portdistrict: exit node up on {} (uplink {}, UDP {}, IPv6 {}), negotiation on {PROVIDER_V4}:{NEGOTIATION_PORT}, DNS {PROVIDER_V4}:53 -> {}",
+            o.interface,
+            o.uplink,
+            o.listen_port,
+            if self.ipv6 { "offered" } else { "not offered" },
+            self.upstream
+        );
+        let result = self.answer_requests(&mut applied);
+        self.term.store(true, Ordering::Relaxed);
+        fwd.join();
+        result
+    }
+
+    fn answer_requests(&self, applied: &mut Applied) -> anyhow::Result<()> {
+        let o = self.o;
+        let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(PROVIDER_V4), NEGOTIATION_PORT))
+            .context("binding the negotiation port")?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let resolver = IpAddr::V4(PROVIDER_V4);
+        let mut buf = [0u8; 512];
+        let mut seen = modified(&self.dir.store_path());
+        let mut last_sync = std::time::Instant::now();
+        while !self.term.load(Ordering::Relaxed) {
+            // `exit revoke` / `exit invite` changed the store, or invites expired.
+            let m = modified(&self.dir.store_path());
+            if m != seen || last_sync.elapsed() >= Duration::from_secs(5) {
+                seen = m;
+                last_sync = std::time::Instant::now();
+                let store = {
+                    let _lock = self.dir.lock()?;
+                    self.dir.store()?
+                };
+                sync(o, &store, self.ipv6, applied)?;
             }
-            Answer::Grant {
-                wg_key,
-                grant,
-                reply,
-            } => {
-                dir.save(store)?;
-                let mut p = PeerChange::new(key_of(&wg_key)?);
-                p.allowed_ips.push(host(IpAddr::V4(grant.inner_v4)));
-                uapi::set(
-                    Path::new(uapi::SOCKET_DIR),
-                    &o.interface,
-                    &SetRequest {
-                        private_key: None,
-                        listen_port: None,
-                        fwmark: None,
-                        replace_peers: false,
-                        peers: vec![p],
-                    },
-                )?;
-                apply_nft(&policy_of(o, store).plan()?, &[])?;
-                let _ = sock.send_to(&reply, from);
-                eprintln!("portdistrict: authorized {wg_key} as {}", grant.inner_v4);
+            let (n, from) = match sock.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e).context("negotiation socket"),
+            };
+            let (answer, store) = {
+                let _lock = self.dir.lock()?;
+                let mut store = self.dir.store()?;
+                let answer = negotiate::answer(&mut store, now(), &buf[..n], resolver);
+                if let Answer::Grant { .. } = answer {
+                    // A crash never forgets a grant it sent.
+                    self.dir.save(&store)?;
+                }
+                (answer, store)
+            };
+            seen = modified(&self.dir.store_path());
+            match answer {
+                Answer::Ignore => {}
+                Answer::Refuse { reply } => {
+                    let _ = sock.send_to(&reply, from);
+                }
+                Answer::Grant {
+                    wg_key,
+                    grant,
+                    reply,
+                } => {
+                    // Peer and firewall first, then the ack.
+                    sync(o, &store, self.ipv6, applied)?;
+                    let _ = sock.send_to(&reply, from);
+                    let v6 = grant.inner_v6.map(|a| format!(" {a}")).unwrap_or_default();
+                    eprintln!(
+                        "portdistrict: authorized {wg_key} as {}{v6}",
+                        grant.inner_v4
+                    );
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// The modification time of `path` (None when missing).
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 #[cfg(test)]
@@ -298,13 +545,11 @@ mod tests {
         s.issue(&[1; 16], &neg, 1000, 1).unwrap();
         let consumer = PrivateKey::from_bytes([4; 32]).public_key().to_base64();
         s.authorize(10, &[1; 16], &consumer).unwrap();
-        // Used up: only the consumer remains a peer.
+        // Used up: the negotiation identity stays (to say "used up") until expiry.
         let peers = peers_of(&s, 20).unwrap();
-        assert_eq!(peers.len(), 1);
+        assert_eq!(peers.len(), 2);
         assert_eq!(peers[0].public_key.to_base64(), consumer);
         assert_eq!(peers[0].allowed_ips[0].cidr, 32);
-        s.issue(&[2; 16], &neg, 1000, 1).unwrap();
-        assert_eq!(peers_of(&s, 20).unwrap().len(), 2);
         assert_eq!(
             peers_of(&s, 1000).unwrap().len(),
             1,

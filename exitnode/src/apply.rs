@@ -137,47 +137,70 @@ pub struct Undo {
 /// into the tunnel), then sysctls, then rules and routes. On failure, what was done is
 /// taken back and the first error returned.
 pub fn apply_plan(plan: &Plan, prefix: &[&str]) -> Result<Undo, ApplyError> {
-    let mut undo = Undo {
-        nft_table: plan.nft_table.to_owned(),
-        sysctls: Vec::new(),
-        ip: Vec::new(),
-    };
-    let result = apply_steps(plan, prefix, &mut undo);
-    if let Err(e) = result {
-        // Best effort: the original error is the one to report.
-        let _ = undo_plan(&undo, prefix);
-        return Err(e);
-    }
+    let undo = plan_undo(plan, prefix)?;
+    apply_planned(plan, &undo, prefix)?;
     Ok(undo)
 }
 
-fn apply_steps(plan: &Plan, prefix: &[&str], undo: &mut Undo) -> Result<(), ApplyError> {
-    apply_nft(plan, prefix)?;
+/// The [`Undo`] of `plan` computed before anything is applied (the sysctls' current
+/// values are read now): a write-ahead record. Persisted before [`apply_planned`], it
+/// takes back whatever part of the plan a crash left applied, because [`undo_plan`]
+/// treats a rule or route that is already gone as deleted.
+pub fn plan_undo(plan: &Plan, prefix: &[&str]) -> Result<Undo, ApplyError> {
+    let mut sysctls = Vec::new();
     for s in &plan.sysctls {
         let old = run(prefix, &["sysctl", "-n", &s.name], None)?
             .trim()
             .to_owned();
+        sysctls.push((s.name.clone(), old));
+    }
+    Ok(Undo {
+        nft_table: plan.nft_table.to_owned(),
+        sysctls,
+        ip: plan.ip.iter().rev().map(inverse).collect(),
+    })
+}
+
+/// Applies `plan` whose write-ahead [`Undo`] is `undo` (from [`plan_undo`]); on
+/// failure runs `undo` and returns the first error.
+pub fn apply_planned(plan: &Plan, undo: &Undo, prefix: &[&str]) -> Result<(), ApplyError> {
+    let result = apply_steps(plan, prefix);
+    if let Err(e) = result {
+        // Best effort: the original error is the one to report.
+        let _ = undo_plan(undo, prefix);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn apply_steps(plan: &Plan, prefix: &[&str]) -> Result<(), ApplyError> {
+    apply_nft(plan, prefix)?;
+    for s in &plan.sysctls {
         run(
             prefix,
             &["sysctl", "-q", "-w", &format!("{}={}", s.name, s.value)],
             None,
         )?;
-        undo.sysctls.push((s.name.clone(), old));
     }
     for c in &plan.ip {
         run(prefix, &ip_argv(c), None)?;
-        undo.ip.insert(0, inverse(c));
     }
     Ok(())
 }
 
 /// Takes an applied plan back: rules and routes, sysctls (last set, first restored),
-/// then the table. Every step is tried; the first error is returned.
+/// then the table. Every step is tried; the first error is returned. A rule or route
+/// that is already gone (its interface deleted, or never added before a crash) counts
+/// as deleted.
 pub fn undo_plan(undo: &Undo, prefix: &[&str]) -> Result<(), ApplyError> {
     let mut first = None;
     for c in &undo.ip {
-        if let Err(e) = run(prefix, &ip_argv(c), None) {
-            first.get_or_insert(e);
+        match run(prefix, &ip_argv(c), None) {
+            Ok(_) => {}
+            Err(ApplyError::Failed { ref stderr, .. }) if already_gone(stderr) => {}
+            Err(e) => {
+                first.get_or_insert(e);
+            }
         }
     }
     for (name, old) in undo.sysctls.iter().rev() {
@@ -193,6 +216,22 @@ pub fn undo_plan(undo: &Undo, prefix: &[&str]) -> Result<(), ApplyError> {
         first.get_or_insert(e);
     }
     first.map_or(Ok(()), Err)
+}
+
+/// Runs one `ip` command of a plan.
+pub fn run_ip(c: &IpCommand, prefix: &[&str]) -> Result<(), ApplyError> {
+    run(prefix, &ip_argv(c), None).map(|_| ())
+}
+
+/// What `ip rule del` / `ip route del` say when there is nothing to delete.
+fn already_gone(stderr: &str) -> bool {
+    [
+        "No such process",
+        "No such file or directory",
+        "Cannot find device",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m))
 }
 
 fn ip_argv(c: &IpCommand) -> Vec<&str> {

@@ -97,6 +97,10 @@ pub struct Store {
     pub revoked: Vec<String>,
     /// The /64 consumers' IPv6 addresses come from, if IPv6 is offered.
     pub v6_prefix: Option<Ipv6Addr>,
+    /// The endpoints `exit serve --endpoint` announced: invites carry them unless
+    /// `exit invite --endpoint` names others.
+    #[serde(default)]
+    pub endpoints: Vec<std::net::SocketAddr>,
 }
 
 impl Store {

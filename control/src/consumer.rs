@@ -1,0 +1,881 @@
+//! `portdistrict use`: consumer system mode. All IPv4 (and IPv6 when the provider
+//! offers it) goes through the provider behind the kill switch of
+//! [`portdistrict_exitnode::policy::ConsumerPolicy`].
+//!
+//! `use INVITE --mode system` runs, in this order, and returns once traffic flows:
+//!
+//! 1. the invite is decoded and checked (signature, version, transport, expiry);
+//! 2. **blocked first**: the state file `RUN_DIR/use.json` is written with the way
+//!    back (delete the kill-switch table), then the kill switch goes in, allowing
+//!    only the marked WireGuard UDP to the provider's endpoints and the tunnel;
+//! 3. the dataplane starts on the tunnel interface as the invite's negotiation
+//!    identity (fwmark on its socket) and the exit request goes through the tunnel;
+//!    a refusal is reported with the provider's reason and everything is taken back;
+//! 4. on the ack: our own WireGuard key (`STATE_DIR/use/wg.key`), our inner
+//!    addresses, the write-ahead undo of the full plan saved, then the plan applied
+//!    (kill switch with our addresses, `src_valid_mark`, fwmark policy routing), and
+//!    the resolver written to `--resolv-conf` (its previous content saved first);
+//! 5. the exit request is sent again as ourselves through the default route: the
+//!    answer proves that traffic flows through the provider.
+//!
+//! Nothing here holds the machine open: the state file is written before each change,
+//! so `use off` takes back exactly what was applied, after any crash. If the
+//! dataplane dies, the kill switch stays and the machine is blocked; `use` again with
+//! the same invite brings the tunnel back without opening anything, and says so when
+//! it is already up. `use off` restores the rules, routes, sysctls, nftables ruleset
+//! and resolver file as they were; without `use` it is a no-op with a message.
+
+use crate::serve::{dataplane_binary, NEGOTIATION_PORT, PROVIDER_V4};
+use crate::{run_cmd, uapi, Dirs};
+use anyhow::{bail, Context as _};
+use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, run_ip, undo_plan, Undo};
+use portdistrict_exitnode::invite::Invite;
+use portdistrict_exitnode::policy::{ConsumerPolicy, KILL_SWITCH_TABLE};
+use portdistrict_exitnode::state::{write_atomic, write_atomic_mode};
+use portdistrict_exitnode::wire::Message;
+use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::{PrivateKey, PublicKey};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The firewall mark on the dataplane's socket, and the routing table (wg-quick's).
+pub const FWMARK: u32 = 0xca6c;
+/// The routing table of the default routes into the tunnel.
+pub const TABLE: u32 = 51820;
+/// The default tunnel interface of system mode.
+pub const DEFAULT_INTERFACE: &str = "pduse0";
+
+/// Options of `use`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UseOptions {
+    invite: String,
+    allow_lan: bool,
+    interface: String,
+    resolv_conf: Option<PathBuf>,
+    timeout: Duration,
+}
+
+impl UseOptions {
+    /// Parses `INVITE --mode system [--allow-lan] [--interface NAME]
+    /// [--resolv-conf PATH|none] [--timeout 20s]`.
+    pub fn parse(opts: &[&str]) -> anyhow::Result<UseOptions> {
+        let mut o = UseOptions {
+            invite: String::new(),
+            allow_lan: false,
+            interface: DEFAULT_INTERFACE.to_owned(),
+            resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
+            timeout: Duration::from_secs(20),
+        };
+        let mut mode = None;
+        let mut it = opts.iter();
+        while let Some(&a) = it.next() {
+            if a == "--allow-lan" {
+                o.allow_lan = true;
+                continue;
+            }
+            if !a.starts_with("--") {
+                if !o.invite.is_empty() {
+                    bail!("use takes one invite; {a:?} is a second one");
+                }
+                o.invite = a.to_owned();
+                continue;
+            }
+            let value = *it.next().with_context(|| format!("{a} needs a value"))?;
+            match a {
+                "--mode" => mode = Some(value),
+                "--interface" => o.interface = value.to_owned(),
+                "--resolv-conf" => {
+                    o.resolv_conf = (value != "none").then(|| PathBuf::from(value));
+                }
+                "--timeout" => o.timeout = crate::parse_duration(value)?,
+                _ => bail!("use: unknown option {a}"),
+            }
+        }
+        if o.invite.is_empty() {
+            bail!("use needs an invite: portdistrict use portdistrict-invite1:... --mode system");
+        }
+        match mode {
+            Some("system") => {}
+            Some(m) => {
+                bail!("--mode {m}: the only mode is `system` (all traffic through the provider)")
+            }
+            None => bail!(
+                "use needs --mode system (all traffic through the provider, behind a kill switch)"
+            ),
+        }
+        Ok(o)
+    }
+}
+
+/// A saved resolver file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ResolvBackup {
+    path: PathBuf,
+    /// `None`: there was no file.
+    content: Option<Vec<u8>>,
+    /// It was a symbolic link to this target (then `content` is `None`).
+    symlink: Option<PathBuf>,
+}
+
+impl ResolvBackup {
+    fn take(path: &Path) -> anyhow::Result<ResolvBackup> {
+        let meta = std::fs::symlink_metadata(path);
+        let mut b = ResolvBackup {
+            path: path.to_owned(),
+            content: None,
+            symlink: None,
+        };
+        match meta {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Ok(m) if m.file_type().is_symlink() => {
+                b.symlink = Some(
+                    std::fs::read_link(path)
+                        .with_context(|| format!("reading the link {}", path.display()))?,
+                );
+            }
+            Ok(_) => {
+                b.content = Some(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                );
+            }
+        }
+        Ok(b)
+    }
+
+    fn restore(&self) -> anyhow::Result<()> {
+        let p = &self.path;
+        if let Some(target) = &self.symlink {
+            let tmp = p.with_extension("pd-restore");
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(target, &tmp)
+                .with_context(|| format!("re-creating the link {}", p.display()))?;
+            std::fs::rename(&tmp, p).with_context(|| format!("restoring {}", p.display()))?;
+        } else if let Some(content) = &self.content {
+            write_atomic(p, content).with_context(|| format!("restoring {}", p.display()))?;
+        } else {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", p.display()))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The addresses the provider granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Granted {
+    inner_v4: Ipv4Addr,
+    inner_v6: Option<Ipv6Addr>,
+    resolver: IpAddr,
+}
+
+/// `RUN_DIR/use.json`: what system mode applied, written before each change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct UseState {
+    invite: String,
+    interface: String,
+    allow_lan: bool,
+    /// The provider's endpoint that answered (first: the invite's first).
+    endpoint: SocketAddr,
+    /// `None` while the exit request is not answered yet.
+    granted: Option<Granted>,
+    /// The way back from everything applied or about to be.
+    undo: Undo,
+    resolv: Option<ResolvBackup>,
+}
+
+struct UseDir {
+    run: PathBuf,
+    state: PathBuf,
+}
+
+impl UseDir {
+    fn new(dirs: &Dirs) -> anyhow::Result<UseDir> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let state = dirs.state.join("use");
+        for d in [&dirs.run, &state] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(UseDir {
+            run: dirs.run.clone(),
+            state,
+        })
+    }
+
+    /// Serializes `use` and `use off` of one instance.
+    fn lock(&self) -> anyhow::Result<File> {
+        let path = self.run.join("use.lock");
+        let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        f.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(f)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.run.join("use.json")
+    }
+
+    fn load(&self) -> anyhow::Result<Option<UseState>> {
+        let path = self.state_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| {
+                format!(
+                    "{} is damaged: the kill switch (nftables table inet {KILL_SWITCH_TABLE}) may still be on; inspect it and delete the file to start over",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, s: &UseState) -> anyhow::Result<()> {
+        let path = self.state_path();
+        write_atomic_mode(&path, serde_json::to_string_pretty(s)?.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Our WireGuard key as a consumer, made on first use.
+    fn wg_key(&self) -> anyhow::Result<PrivateKey> {
+        let path = self.state.join("wg.key");
+        if !path.exists() {
+            let key = PrivateKey::generate(&mut rand_core::OsRng);
+            write_atomic_mode(&path, format!("{}\n", key.to_base64()).as_bytes(), 0o600)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        PrivateKey::from_base64(text.trim())
+            .map_err(|e| anyhow::anyhow!("{}: not a WireGuard key ({e})", path.display()))
+    }
+}
+
+fn policy(s: &UseState, invite: &Invite) -> ConsumerPolicy {
+    let (inner_v4, inner_v6, resolver) = match s.granted {
+        Some(g) => (g.inner_v4, g.inner_v6, g.resolver),
+        None => (invite.negotiation_addr, None, IpAddr::V4(PROVIDER_V4)),
+    };
+    ConsumerPolicy {
+        tunnel: s.interface.clone(),
+        fwmark: FWMARK,
+        table: TABLE,
+        endpoints: invite.endpoints.clone(),
+        inner_v4,
+        inner_v6,
+        resolver,
+        allow_lan: s.allow_lan,
+    }
+}
+
+fn link_exists(ifname: &str) -> bool {
+    Path::new("/sys/class/net").join(ifname).exists()
+}
+
+/// `use INVITE --mode system`: returns a one-line summary once traffic flows.
+pub fn use_exit(dirs: &Dirs, o: &UseOptions) -> anyhow::Result<String> {
+    let invite = Invite::decode(o.invite.trim()).context("the invite is not usable")?;
+    let dir = UseDir::new(dirs)?;
+    let _lock = dir.lock()?;
+    let key = dir.wg_key()?;
+    let state = match dir.load()? {
+        Some(s) if s.invite.trim() != o.invite.trim() => bail!(
+            "system mode is already on with another invite (through {}); run `portdistrict use off` first",
+            s.endpoint
+        ),
+        Some(s) if s.allow_lan != o.allow_lan || s.interface != o.interface => bail!(
+            "system mode is already on with this invite but other options (--allow-lan {}, --interface {}); run `portdistrict use off` first",
+            s.allow_lan, s.interface
+        ),
+        Some(s) => {
+            if let Some(g) = s.granted {
+                if link_exists(&s.interface)
+                    && probe(g.inner_v4, &invite, &key, Duration::from_secs(3)).is_ok()
+                {
+                    return Ok(format!(
+                        "system mode is already on: {}",
+                        summary(&s, &g)
+                    ));
+                }
+            }
+            eprintln!("portdistrict: system mode was on but the tunnel is down; bringing it back (the kill switch stays on)");
+            s
+        }
+        None => {
+            invite
+                .check_expiry(crate::exit::now())
+                .context("the invite is not usable")?;
+            let resolv = match &o.resolv_conf {
+                Some(p) => Some(ResolvBackup::take(p)?),
+                None => None,
+            };
+            let s = UseState {
+                invite: o.invite.trim().to_owned(),
+                interface: o.interface.clone(),
+                allow_lan: o.allow_lan,
+                endpoint: invite.endpoints[0],
+                granted: None,
+                undo: Undo {
+                    nft_table: KILL_SWITCH_TABLE.to_owned(),
+                    sysctls: Vec::new(),
+                    ip: Vec::new(),
+                },
+                resolv,
+            };
+            // The way back is on disk before the first change.
+            dir.save(&s)?;
+            s
+        }
+    };
+    match bring_up(&dir, state, &invite, &key, o.timeout) {
+        Ok(s) => {
+            let g = s.granted.context("granted after bring-up")?;
+            Ok(format!("system mode on: {}", summary(&s, &g)))
+        }
+        Err(e) => {
+            // A refused or unreachable first `use` changes nothing; a repair that failed
+            // keeps the machine blocked (the kill switch stays, as after a crash).
+            let s = dir.load()?;
+            if let Some(s) = s.filter(|s| s.granted.is_none()) {
+                if let Err(undo) = take_back(&dir, &s) {
+                    eprintln!("portdistrict: taking back after the failure also failed: {undo:#}");
+                }
+            } else {
+                eprintln!("portdistrict: the kill switch stays on; `portdistrict use off` opens the machine again");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn summary(s: &UseState, g: &Granted) -> String {
+    let v6 = g.inner_v6.map(|a| format!(" and {a}")).unwrap_or_default();
+    let v6note = if g.inner_v6.is_none() {
+        "; the provider offers no IPv6, so IPv6 is blocked"
+    } else {
+        ""
+    };
+    format!(
+        "all traffic goes through {} on {} as {}{v6}, DNS {}{v6note}",
+        s.endpoint, s.interface, g.inner_v4, g.resolver
+    )
+}
+
+/// Applies the kill switch, starts the dataplane, negotiates if needed, applies the
+/// full plan and proves traffic flows. Saves the state before each change.
+fn bring_up(
+    dir: &UseDir,
+    mut s: UseState,
+    invite: &Invite,
+    key: &PrivateKey,
+    timeout: Duration,
+) -> anyhow::Result<UseState> {
+    // 1. Blocked before anything else: the kill switch of the current stage.
+    let plan = policy(&s, invite).plan()?;
+    apply_nft(&plan, &[]).context("applying the kill switch")?;
+    // 2. A fresh tunnel interface and dataplane.
+    if link_exists(&s.interface) {
+        run_cmd(&["ip", "link", "del", &s.interface])?;
+    }
+    let bin = dataplane_binary();
+    run_cmd(&[&bin.to_string_lossy(), &s.interface])
+        .with_context(|| format!("starting the dataplane {}", bin.display()))?;
+    let provider = PublicKey(invite.wg_key);
+    // A first `use` negotiates; a repair asks again while the invite's negotiation
+    // identity still lives (until its expiry), so that a revocation is reported as
+    // such; the provider answers a known consumer with the same grant.
+    let renegotiate = s.granted.is_none() || invite.check_expiry(crate::exit::now()).is_ok();
+    if renegotiate {
+        let g = negotiate(&mut s, invite, key, timeout)?;
+        match s.granted {
+            None => {
+                // 3. The full plan's way back on disk before it is applied.
+                s.granted = Some(g);
+                let full = policy(&s, invite).plan()?;
+                s.undo = plan_undo(&full, &[])?;
+                dir.save(&s)?;
+                apply_planned(&full, &s.undo, &[]).context("applying system mode")?;
+            }
+            Some(had) if had != g => bail!(
+                "the provider now grants {} instead of {}: run `portdistrict use off`, then `use` again",
+                g.inner_v4,
+                had.inner_v4
+            ),
+            Some(_) => {}
+        }
+    }
+    let granted = s.granted.context("granted after negotiation")?;
+    // 4. As ourselves, everything through the provider.
+    let mut allowed = vec![AllowedIpChange {
+        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        cidr: 0,
+        remove: false,
+    }];
+    if granted.inner_v6.is_some() {
+        allowed.push(AllowedIpChange {
+            addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            cidr: 0,
+            remove: false,
+        });
+    }
+    configure(&s.interface, key, &provider, s.endpoint, &allowed)?;
+    set_addresses(
+        &s.interface,
+        IpAddr::V4(granted.inner_v4),
+        granted.inner_v6.map(IpAddr::V6),
+    )?;
+    // The routes into the tunnel went with an earlier interface: put them back.
+    let full = policy(&s, invite).plan()?;
+    apply_nft(&full, &[]).context("applying the kill switch")?;
+    for c in full
+        .ip
+        .iter()
+        .filter(|c| c.args.first().is_some_and(|a| a == "route"))
+    {
+        let mut c = c.clone();
+        c.args[1] = "replace".to_owned();
+        run_ip(&c, &[])?;
+    }
+    if let Some(r) = &s.resolv {
+        let text = format!(
+            "# Written by `portdistrict use` (system mode): DNS goes through the tunnel.\n# `portdistrict use off` puts the previous file back.\nnameserver {}\n",
+            granted.resolver
+        );
+        if r.symlink.is_some() {
+            let _ = std::fs::remove_file(&r.path);
+        }
+        write_atomic(&r.path, text.as_bytes())
+            .with_context(|| format!("writing {}", r.path.display()))?;
+    }
+    dir.save(&s)?;
+    // 5. Proof: the provider answers us through the default route.
+    probe(granted.inner_v4, invite, key, timeout)
+        .context("the tunnel does not carry traffic to the provider (the kill switch stays on)")?;
+    Ok(s)
+}
+
+/// The exit request as the invite's negotiation identity, trying each endpoint in
+/// turn; records the endpoint that answered.
+fn negotiate(
+    s: &mut UseState,
+    invite: &Invite,
+    key: &PrivateKey,
+    timeout: Duration,
+) -> anyhow::Result<Granted> {
+    let provider = PublicKey(invite.wg_key);
+    let neg = PrivateKey::from_bytes(invite.negotiation_key);
+    let mut answer = None;
+    let per = timeout / u32::try_from(invite.endpoints.len()).unwrap_or(1);
+    for ep in &invite.endpoints {
+        configure(
+            &s.interface,
+            &neg,
+            &provider,
+            *ep,
+            &[host(IpAddr::V4(PROVIDER_V4))],
+        )?;
+        set_addresses(&s.interface, IpAddr::V4(invite.negotiation_addr), None)?;
+        run_cmd(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{PROVIDER_V4}/32"),
+            "dev",
+            &s.interface,
+        ])?;
+        match exchange(
+            IpAddr::V4(invite.negotiation_addr),
+            &request(invite, key),
+            per,
+        ) {
+            Ok(m) => {
+                s.endpoint = *ep;
+                answer = Some(m);
+                break;
+            }
+            Err(e) => eprintln!("portdistrict: {ep}: {e:#}"),
+        }
+    }
+    match answer {
+        Some(Message::Ack {
+            inner_v4,
+            inner_v6,
+            resolver,
+        }) => Ok(Granted {
+            inner_v4,
+            inner_v6,
+            resolver,
+        }),
+        Some(Message::Nak(reason)) => bail!("the provider refused: {reason}"),
+        Some(other) => bail!("the provider answered {other:?}, not an ack"),
+        None => bail!(
+            "no answer from the provider at {} within {}s: is `portdistrict exit serve` running there, and UDP to it open?",
+            invite
+                .endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            timeout.as_secs()
+        ),
+    }
+}
+
+fn host(addr: IpAddr) -> AllowedIpChange {
+    AllowedIpChange {
+        addr,
+        cidr: if addr.is_ipv4() { 32 } else { 128 },
+        remove: false,
+    }
+}
+
+/// The tunnel as `key` with the provider as its one peer for `allowed`.
+fn configure(
+    ifname: &str,
+    key: &PrivateKey,
+    provider: &PublicKey,
+    endpoint: SocketAddr,
+    allowed: &[AllowedIpChange],
+) -> anyhow::Result<()> {
+    let mut p = PeerChange::new(*provider);
+    p.endpoint = Some(endpoint);
+    p.persistent_keepalive_interval = Some(25);
+    p.replace_allowed_ips = true;
+    p.allowed_ips = allowed.to_vec();
+    uapi::set(
+        Path::new(uapi::SOCKET_DIR),
+        ifname,
+        &SetRequest {
+            private_key: Some(Some(key.clone())),
+            listen_port: None,
+            fwmark: Some(FWMARK),
+            replace_peers: true,
+            peers: vec![p],
+        },
+    )
+}
+
+fn set_addresses(ifname: &str, v4: IpAddr, v6: Option<IpAddr>) -> anyhow::Result<()> {
+    run_cmd(&["ip", "addr", "flush", "dev", ifname])?;
+    run_cmd(&["ip", "addr", "add", &format!("{v4}/32"), "dev", ifname])?;
+    if let Some(v6) = v6 {
+        run_cmd(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{v6}/128"),
+            "dev",
+            ifname,
+            "nodad",
+        ])?;
+    }
+    run_cmd(&["ip", "link", "set", ifname, "up"])
+}
+
+fn request(invite: &Invite, key: &PrivateKey) -> Message {
+    Message::Request {
+        token: invite.token,
+        wg_key: *key.public_key().as_bytes(),
+    }
+}
+
+/// Sends `msg` from `src` to the provider's negotiation port every half second until
+/// a negotiation message comes back or `timeout` passes.
+fn exchange(src: IpAddr, msg: &Message, timeout: Duration) -> anyhow::Result<Message> {
+    let sock = UdpSocket::bind(SocketAddr::new(src, 0))
+        .with_context(|| format!("binding a UDP socket to {src}"))?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let to = SocketAddr::new(IpAddr::V4(PROVIDER_V4), NEGOTIATION_PORT);
+    let bytes = msg.emit();
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        // Sends fail while the kernel has no route yet; keep trying.
+        let _ = sock.send_to(&bytes, to);
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) if from == to => match Message::parse(&buf[..n]) {
+                Ok(m) => return Ok(m),
+                Err(e) => bail!("the provider's answer is unreadable: {e}"),
+            },
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e).context("receiving the provider's answer"),
+        }
+    }
+    bail!("no answer within {}s", timeout.as_secs())
+}
+
+/// Asks the provider again as ourselves from our inner address: an ack proves the
+/// tunnel carries our traffic.
+fn probe(
+    inner_v4: Ipv4Addr,
+    invite: &Invite,
+    key: &PrivateKey,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    match exchange(IpAddr::V4(inner_v4), &request(invite, key), timeout)? {
+        Message::Ack { .. } => Ok(()),
+        Message::Nak(r) => bail!("the provider refused us: {r}"),
+        other => bail!("unexpected answer {other:?}"),
+    }
+}
+
+/// Deletes the tunnel, takes the plan back, restores the resolver file and removes
+/// the state file (last, so that a failure can be retried).
+fn take_back(dir: &UseDir, s: &UseState) -> anyhow::Result<()> {
+    let mut first: Option<anyhow::Error> = None;
+    if link_exists(&s.interface) {
+        if let Err(e) = run_cmd(&["ip", "link", "del", &s.interface]) {
+            first.get_or_insert(e);
+        }
+    }
+    if let Some(r) = &s.resolv {
+        if let Err(e) = r.restore() {
+            first.get_or_insert(e);
+        }
+    }
+    if let Err(e) = undo_plan(&s.undo, &[]) {
+        first.get_or_insert(e.into());
+    }
+    if let Some(e) = first {
+        return Err(e);
+    }
+    std::fs::remove_file(dir.state_path())
+        .with_context(|| format!("removing {}", dir.state_path().display()))
+}
+
+/// `use off`.
+pub fn off(dirs: &Dirs) -> anyhow::Result<String> {
+    let dir = UseDir::new(dirs)?;
+    let _lock = dir.lock()?;
+    let Some(s) = dir.load()? else {
+        // Nothing of ours is applied; a kill switch left by hand is not ours to judge.
+        return Ok("system mode is not on: nothing to do".to_owned());
+    };
+    take_back(&dir, &s)?;
+    Ok(format!(
+        "system mode off: {} deleted, routes, rules, sysctls, firewall{} restored",
+        s.interface,
+        if s.resolv.is_some() {
+            " and resolver file"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// `use status`.
+pub fn status(dirs: &Dirs) -> anyhow::Result<String> {
+    let dir = UseDir::new(dirs)?;
+    let Some(s) = dir.load()? else {
+        return Ok("system mode: off\n".to_owned());
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "system mode: on (interface {})", s.interface);
+    let _ = writeln!(out, "provider: {}", s.endpoint);
+    match s.granted {
+        Some(g) => {
+            let _ = writeln!(out, "inner IPv4: {}", g.inner_v4);
+            match g.inner_v6 {
+                Some(a) => {
+                    let _ = writeln!(out, "inner IPv6: {a}");
+                }
+                None => {
+                    let _ = writeln!(out, "inner IPv6: none (IPv6 blocked)");
+                }
+            }
+            let _ = writeln!(out, "DNS: {}", g.resolver);
+        }
+        None => {
+            let _ = writeln!(out, "negotiation: not finished (blocked)");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "LAN: {}",
+        if s.allow_lan { "allowed" } else { "blocked" }
+    );
+    let ks = Command::new("nft")
+        .args(["list", "table", "inet", KILL_SWITCH_TABLE])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let _ = writeln!(
+        out,
+        "kill switch: {}",
+        if ks { "on" } else { "MISSING (not protected!)" }
+    );
+    if !link_exists(&s.interface) {
+        let _ = writeln!(
+            out,
+            "tunnel: down (the dataplane is not running; traffic is blocked; `portdistrict use` again brings it back)"
+        );
+    } else {
+        match uapi::get(Path::new(uapi::SOCKET_DIR), &s.interface) {
+            Ok(dump) => {
+                let field = |k: &str| {
+                    dump.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .unwrap_or("0")
+                        .to_owned()
+                };
+                let hs: u64 = field("last_handshake_time_sec=").parse().unwrap_or(0);
+                let age = if hs == 0 {
+                    "never".to_owned()
+                } else {
+                    format!("{}s ago", crate::exit::now().saturating_sub(hs))
+                };
+                let _ = writeln!(
+                    out,
+                    "tunnel: up, last handshake {age}, received {} B, sent {} B",
+                    field("rx_bytes="),
+                    field("tx_bytes=")
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "tunnel: interface present, dataplane not answering ({e:#})"
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The plan of `s` (for tests).
+#[cfg(test)]
+fn plan_of(s: &UseState, invite: &Invite) -> portdistrict_exitnode::policy::Plan {
+    policy(s, invite).plan().unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let o = UseOptions::parse(&["inv", "--mode", "system", "--allow-lan"]).unwrap();
+        assert!(o.allow_lan);
+        assert_eq!(o.invite, "inv");
+        assert_eq!(o.interface, DEFAULT_INTERFACE);
+        assert_eq!(o.resolv_conf, Some(PathBuf::from("/etc/resolv.conf")));
+        let o = UseOptions::parse(&["--resolv-conf", "none", "--mode", "system", "inv"]).unwrap();
+        assert_eq!(o.resolv_conf, None);
+        for (opts, needle) in [
+            (&["inv"][..], "--mode system"),
+            (&["inv", "--mode", "split"][..], "only mode"),
+            (&["--mode", "system"][..], "needs an invite"),
+            (&["a", "b", "--mode", "system"][..], "second"),
+            (&["inv", "--mode", "system", "--bogus", "1"][..], "--bogus"),
+            (&["inv", "--mode"][..], "needs a value"),
+        ] {
+            let e = UseOptions::parse(opts).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{opts:?}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn resolver_file_backup_restores_content_links_and_absence() {
+        let base = std::env::temp_dir().join(format!("pd-resolv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let f = base.join("resolv.conf");
+        // A file.
+        std::fs::write(&f, "nameserver 192.0.2.53\n").unwrap();
+        let b = ResolvBackup::take(&f).unwrap();
+        std::fs::write(&f, "changed").unwrap();
+        b.restore().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap(),
+            "nameserver 192.0.2.53\n"
+        );
+        // A link.
+        std::fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink("../run/stub.conf", &f).unwrap();
+        let b = ResolvBackup::take(&f).unwrap();
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(&f, "changed").unwrap();
+        b.restore().unwrap();
+        assert_eq!(
+            std::fs::read_link(&f).unwrap(),
+            PathBuf::from("../run/stub.conf")
+        );
+        // Nothing.
+        std::fs::remove_file(&f).unwrap();
+        let b = ResolvBackup::take(&f).unwrap();
+        std::fs::write(&f, "changed").unwrap();
+        b.restore().unwrap();
+        assert!(!f.exists());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn negotiation_stage_blocks_ipv6_and_allows_only_the_provider() {
+        let signer = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
+        let invite = Invite {
+            transport: portdistrict_exitnode::invite::Transport::WireGuardUdp,
+            wg_key: [1; 32],
+            signer: ring::signature::KeyPair::public_key(&signer)
+                .as_ref()
+                .try_into()
+                .unwrap(),
+            token: [2; 16],
+            negotiation_key: [3; 32],
+            negotiation_addr: Ipv4Addr::new(100, 127, 0, 2),
+            expires: u64::MAX,
+            uses: 1,
+            endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
+        };
+        let mut s = UseState {
+            invite: String::new(),
+            interface: "pduse0".into(),
+            allow_lan: false,
+            endpoint: invite.endpoints[0],
+            granted: None,
+            undo: Undo {
+                nft_table: KILL_SWITCH_TABLE.into(),
+                sysctls: vec![],
+                ip: vec![],
+            },
+            resolv: None,
+        };
+        let p = plan_of(&s, &invite);
+        assert!(p
+            .nft
+            .contains("meta mark 0xca6c ip daddr 192.0.2.1 udp dport 51820 accept"));
+        assert!(p.nft.contains("ip daddr 100.127.0.2 drop"));
+        assert!(p
+            .ip
+            .iter()
+            .all(|c| c.family == portdistrict_exitnode::policy::Family::V4));
+        s.granted = Some(Granted {
+            inner_v4: Ipv4Addr::new(100, 64, 0, 2),
+            inner_v6: Some("fd00::2".parse().unwrap()),
+            resolver: IpAddr::V4(PROVIDER_V4),
+        });
+        let p = plan_of(&s, &invite);
+        assert!(p.nft.contains("ip6 daddr fd00::2 drop"));
+        assert!(p
+            .ip
+            .iter()
+            .any(|c| c.family == portdistrict_exitnode::policy::Family::V6));
+    }
+}
