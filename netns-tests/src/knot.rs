@@ -1,0 +1,84 @@
+//! Knot DNS (`knotd`), a real authoritative server, inside a test namespace: one zone
+//! with the records a test gives, served on UDP and TCP port 53 of one address.
+//! Stopped (`knotc stop`, then SIGKILL) and its files removed on drop.
+
+use crate::{wait_until, ChildGuard, Netns, TempDir};
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// A running `knotd`.
+pub struct Knot {
+    ns_name: String,
+    conf: String,
+    child: ChildGuard,
+    _dir: TempDir,
+}
+
+impl Knot {
+    /// Serves `zone` (e.g. `pd.test`) on `addr`:53 in `ns` with `records` (zone-file
+    /// lines relative to the zone, like `echo 60 A 198.51.100.1`); returns once it
+    /// answers for the zone's SOA.
+    pub fn start(ns: &Netns, addr: IpAddr, zone: &str, records: &[&str]) -> Knot {
+        let dir = TempDir::new("knot");
+        let d = dir.path().to_string_lossy().into_owned();
+        std::fs::create_dir_all(dir.path().join("db")).expect("knot db dir");
+        let mut zonefile = format!(
+            "$ORIGIN {zone}.\n$TTL 60\n@ SOA ns hostmaster 1 60 60 3600 60\n@ NS ns\nns A 192.0.2.53\n"
+        );
+        for r in records {
+            zonefile.push_str(r);
+            zonefile.push('\n');
+        }
+        std::fs::write(dir.path().join(format!("{zone}.zone")), zonefile).expect("zone file");
+        let conf = format!(
+            "server:\n    listen: {addr}@53\n    rundir: {d}\ndatabase:\n    storage: {d}/db\nzone:\n  - domain: {zone}\n    storage: {d}\n    file: {zone}.zone\n"
+        );
+        let conf_path = dir.path().join("knot.conf");
+        std::fs::write(&conf_path, conf).expect("knot.conf");
+        let conf = conf_path.to_string_lossy().into_owned();
+        let mut cmd = ns.command(&["knotd", "-c", &conf]);
+        let log = std::fs::File::create(dir.path().join("knotd.log")).expect("knotd.log");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        let child = ChildGuard::spawn("knotd", &mut cmd);
+        let knot = Knot {
+            ns_name: ns.name().to_owned(),
+            conf,
+            child,
+            _dir: dir,
+        };
+        let at = format!("@{addr}");
+        let up = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            let out = ns.try_exec(&["kdig", &at, "+short", "+timeout=1", "+retry=0", "SOA", zone]);
+            out.status.success() && !out.stdout.is_empty()
+        });
+        assert!(
+            up,
+            "knotd did not answer for {zone} on {addr}:\n{}",
+            std::fs::read_to_string(knot._dir.path().join("knotd.log")).unwrap_or_default()
+        );
+        knot
+    }
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns_name,
+                "knotc",
+                "-c",
+                &self.conf,
+                "stop",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if self.child.wait_timeout(Duration::from_secs(3)).is_none() {
+            self.child.kill();
+        }
+    }
+}
