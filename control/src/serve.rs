@@ -271,8 +271,9 @@ fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> a
     Ok(())
 }
 
-/// Takes back a plan a crashed `exit serve` left (its undo file in the run dir).
-fn recover(undo_path: &Path) -> anyhow::Result<()> {
+/// Takes back a plan a crashed `exit serve` left (its undo file in the run dir) and
+/// deletes the tunnel interface it left (its dataplane exits with it).
+fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
     let text = match std::fs::read_to_string(undo_path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -285,6 +286,9 @@ fn recover(undo_path: &Path) -> anyhow::Result<()> {
         undo_path.display()
     );
     undo_plan(&undo, &[])?;
+    if Path::new("/sys/class/net").join(ifname).exists() {
+        run_cmd(&["ip", "link", "del", ifname])?;
+    }
     std::fs::remove_file(undo_path).with_context(|| format!("removing {}", undo_path.display()))
 }
 
@@ -295,7 +299,7 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dirs.run)
         .with_context(|| format!("creating {}", dirs.run.display()))?;
     let undo_path = dirs.run.join("exit-undo.json");
-    recover(&undo_path)?;
+    recover(&undo_path, &o.interface)?;
     let ipv6 = match o.ipv6 {
         Ipv6Mode::On => true,
         Ipv6Mode::Off => false,

@@ -204,12 +204,17 @@ pub fn undo_plan(undo: &Undo, prefix: &[&str]) -> Result<(), ApplyError> {
         }
     }
     for (name, old) in undo.sysctls.iter().rev() {
-        if let Err(e) = run(
+        match run(
             prefix,
             &["sysctl", "-q", "-w", &format!("{name}={old}")],
             None,
         ) {
-            first.get_or_insert(e);
+            Ok(_) => {}
+            // A per-interface setting of an interface that is gone went with it.
+            Err(ApplyError::Failed { ref stderr, .. }) if stderr.contains("cannot stat") => {}
+            Err(e) => {
+                first.get_or_insert(e);
+            }
         }
     }
     if let Err(e) = remove_nft(&undo.nft_table, prefix) {

@@ -232,9 +232,59 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         Message::Nak(Refusal::UsedUp)
     );
 
+    // SIGKILL leaves the plan and the interface; the next `exit serve` takes them
+    // back before it starts (and comes up).
+    provider.exec(&["kill", "-KILL", &serve.0.pid().to_string()]);
+    let _ = serve.0.wait_timeout(Duration::from_secs(5));
+    assert!(provider
+        .try_exec(&["nft", "list", "table", "inet", "portdistrict_exit"])
+        .status
+        .success());
+    assert!(provider.has_link(&ifname));
+    let mut again = provider.command(&[
+        &cli(),
+        "--state-dir",
+        &st,
+        "--run-dir",
+        &rd,
+        "exit",
+        "serve",
+        "--uplink",
+        uplink.a_name(),
+        "--interface",
+        &ifname,
+    ]);
+    again
+        .env("PD_DATAPLANE", uut_binary())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    serve = TermFirst(ChildGuard::spawn("portdistrict exit serve", &mut again));
+    let stderr = serve.0.child_mut().stderr.take().expect("piped");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let log: Vec<String> = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .take_while(|l| !l.contains("exit node up"))
+        .collect();
+    // Keep draining its log so that it never writes to a closed pipe.
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            eprintln!("exit serve: {l}");
+        }
+    });
+    assert!(
+        log.iter().any(|l| l.contains("did not stop cleanly")),
+        "no recovery: {log:#?}"
+    );
+
     // SIGTERM: the provider takes its plan back and deletes the interface.
     provider.exec(&["kill", "-TERM", &serve.0.pid().to_string()]);
-    serve.0.expect_success_within(Duration::from_secs(10));
+    let status = serve.0.wait_timeout(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit serve: {status:?}"
+    );
     let tables = provider.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("portdistrict_exit"), "{tables}");
     assert!(!provider.has_link(&ifname));
