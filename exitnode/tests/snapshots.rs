@@ -23,7 +23,7 @@ fn check(name: &str, got: &str) {
 
 fn consumer() -> ConsumerPolicy {
     ConsumerPolicy {
-        tunnel: "pd0".into(),
+        tunnel: "pduse0".into(),
         fwmark: 0xca6c,
         table: 51820,
         endpoints: vec!["203.0.113.5:51820".parse().unwrap()],
@@ -51,7 +51,7 @@ fn consumer_allow_lan_without_ipv6() {
 #[test]
 fn provider() {
     let p = ProviderPolicy {
-        tunnel: "pdexit".into(),
+        tunnel: "pdexit0".into(),
         uplink: "eth0".into(),
         consumers_v4: vec!["100.64.0.2".parse().unwrap()],
         consumers_v6: vec!["fd7a:115c:a1e0::2".parse().unwrap()],
@@ -59,4 +59,19 @@ fn provider() {
         negotiation_port: 51821,
     };
     check("provider.txt", &p.plan().unwrap().render());
+}
+
+/// The README shows the rulesets we ship exactly as `exitnode` renders them.
+#[test]
+fn readme_shows_the_shipped_rulesets() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("../README.md")).expect("README.md");
+    for name in ["consumer.txt", "provider.txt"] {
+        let snapshot =
+            std::fs::read_to_string(root.join("tests/snapshots").join(name)).expect(name);
+        assert!(
+            readme.contains(&format!("```text\n{snapshot}```")),
+            "README.md does not show tests/snapshots/{name} as it is: copy it into the README's ruleset section"
+        );
+    }
 }

@@ -34,6 +34,9 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("timeout", "coreutils"),
     ("env", "coreutils"),
     ("python3", "python3"),
+    ("knotd", "knot"),
+    ("knotc", "knot"),
+    ("kdig", "knot-dnsutils"),
 ];
 
 /// What the fuzz smoke needs besides cargo-fuzz: libFuzzer is C++, built by `cc`.
