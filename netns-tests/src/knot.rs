@@ -16,10 +16,10 @@ pub struct Knot {
 }
 
 impl Knot {
-    /// Serves `zone` (e.g. `pd.test`) on `addr`:53 in `ns` with `records` (zone-file
-    /// lines relative to the zone, like `echo 60 A 198.51.100.1`); returns once it
-    /// answers for the zone's SOA.
-    pub fn start(ns: &Netns, addr: IpAddr, zone: &str, records: &[&str]) -> Knot {
+    /// Serves `zone` (e.g. `pd.test`) on port 53 of each of `addrs` (at least one) in
+    /// `ns` with `records` (zone-file lines relative to the zone, like `echo 60 A
+    /// 198.51.100.1`); returns once it answers for the zone's SOA on every address.
+    pub fn start(ns: &Netns, addrs: &[IpAddr], zone: &str, records: &[&str]) -> Knot {
         let dir = TempDir::new("knot");
         let d = dir.path().to_string_lossy().into_owned();
         std::fs::create_dir_all(dir.path().join("db")).expect("knot db dir");
@@ -31,8 +31,10 @@ impl Knot {
             zonefile.push('\n');
         }
         std::fs::write(dir.path().join(format!("{zone}.zone")), zonefile).expect("zone file");
+        let listen: Vec<String> = addrs.iter().map(|a| format!("{a}@53")).collect();
         let conf = format!(
-            "server:\n    listen: {addr}@53\n    rundir: {d}\ndatabase:\n    storage: {d}/db\nzone:\n  - domain: {zone}\n    storage: {d}\n    file: {zone}.zone\n"
+            "server:\n    listen: [ {} ]\n    rundir: {d}\ndatabase:\n    storage: {d}/db\nzone:\n  - domain: {zone}\n    storage: {d}\n    file: {zone}.zone\n",
+            listen.join(", ")
         );
         let conf_path = dir.path().join("knot.conf");
         std::fs::write(&conf_path, conf).expect("knot.conf");
@@ -47,14 +49,17 @@ impl Knot {
             child,
             _dir: dir,
         };
-        let at = format!("@{addr}");
         let up = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
-            let out = ns.try_exec(&["kdig", &at, "+short", "+timeout=1", "+retry=0", "SOA", zone]);
-            out.status.success() && !out.stdout.is_empty()
+            addrs.iter().all(|addr| {
+                let at = format!("@{addr}");
+                let out =
+                    ns.try_exec(&["kdig", &at, "+short", "+timeout=1", "+retry=0", "SOA", zone]);
+                out.status.success() && !out.stdout.is_empty()
+            })
         });
         assert!(
             up,
-            "knotd did not answer for {zone} on {addr}:\n{}",
+            "knotd did not answer for {zone} on {addrs:?}:\n{}",
             std::fs::read_to_string(knot._dir.path().join("knotd.log")).unwrap_or_default()
         );
         knot

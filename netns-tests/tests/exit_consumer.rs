@@ -30,6 +30,8 @@ use std::time::Duration;
 
 const ECHO_V4: &str = "198.51.100.1";
 const ECHO_V6: &str = "2001:db8:100::1";
+/// A server on the consumers' LAN side (a route via their gateway), for `--allow-lan`.
+const LAN_SERVER: &str = "10.77.99.1";
 
 fn cli() -> String {
     uut_binary()
@@ -38,17 +40,23 @@ fn cli() -> String {
         .into_owned()
 }
 
-/// TCP and UDP port 7000 on both service addresses: answers with the client's address.
+/// TCP and UDP port 7000 on each address given (bound to it, so that UDP answers
+/// come from the address asked): answers with the client's address.
 const ECHO_SERVER: &str = r#"
 import socket, threading, sys
+def sock(fam, kind):
+    s = socket.socket(fam, kind)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return s
 def udp(fam, addr):
-    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s = sock(fam, socket.SOCK_DGRAM)
     s.bind((addr, 7000))
     while True:
         d, a = s.recvfrom(128)
         s.sendto(a[0].encode(), a)
 def tcp(fam, addr):
-    s = socket.socket(fam, socket.SOCK_STREAM)
+    s = sock(fam, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, 7000))
     s.listen(16)
@@ -56,7 +64,8 @@ def tcp(fam, addr):
         c, a = s.accept()
         c.sendall(a[0].encode())
         c.close()
-for fam, addr in ((socket.AF_INET, sys.argv[1]), (socket.AF_INET6, sys.argv[2])):
+for addr in sys.argv[1:]:
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
     for f in (udp, tcp):
         threading.Thread(target=f, args=(fam, addr), daemon=True).start()
 print("ready", flush=True)
@@ -248,7 +257,11 @@ impl Consumer {
     }
 
     fn use_args(&self, invite: &str) -> Vec<String> {
-        [
+        self.use_args_with(invite, &[])
+    }
+
+    fn use_args_with(&self, invite: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
             "use",
             invite,
             "--mode",
@@ -262,7 +275,9 @@ impl Consumer {
         ]
         .iter()
         .map(|s| (*s).to_owned())
-        .collect()
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
     }
 
     fn try_use(&self, invite: &str) -> Output {
@@ -272,7 +287,13 @@ impl Consumer {
     }
 
     fn use_ok(&self, invite: &str) -> String {
-        let out = self.try_use(invite);
+        self.use_ok_with(invite, &[])
+    }
+
+    fn use_ok_with(&self, invite: &str, extra: &[&str]) -> String {
+        let args = self.use_args_with(invite, extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.command(&refs).output().expect("portdistrict use");
         assert!(
             out.status.success(),
             "use failed: {}{}",
@@ -505,14 +526,22 @@ fn system_mode_end_to_end() {
     internet.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
     internet.exec(&["ip", "addr", "add", &format!("{ECHO_V4}/32"), "dev", "lo"]);
     internet.exec(&["ip", "addr", "add", &format!("{ECHO_V6}/128"), "dev", "lo"]);
+    internet.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{LAN_SERVER}/32"),
+        "dev",
+        "lo",
+    ]);
     let _knot = Knot::start(
         &internet,
-        ECHO_V4.parse().unwrap(),
+        &[ECHO_V4.parse().unwrap(), LAN_SERVER.parse().unwrap()],
         "pd.test",
         &[&format!("echo A {ECHO_V4}")],
     );
     let mut echo_server = internet
-        .command(&["python3", "-c", ECHO_SERVER, ECHO_V4, ECHO_V6])
+        .command(&["python3", "-c", ECHO_SERVER, ECHO_V4, ECHO_V6, LAN_SERVER])
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()
@@ -577,7 +606,15 @@ fn system_mode_end_to_end() {
         .find_map(|l| l.strip_prefix("inner IPv4: "))
         .expect("inner IPv4 in status")
         .to_owned();
+    let inner_v6 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("inner IPv6: "))
+        .expect("inner IPv6 in status")
+        .to_owned();
+    assert!(inner_v6.starts_with("fd"), "a ULA address: {inner_v6}");
+    // What the consumer sends into the internet, and what the provider sends there.
     let capture = Capture::start(&internet, c1_link.b_name());
+    let from_provider = Capture::start(&internet, uplink.b_name());
 
     // (a) Everything leaves through the provider, v4 and v6.
     for mode in ["udp", "tcp"] {
@@ -592,17 +629,8 @@ fn system_mode_end_to_end() {
             "{mode} v6"
         );
     }
-    let icmp = Capture::start(&internet, uplink.b_name());
     assert!(pings(&c1.ns, ECHO_V4), "ping v4 through the provider");
     assert!(pings(&c1.ns, ECHO_V6), "ping v6 through the provider");
-    let seen = icmp.stop();
-    let icmp_src = format!("IP {} > {ECHO_V4}: ICMP echo request", uplink.v4(1));
-    assert!(seen.iter().any(|l| l.contains(&icmp_src)), "{seen:#?}");
-    assert!(
-        seen.iter()
-            .all(|l| !l.contains(&inner_v4) && !l.contains(" 100.6")),
-        "inner addresses reached the internet: {seen:#?}"
-    );
 
     // (b) DNS through the tunnel (the system resolver now points at it); direct DNS
     // to the internet's server is blocked.
@@ -714,8 +742,37 @@ fn system_mode_end_to_end() {
     assert!(!pings(&c2.ns, &inner_v4), "consumer 2 reached consumer 1");
     assert!(!pings(&c1.ns, &c2_v4), "consumer 1 reached consumer 2");
 
+    // The internet saw the consumers' pings from the provider's address, and never an
+    // inner address of either.
+    let seen = from_provider.stop();
+    for (v, dst) in [
+        (uplink.v4(1).to_string(), ECHO_V4),
+        (uplink.v6(1).to_string(), ECHO_V6),
+    ] {
+        let request = format!(" {v} > {dst}: ICMP");
+        assert!(
+            seen.iter().any(|l| l.contains(&request)),
+            "no {request:?} in {seen:#?}"
+        );
+    }
+    let v6_prefix: String = inner_v6
+        .rsplit_once("::")
+        .map_or(inner_v6.clone(), |(p, _)| p.to_owned());
+    for inner in [
+        inner_v4.as_str(),
+        c2_v4.as_str(),
+        v6_prefix.as_str(),
+        " 100.64.",
+        " 100.127.",
+    ] {
+        assert!(
+            seen.iter().all(|l| !l.contains(inner)),
+            "an inner address ({inner}) reached the internet: {seen:#?}"
+        );
+    }
+
     // (e) Bad invites: refused with a clear error, nothing changed.
-    let (c3, _c3_link) = Consumer::new("xc-consumer3", &internet, 54);
+    let (c3, c3_link) = Consumer::new("xc-consumer3", &internet, 54);
     let untouched = c3.snapshot();
     c3.use_err(&inv2, "used up");
     assert_eq!(
@@ -753,9 +810,42 @@ fn system_mode_end_to_end() {
     );
     assert_eq!(
         echo(&c3.ns, "udp", ECHO_V4),
-        underlay_v4(&c3),
+        c3_link.v4(1).to_string(),
         "c3 is open again"
     );
+
+    // --allow-lan: the LAN (a route via the consumer's gateway) is reached directly,
+    // the rest goes through the provider, and DNS to the LAN stays blocked.
+    let gateway = c3_link.v4(2).to_string();
+    c3.ns
+        .exec(&["ip", "route", "add", "10.77.99.0/24", "via", &gateway]);
+    assert_eq!(
+        kdig(&c3.ns, LAN_SERVER, "echo.pd.test"),
+        ECHO_V4,
+        "LAN DNS before"
+    );
+    let lan_untouched = c3.snapshot();
+    let inv_lan = invite(&[]);
+    c3.use_ok_with(&inv_lan, &["--allow-lan"]);
+    assert!(c3.run(&["use", "status"]).contains("LAN: allowed"));
+    assert_eq!(
+        echo(&c3.ns, "udp", LAN_SERVER),
+        c3_link.v4(1).to_string(),
+        "LAN direct"
+    );
+    assert_eq!(
+        echo(&c3.ns, "tcp", ECHO_V4),
+        uplink.v4(1).to_string(),
+        "internet via the provider"
+    );
+    assert_eq!(
+        kdig(&c3.ns, LAN_SERVER, "echo.pd.test"),
+        "",
+        "DNS to the LAN must stay blocked"
+    );
+    assert_eq!(kdig(&c3.ns, "100.64.0.1", "echo.pd.test"), ECHO_V4);
+    c3.run(&["use", "off"]);
+    assert_eq!(c3.snapshot(), lan_untouched, "use off after --allow-lan");
 
     // Revocation takes effect at once: consumer 2 is cut off, and stays blocked.
     provider.run(&["exit", "revoke", &c2_v4]);
@@ -785,18 +875,6 @@ fn system_mode_end_to_end() {
     );
     assert!(c1.run(&["use", "off"]).contains("nothing to do"));
     drop(serve);
-}
-
-/// Without system mode, the echo service sees the consumer's own underlay address.
-fn underlay_v4(c: &Consumer) -> String {
-    let out =
-        c.ns.exec(&["ip", "-4", "-o", "addr", "show", "scope", "global"]);
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Kills the echo service.

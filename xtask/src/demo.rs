@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: two network namespaces joined by a veth pair, a
 //! `portdistrict-dataplane` in each, configured with plain `wg`; then ping both ways
 //! over IPv4 and IPv6 inside the tunnel, a 3-second iperf3 TCP run through the tunnel
-//! and the same over the bare veth for comparison. Everything it creates is owned by
+//! and the same over the bare veth for comparison. Then an exit node
+//! ([`crate::demo_exit`]). Everything it creates is owned by
 //! a guard (see `guards`), so nothing is left behind on any exit path.
 
 use crate::guards::{Background, Dataplane, Netns, TempDir};
@@ -40,34 +41,47 @@ impl Names {
     }
 }
 
-/// Runs the demo.
+/// Runs the demo: a tunnel between two dataplanes, then an exit node.
 pub(crate) fn run() -> Result<()> {
     require_root("demo")?;
     setup::run(Needs::APT_ONLY)?;
-    println!("demo: cargo build --release -p portdistrict-dataplane");
-    let mut build = crate::cargo(&["build", "--release", "-p", "portdistrict-dataplane"]);
+    println!("demo: cargo build --release -p portdistrict-dataplane -p portdistrict-control");
+    let mut build = crate::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "portdistrict-dataplane",
+        "-p",
+        "portdistrict-control",
+    ]);
     run_streamed(&mut build, BUILD_LIMIT)?;
-    let binary = crate::target_dir().join("release/portdistrict-dataplane");
+    let bin_dir = crate::target_dir().join("release");
+    pair(&bin_dir.join("portdistrict-dataplane"))?;
+    crate::demo_exit::run(&bin_dir)?;
+    println!("demo: done; everything it created is removed");
+    Ok(())
+}
+
+/// Two dataplanes configured with `wg`: pings and iperf3 through the tunnel.
+fn pair(binary: &Path) -> Result<()> {
     let pid = std::process::id();
     let names = Names::new(pid);
     let tmp = TempDir::new(&format!("pd-demo-{pid}"))?;
     let ns = [Netns::new(&names.netns[0])?, Netns::new(&names.netns[1])?];
     underlay(&ns, &names)?;
     let dp = [
-        Dataplane::start(&ns[0], &binary, &names.ifname[0], tmp.path().join("a.log"))?,
-        Dataplane::start(&ns[1], &binary, &names.ifname[1], tmp.path().join("b.log"))?,
+        Dataplane::start(&ns[0], binary, &names.ifname[0], tmp.path().join("a.log"))?,
+        Dataplane::start(&ns[1], binary, &names.ifname[1], tmp.path().join("b.log"))?,
     ];
     println!(
         "demo: {} in {} and {} in {} are running",
         names.ifname[0], names.netns[0], names.ifname[1], names.netns[1]
     );
-    let result = configure(&ns, &dp, &tmp).and_then(|()| traffic(&ns, &dp, &binary));
+    let result = configure(&ns, &dp, &tmp).and_then(|()| traffic(&ns, &dp, binary));
     if result.is_err() && !interrupted() {
         eprintln!("{}", logs(&dp));
     }
-    result?;
-    println!("demo: done; removing the interfaces and namespaces");
-    Ok(())
+    result
 }
 
 fn logs(dp: &[Dataplane; 2]) -> String {

@@ -2,7 +2,8 @@
 //!
 //! - `cargo xtask setup`: installs the tools the demo and the tests run.
 //! - `cargo xtask demo`: two namespaces, two `portdistrict-dataplane`s configured with
-//!   `wg`, pings and iperf3 through the tunnel.
+//!   `wg`, pings and iperf3 through the tunnel; then an exit node (`portdistrict exit
+//!   serve`, `portdistrict use`) between a consumer and an "internet".
 //! - `cargo xtask test [--skip-fuzz] [--skip-netns] [--skip-bench] [--only-netns]`: the
 //!   whole suite (fmt, clippy, build, unit tests, fuzz smoke, netns suite, pd-bench
 //!   `--quick`), as CI runs it.
@@ -13,6 +14,7 @@
 
 mod bench;
 mod demo;
+mod demo_exit;
 mod guards;
 mod proc;
 mod setup;
@@ -31,7 +33,9 @@ Usage: cargo xtask setup
   setup   install the tools the demo, the tests and the benchmark run (apt packages,
           boringtun-cli, gotatun-cli, cargo-fuzz); skips what is already there
   demo    two network namespaces, a portdistrict-dataplane in each configured with wg,
-          pings and iperf3 through the tunnel; cleans up after itself
+          pings and iperf3 through the tunnel; then an exit node: a consumer in system
+          mode reaches an \"internet\" through a provider, behind its kill switch;
+          cleans up after itself
   test    fmt, clippy, release build, unit tests, fuzz smoke, netns suite, pd-bench
           --quick; stops at the first failing step and ends with
           `xtask: N passed, M failed`; --only-netns runs setup, build and the netns suite
