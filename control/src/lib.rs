@@ -5,6 +5,8 @@
 //! - [`exit`]: the provider's offline exit commands (invite, list, revoke).
 //! - [`serve`]: `exit serve`, the provider process.
 //! - [`consumer`]: `use`, `use status`, `use off`: consumer system mode.
+//! - [`identity`], [`trust`]: identities, bundles and the trust lifecycle (pure);
+//!   [`node`]: the `identity` and `peer` commands around them.
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
 //! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
 #![forbid(unsafe_code)]
@@ -12,7 +14,10 @@
 pub mod consumer;
 pub mod dnsfwd;
 pub mod exit;
+pub mod identity;
+pub mod node;
 pub mod serve;
+pub mod trust;
 pub mod uapi;
 
 use anyhow::{bail, Context as _};

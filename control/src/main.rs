@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
-use portdistrict_control::{consumer, exit, serve, Dirs};
+use portdistrict_control::{consumer, exit, node, serve, Dirs};
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
@@ -40,6 +40,18 @@ Commands:
                         returns once traffic flows (again: repairs or confirms)
   use status            what system mode applied and how the tunnel is
   use off               put routes, rules, sysctls, firewall and DNS back as they were
+  identity init --namespace NS [--passphrase-file F | --key-file F]
+                        create this node's identity (seed sealed under a passphrase,
+                        or unencrypted in F for headless servers)
+  identity show [--json]
+                        node ID, namespace, fingerprint, overlay prefix
+  identity bundle [--passphrase-file F]
+                        print this identity as one portdistrict-id1:... line
+  peer add BUNDLE       record a peer's identity (SEEN)
+  peer verify NODE --fingerprint FP
+                        compare its fingerprint (read out of band): VERIFIED
+  peer trust NODE | peer demote NODE | peer revoke NODE | peer forget NODE
+  peer list [--json] | peer show NODE [--json]
 
 Options:
   --state-dir DIR       persistent state (default /var/lib/portdistrict)
@@ -80,6 +92,53 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             println!("revoked {what}");
             Ok(())
         }
+        ["identity", "init", opts @ ..] => {
+            let (secret, rest) = node::SecretOptions::take(opts)?;
+            let ns = match rest.as_slice() {
+                ["--namespace", ns] => *ns,
+                _ => bail!("identity init needs --namespace NS (a DNS name you can publish under, like alice.example.net)"),
+            };
+            print!("{}", node::init(&dirs, ns, &secret, exit::now())?);
+            Ok(())
+        }
+        ["identity", "show", rest @ ..] => {
+            print!("{}", node::show(&dirs, json_flag(rest)?)?);
+            Ok(())
+        }
+        ["identity", "bundle", opts @ ..] => {
+            let (secret, rest) = node::SecretOptions::take(opts)?;
+            if !rest.is_empty() {
+                bail!("identity bundle: unknown option {}", rest[0]);
+            }
+            println!("{}", node::bundle(&dirs, &secret)?);
+            Ok(())
+        }
+        ["peer", "add", bundle] => {
+            println!("{}", node::peer_add(&dirs, bundle, exit::now())?);
+            Ok(())
+        }
+        ["peer", "list", rest @ ..] => {
+            print!("{}", node::peer_list(&dirs, json_flag(rest)?)?);
+            Ok(())
+        }
+        ["peer", "show", who, rest @ ..] => {
+            print!("{}", node::peer_show(&dirs, who, json_flag(rest)?)?);
+            Ok(())
+        }
+        ["peer", "verify", who, "--fingerprint", fp] => {
+            println!(
+                "{}",
+                node::peer_change(&dirs, "verify", who, Some(fp), exit::now())?
+            );
+            Ok(())
+        }
+        ["peer", verb @ ("trust" | "demote" | "revoke" | "forget" | "verify"), who] => {
+            println!(
+                "{}",
+                node::peer_change(&dirs, verb, who, None, exit::now())?
+            );
+            Ok(())
+        }
         ["use", "off"] => {
             println!("{}", consumer::off(&dirs)?);
             Ok(())
@@ -96,6 +155,15 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!("unknown command {:?}\n\n{USAGE}", rest.join(" ")),
+    }
+}
+
+/// `[]` or `["--json"]`.
+fn json_flag(rest: &[&str]) -> anyhow::Result<bool> {
+    match rest {
+        [] => Ok(false),
+        ["--json"] => Ok(true),
+        _ => bail!("unknown option {:?} (only --json)", rest.join(" ")),
     }
 }
 
