@@ -6,7 +6,8 @@
 //! - [`serve`]: `exit serve`, the provider process.
 //! - [`consumer`]: `use`, `use status`, `use off`: consumer system mode.
 //! - [`identity`], [`trust`]: identities, bundles and the trust lifecycle (pure);
-//!   [`node`]: the `identity` and `peer` commands around them.
+//!   [`node`]: the `identity` and `peer` commands around them; [`records`]: master
+//!   and device records, signed, encrypted to their readers, chunked into TXT.
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
 //! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod dnsfwd;
 pub mod exit;
 pub mod identity;
 pub mod node;
+pub mod records;
 pub mod serve;
 pub mod trust;
 pub mod uapi;
