@@ -8,11 +8,16 @@
 //! - [`identity`], [`trust`]: identities, bundles and the trust lifecycle (pure);
 //!   [`node`]: the `identity` and `peer` commands around them; [`records`]: master
 //!   and device records, signed, encrypted to their readers, chunked into TXT.
+//! - [`device`]: this machine's device and the roster; [`daemon`]: `portdistrictd`.
+//! - [`dns`]: publication (RFC 2136 + TSIG) and resolution (hickory-resolver).
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
 //! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod daemon;
+pub mod device;
+pub mod dns;
 pub mod dnsfwd;
 pub mod exit;
 pub mod identity;

@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
-use portdistrict_control::{consumer, exit, node, serve, Dirs};
+use portdistrict_control::{consumer, device, exit, node, serve, Dirs};
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
@@ -52,6 +52,10 @@ Commands:
                         compare its fingerprint (read out of band): VERIFIED
   peer trust NODE | peer demote NODE | peer revoke NODE | peer forget NODE
   peer list [--json] | peer show NODE [--json]
+  device init --name NAME [--passphrase-file F]
+                        this machine's device of the identity (delegated by it)
+  device list           this machine's device and the roster
+  device roster remove NAME
 
 Options:
   --state-dir DIR       persistent state (default /var/lib/portdistrict)
@@ -111,6 +115,23 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 bail!("identity bundle: unknown option {}", rest[0]);
             }
             println!("{}", node::bundle(&dirs, &secret)?);
+            Ok(())
+        }
+        ["device", "init", opts @ ..] => {
+            let (secret, rest) = node::SecretOptions::take(opts)?;
+            let name = match rest.as_slice() {
+                ["--name", n] => *n,
+                _ => bail!("device init needs --name NAME (one DNS label, like laptop)"),
+            };
+            print!("{}", device::init(&dirs, name, &secret)?);
+            Ok(())
+        }
+        ["device", "list"] => {
+            print!("{}", device::list(&dirs)?);
+            Ok(())
+        }
+        ["device", "roster", "remove", name] => {
+            println!("{}", device::roster_remove(&dirs, name)?);
             Ok(())
         }
         ["peer", "add", bundle] => {

@@ -20,6 +20,19 @@ impl Knot {
     /// `ns` with `records` (zone-file lines relative to the zone, like `echo 60 A
     /// 198.51.100.1`); returns once it answers for the zone's SOA on every address.
     pub fn start(ns: &Netns, addrs: &[IpAddr], zone: &str, records: &[&str]) -> Knot {
+        Knot::start_with_updates(ns, addrs, zone, records, None)
+    }
+
+    /// Like [`Knot::start`], and with `update = Some((key name, base64 secret))` the
+    /// zone accepts RFC 2136 updates signed with that HMAC-SHA256 TSIG key (and no
+    /// others).
+    pub fn start_with_updates(
+        ns: &Netns,
+        addrs: &[IpAddr],
+        zone: &str,
+        records: &[&str],
+        update: Option<(&str, &str)>,
+    ) -> Knot {
         let dir = TempDir::new("knot");
         let d = dir.path().to_string_lossy().into_owned();
         std::fs::create_dir_all(dir.path().join("db")).expect("knot db dir");
@@ -32,8 +45,15 @@ impl Knot {
         }
         std::fs::write(dir.path().join(format!("{zone}.zone")), zonefile).expect("zone file");
         let listen: Vec<String> = addrs.iter().map(|a| format!("{a}@53")).collect();
+        let (keys, acl) = match update {
+            Some((name, secret)) => (
+                format!("key:\n  - id: {name}\n    algorithm: hmac-sha256\n    secret: {secret}\nacl:\n  - id: upd\n    key: {name}\n    action: update\n"),
+                "    acl: upd\n    zonefile-sync: -1\n    journal-content: all\n".to_owned(),
+            ),
+            None => (String::new(), String::new()),
+        };
         let conf = format!(
-            "server:\n    listen: [ {} ]\n    rundir: {d}\ndatabase:\n    storage: {d}/db\nzone:\n  - domain: {zone}\n    storage: {d}\n    file: {zone}.zone\n",
+            "server:\n    listen: [ {} ]\n    rundir: {d}\ndatabase:\n    storage: {d}/db\n{keys}zone:\n  - domain: {zone}\n    storage: {d}\n    file: {zone}.zone\n{acl}",
             listen.join(", ")
         );
         let conf_path = dir.path().join("knot.conf");

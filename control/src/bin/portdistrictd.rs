@@ -1,0 +1,83 @@
+//! `portdistrictd`: the control daemon (see `portdistrict_control::daemon`).
+#![forbid(unsafe_code)]
+
+use portdistrict_control::daemon::{Daemon, DaemonOptions};
+use portdistrict_control::Dirs;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+const USAGE: &str = "usage: portdistrictd [--state-dir DIR] [--run-dir DIR] [--config FILE]
+        --dns-server IP[:PORT] --zone ZONE --tsig-key NAME --tsig-secret-file FILE
+        [--resolver IP[:PORT]] [--passphrase-file FILE] [--interface pd0]
+        [--listen-port 51820] [--endpoint IP:PORT ...] [--interval 30s] [--once]
+
+Publishes this identity's records in DNS (RFC 2136 + TSIG), reads its trusted peers'
+records and connects this device's tunnel to every trusted device, every interval,
+until SIGTERM; --once runs one cycle and exits. --config FILE holds the same settings
+as `name = value` lines (flags win).";
+
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "portdistrictd: {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn main() {
+    let _ = log::set_boxed_logger(Box::new(StderrLog));
+    log::set_max_level(log::LevelFilter::Info);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(args.first().map(String::as_str), Some("-h" | "--help")) {
+        println!("{USAGE}");
+        return;
+    }
+    if let Err(e) = run(&args) {
+        eprintln!("portdistrictd: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut dirs = Dirs {
+        state: PathBuf::from("/var/lib/portdistrict"),
+        run: PathBuf::from("/run/portdistrict"),
+    };
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--state-dir" => {
+                dirs.state = PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| anyhow::anyhow!("--state-dir needs a directory"))?,
+                )
+            }
+            "--run-dir" => {
+                dirs.run = PathBuf::from(
+                    it.next()
+                        .ok_or_else(|| anyhow::anyhow!("--run-dir needs a directory"))?,
+                )
+            }
+            _ => rest.push(a.as_str()),
+        }
+    }
+    let o = DaemonOptions::parse(&rest)?;
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&term))?;
+    }
+    let mut d = Daemon::new(dirs, o)?;
+    d.run(&term)
+}

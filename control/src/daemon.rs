@@ -1,0 +1,571 @@
+//! `portdistrictd`: publishes this identity's records, reads its trusted peers'
+//! records and connects this device's tunnel to every trusted device, every interval
+//! (or once, with `--once`), until SIGTERM.
+//!
+//! One cycle:
+//! 1. **publish**: the master record (the roster) and this device's record (WireGuard
+//!    key, endpoints, subnet), each sealed to the readers: TRUSTED peers' identity-ECDH
+//!    keys and the roster's devices; a record with no endpoint is published with a loud
+//!    warning;
+//! 2. **refresh**: for every TRUSTED peer, its master record, then each of its devices'
+//!    records, each checked (readable by us, signature, delegation, owner name,
+//!    expiry); a record that fails is logged with the reason and ignored;
+//! 3. **connect**: the tunnel gets this device's WireGuard key and overlay address,
+//!    every verified peer device becomes a WireGuard peer (its key, first endpoint,
+//!    AllowedIPs = its /64) with a route, and peers no longer wanted (revoked, demoted,
+//!    forgotten, gone from a roster) are removed.
+
+use crate::device::{roster, this_device};
+use crate::dns::{self, DnsConfig};
+use crate::identity::{PublicIdentity, Seed};
+use crate::node::{load_peers, unlock, SecretOptions};
+use crate::records::{
+    device_name, from_txt, master_name, open, seal, subnet_of, to_txt, DeviceKeys, DeviceRecord,
+    MasterRecord,
+};
+use crate::{run_cmd, uapi, Dirs};
+use anyhow::{bail, Context as _};
+use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::{PrivateKey, PublicKey};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a published record is valid.
+pub const RECORD_LIFETIME: u64 = 3600;
+
+/// Options of `portdistrictd`.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// DNS settings.
+    pub dns: DnsConfig,
+    /// How to unlock the identity.
+    pub secret: SecretOptions,
+    /// The tunnel interface (created with the dataplane when missing).
+    pub interface: String,
+    /// This device's WireGuard port.
+    pub listen_port: u16,
+    /// Endpoints to publish instead of the detected ones.
+    pub endpoints: Vec<SocketAddr>,
+    /// Time between cycles.
+    pub interval: Duration,
+    /// One cycle, then exit.
+    pub once: bool,
+}
+
+fn parse_addr(v: &str, default_port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
+    v.parse::<SocketAddr>()
+        .or_else(|_| {
+            v.parse::<IpAddr>()
+                .map(|ip| SocketAddr::new(ip, default_port))
+        })
+        .map_err(|_| anyhow::anyhow!("{flag} {v}: expected IP or IP:PORT"))
+}
+
+impl DaemonOptions {
+    /// Parses the flags; `--config FILE` reads `key = value` lines with the same
+    /// names (without `--`) first, flags override them.
+    pub fn parse(args: &[&str]) -> anyhow::Result<DaemonOptions> {
+        let mut kv: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut flags = Vec::new();
+        let mut it = args.iter();
+        let mut once = false;
+        while let Some(&a) = it.next() {
+            if a == "--once" {
+                once = true;
+                continue;
+            }
+            let key = a
+                .strip_prefix("--")
+                .with_context(|| format!("unexpected argument {a:?}"))?;
+            let v = *it.next().with_context(|| format!("{a} needs a value"))?;
+            if key == "config" {
+                let text = std::fs::read_to_string(v).with_context(|| format!("reading {v}"))?;
+                for (n, line) in text.lines().enumerate() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    let (k, val) = line
+                        .split_once('=')
+                        .with_context(|| format!("{v}:{}: expected key = value", n + 1))?;
+                    kv.entry(k.trim().to_owned())
+                        .or_default()
+                        .push(val.trim().to_owned());
+                }
+            } else {
+                flags.push((key.to_owned(), v.to_owned()));
+            }
+        }
+        let mut seen_flag = std::collections::BTreeSet::new();
+        for (k, v) in flags {
+            if seen_flag.insert(k.clone()) {
+                kv.insert(k.clone(), Vec::new());
+            }
+            kv.entry(k).or_default().push(v);
+        }
+        let one = |k: &str| kv.get(k).and_then(|v| v.last()).map(String::as_str);
+        let need = |k: &str| {
+            one(k)
+                .with_context(|| format!("portdistrictd needs --{k} (or `{k} = ...` in --config)"))
+        };
+        let known = [
+            "dns-server",
+            "zone",
+            "tsig-key",
+            "tsig-secret-file",
+            "resolver",
+            "passphrase-file",
+            "key-file",
+            "interface",
+            "listen-port",
+            "endpoint",
+            "interval",
+        ];
+        if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
+            bail!("portdistrictd: unknown option {k}");
+        }
+        let secret_file = need("tsig-secret-file")?;
+        let secret_text = std::fs::read_to_string(secret_file)
+            .with_context(|| format!("reading the TSIG secret {secret_file}"))?;
+        use base64::Engine as _;
+        let secret = base64::engine::general_purpose::STANDARD
+            .decode(secret_text.trim())
+            .with_context(|| format!("{secret_file}: the TSIG secret must be base64 (as in the server's key definition)"))?;
+        let server = parse_addr(need("dns-server")?, 53, "--dns-server")?;
+        Ok(DaemonOptions {
+            dns: DnsConfig {
+                server,
+                zone: need("zone")?.trim_end_matches('.').to_owned(),
+                key_name: need("tsig-key")?.to_owned(),
+                secret,
+                resolver: match one("resolver") {
+                    Some(r) => parse_addr(r, 53, "--resolver")?,
+                    None => server,
+                },
+            },
+            secret: SecretOptions {
+                passphrase_file: one("passphrase-file").map(Into::into),
+                key_file: None,
+            },
+            interface: one("interface").unwrap_or("pd0").to_owned(),
+            listen_port: match one("listen-port") {
+                Some(p) => p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .with_context(|| format!("--listen-port {p}: 1 to 65535"))?,
+                None => 51820,
+            },
+            endpoints: kv
+                .get("endpoint")
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    e.parse()
+                        .with_context(|| format!("--endpoint {e}: expected IP:PORT"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            interval: match one("interval") {
+                Some(i) => crate::parse_duration(i)?,
+                None => Duration::from_secs(30),
+            },
+            once,
+        })
+    }
+}
+
+/// Everything a cycle needs, built once with every dependency.
+pub struct Daemon {
+    dirs: Dirs,
+    o: DaemonOptions,
+    identity: PublicIdentity,
+    seed: Seed,
+    device: String,
+    keys: DeviceKeys,
+    /// Peer WireGuard key (base64) -> its /64, as last configured.
+    connected: BTreeMap<String, Ipv6Addr>,
+}
+
+/// A verified device of a trusted peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDevice {
+    /// The peer's namespace.
+    pub namespace: String,
+    /// The device name.
+    pub device: String,
+    /// Its WireGuard key.
+    pub wg_key: [u8; 32],
+    /// Its /64.
+    pub prefix: Ipv6Addr,
+    /// Its endpoints.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// The peers of a UAPI `get` dump: WireGuard key (base64) -> its first IPv6 /64.
+fn current_peers(dump: &str) -> BTreeMap<String, Ipv6Addr> {
+    let mut out = BTreeMap::new();
+    let mut key: Option<String> = None;
+    for line in dump.lines() {
+        if let Some(hex) = line.strip_prefix("public_key=") {
+            key = (0..32)
+                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(|b| PublicKey(b).to_base64());
+            if let Some(k) = &key {
+                out.insert(k.clone(), Ipv6Addr::UNSPECIFIED);
+            }
+        } else if let (Some(k), Some(ip)) = (&key, line.strip_prefix("allowed_ip=")) {
+            if let Some(a) = ip
+                .strip_suffix("/64")
+                .and_then(|a| a.parse::<Ipv6Addr>().ok())
+            {
+                out.insert(k.clone(), a);
+            }
+        }
+    }
+    out
+}
+
+/// Global addresses of this machine's interfaces (except `skip`), from `ip -o addr`.
+fn detect_addresses(skip: &str) -> Vec<IpAddr> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "addr", "show", "scope", "global"])
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains("tentative") && !l.contains("deprecated"))
+        .filter(|l| l.split_whitespace().nth(1) != Some(skip))
+        .filter_map(|l| {
+            let mut w = l
+                .split_whitespace()
+                .skip_while(|w| *w != "inet" && *w != "inet6");
+            w.next()?;
+            w.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+impl Daemon {
+    /// Unlocks the identity and loads this device.
+    pub fn new(dirs: Dirs, o: DaemonOptions) -> anyhow::Result<Daemon> {
+        let (rec, seed) = unlock(&dirs, &o.secret)?;
+        let (device, keys) = this_device(&dirs)?;
+        let ns = &rec.identity.namespace;
+        let zone = &o.dns.zone;
+        if ns != zone && !ns.ends_with(&format!(".{zone}")) {
+            bail!("the namespace {ns} is not inside the zone {zone}: records could not be published there");
+        }
+        Ok(Daemon {
+            dirs,
+            o,
+            identity: rec.identity,
+            seed,
+            device,
+            keys,
+            connected: BTreeMap::new(),
+        })
+    }
+
+    fn own_prefix(&self) -> Ipv6Addr {
+        self.identity.device_prefix(subnet_of(&self.device))
+    }
+
+    /// Publishes the master record and this device's record.
+    pub fn publish(&self, now: u64) -> anyhow::Result<()> {
+        let peers = load_peers(&self.dirs)?;
+        let roster = roster(&self.dirs)?;
+        let mut readers: Vec<[u8; 32]> = peers.trusted().map(|p| p.identity.ecdh).collect();
+        let mut devices = Vec::new();
+        for e in &roster {
+            let d = e.delegation()?;
+            readers.push(d.device.ecdh);
+            devices.push(d);
+        }
+        let ns = &self.identity.namespace;
+        let master = MasterRecord {
+            namespace: ns.clone(),
+            issued: now,
+            expires: now + RECORD_LIFETIME,
+            devices,
+        };
+        let mut rng = rand_core::OsRng;
+        let name = master_name(ns);
+        let env = seal(
+            &master.sign(&self.seed.master())?,
+            &name,
+            &readers,
+            &mut rng,
+        )?;
+        dns::publish(&self.o.dns, &name, &to_txt(&env), crate::exit::now)?;
+        let endpoints = if self.o.endpoints.is_empty() {
+            detect_addresses(&self.o.interface)
+                .into_iter()
+                .filter(|a| !self.is_overlay(*a))
+                .map(|a| SocketAddr::new(a, self.o.listen_port))
+                .collect()
+        } else {
+            self.o.endpoints.clone()
+        };
+        if endpoints.is_empty() {
+            log::warn!(
+                "WARNING: publishing {}.{ns} with NO endpoint: no global address found on any interface; peers cannot reach this device until it has one (or pass --endpoint IP:PORT)",
+                self.device
+            );
+        }
+        let wg = PrivateKey::from_bytes(self.keys.wireguard()).public_key();
+        let rec = DeviceRecord {
+            namespace: ns.clone(),
+            device: self.device.clone(),
+            issued: now,
+            expires: now + RECORD_LIFETIME,
+            wg_key: *wg.as_bytes(),
+            subnet: subnet_of(&self.device),
+            endpoints,
+        };
+        let dname = device_name(ns, &self.device);
+        let env = seal(&rec.sign(&self.keys.signing())?, &dname, &readers, &mut rng)?;
+        dns::publish(&self.o.dns, &dname, &to_txt(&env), crate::exit::now)?;
+        log::info!(
+            "published {name} ({} devices) and {dname} ({} endpoints) for {} readers",
+            master.devices.len(),
+            rec.endpoints.len(),
+            readers.len()
+        );
+        Ok(())
+    }
+
+    fn is_overlay(&self, a: IpAddr) -> bool {
+        match a {
+            IpAddr::V6(v6) => v6.octets()[..6] == self.identity.overlay_prefix().octets()[..6],
+            IpAddr::V4(_) => false,
+        }
+    }
+
+    /// Reads every trusted peer's records; failures are logged and skipped.
+    pub fn refresh(&self, now: u64) -> anyhow::Result<Vec<PeerDevice>> {
+        let peers = load_peers(&self.dirs)?;
+        let ours = self.seed.ecdh();
+        let mut out = Vec::new();
+        for p in peers.trusted() {
+            let ns = &p.identity.namespace;
+            let name = master_name(ns);
+            let roster = match self.read(&name, &ours).and_then(|plain| {
+                MasterRecord::verify(&plain, &name, &p.identity.master, now).map_err(Into::into)
+            }) {
+                Ok(r) => r,
+                Err(e) => {
+                    log::warn!("peer {} ({ns}): master record rejected: {e:#}", p.node_id);
+                    continue;
+                }
+            };
+            for d in &roster.devices {
+                let dname = device_name(ns, &d.device.name);
+                match self.read(&dname, &ours).and_then(|plain| {
+                    DeviceRecord::verify(&plain, &dname, &roster, now).map_err(Into::into)
+                }) {
+                    Ok(r) => out.push(PeerDevice {
+                        namespace: ns.clone(),
+                        device: r.device.clone(),
+                        wg_key: r.wg_key,
+                        prefix: p.identity.device_prefix(r.subnet),
+                        endpoints: r.endpoints,
+                    }),
+                    Err(e) => log::warn!("peer {ns}: device record {dname} rejected: {e:#}"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn read(&self, name: &str, ours: &x25519_dalek::StaticSecret) -> anyhow::Result<Vec<u8>> {
+        let txt = dns::resolve_txt(&self.o.dns, name)?
+            .with_context(|| format!("no records at {name}"))?;
+        let env = from_txt(&txt)?;
+        Ok(open(&env, name, ours)?)
+    }
+
+    /// Creates the tunnel if missing and makes its peers exactly `devices`.
+    pub fn connect(&mut self, devices: &[PeerDevice]) -> anyhow::Result<()> {
+        let ifname = self.o.interface.clone();
+        if !Path::new("/sys/class/net").join(&ifname).exists() {
+            let bin = crate::serve::dataplane_binary();
+            run_cmd(&[&bin.to_string_lossy(), &ifname])
+                .with_context(|| format!("starting the dataplane {}", bin.display()))?;
+        }
+        if self.connected.is_empty() {
+            // A restarted daemon (or `--once`) learns what the tunnel has from it.
+            self.connected = current_peers(&uapi::get(Path::new(uapi::SOCKET_DIR), &ifname)?);
+        }
+        let mut want: BTreeMap<String, &PeerDevice> = BTreeMap::new();
+        for d in devices {
+            want.insert(PublicKey(d.wg_key).to_base64(), d);
+        }
+        let mut changes = Vec::new();
+        for key in self.connected.keys().filter(|k| !want.contains_key(*k)) {
+            let mut p =
+                PeerChange::new(PublicKey::from_base64(key).map_err(|e| anyhow::anyhow!("{e}"))?);
+            p.remove = true;
+            changes.push(p);
+        }
+        for (key, d) in &want {
+            let mut p = PeerChange::new(PublicKey(d.wg_key));
+            p.endpoint = d.endpoints.first().copied();
+            p.persistent_keepalive_interval = Some(25);
+            p.replace_allowed_ips = true;
+            p.allowed_ips = vec![AllowedIpChange {
+                addr: IpAddr::V6(d.prefix),
+                cidr: 64,
+                remove: false,
+            }];
+            changes.push(p);
+            let _ = key;
+        }
+        uapi::set(
+            Path::new(uapi::SOCKET_DIR),
+            &ifname,
+            &SetRequest {
+                private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
+                listen_port: Some(self.o.listen_port),
+                fwmark: None,
+                replace_peers: false,
+                peers: changes,
+            },
+        )?;
+        let own = Ipv6Addr::from(u128::from(self.own_prefix()) | 1);
+        run_cmd(&[
+            "ip",
+            "-6",
+            "addr",
+            "replace",
+            &format!("{own}/64"),
+            "dev",
+            &ifname,
+            "nodad",
+        ])?;
+        run_cmd(&["ip", "link", "set", &ifname, "up"])?;
+        for (key, d) in &want {
+            run_cmd(&[
+                "ip",
+                "-6",
+                "route",
+                "replace",
+                &format!("{}/64", d.prefix),
+                "dev",
+                &ifname,
+            ])?;
+            if !self.connected.contains_key(key) {
+                log::info!("connected {}.{} ({}/64)", d.device, d.namespace, d.prefix);
+            }
+        }
+        for (key, prefix) in &self.connected {
+            if !want.contains_key(key) {
+                let _ = run_cmd(&[
+                    "ip",
+                    "-6",
+                    "route",
+                    "del",
+                    &format!("{prefix}/64"),
+                    "dev",
+                    &ifname,
+                ]);
+                log::info!("disconnected {prefix}/64");
+            }
+        }
+        self.connected = want.iter().map(|(k, d)| (k.clone(), d.prefix)).collect();
+        Ok(())
+    }
+
+    /// One cycle: publish, refresh, connect. Publication failures are logged (the
+    /// peers' records are still read and connected).
+    pub fn cycle(&mut self) -> anyhow::Result<usize> {
+        let now = crate::exit::now();
+        if let Err(e) = self.publish(now) {
+            log::error!("publication failed: {e:#}");
+        }
+        let devices = self.refresh(now)?;
+        self.connect(&devices)?;
+        Ok(devices.len())
+    }
+
+    /// Runs cycles until `term`.
+    pub fn run(&mut self, term: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        loop {
+            match self.cycle() {
+                Ok(n) => log::info!("cycle done: {n} peer devices connected"),
+                Err(e) => log::error!("cycle failed: {e:#}"),
+            }
+            if self.o.once {
+                return Ok(());
+            }
+            let mut slept = Duration::ZERO;
+            while slept < self.o.interval {
+                if term.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                slept += Duration::from_millis(100);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_peers_come_from_a_uapi_dump() {
+        let k1 = PublicKey([1; 32]);
+        let dump = format!(
+            "private_key=00\nlisten_port=51820\npublic_key={}\nendpoint=10.0.0.1:51820\nallowed_ip=fd00:1:2:3::/64\npublic_key={}\nerrno=0\n\n",
+            "01".repeat(32),
+            "02".repeat(32)
+        );
+        let got = current_peers(&dump);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            got[&k1.to_base64()],
+            "fd00:1:2:3::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(got[&PublicKey([2; 32]).to_base64()], Ipv6Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn options_from_flags_and_config() {
+        let dir = std::env::temp_dir().join(format!("pd-daemon-opts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "c2VjcmV0\n").unwrap();
+        let conf = dir.join("conf");
+        std::fs::write(
+            &conf,
+            format!("# settings\ndns-server = 192.0.2.53\nzone = pd.test.\ntsig-key = k\ntsig-secret-file = {}\ninterval = 10s\n", secret.display()),
+        )
+        .unwrap();
+        let o = DaemonOptions::parse(&[
+            "--config",
+            &conf.to_string_lossy(),
+            "--interval",
+            "5s",
+            "--once",
+        ])
+        .unwrap();
+        assert_eq!(o.dns.server, "192.0.2.53:53".parse().unwrap());
+        assert_eq!(o.dns.resolver, o.dns.server);
+        assert_eq!(o.dns.zone, "pd.test");
+        assert_eq!(o.dns.secret, b"secret");
+        assert_eq!(o.interval, Duration::from_secs(5), "flags win");
+        assert!(o.once);
+        let e = DaemonOptions::parse(&["--config", &conf.to_string_lossy(), "--bogus", "1"])
+            .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = DaemonOptions::parse(&[]).unwrap_err();
+        assert!(e.to_string().contains("--tsig-secret-file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,245 @@
+//! The control plane end to end on a real DNS server: Knot in a "dns" namespace (the
+//! primary for `pd.test`, accepting RFC 2136 updates signed with one TSIG key, and
+//! routing between the others); alice and bob each in their own namespace create an
+//! identity and a device, exchange bundles, verify fingerprints and trust each other;
+//! `portdistrictd --once` publishes their records and connects to the other's device,
+//! and the overlay (IPv6, derived prefixes) carries pings both ways. Then bob revokes
+//! alice: his next cycle republishes without her as a reader and disconnects her, her
+//! pings fail, and her next cycle logs that bob's record is no longer readable.
+//! A wrong TSIG secret gets a clear refusal.
+
+use portdistrict_netns_tests::{unique_ifname, uut_binary, Knot, Netns, TempDir, Veth};
+use std::process::{Command, Output, Stdio};
+
+const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=";
+
+fn bin(name: &str) -> String {
+    uut_binary()
+        .with_file_name(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// One person's machine: namespace, state, TSIG secret file, tunnel name.
+struct Node {
+    ns: Netns,
+    state: TempDir,
+    ifname: String,
+    dns: String,
+}
+
+impl Node {
+    fn cmd(&self, program: &str, args: &[&str]) -> Command {
+        let st = self.state.path().to_string_lossy().into_owned();
+        let mut argv = vec![
+            bin(program),
+            "--state-dir".into(),
+            st.clone(),
+            "--run-dir".into(),
+            format!("{st}/run"),
+        ];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut c = self.ns.command(&refs);
+        c.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
+        c
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = self
+            .cmd("portdistrict", args)
+            .output()
+            .expect("portdistrict");
+        assert!(
+            out.status.success(),
+            "portdistrict {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn daemon_once(&self, secret_file: &str) -> Output {
+        self.cmd(
+            "portdistrictd",
+            &[
+                "--dns-server",
+                &self.dns,
+                "--zone",
+                "pd.test",
+                "--tsig-key",
+                "pd-key",
+                "--tsig-secret-file",
+                secret_file,
+                "--interface",
+                &self.ifname,
+                "--once",
+            ],
+        )
+        .output()
+        .expect("portdistrictd")
+    }
+
+    fn overlay_addr(&self) -> String {
+        let list = self.cli(&["device", "list"]);
+        let prefix = list
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("overlay:"))
+            .expect("overlay line")
+            .trim()
+            .trim_end_matches("/64")
+            .to_owned();
+        format!("{prefix}1")
+    }
+
+    fn pings(&self, addr: &str) -> bool {
+        self.ns
+            .try_exec(&["ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", addr])
+            .status
+            .success()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The dataplane removes its socket when its interface goes.
+        let _ = Command::new("ip")
+            .args(["-n", self.ns.name(), "link", "del", &self.ifname])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+fn log_of(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
+    let dns = Netns::new("cd-dns");
+    dns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    dns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    let mk = |role: &str, subnet: u8| {
+        let ns = Netns::new(role);
+        let link = Veth::new(&ns, &dns, subnet);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &link.v4(2).to_string(),
+        ]);
+        ns.exec(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &link.v6(2).to_string(),
+        ]);
+        (ns, link)
+    };
+    let (alice_ns, alice_link) = mk("cd-alice", 61);
+    let (bob_ns, bob_link) = mk("cd-bob", 62);
+    let _knot = Knot::start_with_updates(
+        &dns,
+        &[alice_link.v4(2).into(), bob_link.v4(2).into()],
+        "pd.test",
+        &[],
+        Some(("pd-key", SECRET)),
+    );
+    let alice = Node {
+        ns: alice_ns,
+        state: TempDir::new("cd-alice"),
+        ifname: unique_ifname("pdo"),
+        dns: alice_link.v4(2).to_string(),
+    };
+    let bob = Node {
+        ns: bob_ns,
+        state: TempDir::new("cd-bob"),
+        ifname: unique_ifname("pdo"),
+        dns: bob_link.v4(2).to_string(),
+    };
+    let secrets = TempDir::new("cd-secrets");
+    let secret = secrets
+        .write_private("tsig", SECRET)
+        .to_string_lossy()
+        .into_owned();
+    let wrong = secrets
+        .write_private("wrong", "d3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmc=")
+        .to_string_lossy()
+        .into_owned();
+
+    // Identities, devices, bundles exchanged, fingerprints verified, trust both ways.
+    for (n, ns_name, dev) in [
+        (&alice, "alice.pd.test", "laptop"),
+        (&bob, "bob.pd.test", "desk"),
+    ] {
+        let key = n.state.path().join("seed.key");
+        n.cli(&[
+            "identity",
+            "init",
+            "--namespace",
+            ns_name,
+            "--key-file",
+            &key.to_string_lossy(),
+        ]);
+        n.cli(&["device", "init", "--name", dev]);
+    }
+    for (me, other) in [(&alice, &bob), (&bob, &alice)] {
+        let bundle = other.cli(&["identity", "bundle"]);
+        let shown: serde_json::Value =
+            serde_json::from_str(&other.cli(&["identity", "show", "--json"])).unwrap();
+        let node = shown["node_id"].as_str().unwrap().to_owned();
+        assert!(me.cli(&["peer", "add", bundle.trim()]).contains("SEEN"));
+        me.cli(&[
+            "peer",
+            "verify",
+            &node,
+            "--fingerprint",
+            shown["fingerprint"].as_str().unwrap(),
+        ]);
+        me.cli(&["peer", "trust", &node]);
+    }
+
+    // A wrong TSIG secret: refused, and said so.
+    let out = alice.daemon_once(&wrong);
+    let log = log_of(&out);
+    assert!(log.contains("NOTAUTH") || log.contains("refused"), "{log}");
+
+    // Publish and connect: alice first (bob's records are not there yet), then bob,
+    // then alice again.
+    for n in [&alice, &bob, &alice] {
+        let out = n.daemon_once(&secret);
+        assert!(out.status.success(), "{}", log_of(&out));
+    }
+    let (a, b) = (alice.overlay_addr(), bob.overlay_addr());
+    assert!(
+        alice.pings(&b),
+        "alice -> bob over the overlay\n{}",
+        log_of(&alice.daemon_once(&secret))
+    );
+    assert!(bob.pings(&a), "bob -> alice over the overlay");
+
+    // Bob revokes alice: after his next cycle she is cut off and cannot read him.
+    let alice_node: serde_json::Value =
+        serde_json::from_str(&alice.cli(&["identity", "show", "--json"])).unwrap();
+    bob.cli(&["peer", "revoke", alice_node["node_id"].as_str().unwrap()]);
+    let out = bob.daemon_once(&secret);
+    assert!(log_of(&out).contains("disconnected"), "{}", log_of(&out));
+    assert!(
+        !alice.pings(&b),
+        "alice still reaches bob after the revocation"
+    );
+    let out = alice.daemon_once(&secret);
+    let log = log_of(&out);
+    assert!(
+        log.contains("bob.pd.test") && log.contains("not readable with our key"),
+        "{log}"
+    );
+}
