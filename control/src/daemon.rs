@@ -188,6 +188,20 @@ pub struct Daemon {
     connected: BTreeMap<String, Ipv6Addr>,
 }
 
+/// What a refresh found.
+#[derive(Debug, Clone, Default)]
+pub struct Refreshed {
+    /// Verified devices of trusted peers.
+    pub devices: Vec<PeerDevice>,
+    /// Overlay /48s of trusted peers whose records failed a check: their devices stay
+    /// connected as they are.
+    pub keep: Vec<Ipv6Addr>,
+}
+
+fn in_48(a: Ipv6Addr, prefix48: Ipv6Addr) -> bool {
+    a.octets()[..6] == prefix48.octets()[..6]
+}
+
 /// A verified device of a trusted peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerDevice {
@@ -345,11 +359,15 @@ impl Daemon {
         }
     }
 
-    /// Reads every trusted peer's records; failures are logged and skipped.
-    pub fn refresh(&self, now: u64) -> anyhow::Result<Vec<PeerDevice>> {
+    /// Reads every trusted peer's records. A record that fails a check is logged with
+    /// the reason and skipped, and that peer's overlay /48 is returned in `keep`: its
+    /// devices stay connected as they were (an altered or unreachable record must not
+    /// tear down working tunnels).
+    pub fn refresh(&self, now: u64) -> anyhow::Result<Refreshed> {
         let peers = load_peers(&self.dirs)?;
         let ours = self.seed.ecdh();
         let mut out = Vec::new();
+        let mut keep = Vec::new();
         for p in peers.trusted() {
             let ns = &p.identity.namespace;
             let name = master_name(ns);
@@ -359,6 +377,7 @@ impl Daemon {
                 Ok(r) => r,
                 Err(e) => {
                     log::warn!("peer {} ({ns}): master record rejected: {e:#}", p.node_id);
+                    keep.push(p.identity.overlay_prefix());
                     continue;
                 }
             };
@@ -374,11 +393,14 @@ impl Daemon {
                         prefix: p.identity.device_prefix(r.subnet),
                         endpoints: r.endpoints,
                     }),
-                    Err(e) => log::warn!("peer {ns}: device record {dname} rejected: {e:#}"),
+                    Err(e) => {
+                        log::warn!("peer {ns}: device record {dname} rejected: {e:#}");
+                        keep.push(p.identity.overlay_prefix());
+                    }
                 }
             }
         }
-        Ok(out)
+        Ok(Refreshed { devices: out, keep })
     }
 
     fn read(&self, name: &str, ours: &x25519_dalek::StaticSecret) -> anyhow::Result<Vec<u8>> {
@@ -388,8 +410,11 @@ impl Daemon {
         Ok(open(&env, name, ours)?)
     }
 
-    /// Creates the tunnel if missing and makes its peers exactly `devices`.
-    pub fn connect(&mut self, devices: &[PeerDevice]) -> anyhow::Result<()> {
+    /// Creates the tunnel if missing and makes its peers exactly `r.devices`, plus
+    /// those already connected inside a kept /48.
+    pub fn connect(&mut self, r: &Refreshed) -> anyhow::Result<()> {
+        let devices = &r.devices;
+        let kept = |prefix: &Ipv6Addr| r.keep.iter().any(|k| in_48(*prefix, *k));
         let ifname = self.o.interface.clone();
         if !Path::new("/sys/class/net").join(&ifname).exists() {
             let bin = crate::serve::dataplane_binary();
@@ -405,7 +430,11 @@ impl Daemon {
             want.insert(PublicKey(d.wg_key).to_base64(), d);
         }
         let mut changes = Vec::new();
-        for key in self.connected.keys().filter(|k| !want.contains_key(*k)) {
+        for (key, _) in self
+            .connected
+            .iter()
+            .filter(|(k, p)| !want.contains_key(*k) && !kept(p))
+        {
             let mut p =
                 PeerChange::new(PublicKey::from_base64(key).map_err(|e| anyhow::anyhow!("{e}"))?);
             p.remove = true;
@@ -462,7 +491,7 @@ impl Daemon {
             }
         }
         for (key, prefix) in &self.connected {
-            if !want.contains_key(key) {
+            if !want.contains_key(key) && !kept(prefix) {
                 let _ = run_cmd(&[
                     "ip",
                     "-6",
@@ -475,7 +504,14 @@ impl Daemon {
                 log::info!("disconnected {prefix}/64");
             }
         }
+        let kept_now: Vec<(String, Ipv6Addr)> = self
+            .connected
+            .iter()
+            .filter(|(k, p)| !want.contains_key(*k) && kept(p))
+            .map(|(k, p)| (k.clone(), *p))
+            .collect();
         self.connected = want.iter().map(|(k, d)| (k.clone(), d.prefix)).collect();
+        self.connected.extend(kept_now);
         Ok(())
     }
 
@@ -486,9 +522,9 @@ impl Daemon {
         if let Err(e) = self.publish(now) {
             log::error!("publication failed: {e:#}");
         }
-        let devices = self.refresh(now)?;
-        self.connect(&devices)?;
-        Ok(devices.len())
+        let r = self.refresh(now)?;
+        self.connect(&r)?;
+        Ok(r.devices.len())
     }
 
     /// Runs cycles until `term`.

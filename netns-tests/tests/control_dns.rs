@@ -6,7 +6,10 @@
 //! and the overlay (IPv6, derived prefixes) carries pings both ways. Then bob revokes
 //! alice: his next cycle republishes without her as a reader and disconnects her, her
 //! pings fail, and her next cycle logs that bob's record is no longer readable.
-//! A wrong TSIG secret gets a clear refusal.
+//! A wrong TSIG secret gets a clear refusal; a record altered in the zone by hand is
+//! rejected with the reason and leaves the tunnel as it was; a daemon restarted while
+//! a ping runs loses at most one; a device with no endpoint is published with a loud
+//! warning.
 
 use portdistrict_netns_tests::{unique_ifname, uut_binary, Knot, Netns, TempDir, Veth};
 use std::process::{Command, Output, Stdio};
@@ -146,9 +149,27 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
     };
     let (alice_ns, alice_link) = mk("cd-alice", 61);
     let (bob_ns, bob_link) = mk("cd-bob", 62);
+    // Carol's machine has only link-scope addresses: nothing to publish as endpoint.
+    let carol_ns = Netns::new("cd-carol");
+    let carol_link = Veth::new(&carol_ns, &dns, 63);
+    carol_ns.exec(&["ip", "addr", "flush", "dev", carol_link.a_name()]);
+    carol_ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{}/24", carol_link.v4(1)),
+        "dev",
+        carol_link.a_name(),
+        "scope",
+        "link",
+    ]);
     let _knot = Knot::start_with_updates(
         &dns,
-        &[alice_link.v4(2).into(), bob_link.v4(2).into()],
+        &[
+            alice_link.v4(2).into(),
+            bob_link.v4(2).into(),
+            carol_link.v4(2).into(),
+        ],
         "pd.test",
         &[],
         Some(("pd-key", SECRET)),
@@ -225,6 +246,132 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         log_of(&alice.daemon_once(&secret))
     );
     assert!(bob.pings(&a), "bob -> alice over the overlay");
+
+    // A record altered in the zone by hand is rejected with the reason, and the tunnel
+    // to that device stays as it was.
+    let bob_dev = "_portdistrict.desk.bob.pd.test.";
+    let at = format!("@{}", alice.dns);
+    let txt = alice.ns.exec(&["kdig", &at, "+short", "TXT", bob_dev]);
+    let line = txt
+        .lines()
+        .find(|l| l.contains("pd1"))
+        .unwrap_or_else(|| panic!("bob's device record in {txt:?}"))
+        .to_owned();
+    let mut altered = line.clone().into_bytes();
+    let i = line.find("1/1").unwrap_or_else(|| panic!("chunk prefix in {line:?}")) + 20;
+    altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let script = format!(
+        "server {} 53\nzone pd.test.\nupdate delete {bob_dev} TXT\nupdate add {bob_dev} 60 TXT {altered}\nsend\n",
+        alice.dns
+    );
+    let script_file = secrets.write_private("nsupdate", &script);
+    alice.ns.exec(&[
+        "knsupdate",
+        "-y",
+        &format!("hmac-sha256:pd-key:{SECRET}"),
+        &script_file.to_string_lossy(),
+    ]);
+    let out = alice.daemon_once(&secret);
+    let log = log_of(&out);
+    assert!(
+        log.contains("device record _portdistrict.desk.bob.pd.test rejected"),
+        "{log}"
+    );
+    assert!(
+        alice.pings(&b),
+        "an altered record must leave the tunnel as it was"
+    );
+    assert!(bob.daemon_once(&secret).status.success(), "bob republishes");
+
+    // portdistrictd restarted while a ping runs: at most one lost.
+    let ping = alice
+        .ns
+        .command(&["ping", "-6", "-c", "30", "-i", "0.2", "-W", "1", &b])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ping");
+    let daemon_args = |n: &Node| {
+        n.cmd(
+            "portdistrictd",
+            &[
+                "--dns-server",
+                &n.dns,
+                "--zone",
+                "pd.test",
+                "--tsig-key",
+                "pd-key",
+                "--tsig-secret-file",
+                &secret,
+                "--interface",
+                &n.ifname,
+                "--interval",
+                "1s",
+            ],
+        )
+    };
+    let mut d = portdistrict_netns_tests::ChildGuard::spawn(
+        "portdistrictd",
+        daemon_args(&alice)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let t0 = std::time::Instant::now();
+    alice.ns.exec(&["kill", "-TERM", &d.pid().to_string()]);
+    assert!(
+        d.wait_timeout(std::time::Duration::from_secs(1))
+            .is_some_and(|s| s.success()),
+        "portdistrictd did not exit within 1 s of SIGTERM"
+    );
+    eprintln!("portdistrictd exited {:?} after SIGTERM", t0.elapsed());
+    let mut d = portdistrict_netns_tests::ChildGuard::spawn(
+        "portdistrictd",
+        daemon_args(&alice)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let out = ping.wait_with_output().expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received: u32 = text
+        .split(',')
+        .find_map(|p| {
+            p.trim()
+                .strip_suffix(" received")
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("ping summary: {text}"));
+    assert!(
+        received >= 29,
+        "more than one ping lost across the restart: {text}"
+    );
+    alice.ns.exec(&["kill", "-TERM", &d.pid().to_string()]);
+    let _ = d.wait_timeout(std::time::Duration::from_secs(2));
+
+    // A device record with no endpoint is published with a loud warning.
+    let carol = Node {
+        ns: carol_ns,
+        state: TempDir::new("cd-carol"),
+        ifname: unique_ifname("pdo"),
+        dns: carol_link.v4(2).to_string(),
+    };
+    let key = carol.state.path().join("seed.key");
+    carol.cli(&[
+        "identity",
+        "init",
+        "--namespace",
+        "carol.pd.test",
+        "--key-file",
+        &key.to_string_lossy(),
+    ]);
+    carol.cli(&["device", "init", "--name", "tablet"]);
+    let out = carol.daemon_once(&secret);
+    let log = log_of(&out);
+    assert!(log.contains("with NO endpoint"), "{log}");
+    assert!(
+        log.contains("published _portdistrict.carol.pd.test"),
+        "{log}"
+    );
 
     // Bob revokes alice: after his next cycle she is cut off and cannot read him.
     let alice_node: serde_json::Value =
