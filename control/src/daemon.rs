@@ -186,6 +186,8 @@ pub struct Daemon {
     keys: DeviceKeys,
     /// Peer WireGuard key (base64) -> its /64, as last configured.
     connected: BTreeMap<String, Ipv6Addr>,
+    /// What `tunnels.json` said last, by key.
+    last_tunnels: BTreeMap<String, crate::tunnels::Tunnel>,
 }
 
 /// What a refresh found.
@@ -281,6 +283,7 @@ impl Daemon {
             device,
             keys,
             connected: BTreeMap::new(),
+            last_tunnels: BTreeMap::new(),
         })
     }
 
@@ -413,7 +416,12 @@ impl Daemon {
     /// Creates the tunnel if missing and makes its peers exactly `r.devices`, plus
     /// those already connected inside a kept /48.
     pub fn connect(&mut self, r: &Refreshed) -> anyhow::Result<()> {
-        let devices = &r.devices;
+        let off = crate::tunnels::disconnected(&self.dirs)?;
+        let devices: Vec<&PeerDevice> = r
+            .devices
+            .iter()
+            .filter(|d| !off.contains(&format!("{}.{}", d.device, d.namespace)))
+            .collect();
         let kept = |prefix: &Ipv6Addr| r.keep.iter().any(|k| in_48(*prefix, *k));
         let ifname = self.o.interface.clone();
         if !Path::new("/sys/class/net").join(&ifname).exists() {
@@ -512,7 +520,41 @@ impl Daemon {
             .collect();
         self.connected = want.iter().map(|(k, d)| (k.clone(), d.prefix)).collect();
         self.connected.extend(kept_now);
-        Ok(())
+        let tunnels = self
+            .connected
+            .iter()
+            .map(|(k, p)| match want.get(k) {
+                Some(d) => crate::tunnels::Tunnel {
+                    name: format!("{}.{}", d.device, d.namespace),
+                    wg_key: k.clone(),
+                    prefix: format!("{}/64", d.prefix),
+                    endpoint: d.endpoints.first().map(ToString::to_string),
+                },
+                None => self
+                    .last_tunnels
+                    .get(k)
+                    .cloned()
+                    .unwrap_or(crate::tunnels::Tunnel {
+                        name: k.clone(),
+                        wg_key: k.clone(),
+                        prefix: format!("{p}/64"),
+                        endpoint: None,
+                    }),
+            })
+            .collect::<Vec<_>>();
+        self.last_tunnels = tunnels
+            .iter()
+            .map(|t| (t.wg_key.clone(), t.clone()))
+            .collect();
+        crate::tunnels::save(
+            &self.dirs,
+            &crate::tunnels::TunnelsFile {
+                interface: ifname,
+                last_cycle: crate::exit::now(),
+                pid: std::process::id(),
+                tunnels,
+            },
+        )
     }
 
     /// One cycle: publish, refresh, connect. Publication failures are logged (the

@@ -9,6 +9,7 @@
 //!   [`node`]: the `identity` and `peer` commands around them; [`records`]: master
 //!   and device records, signed, encrypted to their readers, chunked into TXT.
 //! - [`device`]: this machine's device and the roster; [`daemon`]: `portdistrictd`.
+//! - [`tunnels`]: `tunnel list|show|connect|disconnect` and `status`.
 //! - [`dns`]: publication (RFC 2136 + TSIG) and resolution (hickory-resolver).
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
 //! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
@@ -25,6 +26,7 @@ pub mod node;
 pub mod records;
 pub mod serve;
 pub mod trust;
+pub mod tunnels;
 pub mod uapi;
 
 use anyhow::{bail, Context as _};

@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
-use portdistrict_control::{consumer, device, exit, node, serve, Dirs};
+use portdistrict_control::{consumer, device, exit, node, serve, tunnels, Dirs};
 use std::path::PathBuf;
 
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
@@ -56,6 +56,11 @@ Commands:
                         this machine's device of the identity (delegated by it)
   device list           this machine's device and the roster
   device roster remove NAME
+  tunnel list [--json] | tunnel show NAME
+                        peer devices portdistrictd connected (device.namespace)
+  tunnel disconnect NAME | tunnel connect NAME
+                        take one off now (and keep it off) / let it come back
+  status [--json]       identity, device, daemon, peers, tunnels
 
 Options:
   --state-dir DIR       persistent state (default /var/lib/portdistrict)
@@ -124,6 +129,25 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 _ => bail!("device init needs --name NAME (one DNS label, like laptop)"),
             };
             print!("{}", device::init(&dirs, name, &secret)?);
+            Ok(())
+        }
+        ["tunnel", "list", rest @ ..] => {
+            print!("{}", tunnels::list(&dirs, json_flag(rest)?)?);
+            Ok(())
+        }
+        ["tunnel", "show", name] => {
+            print!("{}", tunnels::show(&dirs, name)?);
+            Ok(())
+        }
+        ["tunnel", verb @ ("connect" | "disconnect"), name] => {
+            println!(
+                "{}",
+                tunnels::set_connected(&dirs, name, *verb == "connect")?
+            );
+            Ok(())
+        }
+        ["status", rest @ ..] => {
+            print!("{}", tunnels::status(&dirs, json_flag(rest)?)?);
             Ok(())
         }
         ["device", "list"] => {

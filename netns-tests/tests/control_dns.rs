@@ -6,7 +6,8 @@
 //! and the overlay (IPv6, derived prefixes) carries pings both ways. Then bob revokes
 //! alice: his next cycle republishes without her as a reader and disconnects her, her
 //! pings fail, and her next cycle logs that bob's record is no longer readable.
-//! A wrong TSIG secret gets a clear refusal; a record altered in the zone by hand is
+//! `tunnel list|show` agree with `wg show`, and `tunnel disconnect` holds across a
+//! cycle until `tunnel connect`. A wrong TSIG secret gets a clear refusal; a record altered in the zone by hand is
 //! rejected with the reason and leaves the tunnel as it was; a daemon restarted while
 //! a ping runs loses at most one; a device with no endpoint is published with a loud
 //! warning.
@@ -247,6 +248,41 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
     );
     assert!(bob.pings(&a), "bob -> alice over the overlay");
 
+    // tunnel list/show agree with `wg show`; disconnect by hand holds across a cycle.
+    let list = alice.cli(&["tunnel", "list"]);
+    assert!(list.contains("desk.bob.pd.test"), "{list}");
+    let shown = alice.cli(&["tunnel", "show", "desk.bob.pd.test"]);
+    let dump = alice.ns.exec(&["wg", "show", &alice.ifname, "dump"]);
+    let peer_line = dump.lines().nth(1).expect("one peer in wg show");
+    let fields: Vec<&str> = peer_line.split('\t').collect();
+    assert!(
+        shown.contains(fields[0]),
+        "public key: {shown} vs {peer_line}"
+    );
+    assert!(
+        shown.contains(fields[3]),
+        "allowed ips: {shown} vs {peer_line}"
+    );
+    assert!(
+        shown.contains(fields[2]),
+        "endpoint: {shown} vs {peer_line}"
+    );
+    let status = alice.cli(&["status"]);
+    assert!(status.contains("tunnels:  1"), "{status}");
+    alice.cli(&["tunnel", "disconnect", "desk.bob.pd.test"]);
+    assert!(
+        !alice.pings(&b),
+        "disconnected by hand, yet bob is reachable"
+    );
+    assert!(alice.daemon_once(&secret).status.success());
+    assert!(
+        !alice.pings(&b),
+        "the daemon reconnected a tunnel disconnected by hand"
+    );
+    alice.cli(&["tunnel", "connect", "desk.bob.pd.test"]);
+    assert!(alice.daemon_once(&secret).status.success());
+    assert!(alice.pings(&b), "tunnel connect did not bring it back");
+
     // A record altered in the zone by hand is rejected with the reason, and the tunnel
     // to that device stays as it was.
     let bob_dev = "_portdistrict.desk.bob.pd.test.";
@@ -258,7 +294,10 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         .unwrap_or_else(|| panic!("bob's device record in {txt:?}"))
         .to_owned();
     let mut altered = line.clone().into_bytes();
-    let i = line.find("1/1").unwrap_or_else(|| panic!("chunk prefix in {line:?}")) + 20;
+    let i = line
+        .find("1/1")
+        .unwrap_or_else(|| panic!("chunk prefix in {line:?}"))
+        + 20;
     altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).unwrap();
     let script = format!(

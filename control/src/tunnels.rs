@@ -1,0 +1,358 @@
+//! `portdistrict tunnel list|show|connect|disconnect` and `portdistrict status`.
+//!
+//! `portdistrictd` writes what it connected after every cycle to `RUN_DIR/tunnels.json`
+//! (atomically); these commands join that with what the dataplane reports over its
+//! UAPI socket (handshake, bytes, current endpoint), so `tunnel show` and `wg show`
+//! agree by construction. `tunnel disconnect NAME` takes a peer device off the tunnel
+//! at once and records it in `STATE_DIR/disconnected.json`, which the daemon honours
+//! until `tunnel connect NAME`.
+
+use crate::{uapi, Dirs};
+use anyhow::{bail, Context as _};
+use portdistrict_exitnode::state::write_atomic;
+use portdistrict_wg::uapi::{PeerChange, SetRequest};
+use portdistrict_wg::PublicKey;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// One peer device as the daemon last connected it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    /// `device.namespace`.
+    pub name: String,
+    /// Its WireGuard key, base64.
+    pub wg_key: String,
+    /// Its /64.
+    pub prefix: String,
+    /// The endpoint its record gave.
+    pub endpoint: Option<String>,
+}
+
+/// `RUN_DIR/tunnels.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelsFile {
+    /// The tunnel interface.
+    pub interface: String,
+    /// When the last cycle finished (Unix seconds).
+    pub last_cycle: u64,
+    /// The daemon's process ID.
+    pub pid: u32,
+    /// Connected peer devices.
+    pub tunnels: Vec<Tunnel>,
+}
+
+fn tunnels_path(dirs: &Dirs) -> PathBuf {
+    dirs.run.join("tunnels.json")
+}
+
+fn disconnected_path(dirs: &Dirs) -> PathBuf {
+    dirs.state.join("disconnected.json")
+}
+
+/// Written by the daemon after each cycle.
+pub fn save(dirs: &Dirs, f: &TunnelsFile) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&dirs.run)
+        .with_context(|| format!("creating {}", dirs.run.display()))?;
+    write_atomic(
+        &tunnels_path(dirs),
+        serde_json::to_string_pretty(f)?.as_bytes(),
+    )
+    .with_context(|| format!("writing {}", tunnels_path(dirs).display()))
+}
+
+fn load(dirs: &Dirs) -> anyhow::Result<TunnelsFile> {
+    let path = tunnels_path(dirs);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is damaged", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no tunnels yet: portdistrictd has not completed a cycle with this --run-dir ({})",
+            dirs.run.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Peer devices taken off by hand (`device.namespace` names).
+pub fn disconnected(dirs: &Dirs) -> anyhow::Result<Vec<String>> {
+    let path = disconnected_path(dirs);
+    match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is damaged", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Live per-peer facts from the dataplane, by base64 key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Live {
+    endpoint: Option<String>,
+    handshake: u64,
+    rx: u64,
+    tx: u64,
+}
+
+fn live(ifname: &str) -> BTreeMap<String, Live> {
+    let Ok(dump) = uapi::get(Path::new(uapi::SOCKET_DIR), ifname) else {
+        return BTreeMap::new();
+    };
+    parse_live(&dump)
+}
+
+fn parse_live(dump: &str) -> BTreeMap<String, Live> {
+    let mut out = BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for line in dump.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        match k {
+            "public_key" => {
+                cur = (0..32)
+                    .map(|i| u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .map(|b| PublicKey(b).to_base64());
+                if let Some(c) = &cur {
+                    out.insert(c.clone(), Live::default());
+                }
+            }
+            _ => {
+                let Some(l) = cur.as_ref().and_then(|c| out.get_mut(c)) else {
+                    continue;
+                };
+                match k {
+                    "endpoint" => l.endpoint = Some(v.to_owned()),
+                    "last_handshake_time_sec" => l.handshake = v.parse().unwrap_or(0),
+                    "rx_bytes" => l.rx = v.parse().unwrap_or(0),
+                    "tx_bytes" => l.tx = v.parse().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+fn age(now: u64, t: u64) -> String {
+    if t == 0 {
+        "never".to_owned()
+    } else {
+        format!("{}s ago", now.saturating_sub(t))
+    }
+}
+
+/// `tunnel list [--json]`.
+pub fn list(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
+    let f = load(dirs)?;
+    let live = live(&f.interface);
+    let now = crate::exit::now();
+    let off = disconnected(dirs)?;
+    if json {
+        let v: Vec<_> = f
+            .tunnels
+            .iter()
+            .map(|t| {
+                let l = live.get(&t.wg_key).cloned().unwrap_or_default();
+                serde_json::json!({
+                    "name": t.name, "wg_key": t.wg_key, "prefix": t.prefix,
+                    "endpoint": l.endpoint.or(t.endpoint.clone()),
+                    "last_handshake": l.handshake, "rx_bytes": l.rx, "tx_bytes": l.tx,
+                })
+            })
+            .chain(
+                off.iter()
+                    .map(|n| serde_json::json!({"name": n, "disconnected": true})),
+            )
+            .collect();
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&v)?));
+    }
+    let mut s = String::new();
+    for t in &f.tunnels {
+        let l = live.get(&t.wg_key).cloned().unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{}  {}  handshake {}  rx {} B  tx {} B",
+            t.name,
+            t.prefix,
+            age(now, l.handshake),
+            l.rx,
+            l.tx
+        );
+    }
+    for n in off {
+        let _ = writeln!(
+            s,
+            "{n}  disconnected by hand (`portdistrict tunnel connect {n}`)"
+        );
+    }
+    if s.is_empty() {
+        s.push_str("no tunnels: no trusted peer device found yet\n");
+    }
+    Ok(s)
+}
+
+/// `tunnel show NAME`.
+pub fn show(dirs: &Dirs, name: &str) -> anyhow::Result<String> {
+    let f = load(dirs)?;
+    let t = f
+        .tunnels
+        .iter()
+        .find(|t| t.name == name || t.name.starts_with(&format!("{name}.")))
+        .with_context(|| format!("no tunnel {name:?} (see `portdistrict tunnel list`)"))?;
+    let l = live(&f.interface)
+        .get(&t.wg_key)
+        .cloned()
+        .unwrap_or_default();
+    let now = crate::exit::now();
+    let mut s = String::new();
+    let _ = writeln!(s, "tunnel:         {}", t.name);
+    let _ = writeln!(s, "interface:      {}", f.interface);
+    let _ = writeln!(s, "public key:     {}", t.wg_key);
+    let _ = writeln!(s, "allowed ips:    {}", t.prefix);
+    let _ = writeln!(
+        s,
+        "endpoint:       {}",
+        l.endpoint
+            .or(t.endpoint.clone())
+            .unwrap_or_else(|| "(none)".into())
+    );
+    let _ = writeln!(s, "last handshake: {}", age(now, l.handshake));
+    let _ = writeln!(s, "transfer:       {} B received, {} B sent", l.rx, l.tx);
+    Ok(s)
+}
+
+/// `tunnel disconnect NAME` (takes it off now; the daemon leaves it off) and `tunnel
+/// connect NAME` (lets the daemon connect it again at its next cycle).
+pub fn set_connected(dirs: &Dirs, name: &str, connect: bool) -> anyhow::Result<String> {
+    let mut off = disconnected(dirs)?;
+    if connect {
+        let before = off.len();
+        off.retain(|n| n != name);
+        if off.len() == before {
+            bail!("{name} is not disconnected by hand; nothing to do");
+        }
+    } else {
+        let f = load(dirs)?;
+        let t = f
+            .tunnels
+            .iter()
+            .find(|t| t.name == name)
+            .with_context(|| format!("no tunnel {name:?} (see `portdistrict tunnel list`)"))?;
+        let mut p =
+            PeerChange::new(PublicKey::from_base64(&t.wg_key).map_err(|e| anyhow::anyhow!("{e}"))?);
+        p.remove = true;
+        uapi::set(
+            Path::new(uapi::SOCKET_DIR),
+            &f.interface,
+            &SetRequest {
+                private_key: None,
+                listen_port: None,
+                fwmark: None,
+                replace_peers: false,
+                peers: vec![p],
+            },
+        )?;
+        if !off.iter().any(|n| n == name) {
+            off.push(name.to_owned());
+        }
+    }
+    std::fs::create_dir_all(&dirs.state)?;
+    write_atomic(
+        &disconnected_path(dirs),
+        serde_json::to_string_pretty(&off)?.as_bytes(),
+    )
+    .with_context(|| format!("writing {}", disconnected_path(dirs).display()))?;
+    Ok(if connect {
+        format!("{name}: portdistrictd connects it again at its next cycle")
+    } else {
+        format!("{name} disconnected; portdistrictd leaves it off until `portdistrict tunnel connect {name}`")
+    })
+}
+
+/// `status [--json]`.
+pub fn status(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
+    let rec = crate::node::record(dirs)?;
+    let peers = crate::node::load_peers(dirs)?;
+    let device = crate::device::this_device(dirs).map(|(n, _)| n).ok();
+    let f = load(dirs).ok();
+    let now = crate::exit::now();
+    let running = f
+        .as_ref()
+        .is_some_and(|f| Path::new(&format!("/proc/{}", f.pid)).exists());
+    let trusted = peers.trusted().count();
+    let (tunnels, up) = f.as_ref().map_or((0, 0), |f| {
+        let live = live(&f.interface);
+        let up = f
+            .tunnels
+            .iter()
+            .filter(|t| {
+                live.get(&t.wg_key)
+                    .is_some_and(|l| l.handshake > 0 && now.saturating_sub(l.handshake) < 180)
+            })
+            .count();
+        (f.tunnels.len(), up)
+    });
+    if json {
+        let v = serde_json::json!({
+            "node_id": rec.identity.node_id(), "namespace": rec.identity.namespace,
+            "device": device, "daemon_running": running,
+            "last_cycle": f.as_ref().map(|f| f.last_cycle),
+            "trusted_peers": trusted, "tunnels": tunnels, "tunnels_up": up,
+        });
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&v)?));
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "identity: {} ({})",
+        rec.identity.namespace,
+        rec.identity.node_id()
+    );
+    let _ = writeln!(
+        s,
+        "device:   {}",
+        device
+            .as_deref()
+            .unwrap_or("none (`portdistrict device init --name NAME`)")
+    );
+    let _ = writeln!(
+        s,
+        "daemon:   {}",
+        match &f {
+            Some(f) if running => format!(
+                "running (pid {}), last cycle {}",
+                f.pid,
+                age(now, f.last_cycle)
+            ),
+            Some(f) => format!("not running; last cycle {}", age(now, f.last_cycle)),
+            None => "no cycle completed yet".to_owned(),
+        }
+    );
+    let _ = writeln!(s, "peers:    {trusted} trusted of {}", peers.peers.len());
+    let _ = writeln!(
+        s,
+        "tunnels:  {tunnels} ({up} with a handshake in the last 3 minutes)"
+    );
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_facts_come_from_the_uapi_dump() {
+        let dump = format!(
+            "private_key=00\npublic_key={}\nendpoint=10.0.0.1:51820\nlast_handshake_time_sec=100\nrx_bytes=5\ntx_bytes=7\nallowed_ip=fd00::/64\nerrno=0\n\n",
+            "03".repeat(32)
+        );
+        let l = parse_live(&dump);
+        let got = &l[&PublicKey([3; 32]).to_base64()];
+        assert_eq!(got.endpoint.as_deref(), Some("10.0.0.1:51820"));
+        assert_eq!((got.handshake, got.rx, got.tx), (100, 5, 7));
+        assert_eq!(age(110, 100), "10s ago");
+        assert_eq!(age(110, 0), "never");
+    }
+}
