@@ -181,7 +181,8 @@ pub struct Daemon {
     dirs: Dirs,
     o: DaemonOptions,
     identity: PublicIdentity,
-    seed: Seed,
+    /// The identity's seed, when this machine holds it.
+    seed: Option<Seed>,
     device: String,
     keys: DeviceKeys,
     /// Peer WireGuard key (base64) -> its /64, as last configured.
@@ -191,13 +192,20 @@ pub struct Daemon {
 }
 
 /// What a refresh found.
-#[derive(Debug, Clone, Default)]
-pub struct Refreshed {
-    /// Verified devices of trusted peers.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// Verified devices of trusted peers and of this identity's other devices.
     pub devices: Vec<PeerDevice>,
-    /// Overlay /48s of trusted peers whose records failed a check: their devices stay
+    /// Overlay /48s of identities whose records failed a check: their devices stay
     /// connected as they are.
     pub keep: Vec<Ipv6Addr>,
+    /// Who may read our records besides our own devices: trusted peers' identity keys
+    /// and their devices' keys.
+    pub readers: Vec<[u8; 32]>,
+    /// The trusted peers.
+    pub trusted: Vec<PublicIdentity>,
+    /// This identity's roster.
+    pub own: MasterRecord,
 }
 
 fn in_48(a: Ipv6Addr, prefix48: Ipv6Addr) -> bool {
@@ -266,9 +274,14 @@ fn detect_addresses(skip: &str) -> Vec<IpAddr> {
 }
 
 impl Daemon {
-    /// Unlocks the identity and loads this device.
+    /// Loads the identity (unlocking its seed when this machine holds it) and this
+    /// device.
     pub fn new(dirs: Dirs, o: DaemonOptions) -> anyhow::Result<Daemon> {
-        let (rec, seed) = unlock(&dirs, &o.secret)?;
+        let rec = crate::node::record(&dirs)?;
+        let seed = match rec.secret {
+            crate::node::SecretAt::Elsewhere => None,
+            _ => Some(unlock(&dirs, &o.secret)?.1),
+        };
         let (device, keys) = this_device(&dirs)?;
         let ns = &rec.identity.namespace;
         let zone = &o.dns.zone;
@@ -291,33 +304,45 @@ impl Daemon {
         self.identity.device_prefix(subnet_of(&self.device))
     }
 
-    /// Publishes the master record and this device's record.
-    pub fn publish(&self, now: u64) -> anyhow::Result<()> {
-        let peers = load_peers(&self.dirs)?;
-        let roster = roster(&self.dirs)?;
-        let mut readers: Vec<[u8; 32]> = peers.trusted().map(|p| p.identity.ecdh).collect();
-        let mut devices = Vec::new();
-        for e in &roster {
-            let d = e.delegation()?;
-            readers.push(d.device.ecdh);
-            devices.push(d);
-        }
-        let ns = &self.identity.namespace;
-        let master = MasterRecord {
-            namespace: ns.clone(),
+    /// The local roster as a master record (on the machine with the seed).
+    fn local_roster(&self, now: u64) -> anyhow::Result<MasterRecord> {
+        let devices = roster(&self.dirs)?
+            .iter()
+            .map(crate::device::RosterEntry::delegation)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(MasterRecord {
+            namespace: self.identity.namespace.clone(),
             issued: now,
             expires: now + RECORD_LIFETIME,
             devices,
-        };
+        })
+    }
+
+    /// Publishes this identity's records for `readers`: with the seed, the master
+    /// record, the trust record (for own devices only) and this device's record;
+    /// without it, this device's record.
+    pub fn publish(&self, now: u64, view: &View) -> anyhow::Result<()> {
+        let ns = &self.identity.namespace;
         let mut rng = rand_core::OsRng;
-        let name = master_name(ns);
-        let env = seal(
-            &master.sign(&self.seed.master())?,
-            &name,
-            &readers,
-            &mut rng,
-        )?;
-        dns::publish(&self.o.dns, &name, &to_txt(&env), crate::exit::now)?;
+        let own_devices: Vec<[u8; 32]> = view.own.devices.iter().map(|d| d.device.ecdh).collect();
+        let mut readers = view.readers.clone();
+        readers.extend(own_devices.iter().copied());
+        readers.sort_unstable();
+        readers.dedup();
+        if let Some(seed) = &self.seed {
+            let name = master_name(ns);
+            let env = seal(&view.own.sign(&seed.master())?, &name, &readers, &mut rng)?;
+            dns::publish(&self.o.dns, &name, &to_txt(&env), crate::exit::now)?;
+            let trust = crate::records::TrustRecord {
+                namespace: ns.clone(),
+                issued: now,
+                expires: now + RECORD_LIFETIME,
+                peers: view.trusted.clone(),
+            };
+            let tname = crate::records::trust_name(ns);
+            let env = seal(&trust.sign(&seed.master())?, &tname, &own_devices, &mut rng)?;
+            dns::publish(&self.o.dns, &tname, &to_txt(&env), crate::exit::now)?;
+        }
         let endpoints = if self.o.endpoints.is_empty() {
             detect_addresses(&self.o.interface)
                 .into_iter()
@@ -347,8 +372,16 @@ impl Daemon {
         let env = seal(&rec.sign(&self.keys.signing())?, &dname, &readers, &mut rng)?;
         dns::publish(&self.o.dns, &dname, &to_txt(&env), crate::exit::now)?;
         log::info!(
-            "published {name} ({} devices) and {dname} ({} endpoints) for {} readers",
-            master.devices.len(),
+            "published {}{dname} ({} endpoints) for {} readers",
+            if self.seed.is_some() {
+                format!(
+                    "{} ({} devices), its trust record and ",
+                    master_name(ns),
+                    view.own.devices.len()
+                )
+            } else {
+                String::new()
+            },
             rec.endpoints.len(),
             readers.len()
         );
@@ -362,60 +395,128 @@ impl Daemon {
         }
     }
 
-    /// Reads every trusted peer's records. A record that fails a check is logged with
-    /// the reason and skipped, and that peer's overlay /48 is returned in `keep`: its
-    /// devices stay connected as they were (an altered or unreachable record must not
-    /// tear down working tunnels).
-    pub fn refresh(&self, now: u64) -> anyhow::Result<Refreshed> {
-        let peers = load_peers(&self.dirs)?;
-        let ours = self.seed.ecdh();
+    /// Whom this device trusts and its identity's roster: from the local stores with
+    /// the seed; from the identity's own trust and master records (readable by its
+    /// devices) without it.
+    fn own_view(&self, now: u64) -> anyhow::Result<(Vec<PublicIdentity>, MasterRecord)> {
+        if self.seed.is_some() {
+            let peers = load_peers(&self.dirs)?;
+            return Ok((
+                peers.trusted().map(|p| p.identity.clone()).collect(),
+                self.local_roster(now)?,
+            ));
+        }
+        let ns = &self.identity.namespace;
+        let name = master_name(ns);
+        let own = MasterRecord::verify(&self.read(&name)?, &name, &self.identity.master, now)
+            .with_context(|| format!("own master record {name}"))?;
+        let tname = crate::records::trust_name(ns);
+        let trust = crate::records::TrustRecord::verify(
+            &self.read(&tname)?,
+            &tname,
+            &self.identity.master,
+            now,
+        )
+        .with_context(|| format!("own trust record {tname}"))?;
+        Ok((trust.peers, own))
+    }
+
+    /// Reads every trusted peer's records and this identity's other devices'. A record
+    /// that fails a check is logged with the reason and skipped, and that identity's
+    /// overlay /48 is returned in `keep`: its devices stay connected as they were (an
+    /// altered or unreachable record must not tear down working tunnels).
+    pub fn refresh(&self, now: u64) -> anyhow::Result<View> {
+        let (trusted, own) = self.own_view(now)?;
         let mut out = Vec::new();
         let mut keep = Vec::new();
-        for p in peers.trusted() {
-            let ns = &p.identity.namespace;
+        let mut readers = Vec::new();
+        for p in &trusted {
+            readers.push(p.ecdh);
+            let ns = &p.namespace;
             let name = master_name(ns);
-            let roster = match self.read(&name, &ours).and_then(|plain| {
-                MasterRecord::verify(&plain, &name, &p.identity.master, now).map_err(Into::into)
+            let roster = match self.read(&name).and_then(|plain| {
+                MasterRecord::verify(&plain, &name, &p.master, now).map_err(Into::into)
             }) {
                 Ok(r) => r,
                 Err(e) => {
-                    log::warn!("peer {} ({ns}): master record rejected: {e:#}", p.node_id);
-                    keep.push(p.identity.overlay_prefix());
+                    log::warn!("peer {} ({ns}): master record rejected: {e:#}", p.node_id());
+                    keep.push(p.overlay_prefix());
                     continue;
                 }
             };
-            for d in &roster.devices {
-                let dname = device_name(ns, &d.device.name);
-                match self.read(&dname, &ours).and_then(|plain| {
-                    DeviceRecord::verify(&plain, &dname, &roster, now).map_err(Into::into)
-                }) {
-                    Ok(r) => out.push(PeerDevice {
-                        namespace: ns.clone(),
-                        device: r.device.clone(),
-                        wg_key: r.wg_key,
-                        prefix: p.identity.device_prefix(r.subnet),
-                        endpoints: r.endpoints,
-                    }),
-                    Err(e) => {
-                        log::warn!("peer {ns}: device record {dname} rejected: {e:#}");
-                        keep.push(p.identity.overlay_prefix());
-                    }
+            readers.extend(roster.devices.iter().map(|d| d.device.ecdh));
+            self.read_devices(p, &roster, now, None, &mut out, &mut keep);
+        }
+        // This identity's other devices.
+        self.read_devices(
+            &self.identity,
+            &own,
+            now,
+            Some(&self.device),
+            &mut out,
+            &mut keep,
+        );
+        Ok(View {
+            devices: out,
+            keep,
+            readers,
+            trusted,
+            own,
+        })
+    }
+
+    fn read_devices(
+        &self,
+        id: &PublicIdentity,
+        roster: &MasterRecord,
+        now: u64,
+        skip: Option<&str>,
+        out: &mut Vec<PeerDevice>,
+        keep: &mut Vec<Ipv6Addr>,
+    ) {
+        let ns = &id.namespace;
+        for d in roster
+            .devices
+            .iter()
+            .filter(|d| Some(d.device.name.as_str()) != skip)
+        {
+            let dname = device_name(ns, &d.device.name);
+            match self.read(&dname).and_then(|plain| {
+                DeviceRecord::verify(&plain, &dname, roster, now).map_err(Into::into)
+            }) {
+                Ok(r) => out.push(PeerDevice {
+                    namespace: ns.clone(),
+                    device: r.device.clone(),
+                    wg_key: r.wg_key,
+                    prefix: id.device_prefix(r.subnet),
+                    endpoints: r.endpoints,
+                }),
+                Err(e) => {
+                    log::warn!("{ns}: device record {dname} rejected: {e:#}");
+                    keep.push(id.overlay_prefix());
                 }
             }
         }
-        Ok(Refreshed { devices: out, keep })
     }
 
-    fn read(&self, name: &str, ours: &x25519_dalek::StaticSecret) -> anyhow::Result<Vec<u8>> {
+    /// Reads and opens the record at `name` with this device's key, or the identity's.
+    fn read(&self, name: &str) -> anyhow::Result<Vec<u8>> {
         let txt = dns::resolve_txt(&self.o.dns, name)?
             .with_context(|| format!("no records at {name}"))?;
         let env = from_txt(&txt)?;
-        Ok(open(&env, name, ours)?)
+        match open(&env, name, &self.keys.ecdh()) {
+            Ok(plain) => Ok(plain),
+            Err(crate::records::RecordError::NotForUs) if self.seed.is_some() => {
+                let seed = self.seed.as_ref().expect("checked");
+                Ok(open(&env, name, &seed.ecdh())?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates the tunnel if missing and makes its peers exactly `r.devices`, plus
     /// those already connected inside a kept /48.
-    pub fn connect(&mut self, r: &Refreshed) -> anyhow::Result<()> {
+    pub fn connect(&mut self, r: &View) -> anyhow::Result<()> {
         let off = crate::tunnels::disconnected(&self.dirs)?;
         let devices: Vec<&PeerDevice> = r
             .devices
@@ -557,16 +658,16 @@ impl Daemon {
         )
     }
 
-    /// One cycle: publish, refresh, connect. Publication failures are logged (the
-    /// peers' records are still read and connected).
+    /// One cycle: refresh (whom to publish for and connect to), publish, connect.
+    /// Publication failures are logged (the peers' records are still connected).
     pub fn cycle(&mut self) -> anyhow::Result<usize> {
         let now = crate::exit::now();
-        if let Err(e) = self.publish(now) {
+        let view = self.refresh(now)?;
+        if let Err(e) = self.publish(now, &view) {
             log::error!("publication failed: {e:#}");
         }
-        let r = self.refresh(now)?;
-        self.connect(&r)?;
-        Ok(r.devices.len())
+        self.connect(&view)?;
+        Ok(view.devices.len())
     }
 
     /// Runs cycles until `term`.

@@ -21,6 +21,9 @@ use std::path::PathBuf;
 struct DeviceFile {
     name: String,
     seed: String,
+    /// The namespace asked for by `device request` (before `device join`).
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 /// One roster entry as stored.
@@ -147,6 +150,7 @@ pub fn init(dirs: &Dirs, name: &str, o: &SecretOptions) -> anyhow::Result<String
     let file = DeviceFile {
         name: name.to_owned(),
         seed: URL_SAFE_NO_PAD.encode(keys.seed()),
+        namespace: None,
     };
     write_atomic_mode(
         &device_path(dirs),
@@ -209,5 +213,91 @@ pub fn roster_remove(dirs: &Dirs, name: &str) -> anyhow::Result<String> {
     save_roster(dirs, &r)?;
     Ok(format!(
         "{name} removed from the roster; it is unpublished at the next publication"
+    ))
+}
+
+fn fresh_keys() -> anyhow::Result<DeviceKeys> {
+    use ring::rand::SecureRandom as _;
+    let mut s = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut s)
+        .map_err(|_| anyhow::anyhow!("no randomness for the device seed"))?;
+    Ok(DeviceKeys::from_seed(s))
+}
+
+/// `device request --name NAME --namespace NS`: on a machine without the identity's
+/// secret, makes this device and prints the line to take to the machine that has it.
+pub fn request(dirs: &Dirs, name: &str, namespace: &str) -> anyhow::Result<String> {
+    crate::identity::check_namespace(namespace)?;
+    if device_path(dirs).exists() {
+        bail!(
+            "this machine already has a device ({})",
+            device_path(dirs).display()
+        );
+    }
+    std::fs::create_dir_all(&dirs.state)
+        .with_context(|| format!("creating {}", dirs.state.display()))?;
+    let keys = fresh_keys()?;
+    let line = crate::records::DeviceRequest::encode(&keys, namespace, name)?;
+    let file = DeviceFile {
+        name: name.to_owned(),
+        seed: URL_SAFE_NO_PAD.encode(keys.seed()),
+        namespace: Some(namespace.to_owned()),
+    };
+    write_atomic_mode(
+        &device_path(dirs),
+        serde_json::to_string_pretty(&file)?.as_bytes(),
+        0o600,
+    )
+    .with_context(|| format!("writing {}", device_path(dirs).display()))?;
+    Ok(line)
+}
+
+/// `device roster add REQUEST`: on the machine with the identity's secret, delegates
+/// the requesting device; returns the identity bundle for `device join` there.
+pub fn roster_add(dirs: &Dirs, request: &str, o: &SecretOptions) -> anyhow::Result<String> {
+    let req = crate::records::DeviceRequest::decode(request)?;
+    let (rec, seed) = unlock(dirs, o)?;
+    if req.namespace != rec.identity.namespace {
+        bail!(
+            "the device asks to join {}, this identity is {}",
+            req.namespace,
+            rec.identity.namespace
+        );
+    }
+    let mut r = roster(dirs)?;
+    if r.iter().any(|e| e.name == req.device.name) {
+        bail!("the roster already has a device {:?}", req.device.name);
+    }
+    let d = Delegation::sign(&seed.master(), &rec.identity.namespace, req.device);
+    r.push(RosterEntry::from_delegation(&d));
+    save_roster(dirs, &r)?;
+    seed.bundle(&rec.identity.namespace, rec.created)
+        .map_err(Into::into)
+}
+
+/// `device join BUNDLE`: completes `device request` on the device.
+pub fn join(dirs: &Dirs, bundle: &str) -> anyhow::Result<String> {
+    let path = device_path(dirs);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no device here yet: run `portdistrict device request` first ({})",
+            path.display()
+        )
+    })?;
+    let f: DeviceFile =
+        serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
+    let b = crate::identity::Bundle::decode(bundle)?;
+    if f.namespace.as_deref() != Some(b.identity.namespace.as_str()) {
+        bail!(
+            "this device asked to join {:?}, the bundle is {}",
+            f.namespace.unwrap_or_default(),
+            b.identity.namespace
+        );
+    }
+    let rec = crate::node::join(dirs, bundle, crate::exit::now())?;
+    Ok(format!(
+        "{}.{} joined; portdistrictd on this machine reads its roster and trust from DNS",
+        f.name, rec.identity.namespace
     ))
 }

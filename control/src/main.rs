@@ -55,6 +55,13 @@ Commands:
   device init --name NAME [--passphrase-file F]
                         this machine's device of the identity (delegated by it)
   device list           this machine's device and the roster
+  device request --name NAME --namespace NS
+                        on a machine without the identity's secret: a device asking
+                        to join (prints portdistrict-dev1:...)
+  device roster add REQUEST [--passphrase-file F]
+                        on the machine with the secret: delegate it (prints the
+                        identity bundle for the device)
+  device join BUNDLE    on the device: complete the request
   device roster remove NAME
   tunnel list [--json] | tunnel show NAME
                         peer devices portdistrictd connected (device.namespace)
@@ -148,6 +155,22 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         ["status", rest @ ..] => {
             print!("{}", tunnels::status(&dirs, json_flag(rest)?)?);
+            Ok(())
+        }
+        ["device", "request", "--name", name, "--namespace", ns] => {
+            println!("{}", device::request(&dirs, name, ns)?);
+            Ok(())
+        }
+        ["device", "roster", "add", request, opts @ ..] => {
+            let (secret, rest) = node::SecretOptions::take(opts)?;
+            if !rest.is_empty() {
+                bail!("device roster add: unknown option {}", rest[0]);
+            }
+            println!("{}", device::roster_add(&dirs, request, &secret)?);
+            Ok(())
+        }
+        ["device", "join", bundle] => {
+            println!("{}", device::join(&dirs, bundle)?);
             Ok(())
         }
         ["device", "list"] => {

@@ -30,6 +30,9 @@ pub enum SecretAt {
     Sealed,
     /// Unencrypted in this file.
     KeyFile(PathBuf),
+    /// On another device: this machine is a device of the identity without its seed
+    /// (`device request` + `device join`).
+    Elsewhere,
 }
 
 /// `identity/identity.json`.
@@ -207,6 +210,10 @@ pub fn unlock(dirs: &Dirs, o: &SecretOptions) -> anyhow::Result<(IdentityRecord,
                 .with_context(|| format!("{} is damaged", f.display()))?;
             Seed::from_bytes(bytes)
         }
+        SecretAt::Elsewhere => bail!(
+            "this machine holds only a device of {}, not the identity's secret: run this on the machine that does",
+            rec.identity.namespace
+        ),
         SecretAt::Sealed => {
             let path = dir(dirs).join("seed.json");
             let text = std::fs::read_to_string(&path)
@@ -237,9 +244,34 @@ fn show_text(r: &IdentityRecord) -> String {
         match &r.secret {
             SecretAt::Sealed => "sealed under a passphrase".to_owned(),
             SecretAt::KeyFile(f) => format!("unencrypted in {}", f.display()),
+            SecretAt::Elsewhere =>
+                "on another device (this machine is one of its devices)".to_owned(),
         }
     );
     s
+}
+
+/// `device join BUNDLE`: this machine (with a device from `device request`) becomes a
+/// device of the identity in the bundle, without its secret.
+pub fn join(dirs: &Dirs, bundle: &str, now: u64) -> anyhow::Result<IdentityRecord> {
+    let d = dir(dirs);
+    if d.join("identity.json").exists() {
+        bail!(
+            "this machine already has an identity ({}): `portdistrict identity show`",
+            d.display()
+        );
+    }
+    let b = Bundle::decode(bundle)?;
+    make_dir(&d)?;
+    let rec = IdentityRecord {
+        identity: b.identity,
+        created: now,
+        secret: SecretAt::Elsewhere,
+    };
+    let path = d.join("identity.json");
+    write_atomic(&path, serde_json::to_string_pretty(&rec)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(rec)
 }
 
 /// `identity show [--json]`.

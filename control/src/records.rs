@@ -465,6 +465,181 @@ impl DeviceRecord {
     }
 }
 
+/// The DNS owner name of an identity's trust record.
+pub fn trust_name(namespace: &str) -> String {
+    format!("{LABEL}-trust.{namespace}")
+}
+
+const KIND_TRUST: u8 = 3;
+/// Most peers in one trust record.
+pub const MAX_TRUSTED: usize = 1024;
+
+/// The trust record: the identity's TRUSTED peers, for its own devices only (sealed
+/// to them), so that devices without the identity's seed know whom to connect to and
+/// whom to publish for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRecord {
+    /// The identity's namespace.
+    pub namespace: String,
+    /// Issued, Unix seconds.
+    pub issued: u64,
+    /// Expires, Unix seconds.
+    pub expires: u64,
+    /// The trusted peers.
+    pub peers: Vec<crate::identity::PublicIdentity>,
+}
+
+impl TrustRecord {
+    /// The signed bytes (signature by the master key).
+    pub fn sign(&self, master: &Ed25519KeyPair) -> Result<Vec<u8>, RecordError> {
+        if self.peers.len() > MAX_TRUSTED {
+            return Err(RecordError::TooMany("trusted peers"));
+        }
+        let mut b = vec![KIND_TRUST, RECORD_VERSION];
+        b.extend_from_slice(&self.issued.to_be_bytes());
+        b.extend_from_slice(&self.expires.to_be_bytes());
+        put_str(&mut b, &self.namespace);
+        b.extend_from_slice(
+            &u16::try_from(self.peers.len())
+                .expect("<= 1024")
+                .to_be_bytes(),
+        );
+        for p in &self.peers {
+            put_str(&mut b, &p.namespace);
+            b.extend_from_slice(&p.master);
+            b.extend_from_slice(&p.ecdh);
+        }
+        Ok(finish(b, &trust_name(&self.namespace), master))
+    }
+
+    /// Parses and verifies signed bytes found at `at` against `master`, at `now`.
+    pub fn verify(
+        bytes: &[u8],
+        at: &str,
+        master: &[u8; 32],
+        now: u64,
+    ) -> Result<TrustRecord, RecordError> {
+        let (body, kind) = check_signed(bytes, at, master)?;
+        if kind != KIND_TRUST {
+            return Err(RecordError::Malformed("not a trust record"));
+        }
+        let mut r = Reader(body);
+        let (issued, expires) = (r.u64()?, r.u64()?);
+        let namespace = r.str()?;
+        let n = usize::from(r.u16()?);
+        if n > MAX_TRUSTED {
+            return Err(RecordError::TooMany("trusted peers"));
+        }
+        let mut peers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let ns = r.str()?;
+            crate::identity::check_namespace(&ns)
+                .map_err(|_| RecordError::Malformed("a peer namespace is not a DNS name"))?;
+            peers.push(crate::identity::PublicIdentity {
+                namespace: ns,
+                master: r.array()?,
+                ecdh: r.array()?,
+            });
+        }
+        if !r.0.is_empty() {
+            return Err(RecordError::Malformed("bytes after the last peer"));
+        }
+        if trust_name(&namespace) != at {
+            return Err(RecordError::WrongName {
+                found: trust_name(&namespace),
+                at: at.to_owned(),
+            });
+        }
+        if now >= expires {
+            return Err(RecordError::Expired(expires));
+        }
+        Ok(TrustRecord {
+            namespace,
+            issued,
+            expires,
+            peers,
+        })
+    }
+}
+
+/// The label of device requests.
+pub const DEVICE_REQUEST_PREFIX: &str = "portdistrict-dev1:";
+const DEVICE_REQUEST_CONTEXT: &[u8] = b"portdistrict-dev1\0";
+
+/// A device asking to join an identity's roster (made on the device, carried to the
+/// machine holding the identity's seed): namespace, name, public keys, signed by the
+/// device's own signing key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRequest {
+    /// The identity's namespace.
+    pub namespace: String,
+    /// The device.
+    pub device: DevicePublic,
+}
+
+impl DeviceRequest {
+    /// The request line of `keys` named `name` for `namespace`.
+    pub fn encode(keys: &DeviceKeys, namespace: &str, name: &str) -> Result<String, RecordError> {
+        use base64::Engine as _;
+        check_label(name)?;
+        let d = keys.public(name);
+        let mut b = vec![1u8];
+        put_str(&mut b, namespace);
+        put_str(&mut b, name);
+        b.extend_from_slice(&d.signing);
+        b.extend_from_slice(&d.ecdh);
+        let mut m = DEVICE_REQUEST_CONTEXT.to_vec();
+        m.extend_from_slice(&b);
+        b.extend_from_slice(keys.signing().sign(&m).as_ref());
+        Ok(format!(
+            "{DEVICE_REQUEST_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+        ))
+    }
+
+    /// Decodes and checks a request line.
+    pub fn decode(text: &str) -> Result<DeviceRequest, RecordError> {
+        use base64::Engine as _;
+        let b64 = text
+            .trim()
+            .strip_prefix(DEVICE_REQUEST_PREFIX)
+            .ok_or(RecordError::Malformed(
+                "not a device request (portdistrict-dev1:...)",
+            ))?;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|_| RecordError::Malformed("the device request is not base64url"))?;
+        let mut r = Reader(&raw);
+        let v = r.u8()?;
+        if v != 1 {
+            return Err(RecordError::Version(v));
+        }
+        let namespace = r.str()?;
+        let name = r.str()?;
+        check_label(&name)?;
+        let signing: [u8; 32] = r.array()?;
+        let ecdh: [u8; 32] = r.array()?;
+        let body_len = raw.len() - r.0.len();
+        let sig = r.take(64)?;
+        if !r.0.is_empty() {
+            return Err(RecordError::Malformed("bytes after the signature"));
+        }
+        let mut m = DEVICE_REQUEST_CONTEXT.to_vec();
+        m.extend_from_slice(&raw[..body_len]);
+        UnparsedPublicKey::new(&ED25519, &signing)
+            .verify(&m, sig)
+            .map_err(|_| RecordError::Signature)?;
+        Ok(DeviceRequest {
+            namespace,
+            device: DevicePublic {
+                name,
+                signing,
+                ecdh,
+            },
+        })
+    }
+}
+
 /// Appends the signature over the context, the owner name and `body`.
 fn finish(mut body: Vec<u8>, owner: &str, key: &Ed25519KeyPair) -> Vec<u8> {
     let sig = key.sign(&signed_message(owner, &body));
@@ -815,6 +990,53 @@ mod tests {
             DeviceRecord::verify(&signed, &at, &roster, 2),
             Err(RecordError::Signature)
         );
+    }
+
+    #[test]
+    fn trust_records_and_device_requests_round_trip_and_refuse_alteration() {
+        let alice = Seed::from_bytes([1; 32]);
+        let master = alice.public("alice.pd.test").unwrap().master;
+        let t = TrustRecord {
+            namespace: "alice.pd.test".into(),
+            issued: 1,
+            expires: 100,
+            peers: vec![Seed::from_bytes([2; 32]).public("bob.pd.test").unwrap()],
+        };
+        let at = trust_name("alice.pd.test");
+        let signed = t.sign(&alice.master()).unwrap();
+        assert_eq!(TrustRecord::verify(&signed, &at, &master, 2).unwrap(), t);
+        for i in 0..signed.len() {
+            let mut bad = signed.clone();
+            bad[i] ^= 1;
+            assert!(
+                TrustRecord::verify(&bad, &at, &master, 2).is_err(),
+                "byte {i}"
+            );
+        }
+        // A master record is not a trust record, even when correctly signed.
+        let (_, _, roster) = alice_roster();
+        let m = roster.sign(&alice.master()).unwrap();
+        assert!(TrustRecord::verify(&m, &master_name("alice.pd.test"), &master, 2).is_err());
+
+        let phone = DeviceKeys::from_seed([12; 32]);
+        let line = DeviceRequest::encode(&phone, "alice.pd.test", "phone").unwrap();
+        let req = DeviceRequest::decode(&line).unwrap();
+        assert_eq!(req.device, phone.public("phone"));
+        assert_eq!(req.namespace, "alice.pd.test");
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&line[DEVICE_REQUEST_PREFIX.len()..])
+            .unwrap();
+        for i in 0..raw.len() {
+            let mut bad = raw.clone();
+            bad[i] ^= 1;
+            let text = format!(
+                "{DEVICE_REQUEST_PREFIX}{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bad)
+            );
+            assert!(DeviceRequest::decode(&text).is_err(), "byte {i}");
+        }
+        assert!(DeviceRequest::encode(&phone, "alice.pd.test", "Bad Name").is_err());
     }
 
     #[test]

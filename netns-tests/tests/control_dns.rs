@@ -1,9 +1,11 @@
 //! The control plane end to end on a real DNS server: Knot in a "dns" namespace (the
 //! primary for `pd.test`, accepting RFC 2136 updates signed with one TSIG key, and
-//! routing between the others); alice and bob each in their own namespace create an
-//! identity and a device, exchange bundles, verify fingerprints and trust each other;
+//! routing between the others); alice (a laptop holding her identity, and a phone that
+//! joins by `device request` / `device roster add` / `device join`) and bob (a desk),
+//! each device in its own namespace, create identities and devices, exchange bundles, verify fingerprints and trust each other;
 //! `portdistrictd --once` publishes their records and connects to the other's device,
-//! and the overlay (IPv6, derived prefixes) carries pings both ways. Then bob revokes
+//! and the overlay (IPv6, derived prefixes) carries pings between every pair of devices,
+//! both ways. Then bob revokes
 //! alice: his next cycle republishes without her as a reader and disconnects her, her
 //! pings fail, and her next cycle logs that bob's record is no longer readable.
 //! `tunnel list|show` agree with `wg show`, and `tunnel disconnect` holds across a
@@ -153,6 +155,8 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
     // Carol's machine has only link-scope addresses: nothing to publish as endpoint.
     let carol_ns = Netns::new("cd-carol");
     let carol_link = Veth::new(&carol_ns, &dns, 63);
+    // Alice's second device, on a machine without her identity's secret.
+    let (phone_ns, phone_link) = mk("cd-phone", 64);
     carol_ns.exec(&["ip", "addr", "flush", "dev", carol_link.a_name()]);
     carol_ns.exec(&[
         "ip",
@@ -170,6 +174,7 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
             alice_link.v4(2).into(),
             bob_link.v4(2).into(),
             carol_link.v4(2).into(),
+            phone_link.v4(2).into(),
         ],
         "pd.test",
         &[],
@@ -186,6 +191,12 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         state: TempDir::new("cd-bob"),
         ifname: unique_ifname("pdo"),
         dns: bob_link.v4(2).to_string(),
+    };
+    let phone = Node {
+        ns: phone_ns,
+        state: TempDir::new("cd-phone"),
+        ifname: unique_ifname("pdo"),
+        dns: phone_link.v4(2).to_string(),
     };
     let secrets = TempDir::new("cd-secrets");
     let secret = secrets
@@ -213,6 +224,20 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         ]);
         n.cli(&["device", "init", "--name", dev]);
     }
+    // The phone asks to join; alice's laptop delegates it; the phone joins.
+    let request = phone.cli(&[
+        "device",
+        "request",
+        "--name",
+        "phone",
+        "--namespace",
+        "alice.pd.test",
+    ]);
+    let bundle_for_phone = alice.cli(&["device", "roster", "add", request.trim()]);
+    assert!(phone
+        .cli(&["device", "join", bundle_for_phone.trim()])
+        .contains("joined"));
+    assert!(alice.cli(&["device", "list"]).contains("phone"));
     for (me, other) in [(&alice, &bob), (&bob, &alice)] {
         let bundle = other.cli(&["identity", "bundle"]);
         let shown: serde_json::Value =
@@ -236,24 +261,45 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
 
     // Publish and connect: alice first (bob's records are not there yet), then bob,
     // then alice again.
-    for n in [&alice, &bob, &alice] {
+    for n in [&alice, &bob, &phone, &alice, &bob, &phone] {
         let out = n.daemon_once(&secret);
         assert!(out.status.success(), "{}", log_of(&out));
     }
-    let (a, b) = (alice.overlay_addr(), bob.overlay_addr());
-    assert!(
-        alice.pings(&b),
-        "alice -> bob over the overlay\n{}",
-        log_of(&alice.daemon_once(&secret))
+    let (a, b, ph) = (
+        alice.overlay_addr(),
+        bob.overlay_addr(),
+        phone.overlay_addr(),
     );
-    assert!(bob.pings(&a), "bob -> alice over the overlay");
+    for (from, to, what) in [
+        (&alice, &b, "alice -> bob"),
+        (&bob, &a, "bob -> alice"),
+        (&alice, &ph, "alice's laptop -> her phone"),
+        (&phone, &a, "alice's phone -> her laptop"),
+        (&bob, &ph, "bob -> alice's phone"),
+        (&phone, &b, "alice's phone -> bob"),
+    ] {
+        assert!(
+            from.pings(to),
+            "{what} over the overlay\n{}",
+            log_of(&from.daemon_once(&secret))
+        );
+    }
 
     // tunnel list/show agree with `wg show`; disconnect by hand holds across a cycle.
     let list = alice.cli(&["tunnel", "list"]);
     assert!(list.contains("desk.bob.pd.test"), "{list}");
     let shown = alice.cli(&["tunnel", "show", "desk.bob.pd.test"]);
+    let key = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("public key:"))
+        .expect("public key line")
+        .trim()
+        .to_owned();
     let dump = alice.ns.exec(&["wg", "show", &alice.ifname, "dump"]);
-    let peer_line = dump.lines().nth(1).expect("one peer in wg show");
+    let peer_line = dump
+        .lines()
+        .find(|l| l.starts_with(&key))
+        .unwrap_or_else(|| panic!("{key} not in wg show:\n{dump}"));
     let fields: Vec<&str> = peer_line.split('\t').collect();
     assert!(
         shown.contains(fields[0]),
@@ -268,7 +314,7 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         "endpoint: {shown} vs {peer_line}"
     );
     let status = alice.cli(&["status"]);
-    assert!(status.contains("tunnels:  1"), "{status}");
+    assert!(status.contains("tunnels:  2"), "{status}");
     alice.cli(&["tunnel", "disconnect", "desk.bob.pd.test"]);
     assert!(
         !alice.pings(&b),
@@ -294,10 +340,9 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         .unwrap_or_else(|| panic!("bob's device record in {txt:?}"))
         .to_owned();
     let mut altered = line.clone().into_bytes();
-    let i = line
-        .find("1/1")
-        .unwrap_or_else(|| panic!("chunk prefix in {line:?}"))
-        + 20;
+    // Inside the sealed body (its end), not in a key slot meant for someone else.
+    assert!(line.contains("pd1 1/1"), "chunk prefix in {line:?}");
+    let i = line.len() - 10;
     altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).unwrap();
     let script = format!(
