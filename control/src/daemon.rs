@@ -681,10 +681,24 @@ impl Daemon {
             if self.o.once {
                 return Ok(());
             }
+            // A trust change (`peer trust`, `peer revoke`, ...) republishes at once with
+            // the new key slots instead of waiting for the interval.
+            let stamp = |d: &Dirs| {
+                ["peers.json", "roster.json"].map(|f| {
+                    std::fs::metadata(d.state.join(f))
+                        .and_then(|m| m.modified())
+                        .ok()
+                })
+            };
+            let before = stamp(&self.dirs);
             let mut slept = Duration::ZERO;
             while slept < self.o.interval {
                 if term.load(Ordering::Relaxed) {
                     return Ok(());
+                }
+                if stamp(&self.dirs) != before {
+                    log::info!("trust or roster changed: republishing now");
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
                 slept += Duration::from_millis(100);

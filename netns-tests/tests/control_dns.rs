@@ -457,12 +457,58 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         "{log}"
     );
 
-    // Bob revokes alice: after his next cycle she is cut off and cannot read him.
+    // Bob revokes alice while his daemon runs with a long interval: it republishes at
+    // once with the new key slots and cuts her off; she cannot read him any more.
+    let bob_log = secrets.path().join("bob-daemon.log");
+    let log_file = std::fs::File::create(&bob_log).unwrap();
+    let mut bob_daemon = portdistrict_netns_tests::ChildGuard::spawn(
+        "portdistrictd (bob)",
+        bob.cmd(
+            "portdistrictd",
+            &[
+                "--dns-server",
+                &bob.dns,
+                "--zone",
+                "pd.test",
+                "--tsig-key",
+                "pd-key",
+                "--tsig-secret-file",
+                &secret,
+                "--interface",
+                &bob.ifname,
+                "--interval",
+                "600s",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(log_file),
+    );
+    let read_log = || std::fs::read_to_string(&bob_log).unwrap_or_default();
+    assert!(
+        portdistrict_netns_tests::wait_until(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(100),
+            || read_log().contains("cycle done")
+        ),
+        "bob's daemon did not complete a cycle: {}",
+        read_log()
+    );
     let alice_node: serde_json::Value =
         serde_json::from_str(&alice.cli(&["identity", "show", "--json"])).unwrap();
     bob.cli(&["peer", "revoke", alice_node["node_id"].as_str().unwrap()]);
-    let out = bob.daemon_once(&secret);
-    assert!(log_of(&out).contains("disconnected"), "{}", log_of(&out));
+    assert!(
+        portdistrict_netns_tests::wait_until(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(100),
+            || read_log().contains("disconnected")
+        ),
+        "revoking did not republish and disconnect at once: {}",
+        read_log()
+    );
+    assert!(read_log().contains("republishing now"), "{}", read_log());
+    bob.ns
+        .exec(&["kill", "-TERM", &bob_daemon.pid().to_string()]);
+    let _ = bob_daemon.wait_timeout(std::time::Duration::from_secs(2));
     assert!(
         !alice.pings(&b),
         "alice still reaches bob after the revocation"
