@@ -32,6 +32,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+/// Peers the shared-memory region holds.
+pub const SHM_PEERS: u32 = 1024;
+
 /// How long a published record is valid.
 pub const RECORD_LIFETIME: u64 = 3600;
 
@@ -189,6 +192,10 @@ pub struct Daemon {
     connected: BTreeMap<String, Ipv6Addr>,
     /// What `tunnels.json` said last, by key.
     last_tunnels: BTreeMap<String, crate::tunnels::Tunnel>,
+    /// The shared-memory region the dataplane reads (None: UAPI).
+    shm: Option<portdistrict_shm::Region>,
+    /// The peers last written to the region, by key.
+    peer_cfg: BTreeMap<String, portdistrict_shm::PeerConfig>,
 }
 
 /// What a refresh found.
@@ -297,6 +304,8 @@ impl Daemon {
             keys,
             connected: BTreeMap::new(),
             last_tunnels: BTreeMap::new(),
+            shm: None,
+            peer_cfg: BTreeMap::new(),
         })
     }
 
@@ -525,54 +534,136 @@ impl Daemon {
             .collect();
         let kept = |prefix: &Ipv6Addr| r.keep.iter().any(|k| in_48(*prefix, *k));
         let ifname = self.o.interface.clone();
+        let shm_path = self.dirs.run.join(format!("{ifname}.shm"));
         if !Path::new("/sys/class/net").join(&ifname).exists() {
+            // A new dataplane, programmed through a new shared-memory region.
+            std::fs::create_dir_all(&self.dirs.run)
+                .with_context(|| format!("creating {}", self.dirs.run.display()))?;
+            let region = portdistrict_shm::Region::create(&shm_path, SHM_PEERS)
+                .with_context(|| format!("creating {}", shm_path.display()))?;
             let bin = crate::serve::dataplane_binary();
-            run_cmd(&[&bin.to_string_lossy(), &ifname])
-                .with_context(|| format!("starting the dataplane {}", bin.display()))?;
+            run_cmd(&[
+                &bin.to_string_lossy(),
+                "--shm",
+                &shm_path.to_string_lossy(),
+                &ifname,
+            ])
+            .with_context(|| format!("starting the dataplane {}", bin.display()))?;
+            self.shm = Some(region);
+        } else if self.shm.is_none() {
+            // A restarted daemon takes up the region its dataplane reads, if any.
+            match portdistrict_shm::Region::open(&shm_path) {
+                Ok(r) => self.shm = Some(r),
+                Err(e) => log::info!(
+                    "{ifname}: no usable shared-memory region ({e}); programming it over UAPI"
+                ),
+            }
         }
         if self.connected.is_empty() {
             // A restarted daemon (or `--once`) learns what the tunnel has from it.
-            self.connected = current_peers(&uapi::get(Path::new(uapi::SOCKET_DIR), &ifname)?);
+            let from_region = match &self.shm {
+                Some(r) => {
+                    match r.read_config() {
+                        Ok((_, cfg)) => Some(cfg),
+                        Err(e) => {
+                            log::warn!("{ifname}: the shared-memory region is unreadable ({e}); rewriting it");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            match from_region {
+                Some(cfg) => {
+                    for p in cfg.peers {
+                        let key = PublicKey(p.public_key).to_base64();
+                        let prefix = p
+                            .allowed
+                            .iter()
+                            .find_map(|(a, _)| match a {
+                                IpAddr::V6(v6) => Some(*v6),
+                                IpAddr::V4(_) => None,
+                            })
+                            .unwrap_or(Ipv6Addr::UNSPECIFIED);
+                        self.connected.insert(key.clone(), prefix);
+                        self.peer_cfg.insert(key, p);
+                    }
+                }
+                None => {
+                    self.connected =
+                        current_peers(&uapi::get(Path::new(uapi::SOCKET_DIR), &ifname)?);
+                }
+            }
         }
         let mut want: BTreeMap<String, &PeerDevice> = BTreeMap::new();
         for d in devices {
             want.insert(PublicKey(d.wg_key).to_base64(), d);
         }
-        let mut changes = Vec::new();
-        for (key, _) in self
-            .connected
-            .iter()
-            .filter(|(k, p)| !want.contains_key(*k) && !kept(p))
-        {
-            let mut p =
-                PeerChange::new(PublicKey::from_base64(key).map_err(|e| anyhow::anyhow!("{e}"))?);
-            p.remove = true;
-            changes.push(p);
+        let peer_config = |d: &PeerDevice| portdistrict_shm::PeerConfig {
+            public_key: d.wg_key,
+            preshared_key: None,
+            endpoint: d.endpoints.first().copied(),
+            keepalive: 25,
+            allowed: vec![(IpAddr::V6(d.prefix), 64)],
+        };
+        if let Some(region) = &self.shm {
+            let mut peers: BTreeMap<String, portdistrict_shm::PeerConfig> = BTreeMap::new();
+            for (key, prefix) in &self.connected {
+                if !want.contains_key(key) && kept(prefix) {
+                    if let Some(p) = self.peer_cfg.get(key) {
+                        peers.insert(key.clone(), p.clone());
+                    }
+                }
+            }
+            for (key, d) in &want {
+                peers.insert(key.clone(), peer_config(d));
+            }
+            region.write_config(&portdistrict_shm::Config {
+                private_key: Some(self.keys.wireguard()),
+                listen_port: self.o.listen_port,
+                fwmark: 0,
+                peers: peers.values().cloned().collect(),
+            })?;
+            self.peer_cfg = peers;
+            // The dataplane applies it at its next tick (100 ms).
+            std::thread::sleep(Duration::from_millis(250));
+        } else {
+            let mut changes = Vec::new();
+            for (key, _) in self
+                .connected
+                .iter()
+                .filter(|(k, p)| !want.contains_key(*k) && !kept(p))
+            {
+                let mut p = PeerChange::new(
+                    PublicKey::from_base64(key).map_err(|e| anyhow::anyhow!("{e}"))?,
+                );
+                p.remove = true;
+                changes.push(p);
+            }
+            for d in want.values() {
+                let mut p = PeerChange::new(PublicKey(d.wg_key));
+                p.endpoint = d.endpoints.first().copied();
+                p.persistent_keepalive_interval = Some(25);
+                p.replace_allowed_ips = true;
+                p.allowed_ips = vec![AllowedIpChange {
+                    addr: IpAddr::V6(d.prefix),
+                    cidr: 64,
+                    remove: false,
+                }];
+                changes.push(p);
+            }
+            uapi::set(
+                Path::new(uapi::SOCKET_DIR),
+                &ifname,
+                &SetRequest {
+                    private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
+                    listen_port: Some(self.o.listen_port),
+                    fwmark: None,
+                    replace_peers: false,
+                    peers: changes,
+                },
+            )?;
         }
-        for (key, d) in &want {
-            let mut p = PeerChange::new(PublicKey(d.wg_key));
-            p.endpoint = d.endpoints.first().copied();
-            p.persistent_keepalive_interval = Some(25);
-            p.replace_allowed_ips = true;
-            p.allowed_ips = vec![AllowedIpChange {
-                addr: IpAddr::V6(d.prefix),
-                cidr: 64,
-                remove: false,
-            }];
-            changes.push(p);
-            let _ = key;
-        }
-        uapi::set(
-            Path::new(uapi::SOCKET_DIR),
-            &ifname,
-            &SetRequest {
-                private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
-                listen_port: Some(self.o.listen_port),
-                fwmark: None,
-                replace_peers: false,
-                peers: changes,
-            },
-        )?;
         let own = Ipv6Addr::from(u128::from(self.own_prefix()) | 1);
         run_cmd(&[
             "ip",
@@ -676,6 +767,7 @@ impl Daemon {
         loop {
             match self.cycle() {
                 Ok(n) => log::info!("cycle done: {n} peer devices connected"),
+                Err(e) if self.o.once => return Err(e.context("the cycle failed")),
                 Err(e) => log::error!("cycle failed: {e:#}"),
             }
             if self.o.once {

@@ -172,9 +172,30 @@ fn describe(id: &PublicIdentity, name: &str, keys: &DeviceKeys) -> String {
     s
 }
 
-/// `device list`.
-pub fn list(dirs: &Dirs) -> anyhow::Result<String> {
+/// `device list [--json]`.
+pub fn list(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
     let rec = crate::node::record(dirs)?;
+    if json {
+        let this = this_device(dirs).ok().map(|(name, keys)| {
+            let wg = portdistrict_wg::PrivateKey::from_bytes(keys.wireguard()).public_key();
+            serde_json::json!({
+                "name": name,
+                "overlay_prefix": format!("{}/64", rec.identity.device_prefix(subnet_of(&name))),
+                "wireguard_key": wg.to_base64(),
+            })
+        });
+        let roster: Vec<_> = roster(dirs)?
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "name": e.name,
+                    "overlay_prefix": format!("{}/64", rec.identity.device_prefix(subnet_of(&e.name))),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({ "this_device": this, "roster": roster });
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&v)?));
+    }
     let mut s = String::new();
     match this_device(dirs) {
         Ok((name, keys)) => {

@@ -54,7 +54,7 @@ Commands:
   peer list [--json] | peer show NODE [--json]
   device init --name NAME [--passphrase-file F]
                         this machine's device of the identity (delegated by it)
-  device list           this machine's device and the roster
+  device list [--json]  this machine's device and the roster
   device request --name NAME --namespace NS
                         on a machine without the identity's secret: a device asking
                         to join (prints portdistrict-dev1:...)
@@ -173,8 +173,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{}", device::join(&dirs, bundle)?);
             Ok(())
         }
-        ["device", "list"] => {
-            print!("{}", device::list(&dirs)?);
+        ["device", "list", rest @ ..] => {
+            print!("{}", device::list(&dirs, json_flag(rest)?)?);
             Ok(())
         }
         ["device", "roster", "remove", name] => {

@@ -561,6 +561,8 @@ pub struct Driver {
     rx_batch: RecvBatch,
     /// The io_uring receive path; `None` runs the `poll(2)` loop.
     reactor: Option<Reactor>,
+    /// The shared-memory region with portdistrictd (`--shm`).
+    shm: Option<crate::shm_link::ShmLink>,
 }
 
 impl Driver {
@@ -623,7 +625,52 @@ impl Driver {
                 malformed: 0,
                 udp: udp_offload,
             },
+            shm: None,
         })
+    }
+
+    /// Takes its configuration from a shared-memory region (besides UAPI).
+    pub fn with_shm(mut self, region: portdistrict_shm::Region) -> Self {
+        log::info!(
+            "{}: configuration from shared memory ({} peers at most)",
+            self.tun.name(),
+            region.capacity()
+        );
+        self.shm = Some(crate::shm_link::ShmLink::new(region));
+        self
+    }
+
+    /// Applies what the shared-memory region changed, runs its commands and writes the
+    /// statistics back (on timer ticks).
+    fn poll_shm(&mut self, now: Instant) {
+        let Some(mut link) = self.shm.take() else {
+            return;
+        };
+        let name = self.tun.name().to_owned();
+        if let Some(req) = link.poll_config(&name) {
+            match self.apply_set(now, &req) {
+                Ok(()) => log::debug!("{name}: applied a shared-memory configuration"),
+                Err(errno) => {
+                    link.errors += 1;
+                    log::error!(
+                        "{name}: the shared-memory configuration was refused (errno {errno})"
+                    );
+                }
+            }
+        }
+        while let Some(portdistrict_shm::Command::Handshake(key)) = link.next_command(&name) {
+            let key = portdistrict_wg::PublicKey(key);
+            let mut known = false;
+            self.with_io(|device, io| known = device.initiate_handshake(now, &key, io));
+            if !known {
+                log::warn!("{name}: shared memory asked for a handshake with an unknown peer");
+            }
+        }
+        if link.stats_due(now) {
+            let port = self.udp.as_ref().map_or(self.listen_port, UdpSockets::port);
+            link.write_stats(&self.device.snapshot(port, self.fwmark));
+        }
+        self.shm = Some(link);
     }
 
     /// Runs until the interface is deleted or a termination signal arrives.
@@ -690,6 +737,7 @@ impl Driver {
             }
         }
         self.with_io(|device, io| device.handle_timeout(now, io));
+        self.poll_shm(now);
     }
 
     /// Runs `f` on the device with the loop's output sink; what it sends leaves when
@@ -973,6 +1021,10 @@ impl Driver {
                     ));
                     out.push_str(&format!("tun_vnet_hdr={}\n", u8::from(self.offload.vnet)));
                     out.push_str(&format!("io_uring={}\n", u8::from(self.reactor.is_some())));
+                    if let Some(l) = &self.shm {
+                        out.push_str(&format!("shm_updates={}\n", l.updates));
+                        out.push_str(&format!("shm_errors={}\n", l.errors));
+                    }
                     if let Some(r) = &self.reactor {
                         out.push_str(&format!("rx_uring_truncated={}\n", r.truncated()));
                     }

@@ -12,5 +12,6 @@
 pub mod driver;
 pub mod io;
 pub mod logger;
+pub mod shm_link;
 pub mod signals;
 pub mod uapi_server;

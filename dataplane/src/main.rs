@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "\
-Usage: portdistrict-dataplane [--foreground] IFNAME
+Usage: portdistrict-dataplane [--foreground] [--shm PATH] IFNAME
        portdistrict-dataplane --stats IFNAME
 
 Creates the WireGuard interface IFNAME and serves the userspace API on
@@ -25,6 +25,8 @@ Creates the WireGuard interface IFNAME and serves the userspace API on
 (WG_QUICK_USERSPACE_IMPLEMENTATION=portdistrict-dataplane).
 
   -f, --foreground   do not daemonize (also WG_PROCESS_FOREGROUND=1)
+      --shm PATH     also take the configuration from portdistrictd's shared-memory
+                     region PATH (validated first; a corrupt one is an error)
       --stats        print the drop and event counters of a running IFNAME
   -h, --help         this text
       --version      the version
@@ -37,8 +39,14 @@ PD_CRYPTO_THREADS=N forces N crypto threads (default: one per CPU, used while CP
 are idle).";
 
 enum Mode {
-    Run { ifname: String, foreground: bool },
-    Stats { ifname: String },
+    Run {
+        ifname: String,
+        foreground: bool,
+        shm: Option<std::path::PathBuf>,
+    },
+    Stats {
+        ifname: String,
+    },
     Help,
     Version,
 }
@@ -47,9 +55,16 @@ fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
     let mut foreground = std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1");
     let mut stats = false;
     let mut ifname = None;
-    for a in args {
+    let mut shm = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
             "-f" | "--foreground" => foreground = true,
+            "--shm" => {
+                shm = Some(std::path::PathBuf::from(
+                    it.next().context("--shm needs the region's path")?,
+                ))
+            }
             "--stats" => stats = true,
             "-h" | "--help" => return Ok(Mode::Help),
             "--version" => return Ok(Mode::Version),
@@ -65,7 +80,11 @@ fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
     Ok(if stats {
         Mode::Stats { ifname }
     } else {
-        Mode::Run { ifname, foreground }
+        Mode::Run {
+            ifname,
+            foreground,
+            shm,
+        }
     })
 }
 
@@ -149,7 +168,14 @@ fn close_inherited(keep: &[std::os::fd::RawFd]) {
     }
 }
 
-fn run(ifname: &str, foreground: bool) -> anyhow::Result<Exit> {
+fn run(ifname: &str, foreground: bool, shm: Option<&std::path::Path>) -> anyhow::Result<Exit> {
+    // A region that is not valid is an error before anything is created.
+    let region = shm
+        .map(|p| {
+            portdistrict_shm::Region::open(p)
+                .with_context(|| format!("shared-memory region {}", p.display()))
+        })
+        .transpose()?;
     let offload = std::env::var("PD_OFFLOAD").as_deref() != Ok("off");
     let tun = if offload {
         Tun::create_offloaded(ifname)
@@ -180,7 +206,11 @@ fn run(ifname: &str, foreground: bool) -> anyhow::Result<Exit> {
             .unwrap_or_default();
         let device = Device::new(seed, (Instant::now(), wall), mtu);
         log::info!("{name}: started (MTU {mtu})");
-        Driver::new(device, tun, link, signals, wake, rx, offload)?.run()
+        let mut driver = Driver::new(device, tun, link, signals, wake, rx, offload)?;
+        if let Some(r) = region {
+            driver = driver.with_shm(r);
+        }
+        driver.run()
     })();
     let _ = std::fs::remove_file(uapi_server::socket_path(&name));
     result
@@ -218,9 +248,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Mode::Run { ifname, foreground } => {
+        Mode::Run {
+            ifname,
+            foreground,
+            shm,
+        } => {
             logger::init(&format!("portdistrict-dataplane({ifname})"));
-            match run(&ifname, foreground) {
+            match run(&ifname, foreground, shm.as_deref()) {
                 Ok(exit) => {
                     log::info!("{ifname}: shutting down ({exit:?})");
                     ExitCode::SUCCESS

@@ -237,7 +237,10 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
     assert!(phone
         .cli(&["device", "join", bundle_for_phone.trim()])
         .contains("joined"));
-    assert!(alice.cli(&["device", "list"]).contains("phone"));
+    let devices: serde_json::Value =
+        serde_json::from_str(&alice.cli(&["device", "list", "--json"])).unwrap();
+    assert_eq!(devices["this_device"]["name"], "laptop");
+    assert_eq!(devices["roster"][1]["name"], "phone", "{devices}");
     for (me, other) in [(&alice, &bob), (&bob, &alice)] {
         let bundle = other.cli(&["identity", "bundle"]);
         let shown: serde_json::Value =
@@ -285,6 +288,58 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         );
     }
 
+    // The daemon programs the dataplane through shared memory; a corrupt region is
+    // reported and counted by the dataplane, which keeps its last good configuration.
+    let stats = |n: &Node| {
+        n.ns.exec(&[&uut_binary().to_string_lossy(), "--stats", &n.ifname])
+    };
+    let counter = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.trim() == name)
+                    .map(|(_, v)| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let before = stats(&alice);
+    assert!(counter(&before, "shm_updates") >= 1, "{before}");
+    assert_eq!(counter(&before, "shm_errors"), 0, "{before}");
+    let region = alice
+        .state
+        .path()
+        .join("run")
+        .join(format!("{}.shm", alice.ifname));
+    let corrupt = r#"
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(128 + 64)            # first peer entry: endpoint family
+    f.write(bytes([9]))
+    f.seek(32)                  # configuration generation: a new even value
+    g = struct.unpack("<Q", f.read(8))[0]
+    f.seek(32)
+    f.write(struct.pack("<Q", g + 2))
+"#;
+    alice
+        .ns
+        .exec(&["python3", "-c", corrupt, &region.to_string_lossy()]);
+    assert!(
+        portdistrict_netns_tests::wait_until(
+            std::time::Duration::from_secs(3),
+            std::time::Duration::from_millis(100),
+            || counter(&stats(&alice), "shm_errors") >= 1
+        ),
+        "the dataplane did not report the corrupt region: {}",
+        stats(&alice)
+    );
+    assert!(
+        alice.pings(&b),
+        "a corrupt region must leave the last good configuration"
+    );
+    // The next cycle writes a good configuration again.
+    assert!(alice.daemon_once(&secret).status.success());
+    assert!(alice.pings(&b));
+
     // tunnel list/show agree with `wg show`; disconnect by hand holds across a cycle.
     let list = alice.cli(&["tunnel", "list"]);
     assert!(list.contains("desk.bob.pd.test"), "{list}");
@@ -327,7 +382,12 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
     );
     alice.cli(&["tunnel", "connect", "desk.bob.pd.test"]);
     assert!(alice.daemon_once(&secret).status.success());
-    assert!(alice.pings(&b), "tunnel connect did not bring it back");
+    assert!(
+        alice.pings(&b),
+        "tunnel connect did not bring it back:\n{}\n{}",
+        alice.ns.exec(&["wg", "show", &alice.ifname]),
+        stats(&alice)
+    );
 
     // A record altered in the zone by hand is rejected with the reason, and the tunnel
     // to that device stays as it was.

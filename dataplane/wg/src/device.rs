@@ -201,6 +201,16 @@ impl Device {
 
     // ---- configuration -------------------------------------------------------
 
+    /// Starts a handshake with the peer `key` now (the shared-memory command "handshake
+    /// now"; still at most one initiation per `REKEY_TIMEOUT`). False if no such peer.
+    pub fn initiate_handshake(&mut self, now: Instant, key: &PublicKey, io: &mut impl Io) -> bool {
+        let Some(&id) = self.by_key.get(key) else {
+            return false;
+        };
+        self.send_handshake_initiation(id, now, false, io);
+        true
+    }
+
     /// Sets or clears the private key. A peer whose public key equals the new public
     /// key is removed; sessions are expired so that new handshakes use the new key.
     pub fn set_private_key(&mut self, key: Option<PrivateKey>) {

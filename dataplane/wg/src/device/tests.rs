@@ -659,3 +659,31 @@ fn a_new_private_key_handshakes_at_once() {
             .count();
     assert_eq!(initiations, 1, "no initiation right after the key change");
 }
+
+#[test]
+fn initiate_handshake_sends_one_initiation_to_a_known_peer() {
+    let mut s = Sim::new("", "");
+    s.wa.sent.clear();
+    assert!(s
+        .a
+        .initiate_handshake(s.now, &key(2).public_key(), &mut s.wa));
+    let initiations = |w: &Wire| {
+        w.sent
+            .iter()
+            .filter(|(_, d)| wire::message_type(d) == Ok(MessageType::Initiation))
+            .count()
+    };
+    assert_eq!(initiations(&s.wa), 1);
+    // Rate-limited like any initiation: a second request right away sends nothing.
+    assert!(s
+        .a
+        .initiate_handshake(s.now, &key(2).public_key(), &mut s.wa));
+    assert_eq!(initiations(&s.wa), 1);
+    // The handshake completes.
+    s.pump();
+    assert!(s.a.snapshot(0, 0).peers[0].last_handshake.is_some());
+    assert!(
+        !s.a.initiate_handshake(s.now, &key(7).public_key(), &mut s.wa),
+        "unknown peer"
+    );
+}

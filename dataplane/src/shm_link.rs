@@ -1,0 +1,208 @@
+//! The dataplane's side of the shared-memory region (`--shm PATH`): on every timer
+//! tick it checks the configuration's generation and, when it moved, reads a
+//! consistent copy and applies the difference to the last one it applied (so an
+//! unchanged peer keeps its sessions); it runs queued commands ("handshake now") and
+//! writes the peers' statistics back once a second. A corrupt region is logged once
+//! per generation and counted (`shm_errors`); the last good configuration stays.
+
+use portdistrict_shm::{Command, Config, PeerStats, Region, ShmError};
+use portdistrict_wg::uapi::{AllowedIpChange, DeviceSnapshot, PeerChange, SetRequest};
+use portdistrict_wg::{PresharedKey, PrivateKey, PublicKey};
+use std::time::{Duration, Instant};
+
+/// How often statistics are written back.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// The region and what was applied from it.
+pub struct ShmLink {
+    region: Region,
+    applied_gen: u64,
+    applied: Option<Config>,
+    reported_gen: Option<u64>,
+    next_stats: Instant,
+    /// Configurations applied.
+    pub updates: u64,
+    /// Corrupt reads and commands.
+    pub errors: u64,
+}
+
+impl ShmLink {
+    /// Wraps an opened (validated) region.
+    pub fn new(region: Region) -> ShmLink {
+        ShmLink {
+            region,
+            applied_gen: 0,
+            applied: None,
+            reported_gen: None,
+            next_stats: Instant::now(),
+            updates: 0,
+            errors: 0,
+        }
+    }
+
+    /// The change to apply, if the producer published a new configuration.
+    pub fn poll_config(&mut self, ifname: &str) -> Option<SetRequest> {
+        let gen = self.region.config_generation();
+        if gen == self.applied_gen || gen % 2 == 1 {
+            return None;
+        }
+        match self.region.read_config() {
+            Ok((g, cfg)) => {
+                let req = difference(self.applied.as_ref(), &cfg);
+                self.applied_gen = g;
+                self.applied = Some(cfg);
+                self.updates += 1;
+                Some(req)
+            }
+            Err(ShmError::Busy) => None,
+            Err(e) => {
+                self.errors += 1;
+                if self.reported_gen != Some(gen) {
+                    self.reported_gen = Some(gen);
+                    log::error!(
+                        "{ifname}: shared memory: {e}; keeping the last good configuration"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The next queued command.
+    pub fn next_command(&mut self, ifname: &str) -> Option<Command> {
+        loop {
+            match self.region.pop_command() {
+                Ok(c) => return c,
+                Err(e) => {
+                    self.errors += 1;
+                    log::error!("{ifname}: shared memory command ring: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether the statistics are due.
+    pub fn stats_due(&mut self, now: Instant) -> bool {
+        if now < self.next_stats {
+            return false;
+        }
+        self.next_stats = now + STATS_EVERY;
+        true
+    }
+
+    /// Writes the peers' statistics back.
+    pub fn write_stats(&self, snap: &DeviceSnapshot) {
+        let stats: Vec<PeerStats> = snap
+            .peers
+            .iter()
+            .map(|p| PeerStats {
+                public_key: *p.public_key.as_bytes(),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                last_handshake: p.last_handshake.map_or(0, |d| d.as_secs()),
+                endpoint: p.endpoint,
+            })
+            .collect();
+        self.region.write_stats(&stats);
+    }
+}
+
+/// The UAPI-style change that turns `prev` into `cfg`: interface fields only when
+/// they changed, removed peers removed, new or changed peers set whole.
+pub fn difference(prev: Option<&Config>, cfg: &Config) -> SetRequest {
+    let mut peers = Vec::new();
+    if let Some(prev) = prev {
+        for old in &prev.peers {
+            if !cfg.peers.iter().any(|p| p.public_key == old.public_key) {
+                let mut c = PeerChange::new(PublicKey(old.public_key));
+                c.remove = true;
+                peers.push(c);
+            }
+        }
+    }
+    for p in &cfg.peers {
+        if prev.is_some_and(|prev| prev.peers.iter().any(|o| o == p)) {
+            continue;
+        }
+        let mut c = PeerChange::new(PublicKey(p.public_key));
+        c.preshared_key = Some(PresharedKey(p.preshared_key.unwrap_or([0; 32])));
+        c.endpoint = p.endpoint;
+        c.persistent_keepalive_interval = Some(p.keepalive);
+        c.replace_allowed_ips = true;
+        c.allowed_ips = p
+            .allowed
+            .iter()
+            .map(|(addr, cidr)| AllowedIpChange {
+                addr: *addr,
+                cidr: *cidr,
+                remove: false,
+            })
+            .collect();
+        peers.push(c);
+    }
+    SetRequest {
+        private_key: (prev.map(|p| p.private_key) != Some(cfg.private_key))
+            .then(|| cfg.private_key.map(PrivateKey::from_bytes)),
+        listen_port: (prev.map(|p| p.listen_port) != Some(cfg.listen_port))
+            .then_some(cfg.listen_port),
+        fwmark: (prev.map(|p| p.fwmark) != Some(cfg.fwmark)).then_some(cfg.fwmark),
+        replace_peers: false,
+        peers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portdistrict_shm::PeerConfig;
+
+    fn peer(k: u8) -> PeerConfig {
+        PeerConfig {
+            public_key: [k; 32],
+            preshared_key: None,
+            endpoint: Some(([192, 0, 2, k], 51820).into()),
+            keepalive: 25,
+            allowed: vec![(std::net::IpAddr::from([10, 0, 0, k]), 32)],
+        }
+    }
+
+    #[test]
+    fn only_what_changed_is_applied() {
+        let a = Config {
+            private_key: Some([1; 32]),
+            listen_port: 51820,
+            fwmark: 0,
+            peers: vec![peer(1), peer(2)],
+        };
+        let first = difference(None, &a);
+        assert!(first.private_key.is_some() && first.listen_port == Some(51820));
+        assert_eq!(first.peers.len(), 2);
+        let mut b = a.clone();
+        b.peers[1].keepalive = 0;
+        b.peers.remove(0);
+        b.peers.push(peer(3));
+        let d = difference(Some(&a), &b);
+        assert_eq!(
+            (d.private_key.is_none(), d.listen_port, d.fwmark),
+            (true, None, None)
+        );
+        let removed: Vec<_> = d
+            .peers
+            .iter()
+            .filter(|p| p.remove)
+            .map(|p| p.public_key.0[0])
+            .collect();
+        let set: Vec<_> = d
+            .peers
+            .iter()
+            .filter(|p| !p.remove)
+            .map(|p| p.public_key.0[0])
+            .collect();
+        assert_eq!(removed, [1]);
+        assert_eq!(set, [2, 3], "peer 2 changed, peer 3 is new");
+        assert!(
+            difference(Some(&b), &b).peers.is_empty(),
+            "nothing changed, nothing applied"
+        );
+    }
+}
