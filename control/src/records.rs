@@ -1146,6 +1146,24 @@ mod tests {
         for line in hex(&dsigned).as_bytes().chunks(64) {
             let _ = writeln!(g, "  {}", String::from_utf8_lossy(line));
         }
+        let trust = TrustRecord {
+            namespace: "alice.pd.test".into(),
+            issued: 1_800_000_000,
+            expires: 1_800_003_600,
+            peers: vec![Seed::from_bytes([2; 32]).public("bob.pd.test").unwrap()],
+        };
+        let tsigned = trust.sign(&alice.master()).unwrap();
+        let _ = writeln!(g, "trust record (bob trusted, expires 1800003600), signed");
+        for line in hex(&tsigned).as_bytes().chunks(64) {
+            let _ = writeln!(g, "  {}", String::from_utf8_lossy(line));
+        }
+        let phone = DeviceKeys::from_seed([12; 32]);
+        let _ = writeln!(g, "device request (device seed 0c x 32, name phone)");
+        let _ = writeln!(
+            g,
+            "  {}",
+            DeviceRequest::encode(&phone, "alice.pd.test", "phone").unwrap()
+        );
         let bob = Seed::from_bytes([2; 32])
             .public("bob.pd.test")
             .unwrap()
