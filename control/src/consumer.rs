@@ -250,16 +250,7 @@ impl UseDir {
 
     /// Our WireGuard key as a consumer, made on first use.
     fn wg_key(&self) -> anyhow::Result<PrivateKey> {
-        let path = self.state.join("wg.key");
-        if !path.exists() {
-            let key = PrivateKey::generate(&mut rand_core::OsRng);
-            write_atomic_mode(&path, format!("{}\n", key.to_base64()).as_bytes(), 0o600)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        PrivateKey::from_base64(text.trim())
-            .map_err(|e| anyhow::anyhow!("{}: not a WireGuard key ({e})", path.display()))
+        crate::wg_key_file(&self.state.join("wg.key"))
     }
 }
 

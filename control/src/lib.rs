@@ -42,6 +42,24 @@ pub struct Dirs {
     pub run: PathBuf,
 }
 
+/// The WireGuard private key kept in `path` (base64, mode 0600), made on first use.
+pub(crate) fn wg_key_file(path: &std::path::Path) -> anyhow::Result<portdistrict_wg::PrivateKey> {
+    use portdistrict_wg::PrivateKey;
+    if !path.exists() {
+        let key = PrivateKey::generate(&mut rand_core::OsRng);
+        portdistrict_exitnode::state::write_atomic_mode(
+            path,
+            format!("{}\n", key.to_base64()).as_bytes(),
+            0o600,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    PrivateKey::from_base64(text.trim())
+        .map_err(|e| anyhow::anyhow!("{}: not a WireGuard key ({e})", path.display()))
+}
+
 /// Runs `argv` and fails with its stderr when it fails.
 pub(crate) fn run_cmd(argv: &[&str]) -> anyhow::Result<()> {
     let out = std::process::Command::new(argv[0])
