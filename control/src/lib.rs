@@ -77,6 +77,36 @@ pub(crate) fn run_cmd(argv: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Dirs {
+    /// Takes `--state-dir DIR` and `--run-dir DIR` (anywhere on the line) off `args`,
+    /// with the defaults `/var/lib/portdistrict` and `/run/portdistrict`; returns the
+    /// directories and the other arguments.
+    pub fn from_args(args: &[String]) -> anyhow::Result<(Dirs, Vec<String>)> {
+        let mut dirs = Dirs {
+            state: PathBuf::from("/var/lib/portdistrict"),
+            run: PathBuf::from("/run/portdistrict"),
+        };
+        let mut rest = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--state-dir" | "--run-dir" => {
+                    let v = it
+                        .next()
+                        .with_context(|| format!("{a} needs a directory"))?;
+                    if a == "--state-dir" {
+                        dirs.state = PathBuf::from(v);
+                    } else {
+                        dirs.run = PathBuf::from(v);
+                    }
+                }
+                _ => rest.push(a.clone()),
+            }
+        }
+        Ok((dirs, rest))
+    }
+}
+
 /// `90s`, `30m`, `24h`, `7d`.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));

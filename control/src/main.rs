@@ -17,9 +17,8 @@
 //! `--run-dir DIR` (default `/run/portdistrict`).
 #![forbid(unsafe_code)]
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use portdistrict_control::{consumer, device, exit, node, serve, tunnels, Dirs};
-use std::path::PathBuf;
 
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
 
@@ -237,28 +236,7 @@ fn json_flag(rest: &[&str]) -> anyhow::Result<bool> {
 
 /// Takes `--state-dir` and `--run-dir` (anywhere on the line) off the arguments.
 fn parse_dirs(args: &[String]) -> anyhow::Result<(Dirs, Vec<String>)> {
-    let mut dirs = Dirs {
-        state: PathBuf::from("/var/lib/portdistrict"),
-        run: PathBuf::from("/run/portdistrict"),
-    };
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--state-dir" | "--run-dir" => {
-                let v = it
-                    .next()
-                    .with_context(|| format!("{a} needs a directory"))?;
-                if a == "--state-dir" {
-                    dirs.state = PathBuf::from(v);
-                } else {
-                    dirs.run = PathBuf::from(v);
-                }
-            }
-            _ => rest.push(a.clone()),
-        }
-    }
-    Ok((dirs, rest))
+    Dirs::from_args(args)
 }
 
 #[cfg(test)]
@@ -280,8 +258,8 @@ mod tests {
             "/r",
         ]))
         .unwrap();
-        assert_eq!(d.state, PathBuf::from("/s"));
-        assert_eq!(d.run, PathBuf::from("/r"));
+        assert_eq!(d.state, std::path::PathBuf::from("/s"));
+        assert_eq!(d.run, std::path::PathBuf::from("/r"));
         assert_eq!(rest, ["exit", "list"]);
         assert!(parse_dirs(&v(&["--state-dir"])).is_err());
     }

@@ -125,20 +125,24 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let invite = Invite::decode(&line).expect("the CLI's invite decodes");
 
     let ifname = portdistrict_netns_tests::unique_ifname("pdx");
-    let mut cmd = provider.command(&[
-        &cli(),
-        "--state-dir",
-        &st,
-        "--run-dir",
-        &rd,
-        "exit",
-        "serve",
-        "--uplink",
-        uplink.a_name(),
-        "--interface",
-        &ifname,
-    ]);
-    cmd.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
+    let serve_cmd = || {
+        let mut c = provider.command(&[
+            &cli(),
+            "--state-dir",
+            &st,
+            "--run-dir",
+            &rd,
+            "exit",
+            "serve",
+            "--uplink",
+            uplink.a_name(),
+            "--interface",
+            &ifname,
+        ]);
+        c.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
+        c
+    };
+    let mut cmd = serve_cmd();
     let mut serve = TermFirst(ChildGuard::spawn("portdistrict exit serve", &mut cmd));
     let up = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
         provider
@@ -241,23 +245,8 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         .status
         .success());
     assert!(provider.has_link(&ifname));
-    let mut again = provider.command(&[
-        &cli(),
-        "--state-dir",
-        &st,
-        "--run-dir",
-        &rd,
-        "exit",
-        "serve",
-        "--uplink",
-        uplink.a_name(),
-        "--interface",
-        &ifname,
-    ]);
-    again
-        .env("PD_DATAPLANE", uut_binary())
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut again = serve_cmd();
+    again.stderr(Stdio::piped());
     serve = TermFirst(ChildGuard::spawn("portdistrict exit serve", &mut again));
     let stderr = serve.0.child_mut().stderr.take().expect("piped");
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));

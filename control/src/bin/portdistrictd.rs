@@ -3,7 +3,6 @@
 
 use portdistrict_control::daemon::{Daemon, DaemonOptions};
 use portdistrict_control::Dirs;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -50,29 +49,8 @@ fn main() {
 }
 
 fn run(args: &[String]) -> anyhow::Result<()> {
-    let mut dirs = Dirs {
-        state: PathBuf::from("/var/lib/portdistrict"),
-        run: PathBuf::from("/run/portdistrict"),
-    };
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--state-dir" => {
-                dirs.state = PathBuf::from(
-                    it.next()
-                        .ok_or_else(|| anyhow::anyhow!("--state-dir needs a directory"))?,
-                )
-            }
-            "--run-dir" => {
-                dirs.run = PathBuf::from(
-                    it.next()
-                        .ok_or_else(|| anyhow::anyhow!("--run-dir needs a directory"))?,
-                )
-            }
-            _ => rest.push(a.as_str()),
-        }
-    }
+    let (dirs, rest) = Dirs::from_args(args)?;
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     let o = DaemonOptions::parse(&rest)?;
     let term = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
