@@ -37,6 +37,12 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("knotd", "knot"),
     ("knotc", "knot"),
     ("kdig", "knot-dnsutils"),
+    // The XDP program (ebpf/) is compiled by clang with libbpf's and the kernel's
+    // headers; a path stands for a file the package installs.
+    ("clang", "clang"),
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+    ("/usr/include/linux/bpf.h", "linux-libc-dev"),
+    ("bpftool", "bpftool"),
 ];
 
 /// What the fuzz smoke needs besides cargo-fuzz: libFuzzer is C++, built by `cc`.
@@ -144,6 +150,15 @@ fn packages(tools: &[(&str, &'static str)]) -> Vec<&'static str> {
     out
 }
 
+/// An executable on the PATH, or (for an absolute path) a file that exists.
+fn present(tool: &str) -> bool {
+    if tool.starts_with('/') {
+        std::path::Path::new(tool).exists()
+    } else {
+        which(tool).is_some()
+    }
+}
+
 fn apt(needs: Needs) -> Result<()> {
     let tools: Vec<(&str, &'static str)> = APT_TOOLS
         .iter()
@@ -152,7 +167,7 @@ fn apt(needs: Needs) -> Result<()> {
         .collect();
     let missing: Vec<&str> = tools
         .iter()
-        .filter(|(bin, _)| which(bin).is_none())
+        .filter(|(bin, _)| !present(bin))
         .map(|(bin, _)| *bin)
         .collect();
     if missing.is_empty() {
@@ -182,7 +197,7 @@ fn apt(needs: Needs) -> Result<()> {
     run_streamed(&mut install, APT_INSTALL_LIMIT)?;
     let still: Vec<&str> = tools
         .iter()
-        .filter(|(bin, _)| which(bin).is_none())
+        .filter(|(bin, _)| !present(bin))
         .map(|(bin, _)| *bin)
         .collect();
     if !still.is_empty() {

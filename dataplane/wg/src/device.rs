@@ -51,6 +51,12 @@ pub trait Io {
     }
     /// Writes one IP packet to the TUN device.
     fn write_tun(&mut self, packet: &[u8]);
+    /// A receiver index was just allocated, before the message that announces it to
+    /// the peer is handed to [`Io::send_udp`]: a sink that filters by receiver index
+    /// (the XDP program) learns it before any answer can arrive. Indices that are
+    /// freed are not announced: [`Device::index_generation`] changes and
+    /// [`Device::local_indices`] lists the ones held. Default: nothing.
+    fn index_added(&mut self, _index: u32) {}
 }
 
 /// The result of [`Io::send_udp`].
@@ -82,6 +88,58 @@ const SCRATCH_LEN: usize = MAX_PACKET + wire::DATA_HEADER_LEN + wire::AEAD_TAG_L
 /// Handshake retries before giving up (`REKEY_ATTEMPT_TIME / REKEY_TIMEOUT`).
 const MAX_TIMER_HANDSHAKES: u32 = (REKEY_ATTEMPT_TIME.as_secs() / REKEY_TIMEOUT.as_secs()) as u32;
 
+/// The receiver indices the device holds, with a generation that changes whenever
+/// one is added or removed.
+#[derive(Default)]
+struct IndexTable {
+    map: HashMap<u32, (PeerId, IndexKind)>,
+    generation: u64,
+}
+
+impl IndexTable {
+    fn try_insert(&mut self, index: u32, v: (PeerId, IndexKind)) -> bool {
+        match self.map.entry(index) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(v);
+                self.generation += 1;
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        }
+    }
+
+    fn insert(&mut self, index: u32, v: (PeerId, IndexKind)) {
+        if self.map.insert(index, v).is_none() {
+            self.generation += 1;
+        }
+    }
+
+    fn remove(&mut self, index: &u32) {
+        if self.map.remove(index).is_some() {
+            self.generation += 1;
+        }
+    }
+
+    fn get(&self, index: &u32) -> Option<&(PeerId, IndexKind)> {
+        self.map.get(index)
+    }
+
+    fn retain(&mut self, f: impl FnMut(&u32, &mut (PeerId, IndexKind)) -> bool) {
+        let before = self.map.len();
+        self.map.retain(f);
+        if self.map.len() != before {
+            self.generation += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        if !self.map.is_empty() {
+            self.generation += 1;
+        }
+        self.map.clear();
+    }
+}
+
 /// Counts handshake messages per second to decide when the device is under load.
 #[derive(Default)]
 struct LoadMeter {
@@ -104,6 +162,10 @@ impl LoadMeter {
         }
         self.until.is_some_and(|u| now < u)
     }
+
+    fn under_load(&self, now: Instant) -> bool {
+        self.until.is_some_and(|u| now < u)
+    }
 }
 
 /// A random extra delay in `[0, REKEY_TIMEOUT_JITTER_MAX)` for handshake timers.
@@ -119,7 +181,7 @@ pub struct Device {
     peers: Vec<Option<Peer>>,
     by_key: HashMap<PublicKey, PeerId>,
     allowed_ips: AllowedIps<PeerId>,
-    indices: HashMap<u32, (PeerId, IndexKind)>,
+    indices: IndexTable,
     rng: rand_chacha::ChaCha20Rng,
     ratelimiter: RateLimiter,
     load: LoadMeter,
@@ -141,7 +203,7 @@ impl Device {
             peers: Vec::new(),
             by_key: HashMap::new(),
             allowed_ips: AllowedIps::new(),
-            indices: HashMap::new(),
+            indices: IndexTable::default(),
             rng: rand_chacha::ChaCha20Rng::from_seed(seed),
             ratelimiter: RateLimiter::new(),
             load: LoadMeter::default(),
@@ -192,8 +254,7 @@ impl Device {
     fn new_index(&mut self, peer: PeerId, kind: IndexKind) -> u32 {
         loop {
             let i = self.rng.next_u32();
-            if let std::collections::hash_map::Entry::Vacant(e) = self.indices.entry(i) {
-                e.insert((peer, kind));
+            if self.indices.try_insert(i, (peer, kind)) {
                 return i;
             }
         }
@@ -244,6 +305,26 @@ impl Device {
                 }
             }
         }
+    }
+
+    /// The receiver indices held now (handshakes in flight and sessions): the only
+    /// values a response, cookie reply or data message may name.
+    pub fn local_indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.indices.map.keys().copied()
+    }
+
+    /// Changes whenever an index is added to or removed from
+    /// [`Device::local_indices`].
+    pub fn index_generation(&self) -> u64 {
+        self.indices.generation
+    }
+
+    /// Whether the device is under load now: it answers handshake initiations that
+    /// lack a valid MAC2 with cookie replies (more than
+    /// [`UNDER_LOAD_HANDSHAKES_PER_SECOND`] handshake messages in a second, and for
+    /// [`UNDER_LOAD_AFTER_TIME`] after).
+    pub fn under_load(&self, now: Instant) -> bool {
+        self.load.under_load(now)
     }
 
     /// Adds a peer (no-op when it exists or is our own key) and returns its id.

@@ -149,6 +149,7 @@ impl Device {
         let mut ephemeral = [0u8; 32];
         self.rng.fill_bytes(&mut ephemeral);
         let index = self.new_index(id, IndexKind::Session);
+        io.index_added(index);
         let mut out = [0u8; wire::RESPONSE_LEN];
         let keys = handshake::create_response(
             &consumed,

@@ -223,6 +223,7 @@ impl Device {
             self.indices.remove(&old);
         }
         let index = self.new_index(id, IndexKind::Handshake);
+        io.index_added(index);
         let (Some(identity), Some(peer)) =
             (self.identity.as_ref(), self.peers[id.0 as usize].as_mut())
         else {

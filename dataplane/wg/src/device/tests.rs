@@ -9,15 +9,29 @@ use std::collections::VecDeque;
 struct Wire {
     sent: VecDeque<(Endpoint, Vec<u8>)>,
     tun: Vec<Vec<u8>>,
+    /// Indices announced through [`Io::index_added`].
+    announced: Vec<u32>,
 }
 
 impl Io for Wire {
     fn send_udp(&mut self, to: &Endpoint, datagram: &[u8]) -> SendOutcome {
+        // Every initiation and response names a sender index that was announced
+        // before the message left (an XDP filter must know it before the answer).
+        if matches!(datagram.first(), Some(1 | 2)) && datagram.len() >= 8 {
+            let sender = u32::from_le_bytes(datagram[4..8].try_into().unwrap());
+            assert!(
+                self.announced.contains(&sender),
+                "sender index {sender:#x} sent before it was announced"
+            );
+        }
         self.sent.push_back((*to, datagram.to_vec()));
         SendOutcome::Sent
     }
     fn write_tun(&mut self, packet: &[u8]) {
         self.tun.push(packet.to_vec());
+    }
+    fn index_added(&mut self, index: u32) {
+        self.announced.push(index);
     }
 }
 
@@ -686,4 +700,31 @@ fn initiate_handshake_sends_one_initiation_to_a_known_peer() {
         !s.a.initiate_handshake(s.now, &key(7).public_key(), &mut s.wa),
         "unknown peer"
     );
+}
+
+#[test]
+fn local_indices_follow_handshakes_and_peer_removal() {
+    let mut s = Sim::new("", "");
+    let (ga, gb) = (s.a.index_generation(), s.b.index_generation());
+    assert_eq!(s.a.local_indices().count(), 0);
+    s.a.handle_tun_packet(s.now, &ipv4([10, 0, 0, 1], [10, 0, 0, 2], 100), &mut s.wa);
+    s.pump();
+    assert_ne!(s.a.index_generation(), ga);
+    assert_ne!(s.b.index_generation(), gb);
+    // Each side holds exactly the indices it announced and that are still alive,
+    // and every data message the other side sends names one of them.
+    let a_held: Vec<u32> = s.a.local_indices().collect();
+    let b_held: Vec<u32> = s.b.local_indices().collect();
+    assert!(!a_held.is_empty() && !b_held.is_empty());
+    assert!(a_held.iter().all(|i| s.wa.announced.contains(i)));
+    assert!(b_held.iter().all(|i| s.wb.announced.contains(i)));
+    s.a.handle_tun_packet(s.now, &ipv4([10, 0, 0, 1], [10, 0, 0, 2], 100), &mut s.wa);
+    let (_, data) = s.wa.sent.back().cloned().unwrap();
+    assert_eq!(data[0], 4);
+    let receiver = u32::from_le_bytes(data[4..8].try_into().unwrap());
+    assert!(b_held.contains(&receiver));
+    let g = s.b.index_generation();
+    assert!(s.b.remove_peer(&key(1).public_key()));
+    assert_eq!(s.b.local_indices().count(), 0);
+    assert_ne!(s.b.index_generation(), g);
 }

@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/* portdistrict's XDP program for the underlay: UDP to the WireGuard listen ports
+ * passes only when it is well-formed WireGuard, and (but for initiations) names a
+ * receiver index the dataplane holds; under load, initiations pass a per-source
+ * token bucket; in steer mode, data messages go to the dataplane's AF_XDP sockets.
+ * Everything else is dropped and counted by reason. Traffic to other ports, and
+ * everything that is not IPv4/IPv6 UDP, passes untouched. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "pd_xdp.h"
+
+/* WireGuard message sizes (the whitepaper, section 5.4). */
+#define WG_INITIATION_LEN 148
+#define WG_RESPONSE_LEN 92
+#define WG_COOKIE_LEN 64
+#define WG_DATA_MIN_LEN 32
+/* A data message's plaintext is padded to a multiple of 16 but never beyond the
+ * sender's MTU: an unaligned plaintext is exactly the sender's MTU, and no Linux
+ * interface has an MTU below IPv4's minimum of 68. */
+#define WG_MIN_MTU 68
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pd_xdp_config);
+} PD_CONFIG SEC(".maps");
+
+/* Receiver indices the dataplane holds (handshakes in flight and sessions), as
+ * they appear on the wire (little-endian bytes read as a host-order __u32). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} PD_RECEIVERS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct pd_source);
+	__type(value, struct pd_bucket);
+} PD_BUCKETS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, PD_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} PD_COUNTERS_MAP SEC(".maps");
+
+/* ifindex -> slot of the interface in PD_XSKS (steer mode). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PD_MAX_XSKS / PD_QUEUES_PER_IF);
+	__type(key, __u32);
+	__type(value, __u32);
+} PD_IFSLOTS SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, PD_MAX_XSKS);
+	__type(key, __u32);
+	__type(value, __u32);
+} PD_XSKS SEC(".maps");
+
+static __always_inline int count(__u32 which, int verdict)
+{
+	__u64 *c = bpf_map_lookup_elem(&PD_COUNTERS_MAP, &which);
+	if (c)
+		*c += 1;
+	return verdict;
+}
+
+/* One initiation from `src` against its bucket; 1 when it may pass. */
+static __always_inline int bucket_take(struct pd_source *src, const struct pd_xdp_config *cfg)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u64 rate = cfg->rate ? cfg->rate : 1;
+	__u64 cost = 1000000000ull / rate;
+	__u64 max = cost * (cfg->burst ? cfg->burst : 1);
+	struct pd_bucket *b = bpf_map_lookup_elem(&PD_BUCKETS, src);
+	if (!b) {
+		struct pd_bucket fresh = { .last_ns = now, .credit_ns = max - cost };
+		bpf_map_update_elem(&PD_BUCKETS, src, &fresh, BPF_ANY);
+		return 1;
+	}
+	__u64 credit = b->credit_ns + (now - b->last_ns);
+	if (credit > max)
+		credit = max;
+	b->last_ns = now;
+	if (credit < cost) {
+		b->credit_ns = credit;
+		return 0;
+	}
+	b->credit_ns = credit - cost;
+	return 1;
+}
+
+static __always_inline int known_receiver(void *at, void *data_end)
+{
+	__u32 index;
+	if (at + 4 > data_end)
+		return 0;
+	__builtin_memcpy(&index, at, 4);
+	return bpf_map_lookup_elem(&PD_RECEIVERS, &index) != 0;
+}
+
+SEC("xdp")
+int pd_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct pd_xdp_config *cfg = bpf_map_lookup_elem(&PD_CONFIG, &zero);
+	if (!cfg)
+		return XDP_PASS;
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	__u16 proto = eth->h_proto;
+	void *l3 = eth + 1;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if (l3 + 4 > data_end)
+			return XDP_PASS;
+		proto = *(__u16 *)(l3 + 2);
+		l3 += 4;
+	}
+
+	struct pd_source src = {};
+	struct udphdr *udp;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_UDP)
+			return XDP_PASS;
+		if (ip->ihl < 5)
+			return XDP_PASS;
+		udp = l3 + ip->ihl * 4;
+		if ((void *)(udp + 1) > data_end)
+			return XDP_PASS;
+		/* Fragments go to the kernel to be reassembled; only a whole datagram
+		 * reaches the socket, and it is judged there. */
+		if (ip->frag_off & bpf_htons(0x3fff)) {
+			__u16 d = udp->dest;
+			int ours = 0;
+#pragma unroll
+			for (int i = 0; i < PD_MAX_PORTS; i++)
+				if (cfg->ports[i] && d == bpf_htons(cfg->ports[i]))
+					ours = 1;
+			if (ours || (ip->frag_off & bpf_htons(0x1fff)))
+				return count(PD_PASS_FRAGMENT, XDP_PASS);
+			return XDP_PASS;
+		}
+		src.addr[10] = 0xff;
+		src.addr[11] = 0xff;
+		__builtin_memcpy(&src.addr[12], &ip->saddr, 4);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_PASS;
+		__u8 next = ip6->nexthdr;
+		void *l4 = ip6 + 1;
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+			    next != IPPROTO_DSTOPTS)
+				break;
+			if (l4 + 2 > data_end)
+				return XDP_PASS;
+			next = *(__u8 *)l4;
+			l4 += (*(__u8 *)(l4 + 1) + 1) * 8;
+		}
+		if (next == IPPROTO_FRAGMENT)
+			return count(PD_PASS_FRAGMENT, XDP_PASS);
+		if (next != IPPROTO_UDP)
+			return XDP_PASS;
+		udp = l4;
+		if ((void *)(udp + 1) > data_end)
+			return XDP_PASS;
+		__builtin_memcpy(src.addr, &ip6->saddr, 16);
+	} else {
+		return XDP_PASS;
+	}
+
+	int ours = 0;
+#pragma unroll
+	for (int i = 0; i < PD_MAX_PORTS; i++)
+		if (cfg->ports[i] && udp->dest == bpf_htons(cfg->ports[i]))
+			ours = 1;
+	if (!ours)
+		return XDP_PASS;
+
+	/* From here on the datagram is aimed at WireGuard: pass only what is. */
+	__u32 ulen = bpf_ntohs(udp->len);
+	__u8 *msg = (__u8 *)(udp + 1);
+	if (ulen < sizeof(*udp) + 4 || (void *)udp + ulen > data_end)
+		return count(PD_DROP_TRUNCATED, XDP_DROP);
+	if ((void *)(msg + 4) > data_end)
+		return count(PD_DROP_TRUNCATED, XDP_DROP);
+	__u32 len = ulen - sizeof(*udp);
+	if (msg[1] | msg[2] | msg[3])
+		return count(PD_DROP_BAD_TYPE, XDP_DROP);
+
+	switch (msg[0]) {
+	case 1:
+		if (len != WG_INITIATION_LEN)
+			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
+		if ((cfg->flags & PD_FLAG_UNDER_LOAD) && !bucket_take(&src, cfg))
+			return count(PD_DROP_RATE_LIMITED, XDP_DROP);
+		return count(PD_PASS_INITIATION, XDP_PASS);
+	case 2:
+		if (len != WG_RESPONSE_LEN)
+			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
+		if (!known_receiver(msg + 8, data_end))
+			return count(PD_DROP_UNKNOWN_RECEIVER, XDP_DROP);
+		return count(PD_PASS_RESPONSE, XDP_PASS);
+	case 3:
+		if (len != WG_COOKIE_LEN)
+			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
+		if (!known_receiver(msg + 4, data_end))
+			return count(PD_DROP_UNKNOWN_RECEIVER, XDP_DROP);
+		return count(PD_PASS_COOKIE, XDP_PASS);
+	case 4: {
+		if (len < WG_DATA_MIN_LEN)
+			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
+		__u32 plain = len - WG_DATA_MIN_LEN;
+		if ((plain & 15) && plain < WG_MIN_MTU)
+			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
+		if (!known_receiver(msg + 4, data_end))
+			return count(PD_DROP_UNKNOWN_RECEIVER, XDP_DROP);
+		if ((cfg->flags & PD_FLAG_STEER) && len <= cfg->steer_max_len &&
+		    ctx->rx_queue_index < PD_QUEUES_PER_IF) {
+			__u32 ifindex = ctx->ingress_ifindex;
+			__u32 *slot = bpf_map_lookup_elem(&PD_IFSLOTS, &ifindex);
+			if (slot) {
+				__u32 key = *slot * PD_QUEUES_PER_IF + ctx->rx_queue_index;
+				int verdict = bpf_redirect_map(&PD_XSKS, key, XDP_PASS);
+				if (verdict == XDP_REDIRECT)
+					return count(PD_REDIRECT_DATA, verdict);
+			}
+		}
+		return count(PD_PASS_DATA, XDP_PASS);
+	}
+	default:
+		return count(PD_DROP_BAD_TYPE, XDP_DROP);
+	}
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
