@@ -15,6 +15,8 @@ use crate::io::{
 };
 use crate::signals::TermSignals;
 use crate::uapi_server::{Call, Pending};
+use crate::xdp::{Xdp, XdpMode};
+use portdistrict_ebpf::xsk::{self, XskSocket};
 use portdistrict_offload::vnet::VIRTIO_NET_HDR_LEN;
 use portdistrict_offload::{split, Coalescer, Segments, VirtioNetHdr};
 use portdistrict_wg::crypto::AeadKey;
@@ -190,6 +192,8 @@ struct OsIo<'a> {
     /// With a virtio-net header on the TUN fd: decrypted packets are coalesced (GRO)
     /// and written as super-packets when the batch ends.
     gro: Option<&'a mut Coalescer>,
+    /// The XDP program, told of every receiver index before it is announced.
+    xdp: Option<&'a mut Xdp>,
 }
 
 fn to_source(local: Option<LocalAddr>) -> SourceAddr {
@@ -267,6 +271,12 @@ impl Io for OsIo<'_> {
         };
         tx.unsealed.push((offset, msg.len(), k));
         SendOutcome::Sent
+    }
+
+    fn index_added(&mut self, index: u32) {
+        if let Some(x) = self.xdp.as_mut() {
+            x.index_added(index);
+        }
     }
 
     fn write_tun(&mut self, packet: &[u8]) {
@@ -370,6 +380,39 @@ impl<'a> RxGroup<'a> {
     }
 }
 
+/// Data messages the XDP program steered to an AF_XDP socket: admitted, opened and
+/// finished like the UDP socket's, a group per batch of frames; the frames go back to
+/// the kernel when the group is done.
+fn read_xsk(
+    device: &mut Device,
+    pool: &Pool,
+    now: Instant,
+    xsk: &mut XskSocket,
+    ifindex: u32,
+    io: &mut OsIo<'_>,
+) {
+    for _ in 0..4 {
+        let (unparsed, n) = xsk.receive(xsk::BATCH, |frames| {
+            let mut unparsed = 0;
+            let mut rx = RxGroup::new();
+            for frame in frames {
+                let Some(u) = xsk::parse_udp(frame) else {
+                    unparsed += 1;
+                    continue;
+                };
+                let local = Some(LocalAddr { ip: u.to, ifindex });
+                rx.datagram(device, pool, now, u.from, local, &mut frame[u.payload], io);
+            }
+            rx.finish(device, pool, now, io);
+            unparsed
+        });
+        xsk.unparsed += unparsed;
+        if n < xsk::BATCH {
+            break;
+        }
+    }
+}
+
 /// One TUN read (`frame`) to the device: as is, or with a virtio-net header split
 /// into MTU-sized packets first (a TSO/USO super-packet).
 fn tun_frame(
@@ -422,6 +465,7 @@ impl<'a> OsIo<'a> {
         tx: &'a mut TxBatch,
         pool: &'a Pool,
         offload: &'a mut Offload,
+        xdp: Option<&'a mut Xdp>,
     ) -> (Self, TunSplit<'a>) {
         let Offload {
             vnet,
@@ -436,6 +480,7 @@ impl<'a> OsIo<'a> {
             tx,
             pool,
             gro: vnet.then_some(gro),
+            xdp,
         };
         let tun_split = TunSplit {
             vnet: *vnet,
@@ -455,6 +500,7 @@ fn open_reactor(
     link: &LinkMonitor,
     wake: &EventFd,
     signals: &TermSignals,
+    xsks: &[(XskSocket, u32)],
 ) -> Option<Reactor> {
     use std::os::fd::AsFd;
     match std::env::var("PD_IO").as_deref() {
@@ -478,7 +524,9 @@ fn open_reactor(
         );
         return None;
     }
-    let extra = [link.fd(), wake.fd(), signals.fd()];
+    // The first three are the driver's `readable` slots; AF_XDP sockets follow.
+    let mut extra = vec![link.fd(), wake.fd(), signals.fd()];
+    extra.extend(xsks.iter().map(|(s, _)| s.fd()));
     match Reactor::new(
         tun.as_fd(),
         [udp.v4_fd(), udp.v6_fd()],
@@ -563,7 +611,23 @@ pub struct Driver {
     reactor: Option<Reactor>,
     /// The shared-memory region with portdistrictd (`--shm`).
     shm: Option<crate::shm_link::ShmLink>,
+    /// The XDP program on the underlay (`--xdp`).
+    xdp: Option<Xdp>,
+    /// Its AF_XDP sockets (steer mode), with the interface each is bound to.
+    xsks: Vec<(XskSocket, u32)>,
 }
+
+/// How the loop uses the kernel's fast paths.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// UDP GSO/GRO (and, decided earlier, TUN offloads): `PD_OFFLOAD` not `off`.
+    pub udp_offload: bool,
+    /// The XDP program on the underlay.
+    pub xdp: XdpMode,
+}
+
+/// Most AF_XDP sockets the `poll(2)` loop watches.
+const MAX_POLL_XSKS: usize = 16;
 
 impl Driver {
     /// Builds the loop; binds the UDP sockets to a random port as wireguard-go does.
@@ -574,8 +638,12 @@ impl Driver {
         signals: TermSignals,
         wake: Arc<EventFd>,
         calls: mpsc::Receiver<Pending>,
-        udp_offload: bool,
+        opts: Options,
     ) -> anyhow::Result<Self> {
+        let Options {
+            udp_offload,
+            xdp: xdp_mode,
+        } = opts;
         let udp = UdpSockets::bind(0, 0)?;
         let vnet = tun.offload().vnet_hdr;
         let gro = udp.set_offload(udp_offload);
@@ -590,7 +658,15 @@ impl Driver {
             udp.gso_enabled(),
             gro
         );
-        let reactor = open_reactor(&tun, &udp, &link, &wake, &signals);
+        let mut xdp = Xdp::start(xdp_mode, tun.name(), tun.ifindex());
+        let xsks = match xdp.as_mut() {
+            Some(x) => {
+                x.tick(Instant::now(), &device, udp.port(), tun.name());
+                x.take_new_sockets()
+            }
+            None => Vec::new(),
+        };
+        let reactor = open_reactor(&tun, &udp, &link, &wake, &signals, &xsks);
         let (workers, gated) = crypto_workers();
         let pool = Pool::new(workers);
         log::info!(
@@ -626,6 +702,8 @@ impl Driver {
                 udp: udp_offload,
             },
             shm: None,
+            xdp,
+            xsks,
         })
     }
 
@@ -680,7 +758,8 @@ impl Driver {
         }
         let mut next_tick = Instant::now();
         loop {
-            let (tun_ready, udp_ready, link_ready, wake_ready, sig_ready) = self.wait(next_tick)?;
+            let (tun_ready, udp_ready, link_ready, wake_ready, sig_ready, xsk_ready) =
+                self.wait(next_tick)?;
             let now = Instant::now();
             if sig_ready && self.signals.pending() {
                 return Ok(Exit::Signal);
@@ -693,12 +772,16 @@ impl Driver {
                     self.read_udp(now, which);
                 }
             }
+            if xsk_ready != 0 {
+                self.read_xsks(now, xsk_ready);
+            }
             if link_ready {
                 self.link_events();
             }
             if wake_ready {
                 let _ = self.wake.drain();
                 self.serve_calls(now);
+                self.xdp_tick(now);
             }
             if now >= next_tick {
                 self.timers(now);
@@ -738,6 +821,30 @@ impl Driver {
         }
         self.with_io(|device, io| device.handle_timeout(now, io));
         self.poll_shm(now);
+        self.xdp_tick(now);
+    }
+
+    /// Keeps the XDP program's maps in step with the device.
+    fn xdp_tick(&mut self, now: Instant) {
+        let port = self.udp.as_ref().map_or(self.listen_port, UdpSockets::port);
+        let Some(x) = self.xdp.as_mut() else { return };
+        x.tick(now, &self.device, port, self.tun.name());
+        // AF_XDP sockets of interfaces that appeared since: polled from now on.
+        for (s, ifindex) in x.take_new_sockets() {
+            if let Some(r) = self.reactor.as_mut() {
+                if let Err(e) = r.add_poll(s.fd()) {
+                    log::warn!("{}: cannot poll an AF_XDP socket: {e}", self.tun.name());
+                    continue;
+                }
+            } else if self.xsks.len() >= MAX_POLL_XSKS {
+                log::warn!(
+                    "{}: the poll(2) loop watches {MAX_POLL_XSKS} AF_XDP sockets at most",
+                    self.tun.name()
+                );
+                continue;
+            }
+            self.xsks.push((s, ifindex));
+        }
     }
 
     /// Runs `f` on the device with the loop's output sink; what it sends leaves when
@@ -749,6 +856,7 @@ impl Driver {
             &mut self.tx,
             &self.pool,
             &mut self.offload,
+            self.xdp.as_mut(),
         );
         f(&mut self.device, &mut io);
     }
@@ -771,12 +879,15 @@ impl Driver {
                     pool,
                     offload,
                     reactor,
+                    xdp,
+                    xsks,
                     ..
                 } = self;
                 let Some(reactor) = reactor.as_mut() else {
                     return Ok(Exit::Signal);
                 };
-                let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, pool, offload);
+                let (mut io, mut tun_split) =
+                    OsIo::new(tun, udp.as_ref(), tx, pool, offload, xdp.as_mut());
                 let mut now = None;
                 reactor.run_once(timeout, |c| {
                     let now = *now.get_or_insert_with(Instant::now);
@@ -809,6 +920,8 @@ impl Driver {
                         Completion::Readable(i) => {
                             if let Some(r) = readable.get_mut(i) {
                                 *r = true;
+                            } else if let Some((xsk, ifindex)) = xsks.get_mut(i - readable.len()) {
+                                read_xsk(device, pool, now, xsk, *ifindex, &mut io);
                             }
                         }
                         Completion::TunError(e) => {
@@ -833,6 +946,7 @@ impl Driver {
             if readable[1] {
                 let _ = self.wake.drain();
                 self.serve_calls(now);
+                self.xdp_tick(now);
             }
             if now >= next_tick {
                 self.timers(now);
@@ -842,31 +956,63 @@ impl Driver {
         }
     }
 
+    /// Waits for the fds of the `poll(2)` loop; returns TUN, UDP (v4, v6), link,
+    /// wake-up, signal readiness and a bit per AF_XDP socket.
     #[allow(clippy::type_complexity)]
-    fn wait(&self, next_tick: Instant) -> anyhow::Result<(bool, [bool; 2], bool, bool, bool)> {
+    fn wait(&self, next_tick: Instant) -> anyhow::Result<(bool, [bool; 2], bool, bool, bool, u32)> {
         use std::os::fd::AsFd;
         let udp_fds = self
             .udp
             .as_ref()
             .map(|u| [u.v4_fd(), u.v6_fd()])
             .unwrap_or([None, None]);
-        // A fixed array: no allocation per loop turn. Missing UDP sockets poll the
-        // TUN fd twice, which is harmless.
+        // A fixed array: no allocation per loop turn. Missing UDP sockets and unused
+        // AF_XDP slots poll the TUN fd again, which is harmless.
         let tun = self.tun.as_fd();
-        let mut fds = [
-            PollFd::readable(tun),
-            PollFd::readable(self.link.fd()),
-            PollFd::readable(self.wake.fd()),
-            PollFd::readable(self.signals.fd()),
-            PollFd::readable(udp_fds[0].unwrap_or(tun)),
-            PollFd::readable(udp_fds[1].unwrap_or(tun)),
-        ];
+        let xsk = |i: usize| self.xsks.get(i).map_or(tun, |(s, _)| s.fd());
+        let mut fds: [PollFd<'_>; 6 + MAX_POLL_XSKS] = std::array::from_fn(|i| match i {
+            0 => PollFd::readable(tun),
+            1 => PollFd::readable(self.link.fd()),
+            2 => PollFd::readable(self.wake.fd()),
+            3 => PollFd::readable(self.signals.fd()),
+            4 => PollFd::readable(udp_fds[0].unwrap_or(tun)),
+            5 => PollFd::readable(udp_fds[1].unwrap_or(tun)),
+            i => PollFd::readable(xsk(i - 6)),
+        });
+        let used = 6 + self.xsks.len().min(MAX_POLL_XSKS);
         let udp_slot = [udp_fds[0].map(|_| 4), udp_fds[1].map(|_| 5)];
         let timeout = next_tick.saturating_duration_since(Instant::now());
-        poll_fds(&mut fds, Some(timeout))?;
+        poll_fds(&mut fds[..used], Some(timeout))?;
         let r = |i: usize| fds[i].revents().any();
         let udp = [udp_slot[0].is_some_and(r), udp_slot[1].is_some_and(r)];
-        Ok((r(0), udp, r(1), r(2), r(3)))
+        let mut xsk_ready = 0u32;
+        for i in 6..used {
+            if r(i) {
+                xsk_ready |= 1 << (i - 6);
+            }
+        }
+        Ok((r(0), udp, r(1), r(2), r(3), xsk_ready))
+    }
+
+    /// Reads the AF_XDP sockets whose bit is set in `ready` (the `poll(2)` loop).
+    fn read_xsks(&mut self, now: Instant, ready: u32) {
+        let Driver {
+            device,
+            tun,
+            udp,
+            tx,
+            pool,
+            offload,
+            xdp,
+            xsks,
+            ..
+        } = self;
+        let (mut io, _) = OsIo::new(tun, udp.as_ref(), tx, pool, offload, xdp.as_mut());
+        for (i, (xsk, ifindex)) in xsks.iter_mut().enumerate().take(MAX_POLL_XSKS) {
+            if ready & (1 << i) != 0 {
+                read_xsk(device, pool, now, xsk, *ifindex, &mut io);
+            }
+        }
     }
 
     /// Endpoints whose sticky source the kernel refused in a batched send fall back
@@ -889,9 +1035,10 @@ impl Driver {
             pool,
             buf,
             offload,
+            xdp,
             ..
         } = self;
-        let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, pool, offload);
+        let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, pool, offload, xdp.as_mut());
         let vnet = tun_split.vnet;
         for _ in 0..BATCH {
             // Without a virtio-net header the packet is read where it will be sealed:
@@ -929,12 +1076,13 @@ impl Driver {
             pool,
             rx_batch,
             offload,
+            xdp,
             ..
         } = self;
         let Some(udp) = udp.as_ref() else { return };
         let fd = if which == 0 { udp.v4_fd() } else { udp.v6_fd() };
         let Some(fd) = fd else { return };
-        let (mut io, _) = OsIo::new(tun, Some(udp), tx, pool, offload);
+        let (mut io, _) = OsIo::new(tun, Some(udp), tx, pool, offload, xdp.as_mut());
         let mut handled = 0;
         while handled < BATCH {
             let n = match recvmmsg_batch(fd, rx_batch) {
@@ -1027,6 +1175,22 @@ impl Driver {
                     }
                     if let Some(r) = &self.reactor {
                         out.push_str(&format!("rx_uring_truncated={}\n", r.truncated()));
+                    }
+                    match &self.xdp {
+                        Some(x) => x.stats(&mut out),
+                        None => out.push_str("xdp=off\n"),
+                    }
+                    if !self.xsks.is_empty() {
+                        let sum = |f: fn(&XskSocket) -> u64| -> u64 {
+                            self.xsks.iter().map(|(s, _)| f(s)).sum()
+                        };
+                        out.push_str(&format!("xsk_sockets={}\n", self.xsks.len()));
+                        out.push_str(&format!("xsk_received={}\n", sum(|s| s.received)));
+                        out.push_str(&format!("xsk_unparsed={}\n", sum(|s| s.unparsed)));
+                        out.push_str(&format!(
+                            "xsk_bad_descriptors={}\n",
+                            sum(|s| s.bad_descriptors)
+                        ));
                     }
                     uapi::format_errno(&mut out, 0);
                 }

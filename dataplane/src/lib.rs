@@ -15,3 +15,4 @@ pub mod logger;
 pub mod shm_link;
 pub mod signals;
 pub mod uapi_server;
+pub mod xdp;

@@ -6,9 +6,10 @@
 //! `portdistrict-dataplane --stats IFNAME` prints a running interface's drop counters.
 
 use anyhow::Context as _;
-use portdistrict_dataplane::driver::{Driver, Exit};
+use portdistrict_dataplane::driver::{Driver, Exit, Options};
 use portdistrict_dataplane::io::{EventFd, LinkMonitor, Tun};
 use portdistrict_dataplane::signals::TermSignals;
+use portdistrict_dataplane::xdp::XdpMode;
 use portdistrict_dataplane::{logger, uapi_server};
 use portdistrict_wg::device::Device;
 use std::io::{Read as _, Write as _};
@@ -17,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "\
-Usage: portdistrict-dataplane [--foreground] [--shm PATH] IFNAME
+Usage: portdistrict-dataplane [--foreground] [--shm PATH] [--xdp off|filter|steer] IFNAME
        portdistrict-dataplane --stats IFNAME
 
 Creates the WireGuard interface IFNAME and serves the userspace API on
@@ -27,6 +28,13 @@ Creates the WireGuard interface IFNAME and serves the userspace API on
   -f, --foreground   do not daemonize (also WG_PROCESS_FOREGROUND=1)
       --shm PATH     also take the configuration from portdistrictd's shared-memory
                      region PATH (validated first; a corrupt one is an error)
+      --xdp MODE     the XDP program on the underlay's Ethernet interfaces (also
+                     PD_XDP=MODE): filter (default) drops, in the kernel, UDP to the
+                     listen port that is not well-formed WireGuard naming one of our
+                     receiver indices and rate-limits handshake initiations per
+                     source under load; steer also hands data messages to AF_XDP
+                     sockets; off loads nothing. Where it cannot load or attach, the
+                     log says why and the interface runs without.
       --stats        print the drop and event counters of a running IFNAME
   -h, --help         this text
       --version      the version
@@ -43,6 +51,7 @@ enum Mode {
         ifname: String,
         foreground: bool,
         shm: Option<std::path::PathBuf>,
+        xdp: XdpMode,
     },
     Stats {
         ifname: String,
@@ -56,6 +65,10 @@ fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
     let mut stats = false;
     let mut ifname = None;
     let mut shm = None;
+    let mut xdp = match std::env::var("PD_XDP") {
+        Ok(v) => XdpMode::parse(&v).map_err(|e| anyhow::anyhow!("PD_XDP: {e}"))?,
+        Err(_) => XdpMode::Filter,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -64,6 +77,10 @@ fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
                 shm = Some(std::path::PathBuf::from(
                     it.next().context("--shm needs the region's path")?,
                 ))
+            }
+            "--xdp" => {
+                xdp = XdpMode::parse(it.next().context("--xdp needs off, filter or steer")?)
+                    .map_err(anyhow::Error::msg)?
             }
             "--stats" => stats = true,
             "-h" | "--help" => return Ok(Mode::Help),
@@ -84,6 +101,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
             ifname,
             foreground,
             shm,
+            xdp,
         }
     })
 }
@@ -168,7 +186,12 @@ fn close_inherited(keep: &[std::os::fd::RawFd]) {
     }
 }
 
-fn run(ifname: &str, foreground: bool, shm: Option<&std::path::Path>) -> anyhow::Result<Exit> {
+fn run(
+    ifname: &str,
+    foreground: bool,
+    shm: Option<&std::path::Path>,
+    xdp: XdpMode,
+) -> anyhow::Result<Exit> {
     // A region that is not valid is an error before anything is created.
     let region = shm
         .map(|p| {
@@ -206,7 +229,18 @@ fn run(ifname: &str, foreground: bool, shm: Option<&std::path::Path>) -> anyhow:
             .unwrap_or_default();
         let device = Device::new(seed, (Instant::now(), wall), mtu);
         log::info!("{name}: started (MTU {mtu})");
-        let mut driver = Driver::new(device, tun, link, signals, wake, rx, offload)?;
+        let mut driver = Driver::new(
+            device,
+            tun,
+            link,
+            signals,
+            wake,
+            rx,
+            Options {
+                udp_offload: offload,
+                xdp,
+            },
+        )?;
         if let Some(r) = region {
             driver = driver.with_shm(r);
         }
@@ -252,9 +286,10 @@ fn main() -> ExitCode {
             ifname,
             foreground,
             shm,
+            xdp,
         } => {
             logger::init(&format!("portdistrict-dataplane({ifname})"));
-            match run(&ifname, foreground, shm.as_deref()) {
+            match run(&ifname, foreground, shm.as_deref(), xdp) {
                 Ok(exit) => {
                     log::info!("{ifname}: shutting down ({exit:?})");
                     ExitCode::SUCCESS

@@ -72,7 +72,8 @@ pub enum Counter {
     PassData,
     /// Data messages redirected to an AF_XDP socket (steer).
     RedirectData,
-    /// IP fragments passed to the kernel for reassembly.
+    /// First fragments of well-formed messages, passed to the kernel for reassembly
+    /// (later fragments pass uncounted: they carry no UDP header).
     PassFragment,
     /// Too short for a UDP header and a message type, or a UDP length beyond the frame.
     DropTruncated,

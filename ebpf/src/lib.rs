@@ -6,7 +6,9 @@
 //!
 //! What the program does with UDP to a listen port: it passes only well-formed
 //! WireGuard (type 1 with 148 bytes, type 2 with 92, type 3 with 64, type 4 with at
-//! least 32 and a length the padding rules allow, reserved bytes zero), and for types
+//! least 32 and a length the padding rules allow: a plaintext that is empty, a
+//! multiple of 16, or at least an IPv4 header long, since boringtun and gotatun do
+//! not pad; reserved bytes zero), and for types
 //! 2, 3 and 4 only when the receiver index is one the dataplane holds; under load
 //! (the dataplane's flag) initiations must also pass a per-source token bucket; in
 //! steer mode data messages go to the AF_XDP sockets. Everything else aimed at the

@@ -216,17 +216,25 @@ fn framing_filter_passes_only_wireguard_naming_held_indices() {
         DROP,
         Some(Counter::DropBadLength),
     );
+    for plain in [1, 5, 15, 17, 19] {
+        r.expect(
+            "data, plaintext shorter than an IP header",
+            &udp4(SRC, PORT, &wg(4, 32 + plain, 4, KNOWN)),
+            DROP,
+            Some(Counter::DropBadLength),
+        );
+    }
     r.expect(
-        "data plaintext 20",
-        &udp4(SRC, PORT, &wg(4, 52, 4, KNOWN)),
-        DROP,
-        Some(Counter::DropBadLength),
+        "unpadded 20",
+        &udp4(SRC, PORT, &wg(4, 32 + 20, 4, KNOWN)),
+        PASS,
+        Some(Counter::PassData),
     );
     r.expect(
-        "data plaintext 67",
-        &udp4(SRC, PORT, &wg(4, 99, 4, KNOWN)),
-        DROP,
-        Some(Counter::DropBadLength),
+        "unpadded 67",
+        &udp4(SRC, PORT, &wg(4, 32 + 67, 4, KNOWN)),
+        PASS,
+        Some(Counter::PassData),
     );
     // Receivers the dataplane does not hold.
     r.expect(
@@ -295,11 +303,44 @@ fn framing_filter_passes_only_wireguard_naming_held_indices() {
     let mut padded = udp4(SRC, PORT, &wg(4, 32, 4, KNOWN));
     padded.extend_from_slice(&[0; 12]);
     r.expect("padded frame", &padded, PASS, Some(Counter::PassData));
-    // Fragments go to the kernel.
-    let frag = ipv4_frame(SRC, 17, 0x2000, &checksum_free_udp(40000, PORT, &[9; 64]));
-    r.expect("first fragment", &frag, PASS, Some(Counter::PassFragment));
+    // Fragments: the first is judged by the UDP length of the whole datagram, the
+    // others pass uncounted (the kernel drops them when the first never comes).
+    let first = |msg: &[u8]| {
+        let udp = checksum_free_udp(40000, PORT, msg);
+        ipv4_frame(SRC, 17, 0x2000, &udp[..udp.len().min(8 + 64)])
+    };
+    r.expect(
+        "first fragment of data",
+        &first(&wg(4, 32 + 1600, 4, KNOWN)),
+        PASS,
+        Some(Counter::PassFragment),
+    );
+    r.expect(
+        "first fragment of an initiation",
+        &first(&wg(1, 148, 4, 9)),
+        PASS,
+        Some(Counter::PassFragment),
+    );
+    r.expect(
+        "first fragment, 60000-byte initiation",
+        &first(&wg(1, 60000, 4, 9)),
+        DROP,
+        Some(Counter::DropBadLength),
+    );
+    r.expect(
+        "first fragment, unknown receiver",
+        &first(&wg(4, 32 + 1600, 4, UNKNOWN)),
+        DROP,
+        Some(Counter::DropUnknownReceiver),
+    );
+    r.expect(
+        "first fragment, junk",
+        &first(&[7u8; 300]),
+        DROP,
+        Some(Counter::DropBadType),
+    );
     let later = ipv4_frame(SRC, 17, 0x0010, &[9; 64]);
-    r.expect("later fragment", &later, PASS, Some(Counter::PassFragment));
+    r.expect("later fragment", &later, PASS, None);
     // IPv6, with and without an extension header, and a VLAN tag.
     r.expect(
         "v6 data",

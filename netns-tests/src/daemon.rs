@@ -109,6 +109,15 @@ impl Daemon {
     /// Starts `implementation` inside `ns` and waits (bounded) until its interface and
     /// UAPI socket exist; panics with its log if it exits or does not get there.
     pub fn start(ns: &Netns, implementation: Implementation) -> Daemon {
+        Daemon::start_env(ns, implementation, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_env(
+        ns: &Netns,
+        implementation: Implementation,
+        env: &[(String, String)],
+    ) -> Daemon {
         let ifname = unique_ifname("pdw");
         let files = TempDir::new("daemon");
         let log = File::create(files.path().join("log")).expect("create daemon log");
@@ -118,6 +127,7 @@ impl Daemon {
             .arg(&ifname)
             .env("WG_PROCESS_FOREGROUND", "1")
             .env("WG_SUDO", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log);
@@ -218,8 +228,17 @@ impl Daemon {
     }
 
     /// The UUT's drop and event counters (`portdistrict-dataplane --stats IFNAME`),
-    /// by name. Panics for other implementations, which have no such counters.
+    /// by name (the numeric lines; [`Daemon::stats_text`] has them all). Panics for
+    /// other implementations, which have no such counters.
     pub fn stats(&self) -> std::collections::HashMap<String, u64> {
+        self.stats_text()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect()
+    }
+
+    /// Every line of `--stats` (`xdp: filter`, `xdp_interfaces: veth0:native`, ...).
+    pub fn stats_text(&self) -> std::collections::HashMap<String, String> {
         assert_eq!(
             self.implementation,
             Implementation::Uut,
@@ -229,7 +248,7 @@ impl Daemon {
         let out = run(&[bin.to_str().expect("utf-8 path"), "--stats", &self.ifname]);
         out.lines()
             .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_string(), v.trim().parse().expect("numeric counter")))
+            .map(|(k, v)| (k.to_string(), v.trim().to_string()))
             .collect()
     }
 

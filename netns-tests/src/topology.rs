@@ -39,6 +39,8 @@ pub struct PairOptions {
     pub psk: bool,
     /// Who knows whose endpoint.
     pub endpoints: Endpoints,
+    /// Extra environment for both daemons (`PD_XDP=off`, ...).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for PairOptions {
@@ -49,6 +51,7 @@ impl Default for PairOptions {
             outer: Family::V4,
             psk: false,
             endpoints: Endpoints::Both,
+            env: Vec::new(),
         }
     }
 }
@@ -71,8 +74,18 @@ pub struct Side {
 impl Side {
     /// Creates the namespace, starts `implementation` in it, generates keys.
     pub fn start(role: &str, implementation: Implementation, index: u8) -> Side {
+        Side::start_env(role, implementation, index, &[])
+    }
+
+    /// [`Side::start`] with extra environment for the daemon.
+    pub fn start_env(
+        role: &str,
+        implementation: Implementation,
+        index: u8,
+        env: &[(String, String)],
+    ) -> Side {
         let ns = Netns::new(role);
-        let daemon = Daemon::start(&ns, implementation);
+        let daemon = Daemon::start_env(&ns, implementation, env);
         Side {
             daemon,
             ns,
@@ -142,8 +155,8 @@ pub struct Pair {
 impl Pair {
     /// Builds, configures and brings up the topology (no traffic sent yet).
     pub fn new(opts: &PairOptions) -> Pair {
-        let left = Side::start("left", opts.left, 1);
-        let right = Side::start("right", opts.right, 2);
+        let left = Side::start_env("left", opts.left, 1, &opts.env);
+        let right = Side::start_env("right", opts.right, 2, &opts.env);
         let veth = Veth::new(&left.ns, &right.ns, 1);
         let pair = Pair {
             veth,

@@ -21,10 +21,11 @@
 #define WG_RESPONSE_LEN 92
 #define WG_COOKIE_LEN 64
 #define WG_DATA_MIN_LEN 32
-/* A data message's plaintext is padded to a multiple of 16 but never beyond the
- * sender's MTU: an unaligned plaintext is exactly the sender's MTU, and no Linux
- * interface has an MTU below IPv4's minimum of 68. */
-#define WG_MIN_MTU 68
+/* A data message's plaintext is empty (keepalive) or an IP packet: padded to a
+ * multiple of 16 (capped at the sender's MTU) by wireguard-go and the Linux module,
+ * not padded at all by boringtun and gotatun. Either way an unaligned plaintext is a
+ * whole IP packet, at least an IPv4 header long. */
+#define WG_MIN_IP_PACKET 20
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -140,6 +141,7 @@ int pd_xdp(struct xdp_md *ctx)
 
 	struct pd_source src = {};
 	struct udphdr *udp;
+	int first_fragment = 0;
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = l3;
 		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_UDP)
@@ -149,19 +151,13 @@ int pd_xdp(struct xdp_md *ctx)
 		udp = l3 + ip->ihl * 4;
 		if ((void *)(udp + 1) > data_end)
 			return XDP_PASS;
-		/* Fragments go to the kernel to be reassembled; only a whole datagram
-		 * reaches the socket, and it is judged there. */
-		if (ip->frag_off & bpf_htons(0x3fff)) {
-			__u16 d = udp->dest;
-			int ours = 0;
-#pragma unroll
-			for (int i = 0; i < PD_MAX_PORTS; i++)
-				if (cfg->ports[i] && d == bpf_htons(cfg->ports[i]))
-					ours = 1;
-			if (ours || (ip->frag_off & bpf_htons(0x1fff)))
-				return count(PD_PASS_FRAGMENT, XDP_PASS);
+		/* A later fragment has no UDP header to judge: the kernel holds it
+		 * until the first one comes, which is judged below by the length its
+		 * UDP header gives for the whole datagram; dropping that one makes
+		 * the reassembly fail. */
+		if (ip->frag_off & bpf_htons(0x1fff))
 			return XDP_PASS;
-		}
+		first_fragment = (ip->frag_off & bpf_htons(0x2000)) != 0;
 		src.addr[10] = 0xff;
 		src.addr[11] = 0xff;
 		__builtin_memcpy(&src.addr[12], &ip->saddr, 4);
@@ -181,8 +177,16 @@ int pd_xdp(struct xdp_md *ctx)
 			next = *(__u8 *)l4;
 			l4 += (*(__u8 *)(l4 + 1) + 1) * 8;
 		}
-		if (next == IPPROTO_FRAGMENT)
-			return count(PD_PASS_FRAGMENT, XDP_PASS);
+		if (next == IPPROTO_FRAGMENT) {
+			/* As for IPv4: judge the first fragment, pass the others. */
+			if (l4 + 8 > data_end)
+				return XDP_PASS;
+			if (*(__u16 *)(l4 + 2) & bpf_htons(0xfff8))
+				return XDP_PASS;
+			first_fragment = 1;
+			next = *(__u8 *)l4;
+			l4 += 8;
+		}
 		if (next != IPPROTO_UDP)
 			return XDP_PASS;
 		udp = l4;
@@ -204,7 +208,8 @@ int pd_xdp(struct xdp_md *ctx)
 	/* From here on the datagram is aimed at WireGuard: pass only what is. */
 	__u32 ulen = bpf_ntohs(udp->len);
 	__u8 *msg = (__u8 *)(udp + 1);
-	if (ulen < sizeof(*udp) + 4 || (void *)udp + ulen > data_end)
+	/* A first fragment carries only the start of the datagram. */
+	if (ulen < sizeof(*udp) + 4 || (!first_fragment && (void *)udp + ulen > data_end))
 		return count(PD_DROP_TRUNCATED, XDP_DROP);
 	if ((void *)(msg + 4) > data_end)
 		return count(PD_DROP_TRUNCATED, XDP_DROP);
@@ -218,27 +223,29 @@ int pd_xdp(struct xdp_md *ctx)
 			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
 		if ((cfg->flags & PD_FLAG_UNDER_LOAD) && !bucket_take(&src, cfg))
 			return count(PD_DROP_RATE_LIMITED, XDP_DROP);
-		return count(PD_PASS_INITIATION, XDP_PASS);
+		return count(first_fragment ? PD_PASS_FRAGMENT : PD_PASS_INITIATION, XDP_PASS);
 	case 2:
 		if (len != WG_RESPONSE_LEN)
 			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
 		if (!known_receiver(msg + 8, data_end))
 			return count(PD_DROP_UNKNOWN_RECEIVER, XDP_DROP);
-		return count(PD_PASS_RESPONSE, XDP_PASS);
+		return count(first_fragment ? PD_PASS_FRAGMENT : PD_PASS_RESPONSE, XDP_PASS);
 	case 3:
 		if (len != WG_COOKIE_LEN)
 			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
 		if (!known_receiver(msg + 4, data_end))
 			return count(PD_DROP_UNKNOWN_RECEIVER, XDP_DROP);
-		return count(PD_PASS_COOKIE, XDP_PASS);
+		return count(first_fragment ? PD_PASS_FRAGMENT : PD_PASS_COOKIE, XDP_PASS);
 	case 4: {
 		if (len < WG_DATA_MIN_LEN)
 			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
 		__u32 plain = len - WG_DATA_MIN_LEN;
-		if ((plain & 15) && plain < WG_MIN_MTU)
+		if ((plain & 15) && plain < WG_MIN_IP_PACKET)
 			return count(PD_DROP_BAD_LENGTH, XDP_DROP);
 		if (!known_receiver(msg + 4, data_end))
 			return count(PD_DROP_UNKNOWN_RECEIVER, XDP_DROP);
+		if (first_fragment)
+			return count(PD_PASS_FRAGMENT, XDP_PASS);
 		if ((cfg->flags & PD_FLAG_STEER) && len <= cfg->steer_max_len &&
 		    ctx->rx_queue_index < PD_QUEUES_PER_IF) {
 			__u32 ifindex = ctx->ingress_ifindex;

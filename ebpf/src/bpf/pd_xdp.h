@@ -44,7 +44,7 @@ enum pd_counter {
 	PD_PASS_COOKIE,
 	PD_PASS_DATA,
 	PD_REDIRECT_DATA,
-	PD_PASS_FRAGMENT,
+	PD_PASS_FRAGMENT, /* first fragments of well-formed messages, to be reassembled */
 	PD_DROP_TRUNCATED,
 	PD_DROP_BAD_TYPE,
 	PD_DROP_BAD_LENGTH,

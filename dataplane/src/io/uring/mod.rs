@@ -135,6 +135,8 @@ enum Tag {
 }
 
 const GEN_MASK: u32 = 0x00ff_ffff;
+/// Most readiness polls ([`Reactor::new`]'s `extra` and [`Reactor::add_poll`]).
+pub const MAX_EXTRA: usize = 64;
 
 impl Tag {
     fn encode(self) -> u64 {
@@ -295,7 +297,7 @@ impl Reactor {
             + mem::size_of::<libc::sockaddr_storage>()
             + mem::size_of::<CmsgBuf>()
             + cfg.udp_payload.clamp(1, 1 << 20);
-        let in_flight = usize::from(tun_reads) + extra.len() + 8;
+        let in_flight = usize::from(tun_reads) + extra.len().max(MAX_EXTRA) + 8;
         let sq = in_flight.next_power_of_two() as u32;
         let cq = (2 * (in_flight + 2 * usize::from(udp_buffers))).next_power_of_two() as u32;
         let (ring, task_work) = build_ring(sq, cq)?;
@@ -369,6 +371,26 @@ impl Reactor {
             self.arm_poll(i as u32)?;
         }
         Ok(())
+    }
+
+    /// Adds a readiness poll on `fd` after start-up (the caller keeps it open while the
+    /// reactor lives); it completes as [`Completion::Readable`] with the index
+    /// returned, after those given to [`Reactor::new`]. At most [`MAX_EXTRA`] in all
+    /// (the completion queue was sized with room for them).
+    pub fn add_poll(&mut self, fd: BorrowedFd<'_>) -> Result<usize, IoError> {
+        if self.extra.len() >= MAX_EXTRA {
+            return Err(IoError::syscall(
+                "io_uring POLL_ADD",
+                io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
+        self.extra.push(fd.as_raw_fd());
+        let index = self.extra.len() - 1;
+        if let Err(e) = self.arm_poll(index as u32) {
+            self.extra.pop();
+            return Err(e);
+        }
+        Ok(index)
     }
 
     /// Whether io_uring can run the reactor here; see [`Reactor::probe`].
