@@ -294,12 +294,20 @@ pub fn status(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
             .count();
         (f.tunnels.len(), up)
     });
+    let xdp = f
+        .as_ref()
+        .and_then(|f| uapi::stats(Path::new(uapi::SOCKET_DIR), &f.interface).ok())
+        .map(|s| xdp_summary(&s));
     if json {
         let v = serde_json::json!({
             "node_id": rec.identity.node_id(), "namespace": rec.identity.namespace,
             "device": device, "daemon_running": running,
             "last_cycle": f.as_ref().map(|f| f.last_cycle),
             "trusted_peers": trusted, "tunnels": tunnels, "tunnels_up": up,
+            "xdp": xdp.as_ref().map(|x| serde_json::json!({
+                "mode": x.mode, "interfaces": x.interfaces, "dropped": x.dropped,
+                "drops": x.drops.iter().cloned().collect::<BTreeMap<String, u64>>(),
+            })),
         });
         return Ok(format!("{}\n", serde_json::to_string_pretty(&v)?));
     }
@@ -335,12 +343,96 @@ pub fn status(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
         s,
         "tunnels:  {tunnels} ({up} with a handshake in the last 3 minutes)"
     );
+    if let Some(x) = &xdp {
+        let _ = writeln!(s, "xdp:      {}", x.line());
+    }
     Ok(s)
+}
+
+/// The XDP part of the dataplane's counters.
+#[derive(Debug, Default, PartialEq)]
+struct XdpSummary {
+    mode: String,
+    interfaces: String,
+    dropped: u64,
+    /// Drops by reason (`bad_type`, ...), in the dataplane's order, nonzero only.
+    drops: Vec<(String, u64)>,
+}
+
+impl XdpSummary {
+    fn line(&self) -> String {
+        if self.mode == "off" {
+            return "off".into();
+        }
+        let ifs = if self.interfaces.is_empty() {
+            "no interface yet".to_owned()
+        } else {
+            format!("on {}", self.interfaces)
+        };
+        let why: Vec<String> = self.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        if why.is_empty() {
+            format!("{} {ifs}; nothing dropped", self.mode)
+        } else {
+            format!(
+                "{} {ifs}; dropped {} ({})",
+                self.mode,
+                self.dropped,
+                why.join(", ")
+            )
+        }
+    }
+}
+
+fn xdp_summary(stats: &BTreeMap<String, String>) -> XdpSummary {
+    let num = |k: &str| {
+        stats
+            .get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    XdpSummary {
+        mode: stats.get("xdp").cloned().unwrap_or_else(|| "off".into()),
+        interfaces: stats.get("xdp_interfaces").cloned().unwrap_or_default(),
+        dropped: num("xdp_dropped"),
+        drops: [
+            "truncated",
+            "bad_type",
+            "bad_length",
+            "unknown_receiver",
+            "rate_limited",
+        ]
+        .iter()
+        .map(|r| (r.to_string(), num(&format!("xdp_drop_{r}"))))
+        .filter(|(_, v)| *v > 0)
+        .collect(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xdp_drops_are_summed_up_by_reason() {
+        let stats: BTreeMap<String, String> = [
+            ("xdp", "filter"),
+            ("xdp_interfaces", "eth0:native"),
+            ("xdp_dropped", "12"),
+            ("xdp_drop_bad_type", "10"),
+            ("xdp_drop_rate_limited", "2"),
+            ("xdp_drop_truncated", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let x = xdp_summary(&stats);
+        assert_eq!(
+            x.line(),
+            "filter on eth0:native; dropped 12 (bad_type 10, rate_limited 2)"
+        );
+        let off = xdp_summary(&[("xdp".to_string(), "off".to_string())].into());
+        assert_eq!(off.line(), "off");
+    }
 
     #[test]
     fn live_facts_come_from_the_uapi_dump() {

@@ -43,6 +43,23 @@ pub fn get(dir: &Path, ifname: &str) -> anyhow::Result<String> {
     }
 }
 
+/// The dataplane's `stats=1` counters (portdistrict-dataplane only), by name.
+pub fn stats(
+    dir: &Path,
+    ifname: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let answer = exchange(&socket_path(dir, ifname), "stats=1\n\n")?;
+    match errno(&answer) {
+        Some(0) => Ok(answer
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| *k != "errno")
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()),
+        other => bail!("{ifname}: stats failed ({other:?})"),
+    }
+}
+
 /// Writes `request` and reads the answer up to its blank line.
 fn exchange(path: &Path, request: &str) -> anyhow::Result<String> {
     let mut s = UnixStream::connect(path).with_context(|| {

@@ -370,6 +370,8 @@ with open(sys.argv[1], "r+b") as f:
     );
     let status = alice.cli(&["status"]);
     assert!(status.contains("tunnels:  2"), "{status}");
+    // The dataplane's XDP program guards the underlay, and status says so.
+    assert!(status.contains("xdp:      filter on "), "{status}");
     alice.cli(&["tunnel", "disconnect", "desk.bob.pd.test"]);
     assert!(
         !alice.pings(&b),

@@ -695,18 +695,22 @@ fn system_mode_end_to_end() {
     assert_all_blocked(&c1.ns, "with the provider down");
     let args = c1.use_args(&inv1);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out_path = c1.run.path().join("pending-use.out");
+    let out = std::fs::File::create(&out_path).expect("create the output file");
     let mut pending = ChildGuard::spawn(
         "portdistrict use",
         c1.command(&refs)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out),
     );
     // 3 s for its check that the tunnel is still fine, then it rebuilds the tunnel
     // and waits for the provider: killed in the middle of that.
     std::thread::sleep(Duration::from_millis(5000));
+    let status = pending.try_status();
     assert!(
-        pending.try_status().is_none(),
-        "use should still wait for the provider"
+        status.is_none(),
+        "use should still wait for the provider; it exited ({status:?}) saying:\n{}",
+        std::fs::read_to_string(&out_path).unwrap_or_default()
     );
     pending.kill();
     assert_all_blocked(&c1.ns, "after SIGKILL of the CLI");
