@@ -43,9 +43,9 @@ pub enum XdpError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// In the driver (native XDP).
-    Native,
+    Native = 0,
     /// In the kernel's generic receive path (skb mode), where the driver has no XDP.
-    Generic,
+    Generic = 1,
 }
 
 impl AttachMode {
@@ -192,9 +192,14 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// Attaches to `ifindex` (named `name`): native mode, or generic where the driver
-    /// refuses. Attaching twice is a no-op.
-    pub fn attach(&mut self, ifindex: u32, name: &str) -> Result<AttachMode, XdpError> {
+    /// Attaches to `ifindex` (named `name`): in `prefer` mode, or in the other where
+    /// that one is refused. Attaching twice is a no-op.
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        prefer: AttachMode,
+    ) -> Result<AttachMode, XdpError> {
         if let Some(a) = self.attached.iter().find(|a| a.ifindex == ifindex) {
             return Ok(a.mode);
         }
@@ -206,22 +211,33 @@ impl XdpProgram {
                 generic: "too many interfaces".into(),
             })?;
         let xdp = program(&mut self.ebpf)?;
-        let mode = match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
-            Ok(_) => AttachMode::Native,
-            Err(native) => match xdp.attach_to_if_index(ifindex, XdpMode::Skb) {
-                Ok(_) => AttachMode::Generic,
-                Err(generic) => {
-                    return Err(XdpError::Attach {
-                        name: name.into(),
-                        native: error_chain(&native),
-                        generic: error_chain(&generic),
-                    })
-                }
-            },
+        let order = match prefer {
+            AttachMode::Native => [AttachMode::Native, AttachMode::Generic],
+            AttachMode::Generic => [AttachMode::Generic, AttachMode::Native],
         };
-        self.ifslots
-            .insert(ifindex, slot, 0)
-            .map_err(|e| XdpError::Update("PD_IFSLOTS", e.to_string()))?;
+        let mut why = [String::new(), String::new()];
+        let mut got = None;
+        for mode in order {
+            let flag = match mode {
+                AttachMode::Native => XdpMode::Driver,
+                AttachMode::Generic => XdpMode::Skb,
+            };
+            match xdp.attach_to_if_index(ifindex, flag) {
+                Ok(_) => {
+                    got = Some(mode);
+                    break;
+                }
+                Err(e) => why[mode as usize] = error_chain(&e),
+            }
+        }
+        let Some(mode) = got else {
+            let [native, generic] = why;
+            return Err(XdpError::Attach {
+                name: name.into(),
+                native,
+                generic,
+            });
+        };
         self.attached.push(Attachment {
             ifindex,
             name: name.into(),
@@ -255,9 +271,14 @@ impl XdpProgram {
                 format!("queue {queue} >= {QUEUES_PER_IF}"),
             ));
         }
+        let slot = a.slot;
         self.xsks
-            .set(a.slot * QUEUES_PER_IF + queue, fd.as_raw_fd(), 0)
-            .map_err(|e| XdpError::Update("PD_XSKS", e.to_string()))
+            .set(slot * QUEUES_PER_IF + queue, fd.as_raw_fd(), 0)
+            .map_err(|e| XdpError::Update("PD_XSKS", e.to_string()))?;
+        // Only interfaces with a socket get a slot: the others never redirect.
+        self.ifslots
+            .insert(ifindex, slot, 0)
+            .map_err(|e| XdpError::Update("PD_IFSLOTS", e.to_string()))
     }
 
     /// Adds a receiver index the dataplane now holds.

@@ -206,9 +206,8 @@ fn steer_carries_data_messages_through_af_xdp_sockets() {
     portdistrict_netns_tests::require_root();
     let pair = pair("steer");
     wait_attached(&pair, 1);
-    // Sockets are opened at start-up for the interfaces present then: the veth
-    // arrives later, so start a second dataplane generation is not needed — the
-    // right node is restarted by the harness below only if it has none.
+    // The veth arrives after the dataplanes start: the program attaches to it (native,
+    // which steering needs) and opens its AF_XDP sockets within a second.
     let stats = pair.right.daemon.stats_text();
     let dst = pair.right.tunnel_addr(Family::V4);
     assert_ping(&pair.left.ns, dst, 3);
@@ -228,5 +227,7 @@ fn steer_carries_data_messages_through_af_xdp_sockets() {
     );
     assert!(get(&after, "xsk_received") > 1000, "{after:?}");
     assert_eq!(get(&after, "xsk_unparsed"), 0);
+    assert_eq!(get(&after, "rx_decrypt_failed"), 0, "{after:?}");
+    assert_eq!(get(&after, "rx_malformed"), 0, "{after:?}");
     assert_eq!(get(&after, "xsk_bad_descriptors"), 0);
 }
