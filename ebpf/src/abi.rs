@@ -179,7 +179,15 @@ mod tests {
         assert_eq!(define("PD_FLAG_STEER"), FLAG_STEER);
         assert_eq!(define("PD_QUEUES_PER_IF"), QUEUES_PER_IF);
         assert_eq!(define("PD_MAX_XSKS"), MAX_XSKS);
-        let counters: Vec<String> = HEADER
+        // Comments out, then the enumerators in order.
+        let mut uncommented = String::new();
+        let mut rest = HEADER;
+        while let Some((before, after)) = rest.split_once("/*") {
+            uncommented.push_str(before);
+            rest = after.split_once("*/").map_or("", |(_, a)| a);
+        }
+        uncommented.push_str(rest);
+        let counters: Vec<String> = uncommented
             .split("enum pd_counter {")
             .nth(1)
             .unwrap()

@@ -97,7 +97,13 @@ pub const DEFAULT_BURST: u32 = 5;
 impl XdpProgram {
     /// Loads the program (verified by the kernel now) with no ports guarded yet.
     pub fn load() -> Result<Self, XdpError> {
-        let mut ebpf = Ebpf::load(crate::OBJECT).map_err(|e| XdpError::Load(e.to_string()))?;
+        // No kernel BTF: the program reads only packet bytes and its own maps, so it
+        // needs no CO-RE relocation, and parsing vmlinux's BTF would cost the process
+        // some 20 MiB of memory.
+        let mut ebpf = aya::EbpfLoader::new()
+            .btf(None)
+            .load(crate::OBJECT)
+            .map_err(|e| XdpError::Load(e.to_string()))?;
         let xdp = program(&mut ebpf)?;
         xdp.load().map_err(|e| XdpError::Load(e.to_string()))?;
         fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(

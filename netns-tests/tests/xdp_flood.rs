@@ -89,7 +89,7 @@ fn flood_run(xdp: &str) -> Outcome {
         std::thread::sleep(Duration::from_millis(1500));
         let flood = s.spawn(|| {
             attacker.exec(&[
-                env!("CARGO_BIN_EXE_pd-flood"),
+                &flood_binary(),
                 "--to",
                 &target,
                 "--malformed",
@@ -126,6 +126,17 @@ fn flood_run(xdp: &str) -> Outcome {
         ping_received,
         mbit: report.bits_per_second / 1e6,
     }
+}
+
+/// `pd-flood` (package pd-bench), built next to the dataplane under test.
+fn flood_binary() -> String {
+    let p = portdistrict_netns_tests::uut_binary().with_file_name("pd-flood");
+    assert!(
+        p.is_file(),
+        "{} missing: build it with `cargo build --release -p pd-bench`",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
 }
 
 fn get(m: &HashMap<String, u64>, k: &str) -> u64 {

@@ -11,8 +11,11 @@ use crate::proc::find_program;
 pub(crate) enum Impl {
     /// No tunnel: iperf3 and ping straight over the veth pair.
     Bare,
-    /// Ours: `portdistrict-dataplane`.
+    /// Ours: `portdistrict-dataplane` (its defaults: the XDP filter on).
     Portdistrict,
+    /// Ours with `--xdp off`: what the XDP program costs, and what it saves under
+    /// a flood.
+    PortdistrictXdpOff,
     /// `wireguard-go` (Debian package `wireguard-go`).
     WireguardGo,
     /// `boringtun-cli` (crates.io).
@@ -23,9 +26,10 @@ pub(crate) enum Impl {
 
 impl Impl {
     /// Every implementation, in column order.
-    pub(crate) const ALL: [Impl; 5] = [
+    pub(crate) const ALL: [Impl; 6] = [
         Impl::Bare,
         Impl::Portdistrict,
+        Impl::PortdistrictXdpOff,
         Impl::WireguardGo,
         Impl::Boringtun,
         Impl::Gotatun,
@@ -36,6 +40,7 @@ impl Impl {
         match self {
             Impl::Bare => "bare-veth",
             Impl::Portdistrict => "portdistrict",
+            Impl::PortdistrictXdpOff => "portdistrict-xdp-off",
             Impl::WireguardGo => "wireguard-go",
             Impl::Boringtun => "boringtun",
             Impl::Gotatun => "gotatun",
@@ -47,6 +52,7 @@ impl Impl {
         match s {
             "bare" | "bare-veth" | "veth" => Some(Impl::Bare),
             "portdistrict" | "pd" => Some(Impl::Portdistrict),
+            "portdistrict-xdp-off" | "pd-xdp-off" => Some(Impl::PortdistrictXdpOff),
             "wireguard-go" | "wg-go" => Some(Impl::WireguardGo),
             "boringtun" | "boringtun-cli" => Some(Impl::Boringtun),
             "gotatun" | "gotatun-cli" => Some(Impl::Gotatun),
@@ -57,7 +63,7 @@ impl Impl {
     /// The executable and how to install it, for peers found on `$PATH`.
     fn program(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Impl::Bare | Impl::Portdistrict => None,
+            Impl::Bare | Impl::Portdistrict | Impl::PortdistrictXdpOff => None,
             Impl::WireguardGo => Some((
                 "wireguard-go",
                 "install it with `cargo xtask setup` (or `apt-get install wireguard-go`)",
@@ -76,7 +82,7 @@ impl Impl {
     /// The daemon's executable: `dataplane` for ours, a `$PATH` (or `~/.cargo/bin`)
     /// lookup for peers; `None` for bare veth.
     pub(crate) fn binary(self, dataplane: &Path) -> Result<Option<PathBuf>, Error> {
-        if self == Impl::Portdistrict {
+        if matches!(self, Impl::Portdistrict | Impl::PortdistrictXdpOff) {
             if !dataplane.is_file() {
                 return Err(Error::MissingDataplane(dataplane.to_owned()));
             }
@@ -99,6 +105,7 @@ impl Impl {
         match self {
             Impl::Bare => &[],
             Impl::Portdistrict | Impl::WireguardGo => &["--foreground"],
+            Impl::PortdistrictXdpOff => &["--foreground", "--xdp", "off"],
             Impl::Boringtun | Impl::Gotatun => &[
                 "--foreground",
                 "--disable-drop-privileges",

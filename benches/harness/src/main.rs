@@ -193,6 +193,10 @@ fn measure_all(
 fn scale_all(columns: &[Column], c: &mut Collected) -> Result<(), Error> {
     for (index, (i, binary, _)) in columns.iter().enumerate() {
         let Some(binary) = binary else { continue };
+        // The same daemon as `portdistrict`: its scale figures would repeat those.
+        if *i == Impl::PortdistrictXdpOff {
+            continue;
+        }
         eprintln!("pd-bench: scale: {} with {} peers", i.name(), scale::PEERS);
         match scale::measure(*i, binary, index) {
             Ok(s) => {

@@ -40,11 +40,15 @@ pub(crate) enum Scenario {
     PingIdle,
     /// The same ping during a single TCP stream.
     PingLoaded,
+    /// `iperf3 -P 1` while a third namespace floods the right node's WireGuard port
+    /// with malformed datagrams and MAC1-valid handshake initiations from 256
+    /// spoofed sources (`pd-flood`).
+    Tcp1Flood,
 }
 
 impl Scenario {
     /// Every scenario, in row order.
-    pub(crate) const ALL: [Scenario; 7] = [
+    pub(crate) const ALL: [Scenario; 8] = [
         Scenario::Tcp1,
         Scenario::Tcp4,
         Scenario::Udp1420,
@@ -52,6 +56,7 @@ impl Scenario {
         Scenario::Udp64LowLoss,
         Scenario::PingIdle,
         Scenario::PingLoaded,
+        Scenario::Tcp1Flood,
     ];
 
     /// Machine-readable id.
@@ -64,6 +69,7 @@ impl Scenario {
             Scenario::Udp64LowLoss => "udp_64_pps_low_loss",
             Scenario::PingIdle => "ping_idle",
             Scenario::PingLoaded => "ping_loaded",
+            Scenario::Tcp1Flood => "tcp_1_stream_flood",
         }
     }
 
@@ -77,13 +83,14 @@ impl Scenario {
             Scenario::Udp64LowLoss => "UDP 64 B, loss <= 1%",
             Scenario::PingIdle => "ping idle",
             Scenario::PingLoaded => "ping loaded",
+            Scenario::Tcp1Flood => "TCP 1 stream, flooded",
         }
     }
 
     /// The unit of [`Sample::value`].
     pub(crate) fn unit(self) -> &'static str {
         match self {
-            Scenario::Tcp1 | Scenario::Tcp4 => "Gbit/s",
+            Scenario::Tcp1 | Scenario::Tcp4 | Scenario::Tcp1Flood => "Gbit/s",
             Scenario::Udp1420 | Scenario::Udp64 | Scenario::Udp64LowLoss => "kpps",
             Scenario::PingIdle | Scenario::PingLoaded => "ms",
         }
@@ -129,6 +136,7 @@ pub(crate) fn run(topo: &mut Topology, scenario: Scenario, secs: u32) -> Result<
         Scenario::Udp64LowLoss => udp_low_loss(topo, secs, 36)?,
         Scenario::PingIdle => ping(topo)?,
         Scenario::PingLoaded => ping_loaded(topo, secs)?,
+        Scenario::Tcp1Flood => tcp_flood(topo, secs)?,
     };
     topo.check_alive()?;
     let after = cpu_seconds(topo)?;
@@ -197,6 +205,65 @@ fn udp_low_loss(topo: &Topology, secs: u32, len: u32) -> Result<Sample, Error> {
         loss_percent: None,
         cpu_seconds: None,
     }))
+}
+
+/// `pd-flood`, built next to pd-bench (same package).
+fn flood_binary() -> Result<std::path::PathBuf, Error> {
+    let exe = std::env::current_exe().map_err(|source| Error::Io {
+        action: "cannot locate",
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let flood = exe.with_file_name("pd-flood");
+    if flood.is_file() {
+        Ok(flood)
+    } else {
+        Err(Error::MissingProgram {
+            program: flood.display().to_string(),
+            hint: "build it with `cargo build --release -p pd-bench`".to_owned(),
+        })
+    }
+}
+
+/// One TCP stream while the attacker floods the right node's WireGuard port for the
+/// whole run (malformed datagrams, and one MAC1-valid initiation from one of 256
+/// spoofed sources per 16 of them).
+fn tcp_flood(topo: &Topology, secs: u32) -> Result<Sample, Error> {
+    let flood = flood_binary()?;
+    let seconds = (secs + 1).to_string();
+    let flood_s = flood.to_string_lossy().into_owned();
+    let mut argv = vec![
+        flood_s.as_str(),
+        "--to",
+        &topo.flood_target,
+        "--malformed",
+        "1",
+        "--initiations",
+        "1",
+        "--init-every",
+        "16",
+        "--sources",
+        "256",
+        "--spoof-net",
+        crate::topo::SPOOF_NET,
+        "--min-seconds",
+        &seconds,
+    ];
+    if let Some(key) = &topo.right_public {
+        argv.extend(["--public-key", key]);
+    }
+    let mut c = topo.attacker.command(&argv);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut attacker = Guard::spawn(&mut c)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let sample = tcp(topo, secs, "1");
+    // Bounded: it stops by itself a second after the stream; killed on drop otherwise.
+    let _ = proc::wait_for(Duration::from_secs(5), || {
+        Ok(attacker.try_status().is_some())
+    });
+    sample
 }
 
 fn tcp(topo: &Topology, secs: u32, streams: &str) -> Result<Sample, Error> {

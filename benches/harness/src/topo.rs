@@ -26,6 +26,10 @@ const DAEMON_READY: Duration = Duration::from_secs(10);
 const HANDSHAKE: Duration = Duration::from_secs(15);
 const LISTEN_PORT: [&str; 2] = ["51820", "51821"];
 const UNDERLAY: [&str; 2] = ["10.77.1.1", "10.77.1.2"];
+/// The attacker's link to the right node (attacker, right).
+const ATTACK_LINK: [&str; 2] = ["10.78.1.1", "10.78.1.2"];
+/// Where the attacker's spoofed sources live (routed back through it).
+pub(crate) const SPOOF_NET: &str = "10.66";
 const TUNNEL: [&str; 2] = ["10.99.0.1", "10.99.0.2"];
 /// The tunnel interfaces' MTU.
 pub(crate) const TUNNEL_MTU: &str = "1420";
@@ -229,6 +233,14 @@ pub(crate) struct Topology {
     pub(crate) target: &'static str,
     /// Which implementation.
     pub(crate) implementation: Impl,
+    /// A third namespace linked to `right` only, for the flood scenario; spoofed
+    /// sources in [`SPOOF_NET`] route back through it.
+    pub(crate) attacker: Netns,
+    /// The right node's WireGuard port and public key as the attacker sees it
+    /// (`ATTACK_LINK[1]:51821`; no key for bare veth).
+    pub(crate) flood_target: String,
+    /// The right daemon's public key (for MAC1 on the attacker's initiations).
+    pub(crate) right_public: Option<String>,
     files: TempDir,
 }
 
@@ -246,12 +258,34 @@ impl Topology {
         let left = Netns::new(&format!("{base}-l"))?;
         let right = Netns::new(&format!("{base}-r"))?;
         veth(&left, &right, &format!("pv{pid}-{index}"))?;
+        let attacker = Netns::new(&format!("{base}-a"))?;
+        let attack_if = format!("pa{pid}-{index}");
+        veth_with(&attacker, &right, &attack_if, ATTACK_LINK)?;
+        right.run(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{SPOOF_NET}.0.0/16"),
+            "via",
+            ATTACK_LINK[0],
+        ])?;
+        let right_if = format!("{attack_if}b");
+        for conf in ["all", "default", right_if.as_str()] {
+            right.run(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{conf}.rp_filter=0"),
+            ])?;
+        }
         let mut topo = Topology {
             daemons: Vec::new(),
             left,
             right,
             target: UNDERLAY[1],
             implementation,
+            attacker,
+            flood_target: format!("{}:{}", ATTACK_LINK[1], LISTEN_PORT[1]),
+            right_public: None,
             files,
         };
         if let Some(binary) = binary {
@@ -286,6 +320,7 @@ impl Topology {
             pubkey(&self.files.0.join("l.key"))?,
             pubkey(&self.files.0.join("r.key"))?,
         ];
+        self.right_public = Some(public[1].clone());
         for (i, ns) in [&self.left, &self.right].into_iter().enumerate() {
             let o = 1 - i;
             let d = &self.daemons[i];
@@ -349,6 +384,10 @@ impl Topology {
 
 /// A veth pair `<base>a` in `a`, `<base>b` in `b`, addressed and up (MTU 1500).
 fn veth(a: &Netns, b: &Netns, base: &str) -> Result<(), Error> {
+    veth_with(a, b, base, UNDERLAY)
+}
+
+fn veth_with(a: &Netns, b: &Netns, base: &str, addrs: [&str; 2]) -> Result<(), Error> {
     let (na, nb) = (format!("{base}a"), format!("{base}b"));
     let mut c = cmd(&[
         "ip",
@@ -364,7 +403,7 @@ fn veth(a: &Netns, b: &Netns, base: &str) -> Result<(), Error> {
     ]);
     c.args(["peer", "name", &nb, "netns", b.name(), "mtu", "1500"]);
     run(&mut c, SHORT)?;
-    for (ns, name, addr) in [(a, &na, UNDERLAY[0]), (b, &nb, UNDERLAY[1])] {
+    for (ns, name, addr) in [(a, &na, addrs[0]), (b, &nb, addrs[1])] {
         ns.run(&["ip", "addr", "add", &format!("{addr}/24"), "dev", name])?;
         ns.run(&["ip", "link", "set", name, "up"])?;
     }

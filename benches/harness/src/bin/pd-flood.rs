@@ -1,4 +1,4 @@
-//! `pd-flood --to ADDR:PORT [--malformed N] [--initiations M --spoof-net A.B --sources K [--public-key KEY]] [--min-seconds S]`
+//! `pd-flood --to ADDR:PORT [--malformed N] [--initiations M --spoof-net A.B --sources K [--public-key KEY] [--init-every E]] [--min-seconds S]`
 //!
 //! The attacker of the XDP flood test and of pd-bench's flood scenario: sends `N`
 //! malformed datagrams at a WireGuard port from its own address (unknown message
@@ -22,6 +22,7 @@ struct Args {
     sources: u32,
     min_seconds: f64,
     mac1_key: Option<[u8; 32]>,
+    init_every: Option<u64>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -33,6 +34,7 @@ fn parse() -> Result<Args, String> {
         sources: 256,
         min_seconds: 0.0,
         mac1_key: None,
+        init_every: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.iter();
@@ -45,6 +47,7 @@ fn parse() -> Result<Args, String> {
             "--initiations" => a.initiations = v.parse().map_err(|e| bad(&e))?,
             "--sources" => a.sources = v.parse().map_err(|e| bad(&e))?,
             "--min-seconds" => a.min_seconds = v.parse().map_err(|e| bad(&e))?,
+            "--init-every" => a.init_every = Some(v.parse::<u64>().map_err(|e| bad(&e))?.max(1)),
             "--public-key" => {
                 let key = portdistrict_wg::PublicKey::from_base64(v).map_err(|e| bad(&e))?;
                 a.mac1_key = Some(portdistrict_wg::crypto::hash(&[
@@ -250,22 +253,29 @@ fn main() -> std::process::ExitCode {
     let start = Instant::now();
     let (mut sent, mut inits, mut errors) = (0u64, 0u64, 0u64);
     // One initiation every `every` malformed datagrams spreads them over the run.
-    let every = a
-        .malformed
-        .checked_div(a.initiations)
-        .map_or(u64::MAX, |e| e.max(1));
+    let every = a.init_every.unwrap_or_else(|| {
+        a.malformed
+            .checked_div(a.initiations)
+            .map_or(u64::MAX, |e| e.max(1))
+    });
     let min = Duration::from_secs_f64(a.min_seconds);
-    // Bounded: the counts, then at most `min_seconds` more.
-    while sent < a.malformed || inits < a.initiations || start.elapsed() < min {
-        if sent < a.malformed || start.elapsed() < min {
+    // Bounded: the counts, then until `min_seconds`, and never beyond 120 s.
+    loop {
+        let more_time = start.elapsed() < min;
+        let want_malformed = sent < a.malformed || more_time;
+        let want_init = raw.is_some() && a.initiations > 0 && (inits < a.initiations || more_time);
+        if !want_malformed && !want_init {
+            break;
+        }
+        if want_malformed {
             let len = malformed(sent, &mut rng, &mut buf);
             if sock.send_to(&buf[..len], a.to).is_err() {
                 errors += 1;
             }
             sent += 1;
         }
-        if let Some(raw) = &raw {
-            if inits < a.initiations && (sent % every == 0 || sent >= a.malformed) {
+        if let Some(raw) = raw.as_ref().filter(|_| want_init) {
+            if sent % every == 0 || !want_malformed {
                 let n = (inits % u64::from(a.sources)) as u32;
                 let src = Ipv4Addr::new(a.spoof[0], a.spoof[1], (n >> 8) as u8, n as u8);
                 let sport = 40000 + (n % 1000) as u16;
