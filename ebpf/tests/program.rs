@@ -77,6 +77,23 @@ fn udp6(dst_port: u16, hop_by_hop: bool, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Ethernet + IPv6 + a fragment header (`offset` in 8-byte units, more fragments
+/// follow) + `l4` (the start of a UDP datagram for the first fragment).
+fn frag6(offset: u16, l4: &[u8]) -> Vec<u8> {
+    let mut f = eth(0x86dd);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&((8 + l4.len()) as u16).to_be_bytes());
+    f.push(44);
+    f.push(64);
+    f.extend_from_slice(&[0xfd; 16]);
+    f.extend_from_slice(&[0xfe; 16]);
+    f.extend_from_slice(&[17, 0]);
+    f.extend_from_slice(&((offset << 3) | 1).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 7]);
+    f.extend_from_slice(l4);
+    f
+}
+
 /// A WireGuard-shaped message: type, zero reserved bytes, `index` at `at`, `len` bytes.
 fn wg(kind: u8, len: usize, index_at: usize, index: u32) -> Vec<u8> {
     let mut m = vec![0xaa; len];
@@ -341,6 +358,24 @@ fn framing_filter_passes_only_wireguard_naming_held_indices() {
     );
     let later = ipv4_frame(SRC, 17, 0x0010, &[9; 64]);
     r.expect("later fragment", &later, PASS, None);
+    // The same for IPv6's fragment header.
+    let first6 = |msg: &[u8]| {
+        let udp = checksum_free_udp(40000, PORT, msg);
+        frag6(0, &udp[..udp.len().min(8 + 64)])
+    };
+    r.expect(
+        "v6 first fragment of data",
+        &first6(&wg(4, 32 + 1600, 4, KNOWN)),
+        PASS,
+        Some(Counter::PassFragment),
+    );
+    r.expect(
+        "v6 first fragment, 60000-byte initiation",
+        &first6(&wg(1, 60000, 4, 9)),
+        DROP,
+        Some(Counter::DropBadLength),
+    );
+    r.expect("v6 later fragment", &frag6(200, &[9; 64]), PASS, None);
     // IPv6, with and without an extension header, and a VLAN tag.
     r.expect(
         "v6 data",

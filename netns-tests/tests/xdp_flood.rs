@@ -165,7 +165,11 @@ fn filter_keeps_a_flood_out_of_user_space_while_peers_keep_talking() {
         off.ping_received
     );
     assert!(on.flood["malformed"] >= MALFORMED as f64, "{}", show(&on));
-    assert_eq!(on.flood["initiations"], INITIATIONS as f64, "{}", show(&on));
+    assert!(
+        on.flood["initiations"] >= INITIATIONS as f64,
+        "{}",
+        show(&on)
+    );
     // Not one malformed datagram reached the user-space receive path.
     assert_eq!(get(d, "rx_malformed"), 0, "{}", show(&on));
     assert_eq!(get(d, "rx_unknown_index"), 0, "{}", show(&on));
@@ -193,7 +197,7 @@ fn filter_keeps_a_flood_out_of_user_space_while_peers_keep_talking() {
     // per source.
     assert!(get(d, "xdp_drop_rate_limited") > 0, "{}", show(&on));
     assert!(
-        (get(d, "xdp_pass_initiation") as f64) < INITIATIONS as f64 * 0.9,
+        (get(d, "xdp_pass_initiation") as f64) < on.flood["initiations"] * 0.9,
         "{}",
         show(&on)
     );
