@@ -301,12 +301,11 @@ fn default_mode(name: &str) -> AttachMode {
 /// The kernel driver of interface `name` (`ETHTOOL_GDRVINFO`).
 fn driver_name(name: &str) -> Option<String> {
     const ETHTOOL_GDRVINFO: u32 = 3;
-    if name.len() >= libc::IFNAMSIZ {
-        return None;
-    }
     // struct ethtool_drvinfo: cmd, then driver[32], ...; 196 bytes in all.
     let mut info = [0u8; 196];
     info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    let mut req = crate::io::ifreq_with_name(name).ok()?;
+    req.ifr_ifru.ifru_data = info.as_mut_ptr().cast();
     // SAFETY: a datagram socket for the ioctl, owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -314,13 +313,7 @@ fn driver_name(name: &str) -> Option<String> {
     }
     // SAFETY: `fd` is fresh and owned here.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = info.as_mut_ptr().cast();
-    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO writes at most
+    // SAFETY: SIOCETHTOOL with ETHTOOL_GDRVINFO reads `req` and writes at most
     // sizeof(struct ethtool_drvinfo) = 196 bytes into `info`, which outlives the call.
     let r = unsafe {
         libc::ioctl(
@@ -365,29 +358,12 @@ fn ethernet_interfaces() -> Vec<(u32, String)> {
 
 /// Whether `name` has an Ethernet hardware address (ARPHRD_ETHER).
 fn is_ethernet(name: &str) -> bool {
-    if name.len() >= libc::IFNAMSIZ {
+    let Ok(mut req) = crate::io::ifreq_with_name(name) else {
         return false;
-    }
-    // SAFETY: a datagram socket for the ioctl, closed by OwnedFd.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: `fd` is fresh and owned here.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr of `req`.
-    let r = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIOCGIFHWADDR,
-            &mut req,
-        )
     };
-    // SAFETY: the ioctl succeeded, so the union holds the hardware address.
-    r == 0 && unsafe { req.ifr_ifru.ifru_hwaddr.sa_family } == libc::ARPHRD_ETHER
+    if crate::io::ifreq_ioctl(libc::SIOCGIFHWADDR, "ioctl(SIOCGIFHWADDR)", &mut req).is_err() {
+        return false;
+    }
+    // SAFETY: SIOCGIFHWADDR succeeded, so the union holds the hardware address.
+    unsafe { req.ifr_ifru.ifru_hwaddr.sa_family == libc::ARPHRD_ETHER }
 }

@@ -39,6 +39,7 @@ pub use msg::SourceAddr;
 pub use netlink::{LinkEvent, LinkMonitor};
 pub use parallel::{read_cpu_times, CpuTimes, IdleGate, Job, Pool, PoolStats};
 pub use poll::{poll_fds, EventFd, PollFd, Readiness};
+pub(crate) use tun::{ifreq_ioctl, ifreq_with_name};
 pub use tun::{Tun, TunOffload};
 pub use udp::{Received, UdpSockets};
 pub use uring::{recvmmsg_batch, Completion, Reactor, ReactorConfig, RecvBatch};

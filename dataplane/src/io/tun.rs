@@ -215,7 +215,7 @@ impl AsRawFd for Tun {
 }
 
 /// A zeroed `ifreq` carrying `name`; rejects names the kernel could not take.
-fn ifreq_with_name(name: &str) -> Result<libc::ifreq, IoError> {
+pub(crate) fn ifreq_with_name(name: &str) -> Result<libc::ifreq, IoError> {
     let invalid = |reason| IoError::InvalidName {
         name: name.to_owned(),
         reason,
@@ -272,7 +272,7 @@ pub(crate) fn if_index(name: &str) -> Result<u32, IoError> {
 }
 
 /// Runs an interface ioctl that takes a `struct ifreq` on a throwaway datagram socket.
-fn ifreq_ioctl(
+pub(crate) fn ifreq_ioctl(
     request: libc::Ioctl,
     call: &'static str,
     req: &mut libc::ifreq,
