@@ -535,7 +535,7 @@ fn open_reactor(
     ) {
         Ok(r) => {
             log::info!(
-                "{}: receive path: io_uring (TUN reads in flight, multishot UDP receive; task work: {})",
+                "{}: receive path: io_uring (one TUN read in flight, multishot UDP receive; task work: {})",
                 tun.name(),
                 r.task_work()
             );

@@ -40,7 +40,8 @@ pub use topology::{
     tunnel_addr, Endpoints, Pair, PairOptions, Side, TUNNEL_PREFIX_V4, TUNNEL_PREFIX_V6,
 };
 pub use traffic::{
-    assert_no_ping, assert_ping, ping_fast, ping_received, tcp_transfer, TransferReport,
+    assert_no_ping, assert_ping, ping_fast, ping_received, tcp_reordering, tcp_transfer,
+    TransferReport,
 };
 pub use wait::wait_until;
 pub use wg::{genpsk, normalize_conf, Keypair, Peer, PeerStatus, WgDump};

@@ -254,6 +254,30 @@ impl XorShift {
     }
 }
 
+/// The `TcpExt` counters of `ns` (from its `/proc/net/netstat`) that say a TCP sender
+/// saw its segments arrive out of order: `TCPSACKReorder`, `TCPTSReorder`,
+/// `TCPRenoReorder` (named, for the failure message). A tunnel that keeps the packets
+/// of a flow in order, between namespaces joined by one veth, leaves them at zero.
+pub fn tcp_reordering(ns: &Netns) -> Vec<(String, u64)> {
+    let text = ns.exec(&["cat", "/proc/net/netstat"]);
+    let mut lines = text.lines();
+    let mut out = Vec::new();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        let (Some(("TcpExt:", names)), Some(("TcpExt:", values))) =
+            (names.split_once(' '), values.split_once(' '))
+        else {
+            continue;
+        };
+        for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+            if matches!(name, "TCPSACKReorder" | "TCPTSReorder" | "TCPRenoReorder") {
+                out.push((name.to_string(), value.parse().unwrap_or(u64::MAX)));
+            }
+        }
+    }
+    assert_eq!(out.len(), 3, "TcpExt reordering counters missing in {text}");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

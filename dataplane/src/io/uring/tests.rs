@@ -86,7 +86,6 @@ fn datagrams(got: &[Got]) -> Vec<Vec<u8>> {
 
 fn small_config() -> ReactorConfig {
     ReactorConfig {
-        tun_reads: 4,
         tun_buffer: 10 + 65_536,
         udp_buffers: 16,
         udp_payload: 65_536,
@@ -122,7 +121,7 @@ fn tun_reads_complete_with_vnet_header_and_rearm() {
         let tun = tun_up("pdur0");
         let mut reactor = Reactor::new(tun.as_fd(), [None, None], &[], small_config()).unwrap();
         let sock = UdpSocket::bind("10.78.0.1:0").unwrap();
-        let count = 50; // many more than the 4 reads in flight
+        let count = 50; // many more than the one read in flight
         for i in 0..count {
             let msg = format!("via-tun-{i}");
             sock.send_to(msg.as_bytes(), "10.78.0.2:5555").unwrap();
