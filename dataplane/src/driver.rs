@@ -9,8 +9,9 @@
 //! the others. The loop ends when the interface is deleted (the TUN fd reports
 //! `EBADFD`) or on SIGTERM/SIGINT.
 
+use crate::crypto_jobs::{chunk_size, OpenChunk, SealChunk};
 use crate::io::{
-    poll_fds, read_cpu_times, recvmmsg_batch, Completion, EventFd, IdleGate, Job, LinkEvent,
+    poll_fds, read_cpu_times, recvmmsg_batch, Completion, EventFd, IdleGate, LinkEvent,
     LinkMonitor, PollFd, Pool, Reactor, ReactorConfig, RecvBatch, SourceAddr, Tun, UdpSockets,
 };
 use crate::signals::TermSignals;
@@ -24,7 +25,7 @@ use portdistrict_wg::device::{
     DataTicket, Device, Io, SendOutcome, MAX_PACKET, TUN_HEADROOM, TUN_TAILROOM,
 };
 use portdistrict_wg::peer::{Endpoint, LocalAddr};
-use portdistrict_wg::session::{open_with, seal_prepared, SessionError};
+use portdistrict_wg::session::seal_prepared;
 use portdistrict_wg::uapi::{self, Request, SetRequest};
 use portdistrict_wg::wire::{self, MessageType};
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +65,9 @@ struct TxBatch {
     sources_cleared: Vec<std::net::SocketAddr>,
     /// Datagrams the kernel refused during flushes.
     failed: u64,
+    /// Data messages sealed or opened by the AVX-512 group code (both directions:
+    /// receive groups add theirs here too).
+    crypto_grouped: u64,
 }
 
 /// Most datagrams in one GSO send (the kernel's limit is 64 segments).
@@ -83,6 +87,7 @@ impl TxBatch {
             keys: Vec::with_capacity(GSO_MAX_SEGMENTS),
             sources_cleared: Vec::new(),
             failed: 0,
+            crypto_grouped: 0,
         }
     }
 
@@ -138,47 +143,48 @@ impl TxBatch {
     }
 
     fn seal(&mut self, pool: &Pool) {
-        if self.unsealed.is_empty() {
-            return;
-        }
-        let mut jobs: [Option<SealJob<'_>>; GSO_MAX_SEGMENTS] = [const { None }; GSO_MAX_SEGMENTS];
+        let limit = chunk_size(self.unsealed.len(), pool);
         let mut rest: &mut [u8] = &mut self.buf;
         let mut pos = 0;
-        let mut n = 0;
-        // `unsealed` is in offset order and its ranges are disjoint.
-        for (&(offset, len, key), slot) in self.unsealed.iter().zip(jobs.iter_mut()) {
-            let tail = std::mem::take(&mut rest);
-            let Some((_, tail)) = tail.split_at_mut_checked(offset - pos) else {
-                break;
-            };
-            let Some((msg, tail)) = tail.split_at_mut_checked(len) else {
-                break;
-            };
-            rest = tail;
-            pos = offset + len;
-            *slot = Some(SealJob {
-                msg,
-                key: &self.keys[key],
-            });
-            n += 1;
+        let mut todo = self.unsealed.iter().peekable();
+        // `unsealed` is in offset order and its ranges are disjoint; up to
+        // `MAX_CHUNKS` chunks go to the pool at a time.
+        while todo.peek().is_some() {
+            let mut chunks: [Option<SealChunk<'_>>; MAX_CHUNKS] = [const { None }; MAX_CHUNKS];
+            let mut n = 0;
+            while let Some(&&(offset, len, key)) = todo.peek() {
+                let key: &AeadKey = &self.keys[key];
+                let fits = n > 0
+                    && chunks[n - 1]
+                        .as_ref()
+                        .is_some_and(|c| std::ptr::eq(c.key(), key) && !c.is_full(limit));
+                if !fits && n == MAX_CHUNKS {
+                    break;
+                }
+                todo.next();
+                let tail = std::mem::take(&mut rest);
+                let Some((_, tail)) = tail.split_at_mut_checked(offset - pos) else {
+                    continue;
+                };
+                let Some((msg, tail)) = tail.split_at_mut_checked(len) else {
+                    continue;
+                };
+                rest = tail;
+                pos = offset + len;
+                if !fits {
+                    chunks[n] = Some(SealChunk::new(key));
+                    n += 1;
+                }
+                if let Some(c) = chunks[n - 1].as_mut() {
+                    c.push(msg);
+                }
+            }
+            pool.run(&mut chunks[..n]);
+            let grouped: usize = chunks[..n].iter().flatten().map(|c| c.grouped).sum();
+            self.crypto_grouped += grouped as u64;
         }
-        pool.run(&mut jobs[..n]);
         self.unsealed.clear();
         self.keys.clear();
-    }
-}
-
-/// Seal one prepared data message in place.
-struct SealJob<'a> {
-    msg: &'a mut [u8],
-    key: &'a AeadKey,
-}
-
-impl Job for Option<SealJob<'_>> {
-    fn run(&mut self) {
-        if let Some(j) = self {
-            seal_prepared(j.key, j.msg);
-        }
     }
 }
 
@@ -302,22 +308,16 @@ impl Drop for OsIo<'_> {
 
 /// Most data messages opened in parallel as one group.
 const RX_GROUP: usize = 64;
+/// Most crypto chunks handed to the pool at once (a batch takes more rounds).
+const MAX_CHUNKS: usize = 8;
 
-/// One data message of a receive batch: opened on any thread, finished in order.
-struct OpenJob<'a> {
+/// One data message of a receive batch, admitted by the device: opened on any thread
+/// (in a chunk), finished in order.
+struct Admitted<'a> {
     msg: &'a mut [u8],
     ticket: DataTicket,
     from: SocketAddr,
     local: Option<LocalAddr>,
-    opened: Result<usize, SessionError>,
-}
-
-impl Job for Option<OpenJob<'_>> {
-    fn run(&mut self) {
-        if let Some(j) = self {
-            j.opened = open_with(j.ticket.key(), j.msg);
-        }
-    }
 }
 
 /// Received datagrams on their way to the device: data messages are admitted in
@@ -325,7 +325,7 @@ impl Job for Option<OpenJob<'_>> {
 /// finished in arrival order ([`Device::finish_data`]). Any other message first
 /// finishes the group, so that a handshake is seen exactly where it arrived.
 struct RxGroup<'a> {
-    jobs: [Option<OpenJob<'a>>; RX_GROUP],
+    jobs: [Option<Admitted<'a>>; RX_GROUP],
     len: usize,
 }
 
@@ -356,12 +356,11 @@ impl<'a> RxGroup<'a> {
         let Some(ticket) = device.begin_data(now, msg) else {
             return;
         };
-        self.jobs[self.len] = Some(OpenJob {
+        self.jobs[self.len] = Some(Admitted {
             msg,
             ticket,
             from,
             local,
-            opened: Err(SessionError::Decrypt),
         });
         self.len += 1;
         if self.len == RX_GROUP {
@@ -369,12 +368,51 @@ impl<'a> RxGroup<'a> {
         }
     }
 
+    /// Opens the group (consecutive messages under one key in chunks, in parallel
+    /// when the pool's workers are on; up to [`MAX_CHUNKS`] chunks at a time) and
+    /// finishes each message in arrival order.
     fn finish(&mut self, device: &mut Device, pool: &Pool, now: Instant, io: &mut OsIo<'_>) {
-        pool.run(&mut self.jobs[..self.len]);
-        for slot in &mut self.jobs[..self.len] {
-            if let Some(j) = slot.take() {
-                device.finish_data(now, j.from, j.local, j.msg, j.ticket, j.opened, io);
+        let limit = chunk_size(self.len, pool);
+        let mut next = 0;
+        while next < self.len {
+            let mut chunks: [Option<OpenChunk<'a>>; MAX_CHUNKS] = [const { None }; MAX_CHUNKS];
+            let mut n = 0;
+            let mut end = next;
+            while end < self.len {
+                if let Some(a) = self.jobs[end].as_mut() {
+                    let key = a.ticket.key();
+                    let fits = n > 0
+                        && chunks[n - 1]
+                            .as_ref()
+                            .is_some_and(|c| Arc::ptr_eq(c.key(), key) && !c.is_full(limit));
+                    if !fits {
+                        if n == MAX_CHUNKS {
+                            break;
+                        }
+                        chunks[n] = Some(OpenChunk::new(Arc::clone(key)));
+                        n += 1;
+                    }
+                    if let Some(c) = chunks[n - 1].as_mut() {
+                        c.push(std::mem::take(&mut a.msg));
+                    }
+                }
+                end += 1;
             }
+            pool.run(&mut chunks[..n]);
+            let grouped: usize = chunks[..n].iter().flatten().map(|c| c.grouped).sum();
+            io.tx.crypto_grouped += grouped as u64;
+            let mut opened = chunks
+                .into_iter()
+                .take(n)
+                .flatten()
+                .flat_map(OpenChunk::into_results);
+            for slot in &mut self.jobs[next..end] {
+                let (Some(a), Some((msg, result))) = (slot.take(), opened.next()) else {
+                    continue;
+                };
+                device.finish_data(now, a.from, a.local, msg, a.ticket, result, io);
+            }
+            next = end;
         }
         self.len = 0;
     }
@@ -1163,6 +1201,11 @@ impl Driver {
                     out.push_str(&format!("crypto_jobs={}\n", p.jobs));
                     out.push_str(&format!("crypto_parallel_batches={}\n", p.parallel_batches));
                     out.push_str(&format!("crypto_worker_jobs={}\n", p.worker_jobs));
+                    out.push_str(&format!(
+                        "crypto_group_code={}\n",
+                        u8::from(crate::crypto_jobs::group_enabled())
+                    ));
+                    out.push_str(&format!("crypto_grouped={}\n", self.tx.crypto_grouped));
                     out.push_str(&format!(
                         "tx_offload_malformed={}\n",
                         self.offload.malformed

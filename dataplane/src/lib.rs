@@ -9,6 +9,7 @@
 //! - [`driver`]: the event loop: TUN -> WireGuard -> UDP and back, timers, UAPI;
 //! - [`signals`], [`logger`]: SIGTERM/SIGINT as an fd, and log lines on stderr.
 
+pub mod crypto_jobs;
 pub mod driver;
 pub mod io;
 pub mod logger;

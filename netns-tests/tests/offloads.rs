@@ -2,8 +2,9 @@
 //! header on the TUN fd, no UDP GSO/GRO), on the default io_uring receive path and on
 //! the `poll(2)` + `recvmmsg` one (`PD_IO=poll`, also the fallback where io_uring is
 //! unavailable), with crypto forced onto worker threads
-//! (`PD_CRYPTO_THREADS=2`) and onto the loop thread alone (`=1`), and proof from the
-//! dataplane's own counters that each run used the path it claims.
+//! (`PD_CRYPTO_THREADS=2`) and onto the loop thread alone (`=1`), with and without the
+//! AVX-512 group crypto (`PD_CRYPTO_GROUP=off`), and proof from the dataplane's own
+//! counters that each run used the path it claims.
 //!
 //! Each test file is its own process, so the environment variable set here reaches
 //! only the daemons this file starts.
@@ -61,6 +62,8 @@ struct Config {
     offload: Option<&'static str>,
     io: Option<&'static str>,
     crypto_threads: Option<&'static str>,
+    /// `PD_CRYPTO_GROUP` (`off`: ring one message at a time, no AVX-512 group code).
+    group: Option<&'static str>,
     /// (tun_vnet_hdr, tx_gso, io_uring)
     expected: (u64, u64, u64),
 }
@@ -79,6 +82,7 @@ fn transfers_with_fast_paths_on_and_off() {
             offload: None,
             io: None,
             crypto_threads: None,
+            group: None,
             expected: (1, 1, 1),
         },
         // Parallel crypto forced on, on both receive paths.
@@ -86,19 +90,23 @@ fn transfers_with_fast_paths_on_and_off() {
             offload: None,
             io: None,
             crypto_threads: Some("2"),
+            group: None,
             expected: (1, 1, 1),
         },
         Config {
             offload: None,
             io: Some("poll"),
             crypto_threads: Some("2"),
+            group: None,
             expected: (1, 1, 0),
         },
-        // Everything off: no offloads, the poll(2) loop, one crypto thread.
+        // Everything off: no offloads, the poll(2) loop, one crypto thread, no group
+        // crypto.
         Config {
             offload: Some("off"),
             io: Some("poll"),
             crypto_threads: Some("1"),
+            group: Some("off"),
             expected: (0, 0, 0),
         },
     ];
@@ -107,9 +115,10 @@ fn transfers_with_fast_paths_on_and_off() {
         set_env("PD_OFFLOAD", c.offload);
         set_env("PD_IO", c.io);
         set_env("PD_CRYPTO_THREADS", c.crypto_threads);
+        set_env("PD_CRYPTO_GROUP", c.group);
         let what = format!(
-            "PD_OFFLOAD={:?} PD_IO={:?} PD_CRYPTO_THREADS={:?}",
-            c.offload, c.io, c.crypto_threads
+            "PD_OFFLOAD={:?} PD_IO={:?} PD_CRYPTO_THREADS={:?} PD_CRYPTO_GROUP={:?}",
+            c.offload, c.io, c.crypto_threads, c.group
         );
         let pair = Pair::new(&PairOptions::default());
         transfers(&pair);
@@ -119,6 +128,19 @@ fn transfers_with_fast_paths_on_and_off() {
             assert_eq!(got, c.expected, "{what}: {s:?}");
             assert_eq!(s["tx_offload_malformed"], 0, "{s:?}");
             assert!(s["crypto_jobs"] > 10_000, "{what}: {s:?}");
+            // The AVX-512 group code (where the CPU has it) sealed and opened the bulk
+            // of the transfers; turned off, it did nothing.
+            if c.group == Some("off") {
+                assert_eq!(
+                    (s["crypto_group_code"], s["crypto_grouped"]),
+                    (0, 0),
+                    "{what}"
+                );
+            } else if s["crypto_group_code"] == 1 {
+                assert!(s["crypto_grouped"] > 20_000, "{what}: {s:?}");
+            } else {
+                eprintln!("this CPU has no AVX-512 IFMA: the group code is not used");
+            }
             match c.crypto_threads {
                 // Forced on: workers sealed and opened part of the traffic.
                 Some("2") => {

@@ -1,5 +1,6 @@
 //! The primitives of WireGuard's Noise_IKpsk2 instantiation: BLAKE2s hashing, keyed
-//! MAC, HMAC and HKDF, ChaCha20-Poly1305 (ring) for the handshake and transport,
+//! MAC, HMAC and HKDF, ChaCha20-Poly1305 (ring, and `portdistrict-aead` for groups of
+//! transport messages) for the handshake and transport,
 //! XChaCha20-Poly1305 for cookies, X25519 and the TAI64N timestamp.
 
 use blake2::digest::{FixedOutput, KeyInit, Update};
@@ -93,15 +94,35 @@ fn nonce(counter: u64) -> aead::Nonce {
     aead::Nonce::assume_unique_for_key(n)
 }
 
-/// A ChaCha20-Poly1305 key ready for use (ring's key schedule done once).
-pub struct AeadKey(aead::LessSafeKey);
+/// A ChaCha20-Poly1305 key ready for use: ring's key schedule done once for single
+/// messages, and the raw key for the group code of `portdistrict-aead`.
+pub struct AeadKey {
+    ring: aead::LessSafeKey,
+    raw: zeroize::Zeroizing<[u8; 32]>,
+}
 
 impl AeadKey {
     /// Prepares `key` for sealing and opening.
     pub fn new(key: &[u8; 32]) -> Self {
         let unbound = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key)
             .expect("ChaCha20-Poly1305 takes 32-byte keys");
-        Self(aead::LessSafeKey::new(unbound))
+        Self {
+            ring: aead::LessSafeKey::new(unbound),
+            raw: zeroize::Zeroizing::new(*key),
+        }
+    }
+
+    /// Seals a group of equal-length buffers (plaintext, then 16 bytes for the tag)
+    /// with the AVX-512 group code; false, with nothing done, when it cannot take
+    /// them (CPU, lengths, more than [`portdistrict_aead::GROUP`]).
+    pub fn seal_group(&self, msgs: &mut [portdistrict_aead::Message<'_>]) -> bool {
+        portdistrict_aead::seal_group(&self.raw, msgs)
+    }
+
+    /// Opens a group like [`AeadKey::seal_group`]; `ok[i]` says whether message `i`
+    /// verified (and was decrypted).
+    pub fn open_group(&self, msgs: &mut [portdistrict_aead::Message<'_>], ok: &mut [bool]) -> bool {
+        portdistrict_aead::open_group(&self.raw, msgs, ok)
     }
 
     /// Encrypts `buf[..len-16]` in place and writes the tag into the last 16 bytes.
@@ -110,7 +131,7 @@ impl AeadKey {
         let split = buf.len() - 16;
         let (data, tag_out) = buf.split_at_mut(split);
         let tag = self
-            .0
+            .ring
             .seal_in_place_separate_tag(nonce(counter), aead::Aad::from(aad), data)
             .expect("ChaCha20-Poly1305 seals any length WireGuard produces");
         tag_out.copy_from_slice(tag.as_ref());
@@ -122,7 +143,7 @@ impl AeadKey {
         if buf.len() < 16 {
             return Err(AeadError);
         }
-        self.0
+        self.ring
             .open_in_place(nonce(counter), aead::Aad::from(aad), buf)
             .map(|p| p.len())
             .map_err(|_| AeadError)

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod allowed_ips;
+pub mod batch;
 pub mod constants;
 pub mod cookie;
 pub mod crypto;

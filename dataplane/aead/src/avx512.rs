@@ -1,0 +1,523 @@
+//! The AVX-512 kernel: sixteen ChaCha20 blocks per step (one per 32-bit lane, then a
+//! 16x16 transpose so each register holds one block's keystream) and Poly1305 over
+//! sixteen messages at once (two registers of eight 64-bit lanes, one message per
+//! lane, radix 2^44, IFMA products).
+//!
+//! Every function is compiled for AVX-512 F/BW/VL/IFMA; [`seal`] and [`open`] enter
+//! them only after [`detected`] said the CPU has all four (checked by the caller,
+//! `crate::applicable`, and asserted again here).
+
+use core::arch::x86_64::*;
+
+use subtle::ConstantTimeEq;
+
+use crate::{Message, GROUP, TAG_LEN};
+
+/// AVX-512 F, BW (byte masks), VL and IFMA (52-bit multiplies).
+pub(crate) fn detected() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512ifma")
+}
+
+/// "expand 32-byte k".
+const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
+const M44: u64 = (1 << 44) - 1;
+const M42: u64 = (1 << 42) - 1;
+/// Poly1305's clamp of `r`.
+const CLAMP: u128 = 0x0fff_fffc_0fff_fffc_0fff_fffc_0fff_ffff;
+
+pub(crate) fn seal(key: &[u8; 32], msgs: &mut [Message<'_>]) {
+    assert!(
+        detected(),
+        "AVX-512 group code entered without the CPU for it"
+    );
+    // SAFETY: the CPU has AVX-512 F, BW, VL and IFMA (asserted above).
+    unsafe { seal_avx512(key, msgs) }
+}
+
+pub(crate) fn open(key: &[u8; 32], msgs: &mut [Message<'_>], ok: &mut [bool]) {
+    assert!(
+        detected(),
+        "AVX-512 group code entered without the CPU for it"
+    );
+    // SAFETY: the CPU has AVX-512 F, BW, VL and IFMA (asserted above).
+    unsafe { open_avx512(key, msgs, ok) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512ifma")]
+fn seal_avx512(key: &[u8; 32], msgs: &mut [Message<'_>]) {
+    let n = msgs.len().min(GROUP);
+    let len = msgs[0].buf.len() - TAG_LEN;
+    let kw = key_words(key);
+    let mut counters = [0u64; GROUP];
+    let mut ptrs = [std::ptr::null_mut::<u8>(); GROUP];
+    for (i, m) in msgs[..n].iter_mut().enumerate() {
+        counters[i] = m.counter;
+        ptrs[i] = m.buf.as_mut_ptr();
+    }
+    let keys = poly_keys(&kw, &counters[..n]);
+    // SAFETY: `ptrs[..n]` point at the starts of `n` distinct exclusively borrowed
+    // buffers of `len + 16` bytes each, not otherwise used until this returns.
+    unsafe { xor_keystream(&kw, &ptrs[..n], &counters[..n], len) };
+    let tags = poly1305(&keys[..n], &msgs[..n], len);
+    for (m, tag) in msgs[..n].iter_mut().zip(tags) {
+        m.buf[len..].copy_from_slice(&tag);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512ifma")]
+fn open_avx512(key: &[u8; 32], msgs: &mut [Message<'_>], ok: &mut [bool]) {
+    let n = msgs.len().min(GROUP);
+    let len = msgs[0].buf.len() - TAG_LEN;
+    let kw = key_words(key);
+    let mut counters = [0u64; GROUP];
+    for (i, m) in msgs[..n].iter().enumerate() {
+        counters[i] = m.counter;
+    }
+    let keys = poly_keys(&kw, &counters[..n]);
+    let tags = poly1305(&keys[..n], &msgs[..n], len);
+    let mut good = 0;
+    let mut good_ptrs = [std::ptr::null_mut::<u8>(); GROUP];
+    let mut good_counters = [0u64; GROUP];
+    for (i, m) in msgs[..n].iter_mut().enumerate() {
+        ok[i] = bool::from(tags[i].ct_eq(&m.buf[len..]));
+        if ok[i] {
+            good_ptrs[good] = m.buf.as_mut_ptr();
+            good_counters[good] = m.counter;
+            good += 1;
+        }
+    }
+    // SAFETY: as in `seal_avx512`: distinct exclusively borrowed buffers of `len + 16`.
+    unsafe { xor_keystream(&kw, &good_ptrs[..good], &good_counters[..good], len) };
+}
+
+/// The key as eight little-endian words, each broadcast to every lane.
+#[target_feature(enable = "avx512f")]
+fn key_words(key: &[u8; 32]) -> [__m512i; 8] {
+    std::array::from_fn(|i| {
+        let w = u32::from_le_bytes([key[4 * i], key[4 * i + 1], key[4 * i + 2], key[4 * i + 3]]);
+        _mm512_set1_epi32(w as i32)
+    })
+}
+
+#[target_feature(enable = "avx512f")]
+fn load_u32(a: &[u32; 16]) -> __m512i {
+    // SAFETY: reads the 64 bytes of `a`; unaligned loads are allowed.
+    unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f")]
+fn load_u64(a: &[u64; 8]) -> __m512i {
+    // SAFETY: reads the 64 bytes of `a`; unaligned loads are allowed.
+    unsafe { _mm512_loadu_si512(a.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f")]
+fn store_u64(v: __m512i) -> [u64; 8] {
+    let mut a = [0u64; 8];
+    // SAFETY: writes the 64 bytes of `a`; unaligned stores are allowed.
+    unsafe { _mm512_storeu_si512(a.as_mut_ptr().cast(), v) };
+    a
+}
+
+macro_rules! quarter {
+    ($x:ident, $a:literal, $b:literal, $c:literal, $d:literal) => {
+        $x[$a] = _mm512_add_epi32($x[$a], $x[$b]);
+        $x[$d] = _mm512_rol_epi32::<16>(_mm512_xor_si512($x[$d], $x[$a]));
+        $x[$c] = _mm512_add_epi32($x[$c], $x[$d]);
+        $x[$b] = _mm512_rol_epi32::<12>(_mm512_xor_si512($x[$b], $x[$c]));
+        $x[$a] = _mm512_add_epi32($x[$a], $x[$b]);
+        $x[$d] = _mm512_rol_epi32::<8>(_mm512_xor_si512($x[$d], $x[$a]));
+        $x[$c] = _mm512_add_epi32($x[$c], $x[$d]);
+        $x[$b] = _mm512_rol_epi32::<7>(_mm512_xor_si512($x[$b], $x[$c]));
+    };
+}
+
+/// Sixteen ChaCha20 blocks: lane `j` has block counter `ctr[j]` and nonce words
+/// `0, nlo[j], nhi[j]`. Returns the keystream, register `j` = block of lane `j`.
+#[target_feature(enable = "avx512f")]
+fn blocks16(kw: &[__m512i; 8], ctr: __m512i, nlo: __m512i, nhi: __m512i) -> [__m512i; 16] {
+    let s: [__m512i; 16] = [
+        _mm512_set1_epi32(SIGMA[0] as i32),
+        _mm512_set1_epi32(SIGMA[1] as i32),
+        _mm512_set1_epi32(SIGMA[2] as i32),
+        _mm512_set1_epi32(SIGMA[3] as i32),
+        kw[0],
+        kw[1],
+        kw[2],
+        kw[3],
+        kw[4],
+        kw[5],
+        kw[6],
+        kw[7],
+        ctr,
+        _mm512_setzero_si512(),
+        nlo,
+        nhi,
+    ];
+    let mut x = s;
+    for _ in 0..10 {
+        quarter!(x, 0, 4, 8, 12);
+        quarter!(x, 1, 5, 9, 13);
+        quarter!(x, 2, 6, 10, 14);
+        quarter!(x, 3, 7, 11, 15);
+        quarter!(x, 0, 5, 10, 15);
+        quarter!(x, 1, 6, 11, 12);
+        quarter!(x, 2, 7, 8, 13);
+        quarter!(x, 3, 4, 9, 14);
+    }
+    for i in 0..16 {
+        x[i] = _mm512_add_epi32(x[i], s[i]);
+    }
+    transpose(x)
+}
+
+/// Register `w` holds word `w` of sixteen blocks; afterwards register `j` holds the
+/// sixteen words of block `j`. A 4x4 transpose of words inside each 128-bit chunk,
+/// then a 4x4 transpose of the chunks.
+#[target_feature(enable = "avx512f")]
+fn transpose(x: [__m512i; 16]) -> [__m512i; 16] {
+    let mut y = [_mm512_setzero_si512(); 16];
+    for g in 0..4 {
+        let (p0, p1, p2, p3) = (x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3]);
+        let t0 = _mm512_unpacklo_epi32(p0, p1);
+        let t1 = _mm512_unpackhi_epi32(p0, p1);
+        let t2 = _mm512_unpacklo_epi32(p2, p3);
+        let t3 = _mm512_unpackhi_epi32(p2, p3);
+        y[4 * g] = _mm512_unpacklo_epi64(t0, t2);
+        y[4 * g + 1] = _mm512_unpackhi_epi64(t0, t2);
+        y[4 * g + 2] = _mm512_unpacklo_epi64(t1, t3);
+        y[4 * g + 3] = _mm512_unpackhi_epi64(t1, t3);
+    }
+    // y[4g + k], chunk c: words 4g..4g+4 of block 4c + k.
+    let mut out = [_mm512_setzero_si512(); 16];
+    for k in 0..4 {
+        let (y0, y1, y2, y3) = (y[k], y[4 + k], y[8 + k], y[12 + k]);
+        let a0 = _mm512_shuffle_i32x4::<0b10_00_10_00>(y0, y1);
+        let a1 = _mm512_shuffle_i32x4::<0b11_01_11_01>(y0, y1);
+        let a2 = _mm512_shuffle_i32x4::<0b10_00_10_00>(y2, y3);
+        let a3 = _mm512_shuffle_i32x4::<0b11_01_11_01>(y2, y3);
+        out[k] = _mm512_shuffle_i32x4::<0b10_00_10_00>(a0, a2);
+        out[4 + k] = _mm512_shuffle_i32x4::<0b10_00_10_00>(a1, a3);
+        out[8 + k] = _mm512_shuffle_i32x4::<0b11_01_11_01>(a0, a2);
+        out[12 + k] = _mm512_shuffle_i32x4::<0b11_01_11_01>(a1, a3);
+    }
+    out
+}
+
+/// Block 0 of each message's keystream: its one-time Poly1305 key (r, s).
+#[target_feature(enable = "avx512f")]
+fn poly_keys(kw: &[__m512i; 8], counters: &[u64]) -> [[u8; 32]; GROUP] {
+    let mut nlo = [0u32; 16];
+    let mut nhi = [0u32; 16];
+    for (i, c) in counters.iter().enumerate().take(16) {
+        nlo[i] = *c as u32;
+        nhi[i] = (*c >> 32) as u32;
+    }
+    let ks = blocks16(kw, _mm512_setzero_si512(), load_u32(&nlo), load_u32(&nhi));
+    let mut keys = [[0u8; 32]; GROUP];
+    for (i, k) in keys.iter_mut().enumerate().take(counters.len()) {
+        let mut block = [0u8; 64];
+        // SAFETY: writes the 64 bytes of `block`.
+        unsafe { _mm512_storeu_si512(block.as_mut_ptr().cast(), ks[i]) };
+        k.copy_from_slice(&block[..32]);
+    }
+    keys
+}
+
+/// XORs the keystream from block 1 on into the first `len` bytes of every message.
+/// The (message, block) pairs are laid out flat, sixteen per step.
+///
+/// # Safety
+/// Each `ptrs[i]` must be valid for reads and writes of `len` bytes, the ranges must
+/// not overlap, and nothing else may access them during the call.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn xor_keystream(kw: &[__m512i; 8], ptrs: &[*mut u8], counters: &[u64], len: usize) {
+    let per = len.div_ceil(64);
+    let total = ptrs.len() * per;
+    let mut idx = 0;
+    while idx < total {
+        let lanes = (total - idx).min(16);
+        let mut ctr = [0u32; 16];
+        let mut nlo = [0u32; 16];
+        let mut nhi = [0u32; 16];
+        for j in 0..lanes {
+            let (m, b) = ((idx + j) / per, (idx + j) % per);
+            ctr[j] = b as u32 + 1;
+            nlo[j] = counters[m] as u32;
+            nhi[j] = (counters[m] >> 32) as u32;
+        }
+        let ks = blocks16(kw, load_u32(&ctr), load_u32(&nlo), load_u32(&nhi));
+        for (j, stream) in ks.iter().enumerate().take(lanes) {
+            let (m, b) = ((idx + j) / per, (idx + j) % per);
+            let off = b * 64;
+            let rem = (len - off).min(64);
+            // SAFETY: `off + rem <= len`, inside the buffer the caller vouched for.
+            let p = unsafe { ptrs[m].add(off) };
+            if rem == 64 {
+                // SAFETY: 64 bytes at `p` are valid and exclusively ours (above).
+                unsafe {
+                    let v = _mm512_loadu_si512(p.cast());
+                    _mm512_storeu_si512(p.cast(), _mm512_xor_si512(v, *stream));
+                }
+            } else {
+                let mask: __mmask64 = (1u64 << rem) - 1;
+                // SAFETY: only the `rem` bytes selected by `mask` are read and written,
+                // all inside the buffer; masked-off bytes are never accessed.
+                unsafe {
+                    let v = _mm512_maskz_loadu_epi8(mask, p.cast());
+                    _mm512_mask_storeu_epi8(p.cast(), mask, _mm512_xor_si512(v, *stream));
+                }
+            }
+        }
+        idx += lanes;
+    }
+}
+
+/// `x * 20` per lane.
+#[target_feature(enable = "avx512f")]
+fn times20(x: __m512i) -> __m512i {
+    _mm512_add_epi64(_mm512_slli_epi64::<4>(x), _mm512_slli_epi64::<2>(x))
+}
+
+/// Poly1305 state of eight lanes: `h` and the powers it multiplies by.
+struct Poly {
+    h: [__m512i; 3],
+    r: [__m512i; 3],
+    /// 20 * r1, 20 * r2 (2^132 = 20 mod 2^130 - 5).
+    s1: __m512i,
+    s2: __m512i,
+}
+
+impl Poly {
+    #[target_feature(enable = "avx512f")]
+    fn new(keys: &[[u8; 32]]) -> Poly {
+        let mut r = [[0u64; 8]; 3];
+        for (i, k) in keys.iter().enumerate().take(8) {
+            let mut lo = [0u8; 16];
+            lo.copy_from_slice(&k[..16]);
+            let v = u128::from_le_bytes(lo) & CLAMP;
+            r[0][i] = v as u64 & M44;
+            r[1][i] = (v >> 44) as u64 & M44;
+            r[2][i] = (v >> 88) as u64;
+        }
+        let r = [load_u64(&r[0]), load_u64(&r[1]), load_u64(&r[2])];
+        Poly {
+            h: [_mm512_setzero_si512(); 3],
+            s1: times20(r[1]),
+            s2: times20(r[2]),
+            r,
+        }
+    }
+
+    /// Absorbs one 16-byte block per lane (`lo`, `hi`: its two little-endian halves),
+    /// with the 2^128 bit set.
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    fn block(&mut self, lo: __m512i, hi: __m512i) {
+        let m44 = _mm512_set1_epi64(M44 as i64);
+        let m42 = _mm512_set1_epi64(M42 as i64);
+        let z = _mm512_setzero_si512();
+        let m0 = _mm512_and_si512(lo, m44);
+        let m1 = _mm512_and_si512(
+            _mm512_or_si512(_mm512_srli_epi64::<44>(lo), _mm512_slli_epi64::<20>(hi)),
+            m44,
+        );
+        let m2 = _mm512_or_si512(_mm512_srli_epi64::<24>(hi), _mm512_set1_epi64(1 << 40));
+        let h0 = _mm512_add_epi64(self.h[0], m0);
+        let h1 = _mm512_add_epi64(self.h[1], m1);
+        let h2 = _mm512_add_epi64(self.h[2], m2);
+        let [r0, r1, r2] = self.r;
+        let (s1, s2) = (self.s1, self.s2);
+        // Limb products, each sum of three started from zero so they run in parallel.
+        let sum3 = |a: __m512i, b: __m512i, c: __m512i| _mm512_add_epi64(_mm512_add_epi64(a, b), c);
+        let d0l = sum3(
+            _mm512_madd52lo_epu64(z, h0, r0),
+            _mm512_madd52lo_epu64(z, h1, s2),
+            _mm512_madd52lo_epu64(z, h2, s1),
+        );
+        let d0h = sum3(
+            _mm512_madd52hi_epu64(z, h0, r0),
+            _mm512_madd52hi_epu64(z, h1, s2),
+            _mm512_madd52hi_epu64(z, h2, s1),
+        );
+        let d1l = sum3(
+            _mm512_madd52lo_epu64(z, h0, r1),
+            _mm512_madd52lo_epu64(z, h1, r0),
+            _mm512_madd52lo_epu64(z, h2, s2),
+        );
+        let d1h = sum3(
+            _mm512_madd52hi_epu64(z, h0, r1),
+            _mm512_madd52hi_epu64(z, h1, r0),
+            _mm512_madd52hi_epu64(z, h2, s2),
+        );
+        let d2l = sum3(
+            _mm512_madd52lo_epu64(z, h0, r2),
+            _mm512_madd52lo_epu64(z, h1, r1),
+            _mm512_madd52lo_epu64(z, h2, r0),
+        );
+        let d2h = sum3(
+            _mm512_madd52hi_epu64(z, h0, r2),
+            _mm512_madd52hi_epu64(z, h1, r1),
+            _mm512_madd52hi_epu64(z, h2, r0),
+        );
+        // A high half weighs 2^52: 2^8 into the next limb (2^10 past the 42-bit top).
+        let d1l = _mm512_add_epi64(
+            d1l,
+            _mm512_add_epi64(_mm512_srli_epi64::<44>(d0l), _mm512_slli_epi64::<8>(d0h)),
+        );
+        let d2l = _mm512_add_epi64(
+            d2l,
+            _mm512_add_epi64(_mm512_srli_epi64::<44>(d1l), _mm512_slli_epi64::<8>(d1h)),
+        );
+        let c = _mm512_add_epi64(_mm512_srli_epi64::<42>(d2l), _mm512_slli_epi64::<10>(d2h));
+        // 2^130 = 5.
+        let h0 = _mm512_add_epi64(
+            _mm512_and_si512(d0l, m44),
+            _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)),
+        );
+        let h1 = _mm512_add_epi64(_mm512_and_si512(d1l, m44), _mm512_srli_epi64::<44>(h0));
+        self.h = [_mm512_and_si512(h0, m44), h1, _mm512_and_si512(d2l, m42)];
+    }
+
+    /// The tags: `h` reduced mod 2^130 - 5, plus `s`, mod 2^128.
+    #[target_feature(enable = "avx512f")]
+    fn finish(&self, keys: &[[u8; 32]]) -> [[u8; 16]; 8] {
+        let [h0, h1, h2] = [
+            store_u64(self.h[0]),
+            store_u64(self.h[1]),
+            store_u64(self.h[2]),
+        ];
+        let mut tags = [[0u8; 16]; 8];
+        for (i, k) in keys.iter().enumerate().take(8) {
+            let (mut a, mut b, mut c) = (h0[i], h1[i], h2[i]);
+            b += a >> 44;
+            a &= M44;
+            c += b >> 44;
+            b &= M44;
+            a += (c >> 42) * 5;
+            c &= M42;
+            b += a >> 44;
+            a &= M44;
+            c += b >> 44;
+            b &= M44;
+            // h + 5 - 2^130, kept when it does not go negative (h >= p).
+            let mut g0 = a + 5;
+            let mut g1 = b + (g0 >> 44);
+            g0 &= M44;
+            let g2 = c + (g1 >> 44);
+            g1 &= M44;
+            let keep = 0u64.wrapping_sub(g2 >> 42);
+            let a = (a & !keep) | (g0 & keep);
+            let b = (b & !keep) | (g1 & keep);
+            let c = (c & !keep) | (g2 & M42 & keep);
+            let h = u128::from(a) | u128::from(b) << 44 | u128::from(c) << 88;
+            let mut s = [0u8; 16];
+            s.copy_from_slice(&k[16..]);
+            tags[i] = h.wrapping_add(u128::from_le_bytes(s)).to_le_bytes();
+        }
+        tags
+    }
+}
+
+/// Eight messages' Poly1305 lanes and where their next block is.
+struct Lanes {
+    poly: Poly,
+    base: *const u8,
+    lo_off: __m512i,
+    hi_off: __m512i,
+    mask: __mmask8,
+}
+
+impl Lanes {
+    /// Lanes for `msgs` (at most eight) with their one-time keys.
+    #[target_feature(enable = "avx512f")]
+    fn new(keys: &[[u8; 32]], msgs: &[Message<'_>]) -> Lanes {
+        let n = msgs.len().min(8);
+        let base = msgs[0].buf.as_ptr();
+        let mut offs = [0u64; 8];
+        for (o, m) in offs.iter_mut().zip(&msgs[..n]) {
+            *o = (m.buf.as_ptr() as u64).wrapping_sub(base as u64);
+        }
+        let lo_off = load_u64(&offs);
+        Lanes {
+            poly: Poly::new(&keys[..n]),
+            base,
+            lo_off,
+            hi_off: _mm512_add_epi64(lo_off, _mm512_set1_epi64(8)),
+            mask: ((1u16 << n) - 1) as u8,
+        }
+    }
+
+    /// Absorbs the next full 16-byte block of every message.
+    ///
+    /// # Safety
+    /// Every message given to [`Lanes::new`] must still have 16 bytes at the offset
+    /// reached (16 times the blocks absorbed so far), and still be borrowed.
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    unsafe fn next_block(&mut self) {
+        let z = _mm512_setzero_si512();
+        // SAFETY: lane i reads 16 bytes of message i at the offset reached, which the
+        // caller vouches for; lanes past the messages are masked off and not read.
+        let (lo, hi) = unsafe {
+            (
+                _mm512_mask_i64gather_epi64::<1>(z, self.mask, self.lo_off, self.base.cast()),
+                _mm512_mask_i64gather_epi64::<1>(z, self.mask, self.hi_off, self.base.cast()),
+            )
+        };
+        self.poly.block(lo, hi);
+        let step = _mm512_set1_epi64(16);
+        self.lo_off = _mm512_add_epi64(self.lo_off, step);
+        self.hi_off = _mm512_add_epi64(self.hi_off, step);
+    }
+
+    /// The last, partial block (`len % 16` bytes, zero-padded), then the lengths block.
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    fn finish(mut self, keys: &[[u8; 32]], msgs: &[Message<'_>], len: usize) -> [[u8; 16]; 8] {
+        let (full, rem) = (len / 16, len % 16);
+        if rem != 0 {
+            let mut lo = [0u64; 8];
+            let mut hi = [0u64; 8];
+            for (i, m) in msgs.iter().enumerate().take(8) {
+                let mut b = [0u8; 16];
+                b[..rem].copy_from_slice(&m.buf[full * 16..len]);
+                let v = u128::from_le_bytes(b);
+                lo[i] = v as u64;
+                hi[i] = (v >> 64) as u64;
+            }
+            self.poly.block(load_u64(&lo), load_u64(&hi));
+        }
+        self.poly
+            .block(_mm512_setzero_si512(), _mm512_set1_epi64(len as i64));
+        self.poly.finish(keys)
+    }
+}
+
+/// Poly1305 of each message's first `len` bytes, zero-padded to 16, then the lengths
+/// block (AAD 0, ciphertext `len`): RFC 8439's AEAD construction with an empty AAD.
+/// Messages 0..8 and 8..16 are two independent sets of lanes, absorbed in turn so that
+/// the multiply chains of one overlap the other's.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn poly1305(keys: &[[u8; 32]], msgs: &[Message<'_>], len: usize) -> [[u8; 16]; GROUP] {
+    let n = msgs.len().min(GROUP);
+    let (first, second) = msgs[..n].split_at(n.min(8));
+    let mut a = Lanes::new(&keys[..first.len()], first);
+    let mut b = (!second.is_empty()).then(|| Lanes::new(&keys[8..n], second));
+    for _ in 0..len / 16 {
+        // SAFETY: fewer than `len / 16` blocks absorbed so far, so 16 bytes remain in
+        // each message's first `len`; `msgs` is borrowed for the whole call.
+        unsafe {
+            a.next_block();
+            if let Some(b) = b.as_mut() {
+                b.next_block();
+            }
+        }
+    }
+    let mut tags = [[0u8; 16]; GROUP];
+    tags[..8].copy_from_slice(&a.finish(&keys[..first.len()], first, len));
+    if let Some(b) = b {
+        tags[8..].copy_from_slice(&b.finish(&keys[8..n], second, len));
+    }
+    tags
+}
