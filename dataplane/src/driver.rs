@@ -451,6 +451,45 @@ fn read_xsk(
     }
 }
 
+/// Reads up to `max` TUN packets with `read(2)` until the queue is empty, each to the
+/// device (split first when it is a super-packet); true when the interface is gone.
+/// The poll loop's TUN reader, and on io_uring the follow-up to each completed read:
+/// there the one read in flight has completed and is re-armed only afterwards, so
+/// these reads take the packets queued after it, in order.
+fn drain_tun(
+    device: &mut Device,
+    tun: &Tun,
+    buf: &mut [u8],
+    tun_split: &mut TunSplit<'_>,
+    now: Instant,
+    io: &mut OsIo<'_>,
+    max: usize,
+) -> bool {
+    let vnet = tun_split.vnet;
+    for _ in 0..max {
+        // Without a virtio-net header the packet is read where it will be sealed:
+        // after room for the data header, with room for padding and tag behind.
+        let at = if vnet { 0 } else { TUN_HEADROOM };
+        let end = buf.len() - TUN_TAILROOM;
+        let n = match tun.read(&mut buf[at..end]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if Tun::is_gone(&e) => return true,
+            Err(e) => {
+                log::error!("{}: reading the TUN device failed: {e}", tun.name());
+                return true;
+            }
+        };
+        if vnet {
+            tun_frame(device, tun_split, now, &buf[..n], io);
+        } else {
+            device.handle_tun_packet_in_place(now, buf, n, io);
+        }
+    }
+    false
+}
+
 /// One TUN read (`frame`) to the device: as is, or with a virtio-net header split
 /// into MTU-sized packets first (a TSO/USO super-packet).
 fn tun_frame(
@@ -915,6 +954,7 @@ impl Driver {
                     udp,
                     tx,
                     pool,
+                    buf,
                     offload,
                     reactor,
                     xdp,
@@ -931,7 +971,17 @@ impl Driver {
                     let now = *now.get_or_insert_with(Instant::now);
                     match c {
                         Completion::Tun(frame) => {
-                            tun_frame(device, &mut tun_split, now, frame, &mut io)
+                            tun_frame(device, &mut tun_split, now, frame, &mut io);
+                            // What queued behind it, in order (see `drain_tun`).
+                            gone |= drain_tun(
+                                device,
+                                tun,
+                                buf,
+                                &mut tun_split,
+                                now,
+                                &mut io,
+                                BATCH - 1,
+                            );
                         }
                         Completion::Udp {
                             data,
@@ -1077,29 +1127,15 @@ impl Driver {
             ..
         } = self;
         let (mut io, mut tun_split) = OsIo::new(tun, udp.as_ref(), tx, pool, offload, xdp.as_mut());
-        let vnet = tun_split.vnet;
-        for _ in 0..BATCH {
-            // Without a virtio-net header the packet is read where it will be sealed:
-            // after room for the data header, with room for padding and tag behind.
-            let at = if vnet { 0 } else { TUN_HEADROOM };
-            let end = buf.len() - TUN_TAILROOM;
-            let n = match tun.read(&mut buf[at..end]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if Tun::is_gone(&e) => return Ok(true),
-                Err(e) => {
-                    log::error!("{}: reading the TUN device failed: {e}", tun.name());
-                    return Ok(true);
-                }
-            };
-            if vnet {
-                tun_frame(device, &mut tun_split, now, &buf[..n], &mut io);
-            } else {
-                device.handle_tun_packet_in_place(now, buf, n, &mut io);
-            }
-        }
-        Ok(false)
+        Ok(drain_tun(
+            device,
+            tun,
+            buf,
+            &mut tun_split,
+            now,
+            &mut io,
+            BATCH,
+        ))
     }
 
     /// Reads UDP datagrams with `recvmmsg(2)`, a batch per call (each entry possibly

@@ -14,8 +14,9 @@
 //!      io-wq worker, while a later one completes inline), so two reads in flight on
 //!      the TUN's single queue hand the packets of one flow out of order. Measured with
 //!      32 in flight: 1,100 to 1,900 spurious TCP retransmissions in 6 s of one stream
-//!      (every one DSACKed), up to 20% less throughput. A TSO super-packet per read
-//!      keeps this to one `io_uring_enter` per ~64 KiB.
+//!      (every one DSACKed), up to 20% less throughput. The driver reads what queued
+//!      behind a completed read with plain `read(2)` before the next is armed (in
+//!      order: nothing else reads meanwhile), so small packets still come in batches.
 //!    - **UDP.** One multishot `RECVMSG` per socket, with a provided-buffer ring
 //!      (`IORING_REGISTER_PBUF_RING`) per socket: the kernel picks a buffer per
 //!      datagram (or per `UDP_GRO` batch) and writes an `io_uring_recvmsg_out` header,
