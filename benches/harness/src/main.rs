@@ -236,6 +236,9 @@ fn progress(rep: u32, of: u32, i: Impl, s: Scenario, x: &measure::Sample) {
     if let Some(l) = x.loss_percent {
         line.push_str(&format!(", loss {l:.1}%"));
     }
+    if let Some(r) = x.retransmits {
+        line.push_str(&format!(", {r:.0} retransmits"));
+    }
     if let (true, Some(cpu)) = (s.higher_is_better(), x.cpu_per_gb()) {
         line.push_str(&format!(", daemons {cpu:.2} CPU s/GB"));
     }

@@ -112,6 +112,9 @@ pub(crate) struct Sample {
     pub(crate) bytes: u64,
     /// UDP: datagrams lost, percent (receiver side).
     pub(crate) loss_percent: Option<f64>,
+    /// TCP: segments the sender retransmitted (iperf3's `retransmits`; in a tunnel
+    /// between two namespaces nothing is lost, so these come from reordering).
+    pub(crate) retransmits: Option<f64>,
     /// User + system CPU seconds of both daemons during the run (tunnels only).
     pub(crate) cpu_seconds: Option<f64>,
 }
@@ -193,6 +196,7 @@ fn udp_low_loss(topo: &Topology, secs: u32, len: u32) -> Result<Sample, Error> {
             value: r.packets_per_second / 1e3,
             bytes: r.bytes,
             loss_percent: Some(r.lost_percent),
+            retransmits: None,
             cpu_seconds: before.zip(after).map(|(b, a)| a - b),
         };
         if best.as_ref().is_none_or(|b| sample.value > b.value) {
@@ -203,6 +207,7 @@ fn udp_low_loss(topo: &Topology, secs: u32, len: u32) -> Result<Sample, Error> {
         value: 0.0,
         bytes: 0,
         loss_percent: None,
+        retransmits: None,
         cpu_seconds: None,
     }))
 }
@@ -273,6 +278,7 @@ fn tcp(topo: &Topology, secs: u32, streams: &str) -> Result<Sample, Error> {
         value: r.bits_per_second / 1e9,
         bytes: r.bytes,
         loss_percent: None,
+        retransmits: r.retransmits.map(|n| n as f64),
         cpu_seconds: None,
     })
 }
@@ -288,6 +294,7 @@ fn udp(topo: &Topology, secs: u32, len: &str) -> Result<Sample, Error> {
         value: r.packets_per_second / 1e3,
         bytes: r.bytes,
         loss_percent: Some(r.lost_percent),
+        retransmits: None,
         cpu_seconds: None,
     })
 }
@@ -362,6 +369,9 @@ pub(crate) struct IperfReport {
     pub(crate) packets_per_second: f64,
     /// UDP: datagrams lost, percent (0 for TCP).
     pub(crate) lost_percent: f64,
+    /// TCP: the sender's retransmitted segments (`end.sum_sent.retransmits`), where
+    /// iperf3 reports them.
+    pub(crate) retransmits: Option<u64>,
 }
 
 /// Parses iperf3 `-J` output; `end.sum_received` holds the receiver's view. For UDP its
@@ -388,6 +398,7 @@ pub(crate) fn parse_iperf(json: &str, udp: bool) -> Result<IperfReport, Error> {
         bytes: num("bytes")? as u64,
         packets_per_second: 0.0,
         lost_percent: 0.0,
+        retransmits: v["end"]["sum_sent"]["retransmits"].as_u64(),
     };
     if udp {
         let seconds = num("seconds")?;
@@ -430,6 +441,7 @@ fn ping(topo: &Topology) -> Result<Sample, Error> {
         value: ping_once(topo)?,
         bytes: 0,
         loss_percent: None,
+        retransmits: None,
         cpu_seconds: None,
     })
 }
@@ -448,6 +460,7 @@ fn ping_loaded(topo: &Topology, secs: u32) -> Result<Sample, Error> {
         value: rtt,
         bytes: report.bytes,
         loss_percent: None,
+        retransmits: None,
         cpu_seconds: None,
     })
 }
@@ -563,10 +576,13 @@ mod tests {
 
     #[test]
     fn tcp_uses_the_receiver() {
-        let j = r#"{"end":{"sum_sent":{"bits_per_second":9e9,"bytes":9},
+        let j = r#"{"end":{"sum_sent":{"bits_per_second":9e9,"bytes":9,"retransmits":1139},
             "sum_received":{"bits_per_second":2.5e9,"bytes":1500000000}}}"#;
         let r = parse_iperf(j, false).unwrap();
         assert_eq!((r.bits_per_second, r.bytes), (2.5e9, 1_500_000_000));
+        assert_eq!(r.retransmits, Some(1139), "the sender's retransmissions");
+        let without = r#"{"end":{"sum_received":{"bits_per_second":1,"bytes":1}}}"#;
+        assert_eq!(parse_iperf(without, false).unwrap().retransmits, None);
     }
 
     #[test]
@@ -607,6 +623,7 @@ mod tests {
             value: 1.0,
             bytes: 2_000_000_000,
             loss_percent: None,
+            retransmits: None,
             cpu_seconds: Some(3.0),
         };
         assert_eq!(s.cpu_per_gb(), Some(1.5));

@@ -111,6 +111,8 @@ pub(crate) struct Cell {
     pub(crate) samples: Vec<Sample>,
     /// UDP loss percent (receiver side).
     pub(crate) loss_percent: Option<Summary>,
+    /// TCP segments retransmitted by the sender.
+    pub(crate) retransmits: Option<Summary>,
     /// Both daemons' CPU seconds per GB delivered (throughput scenarios, tunnels).
     pub(crate) cpu_s_per_gb: Option<Summary>,
 }
@@ -212,6 +214,7 @@ fn scenario_report(si: usize, s: Scenario, measured: &[Impl], c: &Collected) -> 
             Cell {
                 value: Summary::of(&pick(|x| Some(x.value))),
                 loss_percent: Summary::of(&pick(|x| x.loss_percent)),
+                retransmits: Summary::of(&pick(|x| x.retransmits)),
                 cpu_s_per_gb: cpu,
                 samples,
             },
@@ -386,6 +389,19 @@ impl Report {
             );
             rows.push(row);
         }
+        for s in self
+            .scenarios
+            .iter()
+            .filter(|s| s.results.values().any(|c| c.retransmits.is_some()))
+        {
+            let mut row = vec![format!("TCP retransmits, {}", s.label)];
+            row.extend(
+                tunnels
+                    .iter()
+                    .map(|n| cell_text(s.results.get(n).and_then(|c| c.retransmits))),
+            );
+            rows.push(row);
+        }
         let mut rss = vec!["peak RSS MiB (max of 2)".to_owned()];
         rss.extend(tunnels.iter().map(|n| {
             let kib = self
@@ -469,6 +485,7 @@ pub(crate) mod tests {
             value,
             bytes,
             loss_percent: None,
+            retransmits: None,
             cpu_seconds: cpu,
         }
     }
