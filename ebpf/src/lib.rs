@@ -13,6 +13,10 @@
 //! (the dataplane's flag) initiations must also pass a per-source token bucket; in
 //! steer mode data messages go to the AF_XDP sockets. Everything else aimed at the
 //! port is dropped and counted by reason; other traffic passes untouched.
+//!
+//! The same filter is also in the object as a tc classifier (`pd_tc`), which the
+//! loader attaches at tc ingress where generic XDP would cost a copy of every
+//! nonlinear skb (veth); it never redirects.
 
 pub mod abi;
 mod program;

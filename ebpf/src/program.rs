@@ -1,10 +1,12 @@
-//! The loader: loads the XDP object, owns its maps, attaches it to interfaces
-//! (native mode first, generic when the driver refuses), and runs it on crafted
-//! frames through `BPF_PROG_TEST_RUN`.
+//! The loader: loads the object (the XDP program and the same filter as a tc
+//! program), owns their maps, attaches to interfaces (native XDP, tc ingress, or
+//! generic XDP, each falling back to the next where refused), and runs both on
+//! crafted frames through `BPF_PROG_TEST_RUN`.
 
 use crate::abi::{Config, Counter, FLAG_STEER, FLAG_UNDER_LOAD, MAX_PORTS, QUEUES_PER_IF};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::tc::TcAttachType;
+use aya::programs::{SchedClassifier, Xdp, XdpMode};
 use aya::Ebpf;
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -18,15 +20,13 @@ pub enum XdpError {
     /// A map the object should have is missing or has another type.
     #[error("the XDP object's map {0}: {1}")]
     Map(&'static str, String),
-    /// Neither native nor generic attachment worked.
-    #[error("attaching XDP to {name}: native: {native}; generic: {generic}")]
+    /// No way of attaching worked.
+    #[error("attaching the filter to {name}: {tried}")]
     Attach {
         /// The interface.
         name: String,
-        /// Why native (driver) mode failed.
-        native: String,
-        /// Why generic (skb) mode failed.
-        generic: String,
+        /// Each mode tried and why it failed (`native: ...; generic: ...`).
+        tried: String,
     },
     /// A map update failed.
     #[error("updating {0}: {1}")]
@@ -39,21 +39,34 @@ pub enum XdpError {
     TestRun(std::io::Error),
 }
 
-/// How the program runs on an interface.
+/// How the filter runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// In the driver (native XDP).
-    Native = 0,
+    Native,
     /// In the kernel's generic receive path (skb mode), where the driver has no XDP.
-    Generic = 1,
+    Generic,
+    /// The same filter as a tc ingress program (TCX link), for drivers without XDP:
+    /// unlike generic XDP it reads a nonlinear skb without copying it linear first.
+    Tc,
 }
 
 impl AttachMode {
-    /// `native` or `generic`.
+    /// `native`, `generic` or `tc`.
     pub fn as_str(self) -> &'static str {
         match self {
             AttachMode::Native => "native",
             AttachMode::Generic => "generic",
+            AttachMode::Tc => "tc",
+        }
+    }
+
+    /// What to try after this one when it is refused.
+    fn order(self) -> [AttachMode; 2] {
+        match self {
+            AttachMode::Native => [AttachMode::Native, AttachMode::Generic],
+            AttachMode::Generic => [AttachMode::Generic, AttachMode::Native],
+            AttachMode::Tc => [AttachMode::Tc, AttachMode::Generic],
         }
     }
 }
@@ -87,6 +100,7 @@ pub struct XdpProgram {
 }
 
 const PROGRAM: &str = "pd_xdp";
+const TC_PROGRAM: &str = "pd_tc";
 
 /// Handshake initiations per second a source may send under load, and its burst
 /// (those of the Linux WireGuard module's rate limiter).
@@ -106,6 +120,8 @@ impl XdpProgram {
             .map_err(|e| XdpError::Load(e.to_string()))?;
         let xdp = program(&mut ebpf)?;
         xdp.load().map_err(|e| XdpError::Load(e.to_string()))?;
+        let tc = tc_program(&mut ebpf)?;
+        tc.load().map_err(|e| XdpError::Load(e.to_string()))?;
         fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
             ebpf: &mut Ebpf,
             name: &'static str,
@@ -198,8 +214,9 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// Attaches to `ifindex` (named `name`): in `prefer` mode, or in the other where
-    /// that one is refused. Attaching twice is a no-op.
+    /// Attaches to `ifindex` (named `name`): in `prefer` mode, or where that is
+    /// refused in the next ([`AttachMode::Tc`] and native fall back to generic,
+    /// generic to native). Attaching twice is a no-op.
     pub fn attach(
         &mut self,
         ifindex: u32,
@@ -213,35 +230,40 @@ impl XdpProgram {
             .find(|s| self.attached.iter().all(|a| a.slot != *s))
             .ok_or_else(|| XdpError::Attach {
                 name: name.into(),
-                native: "too many interfaces".into(),
-                generic: "too many interfaces".into(),
+                tried: "too many interfaces".into(),
             })?;
-        let xdp = program(&mut self.ebpf)?;
-        let order = match prefer {
-            AttachMode::Native => [AttachMode::Native, AttachMode::Generic],
-            AttachMode::Generic => [AttachMode::Generic, AttachMode::Native],
-        };
-        let mut why = [String::new(), String::new()];
+        let mut tried = Vec::new();
         let mut got = None;
-        for mode in order {
-            let flag = match mode {
-                AttachMode::Native => XdpMode::Driver,
-                AttachMode::Generic => XdpMode::Skb,
+        for mode in prefer.order() {
+            let result = match mode {
+                AttachMode::Native | AttachMode::Generic => {
+                    let flag = if mode == AttachMode::Native {
+                        XdpMode::Driver
+                    } else {
+                        XdpMode::Skb
+                    };
+                    program(&mut self.ebpf)?
+                        .attach_to_if_index(ifindex, flag)
+                        .map(drop)
+                        .map_err(|e| error_chain(&e))
+                }
+                AttachMode::Tc => tc_program(&mut self.ebpf)?
+                    .attach(name, TcAttachType::Ingress)
+                    .map(drop)
+                    .map_err(|e| error_chain(&e)),
             };
-            match xdp.attach_to_if_index(ifindex, flag) {
-                Ok(_) => {
+            match result {
+                Ok(()) => {
                     got = Some(mode);
                     break;
                 }
-                Err(e) => why[mode as usize] = error_chain(&e),
+                Err(why) => tried.push(format!("{}: {why}", mode.as_str())),
             }
         }
         let Some(mode) = got else {
-            let [native, generic] = why;
             return Err(XdpError::Attach {
                 name: name.into(),
-                native,
-                generic,
+                tried: tried.join("; "),
             });
         };
         self.attached.push(Attachment {
@@ -354,11 +376,31 @@ impl XdpProgram {
             .as_raw_fd();
         test_run(fd, frame).map_err(XdpError::TestRun)
     }
+
+    /// Runs the tc program once on `frame` (an Ethernet frame, as a linear skb) with
+    /// `BPF_PROG_TEST_RUN`; returns the tc verdict (`TC_ACT_OK` = 0, `TC_ACT_SHOT` =
+    /// 2). Counters and maps are the real ones.
+    pub fn test_run_tc(&mut self, frame: &[u8]) -> Result<u32, XdpError> {
+        let tc = tc_program(&mut self.ebpf)?;
+        let fd = tc
+            .fd()
+            .map_err(|e| XdpError::Load(e.to_string()))?
+            .as_fd()
+            .as_raw_fd();
+        test_run(fd, frame).map_err(XdpError::TestRun)
+    }
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
     ebpf.program_mut(PROGRAM)
         .ok_or_else(|| XdpError::Load(format!("no program {PROGRAM} in the object")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, XdpError> {
+    ebpf.program_mut(TC_PROGRAM)
+        .ok_or_else(|| XdpError::Load(format!("no program {TC_PROGRAM} in the object")))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| XdpError::Load(e.to_string()))
 }
