@@ -51,7 +51,7 @@ fn seal_equals_ring() {
                     p
                 })
                 .collect();
-            let counters: Vec<u64> = (0..n).map(|i| rng.next_u64() >> (i * 7)).collect();
+            let counters: Vec<u64> = (0..n).map(|i| rng.next_u64() >> ((i * 7) % 64)).collect();
             let mut bufs: Vec<Vec<u8>> = plains
                 .iter()
                 .map(|p| {
