@@ -4,9 +4,11 @@
 //! the rest).
 //!
 //! Chunk size: [`GROUP`] messages (a full group) when the batch runs on the loop
-//! thread alone; when the pool's workers are on, small enough that the batch makes at
-//! least [`Pool::MIN_PARALLEL`] jobs (never under [`MIN_CHUNK`] messages), so the
-//! batch is still spread over the cores.
+//! thread alone; [`POLY_LANES`] when the pool's workers are on, so that a GSO batch
+//! (about 44 messages) makes enough jobs to spread over the cores. Never sizes in
+//! between: the group code's Poly1305 runs eight messages per register, so a chunk of
+//! 9 to 15 costs as much as one of 16 (chunks of ceil(n/4) did, and made the pool a
+//! loss).
 //!
 //! `PD_CRYPTO_GROUP=off` keeps every message on the one-by-one path (for comparison
 //! and as the "fast paths off" configuration of the tests).
@@ -18,8 +20,9 @@ use portdistrict_wg::crypto::AeadKey;
 use portdistrict_wg::session::SessionError;
 use std::sync::Arc;
 
-/// Fewest messages in a chunk while the batch is spread over the workers.
-const MIN_CHUNK: usize = 4;
+/// Messages per chunk while the batch is spread over the workers: one register of
+/// the group code's Poly1305 lanes.
+const POLY_LANES: usize = 8;
 
 /// Whether the group code is used: the CPU has it and `PD_CRYPTO_GROUP` is not `off`.
 pub fn group_enabled() -> bool {
@@ -30,9 +33,9 @@ pub fn group_enabled() -> bool {
 }
 
 /// Messages per chunk for a batch of `n` (see the module documentation).
-pub fn chunk_size(n: usize, pool: &Pool) -> usize {
+pub fn chunk_size(pool: &Pool) -> usize {
     if pool.enabled() {
-        n.div_ceil(Pool::MIN_PARALLEL).clamp(MIN_CHUNK, GROUP)
+        POLY_LANES
     } else {
         GROUP
     }

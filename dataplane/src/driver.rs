@@ -143,7 +143,7 @@ impl TxBatch {
     }
 
     fn seal(&mut self, pool: &Pool) {
-        let limit = chunk_size(self.unsealed.len(), pool);
+        let limit = chunk_size(pool);
         let mut rest: &mut [u8] = &mut self.buf;
         let mut pos = 0;
         let mut todo = self.unsealed.iter().peekable();
@@ -372,7 +372,7 @@ impl<'a> RxGroup<'a> {
     /// when the pool's workers are on; up to [`MAX_CHUNKS`] chunks at a time) and
     /// finishes each message in arrival order.
     fn finish(&mut self, device: &mut Device, pool: &Pool, now: Instant, io: &mut OsIo<'_>) {
-        let limit = chunk_size(self.len, pool);
+        let limit = chunk_size(pool);
         let mut next = 0;
         while next < self.len {
             let mut chunks: [Option<OpenChunk<'a>>; MAX_CHUNKS] = [const { None }; MAX_CHUNKS];
@@ -628,8 +628,8 @@ fn open_reactor(
     }
 }
 
-/// How often the idle gate samples the CPU times.
-const GATE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the idle gate samples the CPU times (every tick).
+const GATE_INTERVAL: Duration = TICK;
 
 /// Worker threads for the crypto pool, and whether an [`IdleGate`] decides when to
 /// use them: `PD_CRYPTO_THREADS=N` forces N threads in all (the loop's included,
@@ -746,6 +746,8 @@ impl Driver {
         let reactor = open_reactor(&tun, &udp, &link, &wake, &signals, &xsks);
         let (workers, gated) = crypto_workers();
         let pool = Pool::new(workers);
+        // Gated workers start unused: the gate turns them on once it sees idle CPUs.
+        pool.set_enabled(!gated);
         log::info!(
             "{}: crypto on up to {} thread(s): the loop and {} worker(s), {} (PD_CRYPTO_THREADS=N forces N)",
             tun.name(),

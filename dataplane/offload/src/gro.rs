@@ -28,7 +28,7 @@
 #[cfg(test)]
 mod tests;
 
-use crate::checksum::sum;
+use crate::checksum::{self, copy_sum, sum};
 use crate::ip::{self, Family, L3};
 use crate::vnet::{
     VirtioNetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VIRTIO_NET_HDR_LEN,
@@ -83,12 +83,18 @@ struct Meta {
     closed: bool,
     /// The first packet's checksum has been verified (done on first merge).
     head_verified: bool,
+    /// The sum of the first packet's transport header and payload, taken while it
+    /// was copied in.
+    head_l4_sum: u16,
 }
 
-/// One pending output: virtio-net header bytes followed by the packet.
+/// One pending output: virtio-net header bytes followed by the packet, in
+/// `buf[..len]`. The bytes behind `len` are initialised scratch: a merged segment is
+/// copied (and summed) there first and only counted once its checksum verified.
 #[derive(Debug, Default)]
 struct Item {
     buf: Vec<u8>,
+    len: usize,
     /// `None`: passed through as is.
     meta: Option<Meta>,
 }
@@ -166,7 +172,7 @@ impl Coalescer {
     pub fn flush(&mut self, mut out: impl FnMut(&[u8])) {
         for item in &mut self.items[..self.pending] {
             item.finish();
-            out(&item.buf);
+            out(&item.buf[..item.len]);
         }
         self.pending = 0;
         self.flow_count = 0;
@@ -182,16 +188,27 @@ impl Coalescer {
         flows.iter().rposition(|f| f.tag == tag && f.key == *key)
     }
 
-    /// Appends a new item holding `packet` behind a zeroed header.
-    fn add_item(&mut self, packet: &[u8], meta: Option<Meta>) -> usize {
+    /// Appends a new item holding `packet` behind a zeroed header (a candidate's
+    /// transport bytes summed on the way in).
+    fn add_item(&mut self, packet: &[u8], mut meta: Option<Meta>) -> usize {
         if self.pending == self.items.len() {
             self.items.push(Item::default());
         }
         let index = self.pending;
         let item = &mut self.items[index];
-        item.buf.clear();
-        item.buf.extend_from_slice(&[0; VIRTIO_NET_HDR_LEN]);
-        item.buf.extend_from_slice(packet);
+        let end = VIRTIO_NET_HDR_LEN + packet.len();
+        item.reserve(end);
+        item.buf[..VIRTIO_NET_HDR_LEN].fill(0);
+        let out = &mut item.buf[VIRTIO_NET_HDR_LEN..end];
+        match meta.as_mut() {
+            Some(m) => {
+                let t = m.l3.hdr_len;
+                out[..t].copy_from_slice(&packet[..t]);
+                m.head_l4_sum = copy_sum(&mut out[t..], &packet[t..]);
+            }
+            None => out.copy_from_slice(packet),
+        }
+        item.len = end;
         item.meta = meta;
         self.pending += 1;
         index
@@ -202,21 +219,30 @@ impl Coalescer {
         let Some(mut meta) = item.meta else {
             return Merge::Unable;
         };
-        let head = &item.buf[VIRTIO_NET_HDR_LEN..];
+        let head = &item.buf[VIRTIO_NET_HDR_LEN..item.len];
         if !compatible(head, &meta, packet, c) {
             return Merge::Unable;
         }
-        if !ip::l4_checksum_ok(packet, c.l3, c.key.protocol) {
-            return Merge::BadChecksum;
-        }
         if !meta.head_verified {
-            if !ip::l4_checksum_ok(head, meta.l3, meta.protocol) {
+            if !ip::l4_checksum_ok_with(head, meta.l3, meta.protocol, meta.head_l4_sum) {
                 item.meta = None;
                 return Merge::Unable;
             }
             meta.head_verified = true;
         }
-        item.append(&packet[c.l3.hdr_len + c.l4_len..], &mut meta, c);
+        // The payload goes behind the item while it is summed; it only becomes part
+        // of the item if the packet's checksum verifies.
+        let (t, l4_end) = (c.l3.hdr_len, c.l3.hdr_len + c.l4_len);
+        let payload = &packet[l4_end..];
+        item.reserve(VIRTIO_NET_HDR_LEN + ip::MAX_PACKET_LEN);
+        let payload_sum = copy_sum(&mut item.buf[item.len..item.len + payload.len()], payload);
+        // The transport header is even-sized, so its sum and the payload's add up.
+        let l4_sum = checksum::add(sum(&packet[t..l4_end], 0), payload_sum);
+        if !ip::l4_checksum_ok_with(packet, c.l3, c.key.protocol, l4_sum) {
+            item.meta = Some(meta);
+            return Merge::BadChecksum;
+        }
+        item.append(payload.len(), &mut meta, c);
         item.meta = Some(meta);
         Merge::Merged
     }
@@ -234,22 +260,27 @@ impl Meta {
             next_seq: c.seq.wrapping_add(c.payload as u32),
             closed: c.psh,
             head_verified: false,
+            head_l4_sum: 0,
         }
     }
 }
 
 impl Item {
-    /// Appends the payload of a compatible, verified segment.
-    fn append(&mut self, payload: &[u8], meta: &mut Meta, c: &Candidate) {
-        if meta.segments == 1 {
-            // One allocation per item buffer, ever: it can grow to the maximum.
-            let want = VIRTIO_NET_HDR_LEN + ip::MAX_PACKET_LEN;
-            self.buf.reserve(want.saturating_sub(self.buf.len()));
+    /// Makes `buf` at least `len` bytes long. An item that merges grows to the
+    /// maximum once and keeps it: one allocation per item buffer, ever.
+    fn reserve(&mut self, len: usize) {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
         }
-        self.buf.extend_from_slice(payload);
+    }
+
+    /// Takes in the `payload` bytes of a compatible, verified segment, already
+    /// copied behind the item.
+    fn append(&mut self, payload: usize, meta: &mut Meta, c: &Candidate) {
+        self.len += payload;
         meta.segments += 1;
-        meta.next_seq = meta.next_seq.wrapping_add(payload.len() as u32);
-        meta.closed |= payload.len() < meta.gso_size;
+        meta.next_seq = meta.next_seq.wrapping_add(payload as u32);
+        meta.closed |= payload < meta.gso_size;
         if c.psh {
             self.buf[VIRTIO_NET_HDR_LEN + meta.l3.hdr_len + ip::TCP_FLAGS] |= ip::TCP_PSH;
             meta.closed = true;
@@ -262,7 +293,9 @@ impl Item {
         let Some(meta) = self.meta.filter(|m| m.segments > 1) else {
             return; // the header is still all zero: GSO_NONE, packet untouched
         };
-        let Some((hdr, packet)) = self.buf.split_first_chunk_mut::<VIRTIO_NET_HDR_LEN>() else {
+        let Some((hdr, packet)) =
+            self.buf[..self.len].split_first_chunk_mut::<VIRTIO_NET_HDR_LEN>()
+        else {
             return;
         };
         let t = meta.l3.hdr_len;

@@ -2,7 +2,7 @@
 //! and rewrite. Callers check lengths first (via [`parse_l3`] or their own
 //! candidate checks); the accessors index within those checked bounds.
 
-use crate::checksum::{pseudo_header, sum};
+use crate::checksum::{add, pseudo_header, sum};
 use crate::OffloadError;
 
 /// IP protocol number of TCP.
@@ -141,24 +141,36 @@ pub(crate) fn l4_pseudo_sum(packet: &[u8], l3: L3, protocol: u8) -> u16 {
     pseudo_header(src, dst, protocol, (packet.len() - l3.hdr_len) as u32)
 }
 
-/// Whether the transport checksum (with pseudo-header) of `packet` verifies.
-pub(crate) fn l4_checksum_ok(packet: &[u8], l3: L3, protocol: u8) -> bool {
-    sum(
-        &packet[l3.hdr_len..],
-        u32::from(l4_pseudo_sum(packet, l3, protocol)),
-    ) == 0xffff
-}
-
-/// Computes and stores the full transport checksum (field at `csum_at` within
-/// the transport header); a computed 0 is sent as 0xffff (RFC 768).
-pub(crate) fn fill_l4_checksum(packet: &mut [u8], l3: L3, protocol: u8, csum_at: usize) {
+/// Computes and stores the full transport checksum (field at `csum_at` within the
+/// transport header; a computed 0 is sent as 0xffff, RFC 768) when the sum of the
+/// bytes from `payload_at` to the end is already known (`payload_sum`, from
+/// [`crate::checksum::copy_sum`]): only the transport header is summed here.
+/// `payload_at - l3.hdr_len` must be even (TCP and UDP headers are); an odd one is
+/// summed in full instead.
+pub(crate) fn fill_l4_checksum_with(
+    packet: &mut [u8],
+    l3: L3,
+    protocol: u8,
+    csum_at: usize,
+    payload_at: usize,
+    payload_sum: u16,
+) {
     let at = l3.hdr_len + csum_at;
     put16(packet, at, 0);
-    let csum = !sum(
-        &packet[l3.hdr_len..],
-        u32::from(l4_pseudo_sum(packet, l3, protocol)),
-    );
+    let pseudo = u32::from(l4_pseudo_sum(packet, l3, protocol));
+    let total = if (payload_at - l3.hdr_len).is_multiple_of(2) {
+        add(sum(&packet[l3.hdr_len..payload_at], pseudo), payload_sum)
+    } else {
+        sum(&packet[l3.hdr_len..], pseudo)
+    };
+    let csum = !total;
     put16(packet, at, if csum == 0 { 0xffff } else { csum });
+}
+
+/// Whether the transport checksum (with pseudo-header) of `packet` verifies, given
+/// the sum of its transport header and payload (`l4_sum`, without the pseudo-header).
+pub(crate) fn l4_checksum_ok_with(packet: &[u8], l3: L3, protocol: u8, l4_sum: u16) -> bool {
+    add(l4_pseudo_sum(packet, l3, protocol), l4_sum) == 0xffff
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //!
 //! [`checksum`] holds the one's-complement sum both directions use. Nothing here
 //! allocates per packet once the caller's buffers have warmed up.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod checksum;
 mod error;

@@ -14,7 +14,7 @@ mod tests;
 
 pub use segments::Segments;
 
-use crate::checksum::sum;
+use crate::checksum::{copy_sum, sum};
 use crate::ip::{self, Family, L3};
 use crate::vnet::{VirtioNetHdr, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4};
 use crate::OffloadError;
@@ -161,14 +161,25 @@ fn segment(
         let chunk = &payload[start..(start + gso_size).min(payload.len())];
         let seg = out.push(layout.hdrs + chunk.len())?;
         seg[..layout.hdrs].copy_from_slice(headers);
-        seg[layout.hdrs..].copy_from_slice(chunk);
+        // The payload is summed as it is copied: one pass over it.
+        let payload = Payload {
+            at: layout.hdrs,
+            sum: copy_sum(&mut seg[layout.hdrs..], chunk),
+        };
         fix_ip(seg, layout.l3, i);
         match layout.transport {
-            Transport::Tcp => fix_tcp(seg, layout.l3, start, i == 0, i + 1 == count),
-            Transport::Udp => fix_udp(seg, layout.l3),
+            Transport::Tcp => fix_tcp(seg, layout.l3, start, i == 0, i + 1 == count, payload),
+            Transport::Udp => fix_udp(seg, layout.l3, payload),
         }
     }
     Ok(())
+}
+
+/// Where a segment's payload starts and its sum (taken while it was copied).
+#[derive(Clone, Copy)]
+struct Payload {
+    at: usize,
+    sum: u16,
 }
 
 /// IPv4: ID advanced by the segment index, total length and header checksum;
@@ -183,7 +194,14 @@ fn fix_ip(seg: &mut [u8], l3: L3, index: usize) {
 
 /// Sequence number advanced by the payload offset; FIN and PSH only on the
 /// last segment, CWR only on the first; full checksum.
-fn fix_tcp(seg: &mut [u8], l3: L3, payload_offset: usize, first: bool, last: bool) {
+fn fix_tcp(
+    seg: &mut [u8],
+    l3: L3,
+    payload_offset: usize,
+    first: bool,
+    last: bool,
+    payload: Payload,
+) {
     let t = l3.hdr_len;
     let seq = ip::get32(seg, t + 4).wrapping_add(payload_offset as u32);
     ip::put32(seg, t + 4, seq);
@@ -193,12 +211,26 @@ fn fix_tcp(seg: &mut [u8], l3: L3, payload_offset: usize, first: bool, last: boo
     if !first {
         seg[t + ip::TCP_FLAGS] &= !ip::TCP_CWR;
     }
-    ip::fill_l4_checksum(seg, l3, ip::PROTO_TCP, ip::TCP_CSUM);
+    ip::fill_l4_checksum_with(
+        seg,
+        l3,
+        ip::PROTO_TCP,
+        ip::TCP_CSUM,
+        payload.at,
+        payload.sum,
+    );
 }
 
 /// UDP length and full checksum.
-fn fix_udp(seg: &mut [u8], l3: L3) {
+fn fix_udp(seg: &mut [u8], l3: L3, payload: Payload) {
     let len = (seg.len() - l3.hdr_len) as u16;
     ip::put16(seg, l3.hdr_len + 4, len);
-    ip::fill_l4_checksum(seg, l3, ip::PROTO_UDP, ip::UDP_CSUM);
+    ip::fill_l4_checksum_with(
+        seg,
+        l3,
+        ip::PROTO_UDP,
+        ip::UDP_CSUM,
+        payload.at,
+        payload.sum,
+    );
 }

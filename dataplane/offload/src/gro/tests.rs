@@ -441,6 +441,19 @@ fn bad_checksums_are_not_merged() {
     assert_eq!(items.len(), 2);
     assert_unmerged(&items[..1], &[&bad_head]);
     assert_eq!(resplit(&items[1].0, &items[1].1), s[1..]);
+    // A bad packet behind a merged run leaves its bytes in the item's scratch space
+    // only: the good copy that follows continues the run, and nothing of the bad
+    // one is in it.
+    let mut bad2 = s[2].clone();
+    bad2[900] ^= 0x10;
+    push_all(
+        &mut c,
+        &[s[0].clone(), s[1].clone(), bad2.clone(), s[2].clone()],
+    );
+    let items = flush(&mut c);
+    assert_eq!(items.len(), 2);
+    assert_eq!(resplit(&items[0].0, &items[0].1), s);
+    assert_unmerged(&items[1..], &[&bad2]);
     // UDP over IPv4 without a checksum is not merged either.
     let u: Vec<_> = (0..2)
         .map(|i| {
