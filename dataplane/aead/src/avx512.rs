@@ -238,20 +238,29 @@ unsafe fn xor_keystream(kw: &[__m512i; 8], ptrs: &[*mut u8], counters: &[u64], l
     let per = len.div_ceil(64);
     let total = ptrs.len() * per;
     let mut idx = 0;
+    // The (message, block) pair of flat index `idx`, advanced without dividing.
+    let (mut m0, mut b0) = (0usize, 0usize);
     while idx < total {
         let lanes = (total - idx).min(16);
         let mut ctr = [0u32; 16];
         let mut nlo = [0u32; 16];
         let mut nhi = [0u32; 16];
+        let mut pairs = [(0usize, 0usize); 16];
+        let (mut m, mut b) = (m0, b0);
         for j in 0..lanes {
-            let (m, b) = ((idx + j) / per, (idx + j) % per);
+            pairs[j] = (m, b);
             ctr[j] = b as u32 + 1;
             nlo[j] = counters[m] as u32;
             nhi[j] = (counters[m] >> 32) as u32;
+            b += 1;
+            if b == per {
+                b = 0;
+                m += 1;
+            }
         }
+        (m0, b0) = (m, b);
         let ks = blocks16(kw, load_u32(&ctr), load_u32(&nlo), load_u32(&nhi));
-        for (j, stream) in ks.iter().enumerate().take(lanes) {
-            let (m, b) = ((idx + j) / per, (idx + j) % per);
+        for (stream, &(m, b)) in ks.iter().zip(&pairs).take(lanes) {
             let off = b * 64;
             let rem = (len - off).min(64);
             // SAFETY: `off + rem <= len`, inside the buffer the caller vouched for.
@@ -330,37 +339,37 @@ impl Poly {
         let h2 = _mm512_add_epi64(self.h[2], m2);
         let [r0, r1, r2] = self.r;
         let (s1, s2) = (self.s1, self.s2);
-        // Limb products, each sum of three started from zero so they run in parallel.
-        let sum3 = |a: __m512i, b: __m512i, c: __m512i| _mm512_add_epi64(_mm512_add_epi64(a, b), c);
-        let d0l = sum3(
-            _mm512_madd52lo_epu64(z, h0, r0),
-            _mm512_madd52lo_epu64(z, h1, s2),
-            _mm512_madd52lo_epu64(z, h2, s1),
+        // Limb products, each sum of three accumulated by the multiplies themselves
+        // (six independent chains, and the other set of lanes runs beside them).
+        let d0l = _mm512_madd52lo_epu64(
+            _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r0), h1, s2),
+            h2,
+            s1,
         );
-        let d0h = sum3(
-            _mm512_madd52hi_epu64(z, h0, r0),
-            _mm512_madd52hi_epu64(z, h1, s2),
-            _mm512_madd52hi_epu64(z, h2, s1),
+        let d0h = _mm512_madd52hi_epu64(
+            _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r0), h1, s2),
+            h2,
+            s1,
         );
-        let d1l = sum3(
-            _mm512_madd52lo_epu64(z, h0, r1),
-            _mm512_madd52lo_epu64(z, h1, r0),
-            _mm512_madd52lo_epu64(z, h2, s2),
+        let d1l = _mm512_madd52lo_epu64(
+            _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r1), h1, r0),
+            h2,
+            s2,
         );
-        let d1h = sum3(
-            _mm512_madd52hi_epu64(z, h0, r1),
-            _mm512_madd52hi_epu64(z, h1, r0),
-            _mm512_madd52hi_epu64(z, h2, s2),
+        let d1h = _mm512_madd52hi_epu64(
+            _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r1), h1, r0),
+            h2,
+            s2,
         );
-        let d2l = sum3(
-            _mm512_madd52lo_epu64(z, h0, r2),
-            _mm512_madd52lo_epu64(z, h1, r1),
-            _mm512_madd52lo_epu64(z, h2, r0),
+        let d2l = _mm512_madd52lo_epu64(
+            _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r2), h1, r1),
+            h2,
+            r0,
         );
-        let d2h = sum3(
-            _mm512_madd52hi_epu64(z, h0, r2),
-            _mm512_madd52hi_epu64(z, h1, r1),
-            _mm512_madd52hi_epu64(z, h2, r0),
+        let d2h = _mm512_madd52hi_epu64(
+            _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r2), h1, r1),
+            h2,
+            r0,
         );
         // A high half weighs 2^52: 2^8 into the next limb (2^10 past the 42-bit top).
         let d1l = _mm512_add_epi64(

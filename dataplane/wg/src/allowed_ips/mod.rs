@@ -59,6 +59,10 @@ pub struct AllowedIps<T> {
     /// The lookup table of `v4`; empty after a change until the next lookup
     /// or [`AllowedIps::prepare_lookup`] builds it.
     v4_fib: OnceLock<Fib<T>>,
+    /// The last address [`AllowedIps::lookup_cached`] answered, and its answer;
+    /// dropped by every change. The segments of one TUN super-packet, and a GRO
+    /// run of received packets, all share one address.
+    last: Option<(IpAddr, Option<T>)>,
 }
 
 impl<T: Copy + Eq> AllowedIps<T> {
@@ -68,6 +72,7 @@ impl<T: Copy + Eq> AllowedIps<T> {
             v4: Trie::new(32),
             v6: Trie::new(128),
             v4_fib: OnceLock::new(),
+            last: None,
         }
     }
 
@@ -104,6 +109,7 @@ impl<T: Copy + Eq> AllowedIps<T> {
 
     /// Removes every prefix mapped to `value`; returns how many there were.
     pub fn remove_value(&mut self, value: T) -> usize {
+        self.last = None;
         let v4 = self.v4.remove_value(value);
         if v4 > 0 {
             self.v4_fib.take();
@@ -116,6 +122,19 @@ impl<T: Copy + Eq> AllowedIps<T> {
         match addr {
             IpAddr::V4(a) => self.lookup_v4(a.octets()),
             IpAddr::V6(a) => self.lookup_v6(a.octets()),
+        }
+    }
+
+    /// [`AllowedIps::lookup`], answered from a one-entry cache when `addr` is the
+    /// address asked last (and nothing changed since).
+    pub fn lookup_cached(&mut self, addr: IpAddr) -> Option<T> {
+        match self.last {
+            Some((last, value)) if last == addr => value,
+            _ => {
+                let value = self.lookup(addr);
+                self.last = Some((addr, value));
+                value
+            }
         }
     }
 
@@ -172,6 +191,7 @@ impl<T: Copy + Eq> AllowedIps<T> {
 
     /// Removes every prefix.
     pub fn clear(&mut self) {
+        self.last = None;
         self.v4.clear();
         self.v6.clear();
         self.v4_fib.take();
@@ -186,6 +206,7 @@ impl<T: Copy + Eq> AllowedIps<T> {
 
     /// Drops the lookup table of `addr`'s family after its prefixes changed.
     fn changed(&mut self, addr: IpAddr) {
+        self.last = None;
         if addr.is_ipv4() {
             self.v4_fib.take();
         }

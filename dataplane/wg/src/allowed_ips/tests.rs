@@ -191,6 +191,24 @@ fn iter_order_is_v4_then_v6_ascending() {
 }
 
 #[test]
+fn cached_lookup_follows_every_change() {
+    let mut t = table(&[("10.0.0.0", 8, 1)]);
+    let a = ip("10.1.2.3");
+    assert_eq!(t.lookup_cached(a), Some(1));
+    assert_eq!(t.lookup_cached(a), Some(1));
+    t.insert(ip("10.1.0.0"), 16, 2).unwrap();
+    assert_eq!(t.lookup_cached(a), Some(2), "insert");
+    assert_eq!(t.remove(ip("10.1.0.0"), 16), Some(2));
+    assert_eq!(t.lookup_cached(a), Some(1), "remove");
+    assert_eq!(t.remove_value(1), 1);
+    assert_eq!(t.lookup_cached(a), None, "remove_value");
+    t.insert(ip("0.0.0.0"), 0, 3).unwrap();
+    assert_eq!(t.lookup_cached(a), Some(3));
+    t.clear();
+    assert_eq!(t.lookup_cached(a), None, "clear");
+}
+
+#[test]
 fn clear_empties_both_families() {
     let mut t = table(&[("10.0.0.0", 8, 1), ("::", 0, 2)]);
     t.clear();
@@ -354,6 +372,15 @@ fn randomized_against_reference() {
             "step {step}"
         );
         assert_eq!(t.lookup(to_addr(v6, key)), r.lookup(v6, key), "step {step}");
+        // The one-entry cache never outlives a change: the key just changed, asked
+        // twice (the second answer comes from the cache), and the probe.
+        for k in [key, key, probe] {
+            assert_eq!(
+                t.lookup_cached(to_addr(v6, k)),
+                r.lookup(v6, k),
+                "step {step}"
+            );
+        }
         assert_eq!(t.len(), r.0.len());
         if step % 500 == 0 {
             check_invariants(&t.v4);

@@ -371,7 +371,7 @@ impl Device {
             self.stats.rx_inner_malformed += 1;
             return;
         };
-        if self.allowed_ips.lookup(src) != Some(id) {
+        if self.allowed_ips.lookup_cached(src) != Some(id) {
             self.stats.rx_allowed_ips_violation += 1;
             return;
         }

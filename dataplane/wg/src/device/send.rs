@@ -82,7 +82,7 @@ impl Device {
             self.stats.tx_malformed += 1;
             return;
         };
-        let Some(id) = self.allowed_ips.lookup(dst) else {
+        let Some(id) = self.allowed_ips.lookup_cached(dst) else {
             self.stats.tx_no_route += 1;
             return;
         };
