@@ -341,36 +341,18 @@ impl Poly {
         let (s1, s2) = (self.s1, self.s2);
         // Limb products, each sum of three accumulated by the multiplies themselves
         // (six independent chains, and the other set of lanes runs beside them).
-        let d0l = _mm512_madd52lo_epu64(
-            _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r0), h1, s2),
-            h2,
-            s1,
-        );
-        let d0h = _mm512_madd52hi_epu64(
-            _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r0), h1, s2),
-            h2,
-            s1,
-        );
-        let d1l = _mm512_madd52lo_epu64(
-            _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r1), h1, r0),
-            h2,
-            s2,
-        );
-        let d1h = _mm512_madd52hi_epu64(
-            _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r1), h1, r0),
-            h2,
-            s2,
-        );
-        let d2l = _mm512_madd52lo_epu64(
-            _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(z, h0, r2), h1, r1),
-            h2,
-            r0,
-        );
-        let d2h = _mm512_madd52hi_epu64(
-            _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(z, h0, r2), h1, r1),
-            h2,
-            r0,
-        );
+        let lo = |a: [__m512i; 3], b: [__m512i; 3]| {
+            let x = _mm512_madd52lo_epu64(z, a[0], b[0]);
+            _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(x, a[1], b[1]), a[2], b[2])
+        };
+        let hi = |a: [__m512i; 3], b: [__m512i; 3]| {
+            let x = _mm512_madd52hi_epu64(z, a[0], b[0]);
+            _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(x, a[1], b[1]), a[2], b[2])
+        };
+        let h = [h0, h1, h2];
+        let (d0l, d0h) = (lo(h, [r0, s2, s1]), hi(h, [r0, s2, s1]));
+        let (d1l, d1h) = (lo(h, [r1, r0, s2]), hi(h, [r1, r0, s2]));
+        let (d2l, d2h) = (lo(h, [r2, r1, r0]), hi(h, [r2, r1, r0]));
         // A high half weighs 2^52: 2^8 into the next limb (2^10 past the 42-bit top).
         let d1l = _mm512_add_epi64(
             d1l,
