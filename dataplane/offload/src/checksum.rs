@@ -13,6 +13,7 @@
 
 /// Folds the big-endian 16-bit words of `data` (an odd trailing byte padded
 /// with zero) into `initial` and returns the folded one's-complement sum.
+#[inline]
 pub fn sum(data: &[u8], initial: u32) -> u16 {
     let native = fold(sum_native(data));
     fold(u64::from(initial) + u64::from(u16::from_be(native)))
@@ -22,9 +23,17 @@ pub fn sum(data: &[u8], initial: u32) -> u16 {
 /// and destination addresses (4 or 16 bytes each), `protocol`, and the length
 /// of the transport header plus payload. Pass it as `initial` to [`sum`].
 pub fn pseudo_header(src: &[u8], dst: &[u8], protocol: u8, l4_len: u32) -> u16 {
-    let addrs = u32::from(sum(src, 0)) + u32::from(sum(dst, 0));
+    // Big-endian 16-bit words straight into one wide sum: addresses are short, and
+    // this runs for every packet split or merged.
+    let words = |a: &[u8]| -> u64 {
+        let (pairs, odd) = a.as_chunks::<2>();
+        let odd = odd.first().map_or(0, |&b| u64::from(b) << 8);
+        pairs
+            .iter()
+            .fold(odd, |acc, w| acc + u64::from(u16::from_be_bytes(*w)))
+    };
     let rest = u64::from(protocol) + u64::from(l4_len >> 16) + u64::from(l4_len & 0xffff);
-    fold(u64::from(addrs) + rest)
+    fold(words(src) + words(dst) + rest)
 }
 
 /// Copies `src` into `dst` (of the same length) and returns `sum(src, 0)`: one pass
@@ -43,11 +52,14 @@ pub fn add(a: u16, b: u16) -> u16 {
     fold(u64::from(a) + u64::from(b))
 }
 
-/// End-around-carry fold of a wide sum to 16 bits.
-fn fold(mut x: u64) -> u16 {
-    while x > 0xffff {
-        x = (x & 0xffff) + (x >> 16);
-    }
+/// End-around-carry fold of a wide sum to 16 bits (no loop: each step at least
+/// halves the width, and the last two absorb the carries).
+#[inline]
+fn fold(x: u64) -> u16 {
+    let x = (x & 0xffff_ffff) + (x >> 32); // < 2^33
+    let x = (x & 0xffff) + (x >> 16); // < 2^17 + 2^16
+    let x = (x & 0xffff) + (x >> 16); // <= 0xffff + 2
+    let x = (x & 0xffff) + (x >> 16); // <= 0xffff
     x as u16
 }
 
