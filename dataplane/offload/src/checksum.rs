@@ -114,16 +114,31 @@ fn sum_wide(data: &[u8]) -> u64 {
 }
 
 /// Sixteen `u64` lanes, each adding one 32-bit word of every block.
+type Lanes = [u64; BLOCK / 4];
+
+/// Adds the sixteen 32-bit words of `block` to `lanes`.
+#[inline(always)]
+fn add_block(lanes: &mut Lanes, block: &[u8; BLOCK]) {
+    let (words, _) = block.as_chunks::<4>();
+    for (lane, w) in lanes.iter_mut().zip(words) {
+        *lane += u64::from(u32::from_ne_bytes(*w));
+    }
+}
+
+/// The lanes' total, with end-around carry.
+#[inline(always)]
+fn fold_lanes(lanes: &Lanes) -> u64 {
+    lanes.iter().fold(0, |acc, &l| add_carry(acc, l))
+}
+
+/// The sum of whole blocks, in lanes.
 #[inline(always)]
 fn sum_blocks(blocks: &[[u8; BLOCK]]) -> u64 {
     let mut lanes = [0u64; BLOCK / 4];
     for block in blocks {
-        let (words, _) = block.as_chunks::<4>();
-        for (lane, w) in lanes.iter_mut().zip(words) {
-            *lane += u64::from(u32::from_ne_bytes(*w));
-        }
+        add_block(&mut lanes, block);
     }
-    lanes.iter().fold(0, |acc, &l| add_carry(acc, l))
+    fold_lanes(&lanes)
 }
 
 /// [`copy_sum`]'s unfolded native sum, dispatched like [`sum_native`].
@@ -155,12 +170,9 @@ fn copy_sum_wide(dst: &mut [u8], src: &[u8]) -> u64 {
         let mut lanes = [0u64; BLOCK / 4];
         for (block, out) in run.iter().zip(dst_run.iter_mut()) {
             *out = *block;
-            let (words, _) = block.as_chunks::<4>();
-            for (lane, w) in lanes.iter_mut().zip(words) {
-                *lane += u64::from(u32::from_ne_bytes(*w));
-            }
+            add_block(&mut lanes, block);
         }
-        total = add_carry(total, lanes.iter().fold(0, |acc, &l| add_carry(acc, l)));
+        total = add_carry(total, fold_lanes(&lanes));
     }
     dst_rest.copy_from_slice(rest);
     add_carry(total, sum_words(rest))

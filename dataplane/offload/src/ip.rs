@@ -141,25 +141,31 @@ pub(crate) fn l4_pseudo_sum(packet: &[u8], l3: L3, protocol: u8) -> u16 {
     pseudo_header(src, dst, protocol, (packet.len() - l3.hdr_len) as u32)
 }
 
+/// Where a segment's payload starts and its sum (taken while it was copied, with
+/// [`crate::checksum::copy_sum`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Payload {
+    pub(crate) at: usize,
+    pub(crate) sum: u16,
+}
+
 /// Computes and stores the full transport checksum (field at `csum_at` within the
-/// transport header; a computed 0 is sent as 0xffff, RFC 768) when the sum of the
-/// bytes from `payload_at` to the end is already known (`payload_sum`, from
-/// [`crate::checksum::copy_sum`]): only the transport header is summed here.
-/// `payload_at - l3.hdr_len` must be even (TCP and UDP headers are); an odd one is
+/// transport header; a computed 0 is sent as 0xffff, RFC 768) when the payload's sum
+/// is already known: only the transport header is summed here.
+/// `payload.at - l3.hdr_len` must be even (TCP and UDP headers are); an odd one is
 /// summed in full instead.
-pub(crate) fn fill_l4_checksum_with(
+pub(crate) fn fill_l4_checksum(
     packet: &mut [u8],
     l3: L3,
     protocol: u8,
     csum_at: usize,
-    payload_at: usize,
-    payload_sum: u16,
+    payload: Payload,
 ) {
     let at = l3.hdr_len + csum_at;
     put16(packet, at, 0);
     let pseudo = u32::from(l4_pseudo_sum(packet, l3, protocol));
-    let total = if (payload_at - l3.hdr_len).is_multiple_of(2) {
-        add(sum(&packet[l3.hdr_len..payload_at], pseudo), payload_sum)
+    let total = if (payload.at - l3.hdr_len).is_multiple_of(2) {
+        add(sum(&packet[l3.hdr_len..payload.at], pseudo), payload.sum)
     } else {
         sum(&packet[l3.hdr_len..], pseudo)
     };

@@ -15,7 +15,7 @@ mod tests;
 pub use segments::Segments;
 
 use crate::checksum::{copy_sum, sum};
-use crate::ip::{self, Family, L3};
+use crate::ip::{self, Family, Payload, L3};
 use crate::vnet::{VirtioNetHdr, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4};
 use crate::OffloadError;
 
@@ -175,13 +175,6 @@ fn segment(
     Ok(())
 }
 
-/// Where a segment's payload starts and its sum (taken while it was copied).
-#[derive(Clone, Copy)]
-struct Payload {
-    at: usize,
-    sum: u16,
-}
-
 /// IPv4: ID advanced by the segment index, total length and header checksum;
 /// IPv6: payload length.
 fn fix_ip(seg: &mut [u8], l3: L3, index: usize) {
@@ -211,26 +204,12 @@ fn fix_tcp(
     if !first {
         seg[t + ip::TCP_FLAGS] &= !ip::TCP_CWR;
     }
-    ip::fill_l4_checksum_with(
-        seg,
-        l3,
-        ip::PROTO_TCP,
-        ip::TCP_CSUM,
-        payload.at,
-        payload.sum,
-    );
+    ip::fill_l4_checksum(seg, l3, ip::PROTO_TCP, ip::TCP_CSUM, payload);
 }
 
 /// UDP length and full checksum.
 fn fix_udp(seg: &mut [u8], l3: L3, payload: Payload) {
     let len = (seg.len() - l3.hdr_len) as u16;
     ip::put16(seg, l3.hdr_len + 4, len);
-    ip::fill_l4_checksum_with(
-        seg,
-        l3,
-        ip::PROTO_UDP,
-        ip::UDP_CSUM,
-        payload.at,
-        payload.sum,
-    );
+    ip::fill_l4_checksum(seg, l3, ip::PROTO_UDP, ip::UDP_CSUM, payload);
 }
