@@ -240,34 +240,46 @@ fn poly_keys(kw: &[__m512i; 8], counters: &[u64]) -> [[u8; 32]; GROUP] {
 unsafe fn xor_keystream(kw: &[__m512i; 8], ptrs: &[*mut u8], counters: &[u64], len: usize) {
     let per = len.div_ceil(64);
     let total = ptrs.len() * per;
+    // Every message's counter halves, indexed by message (at most sixteen), so that a
+    // lane's nonce words are one permute of its message index: the lane set-up stays
+    // in registers (building it in arrays stalled each step on store forwarding).
+    let mut lo = [0u32; 16];
+    let mut hi = [0u32; 16];
+    for (i, c) in counters.iter().enumerate().take(16) {
+        lo[i] = *c as u32;
+        hi[i] = (*c >> 32) as u32;
+    }
+    let (lo, hi) = (load_u32(&lo), load_u32(&hi));
+    let per_v = _mm512_set1_epi32(per as i32);
+    let one = _mm512_set1_epi32(1);
+    let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let mut idx = 0;
     // The (message, block) pair of flat index `idx`, advanced without dividing.
     let (mut m0, mut b0) = (0usize, 0usize);
     while idx < total {
         let lanes = (total - idx).min(16);
-        let mut ctr = [0u32; 16];
-        let mut nlo = [0u32; 16];
-        let mut nhi = [0u32; 16];
-        let mut pairs = [(0usize, 0usize); 16];
-        let (mut m, mut b) = (m0, b0);
-        for j in 0..lanes {
-            pairs[j] = (m, b);
-            ctr[j] = b as u32 + 1;
-            nlo[j] = counters[m] as u32;
-            nhi[j] = (counters[m] >> 32) as u32;
-            b += 1;
-            if b == per {
-                b = 0;
-                m += 1;
+        // Lane j: block b0 + j of message m0, carried into the next messages.
+        let mut m = _mm512_set1_epi32(m0 as i32);
+        let mut b = _mm512_add_epi32(_mm512_set1_epi32(b0 as i32), lane);
+        loop {
+            let wrap = _mm512_cmpge_epu32_mask(b, per_v);
+            if wrap == 0 {
+                break;
             }
+            b = _mm512_mask_sub_epi32(b, wrap, b, per_v);
+            m = _mm512_mask_add_epi32(m, wrap, m, one);
         }
-        (m0, b0) = (m, b);
-        let ks = blocks16(kw, load_u32(&ctr), load_u32(&nlo), load_u32(&nhi));
-        for (stream, &(m, b)) in ks.iter().zip(&pairs).take(lanes) {
-            let off = b * 64;
+        let ks = blocks16(
+            kw,
+            _mm512_add_epi32(b, one),
+            _mm512_permutexvar_epi32(m, lo),
+            _mm512_permutexvar_epi32(m, hi),
+        );
+        for stream in ks.iter().take(lanes) {
+            let off = b0 * 64;
             let rem = (len - off).min(64);
             // SAFETY: `off + rem <= len`, inside the buffer the caller vouched for.
-            let p = unsafe { ptrs[m].add(off) };
+            let p = unsafe { ptrs[m0].add(off) };
             if rem == 64 {
                 // SAFETY: 64 bytes at `p` are valid and exclusively ours (above).
                 unsafe {
@@ -282,6 +294,11 @@ unsafe fn xor_keystream(kw: &[__m512i; 8], ptrs: &[*mut u8], counters: &[u64], l
                     let v = _mm512_maskz_loadu_epi8(mask, p.cast());
                     _mm512_mask_storeu_epi8(p.cast(), mask, _mm512_xor_si512(v, *stream));
                 }
+            }
+            b0 += 1;
+            if b0 == per {
+                b0 = 0;
+                m0 += 1;
             }
         }
         idx += lanes;
