@@ -38,6 +38,9 @@ const BATCH: usize = 128;
 const RX_BATCH: usize = 16;
 /// Timers are checked at least this often (their granularity).
 const TICK: Duration = Duration::from_millis(100);
+/// Non-blocking io_uring turns after a blocking one, taken into the same batch while
+/// they find completions (see `run_uring`).
+const EXTRA_TURNS: usize = 3;
 
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -968,60 +971,80 @@ impl Driver {
                 };
                 let (mut io, mut tun_split) =
                     OsIo::new(tun, udp.as_ref(), tx, pool, offload, xdp.as_mut());
-                let mut now = None;
-                reactor.run_once(timeout, |c| {
-                    let now = *now.get_or_insert_with(Instant::now);
-                    match c {
-                        Completion::Tun(frame) => {
-                            tun_frame(device, &mut tun_split, now, frame, &mut io);
-                            // What queued behind it, in order (see `drain_tun`).
-                            gone |= drain_tun(
-                                device,
-                                tun,
-                                buf,
-                                &mut tun_split,
-                                now,
-                                &mut io,
-                                BATCH - 1,
-                            );
-                        }
-                        Completion::Udp {
-                            data,
-                            from,
-                            local,
-                            segment,
-                            ..
-                        } => {
-                            let seg = segment.map_or(data.len(), usize::from).max(1);
-                            let mut rx = RxGroup::new();
-                            for chunk in data.chunks_mut(seg) {
-                                rx.datagram(
+                // While more completed during a turn (the rest of a GSO send that left
+                // the peer as two datagrams, the TUN frames that the ACKs just written
+                // released), it is taken into the same batch before the batch leaves:
+                // the GRO super-packet and the GSO send are then whole instead of a
+                // large one and a small tail. The extra turns never wait, are bounded,
+                // and a control fd ends them so that it is served at once.
+                let mut timeout = timeout;
+                for _ in 0..=EXTRA_TURNS {
+                    let mut now = None;
+                    let mut got = 0usize;
+                    reactor.run_once(timeout, |c| {
+                        got += 1;
+                        let now = *now.get_or_insert_with(Instant::now);
+                        match c {
+                            Completion::Tun(frame) => {
+                                tun_frame(device, &mut tun_split, now, frame, &mut io);
+                                // What queued behind it, in order (see `drain_tun`).
+                                gone |= drain_tun(
                                     device,
-                                    pool,
+                                    tun,
+                                    buf,
+                                    &mut tun_split,
                                     now,
-                                    from,
-                                    from_source(local),
-                                    chunk,
                                     &mut io,
+                                    BATCH - 1,
                                 );
                             }
-                            rx.finish(device, pool, now, &mut io);
-                        }
-                        Completion::Readable(i) => {
-                            if let Some(r) = readable.get_mut(i) {
-                                *r = true;
-                            } else if let Some((xsk, ifindex)) = xsks.get_mut(i - readable.len()) {
-                                read_xsk(device, pool, now, xsk, *ifindex, &mut io);
+                            Completion::Udp {
+                                data,
+                                from,
+                                local,
+                                segment,
+                                ..
+                            } => {
+                                let seg = segment.map_or(data.len(), usize::from).max(1);
+                                let mut rx = RxGroup::new();
+                                for chunk in data.chunks_mut(seg) {
+                                    rx.datagram(
+                                        device,
+                                        pool,
+                                        now,
+                                        from,
+                                        from_source(local),
+                                        chunk,
+                                        &mut io,
+                                    );
+                                }
+                                rx.finish(device, pool, now, &mut io);
+                            }
+                            Completion::Readable(i) => {
+                                if let Some(r) = readable.get_mut(i) {
+                                    *r = true;
+                                } else if let Some((xsk, ifindex)) =
+                                    xsks.get_mut(i - readable.len())
+                                {
+                                    read_xsk(device, pool, now, xsk, *ifindex, &mut io);
+                                }
+                            }
+                            Completion::TunError(e) => {
+                                if !Tun::is_gone(&e) {
+                                    log::error!(
+                                        "{}: reading the TUN device failed: {e}",
+                                        tun.name()
+                                    );
+                                }
+                                gone = true;
                             }
                         }
-                        Completion::TunError(e) => {
-                            if !Tun::is_gone(&e) {
-                                log::error!("{}: reading the TUN device failed: {e}", tun.name());
-                            }
-                            gone = true;
-                        }
+                    })?;
+                    if got == 0 || gone || readable.contains(&true) {
+                        break;
                     }
-                })?;
+                    timeout = Duration::ZERO;
+                }
             }
             if gone {
                 return Ok(Exit::InterfaceDeleted);
