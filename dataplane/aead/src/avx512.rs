@@ -314,14 +314,108 @@ fn times20(x: __m512i) -> __m512i {
 /// Poly1305 state of eight lanes: `h` and the powers it multiplies by.
 struct Poly {
     h: [__m512i; 3],
-    r: [__m512i; 3],
-    /// 20 * r1, 20 * r2 (2^132 = 20 mod 2^130 - 5).
+    /// `r` and `r^2` (mod 2^130 - 5, partly reduced), each with 20 times its upper
+    /// two limbs (2^132 = 20 mod 2^130 - 5).
+    r: Power,
+    r2: Power,
+}
+
+/// A multiplier in radix 2^44: limbs `l`, and `20 * l[1]`, `20 * l[2]`.
+#[derive(Clone, Copy)]
+struct Power {
+    l: [__m512i; 3],
     s1: __m512i,
     s2: __m512i,
 }
 
-impl Poly {
+impl Power {
     #[target_feature(enable = "avx512f")]
+    fn new(l: [__m512i; 3]) -> Power {
+        Power {
+            s1: times20(l[1]),
+            s2: times20(l[2]),
+            l,
+        }
+    }
+}
+
+/// The six limb products of `a * p` before carrying: low and high 52-bit halves of
+/// each output limb, each sum of three accumulated by the multiplies themselves (six
+/// independent chains), added onto `acc`.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_acc(acc: [__m512i; 6], a: [__m512i; 3], p: &Power) -> [__m512i; 6] {
+    let [r0, r1, r2] = p.l;
+    let (s1, s2) = (p.s1, p.s2);
+    let lo = |z: __m512i, b: [__m512i; 3]| {
+        let x = _mm512_madd52lo_epu64(z, a[0], b[0]);
+        _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(x, a[1], b[1]), a[2], b[2])
+    };
+    let hi = |z: __m512i, b: [__m512i; 3]| {
+        let x = _mm512_madd52hi_epu64(z, a[0], b[0]);
+        _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(x, a[1], b[1]), a[2], b[2])
+    };
+    [
+        lo(acc[0], [r0, s2, s1]),
+        hi(acc[1], [r0, s2, s1]),
+        lo(acc[2], [r1, r0, s2]),
+        hi(acc[3], [r1, r0, s2]),
+        lo(acc[4], [r2, r1, r0]),
+        hi(acc[5], [r2, r1, r0]),
+    ]
+}
+
+/// Carries the limb products of [`mul_acc`] into a partly reduced value (limbs of
+/// 44, 44 and 42 bits, the middle one possibly a few bits over).
+#[target_feature(enable = "avx512f")]
+fn carry(d: [__m512i; 6]) -> [__m512i; 3] {
+    let m44 = _mm512_set1_epi64(M44 as i64);
+    let m42 = _mm512_set1_epi64(M42 as i64);
+    let [d0l, d0h, d1l, d1h, d2l, d2h] = d;
+    // A high half weighs 2^52: 2^8 into the next limb (2^10 past the 42-bit top).
+    let d1l = _mm512_add_epi64(
+        d1l,
+        _mm512_add_epi64(_mm512_srli_epi64::<44>(d0l), _mm512_slli_epi64::<8>(d0h)),
+    );
+    let d2l = _mm512_add_epi64(
+        d2l,
+        _mm512_add_epi64(_mm512_srli_epi64::<44>(d1l), _mm512_slli_epi64::<8>(d1h)),
+    );
+    let c = _mm512_add_epi64(_mm512_srli_epi64::<42>(d2l), _mm512_slli_epi64::<10>(d2h));
+    // 2^130 = 5.
+    let h0 = _mm512_add_epi64(
+        _mm512_and_si512(d0l, m44),
+        _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)),
+    );
+    let h1 = _mm512_add_epi64(_mm512_and_si512(d1l, m44), _mm512_srli_epi64::<44>(h0));
+    [_mm512_and_si512(h0, m44), h1, _mm512_and_si512(d2l, m42)]
+}
+
+/// One 16-byte block per lane (`lo`, `hi`: its two little-endian halves) as limbs,
+/// with the 2^128 bit set.
+#[target_feature(enable = "avx512f")]
+fn limbs(lo: __m512i, hi: __m512i) -> [__m512i; 3] {
+    let m44 = _mm512_set1_epi64(M44 as i64);
+    [
+        _mm512_and_si512(lo, m44),
+        _mm512_and_si512(
+            _mm512_or_si512(_mm512_srli_epi64::<44>(lo), _mm512_slli_epi64::<20>(hi)),
+            m44,
+        ),
+        _mm512_or_si512(_mm512_srli_epi64::<24>(hi), _mm512_set1_epi64(1 << 40)),
+    ]
+}
+
+#[target_feature(enable = "avx512f")]
+fn add3(a: [__m512i; 3], b: [__m512i; 3]) -> [__m512i; 3] {
+    [
+        _mm512_add_epi64(a[0], b[0]),
+        _mm512_add_epi64(a[1], b[1]),
+        _mm512_add_epi64(a[2], b[2]),
+    ]
+}
+
+impl Poly {
+    #[target_feature(enable = "avx512f,avx512ifma")]
     fn new(keys: &[[u8; 32]]) -> Poly {
         let mut r = [[0u64; 8]; 3];
         for (i, k) in keys.iter().enumerate().take(8) {
@@ -332,64 +426,29 @@ impl Poly {
             r[1][i] = (v >> 44) as u64 & M44;
             r[2][i] = (v >> 88) as u64;
         }
-        let r = [load_u64(&r[0]), load_u64(&r[1]), load_u64(&r[2])];
-        Poly {
-            h: [_mm512_setzero_si512(); 3],
-            s1: times20(r[1]),
-            s2: times20(r[2]),
-            r,
-        }
+        let r = Power::new([load_u64(&r[0]), load_u64(&r[1]), load_u64(&r[2])]);
+        let z = _mm512_setzero_si512();
+        let r2 = Power::new(carry(mul_acc([z; 6], r.l, &r)));
+        Poly { h: [z; 3], r, r2 }
     }
 
     /// Absorbs one 16-byte block per lane (`lo`, `hi`: its two little-endian halves),
-    /// with the 2^128 bit set.
+    /// with the 2^128 bit set: `h = (h + m) * r`.
     #[target_feature(enable = "avx512f,avx512ifma")]
     fn block(&mut self, lo: __m512i, hi: __m512i) {
-        let m44 = _mm512_set1_epi64(M44 as i64);
-        let m42 = _mm512_set1_epi64(M42 as i64);
         let z = _mm512_setzero_si512();
-        let m0 = _mm512_and_si512(lo, m44);
-        let m1 = _mm512_and_si512(
-            _mm512_or_si512(_mm512_srli_epi64::<44>(lo), _mm512_slli_epi64::<20>(hi)),
-            m44,
-        );
-        let m2 = _mm512_or_si512(_mm512_srli_epi64::<24>(hi), _mm512_set1_epi64(1 << 40));
-        let h0 = _mm512_add_epi64(self.h[0], m0);
-        let h1 = _mm512_add_epi64(self.h[1], m1);
-        let h2 = _mm512_add_epi64(self.h[2], m2);
-        let [r0, r1, r2] = self.r;
-        let (s1, s2) = (self.s1, self.s2);
-        // Limb products, each sum of three accumulated by the multiplies themselves
-        // (six independent chains, and the other set of lanes runs beside them).
-        let lo = |a: [__m512i; 3], b: [__m512i; 3]| {
-            let x = _mm512_madd52lo_epu64(z, a[0], b[0]);
-            _mm512_madd52lo_epu64(_mm512_madd52lo_epu64(x, a[1], b[1]), a[2], b[2])
-        };
-        let hi = |a: [__m512i; 3], b: [__m512i; 3]| {
-            let x = _mm512_madd52hi_epu64(z, a[0], b[0]);
-            _mm512_madd52hi_epu64(_mm512_madd52hi_epu64(x, a[1], b[1]), a[2], b[2])
-        };
-        let h = [h0, h1, h2];
-        let (d0l, d0h) = (lo(h, [r0, s2, s1]), hi(h, [r0, s2, s1]));
-        let (d1l, d1h) = (lo(h, [r1, r0, s2]), hi(h, [r1, r0, s2]));
-        let (d2l, d2h) = (lo(h, [r2, r1, r0]), hi(h, [r2, r1, r0]));
-        // A high half weighs 2^52: 2^8 into the next limb (2^10 past the 42-bit top).
-        let d1l = _mm512_add_epi64(
-            d1l,
-            _mm512_add_epi64(_mm512_srli_epi64::<44>(d0l), _mm512_slli_epi64::<8>(d0h)),
-        );
-        let d2l = _mm512_add_epi64(
-            d2l,
-            _mm512_add_epi64(_mm512_srli_epi64::<44>(d1l), _mm512_slli_epi64::<8>(d1h)),
-        );
-        let c = _mm512_add_epi64(_mm512_srli_epi64::<42>(d2l), _mm512_slli_epi64::<10>(d2h));
-        // 2^130 = 5.
-        let h0 = _mm512_add_epi64(
-            _mm512_and_si512(d0l, m44),
-            _mm512_add_epi64(c, _mm512_slli_epi64::<2>(c)),
-        );
-        let h1 = _mm512_add_epi64(_mm512_and_si512(d1l, m44), _mm512_srli_epi64::<44>(h0));
-        self.h = [_mm512_and_si512(h0, m44), h1, _mm512_and_si512(d2l, m42)];
+        let h = add3(self.h, limbs(lo, hi));
+        self.h = carry(mul_acc([z; 6], h, &self.r));
+    }
+
+    /// Absorbs two consecutive blocks per lane with one carry:
+    /// `h = (h + m1) * r^2 + m2 * r`, the same as two [`Poly::block`] steps.
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    fn block2(&mut self, lo1: __m512i, hi1: __m512i, lo2: __m512i, hi2: __m512i) {
+        let z = _mm512_setzero_si512();
+        let h = add3(self.h, limbs(lo1, hi1));
+        let d = mul_acc([z; 6], limbs(lo2, hi2), &self.r);
+        self.h = carry(mul_acc(d, h, &self.r2));
     }
 
     /// The tags: `h` reduced mod 2^130 - 5, plus `s`, mod 2^128.
@@ -444,7 +503,7 @@ struct Lanes {
 
 impl Lanes {
     /// Lanes for `msgs` (at most eight) with their one-time keys.
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512ifma")]
     fn new(keys: &[[u8; 32]], msgs: &[Message<'_>]) -> Lanes {
         let n = msgs.len().min(8);
         let mut ptrs = [msgs[0].buf.as_ptr(); 8];
@@ -542,8 +601,18 @@ fn poly1305(keys: &[[u8; 32]], msgs: &[Message<'_>], len: usize) -> [[u8; 16]; G
         // SAFETY: `done + blocks <= len / 16` blocks absorbed after this, so the bytes
         // read lie in each message's first `len`; `msgs` is borrowed for the whole call.
         let (la, lb) = unsafe { (a.load(blocks), b.as_ref().map(|b| b.load(blocks))) };
-        // Block by block, alternating between the sets.
-        for k in 0..blocks {
+        // Two blocks at a time, alternating between the sets; an odd last one alone.
+        let mut k = 0;
+        while k + 2 <= blocks {
+            a.poly
+                .block2(la[2 * k], la[2 * k + 1], la[2 * k + 2], la[2 * k + 3]);
+            if let (Some(b), Some(lb)) = (b.as_mut(), lb.as_ref()) {
+                b.poly
+                    .block2(lb[2 * k], lb[2 * k + 1], lb[2 * k + 2], lb[2 * k + 3]);
+            }
+            k += 2;
+        }
+        if k < blocks {
             a.poly.block(la[2 * k], la[2 * k + 1]);
             if let (Some(b), Some(lb)) = (b.as_mut(), lb.as_ref()) {
                 b.poly.block(lb[2 * k], lb[2 * k + 1]);
