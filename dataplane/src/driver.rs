@@ -38,9 +38,12 @@ const BATCH: usize = 128;
 const RX_BATCH: usize = 16;
 /// Timers are checked at least this often (their granularity).
 const TICK: Duration = Duration::from_millis(100);
-/// Non-blocking io_uring turns after a blocking one, taken into the same batch while
-/// they find completions (see `run_uring`).
+/// Extra io_uring turns (zero timeout) after one that moved bulk data, taken into the
+/// same batch (see `run_uring`).
 const EXTRA_TURNS: usize = 3;
+/// Bytes (TUN frames and UDP datagrams) a turn must have moved for another turn to
+/// follow: a TSO frame or a GSO datagram of a dozen segments, not a ping or ACKs.
+const BULK_TURN: usize = 16 * 1024;
 
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -971,21 +974,22 @@ impl Driver {
                 };
                 let (mut io, mut tun_split) =
                     OsIo::new(tun, udp.as_ref(), tx, pool, offload, xdp.as_mut());
-                // While more completed during a turn (the rest of a GSO send that left
-                // the peer as two datagrams, the TUN frames that the ACKs just written
-                // released), it is taken into the same batch before the batch leaves:
-                // the GRO super-packet and the GSO send are then whole instead of a
-                // large one and a small tail. The extra turns never wait, are bounded,
-                // and a control fd ends them so that it is served at once.
+                // After a turn that moved bulk data, what completes meanwhile (the rest
+                // of a GSO send that left the peer as two datagrams, the TUN frames
+                // that the ACKs just written released) is taken into the same batch
+                // before the batch leaves: the GRO super-packet and the GSO send are
+                // then whole instead of a large one and a small tail. Bounded; a turn
+                // of small packets (ping, ACKs) ends it, so they never wait for it;
+                // a control fd ends it so that it is served at once.
                 let mut timeout = timeout;
                 for _ in 0..=EXTRA_TURNS {
                     let mut now = None;
-                    let mut got = 0usize;
+                    let mut moved = 0usize;
                     reactor.run_once(timeout, |c| {
-                        got += 1;
                         let now = *now.get_or_insert_with(Instant::now);
                         match c {
                             Completion::Tun(frame) => {
+                                moved += frame.len();
                                 tun_frame(device, &mut tun_split, now, frame, &mut io);
                                 // What queued behind it, in order (see `drain_tun`).
                                 gone |= drain_tun(
@@ -1005,6 +1009,7 @@ impl Driver {
                                 segment,
                                 ..
                             } => {
+                                moved += data.len();
                                 let seg = segment.map_or(data.len(), usize::from).max(1);
                                 let mut rx = RxGroup::new();
                                 for chunk in data.chunks_mut(seg) {
@@ -1040,7 +1045,7 @@ impl Driver {
                             }
                         }
                     })?;
-                    if got == 0 || gone || readable.contains(&true) {
+                    if moved < BULK_TURN || gone || readable.contains(&true) {
                         break;
                     }
                     timeout = Duration::ZERO;
