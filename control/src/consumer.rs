@@ -5,8 +5,8 @@
 //! `use INVITE --mode system` runs, in this order, and returns once traffic flows:
 //!
 //! 1. the invite is decoded and checked (signature, version, transport, expiry);
-//! 2. **blocked first**: the state file `RUN_DIR/use.json` is written with the way
-//!    back (delete the kill-switch table), then the kill switch goes in, allowing
+//! 2. **blocked first**: the state file `STATE_DIR/use/state.json` is written with the
+//!    way back (delete the kill-switch table), then the kill switch goes in, allowing
 //!    only the marked WireGuard UDP to the provider's endpoints and the tunnel;
 //! 3. the dataplane starts on the tunnel interface as the invite's negotiation
 //!    identity (fwmark on its socket) and the exit request goes through the tunnel;
@@ -14,7 +14,8 @@
 //! 4. on the ack: our own WireGuard key (`STATE_DIR/use/wg.key`), our inner
 //!    addresses, the write-ahead undo of the full plan saved, then the plan applied
 //!    (kill switch with our addresses, `src_valid_mark`, fwmark policy routing), and
-//!    the resolver written to `--resolv-conf` (its previous content saved first);
+//!    DNS pointed at the tunnel resolver ([`resolver`]: resolvectl, resolvconf, or the
+//!    resolver file rewritten after its previous content was saved into the state);
 //! 5. the exit request is sent again as ourselves through the default route: the
 //!    answer proves that traffic flows through the provider.
 //!
@@ -24,14 +25,27 @@
 //! the same invite brings the tunnel back without opening anything, and says so when
 //! it is already up. `use off` restores the rules, routes, sysctls, nftables ruleset
 //! and resolver file as they were; without `use` it is a no-op with a message.
+//!
+//! A first `use` that fails takes everything back and says the machine is open (or,
+//! under lockdown, still blocked); a repair that fails keeps the kill switch, checks
+//! that it is really there, and says so. The state outlives a reboot (it lives in the
+//! state directory); [`boot`] has `use restore`, which the boot unit runs before the
+//! network comes up, and lockdown mode.
+
+mod boot;
+mod resolver;
+
+pub use boot::{lockdown, restore, LockdownCommand};
 
 use crate::serve::{dataplane_binary, NEGOTIATION_PORT, PROVIDER_V4};
 use crate::{run_cmd, uapi, Dirs};
 use anyhow::{bail, Context as _};
-use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, run_ip, undo_plan, Undo};
+use portdistrict_exitnode::apply::{
+    apply_nft, apply_planned, plan_undo, reapply, undo_plan, undo_routing, verify_nft, Undo,
+};
 use portdistrict_exitnode::invite::Invite;
-use portdistrict_exitnode::policy::{ConsumerPolicy, KILL_SWITCH_TABLE};
-use portdistrict_exitnode::state::{write_atomic, write_atomic_mode};
+use portdistrict_exitnode::policy::{lockdown_plan, ConsumerPolicy, KILL_SWITCH_TABLE};
+use portdistrict_exitnode::state::write_atomic_mode;
 use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
@@ -57,21 +71,25 @@ pub struct UseOptions {
     allow_lan: bool,
     interface: String,
     resolv_conf: Option<PathBuf>,
+    dns: resolver::Want,
     timeout: Duration,
 }
 
 impl UseOptions {
     /// Parses `INVITE --mode system [--allow-lan] [--interface NAME]
-    /// [--resolv-conf PATH|none] [--timeout 20s]`.
+    /// [--dns auto|resolvectl|resolvconf|file|none] [--resolv-conf PATH|none]
+    /// [--timeout 20s]` (`--resolv-conf` alone means `--dns file` with that file).
     pub fn parse(opts: &[&str]) -> anyhow::Result<UseOptions> {
         let mut o = UseOptions {
             invite: String::new(),
             allow_lan: false,
             interface: DEFAULT_INTERFACE.to_owned(),
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
+            dns: resolver::Want::Auto,
             timeout: Duration::from_secs(20),
         };
         let mut mode = None;
+        let mut file_given = false;
         let mut it = opts.iter();
         while let Some(&a) = it.next() {
             if a == "--allow-lan" {
@@ -91,10 +109,20 @@ impl UseOptions {
                 "--interface" => o.interface = value.to_owned(),
                 "--resolv-conf" => {
                     o.resolv_conf = (value != "none").then(|| PathBuf::from(value));
+                    file_given = true;
                 }
+                "--dns" => o.dns = resolver::Want::parse(value)?,
                 "--timeout" => o.timeout = crate::parse_duration(value)?,
                 _ => bail!("use: unknown option {a}"),
             }
+        }
+        match (&o.dns, &o.resolv_conf) {
+            (resolver::Want::File, None) => {
+                bail!("--dns file needs a file, not --resolv-conf none")
+            }
+            (resolver::Want::Auto, None) => o.dns = resolver::Want::None,
+            (resolver::Want::Auto, Some(_)) if file_given => o.dns = resolver::Want::File,
+            _ => {}
         }
         if o.invite.is_empty() {
             bail!("use needs an invite: portdistrict use portdistrict-invite1:... --mode system");
@@ -112,64 +140,6 @@ impl UseOptions {
     }
 }
 
-/// A saved resolver file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct ResolvBackup {
-    path: PathBuf,
-    /// `None`: there was no file.
-    content: Option<Vec<u8>>,
-    /// It was a symbolic link to this target (then `content` is `None`).
-    symlink: Option<PathBuf>,
-}
-
-impl ResolvBackup {
-    fn take(path: &Path) -> anyhow::Result<ResolvBackup> {
-        let meta = std::fs::symlink_metadata(path);
-        let mut b = ResolvBackup {
-            path: path.to_owned(),
-            content: None,
-            symlink: None,
-        };
-        match meta {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-            Ok(m) if m.file_type().is_symlink() => {
-                b.symlink = Some(
-                    std::fs::read_link(path)
-                        .with_context(|| format!("reading the link {}", path.display()))?,
-                );
-            }
-            Ok(_) => {
-                b.content = Some(
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-                );
-            }
-        }
-        Ok(b)
-    }
-
-    fn restore(&self) -> anyhow::Result<()> {
-        let p = &self.path;
-        if let Some(target) = &self.symlink {
-            let tmp = p.with_extension("pd-restore");
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(target, &tmp)
-                .with_context(|| format!("re-creating the link {}", p.display()))?;
-            std::fs::rename(&tmp, p).with_context(|| format!("restoring {}", p.display()))?;
-        } else if let Some(content) = &self.content {
-            write_atomic(p, content).with_context(|| format!("restoring {}", p.display()))?;
-        } else {
-            match std::fs::remove_file(p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", p.display()))
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The addresses the provider granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Granted {
@@ -178,7 +148,7 @@ struct Granted {
     resolver: IpAddr,
 }
 
-/// `RUN_DIR/use.json`: what system mode applied, written before each change.
+/// `STATE_DIR/use/state.json`: what system mode applied, written before each change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct UseState {
     invite: String,
@@ -190,10 +160,29 @@ struct UseState {
     granted: Option<Granted>,
     /// The way back from everything applied or about to be.
     undo: Undo,
-    resolv: Option<ResolvBackup>,
+    /// The resolver file as it was (with [`resolver::Via::File`]).
+    resolv: Option<resolver::ResolvBackup>,
+    /// How DNS was pointed at the tunnel; absent in states written before the choice
+    /// existed (then: the file when `resolv` is set).
+    #[serde(default)]
+    dns_via: Option<resolver::Via>,
 }
 
+impl UseState {
+    fn dns_via(&self) -> resolver::Via {
+        self.dns_via.unwrap_or(if self.resolv.is_some() {
+            resolver::Via::File
+        } else {
+            resolver::Via::None
+        })
+    }
+}
+
+/// `STATE_DIR/use/` (0700): the state, the lockdown flag, our WireGuard key and the
+/// lock. Everything here must outlive a reboot; `RUN_DIR` (a tmpfs) holds nothing of
+/// system mode.
 struct UseDir {
+    /// `RUN_DIR`, where versions before this one kept `use.json`.
     run: PathBuf,
     state: PathBuf,
 }
@@ -202,22 +191,20 @@ impl UseDir {
     fn new(dirs: &Dirs) -> anyhow::Result<UseDir> {
         use std::os::unix::fs::DirBuilderExt as _;
         let state = dirs.state.join("use");
-        for d in [&dirs.run, &state] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(d)
-                .with_context(|| format!("creating {}", d.display()))?;
-        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&state)
+            .with_context(|| format!("creating {}", state.display()))?;
         Ok(UseDir {
             run: dirs.run.clone(),
             state,
         })
     }
 
-    /// Serializes `use` and `use off` of one instance.
+    /// Serializes `use`, `use off`, `use restore` and `use lockdown`.
     fn lock(&self) -> anyhow::Result<File> {
-        let path = self.run.join("use.lock");
+        let path = self.state.join("lock");
         let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         f.lock()
             .with_context(|| format!("locking {}", path.display()))?;
@@ -225,21 +212,42 @@ impl UseDir {
     }
 
     fn state_path(&self) -> PathBuf {
+        self.state.join("state.json")
+    }
+
+    /// Where versions before this one kept the state (lost at reboot).
+    fn legacy_path(&self) -> PathBuf {
         self.run.join("use.json")
     }
 
+    fn lockdown_path(&self) -> PathBuf {
+        self.state.join("lockdown")
+    }
+
+    fn lockdown(&self) -> bool {
+        self.lockdown_path().exists()
+    }
+
+    /// The state, moved here first from the run directory if an older version left
+    /// it there.
     fn load(&self) -> anyhow::Result<Option<UseState>> {
         let path = self.state_path();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| {
-                format!(
-                    "{} is damaged: the kill switch (nftables table inet {KILL_SWITCH_TABLE}) may still be on; inspect it and delete the file to start over",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        let legacy = self.legacy_path();
+        if !path.exists() && legacy.exists() {
+            let s = parse_state(&legacy)?;
+            if let Some(s) = &s {
+                self.save(s)?;
+            }
+            std::fs::remove_file(&legacy)
+                .with_context(|| format!("removing {}", legacy.display()))?;
+            eprintln!(
+                "portdistrict: moved the system-mode state from {} to {} (it must outlive a reboot)",
+                legacy.display(),
+                path.display()
+            );
+            return Ok(s);
         }
+        parse_state(&path)
     }
 
     fn save(&self, s: &UseState) -> anyhow::Result<()> {
@@ -251,6 +259,19 @@ impl UseDir {
     /// Our WireGuard key as a consumer, made on first use.
     fn wg_key(&self) -> anyhow::Result<PrivateKey> {
         crate::wg_key_file(&self.state.join("wg.key"))
+    }
+}
+
+fn parse_state(path: &Path) -> anyhow::Result<Option<UseState>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| {
+            format!(
+                "{} is damaged: the kill switch (nftables table inet {KILL_SWITCH_TABLE}) may still be on; inspect it and delete the file to start over",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
@@ -271,6 +292,16 @@ fn policy(s: &UseState, invite: &Invite) -> ConsumerPolicy {
     }
 }
 
+/// The kill switch's table exists (whatever it holds).
+fn table_present() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", KILL_SWITCH_TABLE])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success())
+}
+
 fn link_exists(ifname: &str) -> bool {
     Path::new("/sys/class/net").join(ifname).exists()
 }
@@ -281,7 +312,7 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions) -> anyhow::Result<String> {
     let dir = UseDir::new(dirs)?;
     let _lock = dir.lock()?;
     let key = dir.wg_key()?;
-    let state = match dir.load()? {
+    let (state, first) = match dir.load()? {
         Some(s) if s.invite.trim() != o.invite.trim() => bail!(
             "system mode is already on with another invite (through {}); run `portdistrict use off` first",
             s.endpoint
@@ -293,6 +324,7 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions) -> anyhow::Result<String> {
         Some(s) => {
             if let Some(g) = s.granted {
                 if link_exists(&s.interface)
+                    && kill_switch_in_place(&s, &invite)
                     && probe(g.inner_v4, &invite, &key, Duration::from_secs(3)).is_ok()
                 {
                     return Ok(format!(
@@ -302,53 +334,90 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions) -> anyhow::Result<String> {
                 }
             }
             eprintln!("portdistrict: system mode was on but the tunnel is down; bringing it back (the kill switch stays on)");
-            s
+            (s, false)
         }
-        None => {
-            invite
-                .check_expiry(crate::exit::now())
-                .context("the invite is not usable")?;
-            let resolv = match &o.resolv_conf {
-                Some(p) => Some(ResolvBackup::take(p)?),
-                None => None,
-            };
-            let s = UseState {
-                invite: o.invite.trim().to_owned(),
-                interface: o.interface.clone(),
-                allow_lan: o.allow_lan,
-                endpoint: invite.endpoints[0],
-                granted: None,
-                undo: Undo {
-                    nft_table: KILL_SWITCH_TABLE.to_owned(),
-                    sysctls: Vec::new(),
-                    ip: Vec::new(),
-                },
-                resolv,
-            };
-            // The way back is on disk before the first change.
-            dir.save(&s)?;
-            s
-        }
+        None => (first_state(&dir, o, &invite)?, true),
     };
     match bring_up(&dir, state, &invite, &key, o.timeout) {
         Ok(s) => {
             let g = s.granted.context("granted after bring-up")?;
             Ok(format!("system mode on: {}", summary(&s, &g)))
         }
+        Err(e) if first => {
+            // A first `use` that failed changes nothing: all of it is taken back, and
+            // the message says what the machine is now.
+            let taken = dir.load().and_then(|s| match s {
+                Some(s) => take_back(&dir, &s),
+                None => Ok(()),
+            });
+            match taken {
+                Ok(()) if dir.lockdown() => eprintln!("portdistrict: system mode is not on; lockdown is on, so everything stays blocked (`portdistrict use lockdown off` opens the machine)"),
+                Ok(()) => eprintln!("portdistrict: nothing of `use` stays applied: the machine is as it was before, NOT protected by the kill switch"),
+                Err(undo) => eprintln!("portdistrict: taking back after the failure also failed: {undo:#}; see `portdistrict use status`, and `portdistrict use off` to retry"),
+            }
+            Err(e)
+        }
         Err(e) => {
-            // A refused or unreachable first `use` changes nothing; a repair that failed
-            // keeps the machine blocked (the kill switch stays, as after a crash).
-            let s = dir.load()?;
-            if let Some(s) = s.filter(|s| s.granted.is_none()) {
-                if let Err(undo) = take_back(&dir, &s) {
-                    eprintln!("portdistrict: taking back after the failure also failed: {undo:#}");
-                }
-            } else {
-                eprintln!("portdistrict: the kill switch stays on; `portdistrict use off` opens the machine again");
+            // A repair that failed keeps the machine blocked (as after a crash): make
+            // sure the kill switch is really there before saying so.
+            match dir.load().map(|s| s.map(|s| ensure_kill_switch(&s, &invite))) {
+                Ok(Some(Ok(()))) => eprintln!("portdistrict: the kill switch stays on (traffic is blocked); `portdistrict use off` opens the machine again"),
+                Ok(Some(Err(ks))) => eprintln!("portdistrict: the kill switch could not be put back ({ks:#}): the machine may be OPEN; `portdistrict use off` takes the rest back"),
+                Ok(None) => eprintln!("portdistrict: system mode is not on"),
+                Err(st) => eprintln!("portdistrict: {st:#}"),
             }
             Err(e)
         }
     }
+}
+
+/// The state of a first `use`, saved (the way back on disk before the first change).
+fn first_state(dir: &UseDir, o: &UseOptions, invite: &Invite) -> anyhow::Result<UseState> {
+    invite
+        .check_expiry(crate::exit::now())
+        .context("the invite is not usable")?;
+    let facts = resolver::Facts::gather(
+        o.resolv_conf
+            .as_deref()
+            .unwrap_or(Path::new("/etc/resolv.conf")),
+    );
+    let via = resolver::choose(&o.dns, &facts)?;
+    let resolv = match (&o.resolv_conf, via) {
+        (Some(p), resolver::Via::File) => Some(resolver::ResolvBackup::take(p)?),
+        _ => None,
+    };
+    let s = UseState {
+        invite: o.invite.trim().to_owned(),
+        interface: o.interface.clone(),
+        allow_lan: o.allow_lan,
+        endpoint: invite.endpoints[0],
+        granted: None,
+        undo: Undo {
+            nft_table: KILL_SWITCH_TABLE.to_owned(),
+            sysctls: Vec::new(),
+            ip: Vec::new(),
+        },
+        resolv,
+        dns_via: Some(via),
+    };
+    dir.save(&s)?;
+    Ok(s)
+}
+
+/// The kill switch of `s` is in place as planned (read back).
+fn kill_switch_in_place(s: &UseState, invite: &Invite) -> bool {
+    policy(s, invite)
+        .plan()
+        .is_ok_and(|p| verify_nft(&p, &[]).is_ok())
+}
+
+/// Puts the kill switch of `s` back if it is not in place as planned.
+fn ensure_kill_switch(s: &UseState, invite: &Invite) -> anyhow::Result<()> {
+    let plan = policy(s, invite).plan()?;
+    if verify_nft(&plan, &[]).is_err() {
+        apply_nft(&plan, &[]).context("applying the kill switch")?;
+    }
+    Ok(())
 }
 
 fn summary(s: &UseState, g: &Granted) -> String {
@@ -427,29 +496,16 @@ fn bring_up(
         IpAddr::V4(granted.inner_v4),
         granted.inner_v6.map(IpAddr::V6),
     )?;
-    // The routes into the tunnel went with an earlier interface: put them back.
+    // The routes into the tunnel went with an earlier interface, and the rules with a
+    // reboot: the whole plan back in place (idempotent), then DNS.
     let full = policy(&s, invite).plan()?;
-    apply_nft(&full, &[]).context("applying the kill switch")?;
-    for c in full
-        .ip
-        .iter()
-        .filter(|c| c.args.first().is_some_and(|a| a == "route"))
-    {
-        let mut c = c.clone();
-        c.args[1] = "replace".to_owned();
-        run_ip(&c, &[])?;
-    }
-    if let Some(r) = &s.resolv {
-        let text = format!(
-            "# Written by `portdistrict use` (system mode): DNS goes through the tunnel.\n# `portdistrict use off` puts the previous file back.\nnameserver {}\n",
-            granted.resolver
-        );
-        if r.symlink.is_some() {
-            let _ = std::fs::remove_file(&r.path);
-        }
-        write_atomic(&r.path, text.as_bytes())
-            .with_context(|| format!("writing {}", r.path.display()))?;
-    }
+    reapply(&full, true, &[]).context("putting the kill switch, rules and routes back")?;
+    resolver::apply(
+        s.dns_via(),
+        &s.interface,
+        granted.resolver,
+        s.resolv.as_ref().map(|r| r.path.as_path()),
+    )?;
     dir.save(&s)?;
     // 5. Proof: the provider answers us through the default route.
     probe(granted.inner_v4, invite, key, timeout)
@@ -633,6 +689,18 @@ fn probe(
 /// the state file (last, so that a failure can be retried).
 fn take_back(dir: &UseDir, s: &UseState) -> anyhow::Result<()> {
     let mut first: Option<anyhow::Error> = None;
+    // Under lockdown the kill switch becomes lockdown's table (one replacement, no
+    // gap) before anything else is taken back.
+    let lockdown = dir.lockdown();
+    if lockdown {
+        if let Err(e) = apply_nft(&lockdown_plan(), &[]) {
+            return Err(e).context("lockdown is on but its ruleset could not replace the kill switch; nothing taken back");
+        }
+    }
+    // resolvectl's setting belongs to the link: reverted while the link is there.
+    if let Err(e) = resolver::revert(s.dns_via(), &s.interface) {
+        first.get_or_insert(e);
+    }
     if link_exists(&s.interface) {
         if let Err(e) = run_cmd(&["ip", "link", "del", &s.interface]) {
             first.get_or_insert(e);
@@ -643,7 +711,12 @@ fn take_back(dir: &UseDir, s: &UseState) -> anyhow::Result<()> {
             first.get_or_insert(e);
         }
     }
-    if let Err(e) = undo_plan(&s.undo, &[]) {
+    let undone = if lockdown {
+        undo_routing(&s.undo, &[])
+    } else {
+        undo_plan(&s.undo, &[])
+    };
+    if let Err(e) = undone {
         first.get_or_insert(e.into());
     }
     if let Some(e) = first {
@@ -657,30 +730,51 @@ fn take_back(dir: &UseDir, s: &UseState) -> anyhow::Result<()> {
 pub fn off(dirs: &Dirs) -> anyhow::Result<String> {
     let dir = UseDir::new(dirs)?;
     let _lock = dir.lock()?;
+    let lockdown = if dir.lockdown() {
+        "; lockdown is on: everything stays blocked until `portdistrict use lockdown off`"
+    } else {
+        ""
+    };
     let Some(s) = dir.load()? else {
         // Nothing of ours is applied; a kill switch left by hand is not ours to judge.
-        return Ok("system mode is not on: nothing to do".to_owned());
+        return Ok(format!("system mode is not on: nothing to do{lockdown}"));
     };
     take_back(&dir, &s)?;
+    let dns = match s.dns_via() {
+        resolver::Via::File => " and resolver file",
+        resolver::Via::Resolvectl => " and resolved's DNS",
+        resolver::Via::Resolvconf => " and resolvconf's DNS",
+        resolver::Via::None => "",
+    };
     Ok(format!(
-        "system mode off: {} deleted, routes, rules, sysctls, firewall{} restored",
+        "system mode off: {} deleted, routes, rules, sysctls{}{dns} restored{lockdown}",
         s.interface,
-        if s.resolv.is_some() {
-            " and resolver file"
+        if lockdown.is_empty() {
+            ", firewall"
         } else {
             ""
-        }
+        },
     ))
 }
 
 /// `use status`.
 pub fn status(dirs: &Dirs) -> anyhow::Result<String> {
     let dir = UseDir::new(dirs)?;
+    let _lock = dir.lock()?;
+    let lockdown = dir.lockdown();
     let Some(s) = dir.load()? else {
-        return Ok("system mode: off\n".to_owned());
+        return Ok(if lockdown {
+            format!(
+                "system mode: off\nlockdown: on (everything blocked: {})\n",
+                boot::lockdown_firewall()
+            )
+        } else {
+            "system mode: off\nlockdown: off\n".to_owned()
+        });
     };
     let mut out = String::new();
     let _ = writeln!(out, "system mode: on (interface {})", s.interface);
+    let _ = writeln!(out, "lockdown: {}", if lockdown { "on" } else { "off" });
     let _ = writeln!(out, "provider: {}", s.endpoint);
     match s.granted {
         Some(g) => {
@@ -704,15 +798,14 @@ pub fn status(dirs: &Dirs) -> anyhow::Result<String> {
         "LAN: {}",
         if s.allow_lan { "allowed" } else { "blocked" }
     );
-    let ks = Command::new("nft")
-        .args(["list", "table", "inet", KILL_SWITCH_TABLE])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let _ = writeln!(
-        out,
-        "kill switch: {}",
-        if ks { "on" } else { "MISSING (not protected!)" }
-    );
+    let ks = if Invite::decode(&s.invite).is_ok_and(|i| kill_switch_in_place(&s, &i)) {
+        "on"
+    } else if table_present() {
+        "NOT AS PLANNED (run `portdistrict use` again or `portdistrict use restore`)"
+    } else {
+        "MISSING (not protected! `portdistrict use restore` puts it back)"
+    };
+    let _ = writeln!(out, "kill switch: {ks}");
     if !link_exists(&s.interface) {
         let _ = writeln!(
             out,
@@ -784,38 +877,61 @@ mod tests {
     }
 
     #[test]
-    fn resolver_file_backup_restores_content_links_and_absence() {
-        let base = std::env::temp_dir().join(format!("pd-resolv-{}", std::process::id()));
+    fn state_left_in_the_run_dir_moves_to_the_state_dir() {
+        let base = std::env::temp_dir().join(format!("pd-usemig-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
-        std::fs::create_dir_all(&base).unwrap();
-        let f = base.join("resolv.conf");
-        // A file.
-        std::fs::write(&f, "nameserver 192.0.2.53\n").unwrap();
-        let b = ResolvBackup::take(&f).unwrap();
-        std::fs::write(&f, "changed").unwrap();
-        b.restore().unwrap();
+        let dirs = Dirs {
+            state: base.join("state"),
+            run: base.join("run"),
+        };
+        std::fs::create_dir_all(&dirs.run).unwrap();
+        // As the previous version wrote it (no `dns_via`).
+        let old = r#"{"invite": "portdistrict-invite1:x", "interface": "pduse0",
+            "allow_lan": false, "endpoint": "192.0.2.1:51820", "granted": null,
+            "undo": {"nft_table": "portdistrict_killswitch", "sysctls": [], "ip": []},
+            "resolv": {"path": "/etc/resolv.conf", "content": [110], "symlink": null}}"#;
+        std::fs::write(dirs.run.join("use.json"), old).unwrap();
+        let dir = UseDir::new(&dirs).unwrap();
+        let s = dir.load().unwrap().expect("the old state is found");
+        assert_eq!(s.interface, "pduse0");
+        assert_eq!(s.dns_via(), resolver::Via::File);
+        assert!(!dirs.run.join("use.json").exists());
+        let moved = dirs.state.join("use/state.json");
+        assert!(moved.exists());
+        use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(
-            std::fs::read_to_string(&f).unwrap(),
-            "nameserver 192.0.2.53\n"
+            std::fs::metadata(&moved).unwrap().permissions().mode() & 0o777,
+            0o600
         );
-        // A link.
-        std::fs::remove_file(&f).unwrap();
-        std::os::unix::fs::symlink("../run/stub.conf", &f).unwrap();
-        let b = ResolvBackup::take(&f).unwrap();
-        std::fs::remove_file(&f).unwrap();
-        std::fs::write(&f, "changed").unwrap();
-        b.restore().unwrap();
-        assert_eq!(
-            std::fs::read_link(&f).unwrap(),
-            PathBuf::from("../run/stub.conf")
-        );
-        // Nothing.
-        std::fs::remove_file(&f).unwrap();
-        let b = ResolvBackup::take(&f).unwrap();
-        std::fs::write(&f, "changed").unwrap();
-        b.restore().unwrap();
-        assert!(!f.exists());
+        // The run directory (a tmpfs) can go: the state stays.
+        std::fs::remove_dir_all(&dirs.run).unwrap();
+        assert_eq!(dir.load().unwrap(), Some(s));
         let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn dns_options() {
+        let o = UseOptions::parse(&["inv", "--mode", "system"]).unwrap();
+        assert_eq!(o.dns, resolver::Want::Auto);
+        let o = UseOptions::parse(&["inv", "--mode", "system", "--resolv-conf", "/x"]).unwrap();
+        assert_eq!(o.dns, resolver::Want::File);
+        let o = UseOptions::parse(&["inv", "--mode", "system", "--resolv-conf", "none"]).unwrap();
+        assert_eq!(o.dns, resolver::Want::None);
+        let o = UseOptions::parse(&["inv", "--mode", "system", "--dns", "resolvectl"]).unwrap();
+        assert_eq!(o.dns, resolver::Want::Resolvectl);
+        let e = UseOptions::parse(&[
+            "inv",
+            "--mode",
+            "system",
+            "--dns",
+            "file",
+            "--resolv-conf",
+            "none",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("needs a file"), "{e}");
+        let e = UseOptions::parse(&["inv", "--mode", "system", "--dns", "x"]).unwrap_err();
+        assert!(e.to_string().contains("--dns"), "{e}");
     }
 
     #[test]
@@ -847,6 +963,7 @@ mod tests {
                 ip: vec![],
             },
             resolv: None,
+            dns_via: None,
         };
         let p = plan_of(&s, &invite);
         assert!(p

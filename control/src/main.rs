@@ -2,7 +2,9 @@
 //!
 //! The consumer: `portdistrict use INVITE --mode system [--allow-lan]` sends all
 //! traffic through the provider behind a kill switch and returns once it flows;
-//! `use status`; `use off` puts the machine back as it was.
+//! `use status`; `use off` puts the machine back as it was; `use lockdown on|off|status`
+//! blocks everything but the tunnel even without one; `use restore` (the boot unit's
+//! command) puts the kill switch back from the state after a reboot.
 //!
 //! The provider: `portdistrict exit serve --uplink IFACE` runs the exit
 //! node until SIGTERM; the other exit commands work on the state directory alone:
@@ -37,8 +39,15 @@ Commands:
              [--resolv-conf /etc/resolv.conf|none] [--timeout 20s]
                         send all traffic through the provider behind a kill switch;
                         returns once traffic flows (again: repairs or confirms)
+             [--dns auto|resolvectl|resolvconf|file|none]
   use status            what system mode applied and how the tunnel is
   use off               put routes, rules, sysctls, firewall and DNS back as they were
+                        (under lockdown everything stays blocked)
+  use lockdown on|off|status
+                        block everything but the tunnel, even with no tunnel up,
+                        until turned off (kept across reboots)
+  use restore           put the kill switch (or lockdown) back from the saved state:
+                        what portdistrict-killswitch.service runs at boot
   identity init --namespace NS [--passphrase-file F | --key-file F]
                         create this node's identity (seed sealed under a passphrase,
                         or unencrypted in F for headless servers)
@@ -210,6 +219,18 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{}", consumer::off(&dirs)?);
             Ok(())
         }
+        ["use", "restore"] => {
+            println!("{}", consumer::restore(&dirs)?);
+            Ok(())
+        }
+        ["use", "lockdown", what] => {
+            println!(
+                "{}",
+                consumer::lockdown(&dirs, consumer::LockdownCommand::parse(what)?)?
+            );
+            Ok(())
+        }
+        ["use", "lockdown", ..] => bail!("use lockdown takes one of on, off, status"),
         ["use", "status"] => {
             print!("{}", consumer::status(&dirs)?);
             Ok(())

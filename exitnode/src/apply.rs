@@ -9,6 +9,10 @@
 //! nothing. The caller persists the `Undo` (atomically) before reporting success, so a
 //! crash after applying still leaves the way back on disk.
 //!
+//! [`reapply`] puts a plan back after a reboot or a lost interface (idempotent), and
+//! [`undo_routing`] takes back all but the table, for a caller that replaces the table
+//! with a ruleset that keeps blocking.
+//!
 //! Every command may run behind a prefix (`ip netns exec NS`, for tests and for
 //! instances that live in a namespace).
 
@@ -193,6 +197,15 @@ fn apply_steps(plan: &Plan, prefix: &[&str]) -> Result<(), ApplyError> {
 /// that is already gone (its interface deleted, or never added before a crash) counts
 /// as deleted.
 pub fn undo_plan(undo: &Undo, prefix: &[&str]) -> Result<(), ApplyError> {
+    let routing = undo_routing(undo, prefix);
+    let table = remove_nft(&undo.nft_table, prefix);
+    routing.and(table)
+}
+
+/// Takes back the rules, routes and sysctls of an applied plan but leaves its nftables
+/// table (which the caller replaces, e.g. by a ruleset that keeps blocking). Every
+/// step is tried; the first error is returned.
+pub fn undo_routing(undo: &Undo, prefix: &[&str]) -> Result<(), ApplyError> {
     let mut first = None;
     for c in &undo.ip {
         match run(prefix, &ip_argv(c), None) {
@@ -217,10 +230,54 @@ pub fn undo_plan(undo: &Undo, prefix: &[&str]) -> Result<(), ApplyError> {
             }
         }
     }
-    if let Err(e) = remove_nft(&undo.nft_table, prefix) {
-        first.get_or_insert(e);
-    }
     first.map_or(Ok(()), Err)
+}
+
+/// Puts an applied plan back in place after its rules and routes were lost (a reboot,
+/// a flushed rule list, the tunnel interface re-created): the nftables table first
+/// (blocked before anything else), then the sysctls, then each `ip rule` exactly once
+/// (a copy already there is deleted first, so that repeating this never stacks
+/// duplicates), then the routes with `replace` — only when `routes` is true, because
+/// a route into a tunnel interface that does not exist yet cannot be added (the table
+/// blocks meanwhile).
+pub fn reapply(plan: &Plan, routes: bool, prefix: &[&str]) -> Result<(), ApplyError> {
+    apply_nft(plan, prefix)?;
+    for s in &plan.sysctls {
+        run(
+            prefix,
+            &["sysctl", "-q", "-w", &format!("{}={}", s.name, s.value)],
+            None,
+        )?;
+    }
+    for c in &plan.ip {
+        match c.args.first().map(String::as_str) {
+            Some("rule") => {
+                // Bounded: each round deletes one copy; 16 copies are already a fault.
+                for _ in 0..16 {
+                    match run(prefix, &ip_argv(&inverse(c)), None) {
+                        Ok(_) => {}
+                        Err(ApplyError::Failed { ref stderr, .. }) if already_gone(stderr) => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                run(prefix, &ip_argv(c), None)?;
+            }
+            Some("route") if routes => run(prefix, &ip_argv(&replacing(c)), None).map(|_| ())?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `... add ...` -> `... replace ...`.
+fn replacing(c: &IpCommand) -> IpCommand {
+    let mut c = c.clone();
+    if let Some(verb) = c.args.get_mut(1) {
+        if verb == "add" {
+            *verb = "replace".to_owned();
+        }
+    }
+    c
 }
 
 /// Runs one `ip` command of a plan.
@@ -326,6 +383,14 @@ mod tests {
         assert_eq!(inv.args[1], "del");
         assert_eq!(inv.args[2..], c.args[2..]);
         assert_eq!(ip_argv(&inv)[..4], ["ip", "-6", "rule", "del"]);
+        let route = IpCommand {
+            family: crate::policy::Family::V4,
+            args: ["route", "add", "default", "dev", "pd0", "table", "51820"]
+                .map(String::from)
+                .to_vec(),
+        };
+        assert_eq!(replacing(&route).args[1], "replace");
+        assert_eq!(replacing(&route).args[2..], route.args[2..]);
     }
 
     #[test]

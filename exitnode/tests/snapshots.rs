@@ -2,7 +2,7 @@
 //! `tests/snapshots/`. A change to the rules shows up as a diff of those files in
 //! review; `UPDATE_SNAPSHOTS=1 cargo test -p portdistrict-exitnode` rewrites them.
 
-use portdistrict_exitnode::policy::{ConsumerPolicy, ProviderPolicy};
+use portdistrict_exitnode::policy::{lockdown_plan, ConsumerPolicy, ProviderPolicy};
 use std::path::PathBuf;
 
 fn check(name: &str, got: &str) {
@@ -49,6 +49,11 @@ fn consumer_allow_lan_without_ipv6() {
 }
 
 #[test]
+fn consumer_lockdown() {
+    check("lockdown.txt", &lockdown_plan().render());
+}
+
+#[test]
 fn provider() {
     let p = ProviderPolicy {
         tunnel: "pdexit0".into(),
@@ -66,7 +71,7 @@ fn provider() {
 fn readme_shows_the_shipped_rulesets() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("../README.md")).expect("README.md");
-    for name in ["consumer.txt", "provider.txt"] {
+    for name in ["consumer.txt", "lockdown.txt", "provider.txt"] {
         let snapshot =
             std::fs::read_to_string(root.join("tests/snapshots").join(name)).expect(name);
         assert!(

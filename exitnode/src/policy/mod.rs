@@ -8,9 +8,11 @@
 //! rules and routes.
 
 mod consumer;
+mod lockdown;
 mod provider;
 
 pub use consumer::{ConsumerPolicy, KILL_SWITCH_TABLE};
+pub use lockdown::lockdown_plan;
 pub use provider::{ProviderPolicy, EXIT_TABLE};
 
 use std::fmt::Write as _;

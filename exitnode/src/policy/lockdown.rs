@@ -1,0 +1,85 @@
+//! Lockdown: the consumer's kill switch with no tunnel at all. Nothing leaves or enters
+//! the machine but loopback and what keeps its own network configured — DHCP to the
+//! broadcast address, DHCPv6 to its multicast group, and neighbour/router discovery on
+//! link-local and multicast addresses — until system mode replaces this table with its
+//! own kill switch (which adds the provider's WireGuard and the tunnel).
+//!
+//! It lives in the kill switch's table (`inet portdistrict_killswitch`), so going from
+//! lockdown to system mode and back is one atomic table replacement, never a gap.
+
+use super::{Plan, KILL_SWITCH_TABLE};
+use std::fmt::Write as _;
+
+/// The plan of lockdown: the blocking table only (no sysctl, no route).
+pub fn lockdown_plan() -> Plan {
+    let mut s = String::new();
+    let _ = writeln!(s, "table inet {KILL_SWITCH_TABLE}");
+    let _ = writeln!(s, "delete table inet {KILL_SWITCH_TABLE}");
+    let _ = writeln!(s, "table inet {KILL_SWITCH_TABLE} {{");
+    let out = [
+        "oif \"lo\" accept",
+        "ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
+        "ip6 daddr ff02::1:2 udp sport 546 udp dport 547 accept",
+        "ip6 daddr { fe80::/10, ff02::/16 } icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept",
+        "counter drop",
+    ];
+    let input = [
+        "iif \"lo\" accept",
+        "udp sport 67 udp dport 68 accept",
+        "ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept",
+        "ip6 saddr fe80::/10 icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept",
+        "counter drop",
+    ];
+    for (hook, rules) in [
+        ("output", &out[..]),
+        ("input", &input[..]),
+        ("forward", &[][..]),
+    ] {
+        let _ = writeln!(s, "\tchain {hook} {{");
+        let _ = writeln!(
+            s,
+            "\t\ttype filter hook {hook} priority filter; policy drop;"
+        );
+        for r in rules {
+            let _ = writeln!(s, "\t\t{r}");
+        }
+        let _ = writeln!(s, "\t}}");
+    }
+    let _ = writeln!(s, "}}");
+    Plan {
+        nft_table: KILL_SWITCH_TABLE,
+        nft: s,
+        sysctls: Vec::new(),
+        ip: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockdown_allows_only_loopback_and_link_configuration() {
+        let p = lockdown_plan();
+        assert!(p.ip.is_empty() && p.sysctls.is_empty());
+        assert_eq!(p.nft.matches("policy drop;").count(), 3);
+        let accepts: Vec<&str> = p
+            .nft
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with("accept"))
+            .collect();
+        // Every accept names loopback, or DHCP/DHCPv6/ND to link-scoped destinations.
+        for a in &accepts {
+            assert!(
+                a.contains("\"lo\"")
+                    || a.contains("255.255.255.255")
+                    || a.contains("ff02::")
+                    || a.contains("fe80::/10")
+                    || a.starts_with("udp sport 67 udp dport 68"),
+                "{a}"
+            );
+        }
+        assert!(!p.nft.contains("oifname"), "no tunnel in lockdown");
+    }
+}
