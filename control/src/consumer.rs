@@ -49,6 +49,8 @@ pub const FWMARK: u32 = 0xca6c;
 pub const TABLE: u32 = 51820;
 /// The default tunnel interface of system mode.
 pub const DEFAULT_INTERFACE: &str = "pduse0";
+/// The longest `--timeout` for bringing the tunnel up.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Options of `use`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +90,13 @@ impl UseOptions {
             let value = *it.next().with_context(|| format!("{a} needs a value"))?;
             match a {
                 "--mode" => mode = Some(value),
-                "--interface" => o.interface = value.to_owned(),
+                "--interface" => o.interface = crate::ifname(a, value)?,
                 "--resolv-conf" => {
                     o.resolv_conf = (value != "none").then(|| PathBuf::from(value));
                 }
-                "--timeout" => o.timeout = crate::parse_duration(value)?,
+                "--timeout" => {
+                    o.timeout = crate::parse_duration(value, MAX_TIMEOUT).context("--timeout")?
+                }
                 _ => bail!("use: unknown option {a}"),
             }
         }
@@ -777,6 +781,18 @@ mod tests {
             (&["a", "b", "--mode", "system"][..], "second"),
             (&["inv", "--mode", "system", "--bogus", "1"][..], "--bogus"),
             (&["inv", "--mode"][..], "needs a value"),
+            (
+                &["inv", "--mode", "system", "--timeout", "99999999999999s"][..],
+                "--timeout: duration \"99999999999999s\" is too long: at most 1h",
+            ),
+            (
+                &["inv", "--mode", "system", "--interface", "*"][..],
+                "wildcards",
+            ),
+            (
+                &["inv", "--mode", "system", "--interface", "x*"][..],
+                "wildcards",
+            ),
         ] {
             let e = UseOptions::parse(opts).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{opts:?}: {e:#}");

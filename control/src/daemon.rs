@@ -37,6 +37,8 @@ pub const SHM_PEERS: u32 = 1024;
 
 /// How long a published record is valid.
 pub const RECORD_LIFETIME: u64 = 3600;
+/// The longest `--interval` between cycles.
+const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// Options of `portdistrictd`.
 #[derive(Debug, Clone)]
@@ -152,7 +154,7 @@ impl DaemonOptions {
                 passphrase_file: one("passphrase-file").map(Into::into),
                 key_file: None,
             },
-            interface: one("interface").unwrap_or("pd0").to_owned(),
+            interface: crate::ifname("--interface", one("interface").unwrap_or("pd0"))?,
             listen_port: match one("listen-port") {
                 Some(p) => p
                     .parse()
@@ -171,7 +173,7 @@ impl DaemonOptions {
                 })
                 .collect::<anyhow::Result<_>>()?,
             interval: match one("interval") {
-                Some(i) => crate::parse_duration(i)?,
+                Some(i) => crate::parse_duration(i, MAX_INTERVAL).context("--interval")?,
                 None => Duration::from_secs(30),
             },
             once,
@@ -851,6 +853,17 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = DaemonOptions::parse(&[]).unwrap_err();
         assert!(e.to_string().contains("--tsig-secret-file"), "{e}");
+        let c = conf.to_string_lossy();
+        for (args, needle) in [
+            (&["--config", &*c, "--interface", "pd*"][..], "wildcards"),
+            (
+                &["--config", &*c, "--interval", "99999999999999s"][..],
+                "too long",
+            ),
+        ] {
+            let e = DaemonOptions::parse(args).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{args:?}: {e:#}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

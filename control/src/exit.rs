@@ -4,6 +4,9 @@
 //! `store.json` (issued invites and authorized consumers). Every write is atomic.
 
 use crate::{parse_duration, Dirs};
+
+/// The longest `--expires` of an invite (ten years).
+const MAX_EXPIRY: Duration = Duration::from_secs(3650 * 86_400);
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::invite::{Invite, Transport, MAX_ENDPOINTS};
 use portdistrict_exitnode::state::{write_atomic, write_atomic_mode};
@@ -47,7 +50,9 @@ impl InviteOptions {
                         .with_context(|| format!("--endpoint {value}: no address"))?;
                     o.endpoints.push(*first);
                 }
-                "--expires" => o.expires = parse_duration(value)?,
+                "--expires" => {
+                    o.expires = parse_duration(value, MAX_EXPIRY).context("--expires")?
+                }
                 "--uses" => {
                     o.uses = value
                         .parse()
@@ -167,7 +172,9 @@ pub fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
         .fill(&mut token)
         .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
     let negotiation = PrivateKey::generate(&mut rand_core::OsRng);
-    let expires = now() + o.expires.as_secs();
+    let expires = now()
+        .checked_add(o.expires.as_secs())
+        .context("--expires: the expiry does not fit the clock")?;
     let Some(negotiation_addr) = store.issue(
         &token,
         &negotiation.public_key().to_base64(),
@@ -382,6 +389,19 @@ mod tests {
                 "--bogus",
             ),
             (&["--endpoint"][..], "needs a value"),
+            (
+                &[
+                    "--endpoint",
+                    "192.0.2.1:1",
+                    "--expires",
+                    "18446744073709551615d",
+                ][..],
+                "--expires: duration \"18446744073709551615d\" is too long: at most 3650d",
+            ),
+            (
+                &["--endpoint", "192.0.2.1:1", "--expires", "3651d"][..],
+                "too long",
+            ),
         ] {
             let e = InviteOptions::parse(opts).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{opts:?}: {e:#}");

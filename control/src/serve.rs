@@ -73,8 +73,8 @@ impl ServeOptions {
         while let Some(&flag) = it.next() {
             let value = *it.next().with_context(|| format!("{flag} needs a value"))?;
             match flag {
-                "--uplink" => o.uplink = value.to_owned(),
-                "--interface" => o.interface = value.to_owned(),
+                "--uplink" => o.uplink = crate::ifname(flag, value)?,
+                "--interface" => o.interface = crate::ifname(flag, value)?,
                 "--listen-port" => {
                     o.listen_port =
                         value.parse().ok().filter(|&p| p > 0).with_context(|| {
@@ -540,6 +540,13 @@ mod tests {
             .contains("--uplink"));
         assert!(ServeOptions::parse(&["--uplink", "e", "--listen-port", "0"]).is_err());
         assert!(ServeOptions::parse(&["--uplink", "e", "--what", "1"]).is_err());
+        for bad in [
+            &["--uplink", "eth*"][..],
+            &["--uplink", "eth0", "--interface", "*"][..],
+        ] {
+            let e = ServeOptions::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("wildcards"), "{bad:?}: {e}");
+        }
     }
 
     #[test]
