@@ -538,19 +538,29 @@ impl Daemon {
         let ifname = self.o.interface.clone();
         let shm_path = self.dirs.run.join(format!("{ifname}.shm"));
         if !Path::new("/sys/class/net").join(&ifname).exists() {
-            // A new dataplane, programmed through a new shared-memory region.
+            // A new dataplane, programmed through a new shared-memory region: a fresh
+            // file, renamed over `shm_path` once the dataplane has mapped it. A file a
+            // dataplane maps is never truncated or rewritten in place (one still
+            // running, e.g. with its interface moved to another namespace, keeps its
+            // own region; a region shrunk under it would kill it with SIGBUS).
             std::fs::create_dir_all(&self.dirs.run)
                 .with_context(|| format!("creating {}", self.dirs.run.display()))?;
-            let region = portdistrict_shm::Region::create(&shm_path, SHM_PEERS)
-                .with_context(|| format!("creating {}", shm_path.display()))?;
+            let fresh = self.dirs.run.join(format!(".{ifname}.shm.new"));
+            let region = portdistrict_shm::Region::create(&fresh, SHM_PEERS)
+                .with_context(|| format!("creating {}", fresh.display()))?;
             let bin = crate::serve::dataplane_binary();
-            run_cmd(&[
+            if let Err(e) = run_cmd(&[
                 &bin.to_string_lossy(),
                 "--shm",
-                &shm_path.to_string_lossy(),
+                &fresh.to_string_lossy(),
                 &ifname,
-            ])
-            .with_context(|| format!("starting the dataplane {}", bin.display()))?;
+            ]) {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(e.context(format!("starting the dataplane {}", bin.display())));
+            }
+            std::fs::rename(&fresh, &shm_path).with_context(|| {
+                format!("renaming {} to {}", fresh.display(), shm_path.display())
+            })?;
             self.shm = Some(region);
         } else if self.shm.is_none() {
             // A restarted daemon takes up the region its dataplane reads, if any.

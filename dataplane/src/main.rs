@@ -221,8 +221,12 @@ fn run(
     let listener = uapi_server::bind(&name)?;
     let mtu = tun.mtu().unwrap_or(1420) as usize;
     if !foreground {
-        use std::os::fd::AsRawFd;
-        daemonize(&[tun.as_raw_fd(), listener.as_raw_fd()])?;
+        use std::os::fd::{AsFd as _, AsRawFd};
+        // The region's file stays open: its size is checked before every access.
+        let region_fd = region.as_ref().map(|r| r.as_fd().as_raw_fd());
+        let mut keep = vec![tun.as_raw_fd(), listener.as_raw_fd()];
+        keep.extend(region_fd);
+        daemonize(&keep)?;
     }
     let result = (|| {
         let signals = TermSignals::new().context("signalfd")?;
