@@ -449,6 +449,19 @@ fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
         "3",
     ]);
     let invite = Invite::decode(&line).expect("the CLI's invite decodes");
+    // The attacker's own, valid invite.
+    let line = provider.exec(&[
+        &cli(),
+        "--state-dir",
+        &st,
+        "--run-dir",
+        &rd,
+        "exit",
+        "invite",
+        "--endpoint",
+        &endpoint,
+    ]);
+    let theirs = Invite::decode(&line).expect("the CLI's invite decodes");
     let ifname = portdistrict_netns_tests::unique_ifname("pdh");
     let mut cmd = provider.command(&[
         &cli(),
@@ -553,25 +566,36 @@ fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
         .count();
     assert!(sequential < seen.len() - 1, "sequential IDs: {seen:?}");
 
-    // (3) An invite holder puts the victim's key in a request proved with its own.
-    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
-    let Message::Request { proof, .. } = request_as(&invite, &Keypair::generate()) else {
+    // (3) The holder of another invite puts the victim's key in a request proved
+    // with its own key (without the proof, the provider would move the victim's
+    // grant to this invite and give it another address).
+    let their_neg_key = PrivateKey::from_bytes(theirs.negotiation_key).to_base64();
+    let their_neg_addr = theirs.negotiation_addr.to_string();
+    as_negotiator(
+        &c,
+        &their_neg_key,
+        &their_neg_addr,
+        &provider_key,
+        &endpoint,
+    );
+    let Message::Request { proof, .. } = request_as(&theirs, &Keypair::generate()) else {
         unreachable!()
     };
     let forged = Message::Request {
-        token: invite.token,
+        token: theirs.token,
         wg_key: *PublicKey::from_base64(&victim.public).unwrap().as_bytes(),
         proof,
     };
     assert_eq!(
-        exchange(&consumer, &neg_addr, &forged),
+        exchange(&consumer, &their_neg_addr, &forged),
         Message::Nak(Refusal::BadProof)
     );
     // An old consumer's request (no proof) is refused with a reason.
     assert_eq!(
-        exchange_bytes(&consumer, &neg_addr, &v1),
+        exchange_bytes(&consumer, &their_neg_addr, &v1),
         Message::Nak(Refusal::Outdated)
     );
+    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
 
     // (4) The store is a directory for a moment: requests are answered "unavailable",
     // `exit serve` keeps running, and serves again once the store is back.
