@@ -579,11 +579,9 @@ fn set_addresses(ifname: &str, v4: IpAddr, v6: Option<IpAddr>) -> anyhow::Result
     run_cmd(&["ip", "link", "set", ifname, "up"])
 }
 
+/// The exit request for `invite` as `key`, with the proof that we hold `key`.
 fn request(invite: &Invite, key: &PrivateKey) -> Message {
-    Message::Request {
-        token: invite.token,
-        wg_key: *key.public_key().as_bytes(),
-    }
+    portdistrict_exitnode::negotiate::request(invite.token, key.as_bytes(), &invite.wg_key)
 }
 
 /// Sends `msg` from `src` to the provider's negotiation port every half second until

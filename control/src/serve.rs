@@ -6,27 +6,33 @@
 //! 100.64.0.1:51821 until SIGTERM or SIGINT, when it takes the plan back and deletes
 //! the interface.
 //!
-//! An exit request is answered by [`negotiate::answer`]; on a grant the store is saved
-//! first (a crash never forgets a grant it sent), then the consumer becomes a peer,
-//! the firewall's consumer set is replaced, and only then is the ack sent.
+//! An exit request is answered by [`negotiate::check`] (its proof of key ownership)
+//! and [`negotiate::decide`]; on a grant the store is saved first (a crash never
+//! forgets a grant it sent), then the consumer becomes a peer, the firewall's
+//! consumer set is replaced, and only then is the ack sent. The negotiation and DNS
+//! sockets are bound to the tunnel interface; negotiation datagrams are rate limited
+//! per source and in all ([`RateLimiter`]); a store that cannot be read or written
+//! for a moment is logged and answered "unavailable", never fatal.
 
 use crate::exit::{now, ExitDir};
 use crate::{dnsfwd, run_cmd, uapi, Dirs};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, undo_plan, Undo};
-use portdistrict_exitnode::negotiate::{self, Answer};
+use portdistrict_exitnode::negotiate::{self, Answer, Verified};
 use portdistrict_exitnode::policy::ProviderPolicy;
+use portdistrict_exitnode::ratelimit::{Limits, RateLimiter};
 use portdistrict_exitnode::state::write_atomic;
-use portdistrict_exitnode::store::Store;
+use portdistrict_exitnode::store::{Refusal, Store};
+use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The provider's own address inside the tunnel.
 pub const PROVIDER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
@@ -408,7 +414,7 @@ impl Serving<'_> {
             .with_context(|| format!("writing {}", undo_path.display()))?;
         let result = apply_planned(&plan, &undo, &[])
             .map_err(anyhow::Error::from)
-            .and_then(|()| self.serving(store));
+            .and_then(|()| self.serving(store, wg));
         let restored = undo_plan(&undo, &[]);
         if restored.is_ok() {
             let _ = std::fs::remove_file(undo_path);
@@ -416,7 +422,7 @@ impl Serving<'_> {
         result.and(restored.map_err(Into::into))
     }
 
-    fn serving(&self, store: Store) -> anyhow::Result<()> {
+    fn serving(&self, store: Store, wg: &PrivateKey) -> anyhow::Result<()> {
         let o = self.o;
         // The firewall went in with the store's consumers; the peers are still to add.
         let mut applied = Applied {
@@ -430,6 +436,7 @@ impl Serving<'_> {
         sync(o, &store, self.ipv6, &mut applied)?;
         let fwd = dnsfwd::Forwarder::start(
             SocketAddr::new(IpAddr::V4(PROVIDER_V4), 53),
+            Some(&o.interface),
             self.upstream,
             Arc::clone(self.term),
         )?;
@@ -441,32 +448,51 @@ impl Serving<'_> {
             if self.ipv6 { "offered" } else { "not offered" },
             self.upstream
         );
-        let result = self.answer_requests(&mut applied);
+        let result = self.answer_requests(&mut applied, wg);
         self.term.store(true, Ordering::Relaxed);
         fwd.join();
         result
     }
 
-    fn answer_requests(&self, applied: &mut Applied) -> anyhow::Result<()> {
+    fn answer_requests(&self, applied: &mut Applied, wg: &PrivateKey) -> anyhow::Result<()> {
         let o = self.o;
-        let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(PROVIDER_V4), NEGOTIATION_PORT))
-            .context("binding the negotiation port")?;
+        // Bound to the tunnel interface: a datagram that arrived on any other (a host
+        // on the uplink routing to 100.64.0.1) never reaches this socket.
+        let sock = dnsfwd::udp_on(
+            SocketAddr::new(IpAddr::V4(PROVIDER_V4), NEGOTIATION_PORT),
+            Some(&o.interface),
+        )
+        .context("binding the negotiation port")?;
         sock.set_read_timeout(Some(Duration::from_millis(200)))?;
         let resolver = IpAddr::V4(PROVIDER_V4);
+        let mut limiter = RateLimiter::new(Limits::NEGOTIATION, Instant::now());
         let mut buf = [0u8; 512];
         let mut seen = modified(&self.dir.store_path());
-        let mut last_sync = std::time::Instant::now();
+        let mut last_sync = Instant::now();
+        let mut failing = false;
         while !self.term.load(Ordering::Relaxed) {
-            // `exit revoke` / `exit invite` changed the store, or invites expired.
+            // `exit revoke` / `exit invite` changed the store, or invites expired. A
+            // store that cannot be read for a moment is retried, never fatal.
             let m = modified(&self.dir.store_path());
-            if m != seen || last_sync.elapsed() >= Duration::from_secs(5) {
+            let due = if failing { 1 } else { 5 };
+            if m != seen || last_sync.elapsed() >= Duration::from_secs(due) {
                 seen = m;
-                last_sync = std::time::Instant::now();
-                let store = {
-                    let _lock = self.dir.lock()?;
-                    self.dir.store()?
-                };
-                sync(o, &store, self.ipv6, applied)?;
+                last_sync = Instant::now();
+                let synced = self
+                    .load()
+                    .and_then(|store| sync(o, &store, self.ipv6, applied));
+                match synced {
+                    Ok(()) if failing => {
+                        eprintln!("portdistrict: the store is in line with the tunnel again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        eprintln!("portdistrict: cannot bring the tunnel in line with the store (retrying): {e:#}");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
             }
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
@@ -480,41 +506,84 @@ impl Serving<'_> {
                 {
                     continue
                 }
-                Err(e) => return Err(e).context("negotiation socket"),
+                Err(e) => {
+                    eprintln!("portdistrict: negotiation socket: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
             };
+            if !limiter.allow(from.ip(), Instant::now()) {
+                continue;
+            }
+            let reply = match negotiate::check(&buf[..n], wg.as_bytes()) {
+                Err(Answer::Refuse { reply }) => reply,
+                Err(_) => continue,
+                Ok(request) => {
+                    let reply = self.decide(&request, resolver, applied);
+                    seen = modified(&self.dir.store_path());
+                    reply
+                }
+            };
+            let _ = sock.send_to(&reply, from);
+        }
+        Ok(())
+    }
+
+    /// The store, read under its lock.
+    fn load(&self) -> anyhow::Result<Store> {
+        let _lock = self.dir.lock()?;
+        self.dir.store()
+    }
+
+    /// Decides a verified request against the store; on a grant the store is saved
+    /// (a crash never forgets a grant it sent), the consumer made a peer and let
+    /// through the firewall, and only then is the ack returned. When any of that
+    /// fails (a store unreadable or unwritable for a moment), the failure is logged
+    /// and the answer is "unavailable": nothing is acked that is not in place, and
+    /// the consumer's retry gets the same grant.
+    fn decide(&self, request: &Verified, resolver: IpAddr, applied: &mut Applied) -> Vec<u8> {
+        self.try_decide(request, resolver, applied)
+            .unwrap_or_else(|e| {
+                eprintln!("portdistrict: an exit request cannot be answered now: {e:#}");
+                Message::Nak(Refusal::Unavailable).emit()
+            })
+    }
+
+    fn try_decide(
+        &self,
+        request: &Verified,
+        resolver: IpAddr,
+        applied: &mut Applied,
+    ) -> anyhow::Result<Vec<u8>> {
+        {
             let (answer, store) = {
                 let _lock = self.dir.lock()?;
                 let mut store = self.dir.store()?;
-                let answer = negotiate::answer(&mut store, now(), &buf[..n], resolver);
+                let answer = negotiate::decide(&mut store, now(), request, resolver);
                 if let Answer::Grant { .. } = answer {
-                    // A crash never forgets a grant it sent.
                     self.dir.save(&store)?;
                 }
                 (answer, store)
             };
-            seen = modified(&self.dir.store_path());
             match answer {
-                Answer::Ignore => {}
-                Answer::Refuse { reply } => {
-                    let _ = sock.send_to(&reply, from);
-                }
+                Answer::Ignore => Ok(Message::Nak(Refusal::Unavailable).emit()),
+                Answer::Refuse { reply } => Ok(reply),
                 Answer::Grant {
                     wg_key,
                     grant,
                     reply,
                 } => {
                     // Peer and firewall first, then the ack.
-                    sync(o, &store, self.ipv6, applied)?;
-                    let _ = sock.send_to(&reply, from);
+                    sync(self.o, &store, self.ipv6, applied)?;
                     let v6 = grant.inner_v6.map(|a| format!(" {a}")).unwrap_or_default();
                     eprintln!(
                         "portdistrict: authorized {wg_key} as {}{v6}",
                         grant.inner_v4
                     );
+                    Ok(reply)
                 }
             }
         }
-        Ok(())
     }
 }
 
