@@ -537,8 +537,8 @@ impl Daemon {
         let shm_path = self.dirs.run.join(format!("{ifname}.shm"));
         if !Path::new("/sys/class/net").join(&ifname).exists() {
             // A new dataplane, programmed through a new shared-memory region.
-            std::fs::create_dir_all(&self.dirs.run)
-                .with_context(|| format!("creating {}", self.dirs.run.display()))?;
+            portdistrict_exitnode::state::private_dir(&self.dirs.run)
+                .with_context(|| format!("creating {} (mode 0700)", self.dirs.run.display()))?;
             let region = portdistrict_shm::Region::create(&shm_path, SHM_PEERS)
                 .with_context(|| format!("creating {}", shm_path.display()))?;
             let bin = crate::serve::dataplane_binary();
