@@ -556,3 +556,70 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
     assert_eq!(forwarding_sysctls(&provider.ns), sysctls_before);
     consumer.use_off();
 }
+
+/// A provider on a machine that routed before `exit serve`: its forwarding between the
+/// uplink and its LAN goes on while serving, and its sysctls are as before afterwards.
+#[test]
+fn a_router_keeps_routing_while_it_serves() {
+    let internet = Netns::new("xr-internet");
+    let pns = Netns::new("xr-provider");
+    let uplink = Veth::new(&pns, &internet, 72);
+    let lan_ns = Netns::new("xr-lan");
+    let lan = Veth::new(&pns, &lan_ns, 73);
+    for (ns, flag, via) in [
+        (&pns, "-4", uplink.v4(2).to_string()),
+        (&pns, "-6", uplink.v6(2).to_string()),
+        (&lan_ns, "-4", lan.v4(1).to_string()),
+        (&lan_ns, "-6", lan.v6(1).to_string()),
+    ] {
+        ns.exec(&["ip", flag, "route", "add", "default", "via", &via]);
+    }
+    internet.exec(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{}/24", lan.v4(0)),
+        "via",
+        &uplink.v4(1).to_string(),
+    ]);
+    internet.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        &format!("{}/64", lan.v6(0)),
+        "via",
+        &uplink.v6(1).to_string(),
+    ]);
+    pns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    pns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    let sysctls_before = forwarding_sysctls(&pns);
+    let routes = |when: &str| {
+        assert!(
+            arrives(&internet, &lan_ns, &lan.v4(2).to_string()),
+            "{when}: IPv4 uplink -> LAN"
+        );
+        assert!(
+            arrives(&internet, &lan_ns, &lan.v6(2).to_string()),
+            "{when}: IPv6 uplink -> LAN"
+        );
+        assert!(
+            arrives(&lan_ns, &internet, &uplink.v6(2).to_string()),
+            "{when}: IPv6 LAN -> uplink"
+        );
+    };
+    routes("before exit serve");
+    let provider = Provider {
+        ns: pns,
+        state: TempDir::new("xr-pstate"),
+        run: TempDir::new("xr-prun"),
+        ifname: unique_ifname("pdx"),
+        uplink: uplink.a_name().to_owned(),
+    };
+    let mut serve = provider.serve(&[]);
+    routes("while serving");
+    let status = serve.stop();
+    assert!(status.is_some_and(|s| s.success()), "exit serve: {status:?}");
+    assert_eq!(forwarding_sysctls(&provider.ns), sysctls_before);
+    routes("after exit serve");
+}
