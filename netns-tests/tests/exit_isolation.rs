@@ -619,7 +619,10 @@ fn a_router_keeps_routing_while_it_serves() {
     let mut serve = provider.serve(&[]);
     routes("while serving");
     let status = serve.stop();
-    assert!(status.is_some_and(|s| s.success()), "exit serve: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit serve: {status:?}"
+    );
     assert_eq!(forwarding_sysctls(&provider.ns), sysctls_before);
     routes("after exit serve");
 }
