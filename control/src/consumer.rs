@@ -31,7 +31,7 @@ use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, run_ip, undo_plan, Undo};
 use portdistrict_exitnode::invite::Invite;
 use portdistrict_exitnode::policy::{ConsumerPolicy, KILL_SWITCH_TABLE};
-use portdistrict_exitnode::state::{write_atomic, write_atomic_mode};
+use portdistrict_exitnode::state::{private_dir, write_atomic_mode, write_atomic_public};
 use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
@@ -161,7 +161,8 @@ impl ResolvBackup {
                 .with_context(|| format!("re-creating the link {}", p.display()))?;
             std::fs::rename(&tmp, p).with_context(|| format!("restoring {}", p.display()))?;
         } else if let Some(content) = &self.content {
-            write_atomic(p, content).with_context(|| format!("restoring {}", p.display()))?;
+            write_atomic_public(p, content)
+                .with_context(|| format!("restoring {}", p.display()))?;
         } else {
             match std::fs::remove_file(p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -204,14 +205,9 @@ struct UseDir {
 
 impl UseDir {
     fn new(dirs: &Dirs) -> anyhow::Result<UseDir> {
-        use std::os::unix::fs::DirBuilderExt as _;
         let state = dirs.state.join("use");
         for d in [&dirs.run, &state] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(d)
-                .with_context(|| format!("creating {}", d.display()))?;
+            private_dir(d).with_context(|| format!("creating {} (mode 0700)", d.display()))?;
         }
         Ok(UseDir {
             run: dirs.run.clone(),
@@ -451,7 +447,7 @@ fn bring_up(
         if r.symlink.is_some() {
             let _ = std::fs::remove_file(&r.path);
         }
-        write_atomic(&r.path, text.as_bytes())
+        write_atomic_public(&r.path, text.as_bytes())
             .with_context(|| format!("writing {}", r.path.display()))?;
     }
     dir.save(&s)?;

@@ -543,8 +543,8 @@ impl Daemon {
             // dataplane maps is never truncated or rewritten in place (one still
             // running, e.g. with its interface moved to another namespace, keeps its
             // own region; a region shrunk under it would kill it with SIGBUS).
-            std::fs::create_dir_all(&self.dirs.run)
-                .with_context(|| format!("creating {}", self.dirs.run.display()))?;
+            portdistrict_exitnode::state::private_dir(&self.dirs.run)
+                .with_context(|| format!("creating {} (mode 0700)", self.dirs.run.display()))?;
             let fresh = self.dirs.run.join(format!(".{ifname}.shm.new"));
             let region = portdistrict_shm::Region::create(&fresh, SHM_PEERS)
                 .with_context(|| format!("creating {}", fresh.display()))?;

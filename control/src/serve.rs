@@ -19,9 +19,9 @@ use crate::{dnsfwd, run_cmd, uapi, Dirs};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, undo_plan, Undo};
 use portdistrict_exitnode::negotiate::{self, Answer, Verified};
-use portdistrict_exitnode::policy::ProviderPolicy;
+use portdistrict_exitnode::policy::{Cidr, ProviderPolicy};
 use portdistrict_exitnode::ratelimit::{Limits, RateLimiter};
-use portdistrict_exitnode::state::write_atomic;
+use portdistrict_exitnode::state::{private_dir, write_atomic};
 use portdistrict_exitnode::store::{Refusal, Store};
 use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
@@ -59,13 +59,15 @@ pub struct ServeOptions {
     endpoints: Vec<SocketAddr>,
     ipv6: Ipv6Mode,
     dns_upstream: Option<SocketAddr>,
+    allow_dest: Vec<Cidr>,
 }
 
 impl ServeOptions {
     /// Parses `--uplink IFACE` (required), `--interface NAME` (default `pdexit0`),
     /// `--listen-port N` (default 51820), `--endpoint HOST:PORT` (repeatable; what
     /// invites carry from now on), `--ipv6 auto|on|off`, `--dns-upstream IP[:PORT]`
-    /// (default: the first nameserver of /etc/resolv.conf).
+    /// (default: the first nameserver of /etc/resolv.conf), `--allow-dest CIDR`
+    /// (repeatable: a blocked destination consumers may reach nonetheless).
     pub fn parse(opts: &[&str]) -> anyhow::Result<ServeOptions> {
         let mut o = ServeOptions {
             uplink: String::new(),
@@ -74,6 +76,7 @@ impl ServeOptions {
             endpoints: Vec::new(),
             ipv6: Ipv6Mode::Auto,
             dns_upstream: None,
+            allow_dest: Vec::new(),
         };
         let mut it = opts.iter();
         while let Some(&flag) = it.next() {
@@ -113,6 +116,11 @@ impl ServeOptions {
                             })?,
                     );
                 }
+                "--allow-dest" => o.allow_dest.push(
+                    value
+                        .parse::<Cidr>()
+                        .map_err(|e| anyhow::anyhow!("--allow-dest {e}"))?,
+                ),
                 _ => bail!("exit serve: unknown option {flag}"),
             }
         }
@@ -179,10 +187,85 @@ fn peers_of(store: &Store, now: u64) -> anyhow::Result<Vec<PeerChange>> {
     Ok(peers)
 }
 
-fn policy_of(o: &ServeOptions, store: &Store, ipv6: bool) -> ProviderPolicy {
+/// What the provider's firewall needs to know of the machine: the uplink's prefixes
+/// (re-read at every sync) and the forwarding the host did before the provider
+/// started (read once, before the plan).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Host {
+    uplink_prefixes: Vec<Cidr>,
+    uplink_forwarded_v4: bool,
+    forwarded_v6: bool,
+}
+
+impl Host {
+    /// Reads it now (before the plan switches forwarding on).
+    fn read(uplink: &str) -> anyhow::Result<Host> {
+        if uplink.is_empty() || uplink.contains('/') || uplink == "." || uplink == ".." {
+            bail!("--uplink {uplink:?}: not an interface name");
+        }
+        let flag = |path: String| -> anyhow::Result<bool> {
+            let v = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            Ok(v.trim() != "0")
+        };
+        Ok(Host {
+            uplink_prefixes: uplink_prefixes(uplink)?,
+            uplink_forwarded_v4: flag(format!("/proc/sys/net/ipv4/conf/{uplink}/forwarding"))?,
+            forwarded_v6: flag("/proc/sys/net/ipv6/conf/all/forwarding".to_owned())
+                .unwrap_or(false),
+        })
+    }
+}
+
+/// The prefixes of the uplink's addresses (IPv4 and IPv6, from `ip -j addr`), and
+/// the peer prefixes of point-to-point addresses.
+fn uplink_prefixes(uplink: &str) -> anyhow::Result<Vec<Cidr>> {
+    let out = Command::new("ip")
+        .args(["-j", "addr", "show", "dev", uplink])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running ip -j addr")?;
+    if !out.status.success() {
+        bail!(
+            "reading the uplink {uplink}'s addresses: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    prefixes_of(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("reading the uplink {uplink}'s addresses"))
+}
+
+/// The prefixes in an `ip -j addr` listing.
+fn prefixes_of(json: &str) -> anyhow::Result<Vec<Cidr>> {
+    let v: serde_json::Value = serde_json::from_str(json).context("unreadable ip -j output")?;
+    let mut out = Vec::new();
+    for link in v.as_array().into_iter().flatten() {
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            let Some(len) = a["prefixlen"].as_u64().and_then(|l| u8::try_from(l).ok()) else {
+                continue;
+            };
+            for key in ["local", "address"] {
+                if let Some(ip) = a[key].as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
+                    let p = Cidr::containing(ip, len);
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn policy_of(o: &ServeOptions, store: &Store, ipv6: bool, host: &Host) -> ProviderPolicy {
     ProviderPolicy {
         tunnel: o.interface.clone(),
         uplink: o.uplink.clone(),
+        provider_v4: PROVIDER_V4,
+        provider_v6: store.v6_prefix.filter(|_| ipv6).map(provider_v6),
+        uplink_prefixes: host.uplink_prefixes.clone(),
+        allow_dest: o.allow_dest.clone(),
+        uplink_forwarded_v4: host.uplink_forwarded_v4,
+        forwarded_v6: host.forwarded_v6,
         consumers_v4: store.consumers.iter().map(|c| c.inner_v4).collect(),
         consumers_v6: if ipv6 {
             store.consumers.iter().filter_map(|c| c.inner_v6).collect()
@@ -219,16 +302,33 @@ fn provider_v6(prefix: Ipv6Addr) -> Ipv6Addr {
 }
 
 /// What the provider last gave the dataplane and the firewall.
-#[derive(Default)]
 struct Applied {
     /// Peer key -> its allowed addresses.
     peers: BTreeMap<String, Vec<IpAddr>>,
     consumers: Vec<(Ipv4Addr, Option<Ipv6Addr>)>,
+    /// The machine as the firewall knows it (the uplink's prefixes follow it).
+    host: Host,
+}
+
+impl Applied {
+    /// The firewall went in with the store's consumers and `host`; no peers yet.
+    fn new(store: &Store, host: &Host) -> Applied {
+        Applied {
+            peers: BTreeMap::new(),
+            consumers: store
+                .consumers
+                .iter()
+                .map(|c| (c.inner_v4, c.inner_v6))
+                .collect(),
+            host: host.clone(),
+        }
+    }
 }
 
 /// Brings the dataplane's peers and the firewall's consumer sets in line with the
 /// store: revoked consumers and spent or expired invites' negotiation identities are
-/// removed at once.
+/// removed at once. The uplink's prefixes are read again: when its addresses changed,
+/// the firewall blocks the new ones (when they cannot be read, the last ones stay).
 fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> anyhow::Result<()> {
     let mut want = BTreeMap::new();
     for p in peers_of(store, now())? {
@@ -270,9 +370,15 @@ fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> a
         .iter()
         .map(|c| (c.inner_v4, c.inner_v6))
         .collect();
-    if consumers != applied.consumers {
-        apply_nft(&policy_of(o, store, ipv6).plan()?, &[])?;
+    let mut host = applied.host.clone();
+    match uplink_prefixes(&o.uplink) {
+        Ok(p) => host.uplink_prefixes = p,
+        Err(e) => eprintln!("portdistrict: {e:#}; the firewall keeps blocking the last ones"),
+    }
+    if consumers != applied.consumers || host != applied.host {
+        apply_nft(&policy_of(o, store, ipv6, &host).plan()?, &[])?;
         applied.consumers = consumers;
+        applied.host = host;
     }
     Ok(())
 }
@@ -302,10 +408,12 @@ fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
 pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
     let dir = ExitDir::open(dirs)?;
     let wg = dir.wg_key()?;
-    std::fs::create_dir_all(&dirs.run)
-        .with_context(|| format!("creating {}", dirs.run.display()))?;
+    private_dir(&dirs.run)
+        .with_context(|| format!("creating {} (mode 0700)", dirs.run.display()))?;
     let undo_path = dirs.run.join("exit-undo.json");
     recover(&undo_path, &o.interface)?;
+    // Before the plan switches forwarding on: what the host forwarded stays its own.
+    let host = Host::read(&o.uplink)?;
     let ipv6 = match o.ipv6 {
         Ipv6Mode::On => true,
         Ipv6Mode::Off => false,
@@ -357,6 +465,7 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
         ipv6,
         upstream,
         term: &term,
+        host,
     };
     let result = ctx.run(&wg, store, &undo_path);
     // The interface goes in any case; the dataplane exits with it.
@@ -370,6 +479,7 @@ struct Serving<'a> {
     ipv6: bool,
     upstream: SocketAddr,
     term: &'a Arc<AtomicBool>,
+    host: Host,
 }
 
 impl Serving<'_> {
@@ -407,7 +517,7 @@ impl Serving<'_> {
             ])?;
         }
         run_cmd(&["ip", "link", "set", &o.interface, "up"])?;
-        let plan = policy_of(o, &store, self.ipv6).plan()?;
+        let plan = policy_of(o, &store, self.ipv6, &self.host).plan()?;
         // The way back is on disk before the plan is applied.
         let undo = plan_undo(&plan, &[])?;
         write_atomic(undo_path, serde_json::to_string(&undo)?.as_bytes())
@@ -425,14 +535,7 @@ impl Serving<'_> {
     fn serving(&self, store: Store, wg: &PrivateKey) -> anyhow::Result<()> {
         let o = self.o;
         // The firewall went in with the store's consumers; the peers are still to add.
-        let mut applied = Applied {
-            peers: BTreeMap::new(),
-            consumers: store
-                .consumers
-                .iter()
-                .map(|c| (c.inner_v4, c.inner_v6))
-                .collect(),
-        };
+        let mut applied = Applied::new(&store, &self.host);
         sync(o, &store, self.ipv6, &mut applied)?;
         let fwd = dnsfwd::Forwarder::start(
             SocketAddr::new(IpAddr::V4(PROVIDER_V4), 53),
@@ -616,6 +719,54 @@ mod tests {
             let e = ServeOptions::parse(bad).unwrap_err().to_string();
             assert!(e.contains("wildcards"), "{bad:?}: {e}");
         }
+        let o = ServeOptions::parse(&[
+            "--uplink",
+            "e",
+            "--allow-dest",
+            "169.254.169.254",
+            "--allow-dest",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        let want: Vec<Cidr> = vec![
+            "169.254.169.254/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        assert_eq!(o.allow_dest, want);
+        let e = ServeOptions::parse(&["--uplink", "e", "--allow-dest", "10.1.2.3/8"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--allow-dest") && e.contains("10.0.0.0/8"),
+            "{e}"
+        );
+        assert!(ServeOptions::parse(&["--uplink", "e", "--allow-dest", "nope"]).is_err());
+    }
+
+    #[test]
+    fn uplink_prefixes_from_ip_json() {
+        let json = r#"[{"ifindex":2,"ifname":"eth0","addr_info":[
+            {"family":"inet","local":"10.77.42.1","prefixlen":24,"scope":"global"},
+            {"family":"inet","local":"192.0.2.1","address":"198.51.100.9","prefixlen":32},
+            {"family":"inet6","local":"2001:db8:5::1","prefixlen":64,"scope":"global"},
+            {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]}]"#;
+        let got: Vec<String> = prefixes_of(json)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.77.42.0/24",
+                "192.0.2.1/32",
+                "198.51.100.9/32",
+                "2001:db8:5::/64",
+                "fe80::/64"
+            ]
+        );
+        assert!(prefixes_of("[]").unwrap().is_empty());
+        assert!(prefixes_of("not json").is_err());
     }
 
     #[test]

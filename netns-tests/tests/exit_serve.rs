@@ -114,6 +114,17 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let internet = Netns::new("xs-internet");
     let underlay = Veth::new(&consumer, &provider, 41);
     let uplink = Veth::new(&provider, &internet, 42);
+    // The internet is a public address behind the uplink (the uplink's own subnet and
+    // private ranges are not for consumers).
+    internet.exec(&["ip", "addr", "add", "198.51.100.7/32", "dev", "lo"]);
+    provider.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &uplink.v4(2).to_string(),
+    ]);
     let state = TempDir::new("xs-state");
     let run_dir = TempDir::new("xs-run");
     let (st, rd) = (
@@ -189,7 +200,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         &endpoint,
         "0.0.0.0/0",
     );
-    c.ip(&["route", "add", "10.77.42.0/24", "dev", c.ifname()]);
+    c.ip(&["route", "add", "198.51.100.0/24", "dev", c.ifname()]);
     let mut who = internet
         .command(&["python3", "-c", WHO])
         .stdout(Stdio::piped())
@@ -199,7 +210,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    consumer.exec(&["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('10.77.42.2', 7000)) for _ in range(20)]"]);
+    consumer.exec(&["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('198.51.100.7', 7000)) for _ in range(20)]"]);
     line.clear();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let _ = who.wait();

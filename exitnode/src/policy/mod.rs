@@ -7,11 +7,13 @@
 //! first (it blocks before any route points into the tunnel), then sysctls, then
 //! rules and routes.
 
+mod cidr;
 mod consumer;
 mod provider;
 
+pub use cidr::{Cidr, CidrError};
 pub use consumer::{ConsumerPolicy, KILL_SWITCH_TABLE};
-pub use provider::{ProviderPolicy, EXIT_TABLE};
+pub use provider::{ProviderPolicy, BLOCKED_V4, BLOCKED_V6, EXIT_TABLE};
 
 use std::fmt::Write as _;
 
