@@ -45,7 +45,7 @@ use portdistrict_exitnode::apply::{
 };
 use portdistrict_exitnode::invite::Invite;
 use portdistrict_exitnode::policy::{lockdown_plan, ConsumerPolicy, KILL_SWITCH_TABLE};
-use portdistrict_exitnode::state::write_atomic_mode;
+use portdistrict_exitnode::state::{private_dir, write_atomic_mode};
 use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
@@ -63,6 +63,8 @@ pub const FWMARK: u32 = 0xca6c;
 pub const TABLE: u32 = 51820;
 /// The default tunnel interface of system mode.
 pub const DEFAULT_INTERFACE: &str = "pduse0";
+/// The longest `--timeout` for bringing the tunnel up.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Options of `use`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,13 +108,15 @@ impl UseOptions {
             let value = *it.next().with_context(|| format!("{a} needs a value"))?;
             match a {
                 "--mode" => mode = Some(value),
-                "--interface" => o.interface = value.to_owned(),
+                "--interface" => o.interface = crate::ifname(a, value)?,
                 "--resolv-conf" => {
                     o.resolv_conf = (value != "none").then(|| PathBuf::from(value));
                     file_given = true;
                 }
                 "--dns" => o.dns = resolver::Want::parse(value)?,
-                "--timeout" => o.timeout = crate::parse_duration(value)?,
+                "--timeout" => {
+                    o.timeout = crate::parse_duration(value, MAX_TIMEOUT).context("--timeout")?
+                }
                 _ => bail!("use: unknown option {a}"),
             }
         }
@@ -189,13 +193,8 @@ struct UseDir {
 
 impl UseDir {
     fn new(dirs: &Dirs) -> anyhow::Result<UseDir> {
-        use std::os::unix::fs::DirBuilderExt as _;
         let state = dirs.state.join("use");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&state)
-            .with_context(|| format!("creating {}", state.display()))?;
+        private_dir(&state).with_context(|| format!("creating {} (mode 0700)", state.display()))?;
         Ok(UseDir {
             run: dirs.run.clone(),
             state,
@@ -631,11 +630,9 @@ fn set_addresses(ifname: &str, v4: IpAddr, v6: Option<IpAddr>) -> anyhow::Result
     run_cmd(&["ip", "link", "set", ifname, "up"])
 }
 
+/// The exit request for `invite` as `key`, with the proof that we hold `key`.
 fn request(invite: &Invite, key: &PrivateKey) -> Message {
-    Message::Request {
-        token: invite.token,
-        wg_key: *key.public_key().as_bytes(),
-    }
+    portdistrict_exitnode::negotiate::request(invite.token, key.as_bytes(), &invite.wg_key)
 }
 
 /// Sends `msg` from `src` to the provider's negotiation port every half second until
@@ -870,6 +867,18 @@ mod tests {
             (&["a", "b", "--mode", "system"][..], "second"),
             (&["inv", "--mode", "system", "--bogus", "1"][..], "--bogus"),
             (&["inv", "--mode"][..], "needs a value"),
+            (
+                &["inv", "--mode", "system", "--timeout", "99999999999999s"][..],
+                "--timeout: duration \"99999999999999s\" is too long: at most 1h",
+            ),
+            (
+                &["inv", "--mode", "system", "--interface", "*"][..],
+                "wildcards",
+            ),
+            (
+                &["inv", "--mode", "system", "--interface", "x*"][..],
+                "wildcards",
+            ),
         ] {
             let e = UseOptions::parse(opts).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{opts:?}: {e:#}");

@@ -37,6 +37,8 @@ pub const SHM_PEERS: u32 = 1024;
 
 /// How long a published record is valid.
 pub const RECORD_LIFETIME: u64 = 3600;
+/// The longest `--interval` between cycles.
+const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// Options of `portdistrictd`.
 #[derive(Debug, Clone)]
@@ -152,7 +154,7 @@ impl DaemonOptions {
                 passphrase_file: one("passphrase-file").map(Into::into),
                 key_file: None,
             },
-            interface: one("interface").unwrap_or("pd0").to_owned(),
+            interface: crate::ifname("--interface", one("interface").unwrap_or("pd0"))?,
             listen_port: match one("listen-port") {
                 Some(p) => p
                     .parse()
@@ -171,7 +173,7 @@ impl DaemonOptions {
                 })
                 .collect::<anyhow::Result<_>>()?,
             interval: match one("interval") {
-                Some(i) => crate::parse_duration(i)?,
+                Some(i) => crate::parse_duration(i, MAX_INTERVAL).context("--interval")?,
                 None => Duration::from_secs(30),
             },
             once,
@@ -536,19 +538,29 @@ impl Daemon {
         let ifname = self.o.interface.clone();
         let shm_path = self.dirs.run.join(format!("{ifname}.shm"));
         if !Path::new("/sys/class/net").join(&ifname).exists() {
-            // A new dataplane, programmed through a new shared-memory region.
-            std::fs::create_dir_all(&self.dirs.run)
-                .with_context(|| format!("creating {}", self.dirs.run.display()))?;
-            let region = portdistrict_shm::Region::create(&shm_path, SHM_PEERS)
-                .with_context(|| format!("creating {}", shm_path.display()))?;
+            // A new dataplane, programmed through a new shared-memory region: a fresh
+            // file, renamed over `shm_path` once the dataplane has mapped it. A file a
+            // dataplane maps is never truncated or rewritten in place (one still
+            // running, e.g. with its interface moved to another namespace, keeps its
+            // own region; a region shrunk under it would kill it with SIGBUS).
+            portdistrict_exitnode::state::private_dir(&self.dirs.run)
+                .with_context(|| format!("creating {} (mode 0700)", self.dirs.run.display()))?;
+            let fresh = self.dirs.run.join(format!(".{ifname}.shm.new"));
+            let region = portdistrict_shm::Region::create(&fresh, SHM_PEERS)
+                .with_context(|| format!("creating {}", fresh.display()))?;
             let bin = crate::serve::dataplane_binary();
-            run_cmd(&[
+            if let Err(e) = run_cmd(&[
                 &bin.to_string_lossy(),
                 "--shm",
-                &shm_path.to_string_lossy(),
+                &fresh.to_string_lossy(),
                 &ifname,
-            ])
-            .with_context(|| format!("starting the dataplane {}", bin.display()))?;
+            ]) {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(e.context(format!("starting the dataplane {}", bin.display())));
+            }
+            std::fs::rename(&fresh, &shm_path).with_context(|| {
+                format!("renaming {} to {}", fresh.display(), shm_path.display())
+            })?;
             self.shm = Some(region);
         } else if self.shm.is_none() {
             // A restarted daemon takes up the region its dataplane reads, if any.
@@ -851,6 +863,17 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = DaemonOptions::parse(&[]).unwrap_err();
         assert!(e.to_string().contains("--tsig-secret-file"), "{e}");
+        let c = conf.to_string_lossy();
+        for (args, needle) in [
+            (&["--config", &*c, "--interface", "pd*"][..], "wildcards"),
+            (
+                &["--config", &*c, "--interval", "99999999999999s"][..],
+                "too long",
+            ),
+        ] {
+            let e = DaemonOptions::parse(args).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{args:?}: {e:#}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -256,8 +256,8 @@ pub fn request(dirs: &Dirs, name: &str, namespace: &str) -> anyhow::Result<Strin
             device_path(dirs).display()
         );
     }
-    std::fs::create_dir_all(&dirs.state)
-        .with_context(|| format!("creating {}", dirs.state.display()))?;
+    portdistrict_exitnode::state::private_dir(&dirs.state)
+        .with_context(|| format!("creating {} (mode 0700)", dirs.state.display()))?;
     let keys = fresh_keys()?;
     let line = crate::records::DeviceRequest::encode(&keys, namespace, name)?;
     let file = DeviceFile {

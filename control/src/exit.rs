@@ -1,12 +1,17 @@
 //! The provider's offline exit commands: they read and write the exit state under
 //! `STATE_DIR/exit/` (created 0700): `signing.pk8` (the Ed25519 key that signs
-//! invites, 0600), `wg.key` (the provider's WireGuard private key, 0600) and
-//! `store.json` (issued invites and authorized consumers). Every write is atomic.
+//! invites), `wg.key` (the provider's WireGuard private key) and `store.json` (issued
+//! invites and authorized consumers), all 0600 (an existing file or directory that
+//! others may read is made private when the directory is opened). Every write is
+//! atomic.
 
 use crate::{parse_duration, Dirs};
+
+/// The longest `--expires` of an invite (ten years).
+const MAX_EXPIRY: Duration = Duration::from_secs(3650 * 86_400);
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::invite::{Invite, Transport, MAX_ENDPOINTS};
-use portdistrict_exitnode::state::{write_atomic, write_atomic_mode};
+use portdistrict_exitnode::state::{private_dir, write_atomic, write_atomic_mode};
 use portdistrict_exitnode::store::Store;
 use portdistrict_wg::PrivateKey;
 use ring::rand::{SecureRandom as _, SystemRandom};
@@ -47,7 +52,9 @@ impl InviteOptions {
                         .with_context(|| format!("--endpoint {value}: no address"))?;
                     o.endpoints.push(*first);
                 }
-                "--expires" => o.expires = parse_duration(value)?,
+                "--expires" => {
+                    o.expires = parse_duration(value, MAX_EXPIRY).context("--expires")?
+                }
                 "--uses" => {
                     o.uses = value
                         .parse()
@@ -69,14 +76,13 @@ impl InviteOptions {
 pub(crate) struct ExitDir(PathBuf);
 
 impl ExitDir {
+    /// Creates the directory 0700 (and the state directory), or makes existing ones
+    /// and their files private (0700, 0600).
     pub(crate) fn open(dirs: &Dirs) -> anyhow::Result<ExitDir> {
-        use std::os::unix::fs::DirBuilderExt as _;
         let dir = dirs.state.join("exit");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
+        for d in [&dirs.state, &dir] {
+            private_dir(d).with_context(|| format!("creating {} (mode 0700)", d.display()))?;
+        }
         Ok(ExitDir(dir))
     }
 
@@ -110,9 +116,15 @@ impl ExitDir {
     /// Serializes read-modify-write of the store between the commands and a running
     /// `exit serve` (released when the file is dropped).
     pub(crate) fn lock(&self) -> anyhow::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let path = self.path("store.lock");
-        let f =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
         f.lock()
             .with_context(|| format!("locking {}", path.display()))?;
         Ok(f)
@@ -167,7 +179,9 @@ pub fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
         .fill(&mut token)
         .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
     let negotiation = PrivateKey::generate(&mut rand_core::OsRng);
-    let expires = now() + o.expires.as_secs();
+    let expires = now()
+        .checked_add(o.expires.as_secs())
+        .context("--expires: the expiry does not fit the clock")?;
     let Some(negotiation_addr) = store.issue(
         &token,
         &negotiation.public_key().to_base64(),
@@ -382,6 +396,19 @@ mod tests {
                 "--bogus",
             ),
             (&["--endpoint"][..], "needs a value"),
+            (
+                &[
+                    "--endpoint",
+                    "192.0.2.1:1",
+                    "--expires",
+                    "18446744073709551615d",
+                ][..],
+                "--expires: duration \"18446744073709551615d\" is too long: at most 3650d",
+            ),
+            (
+                &["--endpoint", "192.0.2.1:1", "--expires", "3651d"][..],
+                "too long",
+            ),
         ] {
             let e = InviteOptions::parse(opts).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{opts:?}: {e:#}");

@@ -107,23 +107,49 @@ impl Dirs {
     }
 }
 
-/// `90s`, `30m`, `24h`, `7d`.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+/// An interface name given with `flag`, checked once where it is taken (see
+/// [`portdistrict_exitnode::policy::check_ifname`]: no nftables wildcards such as `*`).
+pub(crate) fn ifname(flag: &str, value: &str) -> anyhow::Result<String> {
+    portdistrict_exitnode::policy::check_ifname(value)
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    Ok(value.to_owned())
+}
+
+/// `90s`, `30m`, `24h`, `7d`: above zero and at most `max` (each option has its own
+/// bound, so that no deadline or expiry computed from it can overflow).
+pub fn parse_duration(s: &str, max: Duration) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
         .with_context(|| format!("duration {s:?}: expected a number and a unit, like 24h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let scale: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => bail!("duration {s:?}: the unit must be s, m, h or d"),
     };
-    if secs == 0 {
+    if n == 0 {
         bail!("duration {s:?} must be above zero");
     }
-    Ok(Duration::from_secs(secs))
+    match n.checked_mul(scale) {
+        Some(secs) if secs <= max.as_secs() => Ok(Duration::from_secs(secs)),
+        _ => bail!("duration {s:?} is too long: at most {}", human(max)),
+    }
+}
+
+/// `max` as the largest whole unit that states it exactly (`1h`, `3650d`, `90s`).
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else if s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 #[cfg(test)]
@@ -132,14 +158,54 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        let max = Duration::from_secs(10 * 86_400);
         assert_eq!(
-            parse_duration("7d").unwrap(),
+            parse_duration("24h", max).unwrap(),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(parse_duration("90s", max).unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("7d", max).unwrap(),
             Duration::from_secs(7 * 86_400)
         );
-        for bad in ["", "h", "10", "10y", "0h", "-1h"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        assert_eq!(parse_duration("10d", max).unwrap(), max);
+        for bad in ["", "h", "10", "10y", "0h", "-1h", "11d", "241h"] {
+            assert!(parse_duration(bad, max).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn huge_durations_are_refused_not_wrapped() {
+        let max = Duration::from_secs(3600);
+        for huge in [
+            "99999999999999s",
+            "18446744073709551615s",
+            "18446744073709551615d",
+            "307445734561825861m",
+            "99999999999999999999999s",
+        ] {
+            let e = parse_duration(huge, max).unwrap_err().to_string();
+            assert!(
+                e.contains("too long") || e.contains("expected a number"),
+                "{huge}: {e}"
+            );
+        }
+        assert!(parse_duration("18446744073709551615d", Duration::MAX)
+            .unwrap_err()
+            .to_string()
+            .contains("too long"));
+        assert_eq!(
+            parse_duration("2h", max).unwrap_err().to_string(),
+            "duration \"2h\" is too long: at most 1h"
+        );
+    }
+
+    #[test]
+    fn interface_names_with_wildcards_are_refused_where_taken() {
+        for bad in ["*", "x*", "pd?", "a b", ""] {
+            let e = ifname("--interface", bad).unwrap_err().to_string();
+            assert!(e.starts_with("--interface: interface name"), "{bad}: {e}");
+        }
+        assert_eq!(ifname("--interface", "pduse0").unwrap(), "pduse0");
     }
 }

@@ -86,12 +86,8 @@ fn dir(dirs: &Dirs) -> PathBuf {
 }
 
 fn make_dir(d: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(d)
-        .with_context(|| format!("creating {}", d.display()))
+    portdistrict_exitnode::state::private_dir(d)
+        .with_context(|| format!("creating {} (mode 0700)", d.display()))
 }
 
 /// The passphrase from `--passphrase-file` (its first line) or the terminal.

@@ -6,27 +6,33 @@
 //! 100.64.0.1:51821 until SIGTERM or SIGINT, when it takes the plan back and deletes
 //! the interface.
 //!
-//! An exit request is answered by [`negotiate::answer`]; on a grant the store is saved
-//! first (a crash never forgets a grant it sent), then the consumer becomes a peer,
-//! the firewall's consumer set is replaced, and only then is the ack sent.
+//! An exit request is answered by [`negotiate::check`] (its proof of key ownership)
+//! and [`negotiate::decide`]; on a grant the store is saved first (a crash never
+//! forgets a grant it sent), then the consumer becomes a peer, the firewall's
+//! consumer set is replaced, and only then is the ack sent. The negotiation and DNS
+//! sockets are bound to the tunnel interface; negotiation datagrams are rate limited
+//! per source and in all ([`RateLimiter`]); a store that cannot be read or written
+//! for a moment is logged and answered "unavailable", never fatal.
 
 use crate::exit::{now, ExitDir};
 use crate::{dnsfwd, run_cmd, uapi, Dirs};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, undo_plan, Undo};
-use portdistrict_exitnode::negotiate::{self, Answer};
-use portdistrict_exitnode::policy::ProviderPolicy;
-use portdistrict_exitnode::state::write_atomic;
-use portdistrict_exitnode::store::Store;
+use portdistrict_exitnode::negotiate::{self, Answer, Verified};
+use portdistrict_exitnode::policy::{Cidr, ProviderPolicy};
+use portdistrict_exitnode::ratelimit::{Limits, RateLimiter};
+use portdistrict_exitnode::state::{private_dir, write_atomic};
+use portdistrict_exitnode::store::{Refusal, Store};
+use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The provider's own address inside the tunnel.
 pub const PROVIDER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
@@ -53,13 +59,15 @@ pub struct ServeOptions {
     endpoints: Vec<SocketAddr>,
     ipv6: Ipv6Mode,
     dns_upstream: Option<SocketAddr>,
+    allow_dest: Vec<Cidr>,
 }
 
 impl ServeOptions {
     /// Parses `--uplink IFACE` (required), `--interface NAME` (default `pdexit0`),
     /// `--listen-port N` (default 51820), `--endpoint HOST:PORT` (repeatable; what
     /// invites carry from now on), `--ipv6 auto|on|off`, `--dns-upstream IP[:PORT]`
-    /// (default: the first nameserver of /etc/resolv.conf).
+    /// (default: the first nameserver of /etc/resolv.conf), `--allow-dest CIDR`
+    /// (repeatable: a blocked destination consumers may reach nonetheless).
     pub fn parse(opts: &[&str]) -> anyhow::Result<ServeOptions> {
         let mut o = ServeOptions {
             uplink: String::new(),
@@ -68,13 +76,14 @@ impl ServeOptions {
             endpoints: Vec::new(),
             ipv6: Ipv6Mode::Auto,
             dns_upstream: None,
+            allow_dest: Vec::new(),
         };
         let mut it = opts.iter();
         while let Some(&flag) = it.next() {
             let value = *it.next().with_context(|| format!("{flag} needs a value"))?;
             match flag {
-                "--uplink" => o.uplink = value.to_owned(),
-                "--interface" => o.interface = value.to_owned(),
+                "--uplink" => o.uplink = crate::ifname(flag, value)?,
+                "--interface" => o.interface = crate::ifname(flag, value)?,
                 "--listen-port" => {
                     o.listen_port =
                         value.parse().ok().filter(|&p| p > 0).with_context(|| {
@@ -107,6 +116,11 @@ impl ServeOptions {
                             })?,
                     );
                 }
+                "--allow-dest" => o.allow_dest.push(
+                    value
+                        .parse::<Cidr>()
+                        .map_err(|e| anyhow::anyhow!("--allow-dest {e}"))?,
+                ),
                 _ => bail!("exit serve: unknown option {flag}"),
             }
         }
@@ -173,10 +187,85 @@ fn peers_of(store: &Store, now: u64) -> anyhow::Result<Vec<PeerChange>> {
     Ok(peers)
 }
 
-fn policy_of(o: &ServeOptions, store: &Store, ipv6: bool) -> ProviderPolicy {
+/// What the provider's firewall needs to know of the machine: the uplink's prefixes
+/// (re-read at every sync) and the forwarding the host did before the provider
+/// started (read once, before the plan).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Host {
+    uplink_prefixes: Vec<Cidr>,
+    uplink_forwarded_v4: bool,
+    forwarded_v6: bool,
+}
+
+impl Host {
+    /// Reads it now (before the plan switches forwarding on).
+    fn read(uplink: &str) -> anyhow::Result<Host> {
+        if uplink.is_empty() || uplink.contains('/') || uplink == "." || uplink == ".." {
+            bail!("--uplink {uplink:?}: not an interface name");
+        }
+        let flag = |path: String| -> anyhow::Result<bool> {
+            let v = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            Ok(v.trim() != "0")
+        };
+        Ok(Host {
+            uplink_prefixes: uplink_prefixes(uplink)?,
+            uplink_forwarded_v4: flag(format!("/proc/sys/net/ipv4/conf/{uplink}/forwarding"))?,
+            forwarded_v6: flag("/proc/sys/net/ipv6/conf/all/forwarding".to_owned())
+                .unwrap_or(false),
+        })
+    }
+}
+
+/// The prefixes of the uplink's addresses (IPv4 and IPv6, from `ip -j addr`), and
+/// the peer prefixes of point-to-point addresses.
+fn uplink_prefixes(uplink: &str) -> anyhow::Result<Vec<Cidr>> {
+    let out = Command::new("ip")
+        .args(["-j", "addr", "show", "dev", uplink])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running ip -j addr")?;
+    if !out.status.success() {
+        bail!(
+            "reading the uplink {uplink}'s addresses: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    prefixes_of(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("reading the uplink {uplink}'s addresses"))
+}
+
+/// The prefixes in an `ip -j addr` listing.
+fn prefixes_of(json: &str) -> anyhow::Result<Vec<Cidr>> {
+    let v: serde_json::Value = serde_json::from_str(json).context("unreadable ip -j output")?;
+    let mut out = Vec::new();
+    for link in v.as_array().into_iter().flatten() {
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            let Some(len) = a["prefixlen"].as_u64().and_then(|l| u8::try_from(l).ok()) else {
+                continue;
+            };
+            for key in ["local", "address"] {
+                if let Some(ip) = a[key].as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
+                    let p = Cidr::containing(ip, len);
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn policy_of(o: &ServeOptions, store: &Store, ipv6: bool, host: &Host) -> ProviderPolicy {
     ProviderPolicy {
         tunnel: o.interface.clone(),
         uplink: o.uplink.clone(),
+        provider_v4: PROVIDER_V4,
+        provider_v6: store.v6_prefix.filter(|_| ipv6).map(provider_v6),
+        uplink_prefixes: host.uplink_prefixes.clone(),
+        allow_dest: o.allow_dest.clone(),
+        uplink_forwarded_v4: host.uplink_forwarded_v4,
+        forwarded_v6: host.forwarded_v6,
         consumers_v4: store.consumers.iter().map(|c| c.inner_v4).collect(),
         consumers_v6: if ipv6 {
             store.consumers.iter().filter_map(|c| c.inner_v6).collect()
@@ -213,16 +302,33 @@ fn provider_v6(prefix: Ipv6Addr) -> Ipv6Addr {
 }
 
 /// What the provider last gave the dataplane and the firewall.
-#[derive(Default)]
 struct Applied {
     /// Peer key -> its allowed addresses.
     peers: BTreeMap<String, Vec<IpAddr>>,
     consumers: Vec<(Ipv4Addr, Option<Ipv6Addr>)>,
+    /// The machine as the firewall knows it (the uplink's prefixes follow it).
+    host: Host,
+}
+
+impl Applied {
+    /// The firewall went in with the store's consumers and `host`; no peers yet.
+    fn new(store: &Store, host: &Host) -> Applied {
+        Applied {
+            peers: BTreeMap::new(),
+            consumers: store
+                .consumers
+                .iter()
+                .map(|c| (c.inner_v4, c.inner_v6))
+                .collect(),
+            host: host.clone(),
+        }
+    }
 }
 
 /// Brings the dataplane's peers and the firewall's consumer sets in line with the
 /// store: revoked consumers and spent or expired invites' negotiation identities are
-/// removed at once.
+/// removed at once. The uplink's prefixes are read again: when its addresses changed,
+/// the firewall blocks the new ones (when they cannot be read, the last ones stay).
 fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> anyhow::Result<()> {
     let mut want = BTreeMap::new();
     for p in peers_of(store, now())? {
@@ -264,9 +370,15 @@ fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> a
         .iter()
         .map(|c| (c.inner_v4, c.inner_v6))
         .collect();
-    if consumers != applied.consumers {
-        apply_nft(&policy_of(o, store, ipv6).plan()?, &[])?;
+    let mut host = applied.host.clone();
+    match uplink_prefixes(&o.uplink) {
+        Ok(p) => host.uplink_prefixes = p,
+        Err(e) => eprintln!("portdistrict: {e:#}; the firewall keeps blocking the last ones"),
+    }
+    if consumers != applied.consumers || host != applied.host {
+        apply_nft(&policy_of(o, store, ipv6, &host).plan()?, &[])?;
         applied.consumers = consumers;
+        applied.host = host;
     }
     Ok(())
 }
@@ -296,10 +408,12 @@ fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
 pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
     let dir = ExitDir::open(dirs)?;
     let wg = dir.wg_key()?;
-    std::fs::create_dir_all(&dirs.run)
-        .with_context(|| format!("creating {}", dirs.run.display()))?;
+    private_dir(&dirs.run)
+        .with_context(|| format!("creating {} (mode 0700)", dirs.run.display()))?;
     let undo_path = dirs.run.join("exit-undo.json");
     recover(&undo_path, &o.interface)?;
+    // Before the plan switches forwarding on: what the host forwarded stays its own.
+    let host = Host::read(&o.uplink)?;
     let ipv6 = match o.ipv6 {
         Ipv6Mode::On => true,
         Ipv6Mode::Off => false,
@@ -351,6 +465,7 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
         ipv6,
         upstream,
         term: &term,
+        host,
     };
     let result = ctx.run(&wg, store, &undo_path);
     // The interface goes in any case; the dataplane exits with it.
@@ -364,6 +479,7 @@ struct Serving<'a> {
     ipv6: bool,
     upstream: SocketAddr,
     term: &'a Arc<AtomicBool>,
+    host: Host,
 }
 
 impl Serving<'_> {
@@ -401,14 +517,14 @@ impl Serving<'_> {
             ])?;
         }
         run_cmd(&["ip", "link", "set", &o.interface, "up"])?;
-        let plan = policy_of(o, &store, self.ipv6).plan()?;
+        let plan = policy_of(o, &store, self.ipv6, &self.host).plan()?;
         // The way back is on disk before the plan is applied.
         let undo = plan_undo(&plan, &[])?;
         write_atomic(undo_path, serde_json::to_string(&undo)?.as_bytes())
             .with_context(|| format!("writing {}", undo_path.display()))?;
         let result = apply_planned(&plan, &undo, &[])
             .map_err(anyhow::Error::from)
-            .and_then(|()| self.serving(store));
+            .and_then(|()| self.serving(store, wg));
         let restored = undo_plan(&undo, &[]);
         if restored.is_ok() {
             let _ = std::fs::remove_file(undo_path);
@@ -416,20 +532,14 @@ impl Serving<'_> {
         result.and(restored.map_err(Into::into))
     }
 
-    fn serving(&self, store: Store) -> anyhow::Result<()> {
+    fn serving(&self, store: Store, wg: &PrivateKey) -> anyhow::Result<()> {
         let o = self.o;
         // The firewall went in with the store's consumers; the peers are still to add.
-        let mut applied = Applied {
-            peers: BTreeMap::new(),
-            consumers: store
-                .consumers
-                .iter()
-                .map(|c| (c.inner_v4, c.inner_v6))
-                .collect(),
-        };
+        let mut applied = Applied::new(&store, &self.host);
         sync(o, &store, self.ipv6, &mut applied)?;
         let fwd = dnsfwd::Forwarder::start(
             SocketAddr::new(IpAddr::V4(PROVIDER_V4), 53),
+            Some(&o.interface),
             self.upstream,
             Arc::clone(self.term),
         )?;
@@ -441,32 +551,51 @@ impl Serving<'_> {
             if self.ipv6 { "offered" } else { "not offered" },
             self.upstream
         );
-        let result = self.answer_requests(&mut applied);
+        let result = self.answer_requests(&mut applied, wg);
         self.term.store(true, Ordering::Relaxed);
         fwd.join();
         result
     }
 
-    fn answer_requests(&self, applied: &mut Applied) -> anyhow::Result<()> {
+    fn answer_requests(&self, applied: &mut Applied, wg: &PrivateKey) -> anyhow::Result<()> {
         let o = self.o;
-        let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V4(PROVIDER_V4), NEGOTIATION_PORT))
-            .context("binding the negotiation port")?;
+        // Bound to the tunnel interface: a datagram that arrived on any other (a host
+        // on the uplink routing to 100.64.0.1) never reaches this socket.
+        let sock = dnsfwd::udp_on(
+            SocketAddr::new(IpAddr::V4(PROVIDER_V4), NEGOTIATION_PORT),
+            Some(&o.interface),
+        )
+        .context("binding the negotiation port")?;
         sock.set_read_timeout(Some(Duration::from_millis(200)))?;
         let resolver = IpAddr::V4(PROVIDER_V4);
+        let mut limiter = RateLimiter::new(Limits::NEGOTIATION, Instant::now());
         let mut buf = [0u8; 512];
         let mut seen = modified(&self.dir.store_path());
-        let mut last_sync = std::time::Instant::now();
+        let mut last_sync = Instant::now();
+        let mut failing = false;
         while !self.term.load(Ordering::Relaxed) {
-            // `exit revoke` / `exit invite` changed the store, or invites expired.
+            // `exit revoke` / `exit invite` changed the store, or invites expired. A
+            // store that cannot be read for a moment is retried, never fatal.
             let m = modified(&self.dir.store_path());
-            if m != seen || last_sync.elapsed() >= Duration::from_secs(5) {
+            let due = if failing { 1 } else { 5 };
+            if m != seen || last_sync.elapsed() >= Duration::from_secs(due) {
                 seen = m;
-                last_sync = std::time::Instant::now();
-                let store = {
-                    let _lock = self.dir.lock()?;
-                    self.dir.store()?
-                };
-                sync(o, &store, self.ipv6, applied)?;
+                last_sync = Instant::now();
+                let synced = self
+                    .load()
+                    .and_then(|store| sync(o, &store, self.ipv6, applied));
+                match synced {
+                    Ok(()) if failing => {
+                        eprintln!("portdistrict: the store is in line with the tunnel again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        eprintln!("portdistrict: cannot bring the tunnel in line with the store (retrying): {e:#}");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
             }
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
@@ -480,41 +609,84 @@ impl Serving<'_> {
                 {
                     continue
                 }
-                Err(e) => return Err(e).context("negotiation socket"),
+                Err(e) => {
+                    eprintln!("portdistrict: negotiation socket: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
             };
+            if !limiter.allow(from.ip(), Instant::now()) {
+                continue;
+            }
+            let reply = match negotiate::check(&buf[..n], wg.as_bytes()) {
+                Err(Answer::Refuse { reply }) => reply,
+                Err(_) => continue,
+                Ok(request) => {
+                    let reply = self.decide(&request, resolver, applied);
+                    seen = modified(&self.dir.store_path());
+                    reply
+                }
+            };
+            let _ = sock.send_to(&reply, from);
+        }
+        Ok(())
+    }
+
+    /// The store, read under its lock.
+    fn load(&self) -> anyhow::Result<Store> {
+        let _lock = self.dir.lock()?;
+        self.dir.store()
+    }
+
+    /// Decides a verified request against the store; on a grant the store is saved
+    /// (a crash never forgets a grant it sent), the consumer made a peer and let
+    /// through the firewall, and only then is the ack returned. When any of that
+    /// fails (a store unreadable or unwritable for a moment), the failure is logged
+    /// and the answer is "unavailable": nothing is acked that is not in place, and
+    /// the consumer's retry gets the same grant.
+    fn decide(&self, request: &Verified, resolver: IpAddr, applied: &mut Applied) -> Vec<u8> {
+        self.try_decide(request, resolver, applied)
+            .unwrap_or_else(|e| {
+                eprintln!("portdistrict: an exit request cannot be answered now: {e:#}");
+                Message::Nak(Refusal::Unavailable).emit()
+            })
+    }
+
+    fn try_decide(
+        &self,
+        request: &Verified,
+        resolver: IpAddr,
+        applied: &mut Applied,
+    ) -> anyhow::Result<Vec<u8>> {
+        {
             let (answer, store) = {
                 let _lock = self.dir.lock()?;
                 let mut store = self.dir.store()?;
-                let answer = negotiate::answer(&mut store, now(), &buf[..n], resolver);
+                let answer = negotiate::decide(&mut store, now(), request, resolver);
                 if let Answer::Grant { .. } = answer {
-                    // A crash never forgets a grant it sent.
                     self.dir.save(&store)?;
                 }
                 (answer, store)
             };
-            seen = modified(&self.dir.store_path());
             match answer {
-                Answer::Ignore => {}
-                Answer::Refuse { reply } => {
-                    let _ = sock.send_to(&reply, from);
-                }
+                Answer::Ignore => Ok(Message::Nak(Refusal::Unavailable).emit()),
+                Answer::Refuse { reply } => Ok(reply),
                 Answer::Grant {
                     wg_key,
                     grant,
                     reply,
                 } => {
                     // Peer and firewall first, then the ack.
-                    sync(o, &store, self.ipv6, applied)?;
-                    let _ = sock.send_to(&reply, from);
+                    sync(self.o, &store, self.ipv6, applied)?;
                     let v6 = grant.inner_v6.map(|a| format!(" {a}")).unwrap_or_default();
                     eprintln!(
                         "portdistrict: authorized {wg_key} as {}{v6}",
                         grant.inner_v4
                     );
+                    Ok(reply)
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -540,6 +712,61 @@ mod tests {
             .contains("--uplink"));
         assert!(ServeOptions::parse(&["--uplink", "e", "--listen-port", "0"]).is_err());
         assert!(ServeOptions::parse(&["--uplink", "e", "--what", "1"]).is_err());
+        for bad in [
+            &["--uplink", "eth*"][..],
+            &["--uplink", "eth0", "--interface", "*"][..],
+        ] {
+            let e = ServeOptions::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("wildcards"), "{bad:?}: {e}");
+        }
+        let o = ServeOptions::parse(&[
+            "--uplink",
+            "e",
+            "--allow-dest",
+            "169.254.169.254",
+            "--allow-dest",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        let want: Vec<Cidr> = vec![
+            "169.254.169.254/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        assert_eq!(o.allow_dest, want);
+        let e = ServeOptions::parse(&["--uplink", "e", "--allow-dest", "10.1.2.3/8"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--allow-dest") && e.contains("10.0.0.0/8"),
+            "{e}"
+        );
+        assert!(ServeOptions::parse(&["--uplink", "e", "--allow-dest", "nope"]).is_err());
+    }
+
+    #[test]
+    fn uplink_prefixes_from_ip_json() {
+        let json = r#"[{"ifindex":2,"ifname":"eth0","addr_info":[
+            {"family":"inet","local":"10.77.42.1","prefixlen":24,"scope":"global"},
+            {"family":"inet","local":"192.0.2.1","address":"198.51.100.9","prefixlen":32},
+            {"family":"inet6","local":"2001:db8:5::1","prefixlen":64,"scope":"global"},
+            {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]}]"#;
+        let got: Vec<String> = prefixes_of(json)
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10.77.42.0/24",
+                "192.0.2.1/32",
+                "198.51.100.9/32",
+                "2001:db8:5::/64",
+                "fe80::/64"
+            ]
+        );
+        assert!(prefixes_of("[]").unwrap().is_empty());
+        assert!(prefixes_of("not json").is_err());
     }
 
     #[test]

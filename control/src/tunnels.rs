@@ -9,7 +9,7 @@
 
 use crate::{uapi, Dirs};
 use anyhow::{bail, Context as _};
-use portdistrict_exitnode::state::write_atomic;
+use portdistrict_exitnode::state::{private_dir, write_atomic};
 use portdistrict_wg::uapi::{PeerChange, SetRequest};
 use portdistrict_wg::PublicKey;
 use serde::{Deserialize, Serialize};
@@ -53,8 +53,8 @@ fn disconnected_path(dirs: &Dirs) -> PathBuf {
 
 /// Written by the daemon after each cycle.
 pub fn save(dirs: &Dirs, f: &TunnelsFile) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&dirs.run)
-        .with_context(|| format!("creating {}", dirs.run.display()))?;
+    private_dir(&dirs.run)
+        .with_context(|| format!("creating {} (mode 0700)", dirs.run.display()))?;
     write_atomic(
         &tunnels_path(dirs),
         serde_json::to_string_pretty(f)?.as_bytes(),
@@ -258,7 +258,8 @@ pub fn set_connected(dirs: &Dirs, name: &str, connect: bool) -> anyhow::Result<S
             off.push(name.to_owned());
         }
     }
-    std::fs::create_dir_all(&dirs.state)?;
+    private_dir(&dirs.state)
+        .with_context(|| format!("creating {} (mode 0700)", dirs.state.display()))?;
     write_atomic(
         &disconnected_path(dirs),
         serde_json::to_string_pretty(&off)?.as_bytes(),

@@ -831,7 +831,7 @@ impl Driver {
         }
         if link.stats_due(now) {
             let port = self.udp.as_ref().map_or(self.listen_port, UdpSockets::port);
-            link.write_stats(&self.device.snapshot(port, self.fwmark));
+            link.write_stats(&name, &self.device.snapshot(port, self.fwmark));
         }
         self.shm = Some(link);
     }

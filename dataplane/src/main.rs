@@ -91,8 +91,16 @@ fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
         }
     }
     let ifname = ifname.with_context(|| format!("missing IFNAME\n\n{USAGE}"))?;
-    if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ']) {
-        anyhow::bail!("invalid interface name {ifname:?}: at most 15 characters, no '/' or spaces");
+    // What wg-quick takes: 1-15 of [a-zA-Z0-9_=+.-]. Above all no `*`, which nftables
+    // reads as a wildcard in a kill switch's `oifname "<tunnel>" accept`.
+    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'=' | b'+' | b'.' | b'-');
+    if ifname.is_empty()
+        || ifname.len() > 15
+        || ifname == "."
+        || ifname == ".."
+        || !ifname.bytes().all(valid)
+    {
+        anyhow::bail!("invalid interface name {ifname:?}: use 1-15 letters, digits or _=+.- (no wildcards such as '*', no '/' or spaces)");
     }
     Ok(if stats {
         Mode::Stats { ifname }
@@ -213,8 +221,12 @@ fn run(
     let listener = uapi_server::bind(&name)?;
     let mtu = tun.mtu().unwrap_or(1420) as usize;
     if !foreground {
-        use std::os::fd::AsRawFd;
-        daemonize(&[tun.as_raw_fd(), listener.as_raw_fd()])?;
+        use std::os::fd::{AsFd as _, AsRawFd};
+        // The region's file stays open: its size is checked before every access.
+        let region_fd = region.as_ref().map(|r| r.as_fd().as_raw_fd());
+        let mut keep = vec![tun.as_raw_fd(), listener.as_raw_fd()];
+        keep.extend(region_fd);
+        daemonize(&keep)?;
     }
     let result = (|| {
         let signals = TermSignals::new().context("signalfd")?;
@@ -300,6 +312,38 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod interface_name_tests {
+    use super::*;
+
+    fn parse(name: &str) -> anyhow::Result<Mode> {
+        parse_args(&["--foreground".to_owned(), name.to_owned()])
+    }
+
+    #[test]
+    fn wildcards_and_odd_names_are_refused() {
+        for bad in [
+            "*",
+            "x*",
+            "wg?",
+            "a b",
+            "a/b",
+            "",
+            ".",
+            "..",
+            "a234567890123456",
+            "a:1",
+            "a\"b",
+        ] {
+            let e = parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("invalid interface name"), "{bad:?}: {e}");
+        }
+        for good in ["wg0", "pd-exit_0", "a=b+c.d", "a23456789012345"] {
+            assert!(parse(good).is_ok(), "{good}");
         }
     }
 }

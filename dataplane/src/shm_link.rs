@@ -3,7 +3,10 @@
 //! consistent copy and applies the difference to the last one it applied (so an
 //! unchanged peer keeps its sessions); it runs queued commands ("handshake now") and
 //! writes the peers' statistics back once a second. A corrupt region is logged once
-//! per generation and counted (`shm_errors`); the last good configuration stays.
+//! per generation and counted (`shm_errors`); the last good configuration stays. A
+//! region whose file shrank or was overwritten in place is not touched (the region
+//! checks the file before every access): each refused access is counted, the failure
+//! logged once, and the dataplane keeps forwarding with what it applied last.
 
 use portdistrict_shm::{Command, Config, PeerStats, Region, ShmError};
 use portdistrict_wg::uapi::{AllowedIpChange, DeviceSnapshot, PeerChange, SetRequest};
@@ -19,6 +22,8 @@ pub struct ShmLink {
     applied_gen: u64,
     applied: Option<Config>,
     reported_gen: Option<u64>,
+    /// The region is unusable and that was logged (until an access succeeds again).
+    reported_unusable: bool,
     next_stats: Instant,
     /// Configurations applied.
     pub updates: u64,
@@ -34,15 +39,38 @@ impl ShmLink {
             applied_gen: 0,
             applied: None,
             reported_gen: None,
+            reported_unusable: false,
             next_stats: Instant::now(),
             updates: 0,
             errors: 0,
         }
     }
 
+    /// Counts an access the region refused as a whole (shrunk, reset, unreadable).
+    fn unusable(&mut self, ifname: &str, e: &ShmError) {
+        self.errors += 1;
+        if !self.reported_unusable {
+            self.reported_unusable = true;
+            log::error!(
+                "{ifname}: shared memory {}: {e}; forwarding goes on with the last good \
+                 configuration",
+                self.region.path().display()
+            );
+        }
+    }
+
     /// The change to apply, if the producer published a new configuration.
     pub fn poll_config(&mut self, ifname: &str) -> Option<SetRequest> {
-        let gen = self.region.config_generation();
+        let gen = match self.region.config_generation() {
+            Ok(g) => {
+                self.reported_unusable = false;
+                g
+            }
+            Err(e) => {
+                self.unusable(ifname, &e);
+                return None;
+            }
+        };
         if gen == self.applied_gen || gen % 2 == 1 {
             return None;
         }
@@ -55,6 +83,10 @@ impl ShmLink {
                 Some(req)
             }
             Err(ShmError::Busy) => None,
+            Err(e @ (ShmError::Shrunk { .. } | ShmError::Reset(_) | ShmError::Io { .. })) => {
+                self.unusable(ifname, &e);
+                None
+            }
             Err(e) => {
                 self.errors += 1;
                 if self.reported_gen != Some(gen) {
@@ -70,15 +102,21 @@ impl ShmLink {
 
     /// The next queued command.
     pub fn next_command(&mut self, ifname: &str) -> Option<Command> {
-        loop {
+        // A corrupt entry is skipped; a ring holds at most RING_CAPACITY of them.
+        for _ in 0..=portdistrict_shm::RING_CAPACITY {
             match self.region.pop_command() {
                 Ok(c) => return c,
-                Err(e) => {
+                Err(e @ ShmError::Corrupt(_)) => {
                     self.errors += 1;
                     log::error!("{ifname}: shared memory command ring: {e}");
                 }
+                Err(e) => {
+                    self.unusable(ifname, &e);
+                    return None;
+                }
             }
         }
+        None
     }
 
     /// Whether the statistics are due.
@@ -91,7 +129,7 @@ impl ShmLink {
     }
 
     /// Writes the peers' statistics back.
-    pub fn write_stats(&self, snap: &DeviceSnapshot) {
+    pub fn write_stats(&mut self, ifname: &str, snap: &DeviceSnapshot) {
         let stats: Vec<PeerStats> = snap
             .peers
             .iter()
@@ -103,7 +141,9 @@ impl ShmLink {
                 endpoint: p.endpoint,
             })
             .collect();
-        self.region.write_stats(&stats);
+        if let Err(e) = self.region.write_stats(&stats) {
+            self.unusable(ifname, &e);
+        }
     }
 }
 
@@ -164,6 +204,45 @@ mod tests {
             keepalive: 25,
             allowed: vec![(std::net::IpAddr::from([10, 0, 0, k]), 32)],
         }
+    }
+
+    #[test]
+    fn a_region_that_shrank_is_counted_and_the_last_configuration_stays() {
+        let path = std::env::temp_dir().join(format!("pd-shm-link-{}", std::process::id()));
+        let control = Region::create(&path, 4).unwrap();
+        let cfg = Config {
+            private_key: Some([1; 32]),
+            listen_port: 51820,
+            fwmark: 0,
+            peers: vec![peer(1)],
+        };
+        control.write_config(&cfg).unwrap();
+        control.push_command(Command::Handshake([1; 32])).unwrap();
+        let mut link = ShmLink::new(Region::open(&path).unwrap());
+        assert!(link.poll_config("t0").is_some());
+        assert_eq!(link.next_command("t0"), Some(Command::Handshake([1; 32])));
+        // Someone truncates the file: nothing is applied, nothing faults, every
+        // refused access is counted, and the loop is not held (no endless retry).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(link.poll_config("t0").is_none());
+        assert_eq!(link.next_command("t0"), None);
+        link.write_stats(
+            "t0",
+            &DeviceSnapshot {
+                private_key: None,
+                listen_port: 51820,
+                fwmark: 0,
+                peers: Vec::new(),
+            },
+        );
+        assert_eq!(link.errors, 3);
+        assert_eq!(link.applied.as_ref(), Some(&cfg), "the last good one stays");
+        assert_eq!(link.updates, 1);
     }
 
     #[test]

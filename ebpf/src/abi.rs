@@ -34,7 +34,8 @@ pub struct Config {
 // and any bit pattern is a valid value.
 unsafe impl aya::Pod for Config {}
 
-/// `struct pd_source`: a source address, IPv4 as `::ffff:a.b.c.d`.
+/// `struct pd_source`: a source, IPv4 as `::ffff:a.b.c.d`, IPv6 as its /64 (the last
+/// 8 bytes zero).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Source {

@@ -62,6 +62,11 @@ fn udp4(src: [u8; 4], dst_port: u16, payload: &[u8]) -> Vec<u8> {
 
 /// Ethernet + IPv6, optionally with a hop-by-hop options header, + UDP.
 fn udp6(dst_port: u16, hop_by_hop: bool, payload: &[u8]) -> Vec<u8> {
+    udp6_from([0xfd; 16], dst_port, hop_by_hop, payload)
+}
+
+/// [`udp6`] from the source address `src`.
+fn udp6_from(src: [u8; 16], dst_port: u16, hop_by_hop: bool, payload: &[u8]) -> Vec<u8> {
     let mut f = eth(0x86dd);
     let udp = checksum_free_udp(40000, dst_port, payload);
     let ext: &[u8] = if hop_by_hop {
@@ -73,7 +78,7 @@ fn udp6(dst_port: u16, hop_by_hop: bool, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&((ext.len() + udp.len()) as u16).to_be_bytes());
     f.push(if hop_by_hop { 0 } else { 17 });
     f.push(64);
-    f.extend_from_slice(&[0xfd; 16]);
+    f.extend_from_slice(&src);
     f.extend_from_slice(&[0xfe; 16]);
     f.extend_from_slice(ext);
     f.extend_from_slice(&udp);
@@ -517,6 +522,62 @@ fn under_load_initiations_pass_a_per_source_token_bucket() {
     );
     r.p.set_under_load(false).unwrap();
     r.expect("load over", &init(SRC), PASS, Some(Counter::PassInitiation));
+}
+
+#[test]
+fn under_load_an_ipv6_source_is_limited_by_its_64() {
+    if !root() {
+        return;
+    }
+    let mut p = program();
+    p.set_rate(1, 5).unwrap();
+    p.set_under_load(true).unwrap();
+    let mut r = Run::new(p);
+    // 2001:db8:0:1::/64 with a different interface identifier for every initiation.
+    let from = |net: u16, host: u64| {
+        let mut a = [0u8; 16];
+        a[..8].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, (net >> 8) as u8, net as u8]);
+        a[8..].copy_from_slice(&host.to_be_bytes());
+        udp6_from(a, PORT, false, &wg(1, 148, 4, 9))
+    };
+    for i in 0..5 {
+        r.expect(
+            &format!("burst {i}, a new address of the /64"),
+            &from(1, 0x1000 + i),
+            PASS,
+            Some(Counter::PassInitiation),
+        );
+    }
+    for i in 0..20 {
+        r.expect(
+            &format!("rotated address {i} of the same /64"),
+            &from(1, 0xdead_0000 + i),
+            DROP,
+            Some(Counter::DropRateLimited),
+        );
+    }
+    // Another /64 (even the neighbouring one) has its own bucket.
+    for i in 0..5 {
+        r.expect(
+            &format!("another /64, burst {i}"),
+            &from(2, 0x1000 + i),
+            PASS,
+            Some(Counter::PassInitiation),
+        );
+    }
+    r.expect(
+        "another /64, over its burst",
+        &from(2, 7),
+        DROP,
+        Some(Counter::DropRateLimited),
+    );
+    // An IPv4 source never shares a bucket with an IPv6 /64.
+    r.expect(
+        "IPv4 source",
+        &udp4(SRC, PORT, &wg(1, 148, 4, 9)),
+        PASS,
+        Some(Counter::PassInitiation),
+    );
 }
 
 #[test]

@@ -153,6 +153,12 @@ pub fn apply_plan(plan: &Plan, prefix: &[&str]) -> Result<Undo, ApplyError> {
 pub fn plan_undo(plan: &Plan, prefix: &[&str]) -> Result<Undo, ApplyError> {
     let mut sysctls = Vec::new();
     for s in &plan.sysctls {
+        if let Some(family) = forwarding_switch(&s.name) {
+            // Writing it rewrites every interface's flag: record them all, before it,
+            // so that undo restores the switch first and then each interface.
+            let listing = run(prefix, &["sysctl", &format!("net.{family}.conf")], None)?;
+            sysctls.extend(per_interface(&listing, family));
+        }
         let old = run(prefix, &["sysctl", "-n", &s.name], None)?
             .trim()
             .to_owned();
@@ -280,6 +286,45 @@ fn replacing(c: &IpCommand) -> IpCommand {
     c
 }
 
+/// `ipv4` or `ipv6` when `name` is that family's global forwarding switch
+/// (`net.ipvN.conf.all.forwarding`): the kernel copies a write of it into every
+/// interface's `forwarding` (and with IPv6 forwarding on, `accept_ra = 1` stops
+/// accepting router advertisements).
+fn forwarding_switch(name: &str) -> Option<&'static str> {
+    match name {
+        "net.ipv4.conf.all.forwarding" | "net.ipv4.ip_forward" => Some("ipv4"),
+        "net.ipv6.conf.all.forwarding" => Some("ipv6"),
+        _ => None,
+    }
+}
+
+/// The per-interface (and `default`) `forwarding` values, and for IPv6 `accept_ra`,
+/// in a `sysctl net.ipvN.conf` listing (`name = value` lines).
+fn per_interface(listing: &str, family: &str) -> Vec<(String, String)> {
+    let head = format!("net.{family}.conf.");
+    let keys: &[&str] = if family == "ipv6" {
+        &["forwarding", "accept_ra"]
+    } else {
+        &["forwarding"]
+    };
+    let mut out = Vec::new();
+    for line in listing.lines() {
+        let Some((name, value)) = line.split_once(" = ") else {
+            continue;
+        };
+        let Some((iface, key)) = name
+            .strip_prefix(&head)
+            .and_then(|rest| rest.rsplit_once('.'))
+        else {
+            continue;
+        };
+        if iface != "all" && keys.contains(&key) {
+            out.push((name.to_owned(), value.trim().to_owned()));
+        }
+    }
+    out
+}
+
 /// Runs one `ip` command of a plan.
 pub fn run_ip(c: &IpCommand, prefix: &[&str]) -> Result<(), ApplyError> {
     run(prefix, &ip_argv(c), None).map(|_| ())
@@ -367,6 +412,33 @@ mod tests {
             {"rule": {"chain": "output", "expr": []}}, {"rule": {"chain": "output", "expr": []}}]}"#;
         assert_eq!(rules_per_chain(json).unwrap(), want);
         assert!(rules_per_chain("not json").is_err());
+    }
+
+    #[test]
+    fn a_forwarding_switch_records_every_interface_first() {
+        assert_eq!(
+            forwarding_switch("net.ipv6.conf.all.forwarding"),
+            Some("ipv6")
+        );
+        assert_eq!(forwarding_switch("net.ipv6.conf.eth0.forwarding"), None);
+        assert_eq!(forwarding_switch("net.ipv4.conf.eth0.forwarding"), None);
+        let listing = "net.ipv6.conf.all.accept_ra = 1\nnet.ipv6.conf.all.forwarding = 0\n\
+            net.ipv6.conf.default.accept_ra = 1\nnet.ipv6.conf.default.forwarding = 0\n\
+            net.ipv6.conf.eth0.accept_ra = 2\nnet.ipv6.conf.eth0.forwarding = 1\n\
+            net.ipv6.conf.eth0.mtu = 1500\nnet.ipv6.conf.eth0/100.forwarding = 0\n";
+        let got = per_interface(listing, "ipv6");
+        let want: Vec<(String, String)> = [
+            ("net.ipv6.conf.default.accept_ra", "1"),
+            ("net.ipv6.conf.default.forwarding", "0"),
+            ("net.ipv6.conf.eth0.accept_ra", "2"),
+            ("net.ipv6.conf.eth0.forwarding", "1"),
+            ("net.ipv6.conf.eth0/100.forwarding", "0"),
+        ]
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+        assert_eq!(got, want);
+        assert!(per_interface(listing, "ipv4").is_empty());
     }
 
     #[test]

@@ -15,13 +15,16 @@
 //! - [`store`]: the provider's issued invites and authorized consumers, and the
 //!   decision on an exit request (token known, unexpired, uses left, not revoked).
 //! - [`wire`]: the exit negotiation messages (request, ack, nak) with golden bytes.
-//! - [`negotiate`]: the provider's answer to one negotiation datagram.
+//! - [`negotiate`]: the provider's answer to one negotiation datagram, and the proof
+//!   of key ownership a request carries.
+//! - [`ratelimit`]: per-source and global limits on negotiation datagrams.
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod invite;
 pub mod negotiate;
 pub mod policy;
+pub mod ratelimit;
 pub mod state;
 pub mod store;
 pub mod wire;

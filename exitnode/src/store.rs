@@ -73,16 +73,29 @@ pub enum Refusal {
     /// No inner address is left.
     #[error("the provider has no inner address left")]
     Full,
+    /// The request is in an older negotiation format, without proof of key ownership.
+    #[error("the request is in an outdated negotiation format: upgrade portdistrict")]
+    Outdated,
+    /// The request's proof was not made with the private key of the key it registers.
+    #[error("the request does not prove ownership of the WireGuard key it registers")]
+    BadProof,
+    /// The provider could not decide now (its state is unreadable or unwritable for a
+    /// moment); nothing changed.
+    #[error("the provider cannot record the request right now; try again later")]
+    Unavailable,
 }
 
 impl Refusal {
     /// Every refusal.
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::UnknownToken,
         Refusal::Expired,
         Refusal::UsedUp,
         Refusal::Revoked,
         Refusal::Full,
+        Refusal::Outdated,
+        Refusal::BadProof,
+        Refusal::Unavailable,
     ];
 }
 

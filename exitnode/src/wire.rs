@@ -2,12 +2,19 @@
 //! provider's negotiation port. Layouts (integers big-endian):
 //!
 //! ```text
-//! request: "PDX" | 1 (version) | 1 (type) | token [16] | consumer WireGuard key [32]
-//! ack:     "PDX" | 1           | 2        | inner_v4 [4] | has_v6 u8 | inner_v6 [16]
+//! request: "PDX" | 2 (version) | 1 (type) | token [16] | consumer WireGuard key [32]
+//!          | proof [32]
+//! ack:     "PDX" | 2           | 2        | inner_v4 [4] | has_v6 u8 | inner_v6 [16]
 //!          | resolver family u8 (4|6) | resolver [4|16]
-//! nak:     "PDX" | 1           | 3        | reason u8 (1 unknown token, 2 expired,
-//!          3 used up, 4 revoked, 5 full)
+//! nak:     "PDX" | 2           | 3        | reason u8 (1 unknown token, 2 expired,
+//!          3 used up, 4 revoked, 5 full, 6 outdated request, 7 bad proof,
+//!          8 unavailable)
 //! ```
+//!
+//! The proof shows that the sender holds the private key of the WireGuard key it
+//! registers ([`crate::negotiate::request`] makes it, [`crate::negotiate::check`]
+//! verifies it). Version 1 requests had none: they parse as
+//! [`WireError::Outdated`] and the provider refuses them.
 //!
 //! [`Message::parse`] never panics and names what is wrong; [`Message::emit`] writes
 //! exactly what `parse` reads back.
@@ -17,7 +24,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const MAGIC: &[u8; 3] = b"PDX";
 /// The negotiation protocol version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// Bytes of a request before its proof (what the proof covers).
+pub const REQUEST_SIGNED_LEN: usize = 5 + 16 + 32;
 
 /// One negotiation message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +37,9 @@ pub enum Message {
         token: [u8; 16],
         /// The consumer's WireGuard public key.
         wg_key: [u8; 32],
+        /// Proof of holding `wg_key`'s private key: a MAC over the bytes before it
+        /// under a key only that key's holder and the provider can derive.
+        proof: [u8; 32],
     },
     /// Provider -> consumer: authorized; these are your addresses and resolver.
     Ack {
@@ -51,6 +63,9 @@ pub enum WireError {
     /// A later protocol version.
     #[error("exit negotiation version {0} is newer than this portdistrict: upgrade")]
     Version(u8),
+    /// An earlier protocol version, no longer accepted.
+    #[error("exit negotiation version {0} is no longer accepted (version 2 proves key ownership): upgrade the consumer")]
+    Outdated(u8),
     /// An unknown message type or reason code.
     #[error("unknown exit negotiation {0} {1}")]
     Unknown(&'static str, u8),
@@ -68,8 +83,11 @@ impl Message {
         if &head[..3] != MAGIC {
             return Err(WireError::NotNegotiation);
         }
-        if head[3] != VERSION {
+        if head[3] > VERSION {
             return Err(WireError::Version(head[3]));
+        }
+        if head[3] < VERSION {
+            return Err(WireError::Outdated(head[3]));
         }
         let len = |n: usize| {
             if body.len() == n {
@@ -80,14 +98,15 @@ impl Message {
         };
         match head[4] {
             1 => {
-                len(48)?;
+                len(80)?;
+                let short = WireError::Length(b.len());
+                let (token, rest) = body.split_first_chunk::<16>().ok_or(short)?;
+                let (wg_key, rest) = rest.split_first_chunk::<32>().ok_or(short)?;
+                let (proof, _) = rest.split_first_chunk::<32>().ok_or(short)?;
                 Ok(Message::Request {
-                    token: body[..16]
-                        .try_into()
-                        .map_err(|_| WireError::Length(b.len()))?,
-                    wg_key: body[16..48]
-                        .try_into()
-                        .map_err(|_| WireError::Length(b.len()))?,
+                    token: *token,
+                    wg_key: *wg_key,
+                    proof: *proof,
                 })
             }
             2 => parse_ack(body).ok_or(WireError::Length(b.len()))?,
@@ -99,6 +118,9 @@ impl Message {
                     3 => Refusal::UsedUp,
                     4 => Refusal::Revoked,
                     5 => Refusal::Full,
+                    6 => Refusal::Outdated,
+                    7 => Refusal::BadProof,
+                    8 => Refusal::Unavailable,
                     x => return Err(WireError::Unknown("refusal", x)),
                 };
                 Ok(Message::Nak(r))
@@ -112,10 +134,15 @@ impl Message {
         let mut out = MAGIC.to_vec();
         out.push(VERSION);
         match self {
-            Message::Request { token, wg_key } => {
+            Message::Request {
+                token,
+                wg_key,
+                proof,
+            } => {
                 out.push(1);
                 out.extend_from_slice(token);
                 out.extend_from_slice(wg_key);
+                out.extend_from_slice(proof);
             }
             Message::Ack {
                 inner_v4,
@@ -145,6 +172,9 @@ impl Message {
                     Refusal::UsedUp => 3,
                     Refusal::Revoked => 4,
                     Refusal::Full => 5,
+                    Refusal::Outdated => 6,
+                    Refusal::BadProof => 7,
+                    Refusal::Unavailable => 8,
                 });
             }
         }
@@ -180,18 +210,41 @@ fn parse_ack(body: &[u8]) -> Option<Result<Message, WireError>> {
 mod tests {
     use super::*;
 
+    fn unhex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+
     #[test]
     fn golden_request() {
         let m = Message::Request {
             token: [0xab; 16],
             wg_key: [0xcd; 32],
+            proof: [0xef; 32],
         };
         let b = m.emit();
-        assert_eq!(&b[..5], b"PDX\x01\x01");
-        assert_eq!(b.len(), 5 + 16 + 32);
-        assert_eq!(&b[5..7], &[0xab, 0xab]);
-        assert_eq!(b[21], 0xcd);
+        assert_eq!(
+            b,
+            unhex(
+                "50445802 01
+                 abababababababababababababababab
+                 cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd
+                 efefefefefefefefefefefefefefefefefefefefefefefefefefefefefefefef"
+            )
+        );
+        assert_eq!(b.len(), REQUEST_SIGNED_LEN + 32);
         assert_eq!(Message::parse(&b), Ok(m));
+    }
+
+    #[test]
+    fn version_1_requests_are_outdated() {
+        let mut v1 = b"PDX\x01\x01".to_vec();
+        v1.extend_from_slice(&[0xab; 16]);
+        v1.extend_from_slice(&[0xcd; 32]);
+        assert_eq!(Message::parse(&v1), Err(WireError::Outdated(1)));
+        assert!(WireError::Outdated(1).to_string().contains("upgrade"));
     }
 
     #[test]
@@ -202,7 +255,7 @@ mod tests {
             resolver: IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)),
         };
         let b = m.emit();
-        assert_eq!(&b[..10], b"PDX\x01\x02\x64\x40\x00\x02\x01");
+        assert_eq!(&b[..10], b"PDX\x02\x02\x64\x40\x00\x02\x01");
         assert_eq!(&b[b.len() - 5..], &[4, 100, 64, 0, 1]);
         assert_eq!(Message::parse(&b), Ok(m));
         let v6only = Message::Ack {
@@ -223,17 +276,17 @@ mod tests {
             Message::parse(b"XYZ\x01\x01"),
             Err(WireError::NotNegotiation)
         );
-        assert_eq!(Message::parse(b"PDX\x02\x01"), Err(WireError::Version(2)));
+        assert_eq!(Message::parse(b"PDX\x03\x01"), Err(WireError::Version(3)));
         assert_eq!(
-            Message::parse(b"PDX\x01\x09"),
+            Message::parse(b"PDX\x02\x09"),
             Err(WireError::Unknown("message type", 9))
         );
         assert_eq!(
-            Message::parse(b"PDX\x01\x03\x07"),
-            Err(WireError::Unknown("refusal", 7))
+            Message::parse(b"PDX\x02\x03\x09"),
+            Err(WireError::Unknown("refusal", 9))
         );
         assert_eq!(
-            Message::parse(b"PDX\x01\x01\x00"),
+            Message::parse(b"PDX\x02\x01\x00"),
             Err(WireError::Length(6))
         );
         let mut ack = Message::Ack {
@@ -249,6 +302,7 @@ mod tests {
             Message::Request {
                 token: [1; 16],
                 wg_key: [2; 32],
+                proof: [3; 32],
             }
             .emit(),
             ack,

@@ -55,15 +55,34 @@ fn consumer_lockdown() {
 
 #[test]
 fn provider() {
-    let p = ProviderPolicy {
+    check("provider.txt", &provider_policy().plan().unwrap().render());
+}
+
+fn provider_policy() -> ProviderPolicy {
+    ProviderPolicy {
         tunnel: "pdexit0".into(),
         uplink: "eth0".into(),
+        provider_v4: "100.64.0.1".parse().unwrap(),
+        provider_v6: Some("fd7a:115c:a1e0::1".parse().unwrap()),
         consumers_v4: vec!["100.64.0.2".parse().unwrap()],
         consumers_v6: vec!["fd7a:115c:a1e0::2".parse().unwrap()],
         ipv6: true,
         negotiation_port: 51821,
-    };
-    check("provider.txt", &p.plan().unwrap().render());
+        uplink_prefixes: vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "2001:db8:5::/64".parse().unwrap(),
+        ],
+        allow_dest: Vec::new(),
+        uplink_forwarded_v4: false,
+        forwarded_v6: false,
+    }
+}
+
+#[test]
+fn provider_with_allow_dest() {
+    let mut p = provider_policy();
+    p.allow_dest = vec!["169.254.169.254/32".parse().unwrap()];
+    check("provider-allow-dest.txt", &p.plan().unwrap().render());
 }
 
 /// The README shows the rulesets we ship exactly as `exitnode` renders them.

@@ -7,6 +7,7 @@
 //! single-use invite is refused. SIGTERM takes everything back.
 
 use portdistrict_exitnode::invite::Invite;
+use portdistrict_exitnode::negotiate;
 use portdistrict_exitnode::store::Refusal;
 use portdistrict_exitnode::wire::Message;
 use portdistrict_netns_tests::{
@@ -62,8 +63,18 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The exit request for `invite` as `me`, with its proof of key ownership.
+fn request_as(invite: &Invite, me: &Keypair) -> Message {
+    let key = PrivateKey::from_base64(&me.private).expect("a generated key");
+    negotiate::request(invite.token, key.as_bytes(), &invite.wg_key)
+}
+
 fn exchange(ns: &Netns, src: &str, msg: &Message) -> Message {
-    let out = ns.exec(&["python3", "-c", EXCHANGE, src, &hex(&msg.emit())]);
+    exchange_bytes(ns, src, &msg.emit())
+}
+
+fn exchange_bytes(ns: &Netns, src: &str, bytes: &[u8]) -> Message {
+    let out = ns.exec(&["python3", "-c", EXCHANGE, src, &hex(bytes)]);
     let bytes: Vec<u8> = (0..out.trim().len() / 2)
         .map(|i| u8::from_str_radix(&out.trim()[2 * i..2 * i + 2], 16).unwrap())
         .collect();
@@ -103,6 +114,17 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let internet = Netns::new("xs-internet");
     let underlay = Veth::new(&consumer, &provider, 41);
     let uplink = Veth::new(&provider, &internet, 42);
+    // The internet is a public address behind the uplink (the uplink's own subnet and
+    // private ranges are not for consumers).
+    internet.exec(&["ip", "addr", "add", "198.51.100.7/32", "dev", "lo"]);
+    provider.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &uplink.v4(2).to_string(),
+    ]);
     let state = TempDir::new("xs-state");
     let run_dir = TempDir::new("xs-run");
     let (st, rd) = (
@@ -160,11 +182,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
 
     let me = Keypair::generate();
-    let my_key = *PublicKey::from_base64(&me.public).unwrap().as_bytes();
-    let request = Message::Request {
-        token: invite.token,
-        wg_key: my_key,
-    };
+    let request = request_as(&invite, &me);
     let Message::Ack {
         inner_v4, resolver, ..
     } = exchange(&consumer, &neg_addr, &request)
@@ -182,7 +200,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         &endpoint,
         "0.0.0.0/0",
     );
-    c.ip(&["route", "add", "10.77.42.0/24", "dev", c.ifname()]);
+    c.ip(&["route", "add", "198.51.100.0/24", "dev", c.ifname()]);
     let mut who = internet
         .command(&["python3", "-c", WHO])
         .stdout(Stdio::piped())
@@ -192,7 +210,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    consumer.exec(&["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('10.77.42.2', 7000)) for _ in range(20)]"]);
+    consumer.exec(&["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('198.51.100.7', 7000)) for _ in range(20)]"]);
     line.clear();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     let _ = who.wait();
@@ -226,10 +244,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
 
     // The single-use invite is spent: another consumer is refused.
     let other = Keypair::generate();
-    let again = Message::Request {
-        token: invite.token,
-        wg_key: *PublicKey::from_base64(&other.public).unwrap().as_bytes(),
-    };
+    let again = request_as(&invite, &other);
     as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
     assert_eq!(
         exchange(&consumer, &neg_addr, &again),
@@ -277,6 +292,367 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let tables = provider.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("portdistrict_exit"), "{tables}");
     assert!(!provider.has_link(&ifname));
+}
+
+/// A DNS upstream on 10.77.44.2:53 that logs "source-port id" of each query to the
+/// file argv[1] and answers each with two spoofs first — right ID and question from
+/// another port, right ID and port with another question — then the real answer
+/// (marked REAL).
+const UPSTREAM: &str = r#"
+import socket, sys, time
+log = open(sys.argv[1], "a")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.77.44.2", 53))
+other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+other.bind(("10.77.44.2", 5353))
+print("ready", flush=True)
+while True:
+    q, src = s.recvfrom(512)
+    print(src[1], int.from_bytes(q[:2], "big"), file=log, flush=True)
+    a = bytearray(q); a[2] |= 0x80
+    other.sendto(bytes(a) + b"SPOOF", src)
+    b = bytearray(a); b[13] ^= 1
+    s.sendto(bytes(b) + b"SPOOF", src)
+    time.sleep(0.05)
+    s.sendto(bytes(a) + b"REAL", src)
+"#;
+
+/// Asks 100.64.0.1:53 for each name in argv[2:] from argv[1]; prints "name ok" (the
+/// real answer to its question), "name spoof", "name bad" or "name none".
+const QUERY: &str = r#"
+import socket, sys, os
+def query(name):
+    qid = os.urandom(2)
+    return qid + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(
+        bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\x00\x00\x01\x00\x01"
+for name in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], 0))
+    s.settimeout(1)
+    q = query(name)
+    res = "none"
+    for _ in range(5):
+        s.sendto(q, ("100.64.0.1", 53))
+        try:
+            a = s.recv(600)
+        except (socket.timeout, OSError):
+            continue
+        if a.endswith(b"SPOOF"):
+            res = "spoof"
+        elif a[:2] == q[:2] and a[12:len(q)] == q[12:] and a.endswith(b"REAL"):
+            res = "ok"
+        else:
+            res = "bad"
+        break
+    print(name, res, flush=True)
+"#;
+
+/// From a host on the provider's uplink: a DNS query (UDP, TCP) and an exit request
+/// (version 1, which today's provider would refuse with a nak) to 100.64.0.1; prints
+/// what answered, or "silent".
+const FROM_UPLINK: &str = r#"
+import socket, sys
+req = bytes.fromhex(sys.argv[1])
+q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03org\x00\x00\x01\x00\x01"
+got = []
+for port, msg, what in ((53, q, "dns"), (51821, req, "negotiation")):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1)
+    for _ in range(3):
+        try:
+            s.sendto(msg, ("100.64.0.1", port))
+            s.recv(600)
+            got.append(what)
+            break
+        except (socket.timeout, OSError):
+            pass
+try:
+    t = socket.create_connection(("100.64.0.1", 53), timeout=2)
+    t.sendall(len(q).to_bytes(2, "big") + q)
+    t.settimeout(2)
+    if t.recv(600):
+        got.append("tcp-dns")
+except OSError:
+    pass
+print(" ".join(got) or "silent")
+"#;
+
+/// Sends 300 copies of a datagram to the negotiation port from argv[1] as fast as it
+/// can and prints how many were sent and how many answers came within 2 s after.
+const FLOOD: &str = r#"
+import socket, sys, time
+src, req = sys.argv[1], bytes.fromhex(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+s.setblocking(False)
+sent = got = 0
+for _ in range(300):
+    try:
+        s.sendto(req, ("100.64.0.1", 51821))
+        sent += 1
+    except BlockingIOError:
+        time.sleep(0.002)
+    try:
+        while True:
+            s.recv(512)
+            got += 1
+    except BlockingIOError:
+        pass
+end = time.time() + 2
+while time.time() < end:
+    try:
+        s.recv(512)
+        got += 1
+    except BlockingIOError:
+        time.sleep(0.01)
+print(sent, got)
+"#;
+
+/// The provider's resolver and negotiation port answer only on the tunnel, its DNS
+/// forwarder cannot be spoofed by a wrong port or question and uses random ports and
+/// IDs, a forged request for a victim's key is refused, a store that is unreadable
+/// for a moment does not stop `exit serve`, and a flood of negotiation datagrams is
+/// rate limited while a legit consumer gets through.
+#[test]
+fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
+    let provider = Netns::new("xh-provider");
+    let consumer = Netns::new("xh-consumer");
+    let internet = Netns::new("xh-internet");
+    let underlay = Veth::new(&consumer, &provider, 43);
+    let uplink = Veth::new(&provider, &internet, 44);
+    let state = TempDir::new("xh-state");
+    let run_dir = TempDir::new("xh-run");
+    let logs = TempDir::new("xh-logs");
+    let (st, rd) = (
+        state.path().to_string_lossy(),
+        run_dir.path().to_string_lossy(),
+    );
+    let endpoint = format!("{}:51820", underlay.v4(2));
+    let upstream_log = logs.path().join("upstream.log");
+    let mut up_cmd = internet.command(&[
+        "python3",
+        "-u",
+        "-c",
+        UPSTREAM,
+        &upstream_log.to_string_lossy(),
+    ]);
+    up_cmd.stdout(Stdio::piped());
+    let mut upstream = ChildGuard::spawn("fake DNS upstream", &mut up_cmd);
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(upstream.child_mut().stdout.take().expect("piped")),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+
+    let line = provider.exec(&[
+        &cli(),
+        "--state-dir",
+        &st,
+        "--run-dir",
+        &rd,
+        "exit",
+        "invite",
+        "--endpoint",
+        &endpoint,
+        "--uses",
+        "3",
+    ]);
+    let invite = Invite::decode(&line).expect("the CLI's invite decodes");
+    // The attacker's own, valid invite.
+    let line = provider.exec(&[
+        &cli(),
+        "--state-dir",
+        &st,
+        "--run-dir",
+        &rd,
+        "exit",
+        "invite",
+        "--endpoint",
+        &endpoint,
+    ]);
+    let theirs = Invite::decode(&line).expect("the CLI's invite decodes");
+    let ifname = portdistrict_netns_tests::unique_ifname("pdh");
+    let mut cmd = provider.command(&[
+        &cli(),
+        "--state-dir",
+        &st,
+        "--run-dir",
+        &rd,
+        "exit",
+        "serve",
+        "--uplink",
+        uplink.a_name(),
+        "--interface",
+        &ifname,
+        "--dns-upstream",
+        "10.77.44.2",
+    ]);
+    cmd.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
+    let mut serve = TermFirst(ChildGuard::spawn("portdistrict exit serve", &mut cmd));
+    let up = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        provider
+            .try_exec(&["nft", "list", "table", "inet", "portdistrict_exit"])
+            .status
+            .success()
+    });
+    assert!(up, "exit serve did not come up");
+    // Let the forwarder and the negotiation socket bind.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // (1) A host on the uplink routing the tunnel's addresses via the provider.
+    internet.exec(&[
+        "ip",
+        "route",
+        "add",
+        "100.64.0.0/10",
+        "via",
+        &uplink.v4(1).to_string(),
+    ]);
+    let mut v1 = b"PDX\x01\x01".to_vec();
+    v1.extend_from_slice(&[7; 48]);
+    let heard = internet.exec(&["python3", "-c", FROM_UPLINK, &hex(&v1)]);
+    assert_eq!(heard.trim(), "silent", "the uplink got answers: {heard}");
+
+    // (2) The victim negotiates and uses the resolver through the tunnel.
+    let c = Daemon::start(&consumer, Implementation::Uut);
+    c.ip(&["link", "set", c.ifname(), "up"]);
+    let provider_key = b64(&invite.wg_key);
+    let neg_key = PrivateKey::from_bytes(invite.negotiation_key).to_base64();
+    let neg_addr = invite.negotiation_addr.to_string();
+    let victim = Keypair::generate();
+    let as_victim = |inner: &str| {
+        consumer_as(
+            &c,
+            &victim.private,
+            inner,
+            &provider_key,
+            &endpoint,
+            "0.0.0.0/0",
+        );
+        c.ip(&["route", "replace", "100.64.0.1/32", "dev", c.ifname()]);
+    };
+    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
+    let Message::Ack { inner_v4, .. } =
+        exchange(&consumer, &neg_addr, &request_as(&invite, &victim))
+    else {
+        panic!("the victim's exit request was not acked");
+    };
+    let inner = inner_v4.to_string();
+    as_victim(&inner);
+    let names = [
+        "a.pd.test",
+        "b.pd.test",
+        "c.pd.test",
+        "d.pd.test",
+        "e.pd.test",
+    ];
+    let mut argv = vec!["python3", "-c", QUERY, &inner];
+    argv.extend(names);
+    let answers = consumer.exec(&argv);
+    for n in names {
+        assert!(answers.contains(&format!("{n} ok")), "{answers}");
+    }
+    let log = std::fs::read_to_string(&upstream_log).unwrap();
+    let seen: Vec<(u16, u16)> = log
+        .lines()
+        .map(|l| {
+            let mut w = l.split_whitespace().map(|x| x.parse::<u16>().unwrap());
+            (w.next().unwrap(), w.next().unwrap())
+        })
+        .collect();
+    assert!(seen.len() >= names.len(), "{log}");
+    let ports: std::collections::BTreeSet<u16> = seen.iter().map(|s| s.0).collect();
+    let ids: std::collections::BTreeSet<u16> = seen.iter().map(|s| s.1).collect();
+    assert_eq!(
+        ports.len(),
+        seen.len(),
+        "a fresh source port per query: {seen:?}"
+    );
+    assert_eq!(ids.len(), seen.len(), "distinct IDs: {seen:?}");
+    let sequential = seen
+        .windows(2)
+        .filter(|w| w[1].1 == w[0].1.wrapping_add(1))
+        .count();
+    assert!(sequential < seen.len() - 1, "sequential IDs: {seen:?}");
+
+    // (3) The holder of another invite puts the victim's key in a request proved
+    // with its own key (without the proof, the provider would move the victim's
+    // grant to this invite and give it another address).
+    let their_neg_key = PrivateKey::from_bytes(theirs.negotiation_key).to_base64();
+    let their_neg_addr = theirs.negotiation_addr.to_string();
+    as_negotiator(
+        &c,
+        &their_neg_key,
+        &their_neg_addr,
+        &provider_key,
+        &endpoint,
+    );
+    let Message::Request { proof, .. } = request_as(&theirs, &Keypair::generate()) else {
+        unreachable!()
+    };
+    let forged = Message::Request {
+        token: theirs.token,
+        wg_key: *PublicKey::from_base64(&victim.public).unwrap().as_bytes(),
+        proof,
+    };
+    assert_eq!(
+        exchange(&consumer, &their_neg_addr, &forged),
+        Message::Nak(Refusal::BadProof)
+    );
+    // An old consumer's request (no proof) is refused with a reason.
+    assert_eq!(
+        exchange_bytes(&consumer, &their_neg_addr, &v1),
+        Message::Nak(Refusal::Outdated)
+    );
+    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
+
+    // (4) The store is a directory for a moment: requests are answered "unavailable",
+    // `exit serve` keeps running, and serves again once the store is back.
+    let store = state.path().join("exit/store.json");
+    let aside = state.path().join("exit/store.json.aside");
+    std::fs::rename(&store, &aside).unwrap();
+    std::fs::create_dir(&store).unwrap();
+    let second = Keypair::generate();
+    assert_eq!(
+        exchange(&consumer, &neg_addr, &request_as(&invite, &second)),
+        Message::Nak(Refusal::Unavailable)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        serve.0.try_status().is_none(),
+        "exit serve died of a store error"
+    );
+    std::fs::remove_dir(&store).unwrap();
+    std::fs::rename(&aside, &store).unwrap();
+    assert!(matches!(
+        exchange(&consumer, &neg_addr, &request_as(&invite, &second)),
+        Message::Ack { .. }
+    ));
+
+    // (5) A flood from the negotiation identity is held to its rate.
+    let flood = consumer.exec(&["python3", "-c", FLOOD, &neg_addr, &hex(&v1)]);
+    let (sent, got) = flood.trim().split_once(' ').expect("two numbers");
+    let (sent, got): (u32, u32) = (sent.parse().unwrap(), got.parse().unwrap());
+    assert!(sent >= 250, "{flood}");
+    assert!(got <= 20, "{got} of {sent} flooded datagrams answered");
+
+    // ... while the victim, from its own address, still gets its grant (unchanged
+    // by the forged request) and its resolver.
+    as_victim(&inner);
+    assert!(matches!(
+        exchange(&consumer, &inner, &request_as(&invite, &victim)),
+        Message::Ack { inner_v4: again, .. } if again == inner_v4
+    ));
+    let answers = consumer.exec(&["python3", "-c", QUERY, &inner, "f.pd.test"]);
+    assert_eq!(answers.trim(), "f.pd.test ok");
+    assert!(
+        serve.0.try_status().is_none(),
+        "exit serve is still running"
+    );
+    drop(serve);
+    upstream.kill();
 }
 
 /// Stops `exit serve` with SIGTERM when the test ends early (a panic), so that it

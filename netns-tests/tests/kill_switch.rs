@@ -36,12 +36,15 @@ while time.time() < end:
 print(n, flush=True)
 "#;
 
-/// Sends 5 datagrams to `addr:port` with firewall mark `mark` (0: none); prints how
-/// many the kernel accepted (a netfilter drop on output fails the send with EPERM).
+/// Sends 5 datagrams to `addr:port` with firewall mark `mark` (0: none), from source
+/// port `argv[4]` when given; prints how many the kernel accepted (a netfilter drop
+/// on output fails the send with EPERM).
 const UDP_SEND: &str = r#"
 import socket, sys
 addr, port, mark = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+if len(sys.argv) > 4:
+    s.bind(("::" if ":" in addr else "0.0.0.0", int(sys.argv[4])))
 if mark:
     s.setsockopt(socket.SOL_SOCKET, 36, mark)  # SO_MARK
 ok = 0
@@ -98,9 +101,25 @@ impl Drop for Counter {
 
 /// Sends 5 datagrams from `from` to `to` with `mark`, and returns how many arrived.
 fn udp(from: &Netns, to_ns: &Netns, to: SocketAddr, mark: u32) -> u32 {
+    udp_from_port(from, to_ns, to, mark, None)
+}
+
+/// [`udp`], sent from source port `sport` when given.
+fn udp_from_port(
+    from: &Netns,
+    to_ns: &Netns,
+    to: SocketAddr,
+    mark: u32,
+    sport: Option<u16>,
+) -> u32 {
     let counter = Counter::start(to_ns, to.ip(), to.port());
     let (a, p, m) = (to.ip().to_string(), to.port().to_string(), mark.to_string());
-    from.exec(&["python3", "-c", UDP_SEND, &a, &p, &m]);
+    let s = sport.map(|s| s.to_string()).unwrap_or_default();
+    let mut argv = vec!["python3", "-c", UDP_SEND, &a, &p, &m];
+    if sport.is_some() {
+        argv.push(&s);
+    }
+    from.exec(&argv);
     counter.count()
 }
 
@@ -176,6 +195,18 @@ fn kill_switch_lets_out_only_the_tunnel_and_marked_wireguard() {
             udp(&consumer, &internet, other_port, MARK),
             0,
             "marked UDP to {other_port}"
+        );
+    }
+
+    // The DHCP and DHCPv6 holes are no way out: from the client ports to a server port
+    // at an address beyond the link (here: the other end of the uplink, unicast)
+    // nothing leaves; only broadcasts / link-scope groups would.
+    for (family, sport, dport) in [(Family::V4, 68, 67), (Family::V6, 546, 547)] {
+        let to = SocketAddr::new(uplink.b_addr(family), dport);
+        assert_eq!(
+            udp_from_port(&consumer, &internet, to, 0, Some(sport)),
+            0,
+            "UDP from port {sport} to {to} left through the DHCP hole"
         );
     }
 

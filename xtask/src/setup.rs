@@ -34,6 +34,9 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("timeout", "coreutils"),
     ("env", "coreutils"),
     ("python3", "python3"),
+    // uapi_limits.rs: holds the dataplane's chmod back, connects as another user.
+    ("strace", "strace"),
+    ("setpriv", "util-linux"),
     ("knotd", "knot"),
     ("knotc", "knot"),
     ("kdig", "knot-dnsutils"),

@@ -16,7 +16,7 @@
 
 use crate::run_cmd;
 use anyhow::{bail, Context as _};
-use portdistrict_exitnode::state::write_atomic;
+use portdistrict_exitnode::state::write_atomic_public;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -185,7 +185,8 @@ impl ResolvBackup {
                 .with_context(|| format!("re-creating the link {}", p.display()))?;
             std::fs::rename(&tmp, p).with_context(|| format!("restoring {}", p.display()))?;
         } else if let Some(content) = &self.content {
-            write_atomic(p, content).with_context(|| format!("restoring {}", p.display()))?;
+            write_atomic_public(p, content)
+                .with_context(|| format!("restoring {}", p.display()))?;
         } else {
             match std::fs::remove_file(p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -245,7 +246,7 @@ pub(crate) fn apply(
             if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
                 let _ = std::fs::remove_file(path);
             }
-            write_atomic(path, text.as_bytes())
+            write_atomic_public(path, text.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))
         }
     }

@@ -2,6 +2,14 @@
 //! and `portdistrict-dataplane` (its consumer), one per interface: a file (under the
 //! run directory or `/dev/shm`) mapped `MAP_SHARED` by both.
 //!
+//! A region file is never truncated or re-initialised in place: [`Region::create`]
+//! unlinks whatever was at the path and creates a fresh file exclusively, so a
+//! dataplane that maps the old one keeps its own (unlinked) region. Both sides keep
+//! the file open and check its size and magic before every access
+//! ([`ShmError::Shrunk`], [`ShmError::Reset`]): a file someone else truncated is an
+//! error, not a SIGBUS. (Only a truncation in the microseconds between that check and
+//! the access could still fault; the programs of this project never truncate it.)
+//!
 //! ```text
 //! Header (repr(C), 128 bytes): magic, ABI version, sizes, the configuration's
 //!   generation (a seqlock: odd while the producer writes), the stats' generation
@@ -18,11 +26,11 @@
 //! the one crate besides the I/O layers that uses `unsafe` (the mapping and the raw
 //! reads and writes of shared memory); each block says why it is sound.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd as _;
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd as _, BorrowedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 /// `PDSHM` + version in the first 8 bytes.
@@ -55,6 +63,18 @@ pub enum ShmError {
     /// The region's content is not valid.
     #[error("shared-memory region is corrupt: {0}")]
     Corrupt(String),
+    /// The file is smaller than the region (someone truncated it): touching the
+    /// mapping beyond its end would fault, so nothing is read or written.
+    #[error("the shared-memory file shrank to {size} bytes; the region needs {need}")]
+    Shrunk {
+        /// The file's size now.
+        size: u64,
+        /// The region's size.
+        need: usize,
+    },
+    /// The header's magic changed: the file was re-initialised or overwritten in place.
+    #[error("the shared-memory region was overwritten in place (magic {0:#x})")]
+    Reset(u64),
     /// The producer kept writing through every attempt.
     #[error("shared-memory region kept changing while being read")]
     Busy,
@@ -218,10 +238,12 @@ impl Layout {
     }
 }
 
-/// A mapped region.
+/// A mapped region, and its file (kept open to check its size before every access).
 pub struct Region {
     ptr: *mut u8,
     layout: Layout,
+    file: File,
+    path: PathBuf,
 }
 
 // SAFETY: the region is plain shared memory; every access goes through atomics or
@@ -239,7 +261,7 @@ fn io_err(what: &'static str, path: &Path, source: std::io::Error) -> ShmError {
     }
 }
 
-fn map(file: &std::fs::File, len: usize, path: &Path) -> Result<*mut u8, ShmError> {
+fn map(file: &File, len: usize, path: &Path) -> Result<*mut u8, ShmError> {
     // SAFETY: mmap of `len` bytes of a file we hold open, shared, read-write; the
     // result is checked against MAP_FAILED before use. The mapping outlives the file
     // descriptor (closing it does not unmap).
@@ -260,25 +282,37 @@ fn map(file: &std::fs::File, len: usize, path: &Path) -> Result<*mut u8, ShmErro
 }
 
 impl Region {
-    /// Creates (or resets) the region at `path` for `capacity` peers (mode 0600).
+    /// Creates a fresh region at `path` for `capacity` peers (mode 0600). Whatever
+    /// was at `path` is unlinked, never truncated: a process that maps it keeps its own
+    /// region, untouched.
     pub fn create(path: &Path, capacity: u32) -> Result<Region, ShmError> {
         use std::os::unix::fs::OpenOptionsExt as _;
         if capacity == 0 || capacity > MAX_PEERS {
             return Err(ShmError::TooManyPeers(capacity as usize, MAX_PEERS));
         }
         let layout = Layout::new(capacity);
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("replacing", path, e)),
+        }
+        // Exclusive: if another process put a file here since, it is not ours to size.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(path)
             .map_err(|e| io_err("creating", path, e))?;
         file.set_len(layout.len as u64)
             .map_err(|e| io_err("sizing", path, e))?;
         let ptr = map(&file, layout.len, path)?;
-        let r = Region { ptr, layout };
+        let r = Region {
+            ptr,
+            layout,
+            file,
+            path: path.to_owned(),
+        };
         let h = Header {
             magic: MAGIC,
             abi_version: ABI_VERSION,
@@ -300,7 +334,8 @@ impl Region {
             _reserved: [0; 20],
         };
         // SAFETY: the mapping is at least size_of::<Header>() bytes, page-aligned, and
-        // nobody else has it yet (a consumer validates the magic, written here).
+        // nobody else has it yet (the file was created exclusively just now; a consumer
+        // validates the magic, written here).
         unsafe { std::ptr::write_volatile(r.ptr.cast::<Header>(), h) };
         Ok(r)
     }
@@ -322,50 +357,106 @@ impl Region {
             )));
         }
         let ptr = map(&file, size, path)?;
+        let h = ptr.cast::<Header>();
         // SAFETY: the mapping holds at least a header (checked above) and is
-        // page-aligned; the fields read here are plain integers whose every value is
-        // valid, and they are checked before use.
-        let h = unsafe { std::ptr::read_volatile(ptr.cast::<Header>()) };
+        // page-aligned; these fields are plain integers the producer writes once,
+        // before the file is handed over, and every value is checked before use. They
+        // are read one by one through raw pointers: no reference to memory that
+        // another process writes.
+        let (magic, abi_version, header_size, peer_capacity, peer_size, stats_size, ring) = unsafe {
+            (
+                std::ptr::read_volatile(&raw const (*h).magic),
+                std::ptr::read_volatile(&raw const (*h).abi_version),
+                std::ptr::read_volatile(&raw const (*h).header_size),
+                std::ptr::read_volatile(&raw const (*h).peer_capacity),
+                std::ptr::read_volatile(&raw const (*h).peer_size),
+                std::ptr::read_volatile(&raw const (*h).stats_size),
+                std::ptr::read_volatile(&raw const (*h).ring_capacity),
+            )
+        };
         let fail = |why: String| {
             // SAFETY: unmapping what was mapped above, once, before returning the error.
             unsafe { libc::munmap(ptr.cast(), size) };
             Err(ShmError::Corrupt(why))
         };
-        if h.magic != MAGIC {
-            return fail(format!("magic {:#x}, expected {MAGIC:#x}", h.magic));
+        if magic != MAGIC {
+            return fail(format!("magic {magic:#x}, expected {MAGIC:#x}"));
         }
-        if h.abi_version != ABI_VERSION {
+        if abi_version != ABI_VERSION {
             return fail(format!(
-                "ABI version {}, this dataplane speaks {ABI_VERSION}",
-                h.abi_version
+                "ABI version {abi_version}, this dataplane speaks {ABI_VERSION}"
             ));
         }
-        if h.header_size as usize != size_of::<Header>()
-            || h.peer_size as usize != size_of::<PeerEntry>()
-            || h.stats_size as usize != size_of::<StatsEntry>()
-            || h.ring_capacity != RING_CAPACITY
+        if header_size as usize != size_of::<Header>()
+            || peer_size as usize != size_of::<PeerEntry>()
+            || stats_size as usize != size_of::<StatsEntry>()
+            || ring != RING_CAPACITY
         {
             return fail("entry sizes differ from this ABI".to_owned());
         }
-        if h.peer_capacity == 0 || h.peer_capacity > MAX_PEERS {
-            return fail(format!("peer capacity {}", h.peer_capacity));
+        if peer_capacity == 0 || peer_capacity > MAX_PEERS {
+            return fail(format!("peer capacity {peer_capacity}"));
         }
-        let layout = Layout::new(h.peer_capacity);
+        let layout = Layout::new(peer_capacity);
         if layout.len != size {
             return fail(format!("{size} bytes, its header describes {}", layout.len));
         }
-        Ok(Region { ptr, layout })
+        Ok(Region {
+            ptr,
+            layout,
+            file,
+            path: path.to_owned(),
+        })
     }
 
-    fn header(&self) -> &Header {
-        // SAFETY: the mapping starts with a Header (created or validated), lives as
-        // long as self, and the fields shared across processes are atomics; the plain
-        // fields are only read through volatile copies under the seqlock.
-        unsafe { &*self.ptr.cast::<Header>() }
+    /// Checks, before an access, that the file still covers the whole mapping (a
+    /// mapping touched beyond the end of its file faults with SIGBUS) and that it was
+    /// not re-initialised in place.
+    fn check(&self) -> Result<(), ShmError> {
+        let size = self
+            .file
+            .metadata()
+            .map_err(|e| io_err("checking the size of", &self.path, e))?
+            .len();
+        if size < self.layout.len as u64 {
+            return Err(ShmError::Shrunk {
+                size,
+                need: self.layout.len,
+            });
+        }
+        // SAFETY: the file covers the header (checked just above); the magic is a
+        // plain integer, read through a raw pointer.
+        let magic = unsafe { std::ptr::read_volatile(&raw const (*self.header_ptr()).magic) };
+        if magic != MAGIC {
+            return Err(ShmError::Reset(magic));
+        }
+        Ok(())
     }
 
     fn header_ptr(&self) -> *mut Header {
         self.ptr.cast()
+    }
+
+    fn config_gen(&self) -> &AtomicU64 {
+        // SAFETY: the field lies inside the mapping, which lives as long as self; a
+        // reference to an atomic is sound while other processes write it atomically
+        // (never a reference to the whole header, whose plain fields they write too).
+        unsafe { &(*self.header_ptr()).config_gen }
+    }
+
+    fn stats_gen(&self) -> &AtomicU64 {
+        // SAFETY: as in config_gen.
+        unsafe { &(*self.header_ptr()).stats_gen }
+    }
+
+    fn ring_head(&self) -> &AtomicU32 {
+        // SAFETY: as in config_gen.
+        unsafe { &(*self.header_ptr()).ring_head }
+    }
+
+    fn ring_tail(&self) -> &AtomicU32 {
+        // SAFETY: as in config_gen.
+        unsafe { &(*self.header_ptr()).ring_tail }
     }
 
     fn peer_ptr(&self, i: usize) -> *mut PeerEntry {
@@ -391,9 +482,15 @@ impl Region {
         self.layout.capacity
     }
 
+    /// The file the region was created or opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The configuration's generation (even when stable); changes with every write.
-    pub fn config_generation(&self) -> u64 {
-        self.header().config_gen.load(Ordering::Acquire)
+    pub fn config_generation(&self) -> Result<u64, ShmError> {
+        self.check()?;
+        Ok(self.config_gen().load(Ordering::Acquire))
     }
 
     /// Publishes `cfg` (the producer; one writer per region).
@@ -408,7 +505,8 @@ impl Region {
         for p in &cfg.peers {
             entries.push(encode_peer(p)?);
         }
-        let gen = &self.header().config_gen;
+        self.check()?;
+        let gen = self.config_gen();
         let g = gen.load(Ordering::Relaxed);
         let start = if g % 2 == 1 { g } else { g + 1 };
         gen.store(start, Ordering::Relaxed);
@@ -440,7 +538,8 @@ impl Region {
 
     /// Reads a consistent configuration and its generation (the consumer).
     pub fn read_config(&self) -> Result<(u64, Config), ShmError> {
-        let gen = &self.header().config_gen;
+        self.check()?;
+        let gen = self.config_gen();
         let h = self.header_ptr();
         for _ in 0..READ_ATTEMPTS {
             let g1 = gen.load(Ordering::Acquire);
@@ -500,8 +599,9 @@ impl Region {
     }
 
     /// Writes the dataplane's statistics back (the consumer; one writer).
-    pub fn write_stats(&self, stats: &[PeerStats]) {
-        let gen = &self.header().stats_gen;
+    pub fn write_stats(&self, stats: &[PeerStats]) -> Result<(), ShmError> {
+        self.check()?;
+        let gen = self.stats_gen();
         let g = gen.load(Ordering::Relaxed) | 1;
         gen.store(g, Ordering::Relaxed);
         fence(Ordering::Release);
@@ -527,11 +627,13 @@ impl Region {
         unsafe { std::ptr::write_volatile(&raw mut (*h).stats_count, n as u32) };
         fence(Ordering::Release);
         gen.store(g + 1, Ordering::Release);
+        Ok(())
     }
 
     /// Reads the statistics the dataplane wrote back.
     pub fn read_stats(&self) -> Result<Vec<PeerStats>, ShmError> {
-        let gen = &self.header().stats_gen;
+        self.check()?;
+        let gen = self.stats_gen();
         let h = self.header_ptr();
         for _ in 0..READ_ATTEMPTS {
             let g1 = gen.load(Ordering::Acquire);
@@ -576,9 +678,9 @@ impl Region {
 
     /// Queues a command (the producer).
     pub fn push_command(&self, c: Command) -> Result<(), ShmError> {
-        let h = self.header();
-        let head = h.ring_head.load(Ordering::Relaxed);
-        let tail = h.ring_tail.load(Ordering::Acquire);
+        self.check()?;
+        let head = self.ring_head().load(Ordering::Relaxed);
+        let tail = self.ring_tail().load(Ordering::Acquire);
         if head.wrapping_sub(tail) >= RING_CAPACITY {
             return Err(ShmError::RingFull);
         }
@@ -590,31 +692,41 @@ impl Region {
         };
         // SAFETY: the slot is owned by the producer until head moves past it.
         unsafe { std::ptr::write_volatile(self.ring_ptr((head % RING_CAPACITY) as usize), e) };
-        h.ring_head.store(head.wrapping_add(1), Ordering::Release);
+        self.ring_head()
+            .store(head.wrapping_add(1), Ordering::Release);
         Ok(())
     }
 
     /// Takes the next command (the consumer). A corrupt entry is skipped and reported.
     pub fn pop_command(&self) -> Result<Option<Command>, ShmError> {
-        let h = self.header();
-        let tail = h.ring_tail.load(Ordering::Relaxed);
-        let head = h.ring_head.load(Ordering::Acquire);
+        self.check()?;
+        let tail = self.ring_tail().load(Ordering::Relaxed);
+        let head = self.ring_head().load(Ordering::Acquire);
         if head == tail {
             return Ok(None);
         }
         if head.wrapping_sub(tail) > RING_CAPACITY {
             // A producer that wrote nonsense: drop everything queued.
-            h.ring_tail.store(head, Ordering::Release);
+            self.ring_tail().store(head, Ordering::Release);
             return Err(ShmError::Corrupt(format!("ring head {head} tail {tail}")));
         }
         // SAFETY: the slot between tail and head was published by the producer
         // (Acquire on head) and is ours until tail moves past it.
         let e = unsafe { std::ptr::read_volatile(self.ring_ptr((tail % RING_CAPACITY) as usize)) };
-        h.ring_tail.store(tail.wrapping_add(1), Ordering::Release);
+        self.ring_tail()
+            .store(tail.wrapping_add(1), Ordering::Release);
         match e.kind {
             1 => Ok(Some(Command::Handshake(e.public_key))),
             k => Err(ShmError::Corrupt(format!("command kind {k}"))),
         }
+    }
+}
+
+impl AsFd for Region {
+    /// The region's file (a process that closes every descriptor it does not know,
+    /// as a daemon does, must keep this one: the size checks use it).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 
@@ -931,6 +1043,121 @@ mod tests {
         }
     }
 
+    /// Set in the child process that [`in_child`] starts.
+    const CHILD: &str = "PD_SHM_TEST_CHILD";
+
+    /// Whether this is the child: in the parent, runs the test `name` again in a child
+    /// process of this test binary and asserts it passed, so a fault (SIGBUS) fails the
+    /// test instead of killing the whole harness.
+    fn in_child(name: &str) -> bool {
+        use std::os::unix::process::ExitStatusExt as _;
+        if std::env::var_os(CHILD).is_some() {
+            return true;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "the child died ({:?}, signal {:?}; 7 is SIGBUS):\n{log}",
+            out.status,
+            out.status.signal()
+        );
+        assert!(log.contains("1 passed"), "the child ran no test:\n{log}");
+        false
+    }
+
+    #[test]
+    fn a_region_truncated_under_its_reader_is_an_error_not_a_sigbus() {
+        if !in_child("tests::a_region_truncated_under_its_reader_is_an_error_not_a_sigbus") {
+            return;
+        }
+        let f = TempFile::new("shrunk");
+        let control = Region::create(&f.0, 4).unwrap();
+        let cfg = Config {
+            listen_port: 51820,
+            peers: vec![peer(1, 2)],
+            ..Config::default()
+        };
+        control.write_config(&cfg).unwrap();
+        let dataplane = Region::open(&f.0).unwrap();
+        assert_eq!(dataplane.read_config().unwrap().1, cfg);
+        // What the daemon used to do when it re-created a region: truncate the file
+        // in place. Every access after it is refused, none faults.
+        let file = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&f.0)
+            .unwrap();
+        let shrunk = |r: Result<(), ShmError>, what: &str| match r {
+            Err(ShmError::Shrunk { size: 0, need }) => assert_eq!(need, Layout::new(4).len),
+            other => panic!("{what}: {other:?}"),
+        };
+        shrunk(dataplane.config_generation().map(drop), "generation");
+        shrunk(dataplane.read_config().map(drop), "read_config");
+        shrunk(dataplane.write_stats(&[]), "write_stats");
+        shrunk(dataplane.read_stats().map(drop), "read_stats");
+        shrunk(dataplane.pop_command().map(drop), "pop_command");
+        shrunk(
+            control.push_command(Command::Handshake([1; 32])),
+            "push_command",
+        );
+        shrunk(control.write_config(&cfg), "write_config");
+        // Shorter than the region but not empty: still refused.
+        file.set_len(4096).unwrap();
+        assert!(matches!(
+            dataplane.read_config(),
+            Err(ShmError::Shrunk { size: 4096, .. })
+        ));
+        // Grown back to its size, zeros in place of the header: a reset region, never
+        // a configuration of zeros (which would remove every peer and the key).
+        file.set_len(Layout::new(4).len as u64).unwrap();
+        assert!(matches!(dataplane.read_config(), Err(ShmError::Reset(0))));
+        assert!(matches!(
+            dataplane.config_generation(),
+            Err(ShmError::Reset(0))
+        ));
+    }
+
+    #[test]
+    fn creating_a_region_again_leaves_the_old_one_to_its_reader() {
+        let f = TempFile::new("recreate");
+        let old = Region::create(&f.0, 4).unwrap();
+        let cfg = Config {
+            private_key: Some([3; 32]),
+            listen_port: 51820,
+            peers: vec![peer(1, 2)],
+            ..Config::default()
+        };
+        old.write_config(&cfg).unwrap();
+        let dataplane = Region::open(&f.0).unwrap();
+        let (g, _) = dataplane.read_config().unwrap();
+        // A new daemon creates the region at the same path, for a new dataplane.
+        let new = Region::create(&f.0, 8).unwrap();
+        new.write_config(&Config::default()).unwrap();
+        assert_eq!(
+            dataplane.read_config().unwrap(),
+            (g, cfg),
+            "the running dataplane keeps its own region"
+        );
+        assert_eq!(dataplane.config_generation().unwrap(), g);
+        let other = Region::open(&f.0).unwrap();
+        assert_eq!(other.capacity(), 8, "the path names the new region");
+        assert_eq!(other.read_config().unwrap().1, Config::default());
+        let mode = std::fs::metadata(&f.0).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+
     #[test]
     fn stats_and_commands_flow_back_and_forth() {
         let f = TempFile::new("stats");
@@ -943,7 +1170,7 @@ mod tests {
             last_handshake: 1_800_000_000,
             endpoint: Some("192.0.2.1:51820".parse().unwrap()),
         }];
-        dataplane.write_stats(&s);
+        dataplane.write_stats(&s).unwrap();
         assert_eq!(control.read_stats().unwrap(), s);
         for k in 0..RING_CAPACITY {
             control

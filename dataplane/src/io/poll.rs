@@ -29,6 +29,11 @@ impl<'fd> PollFd<'fd> {
         Self::new(fd, libc::POLLIN)
     }
 
+    /// Waits for `fd` to become writable (errors and hangups are always reported).
+    pub fn writable(fd: BorrowedFd<'fd>) -> PollFd<'fd> {
+        Self::new(fd, libc::POLLOUT)
+    }
+
     /// Waits for `fd` to become readable or writable.
     pub fn readable_writable(fd: BorrowedFd<'fd>) -> PollFd<'fd> {
         Self::new(fd, libc::POLLIN | libc::POLLOUT)

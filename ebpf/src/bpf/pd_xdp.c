@@ -202,7 +202,9 @@ static __always_inline int judge(void *data, void *data_end, __u32 total)
 		udp = l4;
 		if ((void *)(udp + 1) > data_end)
 			return PD_V_PASS;
-		__builtin_memcpy(src.addr, &ip6->saddr, 16);
+		/* Keyed by the /64, as user space's limiter: a host picks any
+		 * address of its /64 at will, so a key per /128 is no limit. */
+		__builtin_memcpy(src.addr, &ip6->saddr, 8);
 	} else {
 		return PD_V_PASS;
 	}

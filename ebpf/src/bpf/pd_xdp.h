@@ -26,7 +26,8 @@ struct pd_xdp_config {
 #define PD_QUEUES_PER_IF 16
 #define PD_MAX_XSKS 256
 
-/* PD_BUCKETS key: the source address, IPv4 as ::ffff:a.b.c.d. */
+/* PD_BUCKETS key: the source, IPv4 as ::ffff:a.b.c.d, IPv6 as its /64 (the last
+ * 8 bytes zero). */
 struct pd_source {
 	__u8 addr[16];
 };

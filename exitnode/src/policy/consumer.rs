@@ -189,15 +189,7 @@ impl ConsumerPolicy {
                 format!("{mark}{kw} {addr} {ip} udp {port} {p} accept")
             })
             .collect();
-        let (dhcp, dhcp6, nd) = match dir {
-            Direction::Out => ("68 udp dport 67", "546 udp dport 547", "nd-router-solicit"),
-            Direction::In => ("67 udp dport 68", "547 udp dport 546", "nd-router-advert"),
-        };
-        rules.push(format!("udp sport {dhcp} accept"));
-        rules.push(format!("udp sport {dhcp6} accept"));
-        rules.push(format!(
-            "icmpv6 type {{ {nd}, nd-neighbor-solicit, nd-neighbor-advert }} accept"
-        ));
+        rules.extend(link_holes(dir).iter().map(|r| (*r).to_owned()));
         if self.allow_lan {
             rules.push(format!("ip {addr} {{ {LAN_V4} }} accept"));
             rules.push(format!("ip6 {addr} {{ {LAN_V6} }} accept"));
@@ -206,10 +198,41 @@ impl ConsumerPolicy {
     }
 }
 
+/// DHCP, DHCPv6 and neighbour discovery, each limited to what cannot leave the link
+/// it is sent on, so that none of them can carry data off the machine's link:
+/// DHCPv4 out only as a broadcast (a renewal that would go to the server's unicast
+/// address waits for the broadcast of rebinding instead, as with Mullvad's), DHCPv6
+/// only from a link-local address to the servers' link-scope group `ff02::1:2`,
+/// replies only from link-local addresses, and neighbour discovery only with the hop
+/// limit 255 that RFC 4861 requires (a receiver drops anything routed) and, on the
+/// way out, to link-scope destinations. They hold on whichever interface is the
+/// uplink at the time (ethernet, then Wi-Fi) rather than on one named interface,
+/// which would cut DHCP on the next; a packet to a link-scope destination cannot
+/// leave that link whatever the interface.
+pub(super) fn link_holes(dir: Direction) -> &'static [&'static str] {
+    match dir {
+        Direction::Out => &[
+            "ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
+            "ip6 saddr fe80::/10 ip6 daddr ff02::1:2 udp sport 546 udp dport 547 accept",
+            "ip6 daddr ff02::2 ip6 hoplimit 255 icmpv6 type nd-router-solicit accept",
+            "ip6 daddr { fe80::/10, ff02::1:ff00:0/104 } ip6 hoplimit 255 icmpv6 type nd-neighbor-solicit accept",
+            "ip6 daddr { fe80::/10, ff02::1 } ip6 hoplimit 255 icmpv6 type nd-neighbor-advert accept",
+        ],
+        Direction::In => &[
+            "udp sport 67 udp dport 68 accept",
+            "ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept",
+            "ip6 saddr fe80::/10 ip6 hoplimit 255 icmpv6 type nd-router-advert accept",
+            "ip6 hoplimit 255 icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
+        ],
+    }
+}
+
 /// Which way a rule looks at the underlay.
 #[derive(Clone, Copy)]
-enum Direction {
+pub(super) enum Direction {
+    /// Leaving the machine.
     Out,
+    /// Arriving.
     In,
 }
 
@@ -281,7 +304,7 @@ mod tests {
     fn lan_only_when_asked() {
         let plan = example().plan().unwrap();
         assert!(!plan.nft.contains("10.0.0.0/8"), "{}", plan.nft);
-        assert!(!plan.nft.contains("fe80::/10"));
+        assert!(!plan.nft.contains("{ fe80::/10, fc00::/7"));
         let mut p = example();
         p.allow_lan = true;
         let lan = p.plan().unwrap();
@@ -321,8 +344,34 @@ mod tests {
         assert!(plan.ip.iter().all(|c| c.family == Family::V4));
         // Only marked WireGuard, DHCP and ND leave: no rule accepts other IPv6 out.
         let out = output_chain(&plan.nft);
-        assert!(out.iter().all(|l| !l.starts_with("ip6 daddr")));
+        assert!(out
+            .iter()
+            .filter(|l| l.starts_with("ip6"))
+            .all(|l| link_holes(Direction::Out).contains(l)));
         assert!(plan.nft.contains("policy drop;"));
+    }
+
+    #[test]
+    fn dhcp_and_neighbour_discovery_holes_stay_on_the_link() {
+        let plan = example().plan().unwrap();
+        let out = output_chain(&plan.nft);
+        let holes: Vec<&&str> = out
+            .iter()
+            .filter(|l| l.contains("dport 67") || l.contains("dport 547") || l.contains("icmpv6"))
+            .collect();
+        assert_eq!(holes.len(), 5, "{out:#?}");
+        for h in holes {
+            let link_scope = h.contains("ip daddr 255.255.255.255")
+                || (h.contains("ip6 daddr ff02::") || h.contains("ip6 daddr {"))
+                    && !h.contains("ip6 daddr { fe80::/10, fc00::/7");
+            assert!(link_scope, "{h}: not limited to link-scope destinations");
+            if h.contains("icmpv6") {
+                assert!(h.contains("ip6 hoplimit 255"), "{h}");
+            }
+        }
+        // No rule lets DHCP or DHCPv6 ports out on their own (the old holes).
+        assert!(!out.contains(&"udp sport 68 udp dport 67 accept"));
+        assert!(!out.contains(&"udp sport 546 udp dport 547 accept"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! It lives in the kill switch's table (`inet portdistrict_killswitch`), so going from
 //! lockdown to system mode and back is one atomic table replacement, never a gap.
 
+use super::consumer::{link_holes, Direction};
 use super::{Plan, KILL_SWITCH_TABLE};
 use std::fmt::Write as _;
 
@@ -16,20 +17,18 @@ pub fn lockdown_plan() -> Plan {
     let _ = writeln!(s, "table inet {KILL_SWITCH_TABLE}");
     let _ = writeln!(s, "delete table inet {KILL_SWITCH_TABLE}");
     let _ = writeln!(s, "table inet {KILL_SWITCH_TABLE} {{");
-    let out = [
-        "oif \"lo\" accept",
-        "ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
-        "ip6 daddr ff02::1:2 udp sport 546 udp dport 547 accept",
-        "ip6 daddr { fe80::/10, ff02::/16 } icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept",
-        "counter drop",
-    ];
-    let input = [
-        "iif \"lo\" accept",
-        "udp sport 67 udp dport 68 accept",
-        "ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept",
-        "ip6 saddr fe80::/10 icmpv6 type { nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert } accept",
-        "counter drop",
-    ];
+    // The same link-scope holes as system mode's kill switch.
+    let rules = |dir| {
+        let mut r = vec![if matches!(dir, Direction::Out) {
+            "oif \"lo\" accept"
+        } else {
+            "iif \"lo\" accept"
+        }];
+        r.extend_from_slice(link_holes(dir));
+        r.push("counter drop");
+        r
+    };
+    let (out, input) = (rules(Direction::Out), rules(Direction::In));
     for (hook, rules) in [
         ("output", &out[..]),
         ("input", &input[..]),
@@ -76,6 +75,7 @@ mod tests {
                     || a.contains("255.255.255.255")
                     || a.contains("ff02::")
                     || a.contains("fe80::/10")
+                    || a.contains("hoplimit 255")
                     || a.starts_with("udp sport 67 udp dport 68"),
                 "{a}"
             );

@@ -7,13 +7,15 @@
 //! first (it blocks before any route points into the tunnel), then sysctls, then
 //! rules and routes.
 
+mod cidr;
 mod consumer;
 mod lockdown;
 mod provider;
 
+pub use cidr::{Cidr, CidrError};
 pub use consumer::{ConsumerPolicy, KILL_SWITCH_TABLE};
 pub use lockdown::lockdown_plan;
-pub use provider::{ProviderPolicy, EXIT_TABLE};
+pub use provider::{ProviderPolicy, BLOCKED_V4, BLOCKED_V6, EXIT_TABLE};
 
 use std::fmt::Write as _;
 
@@ -22,7 +24,7 @@ use std::fmt::Write as _;
 pub enum PolicyError {
     /// An interface name the kernel would refuse (1 to 15 bytes, no `/`, whitespace,
     /// quotes or control characters).
-    #[error("interface name {0:?} is invalid: use 1-15 characters, no '/', spaces or quotes")]
+    #[error("interface name {0:?} is invalid: use 1-15 letters, digits or _=+.- (no wildcards such as '*', no '/', spaces or quotes)")]
     InterfaceName(String),
     /// The consumer's tunnel and uplink, or the provider's tunnel and uplink, are one.
     #[error("the tunnel and the uplink are the same interface {0:?}")]
@@ -135,16 +137,21 @@ impl Plan {
     }
 }
 
-/// Checks an interface name the way the kernel's `dev_valid_name` does, and refuses
-/// what would need quoting in an nftables script.
-pub(crate) fn check_ifname(name: &str) -> Result<(), PolicyError> {
+/// Checks an interface name: what the kernel's `dev_valid_name` takes (1-15 bytes, not
+/// `.` or `..`), narrowed to what wg-quick takes, letters, digits and `_=+.-`.
+/// Anything else is refused:
+/// besides `/`, `:` and whitespace (the kernel's own refusals) and quotes (which would
+/// break an nftables string), `*` is a wildcard to nftables — `oifname "x*" accept`
+/// matches every interface whose name starts with `x` — and `?`, `[`, `]` are
+/// wildcards to some shells and tools.
+pub fn check_ifname(name: &str) -> Result<(), PolicyError> {
     let ok = !name.is_empty()
         && name.len() < 16
         && name != "."
         && name != ".."
         && name
             .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'"' | b'\'' | b'\\' | b':'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'='));
     if ok {
         Ok(())
     } else {
@@ -171,6 +178,18 @@ mod tests {
             "a234567890123456",
             "é",
             "a:1",
+            "*",
+            "x*",
+            "pd*0",
+            "a?",
+            "a[0]",
+            "a{b}",
+            "a\\b",
+            "a;b",
+            "a\tb",
+            "a#b",
+            "a$b",
+            "a@b",
         ] {
             assert!(check_ifname(bad).is_err(), "{bad:?}");
         }

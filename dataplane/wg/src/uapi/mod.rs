@@ -4,7 +4,9 @@
 //!
 //! Pure parsing and formatting, matching wireguard-go's `device/uapi.go`:
 //!
-//! 1. the socket server cuts a request out of its input with [`request_len`];
+//! 1. the socket server cuts a request out of its input with a [`Framer`], which
+//!    returns only complete requests within [`LINE_MAX`] and [`REQUEST_MAX`] (or a
+//!    [`FrameError`] to answer with, applying nothing);
 //! 2. [`parse_request`] turns it into a [`Request`]; a `set` is parsed completely
 //!    before anything is returned, so a malformed request yields an error and
 //!    no partial [`SetRequest`] (the caller then changes nothing);
@@ -20,11 +22,13 @@ use std::time::Duration;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 
 mod format;
+mod frame;
 mod parse;
 #[cfg(test)]
 mod tests;
 
 pub use format::{format_errno, format_get, format_set};
+pub use frame::{FrameError, Framer, LINE_MAX, REQUEST_MAX};
 pub use parse::{parse_request, parse_request_with, request_len};
 
 /// Linux `EINVAL`: wireguard-go's `ipc.IpcErrorInvalid` is `-EINVAL`.

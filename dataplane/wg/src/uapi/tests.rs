@@ -618,3 +618,137 @@ fn format_set_reads_back_as_the_same_request() {
     format_set(&mut text, &clear);
     assert!(text.contains(&format!("private_key={}\n", "0".repeat(64))));
 }
+
+/// Feeds `input` to a fresh framer in chunks of `chunk` bytes and collects what it
+/// returns until it needs more input or fails; then `finish` at the end of input.
+fn frame(
+    input: &[u8],
+    chunk: usize,
+    limits: (usize, usize),
+) -> (Vec<String>, Result<(), FrameError>) {
+    let mut f = Framer::new(limits.0, limits.1);
+    let mut out = Vec::new();
+    for piece in input.chunks(chunk.max(1)) {
+        f.push(piece);
+        loop {
+            match f.next_request() {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => break,
+                Err(e) => return (out, Err(e)),
+            }
+        }
+    }
+    let end = f.finish();
+    (out, end)
+}
+
+#[test]
+fn framer_returns_complete_requests_only() {
+    let input = b"get=1\n\nset=1\nlisten_port=1\r\n\r\nstats=1\n\n";
+    for chunk in [1, 2, 5, input.len()] {
+        let (got, end) = frame(input, chunk, (LINE_MAX, REQUEST_MAX));
+        assert_eq!(
+            got,
+            ["get=1\n\n", "set=1\nlisten_port=1\r\n\r\n", "stats=1\n\n"],
+            "chunk {chunk}"
+        );
+        assert_eq!(end, Ok(()));
+    }
+}
+
+#[test]
+fn framer_refuses_a_request_cut_short() {
+    // A set whose blank line never came: nothing is returned, the end is an error.
+    let (got, end) = frame(
+        b"set=1\nreplace_peers=true\nlisten_port=1\n",
+        7,
+        (LINE_MAX, REQUEST_MAX),
+    );
+    assert!(got.is_empty());
+    let e = end.unwrap_err();
+    assert_eq!(e, FrameError::Truncated { lines: 3 });
+    assert_eq!(e.errno(), -22);
+    // A partial last line counts as begun too.
+    let (got, end) = frame(b"get=1\n\nset=1\nlisten_p", 4, (LINE_MAX, REQUEST_MAX));
+    assert_eq!(got, ["get=1\n\n"]);
+    assert_eq!(end, Err(FrameError::Truncated { lines: 1 }));
+    assert_eq!(FrameError::TimedOut { secs: 30 }.errno(), -22);
+}
+
+#[test]
+fn framer_refuses_a_line_that_is_not_utf8() {
+    // The bug this guards against: `set=1`, `replace_peers=true`, then a bad line
+    // was applied up to the bad line (all peers removed) and answered errno=0.
+    let (got, end) = frame(
+        b"set=1\nreplace_peers=true\n\xff\xfe\nlisten_port=1\n\n",
+        3,
+        (LINE_MAX, REQUEST_MAX),
+    );
+    assert!(got.is_empty(), "{got:?}");
+    let e = end.unwrap_err();
+    assert_eq!(e, FrameError::NotUtf8 { line: 3 });
+    assert_eq!(e.errno(), -22);
+    assert!(e.to_string().contains("line 3"), "{e}");
+}
+
+#[test]
+fn framer_refuses_an_overlong_line_before_its_newline() {
+    // 1 MiB without a newline is refused as soon as it passes the line limit, so
+    // the buffer never holds much more than the limit.
+    let mut f = Framer::new(1024, REQUEST_MAX);
+    f.push(b"set=1\n");
+    assert_eq!(f.next_request(), Ok(None));
+    let mut refused = None;
+    for i in 0..1024 {
+        f.push(&[b'a'; 1024]);
+        if let Err(e) = f.next_request() {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = refused.expect("an overlong line was held");
+    assert!(i <= 1, "refused only after {i} KiB");
+    assert!(f.buffered() <= 2 * 1024 + 6);
+    assert_eq!(e, FrameError::LineTooLong { line: 2, max: 1024 });
+    assert_eq!(e.errno(), -90);
+    // A long line with its newline is refused too.
+    let mut long = b"set=1\nallowed_ip=".to_vec();
+    long.extend(std::iter::repeat_n(b'1', 2000));
+    long.extend_from_slice(b"\n\n");
+    let (got, end) = frame(&long, 4096, (1024, REQUEST_MAX));
+    assert!(got.is_empty());
+    assert_eq!(end, Err(FrameError::LineTooLong { line: 2, max: 1024 }));
+}
+
+#[test]
+fn framer_caps_the_request_size() {
+    let mut big = b"set=1\n".to_vec();
+    for _ in 0..100 {
+        big.extend_from_slice(b"allowed_ip=10.0.0.0/8\n");
+    }
+    big.extend_from_slice(b"\n");
+    let (got, end) = frame(&big, 64, (LINE_MAX, 1000));
+    assert!(got.is_empty());
+    assert_eq!(end, Err(FrameError::RequestTooLarge { max: 1000 }));
+    // The same request under a limit it fits in.
+    let (got, end) = frame(&big, 64, (LINE_MAX, big.len()));
+    assert_eq!(got.len(), 1);
+    assert_eq!(end, Ok(()));
+}
+
+#[test]
+fn framer_defaults_fit_a_million_allowed_ips() {
+    // 200k of the longest AllowedIP lines go through under the default limits...
+    let line = "allowed_ip=ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128\n";
+    let mut request = format!("set=1\npublic_key={PK1}\n");
+    for _ in 0..200_000 {
+        request.push_str(line);
+    }
+    request.push('\n');
+    let (got, end) = frame(request.as_bytes(), 64 * 1024, (LINE_MAX, REQUEST_MAX));
+    assert_eq!(end, Ok(()));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].len(), request.len());
+    // ...and five times as many would too.
+    assert!(5 * request.len() < REQUEST_MAX);
+}
