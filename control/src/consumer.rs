@@ -34,8 +34,10 @@
 
 mod boot;
 mod resolver;
+mod status;
 
 pub use boot::{lockdown, restore, LockdownCommand};
+pub use status::status;
 
 use crate::serve::{dataplane_binary, NEGOTIATION_PORT, PROVIDER_V4};
 use crate::{run_cmd, uapi, Dirs};
@@ -50,7 +52,6 @@ use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
-use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -752,93 +753,6 @@ pub fn off(dirs: &Dirs) -> anyhow::Result<String> {
             ""
         },
     ))
-}
-
-/// `use status`.
-pub fn status(dirs: &Dirs) -> anyhow::Result<String> {
-    let dir = UseDir::new(dirs)?;
-    let _lock = dir.lock()?;
-    let lockdown = dir.lockdown();
-    let Some(s) = dir.load()? else {
-        return Ok(if lockdown {
-            format!(
-                "system mode: off\nlockdown: on (everything blocked: {})\n",
-                boot::lockdown_firewall()
-            )
-        } else {
-            "system mode: off\nlockdown: off\n".to_owned()
-        });
-    };
-    let mut out = String::new();
-    let _ = writeln!(out, "system mode: on (interface {})", s.interface);
-    let _ = writeln!(out, "lockdown: {}", if lockdown { "on" } else { "off" });
-    let _ = writeln!(out, "provider: {}", s.endpoint);
-    match s.granted {
-        Some(g) => {
-            let _ = writeln!(out, "inner IPv4: {}", g.inner_v4);
-            match g.inner_v6 {
-                Some(a) => {
-                    let _ = writeln!(out, "inner IPv6: {a}");
-                }
-                None => {
-                    let _ = writeln!(out, "inner IPv6: none (IPv6 blocked)");
-                }
-            }
-            let _ = writeln!(out, "DNS: {}", g.resolver);
-        }
-        None => {
-            let _ = writeln!(out, "negotiation: not finished (blocked)");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "LAN: {}",
-        if s.allow_lan { "allowed" } else { "blocked" }
-    );
-    let ks = if Invite::decode(&s.invite).is_ok_and(|i| kill_switch_in_place(&s, &i)) {
-        "on"
-    } else if table_present() {
-        "NOT AS PLANNED (run `portdistrict use` again or `portdistrict use restore`)"
-    } else {
-        "MISSING (not protected! `portdistrict use restore` puts it back)"
-    };
-    let _ = writeln!(out, "kill switch: {ks}");
-    if !link_exists(&s.interface) {
-        let _ = writeln!(
-            out,
-            "tunnel: down (the dataplane is not running; traffic is blocked; `portdistrict use` again brings it back)"
-        );
-    } else {
-        match uapi::get(Path::new(uapi::SOCKET_DIR), &s.interface) {
-            Ok(dump) => {
-                let field = |k: &str| {
-                    dump.lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .unwrap_or("0")
-                        .to_owned()
-                };
-                let hs: u64 = field("last_handshake_time_sec=").parse().unwrap_or(0);
-                let age = if hs == 0 {
-                    "never".to_owned()
-                } else {
-                    format!("{}s ago", crate::exit::now().saturating_sub(hs))
-                };
-                let _ = writeln!(
-                    out,
-                    "tunnel: up, last handshake {age}, received {} B, sent {} B",
-                    field("rx_bytes="),
-                    field("tx_bytes=")
-                );
-            }
-            Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "tunnel: interface present, dataplane not answering ({e:#})"
-                );
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// The plan of `s` (for tests).

@@ -36,10 +36,10 @@ Commands:
                         revoke a consumer (WireGuard public key or inner address) or
                         an invite (its token as `exit list` shows it)
   use INVITE --mode system [--allow-lan] [--interface pduse0]
+             [--dns auto|resolvectl|resolvconf|file|none]
              [--resolv-conf /etc/resolv.conf|none] [--timeout 20s]
                         send all traffic through the provider behind a kill switch;
                         returns once traffic flows (again: repairs or confirms)
-             [--dns auto|resolvectl|resolvconf|file|none]
   use status            what system mode applied and how the tunnel is
   use off               put routes, rules, sysctls, firewall and DNS back as they were
                         (under lockdown everything stays blocked)
