@@ -704,11 +704,9 @@ impl Daemon {
         };
         if let Some(region) = &self.shm {
             let mut peers: BTreeMap<String, portdistrict_shm::PeerConfig> = BTreeMap::new();
-            for (key, prefix) in &self.connected {
-                if carry.contains(key) {
-                    if let Some(p) = self.peer_cfg.get(key) {
-                        peers.insert(key.clone(), p.clone());
-                    }
+            for key in &carry {
+                if let Some(p) = self.peer_cfg.get(key) {
+                    peers.insert(key.clone(), p.clone());
                 }
             }
             for (key, d) in &want {
