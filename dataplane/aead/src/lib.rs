@@ -82,9 +82,9 @@ pub fn seal_group(key: &[u8; 32], msgs: &mut [Message<'_>]) -> bool {
     seal_group_with_prefix(key, 0, msgs)
 }
 
-/// [`seal_group`] under the 96-bit nonces `prefix` (four little-endian bytes), then
-/// each message's counter: RFC 8439's general nonce, of which WireGuard's is the
-/// case `prefix == 0`. For known-answer tests with arbitrary nonces.
+/// [`seal_group`] with each message's 96-bit nonce made of `prefix` (its first four
+/// bytes, little endian) and the message's counter: RFC 8439's general nonce, of
+/// which WireGuard's is the case `prefix == 0`. For known-answer tests.
 pub fn seal_group_with_prefix(key: &[u8; 32], prefix: u32, msgs: &mut [Message<'_>]) -> bool {
     if !applicable(msgs) {
         return false;
