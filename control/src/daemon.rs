@@ -17,11 +17,12 @@
 
 use crate::device::{roster, this_device};
 use crate::dns::{self, DnsConfig};
+use crate::freshness::{carried, Freshness, Grace, Kept};
 use crate::identity::{PublicIdentity, Seed};
 use crate::node::{load_peers, unlock, SecretOptions};
 use crate::records::{
-    device_name, from_txt, master_name, open, seal, subnet_of, to_txt, DeviceKeys, DeviceRecord,
-    MasterRecord,
+    device_name, from_txt, master_name, open, seal, subnet_of, to_txt, update_names, DeviceKeys,
+    DeviceRecord, MasterRecord,
 };
 use crate::{run_cmd, uapi, Dirs};
 use anyhow::{bail, Context as _};
@@ -35,10 +36,15 @@ use std::time::Duration;
 /// Peers the shared-memory region holds.
 pub const SHM_PEERS: u32 = 1024;
 
-/// How long a published record is valid.
+/// How long a published record is valid, by default (`--record-lifetime`).
 pub const RECORD_LIFETIME: u64 = 3600;
+/// The longest `--record-lifetime` (thirty days).
+const MAX_RECORD_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
 /// The longest `--interval` between cycles.
 const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// The shortest `--record-lifetime`.
+pub const MIN_RECORD_LIFETIME: u64 = 10;
 
 /// Options of `portdistrictd`.
 #[derive(Debug, Clone)]
@@ -55,6 +61,9 @@ pub struct DaemonOptions {
     pub endpoints: Vec<SocketAddr>,
     /// Time between cycles.
     pub interval: Duration,
+    /// How long the records this device publishes are valid (seconds). It also bounds
+    /// how long peers keep this device's tunnels when its records fail.
+    pub record_lifetime: u64,
     /// One cycle, then exit.
     pub once: bool,
 }
@@ -127,6 +136,7 @@ impl DaemonOptions {
             "listen-port",
             "endpoint",
             "interval",
+            "record-lifetime",
         ];
         if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
             bail!("portdistrictd: unknown option {k}");
@@ -176,6 +186,18 @@ impl DaemonOptions {
                 Some(i) => crate::parse_duration(i, MAX_INTERVAL).context("--interval")?,
                 None => Duration::from_secs(30),
             },
+            record_lifetime: match one("record-lifetime") {
+                Some(l) => {
+                    let secs = crate::parse_duration(l, MAX_RECORD_LIFETIME)
+                        .context("--record-lifetime")?
+                        .as_secs();
+                    if secs < MIN_RECORD_LIFETIME {
+                        bail!("--record-lifetime {l}: at least {MIN_RECORD_LIFETIME}s");
+                    }
+                    secs
+                }
+                None => RECORD_LIFETIME,
+            },
             once,
         })
     }
@@ -198,6 +220,8 @@ pub struct Daemon {
     shm: Option<portdistrict_shm::Region>,
     /// The peers last written to the region, by key.
     peer_cfg: BTreeMap<String, portdistrict_shm::PeerConfig>,
+    /// The high-water marks and last good expiries of the records read (persisted).
+    fresh: Freshness,
 }
 
 /// What a refresh found.
@@ -205,9 +229,10 @@ pub struct Daemon {
 pub struct View {
     /// Verified devices of trusted peers and of this identity's other devices.
     pub devices: Vec<PeerDevice>,
-    /// Overlay /48s of identities whose records failed a check: their devices stay
-    /// connected as they are.
-    pub keep: Vec<Ipv6Addr>,
+    /// Prefixes (an identity's /48 when its master record failed, a device's /64
+    /// when its device record failed) whose connected devices stay as they are until
+    /// the last good record there expires.
+    pub keep: Vec<Kept>,
     /// Who may read our records besides our own devices: trusted peers' identity keys
     /// and their devices' keys.
     pub readers: Vec<[u8; 32]>,
@@ -215,10 +240,8 @@ pub struct View {
     pub trusted: Vec<PublicIdentity>,
     /// This identity's roster.
     pub own: MasterRecord,
-}
-
-fn in_48(a: Ipv6Addr, prefix48: Ipv6Addr) -> bool {
-    a.octets()[..6] == prefix48.octets()[..6]
+    /// When it was made (the grace periods in `keep` are checked against it).
+    pub now: u64,
 }
 
 /// A verified device of a trusted peer.
@@ -297,6 +320,14 @@ impl Daemon {
         if ns != zone && !ns.ends_with(&format!(".{zone}")) {
             bail!("the namespace {ns} is not inside the zone {zone}: records could not be published there");
         }
+        if !o.once && o.record_lifetime <= o.interval.as_secs() {
+            log::warn!(
+                "--record-lifetime {}s is not longer than --interval {}s: this device's records will expire between cycles and peers will disconnect it",
+                o.record_lifetime,
+                o.interval.as_secs()
+            );
+        }
+        let fresh = crate::freshness::load(&dirs.state)?;
         Ok(Daemon {
             dirs,
             o,
@@ -308,6 +339,7 @@ impl Daemon {
             last_tunnels: BTreeMap::new(),
             shm: None,
             peer_cfg: BTreeMap::new(),
+            fresh,
         })
     }
 
@@ -324,7 +356,7 @@ impl Daemon {
         Ok(MasterRecord {
             namespace: self.identity.namespace.clone(),
             issued: now,
-            expires: now + RECORD_LIFETIME,
+            expires: now + self.o.record_lifetime,
             devices,
         })
     }
@@ -340,19 +372,28 @@ impl Daemon {
         readers.extend(own_devices.iter().copied());
         readers.sort_unstable();
         readers.dedup();
+        // Only this device's own names: a per-device TSIG key (see the README) may update
+        // nothing else.
+        let own_names = update_names(ns, &self.device, self.seed.is_some());
+        let publish = |name: &str, txt: &[Vec<String>]| {
+            if !own_names.iter().any(|n| n == name) {
+                bail!("refusing to publish at {name}: not one of this device's names");
+            }
+            dns::publish(&self.o.dns, name, txt, crate::exit::now)
+        };
         if let Some(seed) = &self.seed {
             let name = master_name(ns);
             let env = seal(&view.own.sign(&seed.master())?, &name, &readers, &mut rng)?;
-            dns::publish(&self.o.dns, &name, &to_txt(&env), crate::exit::now)?;
+            publish(&name, &to_txt(&env))?;
             let trust = crate::records::TrustRecord {
                 namespace: ns.clone(),
                 issued: now,
-                expires: now + RECORD_LIFETIME,
+                expires: now + self.o.record_lifetime,
                 peers: view.trusted.clone(),
             };
             let tname = crate::records::trust_name(ns);
             let env = seal(&trust.sign(&seed.master())?, &tname, &own_devices, &mut rng)?;
-            dns::publish(&self.o.dns, &tname, &to_txt(&env), crate::exit::now)?;
+            publish(&tname, &to_txt(&env))?;
         }
         let endpoints = if self.o.endpoints.is_empty() {
             detect_addresses(&self.o.interface)
@@ -374,14 +415,14 @@ impl Daemon {
             namespace: ns.clone(),
             device: self.device.clone(),
             issued: now,
-            expires: now + RECORD_LIFETIME,
+            expires: now + self.o.record_lifetime,
             wg_key: *wg.as_bytes(),
             subnet: subnet_of(&self.device),
             endpoints,
         };
         let dname = device_name(ns, &self.device);
         let env = seal(&rec.sign(&self.keys.signing())?, &dname, &readers, &mut rng)?;
-        dns::publish(&self.o.dns, &dname, &to_txt(&env), crate::exit::now)?;
+        publish(&dname, &to_txt(&env))?;
         log::info!(
             "published {}{dname} ({} endpoints) for {} readers",
             if self.seed.is_some() {
@@ -408,8 +449,8 @@ impl Daemon {
 
     /// Whom this device trusts and its identity's roster: from the local stores with
     /// the seed; from the identity's own trust and master records (readable by its
-    /// devices) without it.
-    fn own_view(&self, now: u64) -> anyhow::Result<(Vec<PublicIdentity>, MasterRecord)> {
+    /// devices) without it, each refused when older than one already seen.
+    fn own_view(&mut self, now: u64) -> anyhow::Result<(Vec<PublicIdentity>, MasterRecord)> {
         if self.seed.is_some() {
             let peers = load_peers(&self.dirs)?;
             return Ok((
@@ -417,11 +458,14 @@ impl Daemon {
                 self.local_roster(now)?,
             ));
         }
-        let ns = &self.identity.namespace;
-        let name = master_name(ns);
+        let ns = self.identity.namespace.clone();
+        let name = master_name(&ns);
         let own = MasterRecord::verify(&self.read(&name)?, &name, &self.identity.master, now)
             .with_context(|| format!("own master record {name}"))?;
-        let tname = crate::records::trust_name(ns);
+        self.fresh
+            .accept(&name, own.issued, own.expires)
+            .with_context(|| format!("own master record {name}"))?;
+        let tname = crate::records::trust_name(&ns);
         let trust = crate::records::TrustRecord::verify(
             &self.read(&tname)?,
             &tname,
@@ -429,14 +473,56 @@ impl Daemon {
             now,
         )
         .with_context(|| format!("own trust record {tname}"))?;
+        self.fresh
+            .accept(&tname, trust.issued, trust.expires)
+            .with_context(|| format!("own trust record {tname}"))?;
         Ok((trust.peers, own))
     }
 
+    /// After the record at `name` failed: keeps `prefix`/`len` (its devices) as
+    /// connected until the last good record there expires, or lets them go; says which.
+    fn hold(
+        &self,
+        name: &str,
+        prefix: Ipv6Addr,
+        len: u8,
+        now: u64,
+        keep: &mut Vec<Kept>,
+    ) -> String {
+        match self.fresh.grace(name, now) {
+            Grace::Until(until) => {
+                keep.push(Kept { prefix, len, until });
+                format!(
+                    "its devices ({prefix}/{len}) stay as they are until the last good record expires at {until} (in {} s)",
+                    until - now
+                )
+            }
+            Grace::Expired(at) => format!(
+                "the last good record expired at {at}: its devices ({prefix}/{len}) are removed"
+            ),
+            Grace::Never => {
+                format!("no good record seen yet: its devices ({prefix}/{len}) are not connected")
+            }
+        }
+    }
+
     /// Reads every trusted peer's records and this identity's other devices'. A record
-    /// that fails a check is logged with the reason and skipped, and that identity's
-    /// overlay /48 is returned in `keep`: its devices stay connected as they were (an
-    /// altered or unreachable record must not tear down working tunnels).
-    pub fn refresh(&self, now: u64) -> anyhow::Result<View> {
+    /// that fails a check (altered, expired, unreachable, or older than one already
+    /// seen there: a rollback) is logged with the reason and skipped; the devices
+    /// behind it (the identity's /48 for a master record, the device's /64 for a device
+    /// record) stay connected as they were only until the last record that verified
+    /// there expires, and are removed after that. The high-water marks are saved when
+    /// they moved.
+    pub fn refresh(&mut self, now: u64) -> anyhow::Result<View> {
+        let before = self.fresh.clone();
+        let view = self.refresh_inner(now);
+        if self.fresh != before {
+            crate::freshness::save(&self.dirs.state, &self.fresh)?;
+        }
+        view
+    }
+
+    fn refresh_inner(&mut self, now: u64) -> anyhow::Result<View> {
         let (trusted, own) = self.own_view(now)?;
         let mut out = Vec::new();
         let mut keep = Vec::new();
@@ -445,13 +531,21 @@ impl Daemon {
             readers.push(p.ecdh);
             let ns = &p.namespace;
             let name = master_name(ns);
-            let roster = match self.read(&name).and_then(|plain| {
-                MasterRecord::verify(&plain, &name, &p.master, now).map_err(Into::into)
-            }) {
+            let checked = self
+                .read(&name)
+                .and_then(|plain| Ok(MasterRecord::verify(&plain, &name, &p.master, now)?))
+                .and_then(|r| {
+                    self.fresh.accept(&name, r.issued, r.expires)?;
+                    Ok(r)
+                });
+            let roster = match checked {
                 Ok(r) => r,
                 Err(e) => {
-                    log::warn!("peer {} ({ns}): master record rejected: {e:#}", p.node_id());
-                    keep.push(p.overlay_prefix());
+                    let what = self.hold(&name, p.overlay_prefix(), 48, now, &mut keep);
+                    log::warn!(
+                        "peer {} ({ns}): master record rejected: {e:#}; {what}",
+                        p.node_id()
+                    );
                     continue;
                 }
             };
@@ -459,31 +553,27 @@ impl Daemon {
             self.read_devices(p, &roster, now, None, &mut out, &mut keep);
         }
         // This identity's other devices.
-        self.read_devices(
-            &self.identity,
-            &own,
-            now,
-            Some(&self.device),
-            &mut out,
-            &mut keep,
-        );
+        let me = self.identity.clone();
+        let skip = self.device.clone();
+        self.read_devices(&me, &own, now, Some(&skip), &mut out, &mut keep);
         Ok(View {
             devices: out,
             keep,
             readers,
             trusted,
             own,
+            now,
         })
     }
 
     fn read_devices(
-        &self,
+        &mut self,
         id: &PublicIdentity,
         roster: &MasterRecord,
         now: u64,
         skip: Option<&str>,
         out: &mut Vec<PeerDevice>,
-        keep: &mut Vec<Ipv6Addr>,
+        keep: &mut Vec<Kept>,
     ) {
         let ns = &id.namespace;
         for d in roster
@@ -492,9 +582,14 @@ impl Daemon {
             .filter(|d| Some(d.device.name.as_str()) != skip)
         {
             let dname = device_name(ns, &d.device.name);
-            match self.read(&dname).and_then(|plain| {
-                DeviceRecord::verify(&plain, &dname, roster, now).map_err(Into::into)
-            }) {
+            let checked = self
+                .read(&dname)
+                .and_then(|plain| Ok(DeviceRecord::verify(&plain, &dname, roster, now)?))
+                .and_then(|r| {
+                    self.fresh.accept(&dname, r.issued, r.expires)?;
+                    Ok(r)
+                });
+            match checked {
                 Ok(r) => out.push(PeerDevice {
                     namespace: ns.clone(),
                     device: r.device.clone(),
@@ -503,8 +598,9 @@ impl Daemon {
                     endpoints: r.endpoints,
                 }),
                 Err(e) => {
-                    log::warn!("{ns}: device record {dname} rejected: {e:#}");
-                    keep.push(id.overlay_prefix());
+                    let prefix = id.device_prefix(subnet_of(&d.device.name));
+                    let what = self.hold(&dname, prefix, 64, now, keep);
+                    log::warn!("{ns}: device record {dname} rejected: {e:#}; {what}");
                 }
             }
         }
@@ -526,7 +622,7 @@ impl Daemon {
     }
 
     /// Creates the tunnel if missing and makes its peers exactly `r.devices`, plus
-    /// those already connected inside a kept /48.
+    /// those already connected inside a kept prefix whose grace period runs.
     pub fn connect(&mut self, r: &View) -> anyhow::Result<()> {
         let off = crate::tunnels::disconnected(&self.dirs)?;
         let devices: Vec<&PeerDevice> = r
@@ -534,7 +630,6 @@ impl Daemon {
             .iter()
             .filter(|d| !off.contains(&format!("{}.{}", d.device, d.namespace)))
             .collect();
-        let kept = |prefix: &Ipv6Addr| r.keep.iter().any(|k| in_48(*prefix, *k));
         let ifname = self.o.interface.clone();
         let shm_path = self.dirs.run.join(format!("{ifname}.shm"));
         if !Path::new("/sys/class/net").join(&ifname).exists() {
@@ -611,6 +706,11 @@ impl Daemon {
         for d in devices {
             want.insert(PublicKey(d.wg_key).to_base64(), d);
         }
+        let carry: std::collections::BTreeSet<String> =
+            carried(&self.connected, |k| want.contains_key(k), &r.keep, r.now)
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
         let peer_config = |d: &PeerDevice| portdistrict_shm::PeerConfig {
             public_key: d.wg_key,
             preshared_key: None,
@@ -620,11 +720,9 @@ impl Daemon {
         };
         if let Some(region) = &self.shm {
             let mut peers: BTreeMap<String, portdistrict_shm::PeerConfig> = BTreeMap::new();
-            for (key, prefix) in &self.connected {
-                if !want.contains_key(key) && kept(prefix) {
-                    if let Some(p) = self.peer_cfg.get(key) {
-                        peers.insert(key.clone(), p.clone());
-                    }
+            for key in &carry {
+                if let Some(p) = self.peer_cfg.get(key) {
+                    peers.insert(key.clone(), p.clone());
                 }
             }
             for (key, d) in &want {
@@ -644,7 +742,7 @@ impl Daemon {
             for (key, _) in self
                 .connected
                 .iter()
-                .filter(|(k, p)| !want.contains_key(*k) && !kept(p))
+                .filter(|(k, _)| !want.contains_key(*k) && !carry.contains(*k))
             {
                 let mut p = PeerChange::new(
                     PublicKey::from_base64(key).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -703,7 +801,7 @@ impl Daemon {
             }
         }
         for (key, prefix) in &self.connected {
-            if !want.contains_key(key) && !kept(prefix) {
+            if !want.contains_key(key) && !carry.contains(key) {
                 let _ = run_cmd(&[
                     "ip",
                     "-6",
@@ -719,7 +817,7 @@ impl Daemon {
         let kept_now: Vec<(String, Ipv6Addr)> = self
             .connected
             .iter()
-            .filter(|(k, p)| !want.contains_key(*k) && kept(p))
+            .filter(|(k, _)| carry.contains(*k))
             .map(|(k, p)| (k.clone(), *p))
             .collect();
         self.connected = want.iter().map(|(k, d)| (k.clone(), d.prefix)).collect();
@@ -761,11 +859,52 @@ impl Daemon {
         )
     }
 
+    /// On a device without the seed, which of the identity's own master and trust
+    /// records failed past the last good copy's expiry (None: both still in grace).
+    fn own_records_lost(&self, now: u64) -> Option<String> {
+        if self.seed.is_some() {
+            return None;
+        }
+        let ns = &self.identity.namespace;
+        [master_name(ns), crate::records::trust_name(ns)]
+            .into_iter()
+            .find_map(|name| match self.fresh.grace(&name, now) {
+                Grace::Expired(at) => Some(format!(
+                    "the last good copy of the identity's own record {name} expired at {at}"
+                )),
+                Grace::Until(_) | Grace::Never => None,
+            })
+    }
+
     /// One cycle: refresh (whom to publish for and connect to), publish, connect.
     /// Publication failures are logged (the peers' records are still connected).
     pub fn cycle(&mut self) -> anyhow::Result<usize> {
         let now = crate::exit::now();
-        let view = self.refresh(now)?;
+        let view = match self.refresh(now) {
+            Ok(v) => v,
+            Err(e) => {
+                // Without the seed, whom to connect to comes from the identity's own
+                // records: when they fail past the last good one's expiry, nobody.
+                if let Some(lost) = self.own_records_lost(now) {
+                    log::error!("{lost}: every peer is disconnected until they verify again");
+                    let view = View {
+                        devices: Vec::new(),
+                        keep: Vec::new(),
+                        readers: Vec::new(),
+                        trusted: Vec::new(),
+                        own: MasterRecord {
+                            namespace: self.identity.namespace.clone(),
+                            issued: 0,
+                            expires: 0,
+                            devices: Vec::new(),
+                        },
+                        now,
+                    };
+                    self.connect(&view)?;
+                }
+                return Err(e);
+            }
+        };
         if let Err(e) = self.publish(now, &view) {
             log::error!("publication failed: {e:#}");
         }
@@ -858,6 +997,15 @@ mod tests {
         assert_eq!(o.dns.secret, b"secret");
         assert_eq!(o.interval, Duration::from_secs(5), "flags win");
         assert!(o.once);
+        assert_eq!(o.record_lifetime, RECORD_LIFETIME);
+        let c = conf.to_string_lossy();
+        let o = DaemonOptions::parse(&["--config", &c, "--record-lifetime", "20s"]).unwrap();
+        assert_eq!(o.record_lifetime, 20);
+        let e = DaemonOptions::parse(&["--config", &c, "--record-lifetime", "5s"]).unwrap_err();
+        assert!(
+            e.to_string().contains("--record-lifetime 5s: at least 10s"),
+            "{e}"
+        );
         let e = DaemonOptions::parse(&["--config", &conf.to_string_lossy(), "--bogus", "1"])
             .unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");

@@ -146,7 +146,7 @@ pub fn publish(
         return match reply.metadata.response_code {
             ResponseCode::NoError => Ok(()),
             ResponseCode::NotAuth => bail!(
-                "{} refused the update of {owner} (NOTAUTH): check the TSIG key name {:?} and its secret, and that the zone allows updates with it",
+                "{} refused the update of {owner} (NOTAUTH): check the TSIG key name {:?} and its secret, and that the zone's ACL lets this key update this name (a per-device key may update only its own device's names)",
                 cfg.server, cfg.key_name
             ),
             ResponseCode::Refused => bail!(

@@ -8,7 +8,8 @@
 //! - [`identity`], [`trust`]: identities, bundles and the trust lifecycle (pure);
 //!   [`node`]: the `identity` and `peer` commands around them; [`records`]: master
 //!   and device records, signed, encrypted to their readers, chunked into TXT.
-//! - [`device`]: this machine's device and the roster; [`daemon`]: `portdistrictd`.
+//! - [`device`]: this machine's device and the roster; [`daemon`]: `portdistrictd`;
+//!   [`freshness`]: its rollback protection and grace periods (pure).
 //! - [`tunnels`]: `tunnel list|show|connect|disconnect` and `status`.
 //! - [`dns`]: publication (RFC 2136 + TSIG) and resolution (hickory-resolver).
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
@@ -21,6 +22,7 @@ pub mod device;
 pub mod dns;
 pub mod dnsfwd;
 pub mod exit;
+pub mod freshness;
 pub mod identity;
 pub mod node;
 pub mod records;

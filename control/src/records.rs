@@ -227,6 +227,18 @@ pub fn device_name(namespace: &str, device: &str) -> String {
     format!("{LABEL}.{device}.{namespace}")
 }
 
+/// Every name a device publishes at, so every name its TSIG key needs to update (and
+/// should be allowed to update, in the zone's ACL): its device record, and on the
+/// device that holds the identity's seed (`with_master`), the master and trust records.
+pub fn update_names(namespace: &str, device: &str, with_master: bool) -> Vec<String> {
+    let mut names = vec![device_name(namespace, device)];
+    if with_master {
+        names.push(master_name(namespace));
+        names.push(trust_name(namespace));
+    }
+    names
+}
+
 /// A device's subnet number from its name (1..=65535; the /64 inside the /48).
 pub fn subnet_of(device: &str) -> u16 {
     let h = blake3::hash(device.as_bytes());
@@ -861,6 +873,22 @@ mod tests {
             devices: vec![d],
         };
         (alice, laptop, roster)
+    }
+
+    #[test]
+    fn a_device_updates_only_its_own_names() {
+        assert_eq!(
+            update_names("bob.pd.test", "desk", false),
+            ["_portdistrict.desk.bob.pd.test"]
+        );
+        assert_eq!(
+            update_names("alice.pd.test", "laptop", true),
+            [
+                "_portdistrict.laptop.alice.pd.test",
+                "_portdistrict.alice.pd.test",
+                "_portdistrict-trust.alice.pd.test"
+            ]
+        );
     }
 
     #[test]

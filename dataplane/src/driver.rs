@@ -9,7 +9,7 @@
 //! the others. The loop ends when the interface is deleted (the TUN fd reports
 //! `EBADFD`) or on SIGTERM/SIGINT.
 
-use crate::crypto_jobs::{chunk_size, OpenChunk, SealChunk};
+use crate::crypto_jobs::{chunk_size, remove_spans, OpenChunk, SealChunk};
 use crate::io::{
     poll_fds, read_cpu_times, recvmmsg_batch, Completion, EventFd, IdleGate, LinkEvent,
     LinkMonitor, PollFd, Pool, Reactor, ReactorConfig, RecvBatch, SourceAddr, Tun, UdpSockets,
@@ -71,6 +71,12 @@ struct TxBatch {
     sources_cleared: Vec<std::net::SocketAddr>,
     /// Datagrams the kernel refused during flushes.
     failed: u64,
+    /// Data messages of `buf` that could not be sealed (offset, length): taken out
+    /// of the batch before it leaves.
+    dropped: Vec<(usize, usize)>,
+    /// Data messages dropped unsent because they could not be sealed (a hard drop:
+    /// see `seal_prepared`).
+    seal_dropped: u64,
     /// Data messages sealed or opened by the AVX-512 group code (both directions:
     /// receive groups add theirs here too).
     crypto_grouped: u64,
@@ -93,6 +99,8 @@ impl TxBatch {
             keys: Vec::with_capacity(GSO_MAX_SEGMENTS),
             sources_cleared: Vec::new(),
             failed: 0,
+            dropped: Vec::with_capacity(GSO_MAX_SEGMENTS),
+            seal_dropped: 0,
             crypto_grouped: 0,
         }
     }
@@ -128,6 +136,20 @@ impl TxBatch {
     /// and sends the batch.
     fn flush(&mut self, udp: &UdpSockets, pool: &Pool) {
         self.seal(pool);
+        if !self.dropped.is_empty() {
+            // What could not be sealed never leaves; the rest of the batch keeps its
+            // order and segment size.
+            let count = self.count;
+            let removed = remove_spans(&mut self.buf, &mut self.dropped).unwrap_or(count);
+            self.count = count.saturating_sub(removed);
+            self.seal_dropped += (count - self.count) as u64;
+            self.dropped.clear();
+        }
+        if self.count == 0 {
+            self.to = None;
+            self.buf.clear();
+            self.closed = false;
+        }
         let Some(to) = self.to.take() else { return };
         let mut src = to_source(to.local);
         let had_source = src != SourceAddr::None;
@@ -169,10 +191,18 @@ impl TxBatch {
                 }
                 todo.next();
                 let tail = std::mem::take(&mut rest);
-                let Some((_, tail)) = tail.split_at_mut_checked(offset - pos) else {
+                // Never expected (the spans come from `append`): a message this cannot
+                // reach stays unsealed, so it is dropped like one that failed to seal
+                // (all of the batch, if the span lies outside the buffer).
+                let Some((_, tail)) = offset
+                    .checked_sub(pos)
+                    .and_then(|gap| tail.split_at_mut_checked(gap))
+                else {
+                    self.dropped.push((offset, len));
                     continue;
                 };
                 let Some((msg, tail)) = tail.split_at_mut_checked(len) else {
+                    self.dropped.push((offset, len));
                     continue;
                 };
                 rest = tail;
@@ -182,10 +212,13 @@ impl TxBatch {
                     n += 1;
                 }
                 if let Some(c) = chunks[n - 1].as_mut() {
-                    c.push(msg);
+                    c.push(msg, (offset, len));
                 }
             }
             pool.run(&mut chunks[..n]);
+            for c in chunks[..n].iter().flatten() {
+                self.dropped.extend(c.dropped());
+            }
             let grouped: usize = chunks[..n].iter().flatten().map(|c| c.grouped).sum();
             self.crypto_grouped += grouped as u64;
         }
@@ -268,7 +301,9 @@ impl Io for OsIo<'_> {
         };
         if msg.len() > GSO_MAX_BYTES / 2 {
             self.tx.flush(udp, self.pool);
-            seal_prepared(key, msg);
+            if seal_prepared(key, msg).is_err() {
+                return SendOutcome::NotSealed;
+            }
             return Self::send_now(udp, to, msg);
         }
         // Sealed when the batch leaves, together with the rest of the batch.
@@ -1258,6 +1293,7 @@ impl Driver {
                         out.push_str(&format!("tx_gso={}\n", u8::from(u.gso_enabled())));
                     }
                     out.push_str(&format!("tx_batch_send_failed={}\n", self.tx.failed));
+                    out.push_str(&format!("tx_batch_seal_dropped={}\n", self.tx.seal_dropped));
                     let p = self.pool.stats();
                     out.push_str(&format!("crypto_threads={}\n", self.pool.workers() + 1));
                     out.push_str(&format!(

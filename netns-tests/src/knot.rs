@@ -7,6 +7,19 @@ use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+/// A TSIG key (HMAC-SHA256) that may update the zone: all of it (`owners` empty), or
+/// only the TXT records at exactly `owners` (absolute names, without the final dot),
+/// as Knot's `update-owner: name` with `update-owner-match: equal` does.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateKey<'a> {
+    /// The key's name (`key: id`).
+    pub name: &'a str,
+    /// Its base64 secret.
+    pub secret: &'a str,
+    /// The only names it may update (empty: any in the zone).
+    pub owners: &'a [&'a str],
+}
+
 /// A running `knotd`.
 pub struct Knot {
     ns_name: String,
@@ -33,6 +46,26 @@ impl Knot {
         records: &[&str],
         update: Option<(&str, &str)>,
     ) -> Knot {
+        let keys: Vec<UpdateKey<'_>> = update
+            .map(|(name, secret)| UpdateKey {
+                name,
+                secret,
+                owners: &[],
+            })
+            .into_iter()
+            .collect();
+        Knot::start_with_keys(ns, addrs, zone, records, &keys)
+    }
+
+    /// Like [`Knot::start`], and the zone accepts RFC 2136 updates signed with any of
+    /// `keys`, each for the names it may update (an ACL rule per key).
+    pub fn start_with_keys(
+        ns: &Netns,
+        addrs: &[IpAddr],
+        zone: &str,
+        records: &[&str],
+        keys: &[UpdateKey<'_>],
+    ) -> Knot {
         let dir = TempDir::new("knot");
         let d = dir.path().to_string_lossy().into_owned();
         std::fs::create_dir_all(dir.path().join("db")).expect("knot db dir");
@@ -45,12 +78,37 @@ impl Knot {
         }
         std::fs::write(dir.path().join(format!("{zone}.zone")), zonefile).expect("zone file");
         let listen: Vec<String> = addrs.iter().map(|a| format!("{a}@53")).collect();
-        let (keys, acl) = match update {
-            Some((name, secret)) => (
-                format!("key:\n  - id: {name}\n    algorithm: hmac-sha256\n    secret: {secret}\nacl:\n  - id: upd\n    key: {name}\n    action: update\n"),
-                "    acl: upd\n    zonefile-sync: -1\n    journal-content: all\n".to_owned(),
-            ),
-            None => (String::new(), String::new()),
+        let (keys, acl) = if keys.is_empty() {
+            (String::new(), String::new())
+        } else {
+            let mut k = "key:\n".to_owned();
+            let mut a = "acl:\n".to_owned();
+            let mut ids = Vec::new();
+            for (i, key) in keys.iter().enumerate() {
+                k.push_str(&format!(
+                    "  - id: {}\n    algorithm: hmac-sha256\n    secret: {}\n",
+                    key.name, key.secret
+                ));
+                a.push_str(&format!(
+                    "  - id: upd{i}\n    key: {}\n    action: update\n",
+                    key.name
+                ));
+                if !key.owners.is_empty() {
+                    let owners: Vec<String> = key.owners.iter().map(|o| format!("{o}.")).collect();
+                    a.push_str(&format!(
+                        "    update-type: TXT\n    update-owner: name\n    update-owner-match: equal\n    update-owner-name: [ {} ]\n",
+                        owners.join(", ")
+                    ));
+                }
+                ids.push(format!("upd{i}"));
+            }
+            (
+                format!("{k}{a}"),
+                format!(
+                    "    acl: [ {} ]\n    zonefile-sync: -1\n    journal-content: all\n",
+                    ids.join(", ")
+                ),
+            )
         };
         let conf = format!(
             "server:\n    listen: [ {} ]\n    rundir: {d}\ndatabase:\n    storage: {d}/db\n{keys}zone:\n  - domain: {zone}\n    storage: {d}\n    file: {zone}.zone\n{acl}",

@@ -33,7 +33,7 @@ mod wg;
 pub use cmd::{run, try_run, ChildGuard};
 pub use daemon::{find_daemon_pids, uut_binary, Daemon, Detached, Implementation};
 pub use iperf::{iperf3_tcp, iperf3_udp, IperfReport};
-pub use knot::Knot;
+pub use knot::{Knot, UpdateKey};
 pub use names::{unique_ifname, unique_name, TempDir};
 pub use netns::{require_root, Netns, Veth};
 pub use topology::{

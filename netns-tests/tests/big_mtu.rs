@@ -1,6 +1,7 @@
 //! (f) A 34816-byte tunnel MTU: unfragmented 30000-byte pings, iperf3 TCP, and iperf3
-//! UDP with 30000-byte datagrams (under 5 % loss). The underlay stays at 1500, so the
-//! outer datagrams are IP-fragmented and reassembled.
+//! UDP with 30000-byte datagrams (under 5 % loss), every data message sealed (no hard
+//! drop counted). The underlay stays at 1500, so the outer datagrams are IP-fragmented
+//! and reassembled.
 
 use portdistrict_netns_tests::{assert_ping, iperf3_tcp, iperf3_udp, Family, Pair, PairOptions};
 
@@ -52,6 +53,16 @@ fn jumbo_tunnel_mtu_carries_tcp_and_udp() {
 
     let udp = iperf3_udp(&pair.left.ns, &pair.right.ns, dst, 3, 30000, "100M");
     let lost = udp.lost_percent.expect("udp report has loss");
+    // Jumbo messages and GSO batches all sealed: the hard drop for what cannot be
+    // sealed never fired (and both counters are there).
+    for d in [&pair.left.daemon, &pair.right.daemon] {
+        let s = d.stats();
+        assert_eq!(
+            (s.get("tx_seal_dropped"), s.get("tx_batch_seal_dropped")),
+            (Some(&0), Some(&0)),
+            "{s:?}"
+        );
+    }
     assert!(udp.bits_per_second > 0.0 && udp.bytes > 0, "{udp:?}");
     assert!(lost < 5.0, "UDP loss {lost}% over mtu {MTU}: {udp:?}");
     eprintln!(

@@ -9,12 +9,20 @@ use std::sync::Arc;
 const USAGE: &str = "usage: portdistrictd [--state-dir DIR] [--run-dir DIR] [--config FILE]
         --dns-server IP[:PORT] --zone ZONE --tsig-key NAME --tsig-secret-file FILE
         [--resolver IP[:PORT]] [--passphrase-file FILE] [--interface pd0]
-        [--listen-port 51820] [--endpoint IP:PORT ...] [--interval 30s] [--once]
+        [--listen-port 51820] [--endpoint IP:PORT ...] [--interval 30s]
+        [--record-lifetime 1h] [--once]
 
 Publishes this identity's records in DNS (RFC 2136 + TSIG), reads its trusted peers'
 records and connects this device's tunnel to every trusted device, every interval,
 until SIGTERM; --once runs one cycle and exits. --config FILE holds the same settings
-as `name = value` lines (flags win).";
+as `name = value` lines (flags win).
+
+Records are valid for --record-lifetime (at least 10s; keep it well above --interval).
+A peer record that fails (altered, expired, unreachable, or older than one already
+seen: a rollback) keeps that peer's devices connected only until the last record that
+verified there expires. The TSIG key may be this device's own: it only updates
+_portdistrict.DEVICE.NAMESPACE, and on the device holding the identity's seed also
+_portdistrict.NAMESPACE and _portdistrict-trust.NAMESPACE.";
 
 struct StderrLog;
 

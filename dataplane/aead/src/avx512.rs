@@ -28,39 +28,40 @@ const M42: u64 = (1 << 42) - 1;
 /// Poly1305's clamp of `r`.
 const CLAMP: u128 = 0x0fff_fffc_0fff_fffc_0fff_fffc_0fff_ffff;
 
-pub(crate) fn seal(key: &[u8; 32], msgs: &mut [Message<'_>]) {
+pub(crate) fn seal(key: &[u8; 32], prefix: u32, msgs: &mut [Message<'_>]) {
     assert!(
         detected(),
         "AVX-512 group code entered without the CPU for it"
     );
     // SAFETY: the CPU has AVX-512 F, BW, VL and IFMA (asserted above).
-    unsafe { seal_avx512(key, msgs) }
+    unsafe { seal_avx512(key, prefix, msgs) }
 }
 
-pub(crate) fn open(key: &[u8; 32], msgs: &mut [Message<'_>], ok: &mut [bool]) {
+pub(crate) fn open(key: &[u8; 32], prefix: u32, msgs: &mut [Message<'_>], ok: &mut [bool]) {
     assert!(
         detected(),
         "AVX-512 group code entered without the CPU for it"
     );
     // SAFETY: the CPU has AVX-512 F, BW, VL and IFMA (asserted above).
-    unsafe { open_avx512(key, msgs, ok) }
+    unsafe { open_avx512(key, prefix, msgs, ok) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512ifma")]
-fn seal_avx512(key: &[u8; 32], msgs: &mut [Message<'_>]) {
+fn seal_avx512(key: &[u8; 32], prefix: u32, msgs: &mut [Message<'_>]) {
     let n = msgs.len().min(GROUP);
     let len = msgs[0].buf.len() - TAG_LEN;
     let kw = key_words(key);
+    let n0 = _mm512_set1_epi32(prefix as i32);
     let mut counters = [0u64; GROUP];
     let mut ptrs = [std::ptr::null_mut::<u8>(); GROUP];
     for (i, m) in msgs[..n].iter_mut().enumerate() {
         counters[i] = m.counter;
         ptrs[i] = m.buf.as_mut_ptr();
     }
-    let keys = poly_keys(&kw, &counters[..n]);
+    let keys = poly_keys(&kw, n0, &counters[..n]);
     // SAFETY: `ptrs[..n]` point at the starts of `n` distinct exclusively borrowed
     // buffers of `len + 16` bytes each, not otherwise used until this returns.
-    unsafe { xor_keystream(&kw, &ptrs[..n], &counters[..n], len) };
+    unsafe { xor_keystream(&kw, n0, &ptrs[..n], &counters[..n], len) };
     let tags = poly1305(&keys[..n], &msgs[..n], len);
     for (m, tag) in msgs[..n].iter_mut().zip(tags) {
         m.buf[len..].copy_from_slice(&tag);
@@ -68,15 +69,16 @@ fn seal_avx512(key: &[u8; 32], msgs: &mut [Message<'_>]) {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512ifma")]
-fn open_avx512(key: &[u8; 32], msgs: &mut [Message<'_>], ok: &mut [bool]) {
+fn open_avx512(key: &[u8; 32], prefix: u32, msgs: &mut [Message<'_>], ok: &mut [bool]) {
     let n = msgs.len().min(GROUP);
     let len = msgs[0].buf.len() - TAG_LEN;
     let kw = key_words(key);
+    let n0 = _mm512_set1_epi32(prefix as i32);
     let mut counters = [0u64; GROUP];
     for (i, m) in msgs[..n].iter().enumerate() {
         counters[i] = m.counter;
     }
-    let keys = poly_keys(&kw, &counters[..n]);
+    let keys = poly_keys(&kw, n0, &counters[..n]);
     let tags = poly1305(&keys[..n], &msgs[..n], len);
     let mut good = 0;
     let mut good_ptrs = [std::ptr::null_mut::<u8>(); GROUP];
@@ -93,7 +95,7 @@ fn open_avx512(key: &[u8; 32], msgs: &mut [Message<'_>], ok: &mut [bool]) {
         }
     }
     // SAFETY: as in `seal_avx512`: distinct exclusively borrowed buffers of `len + 16`.
-    unsafe { xor_keystream(&kw, &good_ptrs[..good], &good_counters[..good], len) };
+    unsafe { xor_keystream(&kw, n0, &good_ptrs[..good], &good_counters[..good], len) };
 }
 
 /// The key as eight little-endian words, each broadcast to every lane.
@@ -139,9 +141,16 @@ macro_rules! quarter {
 }
 
 /// Sixteen ChaCha20 blocks: lane `j` has block counter `ctr[j]` and nonce words
-/// `0, nlo[j], nhi[j]`. Returns the keystream, register `j` = block of lane `j`.
+/// `n0[j], nlo[j], nhi[j]` (`n0` is zero for WireGuard). Returns the keystream,
+/// register `j` = block of lane `j`.
 #[target_feature(enable = "avx512f")]
-fn blocks16(kw: &[__m512i; 8], ctr: __m512i, nlo: __m512i, nhi: __m512i) -> [__m512i; 16] {
+fn blocks16(
+    kw: &[__m512i; 8],
+    ctr: __m512i,
+    n0: __m512i,
+    nlo: __m512i,
+    nhi: __m512i,
+) -> [__m512i; 16] {
     let s: [__m512i; 16] = [
         _mm512_set1_epi32(SIGMA[0] as i32),
         _mm512_set1_epi32(SIGMA[1] as i32),
@@ -156,7 +165,7 @@ fn blocks16(kw: &[__m512i; 8], ctr: __m512i, nlo: __m512i, nhi: __m512i) -> [__m
         kw[6],
         kw[7],
         ctr,
-        _mm512_setzero_si512(),
+        n0,
         nlo,
         nhi,
     ];
@@ -212,14 +221,20 @@ fn transpose(x: [__m512i; 16]) -> [__m512i; 16] {
 
 /// Block 0 of each message's keystream: its one-time Poly1305 key (r, s).
 #[target_feature(enable = "avx512f")]
-fn poly_keys(kw: &[__m512i; 8], counters: &[u64]) -> [[u8; 32]; GROUP] {
+fn poly_keys(kw: &[__m512i; 8], n0: __m512i, counters: &[u64]) -> [[u8; 32]; GROUP] {
     let mut nlo = [0u32; 16];
     let mut nhi = [0u32; 16];
     for (i, c) in counters.iter().enumerate().take(16) {
         nlo[i] = *c as u32;
         nhi[i] = (*c >> 32) as u32;
     }
-    let ks = blocks16(kw, _mm512_setzero_si512(), load_u32(&nlo), load_u32(&nhi));
+    let ks = blocks16(
+        kw,
+        _mm512_setzero_si512(),
+        n0,
+        load_u32(&nlo),
+        load_u32(&nhi),
+    );
     let mut keys = [[0u8; 32]; GROUP];
     for (i, k) in keys.iter_mut().enumerate().take(counters.len()) {
         let mut block = [0u8; 64];
@@ -237,7 +252,13 @@ fn poly_keys(kw: &[__m512i; 8], counters: &[u64]) -> [[u8; 32]; GROUP] {
 /// Each `ptrs[i]` must be valid for reads and writes of `len` bytes, the ranges must
 /// not overlap, and nothing else may access them during the call.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn xor_keystream(kw: &[__m512i; 8], ptrs: &[*mut u8], counters: &[u64], len: usize) {
+unsafe fn xor_keystream(
+    kw: &[__m512i; 8],
+    n0: __m512i,
+    ptrs: &[*mut u8],
+    counters: &[u64],
+    len: usize,
+) {
     let per = len.div_ceil(64);
     let total = ptrs.len() * per;
     // Every message's counter halves, indexed by message (at most sixteen), so that a
@@ -272,6 +293,7 @@ unsafe fn xor_keystream(kw: &[__m512i; 8], ptrs: &[*mut u8], counters: &[u64], l
         let ks = blocks16(
             kw,
             _mm512_add_epi32(b, one),
+            n0,
             _mm512_permutexvar_epi32(m, lo),
             _mm512_permutexvar_epi32(m, hi),
         );

@@ -1,21 +1,19 @@
 //! Every group result equals ring's ChaCha20-Poly1305 message by message: lengths 0 to
-//! 1,500 bytes (every one up to 200, then a spread), every group size, counters that
-//! use all 64 bits; opening finds exactly the messages that were tampered with and
-//! leaves those untouched.
+//! 1,500 bytes (every one up to 200, then a spread) and on up to the longest the group
+//! takes ([`MAX_LEN`] with the tag, far above the dataplane's largest data message),
+//! every group size, counters that use all 64 bits; opening finds exactly the messages
+//! that were tampered with and leaves those untouched. Without AVX-512 IFMA each test
+//! says on stderr that the group code went untested (`PD_REQUIRE_AVX512=1`: a failure).
 
-use portdistrict_aead::{available, open_group, seal_group, Message, GROUP, TAG_LEN};
+mod common;
+
+use common::{group_code_here, wg_nonce};
+use portdistrict_aead::{open_group, seal_group, Message, GROUP, MAX_LEN, TAG_LEN};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 
 fn ring_seal(key: &[u8; 32], counter: u64, plain: &[u8]) -> Vec<u8> {
-    let k = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).unwrap());
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_le_bytes());
-    let mut buf = plain.to_vec();
-    k.seal_in_place_append_tag(Nonce::assume_unique_for_key(n), Aad::empty(), &mut buf)
-        .unwrap();
-    buf
+    common::ring_seal(key, wg_nonce(counter), &[], plain)
 }
 
 fn lengths() -> Vec<usize> {
@@ -26,17 +24,9 @@ fn lengths() -> Vec<usize> {
     v
 }
 
-fn require_cpu() -> bool {
-    if !available() {
-        eprintln!("skipped: this CPU lacks AVX-512 IFMA (the group code is not used here)");
-        return false;
-    }
-    true
-}
-
 #[test]
 fn seal_equals_ring() {
-    if !require_cpu() {
+    if !group_code_here("seal_equals_ring") {
         return;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -79,7 +69,7 @@ fn seal_equals_ring() {
 
 #[test]
 fn open_equals_ring_and_rejects_tampering() {
-    if !require_cpu() {
+    if !group_code_here("open_equals_ring_and_rejects_tampering") {
         return;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(2);
@@ -180,4 +170,148 @@ fn groups_it_cannot_take_are_left_untouched() {
     assert!(bufs.iter().all(|b| b.iter().all(|&x| x == 3)));
     assert!(a.iter().all(|&x| x == 1) && b.iter().all(|&x| x == 2));
     assert!(short.iter().all(|&x| x == 0));
+}
+
+/// Plaintext lengths above 1,500 bytes: jumbo frames, the 16, 32 and 64 KiB
+/// boundaries (and ChaCha20's 64-byte blocks and Poly1305's 16-byte ones around them),
+/// the tunnel MTUs the dataplane allows (34,816 and up), its largest data message
+/// (65,535 bytes of plaintext, padded to at most the MTU), and the group code's limit.
+fn big_lengths() -> Vec<usize> {
+    let limit = MAX_LEN - TAG_LEN;
+    vec![
+        1501,
+        1536,
+        2047,
+        4096,
+        8191,
+        9000,
+        16383,
+        16384,
+        16385,
+        16400,
+        32767,
+        32768,
+        32769,
+        34816,
+        34817,
+        65519,
+        65520,
+        65535,
+        65536,
+        65537,
+        131_085,
+        limit - 1,
+        limit,
+    ]
+}
+
+/// Group sizes tried at a length: all up to 64 KiB and a bit, then a few (each group
+/// of 16 at 1 MiB is 16 MiB of work).
+fn sizes_for(len: usize) -> Vec<usize> {
+    if len <= 65537 {
+        (1..=GROUP).collect()
+    } else {
+        vec![1, 2, 8, 9, 16]
+    }
+}
+
+#[test]
+fn big_lengths_equal_ring_up_to_the_limit() {
+    if !group_code_here("big_lengths_equal_ring_up_to_the_limit") {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for len in big_lengths() {
+        let mut key = [0u8; 32];
+        rng.fill_bytes(&mut key);
+        let mut plain = vec![0u8; len];
+        rng.fill_bytes(&mut plain);
+        for n in sizes_for(len) {
+            // One plaintext per group (ring's work is the slow part in debug builds),
+            // counters differ per message, so every keystream differs.
+            let counters: Vec<u64> = (0..n).map(|_| rng.next_u64()).collect();
+            let mut bufs: Vec<Vec<u8>> = (0..n)
+                .map(|_| {
+                    let mut b = plain.clone();
+                    b.resize(len + TAG_LEN, 0);
+                    b
+                })
+                .collect();
+            let mut msgs: Vec<Message<'_>> = bufs
+                .iter_mut()
+                .zip(&counters)
+                .map(|(buf, &counter)| Message { counter, buf })
+                .collect();
+            assert!(seal_group(&key, &mut msgs), "len {len}, group of {n}");
+            for i in 0..n {
+                assert!(
+                    bufs[i] == ring_seal(&key, counters[i], &plain),
+                    "seal: len {len}, group of {n}, message {i}"
+                );
+            }
+            // Open them back with one message tampered: in its last byte of
+            // ciphertext, or at the 16 KiB mark when it has one.
+            let victim = (n - 1) / 2;
+            let at = if len > 16384 { 16384 } else { len - 1 };
+            bufs[victim][at] ^= 0x40;
+            let tampered = bufs[victim].clone();
+            let mut ok = [false; GROUP];
+            let mut msgs: Vec<Message<'_>> = bufs
+                .iter_mut()
+                .zip(&counters)
+                .map(|(buf, &counter)| Message { counter, buf })
+                .collect();
+            assert!(
+                open_group(&key, &mut msgs, &mut ok),
+                "len {len}, group of {n}"
+            );
+            for i in 0..n {
+                assert_eq!(
+                    ok[i],
+                    i != victim,
+                    "open: len {len}, group of {n}, message {i}"
+                );
+                if i == victim {
+                    assert!(bufs[i] == tampered, "a failed message is left as it was");
+                } else {
+                    assert!(bufs[i][..len] == plain[..], "open: len {len}, message {i}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn longer_than_the_limit_is_refused_untouched() {
+    let key = [9u8; 32];
+    let mut over = vec![5u8; MAX_LEN + 1];
+    let mut at = vec![5u8; MAX_LEN];
+    assert!(!seal_group(
+        &key,
+        &mut [Message {
+            counter: 1,
+            buf: &mut over
+        }]
+    ));
+    assert!(over.iter().all(|&b| b == 5));
+    let mut ok = [false; 1];
+    assert!(!open_group(
+        &key,
+        &mut [Message {
+            counter: 1,
+            buf: &mut over
+        }],
+        &mut ok
+    ));
+    assert!(over.iter().all(|&b| b == 5));
+    if group_code_here("longer_than_the_limit_is_refused_untouched") {
+        assert!(seal_group(
+            &key,
+            &mut [Message {
+                counter: 1,
+                buf: &mut at
+            }]
+        ));
+        assert!(at == ring_seal(&key, 1, &vec![5u8; MAX_LEN - TAG_LEN]));
+    }
 }

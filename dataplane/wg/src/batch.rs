@@ -53,11 +53,27 @@ fn members<'a>(run: &'a mut [&mut [u8]], out: &mut [Message<'a>; GROUP]) -> usiz
     n
 }
 
+/// What [`seal_prepared_many`] did with a batch.
+#[must_use = "the messages counted in `dropped` must not be sent"]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    /// Messages the group code sealed.
+    pub grouped: usize,
+    /// Messages that could not be sealed: each was wiped and its slice in `msgs`
+    /// replaced by an empty one (a hard drop; see [`seal_prepared`]).
+    pub dropped: usize,
+}
+
 /// Seals data messages laid out by [`crate::session::Session::prepare_seal`] in place,
 /// all under `key` (as [`seal_prepared`] does one by one). With `group` false, every
-/// message goes the one-by-one way. Returns how many the group code sealed.
-pub fn seal_prepared_many(key: &AeadKey, msgs: &mut [&mut [u8]], group: bool) -> usize {
-    let mut grouped_total = 0;
+/// message goes the one-by-one way.
+///
+/// A message that cannot be sealed (not a prepared data message) is a hard drop: it
+/// is wiped and `msgs[i]` becomes an empty slice, so the caller can find it (a
+/// prepared message is never empty) and has nothing left to send; counted in
+/// [`Sealed::dropped`].
+pub fn seal_prepared_many(key: &AeadKey, msgs: &mut [&mut [u8]], group: bool) -> Sealed {
+    let mut out = Sealed::default();
     let mut at = 0;
     while at < msgs.len() {
         let n = run_len(&msgs[at..]);
@@ -71,15 +87,18 @@ pub fn seal_prepared_many(key: &AeadKey, msgs: &mut [&mut [u8]], group: bool) ->
             key.seal_group(&mut members_of[..k])
         };
         if grouped {
-            grouped_total += n;
+            out.grouped += n;
         } else {
             for msg in run.iter_mut() {
-                seal_prepared(key, msg);
+                if seal_prepared(key, msg).is_err() {
+                    *msg = Default::default();
+                    out.dropped += 1;
+                }
             }
         }
         at += n;
     }
-    grouped_total
+    out
 }
 
 /// Opens data messages in place, all under `key`: `results[i]` is what
@@ -152,7 +171,7 @@ mod tests {
 
     fn one_by_one_seal(key: &AeadKey, msgs: &mut [Vec<u8>]) {
         for m in msgs {
-            seal_prepared(key, m);
+            seal_prepared(key, m).unwrap();
         }
     }
 
@@ -173,7 +192,9 @@ mod tests {
         one_by_one_seal(&key, &mut expected);
         let mut got = plain.clone();
         let mut refs: Vec<&mut [u8]> = got.iter_mut().map(|m| m.as_mut_slice()).collect();
-        let grouped = seal_prepared_many(&key, &mut refs, true);
+        let sealed = seal_prepared_many(&key, &mut refs, true);
+        assert_eq!(sealed.dropped, 0);
+        let grouped = sealed.grouped;
         assert_eq!(got, expected);
         if portdistrict_aead::available() {
             assert_eq!(
@@ -212,7 +233,7 @@ mod tests {
         let key = AeadKey::new(&[4u8; 32]);
         let mut msgs = messages(6, 128, 0);
         let mut refs: Vec<&mut [u8]> = msgs.iter_mut().map(|m| m.as_mut_slice()).collect();
-        seal_prepared_many(&key, &mut refs, true);
+        assert_eq!(seal_prepared_many(&key, &mut refs, true).dropped, 0);
         msgs[2][0] = 9; // not a data message any more
         msgs.push(vec![4u8; 10]); // too short for a header and a tag
         let mut refs: Vec<&mut [u8]> = msgs.iter_mut().map(|m| m.as_mut_slice()).collect();
@@ -222,5 +243,40 @@ mod tests {
             .filter(|&i| results[i].is_err())
             .collect();
         assert_eq!(failed, vec![2, 6]);
+    }
+
+    /// A batch member that is not a prepared data message is dropped, never sent in
+    /// plaintext: wiped, its slice emptied, counted; its neighbours (in a group run
+    /// and alone) are sealed as usual. Before, it was left as it was and sent.
+    #[test]
+    fn unsealable_members_are_dropped_not_sent() {
+        let key = AeadKey::new(&[6u8; 32]);
+        for group in [true, false] {
+            // Positions: inside what would be a run of equal lengths, the first, the
+            // last; and a too-short message of its own.
+            let mut msgs = messages(9, 128, 0);
+            let mut expected = msgs.clone();
+            for bad in [0, 4, 8] {
+                msgs[bad][0] = 1; // a handshake type: no data header
+            }
+            msgs.push(vec![
+                4, 0, 0, 0, 9, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0, 0, b's', b'e',
+            ]);
+            one_by_one_seal(&key, &mut expected);
+            let mut refs: Vec<&mut [u8]> = msgs.iter_mut().map(|m| m.as_mut_slice()).collect();
+            let sealed = seal_prepared_many(&key, &mut refs, group);
+            assert_eq!(sealed.dropped, 4, "group {group}");
+            let empty: Vec<usize> = (0..refs.len()).filter(|&i| refs[i].is_empty()).collect();
+            assert_eq!(empty, vec![0, 4, 8, 9], "group {group}");
+            for i in [0, 4, 8, 9] {
+                assert!(
+                    msgs[i].iter().all(|&b| b == 0),
+                    "group {group}: {i} not wiped"
+                );
+            }
+            for i in [1, 2, 3, 5, 6, 7] {
+                assert_eq!(msgs[i], expected[i], "group {group}: message {i}");
+            }
+        }
     }
 }

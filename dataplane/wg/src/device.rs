@@ -44,9 +44,13 @@ pub trait Io {
     /// Sends a data message laid out by [`Session::prepare_seal`] (header, padded
     /// plaintext, room for the tag) after sealing it with `key`. A sink that batches
     /// may take a copy and seal it later, on any thread, before the batch leaves; the
-    /// default seals in place now and sends it with [`Io::send_udp`].
+    /// default seals in place now and sends it with [`Io::send_udp`]. A message that
+    /// cannot be sealed is dropped, never sent: [`SendOutcome::NotSealed`] (a batching
+    /// sink drops it from its batch and counts it there).
     fn send_data(&mut self, to: &Endpoint, msg: &mut [u8], key: &Arc<AeadKey>) -> SendOutcome {
-        crate::session::seal_prepared(key, msg);
+        if crate::session::seal_prepared(key, msg).is_err() {
+            return SendOutcome::NotSealed;
+        }
         self.send_udp(to, msg)
     }
     /// Writes one IP packet to the TUN device.
@@ -69,6 +73,9 @@ pub enum SendOutcome {
     SentWithoutSource,
     /// Not sent (no route, buffer full...).
     Failed,
+    /// Not sent: the data message could not be sealed (it was wiped instead; see
+    /// [`crate::session::seal_prepared`]).
+    NotSealed,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -28,6 +28,11 @@ pub enum SessionError {
     /// The buffer cannot hold the header, the padded payload and the tag.
     #[error("buffer too small for the padded message")]
     BufferTooSmall,
+    /// The buffer handed to [`seal_prepared`] is not a data message laid out by
+    /// [`Session::prepare_seal`] (wrong type or reserved bytes, no room for the tag).
+    /// It was wiped and must be dropped, never sent.
+    #[error("not a prepared data message: wiped, to be dropped unsent")]
+    NotPrepared,
 }
 
 /// Length of `len` bytes of plaintext padded to a multiple of 16, but never beyond
@@ -39,12 +44,18 @@ pub fn padded_len(len: usize, mtu: usize) -> usize {
 
 /// Encrypts a message laid out by [`Session::prepare_seal`] in place: header (with
 /// the counter), padded plaintext, room for the tag.
-pub fn seal_prepared(key: &AeadKey, msg: &mut [u8]) {
+///
+/// A hard drop when `msg` is not such a message: it is wiped (every byte zeroed, so
+/// no plaintext is left in it even for a caller that ignores the error) and
+/// [`SessionError::NotPrepared`] says the caller must drop it, not send it.
+pub fn seal_prepared(key: &AeadKey, msg: &mut [u8]) -> Result<(), SessionError> {
     let Ok(view) = Data::new_checked(&*msg) else {
-        return;
+        msg.fill(0);
+        return Err(SessionError::NotPrepared);
     };
     let counter = view.counter();
     key.seal(counter, &[], &mut msg[wire::DATA_HEADER_LEN..]);
+    Ok(())
 }
 
 /// Decrypts a data message in place with `key`; returns the (padded) plaintext length
@@ -117,7 +128,7 @@ impl Session {
         mtu: usize,
     ) -> Result<usize, SessionError> {
         let total = self.prepare_seal(now, buf, len, mtu)?;
-        seal_prepared(&self.send_key, &mut buf[..total]);
+        seal_prepared(&self.send_key, &mut buf[..total])?;
         Ok(total)
     }
 
@@ -250,6 +261,41 @@ mod tests {
         bad[20] ^= 1;
         let mut fresh = pair(now).1;
         assert_eq!(fresh.open(now, &mut bad[..n]), Err(SessionError::Decrypt));
+    }
+
+    /// What `seal_prepared` cannot seal is a hard drop: it says so and leaves no
+    /// plaintext in the buffer (before, it returned quietly with the buffer as it was,
+    /// and a caller sent the plaintext).
+    #[test]
+    fn seal_prepared_wipes_and_refuses_what_it_cannot_seal() {
+        let key = AeadKey::new(&[9u8; 32]);
+        let secret = b"plaintext that must never leave the host";
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        // A handshake type byte, bad reserved bytes, too short for the tag.
+        for (kind, reserved, len) in [(1u8, 0u8, 80usize), (4, 1, 80), (4, 0, 16 + 15)] {
+            let mut m = vec![0u8; len];
+            m[0] = kind;
+            m[1] = reserved;
+            let room = (len - 16).min(secret.len());
+            m[16..16 + room].copy_from_slice(&secret[..room]);
+            cases.push(m);
+        }
+        for (i, mut m) in cases.into_iter().enumerate() {
+            let r = seal_prepared(&key, &mut m);
+            assert_eq!(r, Err(SessionError::NotPrepared), "case {i}");
+            assert!(m.iter().all(|&b| b == 0), "case {i}: plaintext left: {m:?}");
+        }
+        // A prepared message still seals (and opens).
+        let now = crate::test_now();
+        let (mut a, mut b) = pair(now);
+        let mut buf = [0u8; 96];
+        buf[16..16 + secret.len()].copy_from_slice(secret);
+        let n = a.prepare_seal(now, &mut buf, secret.len(), 1420).unwrap();
+        assert_eq!(seal_prepared(a.send_key(), &mut buf[..n]), Ok(()));
+        assert!(!buf.windows(secret.len()).any(|w| w == secret));
+        let p = b.open(now, &mut buf[..n]).unwrap();
+        assert_eq!(&buf[16..16 + secret.len()], secret);
+        assert_eq!(p, 48);
     }
 
     #[test]

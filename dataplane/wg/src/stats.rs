@@ -60,6 +60,9 @@ stats! {
     tx_queue_dropped,
     /// Datagrams the operating system refused to send.
     tx_send_failed,
+    /// Data messages dropped unsent because they could not be sealed (not laid out
+    /// as a data message: a bug, never expected); wiped, no plaintext leaves.
+    tx_seal_dropped,
     /// Peers with no known endpoint when something had to be sent to them.
     tx_no_endpoint,
     /// Handshake initiations sent.

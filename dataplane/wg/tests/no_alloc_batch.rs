@@ -72,7 +72,9 @@ fn hundred_thousand_messages_in_batches_allocate_nothing() {
             counter += 1;
             *r = m;
         }
-        grouped += seal_prepared_many(&key, &mut refs, true);
+        let sealed = seal_prepared_many(&key, &mut refs, true);
+        assert_eq!(sealed.dropped, 0);
+        grouped += sealed.grouped;
         grouped += open_many(&key, &mut refs, &mut results, true);
         for (i, (r, m)) in results.iter().zip(&refs).enumerate() {
             assert_eq!(*r, Ok(m.len() - DATA_MIN_LEN));

@@ -28,6 +28,10 @@ fn account(peer: &mut Peer, stats: &mut Stats, outcome: SendOutcome, len: usize)
             stats.tx_send_failed += 1;
             return false;
         }
+        SendOutcome::NotSealed => {
+            stats.tx_seal_dropped += 1;
+            return false;
+        }
     }
     peer.tx_bytes += len as u64;
     true

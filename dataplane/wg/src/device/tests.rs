@@ -728,3 +728,28 @@ fn local_indices_follow_handshakes_and_peer_removal() {
     assert_eq!(s.b.local_indices().count(), 0);
     assert_ne!(s.b.index_generation(), g);
 }
+
+/// The default [`Io::send_data`] is a hard drop for what it cannot seal: nothing
+/// reaches [`Io::send_udp`] and no plaintext stays in the buffer (before, a message
+/// whose header check failed went out unencrypted).
+#[test]
+fn send_data_never_sends_what_it_cannot_seal() {
+    let mut w = Wire::default();
+    let key = Arc::new(AeadKey::new(&[1u8; 32]));
+    let to = Endpoint {
+        addr: B_ADDR.parse().unwrap(),
+        local: None,
+    };
+    let secret = b"inner packet, plaintext";
+    // Not a data message (a handshake type), and a data message too short for a tag.
+    for (kind, len) in [(1u8, 64usize), (4, 16 + 15)] {
+        let mut msg = vec![0u8; len];
+        msg[0] = kind;
+        let room = (len - 16).min(secret.len());
+        msg[16..16 + room].copy_from_slice(&secret[..room]);
+        let outcome = w.send_data(&to, &mut msg, &key);
+        assert_ne!(outcome, SendOutcome::Sent, "type {kind}, {len} bytes");
+        assert!(w.sent.is_empty(), "sent: {:?}", w.sent);
+        assert!(msg.iter().all(|&b| b == 0), "plaintext left in the buffer");
+    }
+}
