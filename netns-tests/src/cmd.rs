@@ -1,7 +1,8 @@
 //! Running external commands with context: every failure names the command line and
 //! shows its stdout and stderr; spawned children are guarded and killed on drop.
 
-use std::process::{Child, Command, ExitStatus, Output};
+use std::io::BufRead as _;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `argv` to completion and returns its output, whatever the exit status.
@@ -53,6 +54,37 @@ impl ChildGuard {
             label: label.to_owned(),
             child: Some(child),
         }
+    }
+
+    /// Spawns `cmd` with its stderr piped and reads that up to the first line containing
+    /// `marker`. Returns the guard, the lines before the marker, and whether the marker
+    /// came (else stderr ended first). A thread echoes the rest of stderr to the test's
+    /// as `<label>: <line>`, so that the child never blocks on a full pipe.
+    pub fn spawn_until_line(
+        label: &str,
+        cmd: &mut Command,
+        marker: &str,
+    ) -> (ChildGuard, Vec<String>, bool) {
+        cmd.stderr(Stdio::piped());
+        let mut guard = ChildGuard::spawn(label, cmd);
+        let stderr = guard.child_mut().stderr.take().expect("piped");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut before = Vec::new();
+        let mut seen = false;
+        for line in lines.by_ref().map_while(Result::ok) {
+            if line.contains(marker) {
+                seen = true;
+                break;
+            }
+            before.push(line);
+        }
+        let label = label.to_owned();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                eprintln!("{label}: {l}");
+            }
+        });
+        (guard, before, seen)
     }
 
     /// The process id.

@@ -5,7 +5,9 @@
 //! implementation under test, `wireguard-go` or `boringtun-cli`), configures them with
 //! `wg` ([`Peer`], [`Keypair`]) and validates by traffic: ping ([`assert_ping`]), TCP
 //! payload transfers with sha256 on both ends ([`tcp_transfer`]) and iperf3
-//! ([`iperf3_tcp`], [`iperf3_udp`]).
+//! ([`iperf3_tcp`], [`iperf3_udp`]). The control plane's programs run on a
+//! [`CliMachine`] (a namespace with its own state and run directories); a device
+//! publishing to a DNS server is a [`ControlNode`].
 //!
 //! Conventions (STYLE.md §11):
 //! - every resource is an RAII guard that cleans up on drop, also while panicking;
@@ -19,6 +21,7 @@
 //! The implementation under test is the binary named by `PD_DATAPLANE` (default:
 //! `<workspace>/target/release/portdistrict-dataplane`); see [`Implementation::Uut`].
 
+mod cli;
 mod cmd;
 mod daemon;
 mod iperf;
@@ -30,6 +33,7 @@ mod traffic;
 mod wait;
 mod wg;
 
+pub use cli::{control_argv, control_binary, output_text, CliMachine, ControlNode};
 pub use cmd::{run, try_run, ChildGuard};
 pub use daemon::{find_daemon_pids, uut_binary, Daemon, Detached, Implementation};
 pub use iperf::{iperf3_tcp, iperf3_udp, IperfReport};

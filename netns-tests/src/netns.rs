@@ -49,6 +49,30 @@ impl Netns {
         ns
     }
 
+    /// A namespace `role` joined to `router` by a veth on `subnet` (this side `.1`, the
+    /// router `.2`), with its IPv4 and IPv6 default routes via the router.
+    pub fn behind(role: &str, router: &Netns, subnet: u8) -> (Netns, Veth) {
+        let ns = Netns::new(role);
+        let link = Veth::new(&ns, router, subnet);
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &link.v4(2).to_string(),
+        ]);
+        let v6 = link.v6(2).to_string();
+        ns.exec(&["ip", "-6", "route", "add", "default", "via", &v6]);
+        (ns, link)
+    }
+
+    /// Turns on IPv4 and IPv6 forwarding in this namespace (a router).
+    pub fn enable_forwarding(&self) {
+        self.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        self.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    }
+
     /// The namespace's name.
     pub fn name(&self) -> &str {
         &self.name

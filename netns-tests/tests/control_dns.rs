@@ -14,149 +14,22 @@
 //! a ping runs loses at most one; a device with no endpoint is published with a loud
 //! warning.
 
-use portdistrict_netns_tests::{unique_ifname, uut_binary, Knot, Netns, TempDir, Veth};
-use std::process::{Command, Output, Stdio};
+use portdistrict_netns_tests::{output_text, uut_binary, ControlNode, Knot, Netns, TempDir, Veth};
+use std::process::Stdio;
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=";
-
-fn bin(name: &str) -> String {
-    uut_binary()
-        .with_file_name(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// One person's machine: namespace, state, TSIG secret file, tunnel name.
-struct Node {
-    ns: Netns,
-    state: TempDir,
-    ifname: String,
-    dns: String,
-}
-
-impl Node {
-    fn cmd(&self, program: &str, args: &[&str]) -> Command {
-        let st = self.state.path().to_string_lossy().into_owned();
-        let mut argv = vec![
-            bin(program),
-            "--state-dir".into(),
-            st.clone(),
-            "--run-dir".into(),
-            format!("{st}/run"),
-        ];
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut c = self.ns.command(&refs);
-        c.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
-        c
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = self
-            .cmd("portdistrict", args)
-            .output()
-            .expect("portdistrict");
-        assert!(
-            out.status.success(),
-            "portdistrict {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn daemon_once(&self, secret_file: &str) -> Output {
-        self.cmd(
-            "portdistrictd",
-            &[
-                "--dns-server",
-                &self.dns,
-                "--zone",
-                "pd.test",
-                "--tsig-key",
-                "pd-key",
-                "--tsig-secret-file",
-                secret_file,
-                "--interface",
-                &self.ifname,
-                "--once",
-            ],
-        )
-        .output()
-        .expect("portdistrictd")
-    }
-
-    fn overlay_addr(&self) -> String {
-        let list = self.cli(&["device", "list"]);
-        let prefix = list
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("overlay:"))
-            .expect("overlay line")
-            .trim()
-            .trim_end_matches("/64")
-            .to_owned();
-        format!("{prefix}1")
-    }
-
-    fn pings(&self, addr: &str) -> bool {
-        self.ns
-            .try_exec(&["ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", addr])
-            .status
-            .success()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // The dataplane removes its socket when its interface goes.
-        let _ = Command::new("ip")
-            .args(["-n", self.ns.name(), "link", "del", &self.ifname])
-            .status();
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-}
-
-fn log_of(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[test]
 fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
     let dns = Netns::new("cd-dns");
-    dns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    dns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
-    let mk = |role: &str, subnet: u8| {
-        let ns = Netns::new(role);
-        let link = Veth::new(&ns, &dns, subnet);
-        ns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &link.v4(2).to_string(),
-        ]);
-        ns.exec(&[
-            "ip",
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &link.v6(2).to_string(),
-        ]);
-        (ns, link)
-    };
-    let (alice_ns, alice_link) = mk("cd-alice", 61);
-    let (bob_ns, bob_link) = mk("cd-bob", 62);
+    dns.enable_forwarding();
+    let (alice_ns, alice_link) = Netns::behind("cd-alice", &dns, 61);
+    let (bob_ns, bob_link) = Netns::behind("cd-bob", &dns, 62);
     // Carol's machine has only link-scope addresses: nothing to publish as endpoint.
     let carol_ns = Netns::new("cd-carol");
     let carol_link = Veth::new(&carol_ns, &dns, 63);
     // Alice's second device, on a machine without her identity's secret.
-    let (phone_ns, phone_link) = mk("cd-phone", 64);
+    let (phone_ns, phone_link) = Netns::behind("cd-phone", &dns, 64);
     carol_ns.exec(&["ip", "addr", "flush", "dev", carol_link.a_name()]);
     carol_ns.exec(&[
         "ip",
@@ -180,24 +53,9 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         &[],
         Some(("pd-key", SECRET)),
     );
-    let alice = Node {
-        ns: alice_ns,
-        state: TempDir::new("cd-alice"),
-        ifname: unique_ifname("pdo"),
-        dns: alice_link.v4(2).to_string(),
-    };
-    let bob = Node {
-        ns: bob_ns,
-        state: TempDir::new("cd-bob"),
-        ifname: unique_ifname("pdo"),
-        dns: bob_link.v4(2).to_string(),
-    };
-    let phone = Node {
-        ns: phone_ns,
-        state: TempDir::new("cd-phone"),
-        ifname: unique_ifname("pdo"),
-        dns: phone_link.v4(2).to_string(),
-    };
+    let alice = ControlNode::new(alice_ns, "cd-alice", "pdo", alice_link.v4(2));
+    let bob = ControlNode::new(bob_ns, "cd-bob", "pdo", bob_link.v4(2));
+    let phone = ControlNode::new(phone_ns, "cd-phone", "pdo", phone_link.v4(2));
     let secrets = TempDir::new("cd-secrets");
     let secret = secrets
         .write_private("tsig", SECRET)
@@ -209,23 +67,10 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         .into_owned();
 
     // Identities, devices, bundles exchanged, fingerprints verified, trust both ways.
-    for (n, ns_name, dev) in [
-        (&alice, "alice.pd.test", "laptop"),
-        (&bob, "bob.pd.test", "desk"),
-    ] {
-        let key = n.state.path().join("seed.key");
-        n.cli(&[
-            "identity",
-            "init",
-            "--namespace",
-            ns_name,
-            "--key-file",
-            &key.to_string_lossy(),
-        ]);
-        n.cli(&["device", "init", "--name", dev]);
-    }
+    alice.machine.init_identity("alice.pd.test", "laptop");
+    bob.machine.init_identity("bob.pd.test", "desk");
     // The phone asks to join; alice's laptop delegates it; the phone joins.
-    let request = phone.cli(&[
+    let request = phone.machine.run_ok(&[
         "device",
         "request",
         "--name",
@@ -233,40 +78,31 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         "--namespace",
         "alice.pd.test",
     ]);
-    let bundle_for_phone = alice.cli(&["device", "roster", "add", request.trim()]);
+    let bundle_for_phone = alice
+        .machine
+        .run_ok(&["device", "roster", "add", request.trim()]);
     assert!(phone
-        .cli(&["device", "join", bundle_for_phone.trim()])
+        .machine
+        .run_ok(&["device", "join", bundle_for_phone.trim()])
         .contains("joined"));
     let devices: serde_json::Value =
-        serde_json::from_str(&alice.cli(&["device", "list", "--json"])).unwrap();
+        serde_json::from_str(&alice.machine.run_ok(&["device", "list", "--json"])).unwrap();
     assert_eq!(devices["this_device"]["name"], "laptop");
     assert_eq!(devices["roster"][1]["name"], "phone", "{devices}");
     for (me, other) in [(&alice, &bob), (&bob, &alice)] {
-        let bundle = other.cli(&["identity", "bundle"]);
-        let shown: serde_json::Value =
-            serde_json::from_str(&other.cli(&["identity", "show", "--json"])).unwrap();
-        let node = shown["node_id"].as_str().unwrap().to_owned();
-        assert!(me.cli(&["peer", "add", bundle.trim()]).contains("SEEN"));
-        me.cli(&[
-            "peer",
-            "verify",
-            &node,
-            "--fingerprint",
-            shown["fingerprint"].as_str().unwrap(),
-        ]);
-        me.cli(&["peer", "trust", &node]);
+        assert!(me.machine.trust(&other.machine).contains("SEEN"));
     }
 
     // A wrong TSIG secret: refused, and said so.
-    let out = alice.daemon_once(&wrong);
-    let log = log_of(&out);
+    let out = alice.daemon_once("pd-key", &wrong, &[]);
+    let log = output_text(&out);
     assert!(log.contains("NOTAUTH") || log.contains("refused"), "{log}");
 
     // Publish and connect: alice first (bob's records are not there yet), then bob,
     // then alice again.
     for n in [&alice, &bob, &phone, &alice, &bob, &phone] {
-        let out = n.daemon_once(&secret);
-        assert!(out.status.success(), "{}", log_of(&out));
+        let out = n.daemon_once("pd-key", &secret, &[]);
+        assert!(out.status.success(), "{}", output_text(&out));
     }
     let (a, b, ph) = (
         alice.overlay_addr(),
@@ -284,14 +120,16 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         assert!(
             from.pings(to),
             "{what} over the overlay\n{}",
-            log_of(&from.daemon_once(&secret))
+            output_text(&from.daemon_once("pd-key", &secret, &[]))
         );
     }
 
     // The daemon programs the dataplane through shared memory; a corrupt region is
     // reported and counted by the dataplane, which keeps its last good configuration.
-    let stats = |n: &Node| {
-        n.ns.exec(&[&uut_binary().to_string_lossy(), "--stats", &n.ifname])
+    let stats = |n: &ControlNode| {
+        n.machine
+            .ns
+            .exec(&[&uut_binary().to_string_lossy(), "--stats", &n.ifname])
     };
     let counter = |text: &str, name: &str| -> u64 {
         text.lines()
@@ -306,6 +144,7 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
     assert!(counter(&before, "shm_updates") >= 1, "{before}");
     assert_eq!(counter(&before, "shm_errors"), 0, "{before}");
     let region = alice
+        .machine
         .state
         .path()
         .join("run")
@@ -321,6 +160,7 @@ with open(sys.argv[1], "r+b") as f:
     f.write(struct.pack("<Q", g + 2))
 "#;
     alice
+        .machine
         .ns
         .exec(&["python3", "-c", corrupt, &region.to_string_lossy()]);
     assert!(
@@ -337,20 +177,25 @@ with open(sys.argv[1], "r+b") as f:
         "a corrupt region must leave the last good configuration"
     );
     // The next cycle writes a good configuration again.
-    assert!(alice.daemon_once(&secret).status.success());
+    assert!(alice.daemon_once("pd-key", &secret, &[]).status.success());
     assert!(alice.pings(&b));
 
     // tunnel list/show agree with `wg show`; disconnect by hand holds across a cycle.
-    let list = alice.cli(&["tunnel", "list"]);
+    let list = alice.machine.run_ok(&["tunnel", "list"]);
     assert!(list.contains("desk.bob.pd.test"), "{list}");
-    let shown = alice.cli(&["tunnel", "show", "desk.bob.pd.test"]);
+    let shown = alice
+        .machine
+        .run_ok(&["tunnel", "show", "desk.bob.pd.test"]);
     let key = shown
         .lines()
         .find_map(|l| l.strip_prefix("public key:"))
         .expect("public key line")
         .trim()
         .to_owned();
-    let dump = alice.ns.exec(&["wg", "show", &alice.ifname, "dump"]);
+    let dump = alice
+        .machine
+        .ns
+        .exec(&["wg", "show", &alice.ifname, "dump"]);
     let peer_line = dump
         .lines()
         .find(|l| l.starts_with(&key))
@@ -368,26 +213,30 @@ with open(sys.argv[1], "r+b") as f:
         shown.contains(fields[2]),
         "endpoint: {shown} vs {peer_line}"
     );
-    let status = alice.cli(&["status"]);
+    let status = alice.machine.run_ok(&["status"]);
     assert!(status.contains("tunnels:  2"), "{status}");
     // The dataplane's XDP program guards the underlay, and status says so.
     assert!(status.contains("xdp:      filter on "), "{status}");
-    alice.cli(&["tunnel", "disconnect", "desk.bob.pd.test"]);
+    alice
+        .machine
+        .run_ok(&["tunnel", "disconnect", "desk.bob.pd.test"]);
     assert!(
         !alice.pings(&b),
         "disconnected by hand, yet bob is reachable"
     );
-    assert!(alice.daemon_once(&secret).status.success());
+    assert!(alice.daemon_once("pd-key", &secret, &[]).status.success());
     assert!(
         !alice.pings(&b),
         "the daemon reconnected a tunnel disconnected by hand"
     );
-    alice.cli(&["tunnel", "connect", "desk.bob.pd.test"]);
-    assert!(alice.daemon_once(&secret).status.success());
+    alice
+        .machine
+        .run_ok(&["tunnel", "connect", "desk.bob.pd.test"]);
+    assert!(alice.daemon_once("pd-key", &secret, &[]).status.success());
     assert!(
         alice.pings(&b),
         "tunnel connect did not bring it back:\n{}\n{}",
-        alice.ns.exec(&["wg", "show", &alice.ifname]),
+        alice.machine.ns.exec(&["wg", "show", &alice.ifname]),
         stats(&alice)
     );
 
@@ -395,7 +244,10 @@ with open(sys.argv[1], "r+b") as f:
     // to that device stays as it was.
     let bob_dev = "_portdistrict.desk.bob.pd.test.";
     let at = format!("@{}", alice.dns);
-    let txt = alice.ns.exec(&["kdig", &at, "+short", "TXT", bob_dev]);
+    let txt = alice
+        .machine
+        .ns
+        .exec(&["kdig", &at, "+short", "TXT", bob_dev]);
     let line = txt
         .lines()
         .find(|l| l.contains("pd1"))
@@ -412,14 +264,14 @@ with open(sys.argv[1], "r+b") as f:
         alice.dns
     );
     let script_file = secrets.write_private("nsupdate", &script);
-    alice.ns.exec(&[
+    alice.machine.ns.exec(&[
         "knsupdate",
         "-y",
         &format!("hmac-sha256:pd-key:{SECRET}"),
         &script_file.to_string_lossy(),
     ]);
-    let out = alice.daemon_once(&secret);
-    let log = log_of(&out);
+    let out = alice.daemon_once("pd-key", &secret, &[]);
+    let log = output_text(&out);
     assert!(
         log.contains("device record _portdistrict.desk.bob.pd.test rejected"),
         "{log}"
@@ -428,43 +280,32 @@ with open(sys.argv[1], "r+b") as f:
         alice.pings(&b),
         "an altered record must leave the tunnel as it was"
     );
-    assert!(bob.daemon_once(&secret).status.success(), "bob republishes");
+    assert!(
+        bob.daemon_once("pd-key", &secret, &[]).status.success(),
+        "bob republishes"
+    );
 
     // portdistrictd restarted while a ping runs: at most one lost.
     let ping = alice
+        .machine
         .ns
         .command(&["ping", "-6", "-c", "30", "-i", "0.2", "-W", "1", &b])
         .stdout(Stdio::piped())
         .spawn()
         .expect("ping");
-    let daemon_args = |n: &Node| {
-        n.cmd(
-            "portdistrictd",
-            &[
-                "--dns-server",
-                &n.dns,
-                "--zone",
-                "pd.test",
-                "--tsig-key",
-                "pd-key",
-                "--tsig-secret-file",
-                &secret,
-                "--interface",
-                &n.ifname,
-                "--interval",
-                "1s",
-            ],
-        )
-    };
     let mut d = portdistrict_netns_tests::ChildGuard::spawn(
         "portdistrictd",
-        daemon_args(&alice)
+        alice
+            .daemon("pd-key", &secret, &["--interval", "1s"])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
     std::thread::sleep(std::time::Duration::from_secs(2));
     let t0 = std::time::Instant::now();
-    alice.ns.exec(&["kill", "-TERM", &d.pid().to_string()]);
+    alice
+        .machine
+        .ns
+        .exec(&["kill", "-TERM", &d.pid().to_string()]);
     assert!(
         d.wait_timeout(std::time::Duration::from_secs(1))
             .is_some_and(|s| s.success()),
@@ -473,7 +314,8 @@ with open(sys.argv[1], "r+b") as f:
     eprintln!("portdistrictd exited {:?} after SIGTERM", t0.elapsed());
     let mut d = portdistrict_netns_tests::ChildGuard::spawn(
         "portdistrictd",
-        daemon_args(&alice)
+        alice
+            .daemon("pd-key", &secret, &["--interval", "1s"])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
@@ -491,28 +333,17 @@ with open(sys.argv[1], "r+b") as f:
         received >= 29,
         "more than one ping lost across the restart: {text}"
     );
-    alice.ns.exec(&["kill", "-TERM", &d.pid().to_string()]);
+    alice
+        .machine
+        .ns
+        .exec(&["kill", "-TERM", &d.pid().to_string()]);
     let _ = d.wait_timeout(std::time::Duration::from_secs(2));
 
     // A device record with no endpoint is published with a loud warning.
-    let carol = Node {
-        ns: carol_ns,
-        state: TempDir::new("cd-carol"),
-        ifname: unique_ifname("pdo"),
-        dns: carol_link.v4(2).to_string(),
-    };
-    let key = carol.state.path().join("seed.key");
-    carol.cli(&[
-        "identity",
-        "init",
-        "--namespace",
-        "carol.pd.test",
-        "--key-file",
-        &key.to_string_lossy(),
-    ]);
-    carol.cli(&["device", "init", "--name", "tablet"]);
-    let out = carol.daemon_once(&secret);
-    let log = log_of(&out);
+    let carol = ControlNode::new(carol_ns, "cd-carol", "pdo", carol_link.v4(2));
+    carol.machine.init_identity("carol.pd.test", "tablet");
+    let out = carol.daemon_once("pd-key", &secret, &[]);
+    let log = output_text(&out);
     assert!(log.contains("with NO endpoint"), "{log}");
     assert!(
         log.contains("published _portdistrict.carol.pd.test"),
@@ -525,25 +356,9 @@ with open(sys.argv[1], "r+b") as f:
     let log_file = std::fs::File::create(&bob_log).unwrap();
     let mut bob_daemon = portdistrict_netns_tests::ChildGuard::spawn(
         "portdistrictd (bob)",
-        bob.cmd(
-            "portdistrictd",
-            &[
-                "--dns-server",
-                &bob.dns,
-                "--zone",
-                "pd.test",
-                "--tsig-key",
-                "pd-key",
-                "--tsig-secret-file",
-                &secret,
-                "--interface",
-                &bob.ifname,
-                "--interval",
-                "600s",
-            ],
-        )
-        .stdout(Stdio::null())
-        .stderr(log_file),
+        bob.daemon("pd-key", &secret, &["--interval", "600s"])
+            .stdout(Stdio::null())
+            .stderr(log_file),
     );
     let read_log = || std::fs::read_to_string(&bob_log).unwrap_or_default();
     assert!(
@@ -556,8 +371,9 @@ with open(sys.argv[1], "r+b") as f:
         read_log()
     );
     let alice_node: serde_json::Value =
-        serde_json::from_str(&alice.cli(&["identity", "show", "--json"])).unwrap();
-    bob.cli(&["peer", "revoke", alice_node["node_id"].as_str().unwrap()]);
+        serde_json::from_str(&alice.machine.run_ok(&["identity", "show", "--json"])).unwrap();
+    bob.machine
+        .run_ok(&["peer", "revoke", alice_node["node_id"].as_str().unwrap()]);
     assert!(
         portdistrict_netns_tests::wait_until(
             std::time::Duration::from_secs(10),
@@ -568,15 +384,16 @@ with open(sys.argv[1], "r+b") as f:
         read_log()
     );
     assert!(read_log().contains("republishing now"), "{}", read_log());
-    bob.ns
+    bob.machine
+        .ns
         .exec(&["kill", "-TERM", &bob_daemon.pid().to_string()]);
     let _ = bob_daemon.wait_timeout(std::time::Duration::from_secs(2));
     assert!(
         !alice.pings(&b),
         "alice still reaches bob after the revocation"
     );
-    let out = alice.daemon_once(&secret);
-    let log = log_of(&out);
+    let out = alice.daemon_once("pd-key", &secret, &[]);
+    let log = output_text(&out);
     assert!(
         log.contains("bob.pd.test") && log.contains("not readable with our key"),
         "{log}"

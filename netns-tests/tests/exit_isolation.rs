@@ -13,7 +13,7 @@
 //! ```
 
 use portdistrict_netns_tests::{
-    unique_ifname, uut_binary, wait_until, ChildGuard, Netns, TempDir, Veth,
+    unique_ifname, wait_until, ChildGuard, CliMachine, Netns, TempDir, Veth,
 };
 use std::io::BufRead as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -28,13 +28,6 @@ const PUBLIC_V6: &str = "2001:db8:100::1";
 /// reachable from a cloud VM's uplink).
 const METADATA_V4: &str = "169.254.169.254";
 const METADATA_V6: &str = "fd00:ec2::254";
-
-fn cli() -> String {
-    uut_binary()
-        .with_file_name("portdistrict")
-        .to_string_lossy()
-        .into_owned()
-}
 
 fn pings(ns: &Netns, host: &str) -> bool {
     ns.try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", host])
@@ -144,37 +137,58 @@ fn forwarding_sysctls(ns: &Netns) -> String {
         .collect()
 }
 
+/// A provider namespace `<prefix>-provider` with an uplink to `internet` on
+/// `uplink_subnet` and a LAN namespace `<prefix>-lan` behind it on `lan_subnet`: both
+/// route by default through the other end, and the internet routes the LAN via the
+/// provider (a neighbour on the uplink that would use the provider as its router).
+fn provider_with_lan(
+    internet: &Netns,
+    prefix: &str,
+    uplink_subnet: u8,
+    lan_subnet: u8,
+) -> (Netns, Veth, Netns, Veth) {
+    let pns = Netns::new(&format!("{prefix}-provider"));
+    let uplink = Veth::new(&pns, internet, uplink_subnet);
+    let lan_ns = Netns::new(&format!("{prefix}-lan"));
+    let lan = Veth::new(&pns, &lan_ns, lan_subnet);
+    for (ns, flag, via) in [
+        (&pns, "-4", uplink.v4(2).to_string()),
+        (&pns, "-6", uplink.v6(2).to_string()),
+        (&lan_ns, "-4", lan.v4(1).to_string()),
+        (&lan_ns, "-6", lan.v6(1).to_string()),
+    ] {
+        ns.exec(&["ip", flag, "route", "add", "default", "via", &via]);
+    }
+    internet.exec(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{}/24", lan.v4(0)),
+        "via",
+        &uplink.v4(1).to_string(),
+    ]);
+    internet.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        &format!("{}/64", lan.v6(0)),
+        "via",
+        &uplink.v6(1).to_string(),
+    ]);
+    (pns, uplink, lan_ns, lan)
+}
+
 /// The provider's CLI with its own state and run directories.
 struct Provider {
-    ns: Netns,
-    state: TempDir,
-    run: TempDir,
+    machine: CliMachine,
     ifname: String,
     uplink: String,
 }
 
 impl Provider {
-    fn command(&self, args: &[&str]) -> Command {
-        let (st, rd) = (
-            self.state.path().to_string_lossy().into_owned(),
-            self.run.path().to_string_lossy().into_owned(),
-        );
-        let mut argv = vec![cli(), "--state-dir".into(), st, "--run-dir".into(), rd];
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut cmd = self.ns.command(&refs);
-        cmd.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
-        cmd
-    }
-
     fn run(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().expect("portdistrict");
-        assert!(
-            out.status.success(),
-            "portdistrict {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        self.machine.run_ok(args).trim().to_owned()
     }
 
     fn serve(&self, extra: &[&str]) -> Serve {
@@ -191,30 +205,12 @@ impl Provider {
             PUBLIC_V4,
         ];
         args.extend_from_slice(extra);
-        let mut cmd = self.command(&args);
-        cmd.stderr(Stdio::piped());
-        let mut child = ChildGuard::spawn("portdistrict exit serve", &mut cmd);
-        let stderr = child.child_mut().stderr.take().expect("piped");
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let mut log = String::new();
-        let up = loop {
-            match lines.next() {
-                Some(Ok(l)) => {
-                    log.push_str(&l);
-                    log.push('\n');
-                    if l.contains("exit node up") {
-                        break true;
-                    }
-                }
-                _ => break false,
-            }
-        };
-        assert!(up, "exit serve did not come up:\n{log}");
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                eprintln!("exit serve: {l}");
-            }
-        });
+        let (child, log, up) = ChildGuard::spawn_until_line(
+            "exit serve",
+            &mut self.machine.command("portdistrict", &args),
+            "exit node up",
+        );
+        assert!(up, "exit serve did not come up:\n{}", log.join("\n"));
         Serve(child)
     }
 }
@@ -241,41 +237,30 @@ impl Drop for Serve {
 
 /// A consumer in system mode; `use off` on drop.
 struct Consumer {
-    ns: Netns,
-    state: TempDir,
-    run: TempDir,
+    machine: CliMachine,
     ifname: String,
     on: bool,
 }
 
 impl Consumer {
-    fn command(&self, args: &[&str]) -> Command {
-        let (st, rd) = (
-            self.state.path().to_string_lossy().into_owned(),
-            self.run.path().to_string_lossy().into_owned(),
-        );
-        let mut argv = vec![cli(), "--state-dir".into(), st, "--run-dir".into(), rd];
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut cmd = self.ns.command(&refs);
-        cmd.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
-        cmd
-    }
-
     fn use_on(&mut self, invite: &str) {
         let out = self
-            .command(&[
-                "use",
-                invite,
-                "--mode",
-                "system",
-                "--interface",
-                &self.ifname,
-                "--resolv-conf",
-                "none",
-                "--timeout",
-                "10s",
-            ])
+            .machine
+            .command(
+                "portdistrict",
+                &[
+                    "use",
+                    invite,
+                    "--mode",
+                    "system",
+                    "--interface",
+                    &self.ifname,
+                    "--resolv-conf",
+                    "none",
+                    "--timeout",
+                    "10s",
+                ],
+            )
             .output()
             .expect("portdistrict use");
         self.on = true;
@@ -289,7 +274,11 @@ impl Consumer {
 
     fn use_off(&mut self) {
         if std::mem::take(&mut self.on) {
-            let out = self.command(&["use", "off"]).output().expect("use off");
+            let out = self
+                .machine
+                .command("portdistrict", &["use", "off"])
+                .output()
+                .expect("use off");
             assert!(
                 out.status.success(),
                 "use off: {}",
@@ -302,7 +291,10 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         if self.on {
-            let _ = self.command(&["use", "off"]).output();
+            let _ = self
+                .machine
+                .command("portdistrict", &["use", "off"])
+                .output();
         }
     }
 }
@@ -310,8 +302,7 @@ impl Drop for Consumer {
 #[test]
 fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
     let internet = Netns::new("xi-internet");
-    internet.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    internet.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    internet.enable_forwarding();
     for a in [
         format!("{PUBLIC_V4}/32"),
         format!("{PUBLIC_V6}/128"),
@@ -325,10 +316,7 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
         internet.exec(&argv);
     }
 
-    let pns = Netns::new("xi-provider");
-    let uplink = Veth::new(&pns, &internet, 62);
-    let lan_ns = Netns::new("xi-lan");
-    let lan = Veth::new(&pns, &lan_ns, 63);
+    let (pns, uplink, lan_ns, lan) = provider_with_lan(&internet, "xi", 62, 63);
     // A public-looking subnet on the uplink too: blocked only as the uplink's own.
     pns.exec(&[
         "ip",
@@ -345,32 +333,6 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
         "203.0.113.2/24",
         "dev",
         uplink.b_name(),
-    ]);
-    for (ns, flag, via) in [
-        (&pns, "-4", uplink.v4(2).to_string()),
-        (&pns, "-6", uplink.v6(2).to_string()),
-        (&lan_ns, "-4", lan.v4(1).to_string()),
-        (&lan_ns, "-6", lan.v6(1).to_string()),
-    ] {
-        ns.exec(&["ip", flag, "route", "add", "default", "via", &via]);
-    }
-    // The neighbour (the internet namespace) routes the provider's LAN via it.
-    internet.exec(&[
-        "ip",
-        "route",
-        "add",
-        &format!("{}/24", lan.v4(0)),
-        "via",
-        &uplink.v4(1).to_string(),
-    ]);
-    internet.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        &format!("{}/64", lan.v6(0)),
-        "via",
-        &uplink.v6(1).to_string(),
     ]);
     // Per-interface values that `net.ipv6.conf.all.forwarding` would overwrite.
     pns.exec(&[
@@ -389,9 +351,7 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
     );
 
     let provider = Provider {
-        ns: pns,
-        state: TempDir::new("xi-pstate"),
-        run: TempDir::new("xi-prun"),
+        machine: CliMachine::with_run_dir(pns, TempDir::new("xi-pstate"), TempDir::new("xi-prun")),
         ifname: unique_ifname("pdx"),
         uplink: uplink.a_name().to_owned(),
     };
@@ -400,16 +360,20 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
     let mut problems = Problems::default();
     // (5) State files 0600, directories 0700; opening them fixes looser modes.
     let invite = provider.run(&["exit", "invite", "--endpoint", &endpoint, "--uses", "2"]);
-    let exit_dir = provider.state.path().join("exit");
+    let exit_dir = provider.machine.state.path().join("exit");
     let store = exit_dir.join("store.json");
     let m = mode(&store);
     problems.check(m == 0o600, format!("store.json (invite tokens) is {m:o}"));
     problems.check(mode(&exit_dir) == 0o700, "exit dir not 0700");
     chmod(&store, 0o644);
     chmod(&exit_dir, 0o755);
-    chmod(provider.state.path(), 0o755);
+    chmod(provider.machine.state.path(), 0o755);
     provider.run(&["exit", "list"]);
-    let modes = (mode(&store), mode(&exit_dir), mode(provider.state.path()));
+    let modes = (
+        mode(&store),
+        mode(&exit_dir),
+        mode(provider.machine.state.path()),
+    );
     problems.check(
         modes == (0o600, 0o700, 0o700),
         format!(
@@ -417,12 +381,12 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
             modes.0, modes.1, modes.2
         ),
     );
-    chmod(provider.run.path(), 0o755);
+    chmod(&provider.machine.run_dir(), 0o755);
 
     let mut serve = provider.serve(&[]);
     let modes = (
-        mode(provider.run.path()),
-        mode(&provider.run.path().join("exit-undo.json")),
+        mode(&provider.machine.run_dir()),
+        mode(&provider.machine.run_dir().join("exit-undo.json")),
     );
     problems.check(
         modes == (0o700, 0o600),
@@ -445,34 +409,14 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
     );
 
     // (1) A consumer reaches the internet, and nothing behind the provider's uplink.
-    let cns = Netns::new("xi-consumer");
-    let link = Veth::new(&cns, &internet, 61);
-    cns.exec(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        &link.v4(2).to_string(),
-    ]);
-    cns.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        &link.v6(2).to_string(),
-    ]);
+    let (cns, _link) = Netns::behind("xi-consumer", &internet, 61);
     let mut consumer = Consumer {
-        ns: cns,
-        state: TempDir::new("xi-cstate"),
-        run: TempDir::new("xi-crun"),
+        machine: CliMachine::with_run_dir(cns, TempDir::new("xi-cstate"), TempDir::new("xi-crun")),
         ifname: unique_ifname("pdu"),
         on: false,
     };
     consumer.use_on(&invite);
-    let c = &consumer.ns;
+    let c = &consumer.machine.ns;
     assert!(
         reaches(c, PUBLIC_V4),
         "the consumer reaches the internet (v4)"
@@ -502,10 +446,11 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
         "192.0.2.2 is the internet until then"
     );
     provider
+        .machine
         .ns
         .exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", uplink.a_name()]);
     assert!(
-        pings(&provider.ns, "192.0.2.2"),
+        pings(&provider.machine.ns, "192.0.2.2"),
         "192.0.2.2 is now on the uplink's subnet"
     );
     let cut = wait_until(Duration::from_secs(15), Duration::from_millis(500), || {
@@ -519,12 +464,12 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
         status.is_some_and(|s| s.success()),
         "exit serve: {status:?}"
     );
-    let after = forwarding_sysctls(&provider.ns);
+    let after = forwarding_sysctls(&provider.machine.ns);
     problems.check(
         after == sysctls_before,
         format!("sysctls not restored:\nbefore:\n{sysctls_before}after:\n{after}"),
     );
-    let tables = provider.ns.exec(&["nft", "list", "tables"]);
+    let tables = provider.machine.ns.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("portdistrict_exit"), "{tables}");
     problems.assert_none();
 
@@ -553,7 +498,7 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
         status.is_some_and(|s| s.success()),
         "exit serve: {status:?}"
     );
-    assert_eq!(forwarding_sysctls(&provider.ns), sysctls_before);
+    assert_eq!(forwarding_sysctls(&provider.machine.ns), sysctls_before);
     consumer.use_off();
 }
 
@@ -562,37 +507,8 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
 #[test]
 fn a_router_keeps_routing_while_it_serves() {
     let internet = Netns::new("xr-internet");
-    let pns = Netns::new("xr-provider");
-    let uplink = Veth::new(&pns, &internet, 72);
-    let lan_ns = Netns::new("xr-lan");
-    let lan = Veth::new(&pns, &lan_ns, 73);
-    for (ns, flag, via) in [
-        (&pns, "-4", uplink.v4(2).to_string()),
-        (&pns, "-6", uplink.v6(2).to_string()),
-        (&lan_ns, "-4", lan.v4(1).to_string()),
-        (&lan_ns, "-6", lan.v6(1).to_string()),
-    ] {
-        ns.exec(&["ip", flag, "route", "add", "default", "via", &via]);
-    }
-    internet.exec(&[
-        "ip",
-        "route",
-        "add",
-        &format!("{}/24", lan.v4(0)),
-        "via",
-        &uplink.v4(1).to_string(),
-    ]);
-    internet.exec(&[
-        "ip",
-        "-6",
-        "route",
-        "add",
-        &format!("{}/64", lan.v6(0)),
-        "via",
-        &uplink.v6(1).to_string(),
-    ]);
-    pns.exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    pns.exec(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    let (pns, uplink, lan_ns, lan) = provider_with_lan(&internet, "xr", 72, 73);
+    pns.enable_forwarding();
     let sysctls_before = forwarding_sysctls(&pns);
     let routes = |when: &str| {
         assert!(
@@ -610,9 +526,7 @@ fn a_router_keeps_routing_while_it_serves() {
     };
     routes("before exit serve");
     let provider = Provider {
-        ns: pns,
-        state: TempDir::new("xr-pstate"),
-        run: TempDir::new("xr-prun"),
+        machine: CliMachine::with_run_dir(pns, TempDir::new("xr-pstate"), TempDir::new("xr-prun")),
         ifname: unique_ifname("pdx"),
         uplink: uplink.a_name().to_owned(),
     };
@@ -623,6 +537,6 @@ fn a_router_keeps_routing_while_it_serves() {
         status.is_some_and(|s| s.success()),
         "exit serve: {status:?}"
     );
-    assert_eq!(forwarding_sysctls(&provider.ns), sysctls_before);
+    assert_eq!(forwarding_sysctls(&provider.machine.ns), sysctls_before);
     routes("after exit serve");
 }

@@ -11,19 +11,12 @@ use portdistrict_exitnode::negotiate;
 use portdistrict_exitnode::store::Refusal;
 use portdistrict_exitnode::wire::Message;
 use portdistrict_netns_tests::{
-    uut_binary, wait_until, ChildGuard, Daemon, Implementation, Keypair, Netns, TempDir, Veth,
+    wait_until, ChildGuard, CliMachine, Daemon, Implementation, Keypair, Netns, TempDir, Veth,
 };
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::Duration;
-
-fn cli() -> String {
-    uut_binary()
-        .with_file_name("portdistrict")
-        .to_string_lossy()
-        .into_owned()
-}
 
 fn b64(bytes: &[u8; 32]) -> String {
     PublicKey(*bytes).to_base64()
@@ -107,17 +100,68 @@ fn as_negotiator(c: &Daemon, key: &str, addr: &str, provider: &str, endpoint: &s
     c.ip(&["route", "replace", "100.64.0.1/32", "dev", c.ifname()]);
 }
 
+/// A provider `<prefix>-provider` (its CLI's state and run directories of its own), a
+/// consumer `<prefix>-consumer` on the underlay veth (`underlay_subnet`, the provider
+/// at `.2`) and an internet `<prefix>-internet` on the uplink veth (`uplink_subnet`,
+/// the provider at `.1`): (provider, consumer, internet, underlay, uplink).
+fn exit_topology(
+    prefix: &str,
+    underlay_subnet: u8,
+    uplink_subnet: u8,
+) -> (CliMachine, Netns, Netns, Veth, Veth) {
+    let provider = CliMachine::with_run_dir(
+        Netns::new(&format!("{prefix}-provider")),
+        TempDir::new(&format!("{prefix}-state")),
+        TempDir::new(&format!("{prefix}-run")),
+    );
+    let consumer = Netns::new(&format!("{prefix}-consumer"));
+    let internet = Netns::new(&format!("{prefix}-internet"));
+    let underlay = Veth::new(&consumer, &provider.ns, underlay_subnet);
+    let uplink = Veth::new(&provider.ns, &internet, uplink_subnet);
+    (provider, consumer, internet, underlay, uplink)
+}
+
+/// `exit invite` on the provider with `args`, decoded.
+fn new_invite(provider: &CliMachine, args: &[&str]) -> Invite {
+    let mut argv = vec!["exit", "invite"];
+    argv.extend_from_slice(args);
+    Invite::decode(&provider.run_ok(&argv)).expect("the CLI's invite decodes")
+}
+
+/// `exit serve` on `uplink` with tunnel `ifname`, then `extra`.
+fn serve_args<'a>(uplink: &'a str, ifname: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["exit", "serve", "--uplink", uplink, "--interface", ifname];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Whether the provider's `portdistrict_exit` table is in place.
+fn exit_table(provider: &Netns) -> bool {
+    provider
+        .try_exec(&["nft", "list", "table", "inet", "portdistrict_exit"])
+        .status
+        .success()
+}
+
+/// Starts `portdistrict args` (`exit serve ...`) on the provider and waits (15 s at
+/// most) until its table is in place.
+fn start_serve(provider: &CliMachine, args: &[&str]) -> TermFirst {
+    let mut cmd = provider.command("portdistrict", args);
+    let serve = TermFirst(ChildGuard::spawn("portdistrict exit serve", &mut cmd));
+    let up = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        exit_table(&provider.ns)
+    });
+    assert!(up, "exit serve did not come up");
+    serve
+}
+
 #[test]
 fn serve_negotiates_forwards_masquerades_and_cleans_up() {
-    let provider = Netns::new("xs-provider");
-    let consumer = Netns::new("xs-consumer");
-    let internet = Netns::new("xs-internet");
-    let underlay = Veth::new(&consumer, &provider, 41);
-    let uplink = Veth::new(&provider, &internet, 42);
+    let (provider, consumer, internet, underlay, uplink) = exit_topology("xs", 41, 42);
     // The internet is a public address behind the uplink (the uplink's own subnet and
     // private ranges are not for consumers).
     internet.exec(&["ip", "addr", "add", "198.51.100.7/32", "dev", "lo"]);
-    provider.exec(&[
+    provider.ns.exec(&[
         "ip",
         "route",
         "add",
@@ -125,54 +169,13 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         "via",
         &uplink.v4(2).to_string(),
     ]);
-    let state = TempDir::new("xs-state");
-    let run_dir = TempDir::new("xs-run");
-    let (st, rd) = (
-        state.path().to_string_lossy(),
-        run_dir.path().to_string_lossy(),
-    );
     let endpoint = format!("{}:51820", underlay.v4(2));
 
-    let line = provider.exec(&[
-        &cli(),
-        "--state-dir",
-        &st,
-        "--run-dir",
-        &rd,
-        "exit",
-        "invite",
-        "--endpoint",
-        &endpoint,
-    ]);
-    let invite = Invite::decode(&line).expect("the CLI's invite decodes");
+    let invite = new_invite(&provider, &["--endpoint", &endpoint]);
 
     let ifname = portdistrict_netns_tests::unique_ifname("pdx");
-    let serve_cmd = || {
-        let mut c = provider.command(&[
-            &cli(),
-            "--state-dir",
-            &st,
-            "--run-dir",
-            &rd,
-            "exit",
-            "serve",
-            "--uplink",
-            uplink.a_name(),
-            "--interface",
-            &ifname,
-        ]);
-        c.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
-        c
-    };
-    let mut cmd = serve_cmd();
-    let mut serve = TermFirst(ChildGuard::spawn("portdistrict exit serve", &mut cmd));
-    let up = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
-        provider
-            .try_exec(&["nft", "list", "table", "inet", "portdistrict_exit"])
-            .status
-            .success()
-    });
-    assert!(up, "exit serve did not come up");
+    let serve_args = serve_args(uplink.a_name(), &ifname, &[]);
+    let mut serve = start_serve(&provider, &serve_args);
 
     let c = Daemon::start(&consumer, Implementation::Uut);
     c.ip(&["link", "set", c.ifname(), "up"]);
@@ -224,7 +227,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         ] {
             eprintln!(
                 "provider $ {argv:?}\n{}",
-                String::from_utf8_lossy(&provider.try_exec(argv).stdout)
+                String::from_utf8_lossy(&provider.ns.try_exec(argv).stdout)
             );
         }
         eprintln!(
@@ -253,45 +256,36 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
 
     // SIGKILL leaves the plan and the interface; the next `exit serve` takes them
     // back before it starts (and comes up).
-    provider.exec(&["kill", "-KILL", &serve.0.pid().to_string()]);
+    provider
+        .ns
+        .exec(&["kill", "-KILL", &serve.0.pid().to_string()]);
     let _ = serve.0.wait_timeout(Duration::from_secs(5));
-    assert!(provider
-        .try_exec(&["nft", "list", "table", "inet", "portdistrict_exit"])
-        .status
-        .success());
-    assert!(provider.has_link(&ifname));
-    let mut again = serve_cmd();
-    again.stderr(Stdio::piped());
-    serve = TermFirst(ChildGuard::spawn("portdistrict exit serve", &mut again));
-    let stderr = serve.0.child_mut().stderr.take().expect("piped");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let log: Vec<String> = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .take_while(|l| !l.contains("exit node up"))
-        .collect();
-    // Keep draining its log so that it never writes to a closed pipe.
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            eprintln!("exit serve: {l}");
-        }
-    });
+    assert!(exit_table(&provider.ns));
+    assert!(provider.ns.has_link(&ifname));
+    let (guard, log, _) = ChildGuard::spawn_until_line(
+        "exit serve",
+        &mut provider.command("portdistrict", &serve_args),
+        "exit node up",
+    );
+    serve = TermFirst(guard);
     assert!(
         log.iter().any(|l| l.contains("did not stop cleanly")),
         "no recovery: {log:#?}"
     );
 
     // SIGTERM: the provider takes its plan back and deletes the interface.
-    provider.exec(&["kill", "-TERM", &serve.0.pid().to_string()]);
+    provider
+        .ns
+        .exec(&["kill", "-TERM", &serve.0.pid().to_string()]);
     let status = serve.0.wait_timeout(Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         status.is_some_and(|s| s.success()),
         "exit serve: {status:?}"
     );
-    let tables = provider.exec(&["nft", "list", "tables"]);
+    let tables = provider.ns.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("portdistrict_exit"), "{tables}");
-    assert!(!provider.has_link(&ifname));
+    assert!(!provider.ns.has_link(&ifname));
 }
 
 /// A DNS upstream on 10.77.44.2:53 that logs "source-port id" of each query to the
@@ -415,18 +409,8 @@ print(sent, got)
 /// rate limited while a legit consumer gets through.
 #[test]
 fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
-    let provider = Netns::new("xh-provider");
-    let consumer = Netns::new("xh-consumer");
-    let internet = Netns::new("xh-internet");
-    let underlay = Veth::new(&consumer, &provider, 43);
-    let uplink = Veth::new(&provider, &internet, 44);
-    let state = TempDir::new("xh-state");
-    let run_dir = TempDir::new("xh-run");
+    let (provider, consumer, internet, underlay, uplink) = exit_topology("xh", 43, 44);
     let logs = TempDir::new("xh-logs");
-    let (st, rd) = (
-        state.path().to_string_lossy(),
-        run_dir.path().to_string_lossy(),
-    );
     let endpoint = format!("{}:51820", underlay.v4(2));
     let upstream_log = logs.path().join("upstream.log");
     let mut up_cmd = internet.command(&[
@@ -446,58 +430,12 @@ fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
     .unwrap();
     assert_eq!(ready.trim(), "ready");
 
-    let line = provider.exec(&[
-        &cli(),
-        "--state-dir",
-        &st,
-        "--run-dir",
-        &rd,
-        "exit",
-        "invite",
-        "--endpoint",
-        &endpoint,
-        "--uses",
-        "3",
-    ]);
-    let invite = Invite::decode(&line).expect("the CLI's invite decodes");
+    let invite = new_invite(&provider, &["--endpoint", &endpoint, "--uses", "3"]);
     // The attacker's own, valid invite.
-    let line = provider.exec(&[
-        &cli(),
-        "--state-dir",
-        &st,
-        "--run-dir",
-        &rd,
-        "exit",
-        "invite",
-        "--endpoint",
-        &endpoint,
-    ]);
-    let theirs = Invite::decode(&line).expect("the CLI's invite decodes");
+    let theirs = new_invite(&provider, &["--endpoint", &endpoint]);
     let ifname = portdistrict_netns_tests::unique_ifname("pdh");
-    let mut cmd = provider.command(&[
-        &cli(),
-        "--state-dir",
-        &st,
-        "--run-dir",
-        &rd,
-        "exit",
-        "serve",
-        "--uplink",
-        uplink.a_name(),
-        "--interface",
-        &ifname,
-        "--dns-upstream",
-        "10.77.44.2",
-    ]);
-    cmd.env("PD_DATAPLANE", uut_binary()).stdin(Stdio::null());
-    let mut serve = TermFirst(ChildGuard::spawn("portdistrict exit serve", &mut cmd));
-    let up = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
-        provider
-            .try_exec(&["nft", "list", "table", "inet", "portdistrict_exit"])
-            .status
-            .success()
-    });
-    assert!(up, "exit serve did not come up");
+    let serve_args = serve_args(uplink.a_name(), &ifname, &["--dns-upstream", "10.77.44.2"]);
+    let mut serve = start_serve(&provider, &serve_args);
     // Let the forwarder and the negotiation socket bind.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -610,8 +548,8 @@ fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
 
     // (4) The store is a directory for a moment: requests are answered "unavailable",
     // `exit serve` keeps running, and serves again once the store is back.
-    let store = state.path().join("exit/store.json");
-    let aside = state.path().join("exit/store.json.aside");
+    let store = provider.state.path().join("exit/store.json");
+    let aside = provider.state.path().join("exit/store.json.aside");
     std::fs::rename(&store, &aside).unwrap();
     std::fs::create_dir(&store).unwrap();
     let second = Keypair::generate();

@@ -10,43 +10,15 @@
 //! added over UAPI, which the shared-memory configuration leaves alone.
 
 use portdistrict_netns_tests::{
-    assert_ping, find_daemon_pids, run, try_run, unique_ifname, uut_binary, wait_until, Daemon,
-    Implementation, Keypair, Netns, Peer, TempDir, Veth,
+    assert_ping, control_argv, find_daemon_pids, output_text, run, try_run, unique_ifname,
+    uut_binary, wait_until, CliMachine, Daemon, Implementation, Keypair, Netns, Peer, TempDir,
+    Veth,
 };
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=";
-
-fn bin(name: &str) -> String {
-    uut_binary()
-        .with_file_name(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn log_of(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The control programs' arguments for the state under `state`, then `args`.
-fn argv(program: &str, state: &TempDir, args: &[&str]) -> Vec<String> {
-    let st = state.path().to_string_lossy().into_owned();
-    let mut v = vec![
-        bin(program),
-        "--state-dir".into(),
-        st.clone(),
-        "--run-dir".into(),
-        format!("{st}/run"),
-    ];
-    v.extend(args.iter().map(|a| (*a).to_owned()));
-    v
-}
 
 fn daemon_args(ifname: &str, port: u16, secret: &str) -> Vec<String> {
     [
@@ -127,46 +99,23 @@ fn counter(stats: &str, name: &str) -> u64 {
 
 #[test]
 fn a_daemon_recreating_the_region_leaves_a_running_dataplane_alone() {
-    let alice = Netns::new("shm-alice");
+    let alice = CliMachine::new(Netns::new("shm-alice"), TempDir::new("shm-state"));
     let peer_ns = Netns::new("shm-peer");
     let elsewhere = Netns::new("shm-else");
-    let link = Veth::new(&alice, &peer_ns, 71);
-    let state = TempDir::new("shm-state");
+    let link = Veth::new(&alice.ns, &peer_ns, 71);
     let secrets = TempDir::new("shm-secrets");
     let secret = secrets
         .write_private("tsig", SECRET)
         .to_string_lossy()
         .into_owned();
     let ifname = unique_ifname("pds");
-    let cli = |args: &[&str]| {
-        let a = argv("portdistrict", &state, args);
-        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-        let out = alice
-            .command(&refs)
-            .stdin(Stdio::null())
-            .output()
-            .expect("portdistrict");
-        assert!(
-            out.status.success(),
-            "portdistrict {args:?}: {}",
-            log_of(&out)
-        );
-    };
-    let key = state.path().join("seed.key");
-    cli(&[
-        "identity",
-        "init",
-        "--namespace",
-        "alice.pd.test",
-        "--key-file",
-        &key.to_string_lossy(),
-    ]);
-    cli(&["device", "init", "--name", "laptop"]);
+    alice.init_identity("alice.pd.test", "laptop");
     let daemon_once = |ns: &Netns, port: u16, wrap: &[&str]| {
         let mut a: Vec<String> = wrap.iter().map(|s| (*s).to_owned()).collect();
-        a.extend(argv(
+        a.extend(control_argv(
             "portdistrictd",
-            &state,
+            alice.state.path(),
+            &alice.run_dir(),
             &daemon_args(&ifname, port, &secret)
                 .iter()
                 .map(String::as_str)
@@ -179,23 +128,23 @@ fn a_daemon_recreating_the_region_leaves_a_running_dataplane_alone() {
             .stdin(Stdio::null())
             .output()
             .expect("portdistrictd");
-        assert!(out.status.success(), "portdistrictd: {}", log_of(&out));
-        log_of(&out)
+        assert!(out.status.success(), "portdistrictd: {}", output_text(&out));
+        output_text(&out)
     };
 
     // Alice's daemon creates the tunnel, its region and its dataplane; a second cycle
     // writes the region again (its generation moves on).
     let _tunnels = Tunnels {
-        namespaces: vec![alice.name().to_owned(), elsewhere.name().to_owned()],
+        namespaces: vec![alice.ns.name().to_owned(), elsewhere.name().to_owned()],
         ifname: ifname.clone(),
     };
-    daemon_once(&alice, 51820, &[]);
-    daemon_once(&alice, 51820, &[]);
+    daemon_once(&alice.ns, 51820, &[]);
+    daemon_once(&alice.ns, 51820, &[]);
     let exe = uut_binary();
     let pids = find_daemon_pids(&exe, &ifname);
     assert_eq!(pids.len(), 1, "alice's dataplane: {pids:?}");
     let dataplane = pids[0];
-    let stats = || alice.exec(&[&exe.to_string_lossy(), "--stats", &ifname]);
+    let stats = || alice.ns.exec(&[&exe.to_string_lossy(), "--stats", &ifname]);
     let before = stats();
     let updates = counter(&before, "shm_updates");
     assert!(updates >= 1, "{before}");
@@ -225,7 +174,9 @@ fn a_daemon_recreating_the_region_leaves_a_running_dataplane_alone() {
         "allowed-ips",
         "10.99.0.2/32",
     ]);
-    alice.exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &ifname]);
+    alice
+        .ns
+        .exec(&["ip", "addr", "add", "10.99.0.1/24", "dev", &ifname]);
     let alice_addr: IpAddr = "10.99.0.1".parse().unwrap();
     assert_ping(&peer_ns, alice_addr, 3);
 
@@ -268,7 +219,7 @@ fn a_daemon_recreating_the_region_leaves_a_running_dataplane_alone() {
             .collect::<Vec<_>>()
             .join("\n")
     });
-    let ports = udp_ports(&alice);
+    let ports = udp_ports(&alice.ns);
     assert!(
         ports.contains(&51820) && !ports.contains(&51999),
         "alice's dataplane was reprogrammed through the other dataplane's region: {ports:?}"
