@@ -24,6 +24,7 @@
 mod cli;
 mod cmd;
 mod daemon;
+pub mod exit;
 mod iperf;
 mod knot;
 mod names;

@@ -12,13 +12,12 @@
 //!  consumer --61-- internet (router; echo, metadata on its lo) --62-- provider --63-- lan
 //! ```
 
-use portdistrict_netns_tests::{
-    unique_ifname, wait_until, ChildGuard, CliMachine, Netns, TempDir, Veth,
-};
+use portdistrict_netns_tests::exit::{pings, system_use_args, Provider};
+use portdistrict_netns_tests::{unique_ifname, wait_until, CliMachine, Netns, TempDir, Veth};
 use std::io::BufRead as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 /// "The internet": public addresses on the internet namespace's loopback.
@@ -28,12 +27,6 @@ const PUBLIC_V6: &str = "2001:db8:100::1";
 /// reachable from a cloud VM's uplink).
 const METADATA_V4: &str = "169.254.169.254";
 const METADATA_V6: &str = "fd00:ec2::254";
-
-fn pings(ns: &Netns, host: &str) -> bool {
-    ns.try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", host])
-        .status
-        .success()
-}
 
 /// Pings `host` until it answers (10 s at most: the first handshake).
 fn reaches(ns: &Netns, host: &str) -> bool {
@@ -179,62 +172,6 @@ fn provider_with_lan(
     (pns, uplink, lan_ns, lan)
 }
 
-/// The provider's CLI with its own state and run directories.
-struct Provider {
-    machine: CliMachine,
-    ifname: String,
-    uplink: String,
-}
-
-impl Provider {
-    fn run(&self, args: &[&str]) -> String {
-        self.machine.run_ok(args).trim().to_owned()
-    }
-
-    fn serve(&self, extra: &[&str]) -> Serve {
-        let mut args = vec![
-            "exit",
-            "serve",
-            "--uplink",
-            &self.uplink,
-            "--interface",
-            &self.ifname,
-            "--ipv6",
-            "on",
-            "--dns-upstream",
-            PUBLIC_V4,
-        ];
-        args.extend_from_slice(extra);
-        let (child, log, up) = ChildGuard::spawn_until_line(
-            "exit serve",
-            &mut self.machine.command("portdistrict", &args),
-            "exit node up",
-        );
-        assert!(up, "exit serve did not come up:\n{}", log.join("\n"));
-        Serve(child)
-    }
-}
-
-/// `exit serve`, stopped with SIGTERM (so that it takes its plan back).
-struct Serve(ChildGuard);
-
-impl Serve {
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        if self.0.try_status().is_none() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.0.pid().to_string()])
-                .status();
-        }
-        self.0.wait_timeout(Duration::from_secs(10))
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
 /// A consumer in system mode; `use off` on drop.
 struct Consumer {
     machine: CliMachine,
@@ -244,23 +181,11 @@ struct Consumer {
 
 impl Consumer {
     fn use_on(&mut self, invite: &str) {
+        let args = system_use_args(invite, &self.ifname, "none", "10s");
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self
             .machine
-            .command(
-                "portdistrict",
-                &[
-                    "use",
-                    invite,
-                    "--mode",
-                    "system",
-                    "--interface",
-                    &self.ifname,
-                    "--resolv-conf",
-                    "none",
-                    "--timeout",
-                    "10s",
-                ],
-            )
+            .command("portdistrict", &refs)
             .output()
             .expect("portdistrict use");
         self.on = true;
@@ -383,7 +308,7 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
     );
     chmod(&provider.machine.run_dir(), 0o755);
 
-    let mut serve = provider.serve(&[]);
+    let mut serve = provider.serve(PUBLIC_V4, &[]);
     let modes = (
         mode(&provider.machine.run_dir()),
         mode(&provider.machine.run_dir().join("exit-undo.json")),
@@ -474,7 +399,7 @@ fn provider_isolates_consumers_and_neighbours_and_restores_the_machine() {
     problems.assert_none();
 
     // --allow-dest opens one exception, and only that one.
-    let mut serve = provider.serve(&["--allow-dest", "169.254.169.254/32"]);
+    let mut serve = provider.serve(PUBLIC_V4, &["--allow-dest", "169.254.169.254/32"]);
     // The consumer's session died with the old dataplane: WireGuard hands shake again
     // once data has gone unanswered for 15 s.
     let back = wait_until(Duration::from_secs(40), Duration::from_millis(500), || {
@@ -530,7 +455,7 @@ fn a_router_keeps_routing_while_it_serves() {
         ifname: unique_ifname("pdx"),
         uplink: uplink.a_name().to_owned(),
     };
-    let mut serve = provider.serve(&[]);
+    let mut serve = provider.serve(PUBLIC_V4, &[]);
     routes("while serving");
     let status = serve.stop();
     assert!(

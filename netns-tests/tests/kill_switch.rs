@@ -10,6 +10,7 @@
 
 use portdistrict_exitnode::apply::{apply_nft, apply_plan, remove_nft, undo_plan, Undo};
 use portdistrict_exitnode::policy::{ConsumerPolicy, KILL_SWITCH_TABLE};
+use portdistrict_netns_tests::exit::network_snapshot;
 use portdistrict_netns_tests::{assert_no_ping, assert_ping, wait_until, Family, Netns, Veth};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Stdio};
@@ -247,18 +248,7 @@ fn kill_switch_lets_out_only_the_tunnel_and_marked_wireguard() {
 
 /// Everything `use off` must put back exactly, read in the consumer namespace.
 fn snapshot(ns: &Netns) -> String {
-    let mut out = String::new();
-    for argv in [
-        &["ip", "-4", "rule"][..],
-        &["ip", "-6", "rule"],
-        &["ip", "-4", "route", "show", "table", "all"],
-        &["ip", "-6", "route", "show", "table", "all"],
-        &["nft", "list", "ruleset"],
-        &["sysctl", "net.ipv4.conf.all.src_valid_mark"],
-    ] {
-        out.push_str(&format!("$ {}\n{}", argv.join(" "), ns.exec(argv)));
-    }
-    out
+    network_snapshot(ns, &[])
 }
 
 #[test]
