@@ -115,7 +115,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        kill_namespace_pids(&self.name);
+        terminate_namespace_pids(&self.name);
         let out = try_run(&["ip", "netns", "del", &self.name]);
         if !out.status.success() {
             eprintln!(
@@ -126,12 +126,38 @@ impl Drop for Netns {
     }
 }
 
+/// The processes inside namespace `name`.
+fn namespace_pids(name: &str) -> Vec<String> {
+    let pids = try_run(&["ip", "netns", "pids", name]);
+    String::from_utf8_lossy(&pids.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// SIGKILLs every process inside namespace `name` (only ever one this harness created).
 fn kill_namespace_pids(name: &str) {
-    let pids = try_run(&["ip", "netns", "pids", name]);
-    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-        let _ = try_run(&["kill", "-KILL", pid]);
+    for pid in namespace_pids(name) {
+        let _ = try_run(&["kill", "-KILL", &pid]);
     }
+}
+
+/// Ends every process inside namespace `name`: SIGTERM first, so that a dataplane
+/// removes its UAPI socket and a provider or daemon takes its changes back, then,
+/// after at most 3 s, SIGKILL for what is left.
+fn terminate_namespace_pids(name: &str) {
+    let pids = namespace_pids(name);
+    if pids.is_empty() {
+        return;
+    }
+    for pid in &pids {
+        let _ = try_run(&["kill", "-TERM", pid]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline && !namespace_pids(name).is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    kill_namespace_pids(name);
 }
 
 /// Deletes namespaces left by earlier runs of this harness that were killed before
@@ -156,8 +182,12 @@ fn sweep_stale_namespaces() {
     }
 }
 
-/// Removes `/var/run/wireguard/pdw*.sock` files nobody listens on any more (left by
-/// implementations SIGKILLed together with an earlier run of this harness).
+/// Interface-name prefixes this harness uses (`unique_ifname`), whose UAPI sockets
+/// [`sweep_stale_sockets`] may remove.
+const HARNESS_PREFIXES: [&str; 6] = ["pdw", "pdx", "pdu", "pds", "pdh", "pdv"];
+
+/// Removes `/var/run/wireguard/<harness prefix>*.sock` files nobody listens on any more
+/// (left by implementations SIGKILLed together with an earlier run of this harness).
 fn sweep_stale_sockets() {
     let Ok(dir) = std::fs::read_dir("/var/run/wireguard") else {
         return;
@@ -167,7 +197,8 @@ fn sweep_stale_sockets() {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        if !(name.starts_with("pdw") && name.ends_with(".sock")) {
+        let ours = HARNESS_PREFIXES.iter().any(|p| name.starts_with(p));
+        if !(ours && name.ends_with(".sock")) {
             continue;
         }
         let refused = std::os::unix::net::UnixStream::connect(&path)
