@@ -185,15 +185,21 @@ pub fn apply_planned(plan: &Plan, undo: &Undo, prefix: &[&str]) -> Result<(), Ap
 
 fn apply_steps(plan: &Plan, prefix: &[&str]) -> Result<(), ApplyError> {
     apply_nft(plan, prefix)?;
+    apply_sysctls(plan, prefix)?;
+    for c in &plan.ip {
+        run(prefix, &ip_argv(c), None)?;
+    }
+    Ok(())
+}
+
+/// Writes the plan's sysctls, in order.
+fn apply_sysctls(plan: &Plan, prefix: &[&str]) -> Result<(), ApplyError> {
     for s in &plan.sysctls {
         run(
             prefix,
             &["sysctl", "-q", "-w", &format!("{}={}", s.name, s.value)],
             None,
         )?;
-    }
-    for c in &plan.ip {
-        run(prefix, &ip_argv(c), None)?;
     }
     Ok(())
 }
@@ -248,13 +254,7 @@ pub fn undo_routing(undo: &Undo, prefix: &[&str]) -> Result<(), ApplyError> {
 /// blocks meanwhile).
 pub fn reapply(plan: &Plan, routes: bool, prefix: &[&str]) -> Result<(), ApplyError> {
     apply_nft(plan, prefix)?;
-    for s in &plan.sysctls {
-        run(
-            prefix,
-            &["sysctl", "-q", "-w", &format!("{}={}", s.name, s.value)],
-            None,
-        )?;
-    }
+    apply_sysctls(plan, prefix)?;
     for c in &plan.ip {
         match c.args.first().map(String::as_str) {
             Some("rule") => {

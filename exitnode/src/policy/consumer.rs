@@ -137,7 +137,7 @@ impl ConsumerPolicy {
         let _ = writeln!(s, "table inet {KILL_SWITCH_TABLE} {{");
         self.output_chain(&mut s);
         self.input_chain(&mut s);
-        chain(&mut s, "forward", &[]);
+        chain::<&str>(&mut s, "forward", &[]);
         let _ = writeln!(s, "}}");
         s
     }
@@ -237,14 +237,14 @@ pub(super) enum Direction {
 }
 
 /// A base chain with `policy drop` at `hook` (the chain's name) holding `rules`.
-fn chain(s: &mut String, hook: &str, rules: &[String]) {
+pub(super) fn chain<R: AsRef<str>>(s: &mut String, hook: &str, rules: &[R]) {
     let _ = writeln!(s, "\tchain {hook} {{");
     let _ = writeln!(
         s,
         "\t\ttype filter hook {hook} priority filter; policy drop;"
     );
     for r in rules {
-        let _ = writeln!(s, "\t\t{r}");
+        let _ = writeln!(s, "\t\t{}", r.as_ref());
     }
     let _ = writeln!(s, "\t}}");
 }

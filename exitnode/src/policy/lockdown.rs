@@ -7,7 +7,7 @@
 //! It lives in the kill switch's table (`inet portdistrict_killswitch`), so going from
 //! lockdown to system mode and back is one atomic table replacement, never a gap.
 
-use super::consumer::{link_holes, Direction};
+use super::consumer::{chain, link_holes, Direction};
 use super::{Plan, KILL_SWITCH_TABLE};
 use std::fmt::Write as _;
 
@@ -34,15 +34,7 @@ pub fn lockdown_plan() -> Plan {
         ("input", &input[..]),
         ("forward", &[][..]),
     ] {
-        let _ = writeln!(s, "\tchain {hook} {{");
-        let _ = writeln!(
-            s,
-            "\t\ttype filter hook {hook} priority filter; policy drop;"
-        );
-        for r in rules {
-            let _ = writeln!(s, "\t\t{r}");
-        }
-        let _ = writeln!(s, "\t}}");
+        chain(&mut s, hook, rules);
     }
     let _ = writeln!(s, "}}");
     Plan {
