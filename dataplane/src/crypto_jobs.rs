@@ -10,10 +10,11 @@
 //! 9 to 15 costs as much as one of 16 (chunks of ceil(n/4) did, and made the pool a
 //! loss).
 //!
-//! `PD_CRYPTO_GROUP=off` keeps every message on the one-by-one path (for comparison
-//! and as the "fast paths off" configuration of the tests).
+//! Each chunk is told whether to use the group code at all: `false` keeps every
+//! message on the one-by-one path (`PD_CRYPTO_GROUP=off`, read into the driver's
+//! `Options`: for comparison and as the "fast paths off" configuration of the tests).
 
-use crate::io::{Job, Pool};
+use crate::crypto_pool::{Job, Pool};
 use portdistrict_aead::GROUP;
 use portdistrict_wg::batch::{open_many, seal_prepared_many};
 use portdistrict_wg::crypto::AeadKey;
@@ -23,14 +24,6 @@ use std::sync::Arc;
 /// Messages per chunk while the batch is spread over the workers: one register of
 /// the group code's Poly1305 lanes.
 const POLY_LANES: usize = 8;
-
-/// Whether the group code is used: the CPU has it and `PD_CRYPTO_GROUP` is not `off`.
-pub fn group_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("PD_CRYPTO_GROUP").as_deref() != Ok("off") && portdistrict_aead::available()
-    })
-}
 
 /// Messages per chunk for a batch of `n` (see the module documentation).
 pub fn chunk_size(pool: &Pool) -> usize {
@@ -48,18 +41,22 @@ pub struct SealChunk<'a> {
     spans: [(usize, usize); GROUP],
     len: usize,
     key: &'a AeadKey,
+    /// Whether the group code may be used.
+    group: bool,
     /// Messages the group code sealed (set by `run`).
     pub grouped: usize,
 }
 
 impl<'a> SealChunk<'a> {
-    /// An empty chunk for messages under `key`.
-    pub fn new(key: &'a AeadKey) -> Self {
+    /// An empty chunk for messages under `key`; `group`: whether the group code may
+    /// be used (it also needs the CPU's support).
+    pub fn new(key: &'a AeadKey, group: bool) -> Self {
         SealChunk {
             msgs: Default::default(),
             spans: [(0, 0); GROUP],
             len: 0,
             key,
+            group,
             grouped: 0,
         }
     }
@@ -99,7 +96,7 @@ impl<'a> SealChunk<'a> {
 impl Job for Option<SealChunk<'_>> {
     fn run(&mut self) {
         if let Some(c) = self {
-            let sealed = seal_prepared_many(c.key, &mut c.msgs[..c.len], group_enabled());
+            let sealed = seal_prepared_many(c.key, &mut c.msgs[..c.len], c.group);
             c.grouped = sealed.grouped;
         }
     }
@@ -133,18 +130,22 @@ pub struct OpenChunk<'a> {
     results: [Result<usize, SessionError>; GROUP],
     len: usize,
     key: Arc<AeadKey>,
+    /// Whether the group code may be used.
+    group: bool,
     /// Messages the group code opened (set by `run`).
     pub grouped: usize,
 }
 
 impl<'a> OpenChunk<'a> {
-    /// An empty chunk for messages under `key`.
-    pub fn new(key: Arc<AeadKey>) -> Self {
+    /// An empty chunk for messages under `key`; `group`: whether the group code may
+    /// be used (it also needs the CPU's support).
+    pub fn new(key: Arc<AeadKey>, group: bool) -> Self {
         OpenChunk {
             msgs: Default::default(),
             results: [Err(SessionError::Decrypt); GROUP],
             len: 0,
             key,
+            group,
             grouped: 0,
         }
     }
@@ -179,7 +180,7 @@ impl Job for Option<OpenChunk<'_>> {
                 &c.key,
                 &mut c.msgs[..c.len],
                 &mut c.results[..c.len],
-                group_enabled(),
+                c.group,
             );
         }
     }
@@ -221,7 +222,7 @@ mod tests {
         }
         let mut dropped = Vec::new();
         {
-            let mut chunk = Some(SealChunk::new(&key));
+            let mut chunk = Some(SealChunk::new(&key, portdistrict_aead::available()));
             let mut rest: &mut [u8] = &mut buf;
             let mut pos = 0;
             for &(offset, len) in &spans {

@@ -6,10 +6,13 @@
 //! - [`io`]: the TUN device, the UDP sockets (IPv4 and IPv6, sticky source address,
 //!   fwmark), and the rtnetlink link monitor (MTU changes, deletion);
 //! - [`uapi_server`]: the unix socket `/var/run/wireguard/IFNAME.sock`;
+//! - [`crypto_pool`], [`crypto_jobs`]: the threads that seal and open the messages of
+//!   a batch in parallel, and the chunks of one batch they run;
 //! - [`driver`]: the event loop: TUN -> WireGuard -> UDP and back, timers, UAPI;
 //! - [`signals`], [`logger`]: SIGTERM/SIGINT as an fd, and log lines on stderr.
 
 pub mod crypto_jobs;
+pub mod crypto_pool;
 pub mod driver;
 pub mod io;
 pub mod logger;

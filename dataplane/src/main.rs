@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use portdistrict_dataplane::driver::{Driver, Exit, Options};
 use portdistrict_dataplane::io::{EventFd, LinkMonitor, Tun};
 use portdistrict_dataplane::signals::TermSignals;
-use portdistrict_dataplane::xdp::XdpMode;
 use portdistrict_dataplane::{logger, uapi_server};
 use portdistrict_wg::device::Device;
 use std::io::{Read as _, Write as _};
@@ -51,7 +50,7 @@ enum Mode {
         ifname: String,
         foreground: bool,
         shm: Option<std::path::PathBuf>,
-        xdp: XdpMode,
+        opts: Options,
     },
     Stats {
         ifname: String,
@@ -60,15 +59,12 @@ enum Mode {
     Version,
 }
 
-fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
+/// The command line; `opts` (from the environment) is what `--xdp` overrides.
+fn parse_args(args: &[String], mut opts: Options) -> anyhow::Result<Mode> {
     let mut foreground = std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1");
     let mut stats = false;
     let mut ifname = None;
     let mut shm = None;
-    let mut xdp = match std::env::var("PD_XDP") {
-        Ok(v) => XdpMode::parse(&v).map_err(|e| anyhow::anyhow!("PD_XDP: {e}"))?,
-        Err(_) => XdpMode::Filter,
-    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -79,8 +75,10 @@ fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
                 ))
             }
             "--xdp" => {
-                xdp = XdpMode::parse(it.next().context("--xdp needs off, filter or steer")?)
-                    .map_err(anyhow::Error::msg)?
+                opts.xdp = portdistrict_dataplane::xdp::XdpMode::parse(
+                    it.next().context("--xdp needs off, filter or steer")?,
+                )
+                .map_err(anyhow::Error::msg)?
             }
             "--stats" => stats = true,
             "-h" | "--help" => return Ok(Mode::Help),
@@ -109,7 +107,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Mode> {
             ifname,
             foreground,
             shm,
-            xdp,
+            opts,
         }
     })
 }
@@ -140,7 +138,8 @@ fn print_stats(ifname: &str) -> anyhow::Result<()> {
 /// Inherited descriptors other than stdio and `keep` are closed, so that a launcher
 /// waiting for EOF on a pipe it passed down (`out=$(portdistrict-dataplane wg0)`)
 /// is not held open by the daemon.
-fn daemonize(keep: &[std::os::fd::RawFd]) -> anyhow::Result<()> {
+/// The daemon's stdout and stderr go to `log` (`PD_LOG_FILE`), else nowhere.
+fn daemonize(keep: &[std::os::fd::RawFd], log: Option<&std::path::Path>) -> anyhow::Result<()> {
     // SAFETY: no other thread exists yet (threads are started after this), so the
     // child is a complete copy of this single-threaded process.
     let pid = unsafe { libc::fork() };
@@ -153,12 +152,11 @@ fn daemonize(keep: &[std::os::fd::RawFd]) -> anyhow::Result<()> {
     }
     // SAFETY: plain syscalls on our own process.
     unsafe { libc::setsid() };
-    let log = std::env::var_os("PD_LOG_FILE");
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")?;
-    let out = match &log {
+    let out = match log {
         Some(p) => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -198,7 +196,7 @@ fn run(
     ifname: &str,
     foreground: bool,
     shm: Option<&std::path::Path>,
-    xdp: XdpMode,
+    opts: &Options,
 ) -> anyhow::Result<Exit> {
     // A region that is not valid is an error before anything is created.
     let region = shm
@@ -207,8 +205,7 @@ fn run(
                 .with_context(|| format!("shared-memory region {}", p.display()))
         })
         .transpose()?;
-    let offload = std::env::var("PD_OFFLOAD").as_deref() != Ok("off");
-    let tun = if offload {
+    let tun = if opts.udp_offload {
         Tun::create_offloaded(ifname)
     } else {
         Tun::create(ifname)
@@ -226,7 +223,7 @@ fn run(
         let region_fd = region.as_ref().map(|r| r.as_fd().as_raw_fd());
         let mut keep = vec![tun.as_raw_fd(), listener.as_raw_fd()];
         keep.extend(region_fd);
-        daemonize(&keep)?;
+        daemonize(&keep, opts.log_file.as_deref())?;
     }
     let result = (|| {
         let signals = TermSignals::new().context("signalfd")?;
@@ -241,18 +238,7 @@ fn run(
             .unwrap_or_default();
         let device = Device::new(seed, (Instant::now(), wall), mtu);
         log::info!("{name}: started (MTU {mtu})");
-        let mut driver = Driver::new(
-            device,
-            tun,
-            link,
-            signals,
-            wake,
-            rx,
-            Options {
-                udp_offload: offload,
-                xdp,
-            },
-        )?;
+        let mut driver = Driver::new(device, tun, link, signals, wake, rx, opts)?;
         if let Some(r) = region {
             driver = driver.with_shm(r);
         }
@@ -271,7 +257,10 @@ fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mode = match parse_args(&args) {
+    let mode = match Options::from_env()
+        .map_err(anyhow::Error::from)
+        .and_then(|opts| parse_args(&args, opts))
+    {
         Ok(m) => m,
         Err(e) => {
             eprintln!("portdistrict-dataplane: {e}");
@@ -298,10 +287,10 @@ fn main() -> ExitCode {
             ifname,
             foreground,
             shm,
-            xdp,
+            opts,
         } => {
             logger::init(&format!("portdistrict-dataplane({ifname})"));
-            match run(&ifname, foreground, shm.as_deref(), xdp) {
+            match run(&ifname, foreground, shm.as_deref(), &opts) {
                 Ok(exit) => {
                     log::info!("{ifname}: shutting down ({exit:?})");
                     ExitCode::SUCCESS
@@ -321,7 +310,10 @@ mod interface_name_tests {
     use super::*;
 
     fn parse(name: &str) -> anyhow::Result<Mode> {
-        parse_args(&["--foreground".to_owned(), name.to_owned()])
+        parse_args(
+            &["--foreground".to_owned(), name.to_owned()],
+            Options::default(),
+        )
     }
 
     #[test]

@@ -70,8 +70,14 @@ pub struct Xdp {
 
 impl Xdp {
     /// Loads and attaches the program for `mode` (`None` when off or impossible; the
-    /// log says which and why).
-    pub fn start(mode: XdpMode, tun_name: &str, tun_ifindex: u32) -> Option<Xdp> {
+    /// log says which and why); `prefer` is the attachment mode tried first
+    /// (`PD_XDP_ATTACH`), else each interface's default.
+    pub fn start(
+        mode: XdpMode,
+        prefer: Option<AttachMode>,
+        tun_name: &str,
+        tun_ifindex: u32,
+    ) -> Option<Xdp> {
         if mode == XdpMode::Off {
             log::info!("{tun_name}: XDP off");
             return None;
@@ -96,16 +102,7 @@ impl Xdp {
             next_scan: Instant::now(),
             errors: 0,
             new_sockets: Vec::new(),
-            prefer: match std::env::var("PD_XDP_ATTACH").as_deref() {
-                Ok("generic") => Some(AttachMode::Generic),
-                Ok("native") => Some(AttachMode::Native),
-                Ok("tc") => Some(AttachMode::Tc),
-                Ok(other) => {
-                    log::warn!("{tun_name}: PD_XDP_ATTACH={other:?} is not native, generic or tc; choosing per interface");
-                    None
-                }
-                Err(_) => None,
-            },
+            prefer,
         };
         if mode == XdpMode::Steer {
             // Without a socket on an interface's queue the redirect falls back to

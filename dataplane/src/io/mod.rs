@@ -25,7 +25,6 @@
 mod error;
 mod msg;
 mod netlink;
-pub mod parallel;
 mod poll;
 mod tun;
 mod udp;
@@ -37,7 +36,6 @@ mod testutil;
 pub use error::IoError;
 pub use msg::SourceAddr;
 pub use netlink::{LinkEvent, LinkMonitor};
-pub use parallel::{read_cpu_times, CpuTimes, IdleGate, Job, Pool, PoolStats};
 pub use poll::{poll_fds, EventFd, PollFd, Readiness};
 pub(crate) use tun::{ifreq_ioctl, ifreq_with_name};
 pub use tun::{Tun, TunOffload};
