@@ -33,7 +33,11 @@ impl Sent {
     fn datagrams(&self) -> Vec<Vec<u8>> {
         match self.segment {
             None => vec![self.bytes.clone()],
-            Some(s) => self.bytes.chunks(usize::from(s)).map(<[u8]>::to_vec).collect(),
+            Some(s) => self
+                .bytes
+                .chunks(usize::from(s))
+                .map(<[u8]>::to_vec)
+                .collect(),
         }
     }
 }
@@ -193,12 +197,13 @@ fn another_endpoint_flushes_the_batch_and_order_is_kept() {
         (ep(2), datagram(3, 100)),
     ];
     let (early, eg) = one_wakeup(FakeUdp::default(), &input);
-    assert_eq!(early.len(), 2, "the first two sends left when the endpoint changed");
+    assert_eq!(
+        early.len(),
+        2,
+        "the first two sends left when the endpoint changed"
+    );
     let sends = udp_of(&eg).sends();
-    let shape: Vec<_> = sends
-        .iter()
-        .map(|s| (s.to, s.datagrams().len()))
-        .collect();
+    let shape: Vec<_> = sends.iter().map(|s| (s.to, s.datagrams().len())).collect();
     assert_eq!(
         shape,
         vec![(ep(2).addr, 2), (ep(3).addr, 1), (ep(2).addr, 1)]
@@ -218,10 +223,7 @@ fn a_shorter_datagram_closes_the_batch_and_a_longer_one_starts_another() {
     ];
     let (_, eg) = one_wakeup(FakeUdp::default(), &input);
     let sends = udp_of(&eg).sends();
-    let shape: Vec<_> = sends
-        .iter()
-        .map(|s| (s.segment, s.bytes.len()))
-        .collect();
+    let shape: Vec<_> = sends.iter().map(|s| (s.segment, s.bytes.len())).collect();
     // 100+100+60 as one GSO send (only the last may be shorter), then the 100 alone
     // (140 does not fit its segment size), then the 140.
     assert_eq!(shape, vec![(Some(100), 260), (None, 100), (None, 140)]);
@@ -236,7 +238,11 @@ fn a_full_batch_is_flushed_by_count_and_by_bytes() {
         .map(|i| (ep(2), datagram(i, 100)))
         .collect();
     let (early, eg) = one_wakeup(FakeUdp::default(), &input);
-    assert_eq!(early.len(), 1, "the full batch left before the 65th datagram");
+    assert_eq!(
+        early.len(),
+        1,
+        "the full batch left before the 65th datagram"
+    );
     assert_eq!(early[0].datagrams().len(), GSO_MAX_SEGMENTS);
     assert_eq!(udp_of(&eg).sends().len(), 2);
     // By bytes: 1,400-byte datagrams fill GSO_MAX_BYTES after 46.
@@ -283,7 +289,10 @@ fn refused_sends_and_refused_sources_are_counted() {
         ip: [192, 0, 2, 1].into(),
         ifindex: 3,
     });
-    let (_, eg) = one_wakeup(refusing, &[(from, datagram(0, 100)), (ep(3), datagram(1, 100))]);
+    let (_, eg) = one_wakeup(
+        refusing,
+        &[(from, datagram(0, 100)), (ep(3), datagram(1, 100))],
+    );
     assert_eq!(eg.tx.sources_cleared, vec![from.addr]);
 }
 
