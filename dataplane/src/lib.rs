@@ -7,12 +7,11 @@
 //!   fwmark), and the rtnetlink link monitor (MTU changes, deletion);
 //! - [`uapi_server`]: the unix socket `/var/run/wireguard/IFNAME.sock`;
 //! - [`driver`]: the event loop: TUN -> WireGuard -> UDP and back, timers, UAPI;
-//! - [`signals`], [`logger`]: SIGTERM/SIGINT as an fd, and log lines on stderr.
+//! - [`signals`]: SIGTERM/SIGINT as an fd (logging is set up by `portdistrict-logging`).
 
 pub mod crypto_jobs;
 pub mod driver;
 pub mod io;
-pub mod logger;
 pub mod shm_link;
 pub mod signals;
 pub mod uapi_server;

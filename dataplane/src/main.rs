@@ -10,7 +10,7 @@ use portdistrict_dataplane::driver::{Driver, Exit, Options};
 use portdistrict_dataplane::io::{EventFd, LinkMonitor, Tun};
 use portdistrict_dataplane::signals::TermSignals;
 use portdistrict_dataplane::xdp::XdpMode;
-use portdistrict_dataplane::{logger, uapi_server};
+use portdistrict_dataplane::uapi_server;
 use portdistrict_wg::device::Device;
 use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
@@ -300,7 +300,10 @@ fn main() -> ExitCode {
             shm,
             xdp,
         } => {
-            logger::init(&format!("portdistrict-dataplane({ifname})"));
+            portdistrict_logging::init(
+                &format!("portdistrict-dataplane({ifname})"),
+                tracing::Level::INFO,
+            );
             match run(&ifname, foreground, shm.as_deref(), xdp) {
                 Ok(exit) => {
                     log::info!("{ifname}: shutting down ({exit:?})");
