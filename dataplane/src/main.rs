@@ -39,7 +39,8 @@ Creates the WireGuard interface IFNAME and serves the userspace API on
   -h, --help         this text
       --version      the version
 
-Environment: LOG_LEVEL=error|warn|info|debug|silent; PD_LOG_FILE=PATH keeps the
+Environment: RUST_LOG (tracing directives) or LOG_LEVEL=error|warn|info|debug|silent;
+PD_LOG_FILE=PATH keeps the
 daemon's log in PATH (otherwise a daemonized process logs nowhere); PD_OFFLOAD=off
 turns TUN TSO/GRO and UDP GSO/GRO off; PD_IO=poll receives through the poll(2) loop
 with recvmmsg instead of io_uring (also the fallback where io_uring is unavailable);
