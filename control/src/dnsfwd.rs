@@ -301,7 +301,7 @@ fn udp_loop(udp: &Arc<UdpSocket>, upstream: SocketAddr, term: &Arc<AtomicBool>) 
             Ok(x) => x,
             Err(e) if timed_out(&e) => continue,
             Err(e) => {
-                eprintln!("portdistrict: DNS forwarder: {e}");
+                tracing::warn!("DNS forwarder: {e}");
                 std::thread::sleep(TICK);
                 continue;
             }
@@ -328,7 +328,7 @@ fn udp_loop(udp: &Arc<UdpSocket>, upstream: SocketAddr, term: &Arc<AtomicBool>) 
                 }
             });
         if let Err(e) = spawned {
-            eprintln!("portdistrict: DNS forwarder: {e}");
+            tracing::warn!("DNS forwarder: {e}");
         }
     }
 }

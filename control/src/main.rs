@@ -83,6 +83,17 @@ Options:
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `exit serve` is a daemon: its progress is info; one-shot commands print their
+    // results themselves and log only warnings.
+    let serving = args.windows(2).any(|w| w[0] == "exit" && w[1] == "serve");
+    portdistrict_logging::init(
+        "portdistrict",
+        if serving {
+            tracing::Level::INFO
+        } else {
+            tracing::Level::WARN
+        },
+    );
     if let Err(e) = run(&args) {
         eprintln!("portdistrict: {e:#}");
         std::process::exit(2);

@@ -9,13 +9,12 @@
 //! - [`crypto_pool`], [`crypto_jobs`]: the threads that seal and open the messages of
 //!   a batch in parallel, and the chunks of one batch they run;
 //! - [`driver`]: the event loop: TUN -> WireGuard -> UDP and back, timers, UAPI;
-//! - [`signals`], [`logger`]: SIGTERM/SIGINT as an fd, and log lines on stderr.
+//! - [`signals`]: SIGTERM/SIGINT as an fd (logging is set up by `portdistrict-logging`).
 
 pub mod crypto_jobs;
 pub mod crypto_pool;
 pub mod driver;
 pub mod io;
-pub mod logger;
 pub mod shm_link;
 pub mod signals;
 pub mod uapi_server;

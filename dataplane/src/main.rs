@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use portdistrict_dataplane::driver::{Driver, Exit, Options};
 use portdistrict_dataplane::io::{EventFd, LinkMonitor, Tun};
 use portdistrict_dataplane::signals::TermSignals;
-use portdistrict_dataplane::{logger, uapi_server};
+use portdistrict_dataplane::uapi_server;
 use portdistrict_wg::device::Device;
 use std::io::{Read as _, Write as _};
 use std::process::ExitCode;
@@ -38,7 +38,8 @@ Creates the WireGuard interface IFNAME and serves the userspace API on
   -h, --help         this text
       --version      the version
 
-Environment: LOG_LEVEL=error|warn|info|debug|silent; PD_LOG_FILE=PATH keeps the
+Environment: RUST_LOG (tracing directives) or LOG_LEVEL=error|warn|info|debug|silent;
+PD_LOG_FILE=PATH keeps the
 daemon's log in PATH (otherwise a daemonized process logs nowhere); PD_OFFLOAD=off
 turns TUN TSO/GRO and UDP GSO/GRO off; PD_IO=poll receives through the poll(2) loop
 with recvmmsg instead of io_uring (also the fallback where io_uring is unavailable);
@@ -289,7 +290,10 @@ fn main() -> ExitCode {
             shm,
             opts,
         } => {
-            logger::init(&format!("portdistrict-dataplane({ifname})"));
+            portdistrict_logging::init(
+                &format!("portdistrict-dataplane({ifname})"),
+                tracing::Level::INFO,
+            );
             match run(&ifname, foreground, shm.as_deref(), &opts) {
                 Ok(exit) => {
                     log::info!("{ifname}: shutting down ({exit:?})");

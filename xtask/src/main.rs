@@ -119,6 +119,7 @@ pub(crate) fn cargo(args: &[&str]) -> Command {
 }
 
 fn main() -> ExitCode {
+    portdistrict_logging::init("xtask", tracing::Level::INFO);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let task = match parse(&args) {
         Ok(t) => t,

@@ -47,6 +47,7 @@ const TOOLS: [(&str, &str); 5] = [
 type Column = (Impl, Option<PathBuf>, Option<String>);
 
 fn main() -> ExitCode {
+    portdistrict_logging::init("pd-bench", tracing::Level::INFO);
     match run() {
         Ok(code) => code,
         Err(e) => {

@@ -24,27 +24,8 @@ verified there expires. The TSIG key may be this device's own: it only updates
 _portdistrict.DEVICE.NAMESPACE, and on the device holding the identity's seed also
 _portdistrict.NAMESPACE and _portdistrict-trust.NAMESPACE.";
 
-struct StderrLog;
-
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            eprintln!(
-                "portdistrictd: {}: {}",
-                r.level().as_str().to_lowercase(),
-                r.args()
-            );
-        }
-    }
-    fn flush(&self) {}
-}
-
 fn main() {
-    let _ = log::set_boxed_logger(Box::new(StderrLog));
-    log::set_max_level(log::LevelFilter::Info);
+    portdistrict_logging::init("portdistrictd", tracing::Level::INFO);
     let args: Vec<String> = std::env::args().skip(1).collect();
     if matches!(args.first().map(String::as_str), Some("-h" | "--help")) {
         println!("{USAGE}");
