@@ -124,12 +124,15 @@ impl Seed {
             .bytes(&p.master)
             .bytes(&p.ecdh)
             .u64(created);
-        let signed = Writer::after(BUNDLE_SIG_CONTEXT)
-            .bytes(w.as_bytes())
-            .clone();
-        w.bytes(self.master().sign(signed.as_bytes()).as_ref());
+        let sig = self.master().sign(&bundle_signed(w.as_bytes()));
+        w.bytes(sig.as_ref());
         Ok(BUNDLE_LABEL.encode(w.as_bytes()))
     }
+}
+
+/// What a bundle's signature covers: the context, then the bundle before the signature.
+fn bundle_signed(body: &[u8]) -> Vec<u8> {
+    [BUNDLE_SIG_CONTEXT, body].concat()
 }
 
 /// Checks that `ns` is a lowercase DNS name of at least two labels.
@@ -260,11 +263,8 @@ impl Bundle {
         let master: [u8; 32] = r.array("master key").map_err(early)?;
         let ecdh: [u8; 32] = r.array("ECDH key").map_err(early)?;
         let created = r.u64("creation time").map_err(early)?;
-        let signed = Writer::after(BUNDLE_SIG_CONTEXT)
-            .bytes(&raw[..body_len])
-            .clone();
         UnparsedPublicKey::new(&ED25519, &master)
-            .verify(signed.as_bytes(), r.rest())
+            .verify(&bundle_signed(&raw[..body_len]), r.rest())
             .map_err(|_| IdentityError::Signature)?;
         Ok(Bundle {
             identity: PublicIdentity {
