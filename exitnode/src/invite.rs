@@ -342,6 +342,34 @@ mod tests {
     }
 
     #[test]
+    fn codec_errors_are_named_in_invite_terms() {
+        let line = example().encode(&key());
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&line[PREFIX.len()..])
+            .unwrap();
+        let enc = |b: &[u8]| {
+            format!(
+                "{PREFIX}{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+            )
+        };
+        let mut family = bytes.clone();
+        family[HEADER_LEN] = 5;
+        assert_eq!(
+            Invite::decode(&enc(&family)),
+            Err(InviteError::Malformed("endpoint family must be 4 or 6"))
+        );
+        assert_eq!(
+            Invite::decode(&enc(&bytes[..HEADER_LEN + 3])),
+            Err(InviteError::Truncated("endpoint"))
+        );
+        assert_eq!(
+            Invite::decode(&enc(&bytes[..HEADER_LEN - 1])),
+            Err(InviteError::Truncated("endpoint count"))
+        );
+    }
+
+    #[test]
     fn expiry_is_checked_against_the_given_time() {
         let inv = example();
         assert_eq!(inv.check_expiry(1_799_999_999), Ok(()));
