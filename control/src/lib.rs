@@ -5,11 +5,14 @@
 //! - [`exit`]: the provider's offline exit commands (invite, list, revoke).
 //! - [`serve`]: `exit serve`, the provider process.
 //! - [`consumer`]: `use`, `use status`, `use off`: consumer system mode.
-//! - [`identity`], [`trust`]: identities, bundles and the trust lifecycle (pure);
-//!   [`node`]: the `identity` and `peer` commands around them; [`records`]: master
-//!   and device records, signed, encrypted to their readers, chunked into TXT.
+//! - [`identity`], [`trust`]: identities, bundles and the trust lifecycle, and
+//!   [`records`]: master and device records, signed, encrypted to their readers,
+//!   chunked into TXT — all pure, in `portdistrict-control-core` (`control/core`) and
+//!   re-exported here under these names; [`node`]: the `identity` and `peer` commands
+//!   around them.
 //! - [`device`]: this machine's device and the roster; [`daemon`]: `portdistrictd`;
-//!   [`freshness`]: its rollback protection and grace periods (pure).
+//!   [`freshness`]: its rollback protection and grace periods (pure, from the core),
+//!   kept in the state directory.
 //! - [`tunnels`]: `tunnel list|show|connect|disconnect` and `status`.
 //! - [`dns`]: publication (RFC 2136 + TSIG) and resolution (hickory-resolver).
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
@@ -23,13 +26,12 @@ pub mod dns;
 pub mod dnsfwd;
 pub mod exit;
 pub mod freshness;
-pub mod identity;
 pub mod node;
-pub mod records;
 pub mod serve;
-pub mod trust;
 pub mod tunnels;
 pub mod uapi;
+
+pub use portdistrict_control_core::{identity, records, trust};
 
 use anyhow::{bail, Context as _};
 use std::path::PathBuf;

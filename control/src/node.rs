@@ -127,7 +127,7 @@ pub fn init(dirs: &Dirs, namespace: &str, o: &SecretOptions, now: u64) -> anyhow
         );
     }
     make_dir(&d)?;
-    let seed = Seed::generate()?;
+    let seed = Seed::generate(&mut rand_core::OsRng);
     let secret = match &o.key_file {
         Some(f) => {
             let line = Zeroizing::new(format!(
@@ -140,7 +140,12 @@ pub fn init(dirs: &Dirs, namespace: &str, o: &SecretOptions, now: u64) -> anyhow
         }
         None => {
             let pass = passphrase(o, true)?;
-            let sealed = SealedSeed::seal(&seed, pass.as_bytes(), KdfParams::DEFAULT)?;
+            let sealed = SealedSeed::seal(
+                &seed,
+                pass.as_bytes(),
+                KdfParams::DEFAULT,
+                &mut rand_core::OsRng,
+            )?;
             let path = d.join("seed.json");
             write_atomic_mode(
                 &path,

@@ -28,18 +28,18 @@
 //! signer is the provider itself, the token known, unused, unrevoked and unexpired is
 //! for the provider to decide ([`Invite::check_expiry`] takes the time as an argument).
 
-use base64::Engine as _;
+use portdistrict_control_core::codec::{BlobError, CodecError, Label, Reader, Writer};
 use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// The label every invite starts with.
-pub const PREFIX: &str = "portdistrict-invite1:";
+pub const PREFIX: &str = LABEL.prefix();
+const LABEL: Label = Label::new("portdistrict-invite1:");
 /// The one binary version this code writes and reads.
 pub const VERSION: u8 = 1;
 /// Most endpoints an invite carries.
 pub const MAX_ENDPOINTS: usize = 8;
 const SIGNATURE_LEN: usize = 64;
-const HEADER_LEN: usize = 1 + 1 + 32 + 32 + 16 + 32 + 4 + 8 + 2 + 1;
 
 /// How the consumer reaches the provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,55 +114,48 @@ pub enum InviteError {
     },
 }
 
+impl From<CodecError> for InviteError {
+    fn from(e: CodecError) -> InviteError {
+        match e {
+            CodecError::Truncated(field) => InviteError::Truncated(field),
+            CodecError::NotText(_) => InviteError::Malformed("a field is not text"),
+            CodecError::Family { .. } => InviteError::Malformed("endpoint family must be 4 or 6"),
+        }
+    }
+}
+
 impl Invite {
     /// The invite as one line, signed with `key` (whose public key must be
     /// [`Invite::signer`]; it is written from `key`).
     pub fn encode(&self, key: &Ed25519KeyPair) -> String {
-        let mut body = Vec::with_capacity(HEADER_LEN + 19 * self.endpoints.len() + 64);
-        body.push(VERSION);
-        body.push(self.transport.code());
-        body.extend_from_slice(&self.wg_key);
-        body.extend_from_slice(key.public_key().as_ref());
-        body.extend_from_slice(&self.token);
-        body.extend_from_slice(&self.negotiation_key);
-        body.extend_from_slice(&self.negotiation_addr.octets());
-        body.extend_from_slice(&self.expires.to_be_bytes());
-        body.extend_from_slice(&self.uses.to_be_bytes());
         let eps = &self.endpoints[..self.endpoints.len().min(MAX_ENDPOINTS)];
-        body.push(eps.len() as u8);
+        let mut body = Writer::new();
+        body.u8(VERSION)
+            .u8(self.transport.code())
+            .bytes(&self.wg_key)
+            .bytes(key.public_key().as_ref())
+            .bytes(&self.token)
+            .bytes(&self.negotiation_key)
+            .bytes(&self.negotiation_addr.octets())
+            .u64(self.expires)
+            .u16(self.uses)
+            .u8(eps.len() as u8);
         for ep in eps {
-            match ep.ip() {
-                IpAddr::V4(a) => {
-                    body.push(4);
-                    body.extend_from_slice(&a.octets());
-                }
-                IpAddr::V6(a) => {
-                    body.push(6);
-                    body.extend_from_slice(&a.octets());
-                }
-            }
-            body.extend_from_slice(&ep.port().to_be_bytes());
+            body.socket_addr(*ep);
         }
-        let sig = key.sign(&body);
-        body.extend_from_slice(sig.as_ref());
-        format!(
-            "{PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body)
-        )
+        let sig = key.sign(body.as_bytes());
+        body.bytes(sig.as_ref());
+        LABEL.encode(body.as_bytes())
     }
 
     /// Parses and verifies one invite line (surrounding whitespace allowed).
     pub fn decode(text: &str) -> Result<Invite, InviteError> {
-        let text = text.trim();
-        let Some(b64) = text.strip_prefix(PREFIX) else {
-            return Err(
-                later_label(text).map_or(InviteError::NotAnInvite, InviteError::UnknownVersion)
-            );
-        };
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(b64)
-            .map_err(|e| InviteError::Base64(e.to_string()))?;
-        let mut r = Reader(&bytes);
+        let bytes = LABEL.decode(text).map_err(|e| match e {
+            BlobError::Foreign => InviteError::NotAnInvite,
+            BlobError::Later(v) => InviteError::UnknownVersion(v),
+            BlobError::Base64(e) => InviteError::Base64(e),
+        })?;
+        let mut r = Reader::new(&bytes);
         let version = r.u8("version")?;
         if version != VERSION {
             return Err(InviteError::UnknownVersion(version));
@@ -176,28 +169,20 @@ impl Invite {
         let token = r.array("token")?;
         let negotiation_key = r.array("negotiation key")?;
         let negotiation_addr = Ipv4Addr::from(r.array::<4>("negotiation address")?);
-        let expires = u64::from_be_bytes(r.array("expiry")?);
-        let uses = u16::from_be_bytes(r.array("use count")?);
+        let expires = r.u64("expiry")?;
+        let uses = r.u16("use count")?;
         let count = usize::from(r.u8("endpoint count")?);
         if count == 0 || count > MAX_ENDPOINTS {
             return Err(InviteError::Malformed("endpoint count must be 1 to 8"));
         }
         let mut endpoints = Vec::with_capacity(count);
         for _ in 0..count {
-            let ip = match r.u8("endpoint")? {
-                4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>("endpoint")?)),
-                6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>("endpoint")?)),
-                _ => return Err(InviteError::Malformed("endpoint family must be 4 or 6")),
-            };
-            endpoints.push(SocketAddr::new(
-                ip,
-                u16::from_be_bytes(r.array("endpoint")?),
-            ));
+            endpoints.push(r.socket_addr("endpoint")?);
         }
-        let signed_len = bytes.len() - r.0.len();
+        let signed_len = r.consumed();
         let sig: [u8; SIGNATURE_LEN] = r.array("signature")?;
-        if !r.0.is_empty() {
-            return Err(InviteError::Trailing(r.0.len()));
+        if !r.is_empty() {
+            return Err(InviteError::Trailing(r.rest().len()));
         }
         UnparsedPublicKey::new(&ED25519, signer)
             .verify(&bytes[..signed_len], &sig)
@@ -226,34 +211,12 @@ impl Invite {
     }
 }
 
-/// The N of a `portdistrict-inviteN:` label with N > 1.
-fn later_label(text: &str) -> Option<u8> {
-    let rest = text.strip_prefix("portdistrict-invite")?;
-    let (n, _) = rest.split_once(':')?;
-    n.parse::<u8>().ok().filter(|&n| n > VERSION)
-}
-
-/// Reads fields off the front of a byte slice.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn u8(&mut self, field: &'static str) -> Result<u8, InviteError> {
-        Ok(self.array::<1>(field)?[0])
-    }
-
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], InviteError> {
-        let (head, rest) = self
-            .0
-            .split_first_chunk::<N>()
-            .ok_or(InviteError::Truncated(field))?;
-        self.0 = rest;
-        Ok(*head)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+
+    const HEADER_LEN: usize = 1 + 1 + 32 + 32 + 16 + 32 + 4 + 8 + 2 + 1;
 
     /// A fixed key (RFC 8032 test 1 seed) so that encodings are reproducible.
     fn key() -> Ed25519KeyPair {
@@ -376,6 +339,34 @@ mod tests {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&long)
         );
         assert_eq!(Invite::decode(&text), Err(InviteError::Trailing(3)));
+    }
+
+    #[test]
+    fn codec_errors_are_named_in_invite_terms() {
+        let line = example().encode(&key());
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&line[PREFIX.len()..])
+            .unwrap();
+        let enc = |b: &[u8]| {
+            format!(
+                "{PREFIX}{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+            )
+        };
+        let mut family = bytes.clone();
+        family[HEADER_LEN] = 5;
+        assert_eq!(
+            Invite::decode(&enc(&family)),
+            Err(InviteError::Malformed("endpoint family must be 4 or 6"))
+        );
+        assert_eq!(
+            Invite::decode(&enc(&bytes[..HEADER_LEN + 3])),
+            Err(InviteError::Truncated("endpoint"))
+        );
+        assert_eq!(
+            Invite::decode(&enc(&bytes[..HEADER_LEN - 1])),
+            Err(InviteError::Truncated("endpoint count"))
+        );
     }
 
     #[test]

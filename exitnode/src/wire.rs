@@ -17,9 +17,11 @@
 //! [`WireError::Outdated`] and the provider refuses them.
 //!
 //! [`Message::parse`] never panics and names what is wrong; [`Message::emit`] writes
-//! exactly what `parse` reads back.
+//! exactly what `parse` reads back. Both go through the control core's codec (the
+//! resolver is its IP address encoding: family byte, then the octets).
 
 use crate::store::Refusal;
+use portdistrict_control_core::codec::{CodecError, Reader, Writer};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const MAGIC: &[u8; 3] = b"PDX";
@@ -74,10 +76,32 @@ pub enum WireError {
     Length(usize),
 }
 
+impl Refusal {
+    /// The reason code of a nak.
+    fn code(self) -> u8 {
+        match self {
+            Refusal::UnknownToken => 1,
+            Refusal::Expired => 2,
+            Refusal::UsedUp => 3,
+            Refusal::Revoked => 4,
+            Refusal::Full => 5,
+            Refusal::Outdated => 6,
+            Refusal::BadProof => 7,
+            Refusal::Unavailable => 8,
+        }
+    }
+
+    /// The refusal of a reason code.
+    fn from_code(code: u8) -> Option<Refusal> {
+        Refusal::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
 impl Message {
     /// Parses one datagram.
     pub fn parse(b: &[u8]) -> Result<Message, WireError> {
-        let Some((head, body)) = b.split_first_chunk::<5>() else {
+        let mut r = Reader::new(b);
+        let Ok(head) = r.array::<5>("header") else {
             return Err(WireError::NotNegotiation);
         };
         if &head[..3] != MAGIC {
@@ -89,41 +113,30 @@ impl Message {
         if head[3] < VERSION {
             return Err(WireError::Outdated(head[3]));
         }
-        let len = |n: usize| {
-            if body.len() == n {
+        let body_len = |n: usize| {
+            if r.rest().len() == n {
                 Ok(())
             } else {
                 Err(WireError::Length(b.len()))
             }
         };
+        let short = |_: CodecError| WireError::Length(b.len());
         match head[4] {
             1 => {
-                len(80)?;
-                let short = WireError::Length(b.len());
-                let (token, rest) = body.split_first_chunk::<16>().ok_or(short)?;
-                let (wg_key, rest) = rest.split_first_chunk::<32>().ok_or(short)?;
-                let (proof, _) = rest.split_first_chunk::<32>().ok_or(short)?;
+                body_len(80)?;
                 Ok(Message::Request {
-                    token: *token,
-                    wg_key: *wg_key,
-                    proof: *proof,
+                    token: r.array("token").map_err(short)?,
+                    wg_key: r.array("WireGuard key").map_err(short)?,
+                    proof: r.array("proof").map_err(short)?,
                 })
             }
-            2 => parse_ack(body).ok_or(WireError::Length(b.len()))?,
+            2 => parse_ack(r).ok_or(WireError::Length(b.len()))?,
             3 => {
-                len(1)?;
-                let r = match body[0] {
-                    1 => Refusal::UnknownToken,
-                    2 => Refusal::Expired,
-                    3 => Refusal::UsedUp,
-                    4 => Refusal::Revoked,
-                    5 => Refusal::Full,
-                    6 => Refusal::Outdated,
-                    7 => Refusal::BadProof,
-                    8 => Refusal::Unavailable,
-                    x => return Err(WireError::Unknown("refusal", x)),
-                };
-                Ok(Message::Nak(r))
+                body_len(1)?;
+                let code = r.u8("reason").map_err(short)?;
+                Refusal::from_code(code)
+                    .map(Message::Nak)
+                    .ok_or(WireError::Unknown("refusal", code))
             }
             t => Err(WireError::Unknown("message type", t)),
         }
@@ -131,76 +144,48 @@ impl Message {
 
     /// The datagram.
     pub fn emit(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        out.push(VERSION);
+        let mut w = Writer::after(MAGIC);
+        w.u8(VERSION);
         match self {
             Message::Request {
                 token,
                 wg_key,
                 proof,
-            } => {
-                out.push(1);
-                out.extend_from_slice(token);
-                out.extend_from_slice(wg_key);
-                out.extend_from_slice(proof);
-            }
+            } => w.u8(1).bytes(token).bytes(wg_key).bytes(proof),
             Message::Ack {
                 inner_v4,
                 inner_v6,
                 resolver,
-            } => {
-                out.push(2);
-                out.extend_from_slice(&inner_v4.octets());
-                out.push(u8::from(inner_v6.is_some()));
-                out.extend_from_slice(&inner_v6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets());
-                match resolver {
-                    IpAddr::V4(a) => {
-                        out.push(4);
-                        out.extend_from_slice(&a.octets());
-                    }
-                    IpAddr::V6(a) => {
-                        out.push(6);
-                        out.extend_from_slice(&a.octets());
-                    }
-                }
-            }
-            Message::Nak(r) => {
-                out.push(3);
-                out.push(match r {
-                    Refusal::UnknownToken => 1,
-                    Refusal::Expired => 2,
-                    Refusal::UsedUp => 3,
-                    Refusal::Revoked => 4,
-                    Refusal::Full => 5,
-                    Refusal::Outdated => 6,
-                    Refusal::BadProof => 7,
-                    Refusal::Unavailable => 8,
-                });
-            }
-        }
-        out
+            } => w
+                .u8(2)
+                .bytes(&inner_v4.octets())
+                .u8(u8::from(inner_v6.is_some()))
+                .bytes(&inner_v6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets())
+                .ip(*resolver),
+            Message::Nak(reason) => w.u8(3).u8(reason.code()),
+        };
+        w.into_bytes()
     }
 }
 
-/// The body of an ack; `None` if its length or a flag is wrong.
-fn parse_ack(body: &[u8]) -> Option<Result<Message, WireError>> {
-    let (v4, rest) = body.split_first_chunk::<4>()?;
-    let (&has_v6, rest) = rest.split_first()?;
-    let (v6, rest) = rest.split_first_chunk::<16>()?;
-    let (&family, rest) = rest.split_first()?;
-    let resolver = match (family, rest.len()) {
-        (4, 4) => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(rest).ok()?)),
-        (6, 16) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(rest).ok()?)),
+/// The body of an ack; `None` if its length is wrong.
+fn parse_ack(mut r: Reader<'_>) -> Option<Result<Message, WireError>> {
+    let v4 = r.array::<4>("inner IPv4 address").ok()?;
+    let has_v6 = r.u8("IPv6 flag").ok()?;
+    let v6 = r.array::<16>("inner IPv6 address").ok()?;
+    let family = *r.rest().first()?;
+    let resolver = match (family, r.rest().len() - 1) {
+        (4, 4) | (6, 16) => r.ip("resolver").ok()?,
         (4 | 6, _) => return None,
         (f, _) => return Some(Err(WireError::Unknown("resolver family", f))),
     };
     let inner_v6 = match has_v6 {
         0 => None,
-        1 => Some(Ipv6Addr::from(*v6)),
+        1 => Some(Ipv6Addr::from(v6)),
         x => return Some(Err(WireError::Unknown("IPv6 flag", x))),
     };
     Some(Ok(Message::Ack {
-        inner_v4: Ipv4Addr::from(*v4),
+        inner_v4: Ipv4Addr::from(v4),
         inner_v6,
         resolver,
     }))

@@ -17,22 +17,24 @@
 //! The seed is stored sealed: argon2id (the parameters are stored with it) turns the
 //! passphrase into a key for ChaCha20-Poly1305 ([`SealedSeed`]).
 
+use crate::codec::{BlobError, Label, Reader, Writer};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
+use rand_core::{CryptoRng, RngCore};
 use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv6Addr;
 use zeroize::Zeroizing;
 
 /// The label of identity bundles.
-pub const BUNDLE_PREFIX: &str = "portdistrict-id1:";
+pub const BUNDLE_PREFIX: &str = BUNDLE_LABEL.prefix();
+const BUNDLE_LABEL: Label = Label::new("portdistrict-id1:");
 /// The bundle format version this code writes and reads.
 pub const BUNDLE_VERSION: u8 = 1;
 const BUNDLE_SIG_CONTEXT: &[u8] = b"portdistrict-id1\0";
 const ECDH_CONTEXT: &str = "portdistrict 2026-11 identity-ecdh x25519";
 const FINGERPRINT_CONTEXT: &str = "portdistrict 2026-11 identity fingerprint";
-const OVERLAY_CONTEXT: &str = "portdistrict 2026-11 overlay prefix";
 const SEAL_AAD: &[u8] = b"portdistrict sealed seed v1";
 
 /// Why an identity, a bundle or a sealed seed is refused.
@@ -73,14 +75,11 @@ impl Seed {
         Seed(Zeroizing::new(b))
     }
 
-    /// A fresh random seed.
-    pub fn generate() -> Result<Seed, IdentityError> {
-        use ring::rand::SecureRandom as _;
+    /// A fresh random seed from `rng` (the caller's randomness: `OsRng` in the shell).
+    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Seed {
         let mut b = Zeroizing::new([0u8; 32]);
-        ring::rand::SystemRandom::new()
-            .fill(&mut *b)
-            .map_err(|_| IdentityError::Sealed("no randomness for the seed".into()))?;
-        Ok(Seed(b))
+        rng.fill_bytes(&mut *b);
+        Seed(b)
     }
 
     /// The raw bytes.
@@ -118,16 +117,22 @@ impl Seed {
     /// The bundle line of this identity, created at `created`.
     pub fn bundle(&self, namespace: &str, created: u64) -> Result<String, IdentityError> {
         let p = self.public(namespace)?;
-        let mut body = vec![BUNDLE_VERSION, u8::try_from(namespace.len()).unwrap_or(0)];
-        body.extend_from_slice(namespace.as_bytes());
-        body.extend_from_slice(&p.master);
-        body.extend_from_slice(&p.ecdh);
-        body.extend_from_slice(&created.to_be_bytes());
-        let mut signed = BUNDLE_SIG_CONTEXT.to_vec();
-        signed.extend_from_slice(&body);
-        body.extend_from_slice(self.master().sign(&signed).as_ref());
-        Ok(format!("{BUNDLE_PREFIX}{}", URL_SAFE_NO_PAD.encode(body)))
+        let mut w = Writer::new();
+        // The namespace was checked: at most 200 bytes, so its length fits the byte.
+        w.u8(BUNDLE_VERSION)
+            .str(namespace)
+            .bytes(&p.master)
+            .bytes(&p.ecdh)
+            .u64(created);
+        let sig = self.master().sign(&bundle_signed(w.as_bytes()));
+        w.bytes(sig.as_ref());
+        Ok(BUNDLE_LABEL.encode(w.as_bytes()))
     }
+}
+
+/// What a bundle's signature covers: the context, then the bundle before the signature.
+fn bundle_signed(body: &[u8]) -> Vec<u8> {
+    [BUNDLE_SIG_CONTEXT, body].concat()
 }
 
 /// Checks that `ns` is a lowercase DNS name of at least two labels.
@@ -205,18 +210,12 @@ impl PublicIdentity {
 
     /// The identity's overlay /48: `fd` + 40 bits derived from the node ID.
     pub fn overlay_prefix(&self) -> Ipv6Addr {
-        let h = blake3::derive_key(OVERLAY_CONTEXT, self.node_id().as_bytes());
-        let mut b = [0u8; 16];
-        b[0] = 0xfd;
-        b[1..6].copy_from_slice(&h[..5]);
-        Ipv6Addr::from(b)
+        crate::overlay::overlay_prefix(&self.node_id())
     }
 
     /// The /64 of device number `subnet` (1..=65535) inside the overlay /48.
     pub fn device_prefix(&self, subnet: u16) -> Ipv6Addr {
-        let mut b = self.overlay_prefix().octets();
-        b[6..8].copy_from_slice(&subnet.to_be_bytes());
-        Ipv6Addr::from(b)
+        crate::overlay::device_prefix(self.overlay_prefix(), subnet)
     }
 }
 
@@ -232,28 +231,21 @@ pub struct Bundle {
 impl Bundle {
     /// Decodes and verifies a `portdistrict-id1:` line.
     pub fn decode(text: &str) -> Result<Bundle, IdentityError> {
-        let text = text.trim();
-        let Some(b64) = text.strip_prefix(BUNDLE_PREFIX) else {
-            if let Some(v) = text
-                .strip_prefix("portdistrict-id")
-                .and_then(|r| r.split(':').next())
-                .and_then(|v| v.parse::<u8>().ok())
-                .filter(|v| *v > BUNDLE_VERSION)
-            {
-                return Err(IdentityError::Version(v));
-            }
-            return Err(IdentityError::NotABundle);
-        };
-        let raw = URL_SAFE_NO_PAD
-            .decode(b64)
-            .map_err(|_| IdentityError::Base64)?;
-        let version = *raw.first().ok_or(IdentityError::Malformed("it is empty"))?;
+        let raw = BUNDLE_LABEL.decode(text).map_err(|e| match e {
+            BlobError::Foreign => IdentityError::NotABundle,
+            BlobError::Later(v) => IdentityError::Version(v),
+            BlobError::Base64(_) => IdentityError::Base64,
+        })?;
+        let mut r = Reader::new(&raw);
+        let version = r
+            .u8("version")
+            .map_err(|_| IdentityError::Malformed("it is empty"))?;
         if version != BUNDLE_VERSION {
             return Err(IdentityError::Version(version));
         }
         let ns_len = usize::from(
-            *raw.get(1)
-                .ok_or(IdentityError::Malformed("it ends before the namespace"))?,
+            r.u8("namespace")
+                .map_err(|_| IdentityError::Malformed("it ends before the namespace"))?,
         );
         let body_len = 2 + ns_len + 32 + 32 + 8;
         if raw.len() < body_len + 64 {
@@ -262,18 +254,17 @@ impl Bundle {
         if raw.len() > body_len + 64 {
             return Err(IdentityError::Malformed("bytes after the signature"));
         }
-        let namespace = std::str::from_utf8(&raw[2..2 + ns_len])
+        // The lengths were checked: the reads below cannot end early.
+        let early = |_| IdentityError::Malformed("it ends early");
+        let namespace = std::str::from_utf8(r.bytes(ns_len, "namespace").map_err(early)?)
             .map_err(|_| IdentityError::Malformed("the namespace is not text"))?
             .to_owned();
         check_namespace(&namespace)?;
-        let at = 2 + ns_len;
-        let master: [u8; 32] = raw[at..at + 32].try_into().expect("32 bytes");
-        let ecdh: [u8; 32] = raw[at + 32..at + 64].try_into().expect("32 bytes");
-        let created = u64::from_be_bytes(raw[at + 64..at + 72].try_into().expect("8 bytes"));
-        let mut signed = BUNDLE_SIG_CONTEXT.to_vec();
-        signed.extend_from_slice(&raw[..body_len]);
+        let master: [u8; 32] = r.array("master key").map_err(early)?;
+        let ecdh: [u8; 32] = r.array("ECDH key").map_err(early)?;
+        let created = r.u64("creation time").map_err(early)?;
         UnparsedPublicKey::new(&ED25519, &master)
-            .verify(&signed, &raw[body_len..])
+            .verify(&bundle_signed(&raw[..body_len]), r.rest())
             .map_err(|_| IdentityError::Signature)?;
         Ok(Bundle {
             identity: PublicIdentity {
@@ -343,19 +334,17 @@ pub struct SealedSeed {
 }
 
 impl SealedSeed {
-    /// Seals `seed` under `passphrase` with fresh salt and nonce.
-    pub fn seal(
+    /// Seals `seed` under `passphrase` with fresh salt and nonce from `rng`.
+    pub fn seal<R: RngCore + CryptoRng>(
         seed: &Seed,
         passphrase: &[u8],
         params: KdfParams,
+        rng: &mut R,
     ) -> Result<SealedSeed, IdentityError> {
-        use ring::rand::SecureRandom as _;
         let mut salt = [0u8; 16];
         let mut nonce = [0u8; 12];
-        let rng = ring::rand::SystemRandom::new();
-        rng.fill(&mut salt)
-            .and_then(|()| rng.fill(&mut nonce))
-            .map_err(|_| IdentityError::Sealed("no randomness".into()))?;
+        rng.fill_bytes(&mut salt);
+        rng.fill_bytes(&mut nonce);
         Self::seal_with(seed, passphrase, params, salt, nonce)
     }
 
@@ -582,7 +571,11 @@ mod tests {
             p: 1,
         };
         let s = seed(5);
-        let sealed = SealedSeed::seal(&s, b"correct horse", cheap).unwrap();
+        let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed([7; 32]);
+        let sealed = SealedSeed::seal(&s, b"correct horse", cheap, &mut rng).unwrap();
+        let again = SealedSeed::seal(&s, b"correct horse", cheap, &mut rng).unwrap();
+        assert_ne!(again.salt, sealed.salt, "fresh salt each time");
+        assert_ne!(again.nonce, sealed.nonce, "fresh nonce each time");
         assert_eq!(
             sealed.open(b"correct horse").unwrap().as_bytes(),
             s.as_bytes()
