@@ -45,3 +45,25 @@ pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, Er
         }
     })
 }
+
+/// Runs `f` on a thread inside a new, empty network namespace of its own (gone when
+/// the thread ends): for computing what a ruleset looks like once loaded, without
+/// touching this namespace.
+pub fn run_in_new<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            // SAFETY: unshare takes no pointers; CLONE_NEWNET moves only this thread.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(f())
+        });
+        match thread.join() {
+            Ok(result) => result.map_err(|io| Error::Netns {
+                name: "(new)".to_owned(),
+                io,
+            }),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
