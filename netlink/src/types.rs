@@ -96,10 +96,14 @@ pub struct Address {
 }
 
 impl Address {
+    /// A global address (scope universe), as `ip addr show scope global` lists.
+    pub fn is_global(&self) -> bool {
+        self.scope == libc::RT_SCOPE_UNIVERSE
+    }
+
     /// A global address that is neither tentative nor deprecated.
     pub fn is_usable_global(&self) -> bool {
-        self.scope == libc::RT_SCOPE_UNIVERSE
-            && self.flags & (libc::IFA_F_TENTATIVE | libc::IFA_F_DEPRECATED) == 0
+        self.is_global() && self.flags & (libc::IFA_F_TENTATIVE | libc::IFA_F_DEPRECATED) == 0
     }
 }
 
