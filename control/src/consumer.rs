@@ -297,6 +297,7 @@ fn policy(s: &UseState, invite: &Invite) -> ConsumerPolicy {
 fn table_present() -> bool {
     Command::new("nft")
         .args(["list", "table", "inet", KILL_SWITCH_TABLE])
+        .env("LC_ALL", "C")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
