@@ -1,11 +1,12 @@
 //! Pure policy: what a consumer in system mode or an exit-node provider wants, turned
-//! into the exact routes, rules, sysctls and nftables ruleset that realise it. No
+//! into the exact addresses, routes, rules, sysctls and nftables ruleset that realise
+//! it (addresses, routes and rules as typed [`IpOp`]s with a verb). No
 //! syscall, no process, no clock: a value in, a [`Plan`] out, snapshot-tested. The
 //! shell that applies a plan (atomically, reading it back) lives elsewhere.
 //!
 //! Order matters in a plan and is part of its meaning: the nftables script comes
 //! first (it blocks before any route points into the tunnel), then sysctls, then
-//! rules and routes.
+//! the tunnel's addresses, then routes and rules.
 
 mod cidr;
 mod consumer;
