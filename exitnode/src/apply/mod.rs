@@ -1,6 +1,6 @@
 //! The thin shell that applies a [`Plan`] in the calling thread's network namespace:
 //! the nftables script in one `nft -f -` transaction (the table is replaced whole or
-//! not at all), read back and compared whole ([`nft`]); sysctls as `/proc/sys` files;
+//! not at all), read back and compared whole ([`verify_nft`]); sysctls as `/proc/sys` files;
 //! addresses, rules and routes over netlink (`portdistrict-netlink`).
 //!
 //! [`apply_plan`] applies a whole plan in its order (nftables, sysctls, addresses,
