@@ -49,6 +49,7 @@ use portdistrict_exitnode::invite::Invite;
 use portdistrict_exitnode::policy::{lockdown_plan, ConsumerPolicy, KILL_SWITCH_TABLE};
 use portdistrict_exitnode::state::{private_dir, write_atomic_mode};
 use portdistrict_exitnode::wire::Message;
+use portdistrict_netlink as nl;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -296,6 +297,7 @@ fn policy(s: &UseState, invite: &Invite) -> ConsumerPolicy {
 fn table_present() -> bool {
     Command::new("nft")
         .args(["list", "table", "inet", KILL_SWITCH_TABLE])
+        .env("LC_ALL", "C")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -408,14 +410,14 @@ fn first_state(dir: &UseDir, o: &UseOptions, invite: &Invite) -> anyhow::Result<
 fn kill_switch_in_place(s: &UseState, invite: &Invite) -> bool {
     policy(s, invite)
         .plan()
-        .is_ok_and(|p| verify_nft(&p, &[]).is_ok())
+        .is_ok_and(|p| verify_nft(&p).is_ok())
 }
 
 /// Puts the kill switch of `s` back if it is not in place as planned.
 fn ensure_kill_switch(s: &UseState, invite: &Invite) -> anyhow::Result<()> {
     let plan = policy(s, invite).plan()?;
-    if verify_nft(&plan, &[]).is_err() {
-        apply_nft(&plan, &[]).context("applying the kill switch")?;
+    if verify_nft(&plan).is_err() {
+        apply_nft(&plan).context("applying the kill switch")?;
     }
     Ok(())
 }
@@ -444,10 +446,12 @@ fn bring_up(
 ) -> anyhow::Result<UseState> {
     // 1. Blocked before anything else: the kill switch of the current stage.
     let plan = policy(&s, invite).plan()?;
-    apply_nft(&plan, &[]).context("applying the kill switch")?;
+    apply_nft(&plan).context("applying the kill switch")?;
     // 2. A fresh tunnel interface and dataplane.
     if link_exists(&s.interface) {
-        run_cmd(&["ip", "link", "del", &s.interface])?;
+        netlink()?
+            .link_del(&s.interface)
+            .with_context(|| format!("deleting {}", s.interface))?;
     }
     let bin = dataplane_binary();
     run_cmd(&[&bin.to_string_lossy(), &s.interface])
@@ -464,9 +468,9 @@ fn bring_up(
                 // 3. The full plan's way back on disk before it is applied.
                 s.granted = Some(g);
                 let full = policy(&s, invite).plan()?;
-                s.undo = plan_undo(&full, &[])?;
+                s.undo = plan_undo(&full)?;
                 dir.save(&s)?;
-                apply_planned(&full, &s.undo, &[]).context("applying system mode")?;
+                apply_planned(&full, &s.undo).context("applying system mode")?;
             }
             Some(had) if had != g => bail!(
                 "the provider now grants {} instead of {}: run `portdistrict use off`, then `use` again",
@@ -499,7 +503,7 @@ fn bring_up(
     // The routes into the tunnel went with an earlier interface, and the rules with a
     // reboot: the whole plan back in place (idempotent), then DNS.
     let full = policy(&s, invite).plan()?;
-    reapply(&full, true, &[]).context("putting the kill switch, rules and routes back")?;
+    reapply(&full, true).context("putting the kill switch, rules and routes back")?;
     resolver::apply(
         s.dns_via(),
         &s.interface,
@@ -534,14 +538,16 @@ fn negotiate(
             &[host(IpAddr::V4(PROVIDER_V4))],
         )?;
         set_addresses(&s.interface, IpAddr::V4(invite.negotiation_addr), None)?;
-        run_cmd(&[
-            "ip",
-            "route",
-            "replace",
-            &format!("{PROVIDER_V4}/32"),
-            "dev",
-            &s.interface,
-        ])?;
+        let mut nl = netlink()?;
+        let route = nl::Route {
+            family: nl::Family::V4,
+            dst: Some((IpAddr::V4(PROVIDER_V4), 32)),
+            oif: Some(nl.link_index(&s.interface)?),
+            table: 254,
+            kind: nl::RouteKind::Unicast,
+        };
+        nl.route(nl::Verb::Replace, &route)
+            .with_context(|| format!("a route to {PROVIDER_V4} via {}", s.interface))?;
         match exchange(
             IpAddr::V4(invite.negotiation_addr),
             &request(invite, key),
@@ -615,20 +621,28 @@ fn configure(
 }
 
 fn set_addresses(ifname: &str, v4: IpAddr, v6: Option<IpAddr>) -> anyhow::Result<()> {
-    run_cmd(&["ip", "addr", "flush", "dev", ifname])?;
-    run_cmd(&["ip", "addr", "add", &format!("{v4}/32"), "dev", ifname])?;
-    if let Some(v6) = v6 {
-        run_cmd(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{v6}/128"),
-            "dev",
-            ifname,
-            "nodad",
-        ])?;
+    let mut nl = netlink()?;
+    nl.address_flush(ifname)
+        .with_context(|| format!("flushing the addresses of {ifname}"))?;
+    let ifindex = nl.link_index(ifname)?;
+    for (addr, prefix_len) in std::iter::once((v4, 32)).chain(v6.map(|a| (a, 128))) {
+        let spec = nl::AddressSpec {
+            ifindex,
+            addr,
+            prefix_len,
+            nodad: addr.is_ipv6(),
+        };
+        nl.address(nl::Verb::Add, &spec)
+            .with_context(|| format!("adding {addr}/{prefix_len} to {ifname}"))?;
     }
-    run_cmd(&["ip", "link", "set", ifname, "up"])
+    nl.link_set_up(ifname, true)
+        .with_context(|| format!("setting {ifname} up"))?;
+    Ok(())
+}
+
+/// A netlink handle of this namespace.
+fn netlink() -> anyhow::Result<nl::Handle> {
+    nl::Handle::open().context("opening a netlink socket")
 }
 
 /// The exit request for `invite` as `key`, with the proof that we hold `key`.
@@ -691,7 +705,7 @@ fn take_back(dir: &UseDir, s: &UseState) -> anyhow::Result<()> {
     // gap) before anything else is taken back.
     let lockdown = dir.lockdown();
     if lockdown {
-        if let Err(e) = apply_nft(&lockdown_plan(), &[]) {
+        if let Err(e) = apply_nft(&lockdown_plan()) {
             return Err(e).context("lockdown is on but its ruleset could not replace the kill switch; nothing taken back");
         }
     }
@@ -700,7 +714,11 @@ fn take_back(dir: &UseDir, s: &UseState) -> anyhow::Result<()> {
         first.get_or_insert(e);
     }
     if link_exists(&s.interface) {
-        if let Err(e) = run_cmd(&["ip", "link", "del", &s.interface]) {
+        let deleted = netlink().and_then(|mut nl| {
+            nl.link_del(&s.interface)
+                .with_context(|| format!("deleting {}", s.interface))
+        });
+        if let Err(e) = deleted {
             first.get_or_insert(e);
         }
     }
@@ -710,9 +728,9 @@ fn take_back(dir: &UseDir, s: &UseState) -> anyhow::Result<()> {
         }
     }
     let undone = if lockdown {
-        undo_routing(&s.undo, &[])
+        undo_routing(&s.undo)
     } else {
-        undo_plan(&s.undo, &[])
+        undo_plan(&s.undo)
     };
     if let Err(e) = undone {
         first.get_or_insert(e.into());
@@ -896,7 +914,7 @@ mod tests {
         assert!(p
             .ip
             .iter()
-            .all(|c| c.family == portdistrict_exitnode::policy::Family::V4));
+            .all(|c| c.family() == portdistrict_exitnode::policy::Family::V4));
         s.granted = Some(Granted {
             inner_v4: Ipv4Addr::new(100, 64, 0, 2),
             inner_v6: Some("fd00::2".parse().unwrap()),
@@ -907,6 +925,6 @@ mod tests {
         assert!(p
             .ip
             .iter()
-            .any(|c| c.family == portdistrict_exitnode::policy::Family::V6));
+            .any(|c| c.family() == portdistrict_exitnode::policy::Family::V6));
     }
 }

@@ -26,6 +26,7 @@ use crate::records::{
 };
 use crate::{run_cmd, uapi, Dirs};
 use anyhow::{bail, Context as _};
+use portdistrict_netlink as nl;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::collections::BTreeMap;
@@ -285,23 +286,18 @@ fn current_peers(dump: &str) -> BTreeMap<String, Ipv6Addr> {
     out
 }
 
-/// Global addresses of this machine's interfaces (except `skip`), from `ip -o addr`.
+/// Global addresses of this machine's interfaces (except `skip`) that are neither
+/// tentative nor deprecated, over netlink.
 fn detect_addresses(skip: &str) -> Vec<IpAddr> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "addr", "show", "scope", "global"])
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.contains("tentative") && !l.contains("deprecated"))
-        .filter(|l| l.split_whitespace().nth(1) != Some(skip))
-        .filter_map(|l| {
-            let mut w = l
-                .split_whitespace()
-                .skip_while(|w| *w != "inet" && *w != "inet6");
-            w.next()?;
-            w.next()?.split('/').next()?.parse().ok()
-        })
+    let Ok(mut h) = nl::Handle::open() else {
+        return Vec::new();
+    };
+    let skip = h.link_index(skip).ok();
+    h.addresses(None)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.is_usable_global() && Some(a.ifindex) != skip)
+        .map(|a| a.local)
         .collect()
 }
 
@@ -775,42 +771,35 @@ impl Daemon {
             )?;
         }
         let own = Ipv6Addr::from(u128::from(self.own_prefix()) | 1);
-        run_cmd(&[
-            "ip",
-            "-6",
-            "addr",
-            "replace",
-            &format!("{own}/64"),
-            "dev",
-            &ifname,
-            "nodad",
-        ])?;
-        run_cmd(&["ip", "link", "set", &ifname, "up"])?;
+        let mut h = nl::Handle::open().context("opening a netlink socket")?;
+        let ifindex = h.link_index(&ifname)?;
+        let own_addr = nl::AddressSpec {
+            ifindex,
+            addr: IpAddr::V6(own),
+            prefix_len: 64,
+            nodad: true,
+        };
+        h.address(nl::Verb::Replace, &own_addr)
+            .with_context(|| format!("adding {own}/64 to {ifname}"))?;
+        h.link_set_up(&ifname, true)
+            .with_context(|| format!("setting {ifname} up"))?;
+        let route_to = |prefix: Ipv6Addr| nl::Route {
+            family: nl::Family::V6,
+            dst: Some((IpAddr::V6(prefix), 64)),
+            oif: Some(ifindex),
+            table: 254,
+            kind: nl::RouteKind::Unicast,
+        };
         for (key, d) in &want {
-            run_cmd(&[
-                "ip",
-                "-6",
-                "route",
-                "replace",
-                &format!("{}/64", d.prefix),
-                "dev",
-                &ifname,
-            ])?;
+            h.route(nl::Verb::Replace, &route_to(d.prefix))
+                .with_context(|| format!("a route to {}/64 via {ifname}", d.prefix))?;
             if !self.connected.contains_key(key) {
                 log::info!("connected {}.{} ({}/64)", d.device, d.namespace, d.prefix);
             }
         }
         for (key, prefix) in &self.connected {
             if !want.contains_key(key) && !carry.contains(key) {
-                let _ = run_cmd(&[
-                    "ip",
-                    "-6",
-                    "route",
-                    "del",
-                    &format!("{prefix}/64"),
-                    "dev",
-                    &ifname,
-                ]);
+                let _ = h.route(nl::Verb::Del, &route_to(*prefix));
                 log::info!("disconnected {prefix}/64");
             }
         }

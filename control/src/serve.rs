@@ -24,12 +24,12 @@ use portdistrict_exitnode::ratelimit::{Limits, RateLimiter};
 use portdistrict_exitnode::state::{private_dir, write_atomic};
 use portdistrict_exitnode::store::{Refusal, Store};
 use portdistrict_exitnode::wire::Message;
+use portdistrict_netlink as nl;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -216,44 +216,27 @@ impl Host {
     }
 }
 
-/// The prefixes of the uplink's addresses (IPv4 and IPv6, from `ip -j addr`), and
-/// the peer prefixes of point-to-point addresses.
+/// The prefixes of the uplink's addresses (IPv4 and IPv6, over netlink), and the peer
+/// prefixes of point-to-point addresses.
 fn uplink_prefixes(uplink: &str) -> anyhow::Result<Vec<Cidr>> {
-    let out = Command::new("ip")
-        .args(["-j", "addr", "show", "dev", uplink])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("running ip -j addr")?;
-    if !out.status.success() {
-        bail!(
-            "reading the uplink {uplink}'s addresses: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    prefixes_of(&String::from_utf8_lossy(&out.stdout))
-        .with_context(|| format!("reading the uplink {uplink}'s addresses"))
+    let addrs = nl::Handle::open()
+        .and_then(|mut h| h.link_addresses(uplink))
+        .with_context(|| format!("reading the uplink {uplink}'s addresses"))?;
+    Ok(prefixes_of(&addrs))
 }
 
-/// The prefixes in an `ip -j addr` listing.
-fn prefixes_of(json: &str) -> anyhow::Result<Vec<Cidr>> {
-    let v: serde_json::Value = serde_json::from_str(json).context("unreadable ip -j output")?;
+/// The prefixes of addresses (their local and peer addresses), each once, in order.
+fn prefixes_of(addrs: &[nl::Address]) -> Vec<Cidr> {
     let mut out = Vec::new();
-    for link in v.as_array().into_iter().flatten() {
-        for a in link["addr_info"].as_array().into_iter().flatten() {
-            let Some(len) = a["prefixlen"].as_u64().and_then(|l| u8::try_from(l).ok()) else {
-                continue;
-            };
-            for key in ["local", "address"] {
-                if let Some(ip) = a[key].as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
-                    let p = Cidr::containing(ip, len);
-                    if !out.contains(&p) {
-                        out.push(p);
-                    }
-                }
+    for a in addrs {
+        for ip in std::iter::once(a.local).chain(a.peer) {
+            let p = Cidr::containing(ip, a.prefix_len);
+            if !out.contains(&p) {
+                out.push(p);
             }
         }
     }
-    Ok(out)
+    out
 }
 
 fn policy_of(o: &ServeOptions, store: &Store, ipv6: bool, host: &Host) -> ProviderPolicy {
@@ -279,10 +262,13 @@ fn policy_of(o: &ServeOptions, store: &Store, ipv6: bool, host: &Host) -> Provid
 
 /// Whether `ifname` has an IPv6 address beyond link-local.
 fn has_global_v6(ifname: &str) -> bool {
-    Command::new("ip")
-        .args(["-6", "-o", "addr", "show", "dev", ifname, "scope", "global"])
-        .output()
-        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+    nl::Handle::open()
+        .and_then(|mut h| h.link_addresses(ifname))
+        .is_ok_and(|addrs| {
+            addrs
+                .iter()
+                .any(|a| a.family == nl::Family::V6 && a.is_global())
+        })
 }
 
 /// A random unique local /64 (RFC 4193: fd00::/8 + 40 random bits + subnet 0).
@@ -376,7 +362,7 @@ fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> a
         Err(e) => eprintln!("portdistrict: {e:#}; the firewall keeps blocking the last ones"),
     }
     if consumers != applied.consumers || host != applied.host {
-        apply_nft(&policy_of(o, store, ipv6, &host).plan()?, &[])?;
+        apply_nft(&policy_of(o, store, ipv6, &host).plan()?)?;
         applied.consumers = consumers;
         applied.host = host;
     }
@@ -397,9 +383,11 @@ fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
         "portdistrict: a previous exit serve did not stop cleanly; taking back its plan ({})",
         undo_path.display()
     );
-    undo_plan(&undo, &[])?;
+    undo_plan(&undo)?;
     if Path::new("/sys/class/net").join(ifname).exists() {
-        run_cmd(&["ip", "link", "del", ifname])?;
+        nl::Handle::open()
+            .and_then(|mut h| h.link_del(ifname))
+            .with_context(|| format!("deleting {ifname}"))?;
     }
     std::fs::remove_file(undo_path).with_context(|| format!("removing {}", undo_path.display()))
 }
@@ -469,7 +457,7 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
     };
     let result = ctx.run(&wg, store, &undo_path);
     // The interface goes in any case; the dataplane exits with it.
-    let _ = run_cmd(&["ip", "link", "del", &o.interface]);
+    let _ = nl::Handle::open().and_then(|mut h| h.link_del(&o.interface));
     result
 }
 
@@ -496,36 +484,19 @@ impl Serving<'_> {
                 peers: Vec::new(),
             },
         )?;
-        run_cmd(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{PROVIDER_V4}/10"),
-            "dev",
-            &o.interface,
-        ])?;
-        if let (true, Some(prefix)) = (self.ipv6, store.v6_prefix) {
-            run_cmd(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{}/64", provider_v6(prefix)),
-                "dev",
-                &o.interface,
-                "nodad",
-            ])?;
-        }
-        run_cmd(&["ip", "link", "set", &o.interface, "up"])?;
+        // The tunnel's addresses are part of the plan (applied with it).
+        nl::Handle::open()
+            .and_then(|mut h| h.link_set_up(&o.interface, true))
+            .with_context(|| format!("setting {} up", o.interface))?;
         let plan = policy_of(o, &store, self.ipv6, &self.host).plan()?;
         // The way back is on disk before the plan is applied.
-        let undo = plan_undo(&plan, &[])?;
+        let undo = plan_undo(&plan)?;
         write_atomic(undo_path, serde_json::to_string(&undo)?.as_bytes())
             .with_context(|| format!("writing {}", undo_path.display()))?;
-        let result = apply_planned(&plan, &undo, &[])
+        let result = apply_planned(&plan, &undo)
             .map_err(anyhow::Error::from)
             .and_then(|()| self.serving(store, wg));
-        let restored = undo_plan(&undo, &[]);
+        let restored = undo_plan(&undo);
         if restored.is_ok() {
             let _ = std::fs::remove_file(undo_path);
         }
@@ -745,13 +716,22 @@ mod tests {
 
     #[test]
     fn uplink_prefixes_from_ip_json() {
-        let json = r#"[{"ifindex":2,"ifname":"eth0","addr_info":[
-            {"family":"inet","local":"10.77.42.1","prefixlen":24,"scope":"global"},
-            {"family":"inet","local":"192.0.2.1","address":"198.51.100.9","prefixlen":32},
-            {"family":"inet6","local":"2001:db8:5::1","prefixlen":64,"scope":"global"},
-            {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]}]"#;
-        let got: Vec<String> = prefixes_of(json)
-            .unwrap()
+        let addr = |local: &str, peer: Option<&str>, prefix_len| nl::Address {
+            ifindex: 2,
+            family: nl::Family::of(local.parse().unwrap()),
+            prefix_len,
+            local: local.parse().unwrap(),
+            peer: peer.map(|p| p.parse().unwrap()),
+            scope: 0,
+            flags: 0,
+        };
+        let addrs = [
+            addr("10.77.42.1", None, 24),
+            addr("192.0.2.1", Some("198.51.100.9"), 32),
+            addr("2001:db8:5::1", None, 64),
+            addr("fe80::1", None, 64),
+        ];
+        let got: Vec<String> = prefixes_of(&addrs)
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -765,8 +745,7 @@ mod tests {
                 "fe80::/64"
             ]
         );
-        assert!(prefixes_of("[]").unwrap().is_empty());
-        assert!(prefixes_of("not json").is_err());
+        assert!(prefixes_of(&[]).is_empty());
     }
 
     #[test]

@@ -4,13 +4,15 @@
 //!
 //! - [`policy`]: the pure part. A [`policy::ConsumerPolicy`] or
 //!   [`policy::ProviderPolicy`] becomes a [`policy::Plan`]: an nftables script that
-//!   replaces one table in one transaction, sysctls, and `ip` rules and routes, in the
-//!   order they must be applied. Snapshot-tested (`tests/snapshots/`).
+//!   replaces one table in one transaction, sysctls, and typed addresses, rules and
+//!   routes ([`policy::IpOp`], rendered in `ip` syntax), in the order they must be
+//!   applied. Snapshot-tested (`tests/snapshots/`).
 //! - [`invite`]: the `portdistrict-invite1:` line a provider hands out: versioned,
 //!   Ed25519-signed, with endpoints, WireGuard key, token, expiry, uses, transport.
 //! - [`apply`]: the thin shell. The nftables script goes in as one `nft -f`
-//!   transaction and is read back and verified chain by chain; a whole plan is
-//!   applied in order and returns the exact [`apply::Undo`].
+//!   transaction and is read back and compared whole; addresses, rules and routes go
+//!   over netlink, sysctls to `/proc/sys`; a whole plan is applied in order and
+//!   returns the exact [`apply::Undo`].
 //! - [`state`]: atomic state files (temp, fsync, rename).
 //! - [`store`]: the provider's issued invites and authorized consumers, and the
 //!   decision on an exit request (token known, unexpired, uses left, not revoked).

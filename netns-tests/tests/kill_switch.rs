@@ -8,8 +8,11 @@
 //! tunnel, and that undoing it restores `ip rule`, every routing table, the nftables
 //! ruleset and the sysctl exactly, as does a plan that fails half-way.
 
-use portdistrict_exitnode::apply::{apply_nft, apply_plan, remove_nft, undo_plan, Undo};
+use portdistrict_exitnode::apply::{
+    apply_nft, apply_plan, remove_nft, undo_plan, ApplyError, Undo,
+};
 use portdistrict_exitnode::policy::{ConsumerPolicy, KILL_SWITCH_TABLE};
+use portdistrict_exitnode::policy::{IpOp, Object, RouteOp, Table, Verb};
 use portdistrict_netns_tests::exit::network_snapshot;
 use portdistrict_netns_tests::{assert_no_ping, assert_ping, wait_until, Family, Netns, Veth};
 use std::net::{IpAddr, SocketAddr};
@@ -156,7 +159,10 @@ fn kill_switch_lets_out_only_the_tunnel_and_marked_wireguard() {
         allow_lan: false,
     };
     let plan = policy.plan().expect("valid policy");
-    let prefix = ["ip", "netns", "exec", consumer.name()];
+    // Applied from a thread inside the consumer's namespace.
+    let inside = |f: &(dyn Fn() -> Result<(), ApplyError> + Sync)| {
+        portdistrict_netlink::netns::run_in(consumer.name(), f).expect("entering the namespace")
+    };
 
     // Before: the uplink is open.
     assert_ping(&consumer, uplink.b_addr(Family::V4), 1);
@@ -170,9 +176,9 @@ fn kill_switch_lets_out_only_the_tunnel_and_marked_wireguard() {
         5
     );
 
-    apply_nft(&plan, &prefix).expect("applying the kill switch");
+    inside(&|| apply_nft(&plan)).expect("applying the kill switch");
     // Applying again replaces the table (idempotent) and still verifies.
-    apply_nft(&plan, &prefix).expect("re-applying the kill switch");
+    inside(&|| apply_nft(&plan)).expect("re-applying the kill switch");
 
     // Nothing but marked WireGuard to the endpoints leaves by the uplink.
     for family in Family::ALL {
@@ -240,8 +246,8 @@ fn kill_switch_lets_out_only_the_tunnel_and_marked_wireguard() {
     assert_no_ping(&internet, None, tunnel.a_addr(Family::V4), 2);
 
     // Removing the table opens the machine again (and proves it was the table).
-    remove_nft(KILL_SWITCH_TABLE, &prefix).expect("removing the kill switch");
-    remove_nft(KILL_SWITCH_TABLE, &prefix).expect("removing twice is no error");
+    inside(&|| remove_nft(KILL_SWITCH_TABLE)).expect("removing the kill switch");
+    inside(&|| remove_nft(KILL_SWITCH_TABLE)).expect("removing twice is no error");
     assert_ping(&consumer, uplink.b_addr(Family::V4), 1);
     assert_ping(&internet, tunnel.a_addr(Family::V4), 1);
 }
@@ -300,8 +306,10 @@ fn system_mode_routes_everything_into_the_tunnel_and_off_restores_exactly() {
         allow_lan: false,
     };
     let plan = policy.plan().expect("valid policy");
-    let prefix = ["ip", "netns", "exec", consumer.name()];
-    let undo = apply_plan(&plan, &prefix).expect("system mode on");
+    let inside = |f: &(dyn Fn() -> Result<Undo, ApplyError> + Sync)| {
+        portdistrict_netlink::netns::run_in(consumer.name(), f).expect("entering the namespace")
+    };
+    let undo = inside(&|| apply_plan(&plan)).expect("system mode on");
     // The way back survives a round trip through its state-file form.
     let text = serde_json::to_string(&undo).unwrap();
     let undo: Undo = serde_json::from_str(&text).unwrap();
@@ -326,26 +334,23 @@ fn system_mode_routes_everything_into_the_tunnel_and_off_restores_exactly() {
 
     // A plan that fails half-way (a route into a missing device) changes nothing.
     let mut bad = plan.clone();
-    bad.ip.push(portdistrict_exitnode::policy::IpCommand {
-        family: portdistrict_exitnode::policy::Family::V4,
-        args: [
-            "route",
-            "add",
-            "192.0.2.0/24",
-            "dev",
-            "pdnosuchdev",
-            "table",
-            "51821",
-        ]
-        .map(String::from)
-        .to_vec(),
-    });
+    bad.ip.push(IpOp::new(
+        Verb::Add,
+        Object::Route(RouteOp {
+            family: portdistrict_exitnode::policy::Family::V4,
+            dst: Some("192.0.2.0/24".parse().unwrap()),
+            dev: "pdnosuchdev".into(),
+            table: Table::Id(51821),
+        }),
+    ));
     let applied = snapshot(&consumer);
     // Applying on top of itself: the rules already exist, so it fails and rolls back
     // only its own steps... which would remove ours too; use a second table instead.
-    undo_plan(&undo, &prefix).expect("system mode off");
+    portdistrict_netlink::netns::run_in(consumer.name(), || undo_plan(&undo))
+        .expect("entering the namespace")
+        .expect("system mode off");
     assert_eq!(snapshot(&consumer), before, "use off must restore exactly");
-    assert!(apply_plan(&bad, &prefix).is_err());
+    assert!(inside(&|| apply_plan(&bad)).is_err());
     assert_eq!(
         snapshot(&consumer),
         before,

@@ -57,13 +57,13 @@ pub fn restore(dirs: &Dirs) -> anyhow::Result<String> {
     match restored {
         Ok(Some(said)) => Ok(said),
         Ok(None) if dir.lockdown() => {
-            apply_nft(&lockdown_plan(), &[]).context("applying lockdown")?;
+            apply_nft(&lockdown_plan()).context("applying lockdown")?;
             Ok("lockdown restored: everything is blocked until `portdistrict use INVITE --mode system` (or `portdistrict use lockdown off`)".to_owned())
         }
         Ok(None) => Ok("nothing to restore: system mode and lockdown are off".to_owned()),
         Err(e) => {
             // Fail closed: what cannot be restored as it was is blocked entirely.
-            match apply_nft(&lockdown_plan(), &[]) {
+            match apply_nft(&lockdown_plan()) {
                 Ok(()) => Err(e.context(
                     "restoring system mode failed; everything is blocked instead (`portdistrict use off` takes the rest back)",
                 )),
@@ -79,11 +79,11 @@ fn restore_state(s: &UseState) -> anyhow::Result<String> {
     let invite = Invite::decode(&s.invite).context("the saved invite is unreadable")?;
     let plan = policy(s, &invite).plan()?;
     if s.granted.is_some() {
-        reapply(&plan, link_exists(&s.interface), &[])
+        reapply(&plan, link_exists(&s.interface))
             .context("putting the kill switch and its rules back")?;
     } else {
         // A `use` that never got its answer applied only the table.
-        apply_nft(&plan, &[]).context("putting the kill switch back")?;
+        apply_nft(&plan).context("putting the kill switch back")?;
     }
     Ok(format!(
         "kill switch restored: nothing leaves but WireGuard to {}; `portdistrict use INVITE --mode system` brings the tunnel back, `portdistrict use off` opens the machine",
@@ -93,7 +93,7 @@ fn restore_state(s: &UseState) -> anyhow::Result<String> {
 
 /// What the kill switch's table holds, for a report without system mode.
 pub(super) fn lockdown_firewall() -> &'static str {
-    if verify_nft(&lockdown_plan(), &[]).is_ok() {
+    if verify_nft(&lockdown_plan()).is_ok() {
         "the firewall blocks"
     } else if table_present() {
         "the firewall's table is not lockdown's: run `portdistrict use restore`"
@@ -116,14 +116,14 @@ pub fn lockdown(dirs: &Dirs, cmd: LockdownCommand) -> anyhow::Result<String> {
             if system {
                 return Ok("lockdown on: system mode's kill switch blocks now; `use off` will keep everything blocked".to_owned());
             }
-            apply_nft(&lockdown_plan(), &[]).context(
+            apply_nft(&lockdown_plan()).context(
                 "lockdown is recorded (it applies at boot) but its ruleset could not be applied now",
             )?;
             Ok("lockdown on: everything is blocked (also after a reboot, with portdistrict-killswitch.service) until `portdistrict use INVITE --mode system` or `portdistrict use lockdown off`".to_owned())
         }
         LockdownCommand::Off => {
             if !system {
-                remove_nft(KILL_SWITCH_TABLE, &[]).context("removing lockdown's ruleset")?;
+                remove_nft(KILL_SWITCH_TABLE).context("removing lockdown's ruleset")?;
             }
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -11,7 +11,10 @@
 //! accepted. The table holds no reference to a process: when the dataplane or the CLI
 //! dies the rules stay and the machine is blocked, not open.
 
-use super::{check_ifname, Family, IpCommand, Plan, PolicyError, Sysctl};
+use super::ops::address_add as address;
+use super::{
+    check_ifname, Family, IpOp, Object, Plan, PolicyError, RouteOp, RuleOp, Sysctl, Table, Verb,
+};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -59,47 +62,42 @@ impl ConsumerPolicy {
         if self.inner_v6.is_some() {
             families.push(Family::V6);
         }
-        let table = self.table.to_string();
-        let mark = format!("{:#x}", self.fwmark);
-        for f in families {
-            ip.push(IpCommand::new(
-                f,
-                &[
-                    "route",
-                    "add",
-                    "default",
-                    "dev",
-                    &self.tunnel,
-                    "table",
-                    &table,
-                ],
+        ip.push(address(&self.tunnel, IpAddr::V4(self.inner_v4), 32));
+        if let Some(v6) = self.inner_v6 {
+            ip.push(address(&self.tunnel, IpAddr::V6(v6), 128));
+        }
+        let table = Table::Id(self.table);
+        for family in families {
+            ip.push(IpOp::new(
+                Verb::Add,
+                Object::Route(RouteOp {
+                    family,
+                    dst: None,
+                    dev: self.tunnel.clone(),
+                    table,
+                }),
             ));
-            ip.push(IpCommand::new(
-                f,
-                &[
-                    "rule",
-                    "add",
-                    "priority",
-                    &PRIO_TUNNEL.to_string(),
-                    "not",
-                    "fwmark",
-                    &mark,
-                    "table",
-                    &table,
-                ],
+            ip.push(IpOp::new(
+                Verb::Add,
+                Object::Rule(RuleOp {
+                    family,
+                    priority: PRIO_TUNNEL,
+                    not: true,
+                    fwmark: Some(self.fwmark),
+                    table,
+                    suppress_prefixlength: None,
+                }),
             ));
-            ip.push(IpCommand::new(
-                f,
-                &[
-                    "rule",
-                    "add",
-                    "priority",
-                    &PRIO_SUPPRESS.to_string(),
-                    "table",
-                    "main",
-                    "suppress_prefixlength",
-                    "0",
-                ],
+            ip.push(IpOp::new(
+                Verb::Add,
+                Object::Rule(RuleOp {
+                    family,
+                    priority: PRIO_SUPPRESS,
+                    not: false,
+                    fwmark: None,
+                    table: Table::Main,
+                    suppress_prefixlength: Some(0),
+                }),
             ));
         }
         Ok(Plan {
@@ -341,7 +339,7 @@ mod tests {
         let mut p = example();
         p.inner_v6 = None;
         let plan = p.plan().unwrap();
-        assert!(plan.ip.iter().all(|c| c.family == Family::V4));
+        assert!(plan.ip.iter().all(|c| c.family() == Family::V4));
         // Only marked WireGuard, DHCP and ND leave: no rule accepts other IPv6 out.
         let out = output_chain(&plan.nft);
         assert!(out

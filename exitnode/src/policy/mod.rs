@@ -1,20 +1,23 @@
 //! Pure policy: what a consumer in system mode or an exit-node provider wants, turned
-//! into the exact routes, rules, sysctls and nftables ruleset that realise it. No
+//! into the exact addresses, routes, rules, sysctls and nftables ruleset that realise
+//! it (addresses, routes and rules as typed [`IpOp`]s with a verb). No
 //! syscall, no process, no clock: a value in, a [`Plan`] out, snapshot-tested. The
 //! shell that applies a plan (atomically, reading it back) lives elsewhere.
 //!
 //! Order matters in a plan and is part of its meaning: the nftables script comes
 //! first (it blocks before any route points into the tunnel), then sysctls, then
-//! rules and routes.
+//! the tunnel's addresses, then routes and rules.
 
 mod cidr;
 mod consumer;
 mod lockdown;
+mod ops;
 mod provider;
 
 pub use cidr::{Cidr, CidrError};
 pub use consumer::{ConsumerPolicy, KILL_SWITCH_TABLE};
 pub use lockdown::lockdown_plan;
+pub use ops::{AddressOp, IpCommand, IpOp, Object, ParseError, RouteOp, RuleOp, Table, Verb};
 pub use provider::{ProviderPolicy, BLOCKED_V4, BLOCKED_V6, EXIT_TABLE};
 
 use std::fmt::Write as _;
@@ -64,24 +67,6 @@ impl Family {
     }
 }
 
-/// One `ip` command of a plan: `ip FAMILY ARGS...`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct IpCommand {
-    /// The family it applies to.
-    pub family: Family,
-    /// The arguments after the family flag, e.g. `["rule", "add", ...]`.
-    pub args: Vec<String>,
-}
-
-impl IpCommand {
-    fn new(family: Family, args: &[&str]) -> IpCommand {
-        IpCommand {
-            family,
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-        }
-    }
-}
-
 /// One sysctl of a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sysctl {
@@ -99,10 +84,24 @@ impl Sysctl {
         }
     }
 
-    /// Its path under `/proc/sys`.
+    /// Its path under `/proc/sys`: dots are directories, and a `/` in the name (an
+    /// interface name with a dot, as `sysctl` writes it) is a dot.
     pub fn path(&self) -> String {
-        format!("/proc/sys/{}", self.name.replace('.', "/"))
+        sysctl_path(&self.name)
     }
+}
+
+/// The `/proc/sys` path of a dotted sysctl name (`.` and `/` swap, as `sysctl` does).
+pub fn sysctl_path(name: &str) -> String {
+    let swapped: String = name
+        .chars()
+        .map(|c| match c {
+            '.' => '/',
+            '/' => '.',
+            c => c,
+        })
+        .collect();
+    format!("/proc/sys/{swapped}")
 }
 
 /// Everything a policy asks of the system, in the order it must be applied.
@@ -115,8 +114,8 @@ pub struct Plan {
     pub nft: String,
     /// Sysctls to set.
     pub sysctls: Vec<Sysctl>,
-    /// Rules and routes to add, in order.
-    pub ip: Vec<IpCommand>,
+    /// Addresses, rules and routes to add, in order.
+    pub ip: Vec<IpOp>,
 }
 
 impl Plan {
@@ -130,8 +129,8 @@ impl Plan {
             let _ = writeln!(out, "{} = {}", s.name, s.value);
         }
         out.push_str("\n# ip\n");
-        for c in &self.ip {
-            let _ = writeln!(out, "ip {} {}", c.family.flag(), c.args.join(" "));
+        for op in &self.ip {
+            let _ = writeln!(out, "{op}");
         }
         out
     }
@@ -199,5 +198,9 @@ mod tests {
     fn sysctl_paths() {
         let s = Sysctl::new("net.ipv4.conf.all.src_valid_mark", "1");
         assert_eq!(s.path(), "/proc/sys/net/ipv4/conf/all/src_valid_mark");
+        assert_eq!(
+            sysctl_path("net.ipv6.conf.eth0/100.forwarding"),
+            "/proc/sys/net/ipv6/conf/eth0.100/forwarding"
+        );
     }
 }

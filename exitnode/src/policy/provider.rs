@@ -26,6 +26,7 @@
 //! default route.
 
 use super::cidr::{outermost, Cidr};
+use super::ops::address_add;
 use super::{check_ifname, Plan, PolicyError, Sysctl};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -114,11 +115,16 @@ impl ProviderPolicy {
             ));
             sysctls.push(Sysctl::new("net.ipv6.conf.all.forwarding", "1"));
         }
+        // The tunnel's addresses: the provider's end of the whole consumer range.
+        let mut ip = vec![address_add(&self.tunnel, IpAddr::V4(self.provider_v4), 10)];
+        if let Some(v6) = self.provider_v6.filter(|_| self.ipv6) {
+            ip.push(address_add(&self.tunnel, IpAddr::V6(v6), 64));
+        }
         Ok(Plan {
             nft_table: EXIT_TABLE,
             nft: self.ruleset(),
             sysctls,
-            ip: Vec::new(),
+            ip,
         })
     }
 
