@@ -1,7 +1,7 @@
 //! Connect: the tunnel's peers and routes made to match a view.
 
-use super::{Daemon, PeerDevice, View, SHM_PEERS};
-use crate::freshness::carried;
+use super::plan::{plan, PeerPlan, Plan, KEEPALIVE};
+use super::{Daemon, View, SHM_PEERS};
 use crate::{run_cmd, uapi};
 use anyhow::Context as _;
 use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
@@ -11,26 +11,26 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
-/// The peers of a UAPI `get` dump: WireGuard key (base64) -> its first IPv6 /64.
-fn current_peers(dump: &str) -> BTreeMap<String, Ipv6Addr> {
+/// The peers of a UAPI `get` dump: WireGuard key -> its first IPv6 /64.
+fn current_peers(dump: &str) -> BTreeMap<PublicKey, Ipv6Addr> {
     let mut out = BTreeMap::new();
-    let mut key: Option<String> = None;
+    let mut key: Option<PublicKey> = None;
     for line in dump.lines() {
         if let Some(hex) = line.strip_prefix("public_key=") {
             key = (0..32)
                 .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
                 .collect::<Option<Vec<u8>>>()
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .map(|b| PublicKey(b).to_base64());
-            if let Some(k) = &key {
-                out.insert(k.clone(), Ipv6Addr::UNSPECIFIED);
+                .map(PublicKey);
+            if let Some(k) = key {
+                out.insert(k, Ipv6Addr::UNSPECIFIED);
             }
-        } else if let (Some(k), Some(ip)) = (&key, line.strip_prefix("allowed_ip=")) {
+        } else if let (Some(k), Some(ip)) = (key, line.strip_prefix("allowed_ip=")) {
             if let Some(a) = ip
                 .strip_suffix("/64")
                 .and_then(|a| a.parse::<Ipv6Addr>().ok())
             {
-                out.insert(k.clone(), a);
+                out.insert(k, a);
             }
         }
     }
@@ -42,14 +42,23 @@ impl Daemon {
     /// those already connected inside a kept prefix whose grace period runs.
     pub fn connect(&mut self, r: &View) -> anyhow::Result<()> {
         let off = crate::tunnels::disconnected(&self.dirs)?;
-        let devices: Vec<&PeerDevice> = r
-            .devices
-            .iter()
-            .filter(|d| !off.contains(&format!("{}.{}", d.device, d.namespace)))
-            .collect();
         let ifname = self.o.interface.clone();
+        self.start_dataplane(&ifname)?;
+        if self.connected.is_empty() {
+            self.learn_connected(&ifname)?;
+        }
+        let plan = plan(&self.connected, &r.devices, &off, &r.keep, r.now);
+        self.apply_peers(&ifname, &plan)?;
+        self.apply_routes(&ifname, &plan)?;
+        self.connected = plan.connected();
+        self.save_tunnels(ifname, &plan)
+    }
+
+    /// Starts the dataplane when the tunnel is missing, or takes up the region of the
+    /// one running.
+    fn start_dataplane(&mut self, ifname: &str) -> anyhow::Result<()> {
         let shm_path = self.dirs.run.join(format!("{ifname}.shm"));
-        if !Path::new("/sys/class/net").join(&ifname).exists() {
+        if !Path::new("/sys/class/net").join(ifname).exists() {
             // A new dataplane, programmed through a new shared-memory region: a fresh
             // file, renamed over `shm_path` once the dataplane has mapped it. A file a
             // dataplane maps is never truncated or rewritten in place (one still
@@ -65,7 +74,7 @@ impl Daemon {
                 &bin.to_string_lossy(),
                 "--shm",
                 &fresh.to_string_lossy(),
-                &ifname,
+                ifname,
             ]) {
                 let _ = std::fs::remove_file(&fresh);
                 return Err(e.context(format!("starting the dataplane {}", bin.display())));
@@ -83,67 +92,58 @@ impl Daemon {
                 ),
             }
         }
-        if self.connected.is_empty() {
-            // A restarted daemon (or `--once`) learns what the tunnel has from it.
-            let from_region = match &self.shm {
-                Some(r) => {
-                    match r.read_config() {
-                        Ok((_, cfg)) => Some(cfg),
-                        Err(e) => {
-                            log::warn!("{ifname}: the shared-memory region is unreadable ({e}); rewriting it");
-                            None
-                        }
-                    }
+        Ok(())
+    }
+
+    /// A restarted daemon (or `--once`) learns what the tunnel has from it.
+    fn learn_connected(&mut self, ifname: &str) -> anyhow::Result<()> {
+        let from_region = match &self.shm {
+            Some(r) => match r.read_config() {
+                Ok((_, cfg)) => Some(cfg),
+                Err(e) => {
+                    log::warn!(
+                        "{ifname}: the shared-memory region is unreadable ({e}); rewriting it"
+                    );
+                    None
                 }
-                None => None,
-            };
-            match from_region {
-                Some(cfg) => {
-                    for p in cfg.peers {
-                        let key = PublicKey(p.public_key).to_base64();
-                        let prefix = p
-                            .allowed
-                            .iter()
-                            .find_map(|(a, _)| match a {
-                                IpAddr::V6(v6) => Some(*v6),
-                                IpAddr::V4(_) => None,
-                            })
-                            .unwrap_or(Ipv6Addr::UNSPECIFIED);
-                        self.connected.insert(key.clone(), prefix);
-                        self.peer_cfg.insert(key, p);
-                    }
-                }
-                None => {
-                    self.connected =
-                        current_peers(&uapi::get(Path::new(uapi::SOCKET_DIR), &ifname)?);
-                }
-            }
-        }
-        let mut want: BTreeMap<String, &PeerDevice> = BTreeMap::new();
-        for d in devices {
-            want.insert(PublicKey(d.wg_key).to_base64(), d);
-        }
-        let carry: std::collections::BTreeSet<String> =
-            carried(&self.connected, |k| want.contains_key(k), &r.keep, r.now)
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
-        let peer_config = |d: &PeerDevice| portdistrict_shm::PeerConfig {
-            public_key: d.wg_key,
-            preshared_key: None,
-            endpoint: d.endpoints.first().copied(),
-            keepalive: 25,
-            allowed: vec![(IpAddr::V6(d.prefix), 64)],
+            },
+            None => None,
         };
-        if let Some(region) = &self.shm {
-            let mut peers: BTreeMap<String, portdistrict_shm::PeerConfig> = BTreeMap::new();
-            for key in &carry {
-                if let Some(p) = self.peer_cfg.get(key) {
-                    peers.insert(key.clone(), p.clone());
+        match from_region {
+            Some(cfg) => {
+                for p in cfg.peers {
+                    let key = PublicKey(p.public_key);
+                    let prefix = p
+                        .allowed
+                        .iter()
+                        .find_map(|(a, _)| match a {
+                            IpAddr::V6(v6) => Some(*v6),
+                            IpAddr::V4(_) => None,
+                        })
+                        .unwrap_or(Ipv6Addr::UNSPECIFIED);
+                    self.connected.insert(key, prefix);
+                    self.peer_cfg.insert(key, p);
                 }
             }
-            for (key, d) in &want {
-                peers.insert(key.clone(), peer_config(d));
+            None => {
+                self.connected = current_peers(&uapi::get(Path::new(uapi::SOCKET_DIR), ifname)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Programs the dataplane's peers: through the region (kept and wanted peers,
+    /// the rest go) or over UAPI (removals, then every wanted peer).
+    fn apply_peers(&mut self, ifname: &str, plan: &Plan) -> anyhow::Result<()> {
+        if let Some(region) = &self.shm {
+            let mut peers: BTreeMap<PublicKey, portdistrict_shm::PeerConfig> = BTreeMap::new();
+            for c in &plan.keep {
+                if let Some(p) = self.peer_cfg.get(&c.key) {
+                    peers.insert(c.key, p.clone());
+                }
+            }
+            for p in plan.wanted() {
+                peers.insert(p.key, peer_config(p));
             }
             region.write_config(&portdistrict_shm::Config {
                 private_key: Some(self.keys.wireguard()),
@@ -156,21 +156,15 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(250));
         } else {
             let mut changes = Vec::new();
-            for (key, _) in self
-                .connected
-                .iter()
-                .filter(|(k, _)| !want.contains_key(*k) && !carry.contains(*k))
-            {
-                let mut p = PeerChange::new(
-                    PublicKey::from_base64(key).map_err(|e| anyhow::anyhow!("{e}"))?,
-                );
+            for c in &plan.remove {
+                let mut p = PeerChange::new(c.key);
                 p.remove = true;
                 changes.push(p);
             }
-            for d in want.values() {
-                let mut p = PeerChange::new(PublicKey(d.wg_key));
-                p.endpoint = d.endpoints.first().copied();
-                p.persistent_keepalive_interval = Some(25);
+            for d in plan.wanted() {
+                let mut p = PeerChange::new(d.key);
+                p.endpoint = d.endpoint;
+                p.persistent_keepalive_interval = Some(KEEPALIVE);
                 p.replace_allowed_ips = true;
                 p.allowed_ips = vec![AllowedIpChange {
                     addr: IpAddr::V6(d.prefix),
@@ -181,7 +175,7 @@ impl Daemon {
             }
             uapi::set(
                 Path::new(uapi::SOCKET_DIR),
-                &ifname,
+                ifname,
                 &SetRequest {
                     private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
                     listen_port: Some(self.o.listen_port),
@@ -191,6 +185,12 @@ impl Daemon {
                 },
             )?;
         }
+        Ok(())
+    }
+
+    /// This device's address, the link up, a route per wanted peer, none for removed
+    /// ones.
+    fn apply_routes(&self, ifname: &str, plan: &Plan) -> anyhow::Result<()> {
         let own = Ipv6Addr::from(u128::from(self.own_prefix()) | 1);
         run_cmd(&[
             "ip",
@@ -199,11 +199,11 @@ impl Daemon {
             "replace",
             &format!("{own}/64"),
             "dev",
-            &ifname,
+            ifname,
             "nodad",
         ])?;
-        run_cmd(&["ip", "link", "set", &ifname, "up"])?;
-        for (key, d) in &want {
+        run_cmd(&["ip", "link", "set", ifname, "up"])?;
+        for d in plan.wanted() {
             run_cmd(&[
                 "ip",
                 "-6",
@@ -211,60 +211,56 @@ impl Daemon {
                 "replace",
                 &format!("{}/64", d.prefix),
                 "dev",
-                &ifname,
+                ifname,
             ])?;
-            if !self.connected.contains_key(key) {
-                log::info!("connected {}.{} ({}/64)", d.device, d.namespace, d.prefix);
-            }
         }
-        for (key, prefix) in &self.connected {
-            if !want.contains_key(key) && !carry.contains(key) {
-                let _ = run_cmd(&[
-                    "ip",
-                    "-6",
-                    "route",
-                    "del",
-                    &format!("{prefix}/64"),
-                    "dev",
-                    &ifname,
-                ]);
-                log::info!("disconnected {prefix}/64");
-            }
+        for d in &plan.add {
+            log::info!("connected {} ({}/64)", d.name, d.prefix);
         }
-        let kept_now: Vec<(String, Ipv6Addr)> = self
+        for c in &plan.remove {
+            let _ = run_cmd(&[
+                "ip",
+                "-6",
+                "route",
+                "del",
+                &format!("{}/64", c.prefix),
+                "dev",
+                ifname,
+            ]);
+            log::info!("disconnected {}/64", c.prefix);
+        }
+        Ok(())
+    }
+
+    /// Writes `tunnels.json`: every connected peer, in base64 key order (as the file
+    /// always was), a kept one as the file said last.
+    fn save_tunnels(&mut self, ifname: String, plan: &Plan) -> anyhow::Result<()> {
+        let by_key: Vec<(PublicKey, crate::tunnels::Tunnel)> = self
             .connected
             .iter()
-            .filter(|(k, _)| carry.contains(*k))
-            .map(|(k, p)| (k.clone(), *p))
-            .collect();
-        self.connected = want.iter().map(|(k, d)| (k.clone(), d.prefix)).collect();
-        self.connected.extend(kept_now);
-        let tunnels = self
-            .connected
-            .iter()
-            .map(|(k, p)| match want.get(k) {
-                Some(d) => crate::tunnels::Tunnel {
-                    name: format!("{}.{}", d.device, d.namespace),
-                    wg_key: k.clone(),
-                    prefix: format!("{}/64", d.prefix),
-                    endpoint: d.endpoints.first().map(ToString::to_string),
-                },
-                None => self
-                    .last_tunnels
-                    .get(k)
-                    .cloned()
-                    .unwrap_or(crate::tunnels::Tunnel {
-                        name: k.clone(),
-                        wg_key: k.clone(),
-                        prefix: format!("{p}/64"),
-                        endpoint: None,
+            .map(|(k, p)| {
+                let t = match plan.get(k) {
+                    Some(d) => crate::tunnels::Tunnel {
+                        name: d.name.clone(),
+                        wg_key: k.to_base64(),
+                        prefix: format!("{}/64", d.prefix),
+                        endpoint: d.endpoint.map(|e| e.to_string()),
+                    },
+                    None => self.last_tunnels.get(k).cloned().unwrap_or_else(|| {
+                        crate::tunnels::Tunnel {
+                            name: k.to_base64(),
+                            wg_key: k.to_base64(),
+                            prefix: format!("{p}/64"),
+                            endpoint: None,
+                        }
                     }),
+                };
+                (*k, t)
             })
-            .collect::<Vec<_>>();
-        self.last_tunnels = tunnels
-            .iter()
-            .map(|t| (t.wg_key.clone(), t.clone()))
             .collect();
+        self.last_tunnels = by_key.iter().cloned().collect();
+        let mut tunnels: Vec<_> = by_key.into_iter().map(|(_, t)| t).collect();
+        tunnels.sort_by(|a, b| a.wg_key.cmp(&b.wg_key));
         crate::tunnels::save(
             &self.dirs,
             &crate::tunnels::TunnelsFile {
@@ -274,6 +270,17 @@ impl Daemon {
                 tunnels,
             },
         )
+    }
+}
+
+/// The region's entry for a wanted peer.
+fn peer_config(p: &PeerPlan) -> portdistrict_shm::PeerConfig {
+    portdistrict_shm::PeerConfig {
+        public_key: p.key.0,
+        preshared_key: None,
+        endpoint: p.endpoint,
+        keepalive: KEEPALIVE,
+        allowed: vec![(IpAddr::V6(p.prefix), 64)],
     }
 }
 
@@ -291,10 +298,7 @@ mod tests {
         );
         let got = current_peers(&dump);
         assert_eq!(got.len(), 2);
-        assert_eq!(
-            got[&k1.to_base64()],
-            "fd00:1:2:3::".parse::<Ipv6Addr>().unwrap()
-        );
-        assert_eq!(got[&PublicKey([2; 32]).to_base64()], Ipv6Addr::UNSPECIFIED);
+        assert_eq!(got[&k1], "fd00:1:2:3::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(got[&PublicKey([2; 32])], Ipv6Addr::UNSPECIFIED);
     }
 }

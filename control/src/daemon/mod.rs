@@ -17,6 +17,7 @@
 
 mod connect;
 mod options;
+pub mod plan;
 mod publish;
 mod refresh;
 
@@ -29,6 +30,7 @@ use crate::node::unlock;
 use crate::records::{master_name, subnet_of, DeviceKeys, MasterRecord};
 use crate::Dirs;
 use anyhow::bail;
+use portdistrict_wg::PublicKey;
 use std::collections::BTreeMap;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -51,14 +53,14 @@ pub struct Daemon {
     seed: Option<Seed>,
     device: String,
     keys: DeviceKeys,
-    /// Peer WireGuard key (base64) -> its /64, as last configured.
-    connected: BTreeMap<String, Ipv6Addr>,
+    /// Peer WireGuard key -> its /64, as last configured.
+    connected: BTreeMap<PublicKey, Ipv6Addr>,
     /// What `tunnels.json` said last, by key.
-    last_tunnels: BTreeMap<String, crate::tunnels::Tunnel>,
+    last_tunnels: BTreeMap<PublicKey, crate::tunnels::Tunnel>,
     /// The shared-memory region the dataplane reads (None: UAPI).
     shm: Option<portdistrict_shm::Region>,
     /// The peers last written to the region, by key.
-    peer_cfg: BTreeMap<String, portdistrict_shm::PeerConfig>,
+    peer_cfg: BTreeMap<PublicKey, portdistrict_shm::PeerConfig>,
     /// The high-water marks and last good expiries of the records read (persisted).
     fresh: Freshness,
 }
