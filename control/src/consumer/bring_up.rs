@@ -38,16 +38,13 @@ pub(super) fn bring_up(
     // identity still lives (until its expiry), so that a revocation is reported as
     // such; the provider answers a known consumer with the same grant.
     let renegotiate = s.granted.is_none() || invite.check_expiry(crate::exit::now()).is_ok();
+    let mut first_grant = false;
     if renegotiate {
         let g = negotiate(&mut s, invite, key, timeout)?;
         match s.granted {
             None => {
-                // 3. The full plan's way back on disk before it is applied.
                 s.granted = Some(g);
-                let full = policy(&s, invite).plan()?;
-                s.undo = plan_undo(&full, &[])?;
-                dir.save(&s)?;
-                apply_planned(&full, &s.undo, &[]).context("applying system mode")?;
+                first_grant = true;
             }
             Some(had) if had != g => bail!(
                 "the provider now grants {} instead of {}: run `portdistrict use off`, then `use` again",
@@ -58,6 +55,20 @@ pub(super) fn bring_up(
         }
     }
     let granted = s.granted.context("granted after negotiation")?;
+    // The full plan, computed once: a repair's stage already had the grant (the
+    // same one: a different grant failed above), so its plan is the full one; a
+    // first grant makes it now. Applied after a first grant, put back below.
+    let full = if first_grant {
+        policy(&s, invite).plan()?
+    } else {
+        plan
+    };
+    if first_grant {
+        // 3. The full plan's way back on disk before it is applied.
+        s.undo = plan_undo(&full, &[])?;
+        dir.save(&s)?;
+        apply_planned(&full, &s.undo, &[]).context("applying system mode")?;
+    }
     // 4. As ourselves, everything through the provider.
     let mut allowed = vec![AllowedIpChange {
         addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -79,7 +90,6 @@ pub(super) fn bring_up(
     )?;
     // The routes into the tunnel went with an earlier interface, and the rules with a
     // reboot: the whole plan back in place (idempotent), then DNS.
-    let full = policy(&s, invite).plan()?;
     reapply(&full, true, &[]).context("putting the kill switch, rules and routes back")?;
     resolver::apply(
         s.dns_via(),
