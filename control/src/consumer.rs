@@ -141,8 +141,10 @@ impl UseOptions {
     }
 }
 
-/// `use INVITE --mode system`: returns a one-line summary once traffic flows.
-pub fn use_exit(dirs: &Dirs, o: &UseOptions) -> anyhow::Result<String> {
+/// `use INVITE --mode system`: returns a one-line summary once traffic flows. `say`
+/// shows the command's other lines to the user: a repair under way, and after a
+/// failure what the machine is now (open, or still blocked).
+pub fn use_exit(dirs: &Dirs, o: &UseOptions, say: &dyn Fn(&str)) -> anyhow::Result<String> {
     let invite = Invite::decode(o.invite.trim()).context("the invite is not usable")?;
     let dir = UseDir::new(dirs)?;
     let _lock = dir.lock()?;
@@ -168,7 +170,7 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions) -> anyhow::Result<String> {
                     ));
                 }
             }
-            eprintln!("portdistrict: system mode was on but the tunnel is down; bringing it back (the kill switch stays on)");
+            say("system mode was on but the tunnel is down; bringing it back (the kill switch stays on)");
             (s, false)
         }
         None => (first_state(&dir, o, &invite)?, true),
@@ -186,9 +188,9 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions) -> anyhow::Result<String> {
                 None => Ok(()),
             });
             match taken {
-                Ok(()) if dir.lockdown() => eprintln!("portdistrict: system mode is not on; lockdown is on, so everything stays blocked (`portdistrict use lockdown off` opens the machine)"),
-                Ok(()) => eprintln!("portdistrict: nothing of `use` stays applied: the machine is as it was before, NOT protected by the kill switch"),
-                Err(undo) => eprintln!("portdistrict: taking back after the failure also failed: {undo:#}; see `portdistrict use status`, and `portdistrict use off` to retry"),
+                Ok(()) if dir.lockdown() => say("system mode is not on; lockdown is on, so everything stays blocked (`portdistrict use lockdown off` opens the machine)"),
+                Ok(()) => say("nothing of `use` stays applied: the machine is as it was before, NOT protected by the kill switch"),
+                Err(undo) => say(&format!("taking back after the failure also failed: {undo:#}; see `portdistrict use status`, and `portdistrict use off` to retry")),
             }
             Err(e)
         }
@@ -196,10 +198,10 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions) -> anyhow::Result<String> {
             // A repair that failed keeps the machine blocked (as after a crash): make
             // sure the kill switch is really there before saying so.
             match dir.load().map(|s| s.map(|s| ensure_kill_switch(&s, &invite))) {
-                Ok(Some(Ok(()))) => eprintln!("portdistrict: the kill switch stays on (traffic is blocked); `portdistrict use off` opens the machine again"),
-                Ok(Some(Err(ks))) => eprintln!("portdistrict: the kill switch could not be put back ({ks:#}): the machine may be OPEN; `portdistrict use off` takes the rest back"),
-                Ok(None) => eprintln!("portdistrict: system mode is not on"),
-                Err(st) => eprintln!("portdistrict: {st:#}"),
+                Ok(Some(Ok(()))) => say("the kill switch stays on (traffic is blocked); `portdistrict use off` opens the machine again"),
+                Ok(Some(Err(ks))) => say(&format!("the kill switch could not be put back ({ks:#}): the machine may be OPEN; `portdistrict use off` takes the rest back")),
+                Ok(None) => say("system mode is not on"),
+                Err(st) => say(&format!("{st:#}")),
             }
             Err(e)
         }

@@ -153,7 +153,7 @@ pub(crate) fn dataplane_binary() -> PathBuf {
 
 /// Takes back a plan a crashed `exit serve` left (its undo file in the run dir) and
 /// deletes the tunnel interface it left (its dataplane exits with it).
-fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
+fn recover(undo_path: &Path, ifname: &str, say: &dyn Fn(&str)) -> anyhow::Result<()> {
     let text = match std::fs::read_to_string(undo_path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -161,10 +161,10 @@ fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
     };
     let undo: Undo = serde_json::from_str(&text)
         .with_context(|| format!("{} is damaged", undo_path.display()))?;
-    eprintln!(
-        "portdistrict: a previous exit serve did not stop cleanly; taking back its plan ({})",
+    say(&format!(
+        "a previous exit serve did not stop cleanly; taking back its plan ({})",
         undo_path.display()
-    );
+    ));
     undo_plan(&undo, &[])?;
     if Path::new("/sys/class/net").join(ifname).exists() {
         run_cmd(&["ip", "link", "del", ifname])?;
@@ -172,14 +172,16 @@ fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
     std::fs::remove_file(undo_path).with_context(|| format!("removing {}", undo_path.display()))
 }
 
-/// Runs the provider until SIGTERM/SIGINT.
-pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
+/// Runs the provider until SIGTERM/SIGINT. `say` shows the command's own lines (the
+/// recovery of a previous run, the provider up) to whoever started it; the rest of
+/// what happens is logged.
+pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Result<()> {
     let dir = ExitDir::open(dirs)?;
     let wg = dir.wg_key()?;
     private_dir(&dirs.run)
         .with_context(|| format!("creating {} (mode 0700)", dirs.run.display()))?;
     let undo_path = dirs.run.join("exit-undo.json");
-    recover(&undo_path, &o.interface)?;
+    recover(&undo_path, &o.interface, say)?;
     // Before the plan switches forwarding on: what the host forwarded stays its own.
     let host = Host::read(&o.uplink)?;
     let ipv6 = match o.ipv6 {
@@ -234,6 +236,7 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
         upstream,
         term: &term,
         host,
+        say,
     };
     let result = ctx.run(&wg, store, &undo_path);
     // The interface goes in any case; the dataplane exits with it.
@@ -248,6 +251,8 @@ struct Serving<'a> {
     upstream: SocketAddr,
     term: &'a Arc<AtomicBool>,
     host: Host,
+    /// The command's own lines.
+    say: &'a dyn Fn(&str),
 }
 
 impl Serving<'_> {

@@ -52,7 +52,7 @@ pub(super) fn negotiate(
                 answer = Some(m);
                 break;
             }
-            Err(e) => eprintln!("portdistrict: {ep}: {e:#}"),
+            Err(e) => log::warn!("{ep}: {e:#}"),
         }
     }
     match answer {

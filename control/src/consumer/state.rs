@@ -111,8 +111,8 @@ impl UseDir {
             }
             std::fs::remove_file(&legacy)
                 .with_context(|| format!("removing {}", legacy.display()))?;
-            eprintln!(
-                "portdistrict: moved the system-mode state from {} to {} (it must outlive a reboot)",
+            log::info!(
+                "moved the system-mode state from {} to {} (it must outlive a reboot)",
                 legacy.display(),
                 path.display()
             );

@@ -29,14 +29,14 @@ impl Serving<'_> {
             self.upstream,
             Arc::clone(self.term),
         )?;
-        eprintln!(
-            "portdistrict: exit node up on {} (uplink {}, UDP {}, IPv6 {}), negotiation on {PROVIDER_V4}:{NEGOTIATION_PORT}, DNS {PROVIDER_V4}:53 -> {}",
+        (self.say)(&format!(
+            "exit node up on {} (uplink {}, UDP {}, IPv6 {}), negotiation on {PROVIDER_V4}:{NEGOTIATION_PORT}, DNS {PROVIDER_V4}:53 -> {}",
             o.interface,
             o.uplink,
             o.listen_port,
             if self.ipv6 { "offered" } else { "not offered" },
             self.upstream
-        );
+        ));
         let result = self.answer_requests(&mut applied, wg);
         self.term.store(true, Ordering::Relaxed);
         fwd.join();
@@ -72,12 +72,14 @@ impl Serving<'_> {
                     .and_then(|store| sync(o, &store, self.ipv6, applied));
                 match synced {
                     Ok(()) if failing => {
-                        eprintln!("portdistrict: the store is in line with the tunnel again");
+                        log::info!("the store is in line with the tunnel again");
                         failing = false;
                     }
                     Ok(()) => {}
                     Err(e) if !failing => {
-                        eprintln!("portdistrict: cannot bring the tunnel in line with the store (retrying): {e:#}");
+                        log::warn!(
+                            "cannot bring the tunnel in line with the store (retrying): {e:#}"
+                        );
                         failing = true;
                     }
                     Err(_) => {}
@@ -96,7 +98,7 @@ impl Serving<'_> {
                     continue
                 }
                 Err(e) => {
-                    eprintln!("portdistrict: negotiation socket: {e}");
+                    log::warn!("negotiation socket: {e}");
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 }
@@ -133,7 +135,7 @@ impl Serving<'_> {
     fn decide(&self, request: &Verified, resolver: IpAddr, applied: &mut Applied) -> Vec<u8> {
         self.try_decide(request, resolver, applied)
             .unwrap_or_else(|e| {
-                eprintln!("portdistrict: an exit request cannot be answered now: {e:#}");
+                log::warn!("an exit request cannot be answered now: {e:#}");
                 Message::Nak(Refusal::Unavailable).emit()
             })
     }
@@ -165,10 +167,7 @@ impl Serving<'_> {
                     // Peer and firewall first, then the ack.
                     sync(self.o, &store, self.ipv6, applied)?;
                     let v6 = grant.inner_v6.map(|a| format!(" {a}")).unwrap_or_default();
-                    eprintln!(
-                        "portdistrict: authorized {wg_key} as {}{v6}",
-                        grant.inner_v4
-                    );
+                    log::info!("authorized {wg_key} as {}{v6}", grant.inner_v4);
                     Ok(reply)
                 }
             }
