@@ -6,12 +6,12 @@
 //! 100.64.0.1:51821 until SIGTERM or SIGINT, when it takes the plan back and deletes
 //! the interface.
 //!
-//! An exit request is answered by [`negotiate::check`] (its proof of key ownership)
-//! and [`negotiate::decide`]; on a grant the store is saved first (a crash never
+//! An exit request is answered by [`negotiate::check`](portdistrict_exitnode::negotiate::check) (its proof of key ownership)
+//! and [`negotiate::decide`](portdistrict_exitnode::negotiate::decide); on a grant the store is saved first (a crash never
 //! forgets a grant it sent), then the consumer becomes a peer, the firewall's
 //! consumer set is replaced, and only then is the ack sent. The negotiation and DNS
 //! sockets are bound to the tunnel interface; negotiation datagrams are rate limited
-//! per source and in all ([`RateLimiter`]); a store that cannot be read or written
+//! per source and in all ([`RateLimiter`](portdistrict_exitnode::ratelimit::RateLimiter)); a store that cannot be read or written
 //! for a moment is logged and answered "unavailable", never fatal.
 
 mod negotiation;

@@ -13,7 +13,8 @@
 //! 3. **connect**: the tunnel gets this device's WireGuard key and overlay address,
 //!    every verified peer device becomes a WireGuard peer (its key, first endpoint,
 //!    AllowedIPs = its /64) with a route, and peers no longer wanted (revoked, demoted,
-//!    forgotten, gone from a roster) are removed.
+//!    forgotten, gone from a roster) are removed. What changes is a pure [`plan`] of
+//!    the view and what is connected; [`connect`](Daemon::connect) applies it.
 
 mod connect;
 mod options;
