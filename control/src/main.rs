@@ -100,6 +100,11 @@ fn main() {
     }
 }
 
+/// A line of a command's own output besides its result, on stderr.
+fn say(line: &str) {
+    eprintln!("portdistrict: {line}");
+}
+
 fn run(args: &[String]) -> anyhow::Result<()> {
     let (dirs, rest) = parse_dirs(args)?;
     match rest
@@ -117,7 +122,9 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             println!("{line}");
             Ok(())
         }
-        ["exit", "serve", opts @ ..] => serve::serve(&dirs, &serve::ServeOptions::parse(opts)?),
+        ["exit", "serve", opts @ ..] => {
+            serve::serve(&dirs, &serve::ServeOptions::parse(opts)?, &say)
+        }
         ["exit", "list"] => {
             print!("{}", exit::list(&dirs)?);
             Ok(())
@@ -249,7 +256,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         ["use", opts @ ..] => {
             println!(
                 "{}",
-                consumer::use_exit(&dirs, &consumer::UseOptions::parse(opts)?)?
+                consumer::use_exit(&dirs, &consumer::UseOptions::parse(opts)?, &say)?
             );
             Ok(())
         }

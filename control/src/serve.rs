@@ -6,33 +6,34 @@
 //! 100.64.0.1:51821 until SIGTERM or SIGINT, when it takes the plan back and deletes
 //! the interface.
 //!
-//! An exit request is answered by [`negotiate::check`] (its proof of key ownership)
-//! and [`negotiate::decide`]; on a grant the store is saved first (a crash never
+//! An exit request is answered by [`negotiate::check`](portdistrict_exitnode::negotiate::check) (its proof of key ownership)
+//! and [`negotiate::decide`](portdistrict_exitnode::negotiate::decide); on a grant the store is saved first (a crash never
 //! forgets a grant it sent), then the consumer becomes a peer, the firewall's
 //! consumer set is replaced, and only then is the ack sent. The negotiation and DNS
 //! sockets are bound to the tunnel interface; negotiation datagrams are rate limited
-//! per source and in all ([`RateLimiter`]); a store that cannot be read or written
+//! per source and in all ([`RateLimiter`](portdistrict_exitnode::ratelimit::RateLimiter)); a store that cannot be read or written
 //! for a moment is logged and answered "unavailable", never fatal.
 
-use crate::exit::{now, ExitDir};
+mod negotiation;
+mod sync;
+mod uplink;
+
+use uplink::{has_global_v6, policy_of, random_ula, Host};
+
+use crate::exit::ExitDir;
 use crate::{dnsfwd, run_cmd, uapi, Dirs};
 use anyhow::{bail, Context as _};
-use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, undo_plan, Undo};
-use portdistrict_exitnode::negotiate::{self, Answer, Verified};
-use portdistrict_exitnode::policy::{Cidr, ProviderPolicy};
-use portdistrict_exitnode::ratelimit::{Limits, RateLimiter};
+use portdistrict_exitnode::apply::{apply_planned, plan_undo, undo_plan, Undo};
+use portdistrict_exitnode::policy::Cidr;
 use portdistrict_exitnode::state::{private_dir, write_atomic};
-use portdistrict_exitnode::store::{Refusal, Store};
-use portdistrict_exitnode::wire::Message;
+use portdistrict_exitnode::store::Store;
 use portdistrict_netlink as nl;
-use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
-use portdistrict_wg::{PrivateKey, PublicKey};
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
+use portdistrict_wg::uapi::SetRequest;
+use portdistrict_wg::PrivateKey;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// The provider's own address inside the tunnel.
 pub const PROVIDER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
@@ -151,227 +152,9 @@ pub(crate) fn dataplane_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("portdistrict-dataplane"))
 }
 
-fn key_of(base64: &str) -> anyhow::Result<PublicKey> {
-    PublicKey::from_base64(base64)
-        .map_err(|e| anyhow::anyhow!("bad key {base64:?} in the store: {e}"))
-}
-
-fn host(addr: IpAddr) -> AllowedIpChange {
-    AllowedIpChange {
-        addr,
-        cidr: if addr.is_ipv4() { 32 } else { 128 },
-        remove: false,
-    }
-}
-
-/// The peers the store implies: consumers with their inner addresses, live invites'
-/// negotiation identities with theirs.
-fn peers_of(store: &Store, now: u64) -> anyhow::Result<Vec<PeerChange>> {
-    let mut peers = Vec::new();
-    for c in &store.consumers {
-        let mut p = PeerChange::new(key_of(&c.wg_key)?);
-        p.allowed_ips.push(host(IpAddr::V4(c.inner_v4)));
-        if let Some(v6) = c.inner_v6 {
-            p.allowed_ips.push(host(IpAddr::V6(v6)));
-        }
-        peers.push(p);
-    }
-    // Spent and revoked invites keep their negotiation identity until they expire, so
-    // that a consumer hears why it is refused (the firewall confines it to the
-    // negotiation port).
-    for i in store.invites.iter().filter(|i| now < i.expires) {
-        let mut p = PeerChange::new(key_of(&i.negotiation_key)?);
-        p.allowed_ips.push(host(IpAddr::V4(i.negotiation_addr)));
-        peers.push(p);
-    }
-    Ok(peers)
-}
-
-/// What the provider's firewall needs to know of the machine: the uplink's prefixes
-/// (re-read at every sync) and the forwarding the host did before the provider
-/// started (read once, before the plan).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Host {
-    uplink_prefixes: Vec<Cidr>,
-    uplink_forwarded_v4: bool,
-    forwarded_v6: bool,
-}
-
-impl Host {
-    /// Reads it now (before the plan switches forwarding on).
-    fn read(uplink: &str) -> anyhow::Result<Host> {
-        if uplink.is_empty() || uplink.contains('/') || uplink == "." || uplink == ".." {
-            bail!("--uplink {uplink:?}: not an interface name");
-        }
-        let flag = |path: String| -> anyhow::Result<bool> {
-            let v = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-            Ok(v.trim() != "0")
-        };
-        Ok(Host {
-            uplink_prefixes: uplink_prefixes(uplink)?,
-            uplink_forwarded_v4: flag(format!("/proc/sys/net/ipv4/conf/{uplink}/forwarding"))?,
-            forwarded_v6: flag("/proc/sys/net/ipv6/conf/all/forwarding".to_owned())
-                .unwrap_or(false),
-        })
-    }
-}
-
-/// The prefixes of the uplink's addresses (IPv4 and IPv6, over netlink), and the peer
-/// prefixes of point-to-point addresses.
-fn uplink_prefixes(uplink: &str) -> anyhow::Result<Vec<Cidr>> {
-    let addrs = nl::Handle::open()
-        .and_then(|mut h| h.link_addresses(uplink))
-        .with_context(|| format!("reading the uplink {uplink}'s addresses"))?;
-    Ok(prefixes_of(&addrs))
-}
-
-/// The prefixes of addresses (their local and peer addresses), each once, in order.
-fn prefixes_of(addrs: &[nl::Address]) -> Vec<Cidr> {
-    let mut out = Vec::new();
-    for a in addrs {
-        for ip in std::iter::once(a.local).chain(a.peer) {
-            let p = Cidr::containing(ip, a.prefix_len);
-            if !out.contains(&p) {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn policy_of(o: &ServeOptions, store: &Store, ipv6: bool, host: &Host) -> ProviderPolicy {
-    ProviderPolicy {
-        tunnel: o.interface.clone(),
-        uplink: o.uplink.clone(),
-        provider_v4: PROVIDER_V4,
-        provider_v6: store.v6_prefix.filter(|_| ipv6).map(provider_v6),
-        uplink_prefixes: host.uplink_prefixes.clone(),
-        allow_dest: o.allow_dest.clone(),
-        uplink_forwarded_v4: host.uplink_forwarded_v4,
-        forwarded_v6: host.forwarded_v6,
-        consumers_v4: store.consumers.iter().map(|c| c.inner_v4).collect(),
-        consumers_v6: if ipv6 {
-            store.consumers.iter().filter_map(|c| c.inner_v6).collect()
-        } else {
-            Vec::new()
-        },
-        ipv6,
-        negotiation_port: NEGOTIATION_PORT,
-    }
-}
-
-/// Whether `ifname` has an IPv6 address beyond link-local.
-fn has_global_v6(ifname: &str) -> bool {
-    nl::Handle::open()
-        .and_then(|mut h| h.link_addresses(ifname))
-        .is_ok_and(|addrs| {
-            addrs
-                .iter()
-                .any(|a| a.family == nl::Family::V6 && a.is_global())
-        })
-}
-
-/// A random unique local /64 (RFC 4193: fd00::/8 + 40 random bits + subnet 0).
-fn random_ula() -> anyhow::Result<Ipv6Addr> {
-    use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut b[1..6])
-        .map_err(|_| anyhow::anyhow!("no randomness for the IPv6 prefix"))?;
-    b[0] = 0xfd;
-    Ok(Ipv6Addr::from(b))
-}
-
-/// The provider's own IPv6 address in the tunnel: the prefix's ::1.
-fn provider_v6(prefix: Ipv6Addr) -> Ipv6Addr {
-    Ipv6Addr::from(u128::from(prefix) | 1)
-}
-
-/// What the provider last gave the dataplane and the firewall.
-struct Applied {
-    /// Peer key -> its allowed addresses.
-    peers: BTreeMap<String, Vec<IpAddr>>,
-    consumers: Vec<(Ipv4Addr, Option<Ipv6Addr>)>,
-    /// The machine as the firewall knows it (the uplink's prefixes follow it).
-    host: Host,
-}
-
-impl Applied {
-    /// The firewall went in with the store's consumers and `host`; no peers yet.
-    fn new(store: &Store, host: &Host) -> Applied {
-        Applied {
-            peers: BTreeMap::new(),
-            consumers: store
-                .consumers
-                .iter()
-                .map(|c| (c.inner_v4, c.inner_v6))
-                .collect(),
-            host: host.clone(),
-        }
-    }
-}
-
-/// Brings the dataplane's peers and the firewall's consumer sets in line with the
-/// store: revoked consumers and spent or expired invites' negotiation identities are
-/// removed at once. The uplink's prefixes are read again: when its addresses changed,
-/// the firewall blocks the new ones (when they cannot be read, the last ones stay).
-fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> anyhow::Result<()> {
-    let mut want = BTreeMap::new();
-    for p in peers_of(store, now())? {
-        want.insert(
-            p.public_key.to_base64(),
-            p.allowed_ips.iter().map(|a| a.addr).collect::<Vec<_>>(),
-        );
-    }
-    let mut changes = Vec::new();
-    for key in applied.peers.keys().filter(|k| !want.contains_key(*k)) {
-        let mut p = PeerChange::new(key_of(key)?);
-        p.remove = true;
-        changes.push(p);
-    }
-    for (key, addrs) in &want {
-        if applied.peers.get(key) != Some(addrs) {
-            let mut p = PeerChange::new(key_of(key)?);
-            p.replace_allowed_ips = true;
-            p.allowed_ips = addrs.iter().map(|a| host(*a)).collect();
-            changes.push(p);
-        }
-    }
-    if !changes.is_empty() {
-        uapi::set(
-            Path::new(uapi::SOCKET_DIR),
-            &o.interface,
-            &SetRequest {
-                private_key: None,
-                listen_port: None,
-                fwmark: None,
-                replace_peers: false,
-                peers: changes,
-            },
-        )?;
-        applied.peers = want;
-    }
-    let consumers: Vec<_> = store
-        .consumers
-        .iter()
-        .map(|c| (c.inner_v4, c.inner_v6))
-        .collect();
-    let mut host = applied.host.clone();
-    match uplink_prefixes(&o.uplink) {
-        Ok(p) => host.uplink_prefixes = p,
-        Err(e) => eprintln!("portdistrict: {e:#}; the firewall keeps blocking the last ones"),
-    }
-    if consumers != applied.consumers || host != applied.host {
-        apply_nft(&policy_of(o, store, ipv6, &host).plan()?)?;
-        applied.consumers = consumers;
-        applied.host = host;
-    }
-    Ok(())
-}
-
 /// Takes back a plan a crashed `exit serve` left (its undo file in the run dir) and
 /// deletes the tunnel interface it left (its dataplane exits with it).
-fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
+fn recover(undo_path: &Path, ifname: &str, say: &dyn Fn(&str)) -> anyhow::Result<()> {
     let text = match std::fs::read_to_string(undo_path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -379,10 +162,10 @@ fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
     };
     let undo: Undo = serde_json::from_str(&text)
         .with_context(|| format!("{} is damaged", undo_path.display()))?;
-    eprintln!(
-        "portdistrict: a previous exit serve did not stop cleanly; taking back its plan ({})",
+    say(&format!(
+        "a previous exit serve did not stop cleanly; taking back its plan ({})",
         undo_path.display()
-    );
+    ));
     undo_plan(&undo)?;
     if Path::new("/sys/class/net").join(ifname).exists() {
         nl::Handle::open()
@@ -392,14 +175,16 @@ fn recover(undo_path: &Path, ifname: &str) -> anyhow::Result<()> {
     std::fs::remove_file(undo_path).with_context(|| format!("removing {}", undo_path.display()))
 }
 
-/// Runs the provider until SIGTERM/SIGINT.
-pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
+/// Runs the provider until SIGTERM/SIGINT. `say` shows the command's own lines (the
+/// recovery of a previous run, the provider up) to whoever started it; the rest of
+/// what happens is logged.
+pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Result<()> {
     let dir = ExitDir::open(dirs)?;
     let wg = dir.wg_key()?;
     private_dir(&dirs.run)
         .with_context(|| format!("creating {} (mode 0700)", dirs.run.display()))?;
     let undo_path = dirs.run.join("exit-undo.json");
-    recover(&undo_path, &o.interface)?;
+    recover(&undo_path, &o.interface, say)?;
     // Before the plan switches forwarding on: what the host forwarded stays its own.
     let host = Host::read(&o.uplink)?;
     let ipv6 = match o.ipv6 {
@@ -454,6 +239,7 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
         upstream,
         term: &term,
         host,
+        say,
     };
     let result = ctx.run(&wg, store, &undo_path);
     // The interface goes in any case; the dataplane exits with it.
@@ -468,6 +254,8 @@ struct Serving<'a> {
     upstream: SocketAddr,
     term: &'a Arc<AtomicBool>,
     host: Host,
+    /// The command's own lines.
+    say: &'a dyn Fn(&str),
 }
 
 impl Serving<'_> {
@@ -502,168 +290,6 @@ impl Serving<'_> {
         }
         result.and(restored.map_err(Into::into))
     }
-
-    fn serving(&self, store: Store, wg: &PrivateKey) -> anyhow::Result<()> {
-        let o = self.o;
-        // The firewall went in with the store's consumers; the peers are still to add.
-        let mut applied = Applied::new(&store, &self.host);
-        sync(o, &store, self.ipv6, &mut applied)?;
-        let fwd = dnsfwd::Forwarder::start(
-            SocketAddr::new(IpAddr::V4(PROVIDER_V4), 53),
-            Some(&o.interface),
-            self.upstream,
-            Arc::clone(self.term),
-        )?;
-        eprintln!(
-            "portdistrict: exit node up on {} (uplink {}, UDP {}, IPv6 {}), negotiation on {PROVIDER_V4}:{NEGOTIATION_PORT}, DNS {PROVIDER_V4}:53 -> {}",
-            o.interface,
-            o.uplink,
-            o.listen_port,
-            if self.ipv6 { "offered" } else { "not offered" },
-            self.upstream
-        );
-        let result = self.answer_requests(&mut applied, wg);
-        self.term.store(true, Ordering::Relaxed);
-        fwd.join();
-        result
-    }
-
-    fn answer_requests(&self, applied: &mut Applied, wg: &PrivateKey) -> anyhow::Result<()> {
-        let o = self.o;
-        // Bound to the tunnel interface: a datagram that arrived on any other (a host
-        // on the uplink routing to 100.64.0.1) never reaches this socket.
-        let sock = dnsfwd::udp_on(
-            SocketAddr::new(IpAddr::V4(PROVIDER_V4), NEGOTIATION_PORT),
-            Some(&o.interface),
-        )
-        .context("binding the negotiation port")?;
-        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let resolver = IpAddr::V4(PROVIDER_V4);
-        let mut limiter = RateLimiter::new(Limits::NEGOTIATION, Instant::now());
-        let mut buf = [0u8; 512];
-        let mut seen = modified(&self.dir.store_path());
-        let mut last_sync = Instant::now();
-        let mut failing = false;
-        while !self.term.load(Ordering::Relaxed) {
-            // `exit revoke` / `exit invite` changed the store, or invites expired. A
-            // store that cannot be read for a moment is retried, never fatal.
-            let m = modified(&self.dir.store_path());
-            let due = if failing { 1 } else { 5 };
-            if m != seen || last_sync.elapsed() >= Duration::from_secs(due) {
-                seen = m;
-                last_sync = Instant::now();
-                let synced = self
-                    .load()
-                    .and_then(|store| sync(o, &store, self.ipv6, applied));
-                match synced {
-                    Ok(()) if failing => {
-                        eprintln!("portdistrict: the store is in line with the tunnel again");
-                        failing = false;
-                    }
-                    Ok(()) => {}
-                    Err(e) if !failing => {
-                        eprintln!("portdistrict: cannot bring the tunnel in line with the store (retrying): {e:#}");
-                        failing = true;
-                    }
-                    Err(_) => {}
-                }
-            }
-            let (n, from) = match sock.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                            | std::io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => {
-                    eprintln!("portdistrict: negotiation socket: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-            };
-            if !limiter.allow(from.ip(), Instant::now()) {
-                continue;
-            }
-            let reply = match negotiate::check(&buf[..n], wg.as_bytes()) {
-                Err(Answer::Refuse { reply }) => reply,
-                Err(_) => continue,
-                Ok(request) => {
-                    let reply = self.decide(&request, resolver, applied);
-                    seen = modified(&self.dir.store_path());
-                    reply
-                }
-            };
-            let _ = sock.send_to(&reply, from);
-        }
-        Ok(())
-    }
-
-    /// The store, read under its lock.
-    fn load(&self) -> anyhow::Result<Store> {
-        let _lock = self.dir.lock()?;
-        self.dir.store()
-    }
-
-    /// Decides a verified request against the store; on a grant the store is saved
-    /// (a crash never forgets a grant it sent), the consumer made a peer and let
-    /// through the firewall, and only then is the ack returned. When any of that
-    /// fails (a store unreadable or unwritable for a moment), the failure is logged
-    /// and the answer is "unavailable": nothing is acked that is not in place, and
-    /// the consumer's retry gets the same grant.
-    fn decide(&self, request: &Verified, resolver: IpAddr, applied: &mut Applied) -> Vec<u8> {
-        self.try_decide(request, resolver, applied)
-            .unwrap_or_else(|e| {
-                eprintln!("portdistrict: an exit request cannot be answered now: {e:#}");
-                Message::Nak(Refusal::Unavailable).emit()
-            })
-    }
-
-    fn try_decide(
-        &self,
-        request: &Verified,
-        resolver: IpAddr,
-        applied: &mut Applied,
-    ) -> anyhow::Result<Vec<u8>> {
-        {
-            let (answer, store) = {
-                let _lock = self.dir.lock()?;
-                let mut store = self.dir.store()?;
-                let answer = negotiate::decide(&mut store, now(), request, resolver);
-                if let Answer::Grant { .. } = answer {
-                    self.dir.save(&store)?;
-                }
-                (answer, store)
-            };
-            match answer {
-                Answer::Ignore => Ok(Message::Nak(Refusal::Unavailable).emit()),
-                Answer::Refuse { reply } => Ok(reply),
-                Answer::Grant {
-                    wg_key,
-                    grant,
-                    reply,
-                } => {
-                    // Peer and firewall first, then the ack.
-                    sync(self.o, &store, self.ipv6, applied)?;
-                    let v6 = grant.inner_v6.map(|a| format!(" {a}")).unwrap_or_default();
-                    eprintln!(
-                        "portdistrict: authorized {wg_key} as {}{v6}",
-                        grant.inner_v4
-                    );
-                    Ok(reply)
-                }
-            }
-        }
-    }
-}
-
-/// The modification time of `path` (None when missing).
-fn modified(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 #[cfg(test)]
@@ -712,58 +338,5 @@ mod tests {
             "{e}"
         );
         assert!(ServeOptions::parse(&["--uplink", "e", "--allow-dest", "nope"]).is_err());
-    }
-
-    #[test]
-    fn uplink_prefixes_from_ip_json() {
-        let addr = |local: &str, peer: Option<&str>, prefix_len| nl::Address {
-            ifindex: 2,
-            family: nl::Family::of(local.parse().unwrap()),
-            prefix_len,
-            local: local.parse().unwrap(),
-            peer: peer.map(|p| p.parse().unwrap()),
-            scope: 0,
-            flags: 0,
-        };
-        let addrs = [
-            addr("10.77.42.1", None, 24),
-            addr("192.0.2.1", Some("198.51.100.9"), 32),
-            addr("2001:db8:5::1", None, 64),
-            addr("fe80::1", None, 64),
-        ];
-        let got: Vec<String> = prefixes_of(&addrs)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(
-            got,
-            [
-                "10.77.42.0/24",
-                "192.0.2.1/32",
-                "198.51.100.9/32",
-                "2001:db8:5::/64",
-                "fe80::/64"
-            ]
-        );
-        assert!(prefixes_of(&[]).is_empty());
-    }
-
-    #[test]
-    fn peers_follow_the_store() {
-        let mut s = Store::default();
-        let neg = PrivateKey::from_bytes([3; 32]).public_key().to_base64();
-        s.issue(&[1; 16], &neg, 1000, 1).unwrap();
-        let consumer = PrivateKey::from_bytes([4; 32]).public_key().to_base64();
-        s.authorize(10, &[1; 16], &consumer).unwrap();
-        // Used up: the negotiation identity stays (to say "used up") until expiry.
-        let peers = peers_of(&s, 20).unwrap();
-        assert_eq!(peers.len(), 2);
-        assert_eq!(peers[0].public_key.to_base64(), consumer);
-        assert_eq!(peers[0].allowed_ips[0].cidr, 32);
-        assert_eq!(
-            peers_of(&s, 1000).unwrap().len(),
-            1,
-            "expired invites are no peers"
-        );
     }
 }

@@ -237,19 +237,28 @@ mod tests {
             "error,hickory_proto=error,hickory_resolver=error"
         );
         let d = directives(Some("  "), None, Level::WARN);
-        assert_eq!(d.directives, "warn,hickory_proto=warn,hickory_resolver=warn");
+        assert_eq!(
+            d.directives,
+            "warn,hickory_proto=warn,hickory_resolver=warn"
+        );
         assert_eq!(d.warning, None);
     }
 
     #[test]
     fn log_level_keeps_hickory_at_warn_unless_quieter() {
         let d = directives(None, Some("debug"), Level::INFO);
-        assert_eq!(d.directives, "debug,hickory_proto=warn,hickory_resolver=warn");
+        assert_eq!(
+            d.directives,
+            "debug,hickory_proto=warn,hickory_resolver=warn"
+        );
         assert_eq!(
             directives(None, Some("verbose"), Level::INFO).directives,
             d.directives
         );
-        assert_eq!(directives(None, Some("silent"), Level::INFO).directives, "off");
+        assert_eq!(
+            directives(None, Some("silent"), Level::INFO).directives,
+            "off"
+        );
     }
 
     #[test]
@@ -299,8 +308,7 @@ mod tests {
 
     fn capture(directives: &str, journal: bool, f: impl FnOnce()) -> String {
         let buf = Buf::default();
-        let sub = subscriber(directives, LineFormat::new("pd(wg0)", journal), buf.clone())
-            .unwrap();
+        let sub = subscriber(directives, LineFormat::new("pd(wg0)", journal), buf.clone()).unwrap();
         tracing::subscriber::with_default(sub, f);
         let out = buf.0.lock().unwrap().clone();
         String::from_utf8(out).unwrap()

@@ -1,0 +1,298 @@
+//! Connect: the tunnel's peers and routes made to match a view.
+
+use super::plan::{plan, PeerPlan, Plan, KEEPALIVE};
+use super::{Daemon, View, SHM_PEERS};
+use crate::{run_cmd, uapi};
+use anyhow::Context as _;
+use portdistrict_netlink as nl;
+use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::{PrivateKey, PublicKey};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::Path;
+use std::time::Duration;
+
+/// The peers of a UAPI `get` dump: WireGuard key -> its first IPv6 /64.
+fn current_peers(dump: &str) -> BTreeMap<PublicKey, Ipv6Addr> {
+    let mut out = BTreeMap::new();
+    let mut key: Option<PublicKey> = None;
+    for line in dump.lines() {
+        if let Some(hex) = line.strip_prefix("public_key=") {
+            key = (0..32)
+                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(PublicKey);
+            if let Some(k) = key {
+                out.insert(k, Ipv6Addr::UNSPECIFIED);
+            }
+        } else if let (Some(k), Some(ip)) = (key, line.strip_prefix("allowed_ip=")) {
+            if let Some(a) = ip
+                .strip_suffix("/64")
+                .and_then(|a| a.parse::<Ipv6Addr>().ok())
+            {
+                out.insert(k, a);
+            }
+        }
+    }
+    out
+}
+
+impl Daemon {
+    /// Creates the tunnel if missing and makes its peers exactly `r.devices`, plus
+    /// those already connected inside a kept prefix whose grace period runs.
+    pub fn connect(&mut self, r: &View) -> anyhow::Result<()> {
+        let off = crate::tunnels::disconnected(&self.dirs)?;
+        let ifname = self.o.interface.clone();
+        self.start_dataplane(&ifname)?;
+        if self.connected.is_empty() {
+            self.learn_connected(&ifname)?;
+        }
+        let plan = plan(&self.connected, &r.devices, &off, &r.keep, r.now);
+        self.apply_peers(&ifname, &plan)?;
+        self.apply_routes(&ifname, &plan)?;
+        self.connected = plan.connected();
+        self.save_tunnels(ifname, &plan)
+    }
+
+    /// Starts the dataplane when the tunnel is missing, or takes up the region of the
+    /// one running.
+    fn start_dataplane(&mut self, ifname: &str) -> anyhow::Result<()> {
+        let shm_path = self.dirs.run.join(format!("{ifname}.shm"));
+        if !Path::new("/sys/class/net").join(ifname).exists() {
+            // A new dataplane, programmed through a new shared-memory region: a fresh
+            // file, renamed over `shm_path` once the dataplane has mapped it. A file a
+            // dataplane maps is never truncated or rewritten in place (one still
+            // running, e.g. with its interface moved to another namespace, keeps its
+            // own region; a region shrunk under it would kill it with SIGBUS).
+            portdistrict_exitnode::state::private_dir(&self.dirs.run)
+                .with_context(|| format!("creating {} (mode 0700)", self.dirs.run.display()))?;
+            let fresh = self.dirs.run.join(format!(".{ifname}.shm.new"));
+            let region = portdistrict_shm::Region::create(&fresh, SHM_PEERS)
+                .with_context(|| format!("creating {}", fresh.display()))?;
+            let bin = crate::serve::dataplane_binary();
+            if let Err(e) = run_cmd(&[
+                &bin.to_string_lossy(),
+                "--shm",
+                &fresh.to_string_lossy(),
+                ifname,
+            ]) {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(e.context(format!("starting the dataplane {}", bin.display())));
+            }
+            std::fs::rename(&fresh, &shm_path).with_context(|| {
+                format!("renaming {} to {}", fresh.display(), shm_path.display())
+            })?;
+            self.shm = Some(region);
+        } else if self.shm.is_none() {
+            // A restarted daemon takes up the region its dataplane reads, if any.
+            match portdistrict_shm::Region::open(&shm_path) {
+                Ok(r) => self.shm = Some(r),
+                Err(e) => log::info!(
+                    "{ifname}: no usable shared-memory region ({e}); programming it over UAPI"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// A restarted daemon (or `--once`) learns what the tunnel has from it.
+    fn learn_connected(&mut self, ifname: &str) -> anyhow::Result<()> {
+        let from_region = match &self.shm {
+            Some(r) => match r.read_config() {
+                Ok((_, cfg)) => Some(cfg),
+                Err(e) => {
+                    log::warn!(
+                        "{ifname}: the shared-memory region is unreadable ({e}); rewriting it"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        match from_region {
+            Some(cfg) => {
+                for p in cfg.peers {
+                    let key = PublicKey(p.public_key);
+                    let prefix = p
+                        .allowed
+                        .iter()
+                        .find_map(|(a, _)| match a {
+                            IpAddr::V6(v6) => Some(*v6),
+                            IpAddr::V4(_) => None,
+                        })
+                        .unwrap_or(Ipv6Addr::UNSPECIFIED);
+                    self.connected.insert(key, prefix);
+                    self.peer_cfg.insert(key, p);
+                }
+            }
+            None => {
+                self.connected = current_peers(&uapi::get(Path::new(uapi::SOCKET_DIR), ifname)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Programs the dataplane's peers: through the region (kept and wanted peers,
+    /// the rest go) or over UAPI (removals, then every wanted peer).
+    fn apply_peers(&mut self, ifname: &str, plan: &Plan) -> anyhow::Result<()> {
+        if let Some(region) = &self.shm {
+            let mut peers: BTreeMap<PublicKey, portdistrict_shm::PeerConfig> = BTreeMap::new();
+            for c in &plan.keep {
+                if let Some(p) = self.peer_cfg.get(&c.key) {
+                    peers.insert(c.key, p.clone());
+                }
+            }
+            for p in plan.wanted() {
+                peers.insert(p.key, peer_config(p));
+            }
+            region.write_config(&portdistrict_shm::Config {
+                private_key: Some(self.keys.wireguard()),
+                listen_port: self.o.listen_port,
+                fwmark: 0,
+                peers: peers.values().cloned().collect(),
+            })?;
+            self.peer_cfg = peers;
+            // The dataplane applies it at its next tick (100 ms).
+            std::thread::sleep(Duration::from_millis(250));
+        } else {
+            let mut changes = Vec::new();
+            for c in &plan.remove {
+                let mut p = PeerChange::new(c.key);
+                p.remove = true;
+                changes.push(p);
+            }
+            for d in plan.wanted() {
+                let mut p = PeerChange::new(d.key);
+                p.endpoint = d.endpoint;
+                p.persistent_keepalive_interval = Some(KEEPALIVE);
+                p.replace_allowed_ips = true;
+                p.allowed_ips = vec![AllowedIpChange {
+                    addr: IpAddr::V6(d.prefix),
+                    cidr: 64,
+                    remove: false,
+                }];
+                changes.push(p);
+            }
+            uapi::set(
+                Path::new(uapi::SOCKET_DIR),
+                ifname,
+                &SetRequest {
+                    private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
+                    listen_port: Some(self.o.listen_port),
+                    fwmark: None,
+                    replace_peers: false,
+                    peers: changes,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// This device's address, the link up, a route per wanted peer, none for removed
+    /// ones.
+    fn apply_routes(&self, ifname: &str, plan: &Plan) -> anyhow::Result<()> {
+        let own = Ipv6Addr::from(u128::from(self.own_prefix()) | 1);
+        let mut h = nl::Handle::open().context("opening a netlink socket")?;
+        let ifindex = h.link_index(ifname)?;
+        let own_addr = nl::AddressSpec {
+            ifindex,
+            addr: IpAddr::V6(own),
+            prefix_len: 64,
+            nodad: true,
+        };
+        h.address(nl::Verb::Replace, &own_addr)
+            .with_context(|| format!("adding {own}/64 to {ifname}"))?;
+        h.link_set_up(ifname, true)
+            .with_context(|| format!("setting {ifname} up"))?;
+        let route_to = |prefix: Ipv6Addr| nl::Route {
+            family: nl::Family::V6,
+            dst: Some((IpAddr::V6(prefix), 64)),
+            oif: Some(ifindex),
+            table: 254,
+            kind: nl::RouteKind::Unicast,
+        };
+        for d in plan.wanted() {
+            h.route(nl::Verb::Replace, &route_to(d.prefix))
+                .with_context(|| format!("a route to {}/64 via {ifname}", d.prefix))?;
+        }
+        for d in &plan.add {
+            log::info!("connected {} ({}/64)", d.name, d.prefix);
+        }
+        for c in &plan.remove {
+            let _ = h.route(nl::Verb::Del, &route_to(c.prefix));
+            log::info!("disconnected {}/64", c.prefix);
+        }
+        Ok(())
+    }
+
+    /// Writes `tunnels.json`: every connected peer, in base64 key order (as the file
+    /// always was), a kept one as the file said last.
+    fn save_tunnels(&mut self, ifname: String, plan: &Plan) -> anyhow::Result<()> {
+        let by_key: Vec<(PublicKey, crate::tunnels::Tunnel)> = self
+            .connected
+            .iter()
+            .map(|(k, p)| {
+                let t = match plan.get(k) {
+                    Some(d) => crate::tunnels::Tunnel {
+                        name: d.name.clone(),
+                        wg_key: k.to_base64(),
+                        prefix: format!("{}/64", d.prefix),
+                        endpoint: d.endpoint.map(|e| e.to_string()),
+                    },
+                    None => self.last_tunnels.get(k).cloned().unwrap_or_else(|| {
+                        crate::tunnels::Tunnel {
+                            name: k.to_base64(),
+                            wg_key: k.to_base64(),
+                            prefix: format!("{p}/64"),
+                            endpoint: None,
+                        }
+                    }),
+                };
+                (*k, t)
+            })
+            .collect();
+        self.last_tunnels = by_key.iter().cloned().collect();
+        let mut tunnels: Vec<_> = by_key.into_iter().map(|(_, t)| t).collect();
+        tunnels.sort_by(|a, b| a.wg_key.cmp(&b.wg_key));
+        crate::tunnels::save(
+            &self.dirs,
+            &crate::tunnels::TunnelsFile {
+                interface: ifname,
+                last_cycle: crate::exit::now(),
+                pid: std::process::id(),
+                tunnels,
+            },
+        )
+    }
+}
+
+/// The region's entry for a wanted peer.
+fn peer_config(p: &PeerPlan) -> portdistrict_shm::PeerConfig {
+    portdistrict_shm::PeerConfig {
+        public_key: p.key.0,
+        preshared_key: None,
+        endpoint: p.endpoint,
+        keepalive: KEEPALIVE,
+        allowed: vec![(IpAddr::V6(p.prefix), 64)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_peers_come_from_a_uapi_dump() {
+        let k1 = PublicKey([1; 32]);
+        let dump = format!(
+            "private_key=00\nlisten_port=51820\npublic_key={}\nendpoint=10.0.0.1:51820\nallowed_ip=fd00:1:2:3::/64\npublic_key={}\nerrno=0\n\n",
+            "01".repeat(32),
+            "02".repeat(32)
+        );
+        let got = current_peers(&dump);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[&k1], "fd00:1:2:3::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(got[&PublicKey([2; 32])], Ipv6Addr::UNSPECIFIED);
+    }
+}

@@ -1,0 +1,235 @@
+//! `portdistrictd`: publishes this identity's records, reads its trusted peers'
+//! records and connects this device's tunnel to every trusted device, every interval
+//! (or once, with `--once`), until SIGTERM.
+//!
+//! One cycle:
+//! 1. **publish**: the master record (the roster) and this device's record (WireGuard
+//!    key, endpoints, subnet), each sealed to the readers: TRUSTED peers' identity-ECDH
+//!    keys and the roster's devices; a record with no endpoint is published with a loud
+//!    warning;
+//! 2. **refresh**: for every TRUSTED peer, its master record, then each of its devices'
+//!    records, each checked (readable by us, signature, delegation, owner name,
+//!    expiry); a record that fails is logged with the reason and ignored;
+//! 3. **connect**: the tunnel gets this device's WireGuard key and overlay address,
+//!    every verified peer device becomes a WireGuard peer (its key, first endpoint,
+//!    AllowedIPs = its /64) with a route, and peers no longer wanted (revoked, demoted,
+//!    forgotten, gone from a roster) are removed. What changes is a pure [`plan`] of
+//!    the view and what is connected; [`connect`](Daemon::connect) applies it.
+
+mod connect;
+mod options;
+pub mod plan;
+mod publish;
+mod refresh;
+
+pub use options::DaemonOptions;
+
+use crate::device::this_device;
+use crate::freshness::{Freshness, Grace, Kept};
+use crate::identity::{PublicIdentity, Seed};
+use crate::node::unlock;
+use crate::records::{master_name, subnet_of, DeviceKeys, MasterRecord};
+use crate::Dirs;
+use anyhow::bail;
+use portdistrict_wg::PublicKey;
+use std::collections::BTreeMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+/// Peers the shared-memory region holds.
+pub const SHM_PEERS: u32 = 1024;
+
+/// How long a published record is valid, by default (`--record-lifetime`).
+pub const RECORD_LIFETIME: u64 = 3600;
+
+/// The shortest `--record-lifetime`.
+pub const MIN_RECORD_LIFETIME: u64 = 10;
+
+/// Everything a cycle needs, built once with every dependency.
+pub struct Daemon {
+    dirs: Dirs,
+    o: DaemonOptions,
+    identity: PublicIdentity,
+    /// The identity's seed, when this machine holds it.
+    seed: Option<Seed>,
+    device: String,
+    keys: DeviceKeys,
+    /// Peer WireGuard key -> its /64, as last configured.
+    connected: BTreeMap<PublicKey, Ipv6Addr>,
+    /// What `tunnels.json` said last, by key.
+    last_tunnels: BTreeMap<PublicKey, crate::tunnels::Tunnel>,
+    /// The shared-memory region the dataplane reads (None: UAPI).
+    shm: Option<portdistrict_shm::Region>,
+    /// The peers last written to the region, by key.
+    peer_cfg: BTreeMap<PublicKey, portdistrict_shm::PeerConfig>,
+    /// The high-water marks and last good expiries of the records read (persisted).
+    fresh: Freshness,
+}
+
+/// What a refresh found.
+#[derive(Debug, Clone)]
+pub struct View {
+    /// Verified devices of trusted peers and of this identity's other devices.
+    pub devices: Vec<PeerDevice>,
+    /// Prefixes (an identity's /48 when its master record failed, a device's /64
+    /// when its device record failed) whose connected devices stay as they are until
+    /// the last good record there expires.
+    pub keep: Vec<Kept>,
+    /// Who may read our records besides our own devices: trusted peers' identity keys
+    /// and their devices' keys.
+    pub readers: Vec<[u8; 32]>,
+    /// The trusted peers.
+    pub trusted: Vec<PublicIdentity>,
+    /// This identity's roster.
+    pub own: MasterRecord,
+    /// When it was made (the grace periods in `keep` are checked against it).
+    pub now: u64,
+}
+
+/// A verified device of a trusted peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDevice {
+    /// The peer's namespace.
+    pub namespace: String,
+    /// The device name.
+    pub device: String,
+    /// Its WireGuard key.
+    pub wg_key: [u8; 32],
+    /// Its /64.
+    pub prefix: Ipv6Addr,
+    /// Its endpoints.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl Daemon {
+    /// Loads the identity (unlocking its seed when this machine holds it) and this
+    /// device.
+    pub fn new(dirs: Dirs, o: DaemonOptions) -> anyhow::Result<Daemon> {
+        let rec = crate::node::record(&dirs)?;
+        let seed = match rec.secret {
+            crate::node::SecretAt::Elsewhere => None,
+            _ => Some(unlock(&dirs, &o.secret)?.1),
+        };
+        let (device, keys) = this_device(&dirs)?;
+        let ns = &rec.identity.namespace;
+        let zone = &o.dns.zone;
+        if ns != zone && !ns.ends_with(&format!(".{zone}")) {
+            bail!("the namespace {ns} is not inside the zone {zone}: records could not be published there");
+        }
+        if !o.once && o.record_lifetime <= o.interval.as_secs() {
+            log::warn!(
+                "--record-lifetime {}s is not longer than --interval {}s: this device's records will expire between cycles and peers will disconnect it",
+                o.record_lifetime,
+                o.interval.as_secs()
+            );
+        }
+        let fresh = crate::freshness::load(&dirs.state)?;
+        Ok(Daemon {
+            dirs,
+            o,
+            identity: rec.identity,
+            seed,
+            device,
+            keys,
+            connected: BTreeMap::new(),
+            last_tunnels: BTreeMap::new(),
+            shm: None,
+            peer_cfg: BTreeMap::new(),
+            fresh,
+        })
+    }
+
+    fn own_prefix(&self) -> Ipv6Addr {
+        self.identity.device_prefix(subnet_of(&self.device))
+    }
+
+    /// On a device without the seed, which of the identity's own master and trust
+    /// records failed past the last good copy's expiry (None: both still in grace).
+    fn own_records_lost(&self, now: u64) -> Option<String> {
+        if self.seed.is_some() {
+            return None;
+        }
+        let ns = &self.identity.namespace;
+        [master_name(ns), crate::records::trust_name(ns)]
+            .into_iter()
+            .find_map(|name| match self.fresh.grace(&name, now) {
+                Grace::Expired(at) => Some(format!(
+                    "the last good copy of the identity's own record {name} expired at {at}"
+                )),
+                Grace::Until(_) | Grace::Never => None,
+            })
+    }
+
+    /// One cycle: refresh (whom to publish for and connect to), publish, connect.
+    /// Publication failures are logged (the peers' records are still connected).
+    pub fn cycle(&mut self) -> anyhow::Result<usize> {
+        let now = crate::exit::now();
+        let view = match self.refresh(now) {
+            Ok(v) => v,
+            Err(e) => {
+                // Without the seed, whom to connect to comes from the identity's own
+                // records: when they fail past the last good one's expiry, nobody.
+                if let Some(lost) = self.own_records_lost(now) {
+                    log::error!("{lost}: every peer is disconnected until they verify again");
+                    let view = View {
+                        devices: Vec::new(),
+                        keep: Vec::new(),
+                        readers: Vec::new(),
+                        trusted: Vec::new(),
+                        own: MasterRecord {
+                            namespace: self.identity.namespace.clone(),
+                            issued: 0,
+                            expires: 0,
+                            devices: Vec::new(),
+                        },
+                        now,
+                    };
+                    self.connect(&view)?;
+                }
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.publish(now, &view) {
+            log::error!("publication failed: {e:#}");
+        }
+        self.connect(&view)?;
+        Ok(view.devices.len())
+    }
+
+    /// Runs cycles until `term`.
+    pub fn run(&mut self, term: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
+        use std::sync::atomic::Ordering;
+        loop {
+            match self.cycle() {
+                Ok(n) => log::info!("cycle done: {n} peer devices connected"),
+                Err(e) if self.o.once => return Err(e.context("the cycle failed")),
+                Err(e) => log::error!("cycle failed: {e:#}"),
+            }
+            if self.o.once {
+                return Ok(());
+            }
+            // A trust change (`peer trust`, `peer revoke`, ...) republishes at once with
+            // the new key slots instead of waiting for the interval.
+            let stamp = |d: &Dirs| {
+                ["peers.json", "roster.json"].map(|f| {
+                    std::fs::metadata(d.state.join(f))
+                        .and_then(|m| m.modified())
+                        .ok()
+                })
+            };
+            let before = stamp(&self.dirs);
+            let mut slept = Duration::ZERO;
+            while slept < self.o.interval {
+                if term.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                if stamp(&self.dirs) != before {
+                    log::info!("trust or roster changed: republishing now");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                slept += Duration::from_millis(100);
+            }
+        }
+    }
+}
