@@ -8,7 +8,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
     /// The command line could not be understood.
-    #[error("{0}\n\n{usage}", usage = crate::cli::USAGE)]
+    #[error("{0}\n\n{usage}", usage = crate::usage::USAGE)]
     Usage(String),
     /// The process does not run as root.
     #[error(
