@@ -15,15 +15,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Waiting for a child failed (waitpid).
-    #[error("waiting for `{command}`: {source}")]
-    Wait {
-        /// The command line.
-        command: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
     /// A command exited unsuccessfully.
     #[error("`{command}` failed ({status}):\n{stdout}{stderr}")]
     Failed {
