@@ -3,7 +3,9 @@
 
 use std::io::BufRead as _;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use portdistrict_testkit::Guard;
 
 /// Runs `argv` to completion and returns its output, whatever the exit status.
 ///
@@ -37,23 +39,17 @@ pub(crate) fn describe_failure(argv: &[&str], out: &Output) -> String {
     )
 }
 
-/// A spawned child process that is killed (SIGKILL) and reaped when dropped.
+/// A spawned child process that is killed (SIGKILL) and reaped when dropped: the
+/// testkit's [`Guard`], with constructors and waits that panic with context.
 #[derive(Debug)]
-pub struct ChildGuard {
-    label: String,
-    child: Option<Child>,
-}
+pub struct ChildGuard(Guard);
 
 impl ChildGuard {
     /// Spawns `cmd`; `label` names it in panic messages.
     pub fn spawn(label: &str, cmd: &mut Command) -> ChildGuard {
-        let child = cmd
-            .spawn()
+        let guard = Guard::spawn(label, cmd)
             .unwrap_or_else(|e| panic!("cannot start {label} ({cmd:?}): {e}"));
-        ChildGuard {
-            label: label.to_owned(),
-            child: Some(child),
-        }
+        ChildGuard(guard)
     }
 
     /// Spawns `cmd` with its stderr piped and reads that up to the first line containing
@@ -89,38 +85,22 @@ impl ChildGuard {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child().id()
+        self.0.pid()
     }
 
     /// Mutable access to the child (to take its pipes).
     pub fn child_mut(&mut self) -> &mut Child {
-        self.child.as_mut().expect("child already reaped")
-    }
-
-    fn child(&self) -> &Child {
-        self.child.as_ref().expect("child already reaped")
+        self.0.child_mut()
     }
 
     /// Whether the child has exited (reaping it if so), without blocking.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        let label = self.label.clone();
-        self.child_mut()
-            .try_wait()
-            .unwrap_or_else(|e| panic!("waitpid on {label} failed: {e}"))
+        self.0.try_status()
     }
 
     /// Waits at most `timeout` for the child to exit; `None` if it is still running.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_status() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.wait_timeout(timeout)
     }
 
     /// Waits at most `timeout` for a clean exit (status 0) and panics otherwise, killing
@@ -128,27 +108,25 @@ impl ChildGuard {
     pub fn expect_success_within(&mut self, timeout: Duration) {
         match self.wait_timeout(timeout) {
             Some(status) if status.success() => {}
-            Some(status) => panic!("{} exited with {status}", self.label),
+            Some(status) => panic!("{} exited with {status}", self.0.label()),
             None => {
                 self.kill();
-                panic!("{} did not finish within {timeout:?} (killed)", self.label)
+                panic!(
+                    "{} did not finish within {timeout:?} (killed)",
+                    self.0.label()
+                )
             }
         }
+    }
+
+    /// Sends SIGTERM, waits at most `grace` for the child to exit, then SIGKILLs it;
+    /// reaps it.
+    pub fn terminate(&mut self, grace: Duration) {
+        self.0.terminate(grace);
     }
 
     /// Sends SIGKILL (if still running) and reaps the child.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
+        self.0.kill();
     }
 }

@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::cmd::{run, try_run, ChildGuard};
+use portdistrict_testkit::process::signal;
+use portdistrict_testkit::wait_until;
+
+use crate::cmd::{run, ChildGuard};
 use crate::names::{unique_ifname, TempDir};
 use crate::netns::Netns;
-use crate::wait::wait_until;
 use crate::wg::{Keypair, Peer, WgDump};
 
 /// How long a process gets to start (interface + UAPI socket) or to exit.
@@ -83,16 +85,11 @@ pub fn uut_binary() -> PathBuf {
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let cargo_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
-    std::env::split_paths(&path)
-        .chain(cargo_bin)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+    portdistrict_testkit::process::find_program(name, &[])
 }
 
 fn socket_path(ifname: &str) -> PathBuf {
-    PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"))
+    portdistrict_testkit::netns::uapi_socket(ifname)
 }
 
 /// A foreground implementation process owning interface `pdw<pid><n>`.
@@ -324,7 +321,7 @@ impl Daemon {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let _ = try_run(&["kill", "-TERM", &self.pid().to_string()]);
+        signal(self.pid(), libc::SIGTERM);
     }
 
     /// Waits at most `timeout` for the process to exit.
@@ -335,12 +332,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.is_running() {
-            self.terminate();
-            if self.wait_exit(Duration::from_secs(3)).is_none() {
-                self.child.kill();
-            }
-        }
+        self.child.terminate(Duration::from_secs(3));
         let _ = std::fs::remove_file(self.socket_path());
         if std::thread::panicking() {
             eprintln!(
@@ -453,9 +445,9 @@ impl Detached {
 impl Drop for Detached {
     fn drop(&mut self) {
         if self.is_alive() {
-            let _ = try_run(&["kill", "-TERM", &self.pid.to_string()]);
+            signal(self.pid, libc::SIGTERM);
             if !self.wait_gone(Duration::from_secs(3)) && self.is_alive() {
-                let _ = try_run(&["kill", "-KILL", &self.pid.to_string()]);
+                signal(self.pid, libc::SIGKILL);
                 self.wait_gone(Duration::from_secs(3));
             }
         }

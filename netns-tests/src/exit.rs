@@ -3,6 +3,8 @@
 //! that answers with the source address it sees; consumers in system mode (`use`),
 //! and captures of what a consumer sends, filtered down to what leaked.
 
+use portdistrict_testkit::process::signal;
+
 use crate::{wait_until, ChildGuard, CliMachine, Netns, TempDir, Veth};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -145,9 +147,7 @@ impl Serve {
     /// Stops it; its exit status, unless it outlived the 10 s.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         if self.0.try_status().is_none() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.0.pid().to_string()])
-                .status();
+            signal(self.0.pid(), libc::SIGTERM);
         }
         self.0.wait_timeout(Duration::from_secs(10))
     }
@@ -437,9 +437,7 @@ impl Capture {
 
     /// Stops the capture; what it saw, one `tcpdump -nn` line a packet.
     pub fn stop(mut self) -> Vec<String> {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.pid().to_string()])
-            .status();
+        signal(self.child.pid(), libc::SIGINT);
         let _ = self.child.wait_timeout(Duration::from_secs(3));
         let out = Command::new("ip")
             .args(["netns", "exec", &self.ns_name, "tcpdump", "-nn", "-r"])

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::cmd::ChildGuard;
 use crate::netns::Netns;
-use crate::wait::wait_until;
+use portdistrict_testkit::wait_until;
 
 /// What an iperf3 run measured (receiver side where iperf3 reports it).
 #[derive(Debug, Clone, PartialEq)]

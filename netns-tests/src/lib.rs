@@ -18,6 +18,10 @@
 //! - only addresses inside namespaces the test created are targeted: `10.77.x.y/24` and
 //!   `fd77:0:0:x::/64` on veths, `10.99.0.0/24` and `fd99::/64` inside tunnels.
 //!
+//! The mechanics (unique names, temp dirs, namespace teardown, process guards, bounded
+//! waits) are `portdistrict-testkit`'s, shared with xtask and pd-bench; this crate
+//! adds the panicking, test-shaped layer on top.
+//!
 //! The implementation under test is the binary named by `PD_DATAPLANE` (default:
 //! `<workspace>/target/release/portdistrict-dataplane`); see [`Implementation::Uut`].
 
@@ -31,7 +35,6 @@ mod names;
 mod netns;
 mod topology;
 mod traffic;
-mod wait;
 mod wg;
 
 pub use cli::{control_argv, control_binary, output_text, CliMachine, ControlNode};
@@ -41,6 +44,7 @@ pub use iperf::{iperf3_tcp, iperf3_udp, IperfReport};
 pub use knot::{Knot, UpdateKey};
 pub use names::{unique_ifname, unique_name, TempDir};
 pub use netns::{require_root, Netns, Veth};
+pub use portdistrict_testkit::wait_until;
 pub use topology::{
     tunnel_addr, Endpoints, Pair, PairOptions, Side, TUNNEL_PREFIX_V4, TUNNEL_PREFIX_V6,
 };
@@ -48,7 +52,6 @@ pub use traffic::{
     assert_no_ping, assert_ping, ping_fast, ping_received, tcp_reordering, tcp_transfer,
     TransferReport,
 };
-pub use wait::wait_until;
 pub use wg::{genpsk, normalize_conf, Keypair, Peer, PeerStatus, WgDump};
 
 /// Address family of an underlay or tunnel address.

@@ -3,23 +3,26 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Output};
 use std::sync::Once;
+use std::time::Duration;
+
+use portdistrict_testkit::netns::{self, listener_gone, Namespace};
 
 use crate::cmd::{describe_failure, run, try_run};
-use crate::names::{unique_ifname, unique_name};
+use crate::names::{unique_ifname, unique_name, NAME_PREFIX};
 use crate::Family;
+
+/// How long processes still inside a namespace being deleted get between SIGTERM and
+/// SIGKILL (so that a dataplane removes its UAPI socket and a provider or daemon takes
+/// its changes back).
+const TERM_GRACE: Duration = Duration::from_secs(3);
 
 /// Panics with a clear message unless the effective uid is 0: these suites create
 /// namespaces, interfaces and TUN devices and cannot run otherwise.
 pub fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_else(|e| panic!("cannot read /proc/self/status: {e}"));
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .unwrap_or_else(|| panic!("no Uid line in /proc/self/status"));
+    let euid = portdistrict_testkit::process::euid()
+        .unwrap_or_else(|| panic!("cannot read the effective uid from /proc/self/status"));
     assert!(
-        euid == "0",
+        euid == 0,
         "the netns suites need root (they create network namespaces, veths and TUN \
          devices); euid is {euid}. Run as root: \
          `PD_DATAPLANE=... cargo test -p portdistrict-netns-tests --release -- --test-threads=2`"
@@ -27,26 +30,20 @@ pub fn require_root() {
 }
 
 /// A network namespace `pd-<pid>-<n>-<role>` with `lo` up; deleted on drop, after
-/// killing any process still inside it.
+/// ending any process still inside it (SIGTERM, 3 s, SIGKILL).
 #[derive(Debug)]
-pub struct Netns {
-    name: String,
-}
+pub struct Netns(Namespace);
 
 impl Netns {
-    /// Creates the namespace (`ip netns add`) and brings its loopback up.
+    /// Creates the namespace (`ip netns add`) and brings its loopback up. The first
+    /// namespace of a process sweeps what killed runs left behind
+    /// ([`sweep_stale`]).
     pub fn new(role: &str) -> Netns {
         require_root();
         static SWEEP: Once = Once::new();
-        SWEEP.call_once(|| {
-            sweep_stale_namespaces();
-            sweep_stale_sockets();
-        });
+        SWEEP.call_once(sweep_stale);
         let name = unique_name(role);
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
+        Netns(Namespace::create(&name, TERM_GRACE).unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// A namespace `role` joined to `router` by a veth on `subnet` (this side `.1`, the
@@ -75,20 +72,18 @@ impl Netns {
 
     /// The namespace's name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// `ip netns exec NAME argv...`, ready to spawn.
     pub fn command(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).args(argv);
-        cmd
+        self.0.command(argv)
     }
 
     /// Runs `argv` inside the namespace and returns its output, whatever the status.
     pub fn try_exec(&self, argv: &[&str]) -> Output {
         let out = self.command(argv).output();
-        out.unwrap_or_else(|e| panic!("cannot start ip netns exec {}: {e}", self.name))
+        out.unwrap_or_else(|e| panic!("cannot start ip netns exec {}: {e}", self.name()))
     }
 
     /// Runs `argv` inside the namespace; panics with the command, stdout and stderr
@@ -96,7 +91,7 @@ impl Netns {
     pub fn exec(&self, argv: &[&str]) -> String {
         let out = self.try_exec(argv);
         if !out.status.success() {
-            let full: Vec<&str> = ["ip", "netns", "exec", &self.name]
+            let full: Vec<&str> = ["ip", "netns", "exec", self.name()]
                 .into_iter()
                 .chain(argv.iter().copied())
                 .collect();
@@ -107,106 +102,25 @@ impl Netns {
 
     /// Whether interface `ifname` exists in this namespace.
     pub fn has_link(&self, ifname: &str) -> bool {
-        try_run(&["ip", "-n", &self.name, "link", "show", "dev", ifname])
+        try_run(&["ip", "-n", self.name(), "link", "show", "dev", ifname])
             .status
             .success()
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        terminate_namespace_pids(&self.name);
-        let out = try_run(&["ip", "netns", "del", &self.name]);
-        if !out.status.success() {
-            eprintln!(
-                "warning: {}",
-                describe_failure(&["ip", "netns", "del", &self.name], &out)
-            );
-        }
-    }
-}
-
-/// The processes inside namespace `name`.
-fn namespace_pids(name: &str) -> Vec<String> {
-    let pids = try_run(&["ip", "netns", "pids", name]);
-    String::from_utf8_lossy(&pids.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// SIGKILLs every process inside namespace `name` (only ever one this harness created).
-fn kill_namespace_pids(name: &str) {
-    for pid in namespace_pids(name) {
-        let _ = try_run(&["kill", "-KILL", &pid]);
-    }
-}
-
-/// Ends every process inside namespace `name`: SIGTERM first, so that a dataplane
-/// removes its UAPI socket and a provider or daemon takes its changes back, then,
-/// after at most 3 s, SIGKILL for what is left.
-fn terminate_namespace_pids(name: &str) {
-    let pids = namespace_pids(name);
-    if pids.is_empty() {
-        return;
-    }
-    for pid in &pids {
-        let _ = try_run(&["kill", "-TERM", pid]);
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while std::time::Instant::now() < deadline && !namespace_pids(name).is_empty() {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    kill_namespace_pids(name);
-}
-
-/// Deletes namespaces left by earlier runs of this harness that were killed before
-/// their guards ran (`pd-<pid>-...` whose pid no longer exists).
-fn sweep_stale_namespaces() {
-    let list = try_run(&["ip", "netns", "list"]);
-    for line in String::from_utf8_lossy(&list.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(pid) = name
-            .strip_prefix("pd-")
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            kill_namespace_pids(name);
-            let _ = try_run(&["ip", "netns", "del", name]);
-        }
-    }
-}
-
 /// Interface-name prefixes this harness uses (`unique_ifname`), whose UAPI sockets
-/// [`sweep_stale_sockets`] may remove.
+/// [`sweep_stale`] may remove.
 const HARNESS_PREFIXES: [&str; 6] = ["pdw", "pdx", "pdu", "pds", "pdh", "pdv"];
 
-/// Removes `/var/run/wireguard/<harness prefix>*.sock` files nobody listens on any more
-/// (left by implementations SIGKILLed together with an earlier run of this harness).
-fn sweep_stale_sockets() {
-    let Ok(dir) = std::fs::read_dir("/var/run/wireguard") else {
-        return;
-    };
-    for path in dir.filter_map(|e| Some(e.ok()?.path())) {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let ours = HARNESS_PREFIXES.iter().any(|p| name.starts_with(p));
-        if !(ours && name.ends_with(".sock")) {
-            continue;
-        }
-        let refused = std::os::unix::net::UnixStream::connect(&path)
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
-        if refused {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
+/// Deletes what earlier runs of this harness left when they were killed before their
+/// guards ran: namespaces `pd-<pid>-...` whose pid no longer exists (SIGKILLing what
+/// is inside), and `/var/run/wireguard/<harness prefix>*.sock` files nobody listens on
+/// any more.
+fn sweep_stale() {
+    netns::sweep_stale_namespaces(&format!("{NAME_PREFIX}-"));
+    netns::sweep_sockets(|name, path| {
+        HARNESS_PREFIXES.iter().any(|p| name.starts_with(p)) && listener_gone(path)
+    });
 }
 
 /// A veth pair between two namespaces, side `a` with `10.77.<subnet>.1/24` and

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::cmd::ChildGuard;
 use crate::netns::Netns;
-use crate::wait::wait_until;
 use crate::Family;
+use portdistrict_testkit::wait_until;
 
 /// How long the first ping may take to get through (covers the handshake).
 const WARMUP: Duration = Duration::from_secs(15);

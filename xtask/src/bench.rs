@@ -4,13 +4,13 @@
 //! our dataplane and the caller's arguments, its output streamed and its exit code kept.
 //! The test suite's last step runs [`pd_bench`] with `--quick`.
 
-use crate::proc::{check_interrupt, describe, exits_within, interrupted, spawn, POLL};
-use crate::proc::{require_root, run_streamed, signal_group, stop_group};
+use crate::proc::{describe, require_root, run_streamed};
 use crate::setup::{self, Needs};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
+use portdistrict_testkit::Guard;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 /// Upper bound for the release build (fresh builds on 2 cores included).
 const BUILD_LIMIT: Duration = Duration::from_secs(40 * 60);
@@ -65,8 +65,10 @@ pub(crate) fn pd_bench(args: &[String]) -> Result<ExitStatus> {
     );
     let what = describe(&c);
     println!("{what}");
-    let mut child = spawn(c.stdin(Stdio::null()))?;
-    wait(&mut child, limit(args), &what)
+    // On Ctrl-C or timeout it gets SIGTERM and UNWIND_GRACE to remove its namespaces
+    // and daemons before its group is killed (its next run sweeps what is left then).
+    let mut child = Guard::spawn_group(c.stdin(Stdio::null()))?.with_grace(UNWIND_GRACE);
+    Ok(child.wait(limit(args))?)
 }
 
 /// The absolute path of `release/name` (a binary named like its crate), or what is
@@ -89,37 +91,6 @@ fn command(pd_bench: &Path, dataplane: &Path, args: &[String]) -> Command {
         .args(args)
         .current_dir(crate::workspace_root());
     c
-}
-
-/// Waits for pd-bench at most `limit`. On Ctrl-C or timeout it gets SIGTERM and
-/// [`UNWIND_GRACE`] to remove its namespaces and daemons before its group is killed.
-fn wait(child: &mut Child, limit: Duration, what: &str) -> Result<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child
-            .try_wait()
-            .with_context(|| format!("waiting for `{what}`"))?
-        {
-            check_interrupt()?;
-            return Ok(status);
-        }
-        let timed_out = Instant::now() >= deadline;
-        if interrupted() || timed_out {
-            signal_group(child.id(), libc::SIGTERM);
-            if !exits_within(child, UNWIND_GRACE) {
-                eprintln!("xtask: pd-bench did not unwind within {} s; killing it (its next run sweeps what is left)", UNWIND_GRACE.as_secs());
-            }
-            stop_group(child);
-            if timed_out {
-                bail!(
-                    "`{what}` did not finish within {} s and was stopped",
-                    limit.as_secs()
-                );
-            }
-            bail!("interrupted while running `{what}`");
-        }
-        std::thread::sleep(POLL);
-    }
 }
 
 /// How long pd-bench may run with `args`: twice an estimate from `--quick`,

@@ -133,7 +133,7 @@ fn wg(ns: &Netns, args: &[&str]) -> Result<String> {
 fn configure(ns: &[Netns; 2], dp: &[Dataplane; 2], tmp: &TempDir) -> Result<()> {
     let mut public = Vec::new();
     for i in 0..2 {
-        let key = tmp.private_file(&format!("key{i}"), &wg(&ns[i], &["genkey"])?)?;
+        let key = tmp.write_private(&format!("key{i}"), &wg(&ns[i], &["genkey"])?)?;
         let key = key.to_string_lossy();
         wg(
             &ns[i],

@@ -1,111 +1,53 @@
 //! RAII guards for what the demo creates: a private temporary directory, network
 //! namespaces, dataplane processes and background commands. Each cleans up in `Drop`,
-//! so every exit path (error, Ctrl-C, panic) leaves nothing behind.
+//! so every exit path (error, Ctrl-C, panic) leaves nothing behind. The mechanics
+//! (process groups, SIGTERM then SIGKILL, bounded cleanup commands) are the testkit's.
 
-use crate::proc::{check_interrupt, cleanup, cmd, exits_within, spawn, stop_group, POLL};
+use crate::proc::{check_interrupt, cmd, output, POLL};
 use anyhow::{bail, Context as _, Result};
+use portdistrict_testkit::netns::{uapi_socket, Namespace};
+use portdistrict_testkit::process::run_cleanup;
+use portdistrict_testkit::Guard;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub(crate) use portdistrict_testkit::TempDir;
 
 /// How long a dataplane gets to create its interface and socket, or to exit.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopped process gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(5);
+/// Bound for a cleanup command (`ip link del`).
+const CLEANUP_LIMIT: Duration = Duration::from_secs(10);
 
-/// A directory under the system temp dir, mode 0700, removed on drop.
-pub(crate) struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// Creates `<tmp>/<name>` (which must not exist yet).
-    pub(crate) fn new(name: &str) -> Result<Self> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        let path = std::env::temp_dir().join(name);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
-    }
-
-    /// The directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Writes `contents` to `name` inside the directory with mode 0600.
-    pub(crate) fn private_file(&self, name: &str, contents: &str) -> Result<PathBuf> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let path = self.path.join(name);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(contents.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!("warning: removing {}: {e}", self.path.display());
-        }
-    }
-}
-
-/// A named network namespace with its loopback up; deleted on drop.
-pub(crate) struct Netns {
-    name: String,
-}
+/// A named network namespace with its loopback up; deleted on drop (a process still
+/// inside gets SIGTERM, [`TERM_GRACE`], then SIGKILL).
+pub(crate) struct Netns(Namespace);
 
 impl Netns {
     /// `ip netns add NAME` and `ip -n NAME link set lo up`.
     pub(crate) fn new(name: &str) -> Result<Self> {
-        crate::proc::output(&mut cmd(&["ip", "netns", "add", name]), PROCESS_TIMEOUT)?;
-        let ns = Netns {
-            name: name.to_owned(),
-        };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
+        Ok(Netns(Namespace::create(name, TERM_GRACE)?))
     }
 
     /// The namespace's name.
     pub(crate) fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// A command that runs `argv` inside the namespace (`ip netns exec`).
     pub(crate) fn exec(&self, argv: &[&str]) -> Command {
-        let mut c = cmd(&["ip", "netns", "exec", &self.name]);
-        c.args(argv);
-        c
+        self.0.command(argv)
     }
 
     /// Runs `ip -n NAME ARGS...` and returns its stdout.
     pub(crate) fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut c = cmd(&["ip", "-n", &self.name]);
+        let mut c = cmd(&["ip", "-n", self.name()]);
         c.args(args);
-        crate::proc::output(&mut c, PROCESS_TIMEOUT)
+        output(&mut c, PROCESS_TIMEOUT)
     }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if !cleanup(&["ip", "netns", "del", &self.name]) {
-            eprintln!("warning: `ip netns del {}` failed", self.name);
-        }
-    }
-}
-
-/// The UAPI socket of interface `ifname` (wg(8)'s convention).
-pub(crate) fn uapi_socket(ifname: &str) -> PathBuf {
-    PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"))
 }
 
 /// A `portdistrict-dataplane --foreground IFNAME` running in a namespace. Dropping it
@@ -114,7 +56,7 @@ pub(crate) fn uapi_socket(ifname: &str) -> PathBuf {
 pub(crate) struct Dataplane {
     ns: String,
     ifname: String,
-    child: Child,
+    child: Guard,
     log: PathBuf,
 }
 
@@ -128,7 +70,7 @@ impl Dataplane {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        let child = spawn(&mut c)?;
+        let child = Guard::spawn_group(&mut c)?.with_grace(TERM_GRACE);
         let mut dp = Dataplane {
             ns: ns.name().to_owned(),
             ifname: ifname.to_owned(),
@@ -144,7 +86,7 @@ impl Dataplane {
         let deadline = Instant::now() + PROCESS_TIMEOUT;
         while !socket.exists() {
             check_interrupt()?;
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.child.try_status() {
                 bail!(
                     "portdistrict-dataplane {} exited ({status}) before it was ready:\n{}",
                     self.ifname,
@@ -177,13 +119,16 @@ impl Dataplane {
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
-        cleanup(&["ip", "-n", &self.ns, "link", "del", &self.ifname]);
-        if !exits_within(&mut self.child, PROCESS_TIMEOUT) {
+        run_cleanup(
+            &["ip", "-n", &self.ns, "link", "del", &self.ifname],
+            CLEANUP_LIMIT,
+        );
+        if self.child.wait_timeout(PROCESS_TIMEOUT).is_none() {
             eprintln!(
                 "warning: {} did not exit after its interface was deleted; stopping it",
                 self.ifname
             );
-            stop_group(&mut self.child);
+            self.child.terminate(TERM_GRACE);
         }
         let socket = uapi_socket(&self.ifname);
         if socket.exists() {
@@ -193,33 +138,21 @@ impl Drop for Dataplane {
     }
 }
 
-/// A command running in the background (e.g. an iperf3 server); stopped on drop if it
-/// is still running.
-pub(crate) struct Background {
-    child: Child,
-}
+/// A command running in the background (e.g. an iperf3 server) in its own process
+/// group; stopped on drop (SIGTERM, [`TERM_GRACE`], SIGKILL) if it is still running.
+pub(crate) struct Background(Guard);
 
 impl Background {
     /// Starts `c` with its output discarded.
     pub(crate) fn start(c: &mut Command) -> Result<Self> {
-        let child = spawn(
-            c.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )?;
-        Ok(Background { child })
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Ok(Background(Guard::spawn_group(c)?.with_grace(TERM_GRACE)))
     }
 
     /// Whether it is still running.
     pub(crate) fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        if self.running() {
-            stop_group(&mut self.child);
-        }
+        self.0.running()
     }
 }

@@ -17,7 +17,7 @@ const FUZZ_RUN_LIMIT: Duration = Duration::from_secs(5 * 60);
 /// How long each fuzz target runs.
 const FUZZ_SECONDS: u32 = 20;
 /// The fuzz crate, relative to the workspace root.
-const FUZZ_DIR: &str = "dataplane/wg/fuzz";
+const FUZZ_DIR: &str = "fuzz";
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

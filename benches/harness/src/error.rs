@@ -8,7 +8,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
     /// The command line could not be understood.
-    #[error("{0}\n\n{usage}", usage = crate::cli::USAGE)]
+    #[error("{0}\n\n{usage}", usage = crate::usage::USAGE)]
     Usage(String),
     /// The process does not run as root.
     #[error(
@@ -105,6 +105,45 @@ pub(crate) enum Error {
     Interrupted,
 }
 
+/// How much of a command's output an error message shows.
+const OUTPUT_TAIL: usize = 2000;
+
+impl From<portdistrict_testkit::Error> for Error {
+    fn from(e: portdistrict_testkit::Error) -> Error {
+        use portdistrict_testkit::Error as T;
+        match e {
+            T::Spawn { command, source } => Error::Spawn { command, source },
+            T::Failed {
+                command,
+                status,
+                stdout,
+                stderr,
+            } => Error::CommandFailed {
+                command,
+                status: status.to_string(),
+                output: tail(
+                    &format!("{}\n{}", stdout.trim_end(), stderr.trim_end()),
+                    OUTPUT_TAIL,
+                ),
+            },
+            T::Timeout { command, limit } => Error::Timeout {
+                what: format!("`{command}`"),
+                limit,
+            },
+            T::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
+                action,
+                path,
+                source,
+            },
+            T::Interrupted => Error::Interrupted,
+        }
+    }
+}
+
 /// The last `max` characters of `text` (at a char boundary), for error messages.
 pub(crate) fn tail(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -126,5 +165,29 @@ mod tests {
         assert_eq!(tail("short", 10), "short");
         assert_eq!(tail("abcdefghij", 3), "...hij");
         assert_eq!(tail("ééé", 3), "...é");
+    }
+
+    #[test]
+    fn testkit_errors_keep_their_messages() {
+        let e: Error = portdistrict_testkit::run(
+            &mut portdistrict_testkit::cmd(&["sh", "-c", "echo boom; exit 1"]),
+            Duration::from_secs(10),
+        )
+        .unwrap_err()
+        .into();
+        assert!(matches!(e, Error::CommandFailed { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("`sh -c echo boom; exit 1` failed (exit status: 1):\nboom"),
+            "{e}"
+        );
+        let e: Error = portdistrict_testkit::Error::Timeout {
+            command: "sleep 30".to_owned(),
+            limit: Duration::from_secs(1),
+        }
+        .into();
+        assert_eq!(e.to_string(), "`sleep 30` did not finish within 1s");
+        let e: Error = portdistrict_testkit::Error::Interrupted.into();
+        assert!(matches!(e, Error::Interrupted));
     }
 }

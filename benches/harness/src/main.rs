@@ -24,6 +24,7 @@ mod scale;
 mod stats;
 mod svg;
 mod topo;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -61,7 +62,7 @@ fn run() -> Result<ExitCode, Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match cli::parse(&args, &target_dir())? {
         cli::Command::Help => {
-            println!("{}", cli::USAGE);
+            println!("{}", usage::USAGE);
             return Ok(ExitCode::SUCCESS);
         }
         cli::Command::Run(o) => o,

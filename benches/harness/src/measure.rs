@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{tail, Error};
-use crate::proc::{self, capture, collect, Guard};
+use crate::proc::{self, capture, Guard};
 use crate::topo::Topology;
 
 const IPERF_PORT: &str = "5201";
@@ -261,7 +261,7 @@ fn tcp_flood(topo: &Topology, secs: u32) -> Result<Sample, Error> {
     c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut attacker = Guard::spawn(&mut c)?;
+    let mut attacker = Guard::spawn_group(&mut c)?;
     std::thread::sleep(Duration::from_millis(300));
     let sample = tcp(topo, secs, "1");
     // Bounded: it stops by itself a second after the stream; killed on drop otherwise.
@@ -307,7 +307,7 @@ fn iperf_server(topo: &Topology) -> Result<Guard, Error> {
     c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let server = Guard::spawn(&mut c)?;
+    let server = Guard::spawn_group(&mut c)?;
     let filter = format!("sport = :{IPERF_PORT}");
     let listening = proc::wait_for(Duration::from_secs(5), || {
         Ok(!topo.right.run(&["ss", "-Hltn", &filter])?.trim().is_empty())
@@ -343,17 +343,17 @@ fn iperf_client(topo: &Topology, secs: u32, extra: &[&str]) -> Result<Guard, Err
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    Guard::spawn(&mut c)
+    Ok(Guard::spawn_group(&mut c)?)
 }
 
 /// One client run against a fresh server; returns the client's JSON.
 fn iperf(topo: &Topology, secs: u32, extra: &[&str]) -> Result<String, Error> {
     let _server = iperf_server(topo)?;
     let mut client = iperf_client(topo, secs, extra)?;
-    let out = collect(&mut client, Duration::from_secs(secs.into()) + SLACK)?;
+    let out = client.collect(Duration::from_secs(secs.into()) + SLACK)?;
     // iperf3 -J reports its own errors inside the JSON; parse_iperf surfaces them.
     if !out.status.success() && !out.stdout.contains("\"error\"") {
-        return Err(out.failure(client.command()));
+        return Err(out.failure(client.label().to_owned()).into());
     }
     Ok(out.stdout)
 }
@@ -454,7 +454,7 @@ fn ping_loaded(topo: &Topology, secs: u32) -> Result<Sample, Error> {
     let mut client = iperf_client(topo, load, &["-P", "1"])?;
     proc::sleep(Duration::from_millis(500))?;
     let rtt = ping_once(topo)?;
-    let out = collect(&mut client, Duration::from_secs(load.into()) + SLACK)?;
+    let out = client.collect(Duration::from_secs(load.into()) + SLACK)?;
     let report = parse_iperf(&out.stdout, false)?;
     Ok(Sample {
         value: rtt,

@@ -159,7 +159,7 @@ pub(crate) fn measure(
 ) -> Result<ScaleSample, Error> {
     let pid = std::process::id();
     let base = format!("pdb-{pid}-{}-s", implementation.name());
-    let files = TempDir::new(&base)?;
+    let files = TempDir::replacing(&base)?;
     let ns = Netns::new(&base)?;
     let ifname = format!("pb{pid}-s{index}");
     let log = files.path().join(format!("{ifname}.log"));
@@ -211,7 +211,7 @@ fn time_command(c: &mut Command, limit: Duration) -> Result<Duration, Error> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = Guard::spawn(c)?;
+    let mut child = Guard::spawn_group(c)?;
     let status = loop {
         if let Some(status) = child.try_status() {
             break status;
@@ -219,7 +219,7 @@ fn time_command(c: &mut Command, limit: Duration) -> Result<Duration, Error> {
         check_interrupt()?;
         if start.elapsed() > limit {
             return Err(Error::Timeout {
-                what: format!("`{}`", child.command()),
+                what: format!("`{}`", child.label()),
                 limit,
             });
         }
@@ -228,11 +228,11 @@ fn time_command(c: &mut Command, limit: Duration) -> Result<Duration, Error> {
     let elapsed = start.elapsed();
     if !status.success() {
         let mut stderr = String::new();
-        if let Some(mut pipe) = child.take_stderr() {
+        if let Some(mut pipe) = child.child_mut().stderr.take() {
             let _ = pipe.read_to_string(&mut stderr);
         }
         return Err(Error::CommandFailed {
-            command: child.command().to_owned(),
+            command: child.label().to_owned(),
             status: status.to_string(),
             output: tail(&stderr, 2000),
         });

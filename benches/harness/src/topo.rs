@@ -12,11 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use portdistrict_testkit::names::stale_owner;
+use portdistrict_testkit::netns::{self, uapi_socket, Namespace};
+use portdistrict_testkit::registry::{self, Resource};
+
 use crate::error::{tail, Error};
 use crate::impls::Impl;
-use crate::proc::{
-    self, capture, check_interrupt, cmd, register, run, unregister, Guard, Resource,
-};
+use crate::proc::{self, capture, check_interrupt, cmd, run, Guard};
+
+pub(crate) use portdistrict_testkit::{write_new_private as write_private, TempDir};
 
 /// Bound for small commands (`ip`, `wg`).
 const SHORT: Duration = Duration::from_secs(20);
@@ -34,83 +38,38 @@ const TUNNEL: [&str; 2] = ["10.99.0.1", "10.99.0.2"];
 /// The tunnel interfaces' MTU.
 pub(crate) const TUNNEL_MTU: &str = "1420";
 
-/// A network namespace with `lo` up, deleted (with every process in it) on drop.
+/// A network namespace with `lo` up, deleted (with every process in it, SIGKILLed) on
+/// drop.
 #[derive(Debug)]
-pub(crate) struct Netns {
-    name: String,
-    key: u64,
-}
+pub(crate) struct Netns(Namespace);
 
 impl Netns {
     /// Creates namespace `name`.
     pub(crate) fn new(name: &str) -> Result<Netns, Error> {
-        run(&mut cmd(&["ip", "netns", "add", name]), SHORT)?;
-        let key = register(Resource::Netns(name.to_owned()));
-        let ns = Netns {
-            name: name.to_owned(),
-            key,
-        };
-        ns.run(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
+        Ok(Netns(Namespace::create(name, Duration::ZERO)?))
     }
 
     /// The namespace's name.
     pub(crate) fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// `ip netns exec NAME argv...`, ready to run or spawn.
     pub(crate) fn command(&self, argv: &[&str]) -> Command {
-        let mut c = cmd(&["ip", "netns", "exec", &self.name]);
-        c.args(argv);
-        c
+        self.0.command(argv)
     }
 
     /// Runs `argv` inside the namespace within [`SHORT`]; fails unless it exits 0.
     pub(crate) fn run(&self, argv: &[&str]) -> Result<String, Error> {
-        run(&mut self.command(argv), SHORT)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        proc::delete_netns(&self.name);
-        unregister(self.key);
+        Ok(run(&mut self.command(argv), SHORT)?)
     }
 }
 
 /// Deletes namespaces `pdb-<pid>-...` and UAPI sockets `pb<pid>-...` whose pid no
 /// longer runs (left by a harness that was SIGKILLed before its guards ran).
 pub(crate) fn sweep_stale() {
-    if let Ok(out) = capture(&mut cmd(&["ip", "netns", "list"]), SHORT) {
-        for name in out
-            .stdout
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-        {
-            if stale_owner(name, "pdb-").is_some() {
-                proc::delete_netns(name);
-            }
-        }
-    }
-    let Ok(dir) = std::fs::read_dir("/var/run/wireguard") else {
-        return;
-    };
-    for path in dir.filter_map(|e| Some(e.ok()?.path())) {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.ends_with(".sock") && stale_owner(name, "pb").is_some() {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-}
-
-/// The pid in `<prefix><pid>-...` if no such process runs any more.
-fn stale_owner(name: &str, prefix: &str) -> Option<u32> {
-    let pid: u32 = name.strip_prefix(prefix)?.split_once('-')?.0.parse().ok()?;
-    (!Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    netns::sweep_stale_namespaces("pdb-");
+    netns::sweep_sockets(|name, _| stale_owner(name, "pb").is_some());
 }
 
 /// A WireGuard daemon in the foreground, owning interface `ifname`; stopped on drop
@@ -152,10 +111,10 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err_file);
-        let socket = socket_path(ifname);
-        let socket_key = register(Resource::Path(socket.clone()));
+        let socket = uapi_socket(ifname);
+        let socket_key = registry::register(Resource::Path(socket.clone()));
         let mut daemon = Daemon {
-            child: Guard::spawn(&mut c)?,
+            child: Guard::spawn_group(&mut c)?.with_grace(Duration::from_secs(3)),
             ifname: ifname.to_owned(),
             implementation,
             log,
@@ -203,20 +162,16 @@ impl Daemon {
     pub(crate) fn wg(&self, args: &[&str]) -> Result<String, Error> {
         let mut c = cmd(&["wg"]);
         c.args(args);
-        run(&mut c, SHORT)
+        Ok(run(&mut c, SHORT)?)
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.child.stop(Duration::from_secs(3));
-        let _ = std::fs::remove_file(socket_path(&self.ifname));
-        unregister(self.socket_key);
+        self.child.terminate(Duration::from_secs(3));
+        let _ = std::fs::remove_file(uapi_socket(&self.ifname));
+        registry::unregister(self.socket_key);
     }
-}
-
-fn socket_path(ifname: &str) -> PathBuf {
-    PathBuf::from(format!("/var/run/wireguard/{ifname}.sock"))
 }
 
 /// Everything one implementation's measurements run on. Fields drop in order: daemons,
@@ -254,7 +209,7 @@ impl Topology {
     ) -> Result<Topology, Error> {
         let pid = std::process::id();
         let base = format!("pdb-{pid}-{}", implementation.name());
-        let files = TempDir::new(&base)?;
+        let files = TempDir::replacing(&base)?;
         let left = Netns::new(&format!("{base}-l"))?;
         let right = Netns::new(&format!("{base}-r"))?;
         veth(&left, &right, &format!("pv{pid}-{index}"))?;
@@ -301,10 +256,10 @@ impl Topology {
             .enumerate()
         {
             let ifname = format!("{base}{side}");
-            let log = self.files.0.join(format!("{ifname}.log"));
+            let log = self.files.path().join(format!("{ifname}.log"));
             let daemon = Daemon::start(ns, self.implementation, binary, &ifname, log)?;
             self.daemons.push(daemon);
-            let key = self.files.0.join(format!("{side}.key"));
+            let key = self.files.path().join(format!("{side}.key"));
             write_private(&key, &run(&mut cmd(&["wg", "genkey"]), SHORT)?)?;
             let key = key.to_string_lossy();
             self.daemons[i].wg(&[
@@ -317,8 +272,8 @@ impl Topology {
             ])?;
         }
         let public = [
-            pubkey(&self.files.0.join("l.key"))?,
-            pubkey(&self.files.0.join("r.key"))?,
+            pubkey(&self.files.path().join("l.key"))?,
+            pubkey(&self.files.path().join("r.key"))?,
         ];
         self.right_public = Some(public[1].clone());
         for (i, ns) in [&self.left, &self.right].into_iter().enumerate() {
@@ -410,41 +365,6 @@ fn veth_with(a: &Netns, b: &Netns, base: &str, addrs: [&str; 2]) -> Result<(), E
     Ok(())
 }
 
-/// A private temporary directory, removed on drop.
-#[derive(Debug)]
-pub(crate) struct TempDir(PathBuf, u64);
-
-impl TempDir {
-    /// Creates `$TMPDIR/<name>` (mode 0700), replacing a leftover of that name.
-    pub(crate) fn new(name: &str) -> Result<TempDir, Error> {
-        use std::os::unix::fs::DirBuilderExt as _;
-        let path = std::env::temp_dir().join(name);
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(|source| Error::Io {
-                action: "cannot create",
-                path: path.clone(),
-                source,
-            })?;
-        let key = register(Resource::Path(path.clone()));
-        Ok(TempDir(path, key))
-    }
-
-    /// The directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        unregister(self.1);
-    }
-}
-
 /// `wg pubkey < key_file` (not asked of the daemon: not every implementation reports
 /// its public key over UAPI).
 fn pubkey(key_file: &Path) -> Result<String, Error> {
@@ -455,46 +375,10 @@ fn pubkey(key_file: &Path) -> Result<String, Error> {
     })?;
     let mut c = cmd(&["wg", "pubkey"]);
     c.stdin(file).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = Guard::spawn(&mut c)?;
-    let out = proc::collect(&mut child, SHORT)?;
+    let mut child = Guard::spawn_group(&mut c)?;
+    let out = child.collect(SHORT)?;
     if !out.status.success() {
-        return Err(out.failure(child.command()));
+        return Err(out.failure(child.label().to_owned()).into());
     }
     Ok(out.stdout.trim().to_owned())
-}
-
-/// Writes `contents` to a new file `path` readable by its owner only.
-pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), Error> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .map_err(|source| Error::Io {
-            action: "cannot write",
-            path: path.to_owned(),
-            source,
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stale_names() {
-        let me = std::process::id();
-        assert_eq!(stale_owner(&format!("pdb-{me}-gotatun-l"), "pdb-"), None);
-        assert_eq!(
-            stale_owner("pdb-4294967295-bare-veth-r", "pdb-"),
-            Some(u32::MAX)
-        );
-        assert_eq!(stale_owner("pb4294967295-2l.sock", "pb"), Some(u32::MAX));
-        assert_eq!(stale_owner("pd-123-4-left", "pdb-"), None);
-        assert_eq!(stale_owner("pbx-1l.sock", "pb"), None);
-        assert_eq!(stale_owner("wg0.sock", "pb"), None);
-    }
 }

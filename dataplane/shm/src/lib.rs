@@ -16,7 +16,8 @@
 //!   (the dataplane's seqlock), the command ring's head and tail, and the interface
 //!   configuration (private key, listen port, fwmark, peer count)
 //! PeerEntry  x peer_capacity   (412 bytes each, under the configuration seqlock)
-//! StatsEntry x peer_capacity   (80 bytes each, under the stats seqlock)
+//! StatsEntry x peer_capacity   (80 bytes each, from an 8-aligned offset, under the
+//!                               stats seqlock)
 //! Command    x ring_capacity   (40 bytes each, a single-producer single-consumer ring)
 //! ```
 //!
@@ -225,7 +226,11 @@ struct Layout {
 impl Layout {
     fn new(capacity: u32) -> Layout {
         let peers = size_of::<Header>();
-        let stats = peers + capacity as usize * size_of::<PeerEntry>();
+        // PeerEntry is 412 bytes: after an odd number of them the (8-aligned) stats
+        // entries would start misaligned, and their volatile reads and writes would be
+        // undefined behaviour. Even capacities (1024, the daemon's) are unchanged.
+        let stats = (peers + capacity as usize * size_of::<PeerEntry>())
+            .next_multiple_of(std::mem::align_of::<StatsEntry>());
         let ring = stats + capacity as usize * size_of::<StatsEntry>();
         let len = ring + RING_CAPACITY as usize * size_of::<CommandEntry>();
         Layout {
@@ -900,6 +905,25 @@ mod tests {
         assert_eq!(offset_of!(PeerEntry, allowed), 92);
         let l = Layout::new(10);
         assert_eq!(l.len, 128 + 10 * 412 + 10 * 80 + 64 * 40);
+    }
+
+    #[test]
+    fn every_entry_is_aligned_for_every_capacity() {
+        for capacity in [1, 2, 3, 7, 1024, MAX_PEERS - 1, MAX_PEERS] {
+            let l = Layout::new(capacity);
+            assert_eq!(l.peers % std::mem::align_of::<PeerEntry>(), 0, "{capacity}");
+            assert_eq!(
+                l.stats % std::mem::align_of::<StatsEntry>(),
+                0,
+                "{capacity}"
+            );
+            assert_eq!(
+                l.ring % std::mem::align_of::<CommandEntry>(),
+                0,
+                "{capacity}"
+            );
+        }
+        assert_eq!(Layout::new(1).stats, 128 + 412 + 4);
     }
 
     #[test]

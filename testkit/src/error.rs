@@ -1,0 +1,52 @@
+//! What can go wrong while setting up or running a test's processes and files.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A failure of a testkit operation; every variant names what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A program could not be started at all.
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why the OS refused.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command exited unsuccessfully.
+    #[error("`{command}` failed ({status}):\n{stdout}{stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its standard output.
+        stdout: String,
+        /// Its standard error.
+        stderr: String,
+    },
+    /// A command did not finish within its bound (it was stopped).
+    #[error("`{command}` did not finish within {limit:?} and was stopped")]
+    Timeout {
+        /// The command line.
+        command: String,
+        /// The bound.
+        limit: Duration,
+    },
+    /// Creating, writing or reading a file or directory failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("creating", "writing", ...).
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Ctrl-C (or SIGTERM/SIGHUP) was received while waiting.
+    #[error("interrupted")]
+    Interrupted,
+}
