@@ -49,7 +49,7 @@ use portdistrict_exitnode::invite::Invite;
 use portdistrict_exitnode::policy::{lockdown_plan, ConsumerPolicy, KILL_SWITCH_TABLE};
 use portdistrict_exitnode::state::{private_dir, write_atomic_mode};
 use portdistrict_exitnode::wire::Message;
-use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -604,7 +604,7 @@ fn configure(
     uapi::set(
         Path::new(uapi::SOCKET_DIR),
         ifname,
-        &SetRequest {
+        &ConfigChange {
             private_key: Some(Some(key.clone())),
             listen_port: None,
             fwmark: Some(FWMARK),

@@ -26,7 +26,7 @@ use crate::records::{
 };
 use crate::{run_cmd, uapi, Dirs};
 use anyhow::{bail, Context as _};
-use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -765,7 +765,7 @@ impl Daemon {
             uapi::set(
                 Path::new(uapi::SOCKET_DIR),
                 &ifname,
-                &SetRequest {
+                &ConfigChange {
                     private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
                     listen_port: Some(self.o.listen_port),
                     fwmark: None,

@@ -24,7 +24,7 @@ use portdistrict_exitnode::ratelimit::{Limits, RateLimiter};
 use portdistrict_exitnode::state::{private_dir, write_atomic};
 use portdistrict_exitnode::store::{Refusal, Store};
 use portdistrict_exitnode::wire::Message;
-use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _};
@@ -355,7 +355,7 @@ fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> a
         uapi::set(
             Path::new(uapi::SOCKET_DIR),
             &o.interface,
-            &SetRequest {
+            &ConfigChange {
                 private_key: None,
                 listen_port: None,
                 fwmark: None,
@@ -488,7 +488,7 @@ impl Serving<'_> {
         uapi::set(
             Path::new(uapi::SOCKET_DIR),
             &o.interface,
-            &SetRequest {
+            &ConfigChange {
                 private_key: Some(Some(wg.clone())),
                 listen_port: Some(o.listen_port),
                 fwmark: None,

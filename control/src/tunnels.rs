@@ -10,7 +10,7 @@
 use crate::{uapi, Dirs};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::state::{private_dir, write_atomic};
-use portdistrict_wg::uapi::{PeerChange, SetRequest};
+use portdistrict_wg::config::{ConfigChange, PeerChange};
 use portdistrict_wg::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -246,7 +246,7 @@ pub fn set_connected(dirs: &Dirs, name: &str, connect: bool) -> anyhow::Result<S
         uapi::set(
             Path::new(uapi::SOCKET_DIR),
             &f.interface,
-            &SetRequest {
+            &ConfigChange {
                 private_key: None,
                 listen_port: None,
                 fwmark: None,

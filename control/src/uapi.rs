@@ -4,7 +4,8 @@
 //! ends with `errno=N` and a blank line.
 
 use anyhow::{bail, Context as _};
-use portdistrict_wg::uapi::{format_set, SetRequest};
+use portdistrict_wg::config::ConfigChange;
+use portdistrict_wg::uapi::format_set;
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ pub fn socket_path(dir: &Path, ifname: &str) -> PathBuf {
 }
 
 /// Sends `req` to the interface's socket; fails with the errno the daemon answered.
-pub fn set(dir: &Path, ifname: &str, req: &SetRequest) -> anyhow::Result<()> {
+pub fn set(dir: &Path, ifname: &str, req: &ConfigChange) -> anyhow::Result<()> {
     let mut text = String::new();
     format_set(&mut text, req);
     let answer = exchange(&socket_path(dir, ifname), &text)?;

@@ -20,13 +20,14 @@ use crate::xdp::{Xdp, XdpMode};
 use portdistrict_ebpf::xsk::{self, XskSocket};
 use portdistrict_offload::vnet::VIRTIO_NET_HDR_LEN;
 use portdistrict_offload::{split, Coalescer, Segments, VirtioNetHdr};
+use portdistrict_wg::config::ConfigChange;
 use portdistrict_wg::crypto::AeadKey;
 use portdistrict_wg::device::{
     DataTicket, Device, Io, SendOutcome, MAX_PACKET, TUN_HEADROOM, TUN_TAILROOM,
 };
 use portdistrict_wg::peer::{Endpoint, LocalAddr};
 use portdistrict_wg::session::seal_prepared;
-use portdistrict_wg::uapi::{self, Request, SetRequest};
+use portdistrict_wg::uapi::{self, Request};
 use portdistrict_wg::wire::{self, MessageType};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{mpsc, Arc};
@@ -845,17 +846,7 @@ impl Driver {
             return;
         };
         let name = self.tun.name().to_owned();
-        if let Some(req) = link.poll_config(&name) {
-            match self.apply_set(now, &req) {
-                Ok(()) => log::debug!("{name}: applied a shared-memory configuration"),
-                Err(errno) => {
-                    link.errors += 1;
-                    log::error!(
-                        "{name}: the shared-memory configuration was refused (errno {errno})"
-                    );
-                }
-            }
-        }
+        link.apply_config(&name, |change| self.apply_set(now, change));
         while let Some(portdistrict_shm::Command::Handshake(key)) = link.next_command(&name) {
             let key = portdistrict_wg::PublicKey(key);
             let mut known = false;
@@ -865,8 +856,7 @@ impl Driver {
             }
         }
         if link.stats_due(now) {
-            let port = self.udp.as_ref().map_or(self.listen_port, UdpSockets::port);
-            link.write_stats(&name, &self.device.snapshot(port, self.fwmark));
+            link.write_stats(&name, &self.device.peer_stats());
         }
         self.shm = Some(link);
     }
@@ -1346,7 +1336,7 @@ impl Driver {
 
     /// Applies a `set`: the fallible socket changes first, so that a refused request
     /// changes nothing; then the device part, which cannot fail.
-    fn apply_set(&mut self, now: Instant, req: &SetRequest) -> Result<(), i32> {
+    fn apply_set(&mut self, now: Instant, req: &ConfigChange) -> Result<(), i32> {
         let fwmark = req.fwmark.unwrap_or(self.fwmark);
         let current_port = self.udp.as_ref().map(UdpSockets::port);
         let new_udp = match req.listen_port {

@@ -4,7 +4,7 @@
 
 use portdistrict_control::uapi;
 use portdistrict_netns_tests::{Daemon, Implementation, Keypair, Netns};
-use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::path::Path;
 
@@ -23,7 +23,7 @@ fn set_and_get_through_the_uapi_client() {
         cidr: 32,
         remove: false,
     }];
-    let req = SetRequest {
+    let req = ConfigChange {
         private_key: Some(Some(PrivateKey::from_base64(&me.private).unwrap())),
         listen_port: Some(51999),
         fwmark: None,
@@ -53,7 +53,7 @@ fn set_and_get_through_the_uapi_client() {
         &mut line,
     )
     .expect("holder output");
-    let refused = SetRequest {
+    let refused = ConfigChange {
         private_key: None,
         listen_port: Some(52000),
         fwmark: None,

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use portdistrict_wg::config::{ConfigChange, DeviceSnapshot, PeerSnapshot};
 use portdistrict_wg::uapi::{
-    format_errno, format_get, format_set, parse_request_with, request_len, DeviceSnapshot,
-    PeerSnapshot, Request, SetRequest,
+    format_errno, format_get, format_set, parse_request_with, request_len, Request,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -31,7 +31,7 @@ fn resolve_scope(name: &str) -> Option<u32> {
     (name == "eth0").then_some(2)
 }
 
-fn check_set(req: &SetRequest) {
+fn check_set(req: &ConfigChange) {
     let canonical = canonical_text(req);
     match parse_request_with(&canonical, &resolve_scope) {
         Ok(Request::Set(again)) => assert_eq!(&again, req, "{canonical}"),
@@ -43,14 +43,14 @@ fn check_set(req: &SetRequest) {
 }
 
 /// The request as a client sends it (the library's own formatter).
-fn canonical_text(req: &SetRequest) -> String {
+fn canonical_text(req: &ConfigChange) -> String {
     let mut t = String::new();
     format_set(&mut t, req);
     t
 }
 
 /// What a device would report after applying `req` to an empty device.
-fn snapshot_of(req: &SetRequest) -> DeviceSnapshot {
+fn snapshot_of(req: &ConfigChange) -> DeviceSnapshot {
     let peers = req.peers.iter().filter(|p| !p.remove && !p.update_only);
     DeviceSnapshot {
         private_key: req.private_key.clone().flatten(),
