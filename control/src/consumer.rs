@@ -39,8 +39,9 @@ mod status;
 pub use boot::{lockdown, restore, LockdownCommand};
 pub use status::status;
 
+use crate::dataplane::{Dataplane as _, UapiClient};
 use crate::serve::{dataplane_binary, NEGOTIATION_PORT, PROVIDER_V4};
-use crate::{run_cmd, uapi, Dirs};
+use crate::{run_cmd, Dirs};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{
     apply_nft, apply_planned, plan_undo, reapply, undo_plan, undo_routing, verify_nft, Undo,
@@ -601,17 +602,13 @@ fn configure(
     p.persistent_keepalive_interval = Some(25);
     p.replace_allowed_ips = true;
     p.allowed_ips = allowed.to_vec();
-    uapi::set(
-        Path::new(uapi::SOCKET_DIR),
-        ifname,
-        &ConfigChange {
-            private_key: Some(Some(key.clone())),
-            listen_port: None,
-            fwmark: Some(FWMARK),
-            replace_peers: true,
-            peers: vec![p],
-        },
-    )
+    Ok(UapiClient::new(ifname).apply(&ConfigChange {
+        private_key: Some(Some(key.clone())),
+        listen_port: None,
+        fwmark: Some(FWMARK),
+        replace_peers: true,
+        peers: vec![p],
+    })?)
 }
 
 fn set_addresses(ifname: &str, v4: IpAddr, v6: Option<IpAddr>) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@
 //!    AllowedIPs = its /64) with a route, and peers no longer wanted (revoked, demoted,
 //!    forgotten, gone from a roster) are removed.
 
+use crate::dataplane::{self, Dataplane};
 use crate::device::{roster, this_device};
 use crate::dns::{self, DnsConfig};
 use crate::freshness::{carried, Freshness, Grace, Kept};
@@ -24,9 +25,9 @@ use crate::records::{
     device_name, from_txt, master_name, open, seal, subnet_of, to_txt, update_names, DeviceKeys,
     DeviceRecord, MasterRecord,
 };
-use crate::{run_cmd, uapi, Dirs};
+use crate::{run_cmd, Dirs};
 use anyhow::{bail, Context as _};
-use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange};
+use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange, PeerSnapshot};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -216,10 +217,9 @@ pub struct Daemon {
     connected: BTreeMap<String, Ipv6Addr>,
     /// What `tunnels.json` said last, by key.
     last_tunnels: BTreeMap<String, crate::tunnels::Tunnel>,
-    /// The shared-memory region the dataplane reads (None: UAPI).
-    shm: Option<portdistrict_shm::Region>,
-    /// The peers last written to the region, by key.
-    peer_cfg: BTreeMap<String, portdistrict_shm::PeerConfig>,
+    /// The client of the tunnel's dataplane (its shared-memory region when we started
+    /// it, else its UAPI socket), chosen at the first cycle that finds the tunnel.
+    dataplane: Option<Box<dyn Dataplane + Send>>,
     /// The high-water marks and last good expiries of the records read (persisted).
     fresh: Freshness,
 }
@@ -259,30 +259,23 @@ pub struct PeerDevice {
     pub endpoints: Vec<SocketAddr>,
 }
 
-/// The peers of a UAPI `get` dump: WireGuard key (base64) -> its first IPv6 /64.
-fn current_peers(dump: &str) -> BTreeMap<String, Ipv6Addr> {
-    let mut out = BTreeMap::new();
-    let mut key: Option<String> = None;
-    for line in dump.lines() {
-        if let Some(hex) = line.strip_prefix("public_key=") {
-            key = (0..32)
-                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-                .collect::<Option<Vec<u8>>>()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .map(|b| PublicKey(b).to_base64());
-            if let Some(k) = &key {
-                out.insert(k.clone(), Ipv6Addr::UNSPECIFIED);
-            }
-        } else if let (Some(k), Some(ip)) = (&key, line.strip_prefix("allowed_ip=")) {
-            if let Some(a) = ip
-                .strip_suffix("/64")
-                .and_then(|a| a.parse::<Ipv6Addr>().ok())
-            {
-                out.insert(k.clone(), a);
-            }
-        }
-    }
-    out
+/// The dataplane's peers: WireGuard key (base64) -> its first IPv6 /64 (unspecified
+/// when it has none).
+fn current_peers(peers: &BTreeMap<PublicKey, PeerSnapshot>) -> BTreeMap<String, Ipv6Addr> {
+    peers
+        .iter()
+        .map(|(key, p)| {
+            let prefix = p
+                .allowed_ips
+                .iter()
+                .find_map(|(a, cidr)| match a {
+                    IpAddr::V6(v6) if *cidr == 64 => Some(*v6),
+                    _ => None,
+                })
+                .unwrap_or(Ipv6Addr::UNSPECIFIED);
+            (key.to_base64(), prefix)
+        })
+        .collect()
 }
 
 /// Global addresses of this machine's interfaces (except `skip`), from `ip -o addr`.
@@ -337,8 +330,7 @@ impl Daemon {
             keys,
             connected: BTreeMap::new(),
             last_tunnels: BTreeMap::new(),
-            shm: None,
-            peer_cfg: BTreeMap::new(),
+            dataplane: None,
             fresh,
         })
     }
@@ -656,50 +648,27 @@ impl Daemon {
             std::fs::rename(&fresh, &shm_path).with_context(|| {
                 format!("renaming {} to {}", fresh.display(), shm_path.display())
             })?;
-            self.shm = Some(region);
-        } else if self.shm.is_none() {
-            // A restarted daemon takes up the region its dataplane reads, if any.
-            match portdistrict_shm::Region::open(&shm_path) {
-                Ok(r) => self.shm = Some(r),
-                Err(e) => log::info!(
-                    "{ifname}: no usable shared-memory region ({e}); programming it over UAPI"
-                ),
-            }
+            self.dataplane = Some(dataplane::client(&ifname, Some(region)));
         }
+        let dp = self.dataplane.get_or_insert_with(|| {
+            // A restarted daemon takes up the region its dataplane reads, if any.
+            let region = portdistrict_shm::Region::open(&shm_path)
+                .map_err(|e| {
+                    log::info!(
+                        "{ifname}: no usable shared-memory region ({e}); programming it over UAPI"
+                    );
+                })
+                .ok();
+            dataplane::client(&ifname, region)
+        });
         if self.connected.is_empty() {
             // A restarted daemon (or `--once`) learns what the tunnel has from it.
-            let from_region = match &self.shm {
-                Some(r) => {
-                    match r.read_config() {
-                        Ok((_, cfg)) => Some(cfg),
-                        Err(e) => {
-                            log::warn!("{ifname}: the shared-memory region is unreadable ({e}); rewriting it");
-                            None
-                        }
-                    }
-                }
-                None => None,
-            };
-            match from_region {
-                Some(cfg) => {
-                    for p in cfg.peers {
-                        let key = PublicKey(p.public_key).to_base64();
-                        let prefix = p
-                            .allowed
-                            .iter()
-                            .find_map(|(a, _)| match a {
-                                IpAddr::V6(v6) => Some(*v6),
-                                IpAddr::V4(_) => None,
-                            })
-                            .unwrap_or(Ipv6Addr::UNSPECIFIED);
-                        self.connected.insert(key.clone(), prefix);
-                        self.peer_cfg.insert(key, p);
-                    }
-                }
-                None => {
-                    self.connected =
-                        current_peers(&uapi::get(Path::new(uapi::SOCKET_DIR), &ifname)?);
-                }
+            match dp.peers() {
+                Ok(peers) => self.connected = current_peers(&peers),
+                Err(e) => log::warn!(
+                    "{:#}; configuring the tunnel from scratch",
+                    anyhow::Error::from(e)
+                ),
             }
         }
         let mut want: BTreeMap<String, &PeerDevice> = BTreeMap::new();
@@ -711,69 +680,37 @@ impl Daemon {
                 .into_iter()
                 .map(str::to_owned)
                 .collect();
-        let peer_config = |d: &PeerDevice| portdistrict_shm::PeerConfig {
-            public_key: d.wg_key,
-            preshared_key: None,
-            endpoint: d.endpoints.first().copied(),
-            keepalive: 25,
-            allowed: vec![(IpAddr::V6(d.prefix), 64)],
-        };
-        if let Some(region) = &self.shm {
-            let mut peers: BTreeMap<String, portdistrict_shm::PeerConfig> = BTreeMap::new();
-            for key in &carry {
-                if let Some(p) = self.peer_cfg.get(key) {
-                    peers.insert(key.clone(), p.clone());
-                }
-            }
-            for (key, d) in &want {
-                peers.insert(key.clone(), peer_config(d));
-            }
-            region.write_config(&portdistrict_shm::Config {
-                private_key: Some(self.keys.wireguard()),
-                listen_port: self.o.listen_port,
-                fwmark: 0,
-                peers: peers.values().cloned().collect(),
-            })?;
-            self.peer_cfg = peers;
-            // The dataplane applies it at its next tick (100 ms).
-            std::thread::sleep(Duration::from_millis(250));
-        } else {
-            let mut changes = Vec::new();
-            for (key, _) in self
-                .connected
-                .iter()
-                .filter(|(k, _)| !want.contains_key(*k) && !carry.contains(*k))
-            {
-                let mut p = PeerChange::new(
-                    PublicKey::from_base64(key).map_err(|e| anyhow::anyhow!("{e}"))?,
-                );
-                p.remove = true;
-                changes.push(p);
-            }
-            for d in want.values() {
-                let mut p = PeerChange::new(PublicKey(d.wg_key));
-                p.endpoint = d.endpoints.first().copied();
-                p.persistent_keepalive_interval = Some(25);
-                p.replace_allowed_ips = true;
-                p.allowed_ips = vec![AllowedIpChange {
-                    addr: IpAddr::V6(d.prefix),
-                    cidr: 64,
-                    remove: false,
-                }];
-                changes.push(p);
-            }
-            uapi::set(
-                Path::new(uapi::SOCKET_DIR),
-                &ifname,
-                &ConfigChange {
-                    private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
-                    listen_port: Some(self.o.listen_port),
-                    fwmark: None,
-                    replace_peers: false,
-                    peers: changes,
-                },
-            )?;
+        let mut changes = Vec::new();
+        for (key, _) in self
+            .connected
+            .iter()
+            .filter(|(k, _)| !want.contains_key(*k) && !carry.contains(*k))
+        {
+            let mut p =
+                PeerChange::new(PublicKey::from_base64(key).map_err(|e| anyhow::anyhow!("{e}"))?);
+            p.remove = true;
+            changes.push(p);
         }
+        for d in want.values() {
+            let mut p = PeerChange::new(PublicKey(d.wg_key));
+            p.endpoint = d.endpoints.first().copied();
+            p.persistent_keepalive_interval = Some(25);
+            p.replace_allowed_ips = true;
+            p.allowed_ips = vec![AllowedIpChange {
+                addr: IpAddr::V6(d.prefix),
+                cidr: 64,
+                remove: false,
+            }];
+            changes.push(p);
+        }
+        // Over shared memory this returns once the dataplane reports it applied.
+        dp.apply(&ConfigChange {
+            private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
+            listen_port: Some(self.o.listen_port),
+            fwmark: None,
+            replace_peers: false,
+            peers: changes,
+        })?;
         let own = Ipv6Addr::from(u128::from(self.own_prefix()) | 1);
         run_cmd(&[
             "ip",
@@ -955,14 +892,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn current_peers_come_from_a_uapi_dump() {
+    fn current_peers_come_from_the_dataplane() {
         let k1 = PublicKey([1; 32]);
         let dump = format!(
-            "private_key=00\nlisten_port=51820\npublic_key={}\nendpoint=10.0.0.1:51820\nallowed_ip=fd00:1:2:3::/64\npublic_key={}\nerrno=0\n\n",
+            "listen_port=51820\npublic_key={}\nendpoint=10.0.0.1:51820\nallowed_ip=10.1.0.0/16\nallowed_ip=fd00:1:2:3::/64\npublic_key={}\nerrno=0\n\n",
             "01".repeat(32),
             "02".repeat(32)
         );
-        let got = current_peers(&dump);
+        let snap = portdistrict_wg::uapi::parse_get(&dump).unwrap();
+        let got = current_peers(&snap.peers.into_iter().map(|p| (p.public_key, p)).collect());
         assert_eq!(got.len(), 2);
         assert_eq!(
             got[&k1.to_base64()],

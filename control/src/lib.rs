@@ -13,11 +13,13 @@
 //! - [`tunnels`]: `tunnel list|show|connect|disconnect` and `status`.
 //! - [`dns`]: publication (RFC 2136 + TSIG) and resolution (hickory-resolver).
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
-//! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
+//! - [`dataplane`]: the one client of the dataplane (its shared-memory region or its
+//!   WireGuard UAPI socket) that every command programs a tunnel through.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
 pub mod daemon;
+pub mod dataplane;
 pub mod device;
 pub mod dns;
 pub mod dnsfwd;
@@ -29,7 +31,6 @@ pub mod records;
 pub mod serve;
 pub mod trust;
 pub mod tunnels;
-pub mod uapi;
 
 use anyhow::{bail, Context as _};
 use std::path::PathBuf;

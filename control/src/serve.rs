@@ -14,8 +14,9 @@
 //! per source and in all ([`RateLimiter`]); a store that cannot be read or written
 //! for a moment is logged and answered "unavailable", never fatal.
 
+use crate::dataplane::{Dataplane as _, UapiClient};
 use crate::exit::{now, ExitDir};
-use crate::{dnsfwd, run_cmd, uapi, Dirs};
+use crate::{dnsfwd, run_cmd, Dirs};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, undo_plan, Undo};
 use portdistrict_exitnode::negotiate::{self, Answer, Verified};
@@ -352,17 +353,13 @@ fn sync(o: &ServeOptions, store: &Store, ipv6: bool, applied: &mut Applied) -> a
         }
     }
     if !changes.is_empty() {
-        uapi::set(
-            Path::new(uapi::SOCKET_DIR),
-            &o.interface,
-            &ConfigChange {
-                private_key: None,
-                listen_port: None,
-                fwmark: None,
-                replace_peers: false,
-                peers: changes,
-            },
-        )?;
+        UapiClient::new(&o.interface).apply(&ConfigChange {
+            private_key: None,
+            listen_port: None,
+            fwmark: None,
+            replace_peers: false,
+            peers: changes,
+        })?;
         applied.peers = want;
     }
     let consumers: Vec<_> = store
@@ -485,17 +482,13 @@ struct Serving<'a> {
 impl Serving<'_> {
     fn run(&self, wg: &PrivateKey, store: Store, undo_path: &Path) -> anyhow::Result<()> {
         let o = self.o;
-        uapi::set(
-            Path::new(uapi::SOCKET_DIR),
-            &o.interface,
-            &ConfigChange {
-                private_key: Some(Some(wg.clone())),
-                listen_port: Some(o.listen_port),
-                fwmark: None,
-                replace_peers: true,
-                peers: Vec::new(),
-            },
-        )?;
+        UapiClient::new(&o.interface).apply(&ConfigChange {
+            private_key: Some(Some(wg.clone())),
+            listen_port: Some(o.listen_port),
+            fwmark: None,
+            replace_peers: true,
+            peers: Vec::new(),
+        })?;
         run_cmd(&[
             "ip",
             "addr",
