@@ -1,12 +1,13 @@
 //! Fuzzes the UAPI request parser: arbitrary bytes must never panic, every
 //! error must carry a negative errno, and every parsed `set` must survive a
-//! round trip through its canonical text and a `get` dump of its contents.
+//! round trip through its canonical text and a `get` dump of its contents (read back
+//! by `parse_get`, which must never panic on the raw bytes either).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use portdistrict_wg::config::{ConfigChange, DeviceSnapshot, PeerSnapshot};
 use portdistrict_wg::uapi::{
-    format_errno, format_get, format_set, parse_request_with, request_len, Request,
+    format_errno, format_get, format_set, parse_get, parse_request_with, request_len, Request,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let _ = parse_get(text);
     match parse_request_with(text, &resolve_scope) {
         Ok(Request::Get) => {}
         Ok(Request::Set(req)) => check_set(&req),
@@ -38,8 +40,10 @@ fn check_set(req: &ConfigChange) {
         other => panic!("canonical text {canonical:?} parsed as {other:?}"),
     }
     let mut out = String::new();
-    format_get(&mut out, &snapshot_of(req));
+    let snap = snapshot_of(req);
+    format_get(&mut out, &snap);
     assert!(out.ends_with("errno=0\n\n"));
+    assert_eq!(parse_get(&out).as_ref(), Ok(&snap), "{out}");
 }
 
 /// The request as a client sends it (the library's own formatter).
