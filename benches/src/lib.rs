@@ -19,11 +19,12 @@
 pub mod fleet;
 
 use portdistrict_wg::allowed_ips::AllowedIps;
+use portdistrict_wg::config::ConfigChange;
 use portdistrict_wg::constants::{REJECT_AFTER_TIME, REKEY_TIMEOUT};
 use portdistrict_wg::device::{Device, Io, SendOutcome, MAX_PACKET};
 use portdistrict_wg::peer::Endpoint;
 use portdistrict_wg::stats::Stats;
-use portdistrict_wg::uapi::{parse_request, Request, SetRequest, UapiError};
+use portdistrict_wg::uapi::{parse_request, Request, UapiError};
 use portdistrict_wg::wire::DATA_MIN_LEN;
 use portdistrict_wg::PrivateKey;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -309,7 +310,7 @@ fn config_text(
     )
 }
 
-pub(crate) fn parse_set(text: &str) -> Result<SetRequest, SetupError> {
+pub(crate) fn parse_set(text: &str) -> Result<ConfigChange, SetupError> {
     match parse_request(text)? {
         Request::Set(set) => Ok(set),
         Request::Get => Err(SetupError::NotASet),

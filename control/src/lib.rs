@@ -16,11 +16,13 @@
 //! - [`tunnels`]: `tunnel list|show|connect|disconnect` and `status`.
 //! - [`dns`]: publication (RFC 2136 + TSIG) and resolution (hickory-resolver).
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
-//! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
+//! - [`dataplane`]: the one client of the dataplane (its shared-memory region or its
+//!   WireGuard UAPI socket) that every command programs a tunnel through.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
 pub mod daemon;
+pub mod dataplane;
 pub mod device;
 pub mod dns;
 pub mod dnsfwd;
@@ -29,7 +31,6 @@ pub mod freshness;
 pub mod node;
 pub mod serve;
 pub mod tunnels;
-pub mod uapi;
 
 pub use portdistrict_control_core::{identity, records, trust};
 

@@ -20,15 +20,16 @@ mod uplink;
 
 use uplink::{has_global_v6, policy_of, random_ula, Host};
 
+use crate::dataplane::{Dataplane as _, UapiClient};
 use crate::exit::ExitDir;
-use crate::{dnsfwd, run_cmd, uapi, Dirs};
+use crate::{dnsfwd, run_cmd, Dirs};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{apply_planned, plan_undo, undo_plan, Undo};
 use portdistrict_exitnode::policy::Cidr;
 use portdistrict_exitnode::state::{private_dir, write_atomic};
 use portdistrict_exitnode::store::Store;
 use portdistrict_netlink as nl;
-use portdistrict_wg::uapi::SetRequest;
+use portdistrict_wg::config::ConfigChange;
 use portdistrict_wg::PrivateKey;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
 use std::path::{Path, PathBuf};
@@ -261,17 +262,13 @@ struct Serving<'a> {
 impl Serving<'_> {
     fn run(&self, wg: &PrivateKey, store: Store, undo_path: &Path) -> anyhow::Result<()> {
         let o = self.o;
-        uapi::set(
-            Path::new(uapi::SOCKET_DIR),
-            &o.interface,
-            &SetRequest {
-                private_key: Some(Some(wg.clone())),
-                listen_port: Some(o.listen_port),
-                fwmark: None,
-                replace_peers: true,
-                peers: Vec::new(),
-            },
-        )?;
+        UapiClient::new(&o.interface).apply(&ConfigChange {
+            private_key: Some(Some(wg.clone())),
+            listen_port: Some(o.listen_port),
+            fwmark: None,
+            replace_peers: true,
+            peers: Vec::new(),
+        })?;
         // The tunnel's addresses are part of the plan (applied with it).
         nl::Handle::open()
             .and_then(|mut h| h.link_set_up(&o.interface, true))

@@ -2,15 +2,17 @@
 //!
 //! `portdistrictd` writes what it connected after every cycle to `RUN_DIR/tunnels.json`
 //! (atomically); these commands join that with what the dataplane reports over its
-//! UAPI socket (handshake, bytes, current endpoint), so `tunnel show` and `wg show`
+//! UAPI socket (handshake, bytes, current endpoint; this process is not the producer
+//! of the daemon's shared-memory region, so it uses the UAPI client), so `tunnel show` and `wg show`
 //! agree by construction. `tunnel disconnect NAME` takes a peer device off the tunnel
 //! at once and records it in `STATE_DIR/disconnected.json`, which the daemon honours
 //! until `tunnel connect NAME`.
 
-use crate::{uapi, Dirs};
+use crate::dataplane::{Dataplane as _, UapiClient};
+use crate::Dirs;
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::state::{private_dir, write_atomic};
-use portdistrict_wg::uapi::{PeerChange, SetRequest};
+use portdistrict_wg::config::{ConfigChange, PeerChange, PeerSnapshot};
 use portdistrict_wg::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -94,45 +96,25 @@ struct Live {
 }
 
 fn live(ifname: &str) -> BTreeMap<String, Live> {
-    let Ok(dump) = uapi::get(Path::new(uapi::SOCKET_DIR), ifname) else {
+    let Ok(peers) = UapiClient::new(ifname).peers() else {
         return BTreeMap::new();
     };
-    parse_live(&dump)
+    live_of(&peers)
 }
 
-fn parse_live(dump: &str) -> BTreeMap<String, Live> {
-    let mut out = BTreeMap::new();
-    let mut cur: Option<String> = None;
-    for line in dump.lines() {
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        match k {
-            "public_key" => {
-                cur = (0..32)
-                    .map(|i| u8::from_str_radix(v.get(2 * i..2 * i + 2)?, 16).ok())
-                    .collect::<Option<Vec<u8>>>()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                    .map(|b| PublicKey(b).to_base64());
-                if let Some(c) = &cur {
-                    out.insert(c.clone(), Live::default());
-                }
-            }
-            _ => {
-                let Some(l) = cur.as_ref().and_then(|c| out.get_mut(c)) else {
-                    continue;
-                };
-                match k {
-                    "endpoint" => l.endpoint = Some(v.to_owned()),
-                    "last_handshake_time_sec" => l.handshake = v.parse().unwrap_or(0),
-                    "rx_bytes" => l.rx = v.parse().unwrap_or(0),
-                    "tx_bytes" => l.tx = v.parse().unwrap_or(0),
-                    _ => {}
-                }
-            }
-        }
-    }
-    out
+fn live_of(peers: &BTreeMap<PublicKey, PeerSnapshot>) -> BTreeMap<String, Live> {
+    peers
+        .iter()
+        .map(|(key, p)| {
+            let live = Live {
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                handshake: p.last_handshake.map_or(0, |t| t.as_secs()),
+                rx: p.rx_bytes,
+                tx: p.tx_bytes,
+            };
+            (key.to_base64(), live)
+        })
+        .collect()
 }
 
 fn age(now: u64, t: u64) -> String {
@@ -243,17 +225,13 @@ pub fn set_connected(dirs: &Dirs, name: &str, connect: bool) -> anyhow::Result<S
         let mut p =
             PeerChange::new(PublicKey::from_base64(&t.wg_key).map_err(|e| anyhow::anyhow!("{e}"))?);
         p.remove = true;
-        uapi::set(
-            Path::new(uapi::SOCKET_DIR),
-            &f.interface,
-            &SetRequest {
-                private_key: None,
-                listen_port: None,
-                fwmark: None,
-                replace_peers: false,
-                peers: vec![p],
-            },
-        )?;
+        UapiClient::new(&f.interface).apply(&ConfigChange {
+            private_key: None,
+            listen_port: None,
+            fwmark: None,
+            replace_peers: false,
+            peers: vec![p],
+        })?;
         if !off.iter().any(|n| n == name) {
             off.push(name.to_owned());
         }
@@ -297,7 +275,7 @@ pub fn status(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
     });
     let xdp = f
         .as_ref()
-        .and_then(|f| uapi::stats(Path::new(uapi::SOCKET_DIR), &f.interface).ok())
+        .and_then(|f| UapiClient::new(&f.interface).counters().ok())
         .map(|s| xdp_summary(&s));
     if json {
         let v = serde_json::json!({
@@ -436,12 +414,13 @@ mod tests {
     }
 
     #[test]
-    fn live_facts_come_from_the_uapi_dump() {
+    fn live_facts_come_from_the_dataplane_peers() {
         let dump = format!(
-            "private_key=00\npublic_key={}\nendpoint=10.0.0.1:51820\nlast_handshake_time_sec=100\nrx_bytes=5\ntx_bytes=7\nallowed_ip=fd00::/64\nerrno=0\n\n",
+            "public_key={}\nendpoint=10.0.0.1:51820\nlast_handshake_time_sec=100\nrx_bytes=5\ntx_bytes=7\nallowed_ip=fd00::/64\nerrno=0\n\n",
             "03".repeat(32)
         );
-        let l = parse_live(&dump);
+        let snap = portdistrict_wg::uapi::parse_get(&dump).unwrap();
+        let l = live_of(&snap.peers.into_iter().map(|p| (p.public_key, p)).collect());
         let got = &l[&PublicKey([3; 32]).to_base64()];
         assert_eq!(got.endpoint.as_deref(), Some("10.0.0.1:51820"));
         assert_eq!((got.handshake, got.rx, got.tx), (100, 5, 7));

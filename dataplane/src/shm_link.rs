@@ -1,7 +1,8 @@
 //! The dataplane's side of the shared-memory region (`--shm PATH`): on every timer
 //! tick it checks the configuration's generation and, when it moved, reads a
 //! consistent copy and applies the difference to the last one it applied (so an
-//! unchanged peer keeps its sessions); it runs queued commands ("handshake now") and
+//! unchanged peer keeps its sessions), then writes that generation back as the
+//! applied one (what portdistrictd waits for after a write); it runs queued commands ("handshake now") and
 //! writes the peers' statistics back once a second. A corrupt region is logged once
 //! per generation and counted (`shm_errors`); the last good configuration stays. A
 //! region whose file shrank or was overwritten in place is not touched (the region
@@ -9,7 +10,9 @@
 //! logged once, and the dataplane keeps forwarding with what it applied last.
 
 use portdistrict_shm::{Command, Config, PeerStats, Region, ShmError};
-use portdistrict_wg::uapi::{AllowedIpChange, DeviceSnapshot, PeerChange, SetRequest};
+use portdistrict_wg::config::{
+    AllowedIpChange, ConfigChange, PeerChange, PeerStats as WgPeerStats,
+};
 use portdistrict_wg::{PresharedKey, PrivateKey, PublicKey};
 use std::time::{Duration, Instant};
 
@@ -59,8 +62,35 @@ impl ShmLink {
         }
     }
 
-    /// The change to apply, if the producer published a new configuration.
-    pub fn poll_config(&mut self, ifname: &str) -> Option<SetRequest> {
+    /// If the producer published a new configuration, applies the difference with
+    /// `apply` (which answers a negative errno when it refuses the change) and
+    /// reports the generation applied. A refused configuration is reported too: it is
+    /// not retried, and the producer's wait ends (the refusal is logged and counted).
+    pub fn apply_config(
+        &mut self,
+        ifname: &str,
+        apply: impl FnOnce(&ConfigChange) -> Result<(), i32>,
+    ) {
+        let Some((gen, change)) = self.poll_config(ifname) else {
+            return;
+        };
+        match apply(&change) {
+            Ok(()) => log::debug!("{ifname}: applied a shared-memory configuration"),
+            Err(errno) => {
+                self.errors += 1;
+                log::error!(
+                    "{ifname}: the shared-memory configuration was refused (errno {errno})"
+                );
+            }
+        }
+        if let Err(e) = self.region.set_applied_generation(gen) {
+            self.unusable(ifname, &e);
+        }
+    }
+
+    /// The generation and the change to apply, if the producer published a new
+    /// configuration.
+    fn poll_config(&mut self, ifname: &str) -> Option<(u64, ConfigChange)> {
         let gen = match self.region.config_generation() {
             Ok(g) => {
                 self.reported_unusable = false;
@@ -80,7 +110,7 @@ impl ShmLink {
                 self.applied_gen = g;
                 self.applied = Some(cfg);
                 self.updates += 1;
-                Some(req)
+                Some((g, req))
             }
             Err(ShmError::Busy) => None,
             Err(e @ (ShmError::Shrunk { .. } | ShmError::Reset(_) | ShmError::Io { .. })) => {
@@ -129,9 +159,8 @@ impl ShmLink {
     }
 
     /// Writes the peers' statistics back.
-    pub fn write_stats(&mut self, ifname: &str, snap: &DeviceSnapshot) {
-        let stats: Vec<PeerStats> = snap
-            .peers
+    pub fn write_stats(&mut self, ifname: &str, peers: &[WgPeerStats]) {
+        let stats: Vec<PeerStats> = peers
             .iter()
             .map(|p| PeerStats {
                 public_key: *p.public_key.as_bytes(),
@@ -149,7 +178,7 @@ impl ShmLink {
 
 /// The UAPI-style change that turns `prev` into `cfg`: interface fields only when
 /// they changed, removed peers removed, new or changed peers set whole.
-pub fn difference(prev: Option<&Config>, cfg: &Config) -> SetRequest {
+pub fn difference(prev: Option<&Config>, cfg: &Config) -> ConfigChange {
     let mut peers = Vec::new();
     if let Some(prev) = prev {
         for old in &prev.peers {
@@ -180,7 +209,7 @@ pub fn difference(prev: Option<&Config>, cfg: &Config) -> SetRequest {
             .collect();
         peers.push(c);
     }
-    SetRequest {
+    ConfigChange {
         private_key: (prev.map(|p| p.private_key) != Some(cfg.private_key))
             .then(|| cfg.private_key.map(PrivateKey::from_bytes)),
         listen_port: (prev.map(|p| p.listen_port) != Some(cfg.listen_port))
@@ -219,7 +248,13 @@ mod tests {
         control.write_config(&cfg).unwrap();
         control.push_command(Command::Handshake([1; 32])).unwrap();
         let mut link = ShmLink::new(Region::open(&path).unwrap());
-        assert!(link.poll_config("t0").is_some());
+        let mut applied = None;
+        link.apply_config("t0", |c| {
+            applied = Some(c.clone());
+            Ok(())
+        });
+        assert!(applied.is_some());
+        assert_eq!(control.applied_generation().unwrap(), link.applied_gen);
         assert_eq!(link.next_command("t0"), Some(Command::Handshake([1; 32])));
         // Someone truncates the file: nothing is applied, nothing faults, every
         // refused access is counted, and the loop is not held (no endless retry).
@@ -231,15 +266,7 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         assert!(link.poll_config("t0").is_none());
         assert_eq!(link.next_command("t0"), None);
-        link.write_stats(
-            "t0",
-            &DeviceSnapshot {
-                private_key: None,
-                listen_port: 51820,
-                fwmark: 0,
-                peers: Vec::new(),
-            },
-        );
+        link.write_stats("t0", &[]);
         assert_eq!(link.errors, 3);
         assert_eq!(link.applied.as_ref(), Some(&cfg), "the last good one stays");
         assert_eq!(link.updates, 1);
@@ -283,5 +310,32 @@ mod tests {
             difference(Some(&b), &b).peers.is_empty(),
             "nothing changed, nothing applied"
         );
+    }
+
+    #[test]
+    fn a_configuration_is_reported_applied_once_applied_or_refused() {
+        let path = std::env::temp_dir().join(format!("pd-shm-applied-{}", std::process::id()));
+        let control = Region::create(&path, 4).unwrap();
+        let mut link = ShmLink::new(Region::open(&path).unwrap());
+        let g1 = control.write_config(&Config::default()).unwrap();
+        let mut calls = 0;
+        link.apply_config("t0", |_| {
+            calls += 1;
+            // The generation is reported only after the change was applied.
+            assert_eq!(control.applied_generation().unwrap(), 0);
+            Ok(())
+        });
+        assert_eq!((calls, control.applied_generation().unwrap()), (1, g1));
+        link.apply_config("t0", |_| panic!("nothing new to apply"));
+        let g2 = control
+            .write_config(&Config {
+                listen_port: 1,
+                ..Config::default()
+            })
+            .unwrap();
+        link.apply_config("t0", |_| Err(-98));
+        assert_eq!(control.applied_generation().unwrap(), g2);
+        assert_eq!(link.errors, 1, "the refusal is counted");
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -18,7 +18,7 @@
 
 use crate::io::{poll_fds, EventFd, PollFd, Readiness};
 use anyhow::Context as _;
-use portdistrict_wg::uapi::{self, FrameError, Framer, Request};
+use portdistrict_wg::uapi::{self, FrameError, Framer, Request, SOCKET_DIR};
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::os::fd::AsFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
@@ -27,9 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Directory of UAPI sockets, as every WireGuard implementation uses it.
-pub const SOCKET_DIR: &str = "/var/run/wireguard";
 
 /// A parsed request waiting for the event loop.
 pub enum Call {

@@ -3,16 +3,16 @@
 
 use super::negotiation::{negotiate, probe};
 use super::{link_exists, netlink, policy, resolver, UseDir, UseState, FWMARK};
+use crate::dataplane::{Dataplane as _, UapiClient};
+use crate::run_cmd;
 use crate::serve::dataplane_binary;
-use crate::{run_cmd, uapi};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, reapply};
 use portdistrict_exitnode::invite::Invite;
 use portdistrict_netlink as nl;
-use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
 use std::time::Duration;
 
 /// Applies the kill switch, starts the dataplane, negotiates if needed, applies the
@@ -120,17 +120,13 @@ pub(super) fn configure(
     p.persistent_keepalive_interval = Some(25);
     p.replace_allowed_ips = true;
     p.allowed_ips = allowed.to_vec();
-    uapi::set(
-        Path::new(uapi::SOCKET_DIR),
-        ifname,
-        &SetRequest {
-            private_key: Some(Some(key.clone())),
-            listen_port: None,
-            fwmark: Some(FWMARK),
-            replace_peers: true,
-            peers: vec![p],
-        },
-    )
+    Ok(UapiClient::new(ifname).apply(&ConfigChange {
+        private_key: Some(Some(key.clone())),
+        listen_port: None,
+        fwmark: Some(FWMARK),
+        replace_peers: true,
+        peers: vec![p],
+    })?)
 }
 
 pub(super) fn set_addresses(ifname: &str, v4: IpAddr, v6: Option<IpAddr>) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use crate::serve::{NEGOTIATION_PORT, PROVIDER_V4};
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::invite::Invite;
 use portdistrict_exitnode::wire::Message;
-use portdistrict_wg::uapi::AllowedIpChange;
+use portdistrict_wg::config::AllowedIpChange;
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

@@ -2,10 +2,10 @@
 //! planned (read back), and how the tunnel is.
 
 use super::{boot, kill_switch_in_place, link_exists, table_present, UseDir};
-use crate::{uapi, Dirs};
+use crate::dataplane::{Dataplane as _, UapiClient};
+use crate::Dirs;
 use portdistrict_exitnode::invite::Invite;
 use std::fmt::Write as _;
-use std::path::Path;
 
 /// `use status`.
 pub fn status(dirs: &Dirs) -> anyhow::Result<String> {
@@ -62,15 +62,13 @@ pub fn status(dirs: &Dirs) -> anyhow::Result<String> {
             "tunnel: down (the dataplane is not running; traffic is blocked; `portdistrict use` again brings it back)"
         );
     } else {
-        match uapi::get(Path::new(uapi::SOCKET_DIR), &s.interface) {
-            Ok(dump) => {
-                let field = |k: &str| {
-                    dump.lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .unwrap_or("0")
-                        .to_owned()
-                };
-                let hs: u64 = field("last_handshake_time_sec=").parse().unwrap_or(0);
+        match UapiClient::new(&s.interface).peers() {
+            Ok(peers) => {
+                // The tunnel has one peer, the provider.
+                let peer = peers.values().next();
+                let hs = peer
+                    .and_then(|p| p.last_handshake)
+                    .map_or(0, |t| t.as_secs());
                 let age = if hs == 0 {
                     "never".to_owned()
                 } else {
@@ -79,8 +77,8 @@ pub fn status(dirs: &Dirs) -> anyhow::Result<String> {
                 let _ = writeln!(
                     out,
                     "tunnel: up, last handshake {age}, received {} B, sent {} B",
-                    field("rx_bytes="),
-                    field("tx_bytes=")
+                    peer.map_or(0, |p| p.rx_bytes),
+                    peer.map_or(0, |p| p.tx_bytes)
                 );
             }
             Err(e) => {

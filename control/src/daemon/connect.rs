@@ -2,40 +2,33 @@
 
 use super::plan::{plan, PeerPlan, Plan, KEEPALIVE};
 use super::{Daemon, View, SHM_PEERS};
-use crate::{run_cmd, uapi};
+use crate::dataplane;
+use crate::run_cmd;
 use anyhow::Context as _;
 use portdistrict_netlink as nl;
-use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange, PeerSnapshot};
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::Path;
-use std::time::Duration;
 
-/// The peers of a UAPI `get` dump: WireGuard key -> its first IPv6 /64.
-fn current_peers(dump: &str) -> BTreeMap<PublicKey, Ipv6Addr> {
-    let mut out = BTreeMap::new();
-    let mut key: Option<PublicKey> = None;
-    for line in dump.lines() {
-        if let Some(hex) = line.strip_prefix("public_key=") {
-            key = (0..32)
-                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
-                .collect::<Option<Vec<u8>>>()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .map(PublicKey);
-            if let Some(k) = key {
-                out.insert(k, Ipv6Addr::UNSPECIFIED);
-            }
-        } else if let (Some(k), Some(ip)) = (key, line.strip_prefix("allowed_ip=")) {
-            if let Some(a) = ip
-                .strip_suffix("/64")
-                .and_then(|a| a.parse::<Ipv6Addr>().ok())
-            {
-                out.insert(k, a);
-            }
-        }
-    }
-    out
+/// The dataplane's peers: WireGuard key -> its first IPv6 /64 (unspecified when it
+/// has none).
+fn current_peers(peers: &BTreeMap<PublicKey, PeerSnapshot>) -> BTreeMap<PublicKey, Ipv6Addr> {
+    peers
+        .iter()
+        .map(|(key, p)| {
+            let prefix = p
+                .allowed_ips
+                .iter()
+                .find_map(|(a, cidr)| match a {
+                    IpAddr::V6(v6) if *cidr == 64 => Some(*v6),
+                    _ => None,
+                })
+                .unwrap_or(Ipv6Addr::UNSPECIFIED);
+            (*key, prefix)
+        })
+        .collect()
 }
 
 impl Daemon {
@@ -46,10 +39,10 @@ impl Daemon {
         let ifname = self.o.interface.clone();
         self.start_dataplane(&ifname)?;
         if self.connected.is_empty() {
-            self.learn_connected(&ifname)?;
+            self.learn_connected();
         }
         let plan = plan(&self.connected, &r.devices, &off, &r.keep, r.now);
-        self.apply_peers(&ifname, &plan)?;
+        self.apply_peers(&plan)?;
         self.apply_routes(&ifname, &plan)?;
         self.connected = plan.connected();
         self.save_tunnels(ifname, &plan)
@@ -83,109 +76,60 @@ impl Daemon {
             std::fs::rename(&fresh, &shm_path).with_context(|| {
                 format!("renaming {} to {}", fresh.display(), shm_path.display())
             })?;
-            self.shm = Some(region);
-        } else if self.shm.is_none() {
-            // A restarted daemon takes up the region its dataplane reads, if any.
-            match portdistrict_shm::Region::open(&shm_path) {
-                Ok(r) => self.shm = Some(r),
-                Err(e) => log::info!(
-                    "{ifname}: no usable shared-memory region ({e}); programming it over UAPI"
-                ),
-            }
+            self.dataplane = Some(dataplane::client(ifname, Some(region)));
+        } else if self.dataplane.is_none() {
+            // A restarted daemon takes up the region its dataplane reads, if any; the
+            // client is chosen once.
+            let region = portdistrict_shm::Region::open(&shm_path)
+                .map_err(|e| {
+                    log::info!(
+                        "{ifname}: no usable shared-memory region ({e}); programming it over UAPI"
+                    );
+                })
+                .ok();
+            self.dataplane = Some(dataplane::client(ifname, region));
         }
         Ok(())
     }
 
     /// A restarted daemon (or `--once`) learns what the tunnel has from it.
-    fn learn_connected(&mut self, ifname: &str) -> anyhow::Result<()> {
-        let from_region = match &self.shm {
-            Some(r) => match r.read_config() {
-                Ok((_, cfg)) => Some(cfg),
-                Err(e) => {
-                    log::warn!(
-                        "{ifname}: the shared-memory region is unreadable ({e}); rewriting it"
-                    );
-                    None
-                }
-            },
-            None => None,
+    fn learn_connected(&mut self) {
+        let Some(dp) = &mut self.dataplane else {
+            return;
         };
-        match from_region {
-            Some(cfg) => {
-                for p in cfg.peers {
-                    let key = PublicKey(p.public_key);
-                    let prefix = p
-                        .allowed
-                        .iter()
-                        .find_map(|(a, _)| match a {
-                            IpAddr::V6(v6) => Some(*v6),
-                            IpAddr::V4(_) => None,
-                        })
-                        .unwrap_or(Ipv6Addr::UNSPECIFIED);
-                    self.connected.insert(key, prefix);
-                    self.peer_cfg.insert(key, p);
-                }
-            }
-            None => {
-                self.connected = current_peers(&uapi::get(Path::new(uapi::SOCKET_DIR), ifname)?);
-            }
+        match dp.peers() {
+            Ok(peers) => self.connected = current_peers(&peers),
+            Err(e) => log::warn!(
+                "{:#}; configuring the tunnel from scratch",
+                anyhow::Error::from(e)
+            ),
         }
-        Ok(())
     }
 
-    /// Programs the dataplane's peers: through the region (kept and wanted peers,
-    /// the rest go) or over UAPI (removals, then every wanted peer).
-    fn apply_peers(&mut self, ifname: &str, plan: &Plan) -> anyhow::Result<()> {
-        if let Some(region) = &self.shm {
-            let mut peers: BTreeMap<PublicKey, portdistrict_shm::PeerConfig> = BTreeMap::new();
-            for c in &plan.keep {
-                if let Some(p) = self.peer_cfg.get(&c.key) {
-                    peers.insert(c.key, p.clone());
-                }
-            }
-            for p in plan.wanted() {
-                peers.insert(p.key, peer_config(p));
-            }
-            region.write_config(&portdistrict_shm::Config {
-                private_key: Some(self.keys.wireguard()),
-                listen_port: self.o.listen_port,
-                fwmark: 0,
-                peers: peers.values().cloned().collect(),
-            })?;
-            self.peer_cfg = peers;
-            // The dataplane applies it at its next tick (100 ms).
-            std::thread::sleep(Duration::from_millis(250));
-        } else {
-            let mut changes = Vec::new();
-            for c in &plan.remove {
-                let mut p = PeerChange::new(c.key);
-                p.remove = true;
-                changes.push(p);
-            }
-            for d in plan.wanted() {
-                let mut p = PeerChange::new(d.key);
-                p.endpoint = d.endpoint;
-                p.persistent_keepalive_interval = Some(KEEPALIVE);
-                p.replace_allowed_ips = true;
-                p.allowed_ips = vec![AllowedIpChange {
-                    addr: IpAddr::V6(d.prefix),
-                    cidr: 64,
-                    remove: false,
-                }];
-                changes.push(p);
-            }
-            uapi::set(
-                Path::new(uapi::SOCKET_DIR),
-                ifname,
-                &SetRequest {
-                    private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
-                    listen_port: Some(self.o.listen_port),
-                    fwmark: None,
-                    replace_peers: false,
-                    peers: changes,
-                },
-            )?;
+    /// Programs the dataplane's peers: the removed ones go, every wanted one is
+    /// (re)configured, kept ones stay as they are. Over shared memory this returns
+    /// once the dataplane reports it applied the change.
+    fn apply_peers(&mut self, plan: &Plan) -> anyhow::Result<()> {
+        let mut changes = Vec::new();
+        for c in &plan.remove {
+            let mut p = PeerChange::new(c.key);
+            p.remove = true;
+            changes.push(p);
         }
+        for d in plan.wanted() {
+            changes.push(peer_change(d));
+        }
+        let dp = self
+            .dataplane
+            .as_mut()
+            .context("no dataplane client (the tunnel was not started)")?;
+        dp.apply(&ConfigChange {
+            private_key: Some(Some(PrivateKey::from_bytes(self.keys.wireguard()))),
+            listen_port: Some(self.o.listen_port),
+            fwmark: None,
+            replace_peers: false,
+            peers: changes,
+        })?;
         Ok(())
     }
 
@@ -267,15 +211,18 @@ impl Daemon {
     }
 }
 
-/// The region's entry for a wanted peer.
-fn peer_config(p: &PeerPlan) -> portdistrict_shm::PeerConfig {
-    portdistrict_shm::PeerConfig {
-        public_key: p.key.0,
-        preshared_key: None,
-        endpoint: p.endpoint,
-        keepalive: KEEPALIVE,
-        allowed: vec![(IpAddr::V6(p.prefix), 64)],
-    }
+/// The change that configures a wanted peer: endpoint, keepalive, its /64 only.
+fn peer_change(p: &PeerPlan) -> PeerChange {
+    let mut c = PeerChange::new(p.key);
+    c.endpoint = p.endpoint;
+    c.persistent_keepalive_interval = Some(KEEPALIVE);
+    c.replace_allowed_ips = true;
+    c.allowed_ips = vec![AllowedIpChange {
+        addr: IpAddr::V6(p.prefix),
+        cidr: 64,
+        remove: false,
+    }];
+    c
 }
 
 #[cfg(test)]
@@ -283,14 +230,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn current_peers_come_from_a_uapi_dump() {
+    fn current_peers_come_from_the_dataplane() {
         let k1 = PublicKey([1; 32]);
         let dump = format!(
-            "private_key=00\nlisten_port=51820\npublic_key={}\nendpoint=10.0.0.1:51820\nallowed_ip=fd00:1:2:3::/64\npublic_key={}\nerrno=0\n\n",
+            "listen_port=51820\npublic_key={}\nendpoint=10.0.0.1:51820\nallowed_ip=10.1.0.0/16\nallowed_ip=fd00:1:2:3::/64\npublic_key={}\nerrno=0\n\n",
             "01".repeat(32),
             "02".repeat(32)
         );
-        let got = current_peers(&dump);
+        let snap = portdistrict_wg::uapi::parse_get(&dump).unwrap();
+        let got = current_peers(&snap.peers.into_iter().map(|p| (p.public_key, p)).collect());
         assert_eq!(got.len(), 2);
         assert_eq!(got[&k1], "fd00:1:2:3::".parse::<Ipv6Addr>().unwrap());
         assert_eq!(got[&PublicKey([2; 32])], Ipv6Addr::UNSPECIFIED);

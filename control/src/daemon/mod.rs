@@ -58,10 +58,9 @@ pub struct Daemon {
     connected: BTreeMap<PublicKey, Ipv6Addr>,
     /// What `tunnels.json` said last, by key.
     last_tunnels: BTreeMap<PublicKey, crate::tunnels::Tunnel>,
-    /// The shared-memory region the dataplane reads (None: UAPI).
-    shm: Option<portdistrict_shm::Region>,
-    /// The peers last written to the region, by key.
-    peer_cfg: BTreeMap<PublicKey, portdistrict_shm::PeerConfig>,
+    /// The client of the tunnel's dataplane (its shared-memory region when we started
+    /// it, else its UAPI socket), chosen at the first cycle that finds the tunnel.
+    dataplane: Option<Box<dyn crate::dataplane::Dataplane + Send>>,
     /// The high-water marks and last good expiries of the records read (persisted).
     fresh: Freshness,
 }
@@ -133,8 +132,7 @@ impl Daemon {
             keys,
             connected: BTreeMap::new(),
             last_tunnels: BTreeMap::new(),
-            shm: None,
-            peer_cfg: BTreeMap::new(),
+            dataplane: None,
             fresh,
         })
     }

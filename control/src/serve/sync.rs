@@ -3,15 +3,14 @@
 
 use super::uplink::{policy_of, uplink_prefixes, Host};
 use super::ServeOptions;
+use crate::dataplane::{Dataplane as _, UapiClient};
 use crate::exit::now;
-use crate::uapi;
 use portdistrict_exitnode::apply::apply_nft;
 use portdistrict_exitnode::store::Store;
-use portdistrict_wg::uapi::{AllowedIpChange, PeerChange, SetRequest};
+use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange};
 use portdistrict_wg::PublicKey;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 
 fn key_of(base64: &str) -> anyhow::Result<PublicKey> {
     PublicKey::from_base64(base64)
@@ -105,17 +104,13 @@ pub(super) fn sync(
         }
     }
     if !changes.is_empty() {
-        uapi::set(
-            Path::new(uapi::SOCKET_DIR),
-            &o.interface,
-            &SetRequest {
-                private_key: None,
-                listen_port: None,
-                fwmark: None,
-                replace_peers: false,
-                peers: changes,
-            },
-        )?;
+        UapiClient::new(&o.interface).apply(&ConfigChange {
+            private_key: None,
+            listen_port: None,
+            fwmark: None,
+            replace_peers: false,
+            peers: changes,
+        })?;
         applied.peers = want;
     }
     let consumers: Vec<_> = store

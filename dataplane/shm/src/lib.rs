@@ -13,13 +13,17 @@
 //! ```text
 //! Header (repr(C), 128 bytes): magic, ABI version, sizes, the configuration's
 //!   generation (a seqlock: odd while the producer writes), the stats' generation
-//!   (the dataplane's seqlock), the command ring's head and tail, and the interface
-//!   configuration (private key, listen port, fwmark, peer count)
+//!   (the dataplane's seqlock), the command ring's head and tail, the interface
+//!   configuration (private key, listen port, fwmark, peer count) and the applied
+//!   generation (offset 112: the configuration generation the dataplane applied last,
+//!   written by the dataplane only, which the producer waits for after a write)
 //! PeerEntry  x peer_capacity   (412 bytes each, under the configuration seqlock)
 //! StatsEntry x peer_capacity   (80 bytes each, from an 8-aligned offset, under the
 //!                               stats seqlock)
 //! Command    x ring_capacity   (40 bytes each, a single-producer single-consumer ring)
 //! ```
+//!
+//! ABI version 2 added the applied generation (version 1 had reserved bytes there).
 //!
 //! Readers never trust the region: every count, family, prefix length and size is
 //! checked and a violation is [`ShmError::Corrupt`], never a panic; a read that raced
@@ -37,7 +41,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 /// `PDSHM` + version in the first 8 bytes.
 pub const MAGIC: u64 = u64::from_be_bytes(*b"PDSHM\0\0\x01");
 /// The ABI version of this layout.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// AllowedIPs per peer in the table.
 pub const MAX_ALLOWED: usize = 16;
 /// Most peers a region may be created for.
@@ -110,7 +114,9 @@ pub struct Header {
     fwmark: u32,
     peer_count: u32,
     stats_count: u32,
-    _reserved: [u8; 20],
+    _pad: u32,
+    applied_gen: AtomicU64,
+    _reserved: [u8; 8],
 }
 
 /// One AllowedIPs prefix.
@@ -336,7 +342,9 @@ impl Region {
             fwmark: 0,
             peer_count: 0,
             stats_count: 0,
-            _reserved: [0; 20],
+            _pad: 0,
+            applied_gen: AtomicU64::new(0),
+            _reserved: [0; 8],
         };
         // SAFETY: the mapping is at least size_of::<Header>() bytes, page-aligned, and
         // nobody else has it yet (the file was created exclusively just now; a consumer
@@ -454,6 +462,11 @@ impl Region {
         unsafe { &(*self.header_ptr()).stats_gen }
     }
 
+    fn applied_gen(&self) -> &AtomicU64 {
+        // SAFETY: as in config_gen.
+        unsafe { &(*self.header_ptr()).applied_gen }
+    }
+
     fn ring_head(&self) -> &AtomicU32 {
         // SAFETY: as in config_gen.
         unsafe { &(*self.header_ptr()).ring_head }
@@ -498,8 +511,28 @@ impl Region {
         Ok(self.config_gen().load(Ordering::Acquire))
     }
 
-    /// Publishes `cfg` (the producer; one writer per region).
-    pub fn write_config(&self, cfg: &Config) -> Result<(), ShmError> {
+    /// The configuration generation the dataplane reported applied last (0: none).
+    /// The dataplane writes it, so to the producer it is a claim, not a fact: any
+    /// value may be found here, and only equality with a generation the producer
+    /// wrote means that one was applied.
+    pub fn applied_generation(&self) -> Result<u64, ShmError> {
+        self.check()?;
+        Ok(self.applied_gen().load(Ordering::Acquire))
+    }
+
+    /// Reports that the configuration of generation `gen` (as [`Self::read_config`]
+    /// returned it) is applied (the consumer, after applying it or refusing it for
+    /// good).
+    pub fn set_applied_generation(&self, gen: u64) -> Result<(), ShmError> {
+        self.check()?;
+        self.applied_gen().store(gen, Ordering::Release);
+        Ok(())
+    }
+
+    /// Publishes `cfg` (the producer; one writer per region) and returns its
+    /// generation, which [`Self::applied_generation`] shows once the dataplane
+    /// applied it.
+    pub fn write_config(&self, cfg: &Config) -> Result<u64, ShmError> {
         if cfg.peers.len() > self.layout.capacity as usize {
             return Err(ShmError::TooManyPeers(
                 cfg.peers.len(),
@@ -538,7 +571,7 @@ impl Region {
         }
         fence(Ordering::Release);
         gen.store(start + 1, Ordering::Release);
-        Ok(())
+        Ok(start + 1)
     }
 
     /// Reads a consistent configuration and its generation (the consumer).
@@ -902,6 +935,7 @@ mod tests {
         assert_eq!(offset_of!(Header, stats_gen), 40);
         assert_eq!(offset_of!(Header, ring_head), 48);
         assert_eq!(offset_of!(Header, private_key), 56);
+        assert_eq!(offset_of!(Header, applied_gen), 112);
         assert_eq!(offset_of!(PeerEntry, allowed), 92);
         let l = Layout::new(10);
         assert_eq!(l.len, 128 + 10 * 412 + 10 * 80 + 64 * 40);
@@ -1133,7 +1167,12 @@ mod tests {
             control.push_command(Command::Handshake([1; 32])),
             "push_command",
         );
-        shrunk(control.write_config(&cfg), "write_config");
+        shrunk(control.write_config(&cfg).map(drop), "write_config");
+        shrunk(control.applied_generation().map(drop), "applied_generation");
+        shrunk(
+            dataplane.set_applied_generation(2),
+            "set_applied_generation",
+        );
         // Shorter than the region but not empty: still refused.
         file.set_len(4096).unwrap();
         assert!(matches!(
@@ -1218,5 +1257,38 @@ mod tests {
             dataplane.pop_command().unwrap(),
             Some(Command::Handshake([7; 32]))
         );
+    }
+
+    #[test]
+    fn the_applied_generation_is_reported_raw_whatever_it_holds() {
+        let f = TempFile::new("applied");
+        let w = Region::create(&f.0, 2).unwrap();
+        let r = Region::open(&f.0).unwrap();
+        assert_eq!(w.applied_generation().unwrap(), 0, "nothing applied yet");
+        let g = w.write_config(&Config::default()).unwrap();
+        assert_eq!(r.read_config().unwrap().0, g);
+        r.set_applied_generation(g).unwrap();
+        assert_eq!(w.applied_generation().unwrap(), g);
+        // Whatever another process left in the field (odd, ahead of the
+        // configuration, all ones, random bytes): the region still opens, reads and
+        // reports it as it is, and the configuration is untouched.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut bogus = vec![1, g + 1, g + 2, u64::MAX, u64::MAX - 1];
+        for _ in 0..64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bogus.push(x);
+        }
+        drop((w, r));
+        for v in bogus {
+            let mut bytes = std::fs::read(&f.0).unwrap();
+            let at = offset_of!(Header, applied_gen);
+            bytes[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+            std::fs::write(&f.0, &bytes).unwrap();
+            let r = Region::open(&f.0).unwrap();
+            assert_eq!(r.applied_generation().unwrap(), v);
+            assert_eq!(r.read_config().unwrap(), (g, Config::default()));
+        }
     }
 }

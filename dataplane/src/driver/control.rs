@@ -7,7 +7,8 @@ use super::{Driver, MAX_POLL_XSKS, TICK};
 use crate::crypto_pool::read_cpu_times;
 use crate::io::{LinkEvent, UdpSockets};
 use crate::uapi_server::Call;
-use portdistrict_wg::uapi::{self, Request, SetRequest};
+use portdistrict_wg::config::ConfigChange;
+use portdistrict_wg::uapi::{self, Request};
 use std::time::{Duration, Instant};
 
 /// How often the idle gate samples the CPU times (every tick).
@@ -165,17 +166,7 @@ impl Driver {
             return;
         };
         let name = self.egress.tun.name().to_owned();
-        if let Some(req) = link.poll_config(&name) {
-            match self.apply_set(now, &req) {
-                Ok(()) => log::debug!("{name}: applied a shared-memory configuration"),
-                Err(errno) => {
-                    link.errors += 1;
-                    log::error!(
-                        "{name}: the shared-memory configuration was refused (errno {errno})"
-                    );
-                }
-            }
-        }
+        link.apply_config(&name, |change| self.apply_set(now, change));
         while let Some(portdistrict_shm::Command::Handshake(key)) = link.next_command(&name) {
             let key = portdistrict_wg::PublicKey(key);
             let mut known = false;
@@ -185,15 +176,14 @@ impl Driver {
             }
         }
         if link.stats_due(now) {
-            let port = self.port();
-            link.write_stats(&name, &self.device.snapshot(port, self.fwmark));
+            link.write_stats(&name, &self.device.peer_stats());
         }
         self.shm = Some(link);
     }
 
     /// Applies a `set`: the fallible socket changes first, so that a refused request
     /// changes nothing; then the device part, which cannot fail.
-    fn apply_set(&mut self, now: Instant, req: &SetRequest) -> Result<(), i32> {
+    fn apply_set(&mut self, now: Instant, req: &ConfigChange) -> Result<(), i32> {
         let name = self.egress.tun.name();
         let fwmark = req.fwmark.unwrap_or(self.fwmark);
         let current_port = self.egress.udp.as_ref().map(UdpSockets::port);

@@ -16,6 +16,7 @@
 //! the sink keeps that allocation-free.
 
 use crate::allowed_ips::AllowedIps;
+use crate::config::{ConfigChange, DeviceSnapshot, PeerSnapshot, PeerStats};
 use crate::constants::{
     REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, UNDER_LOAD_AFTER_TIME,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
@@ -29,7 +30,6 @@ use crate::ratelimit::RateLimiter;
 use crate::session::{Session, SessionError};
 use crate::stats::Stats;
 use crate::timers::TimerEvent;
-use crate::uapi::{DeviceSnapshot, PeerSnapshot, SetRequest};
 use crate::wire::{self, CookieReply, Data, Initiation, MessageType, Response};
 use rand_core::{RngCore, SeedableRng};
 use std::collections::HashMap;
@@ -391,10 +391,10 @@ impl Device {
         self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
     }
 
-    /// Applies the device and peer parts of a parsed UAPI `set` (listen port and
+    /// Applies the device and peer parts of a configuration change (listen port and
     /// fwmark are the caller's, who owns the sockets). Infallible: everything that
     /// can be wrong was rejected by the parser, so a request applies whole or not at all.
-    pub fn apply(&mut self, now: Instant, req: &SetRequest, io: &mut impl Io) {
+    pub fn apply(&mut self, now: Instant, req: &ConfigChange, io: &mut impl Io) {
         if let Some(key) = &req.private_key {
             self.set_private_key(key.clone());
         }
@@ -486,6 +486,23 @@ impl Device {
             fwmark,
             peers,
         }
+    }
+
+    /// Each peer's counters, endpoint and handshake time, without the configuration
+    /// [`Self::snapshot`] also gathers (no AllowedIPs walk): what the statistics
+    /// written back every second need.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        self.peers
+            .iter()
+            .flatten()
+            .map(|p| PeerStats {
+                public_key: p.public_key,
+                endpoint: p.endpoint.map(|e| e.addr),
+                last_handshake: p.last_handshake.map(|t| self.wall(t)),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+            })
+            .collect()
     }
 }
 

@@ -11,11 +11,14 @@
 //! - [`timers`], [`peer`]: the per-peer state machine of the WireGuard paper §6;
 //! - [`allowed_ips`]: cryptokey routing (longest-prefix match, v4 and v6);
 //! - [`device`]: the whole interface — peers, index table, routing — as one value;
+//! - [`config`]: configuration changes and snapshots as values, which the device
+//!   applies and reports;
 //! - [`uapi`]: the text format of the cross-platform userspace API (`get=1`/`set=1`).
 #![forbid(unsafe_code)]
 
 pub mod allowed_ips;
 pub mod batch;
+pub mod config;
 pub mod constants;
 pub mod cookie;
 pub mod crypto;

@@ -696,6 +696,24 @@ fn initiate_handshake_sends_one_initiation_to_a_known_peer() {
     // The handshake completes.
     s.pump();
     assert!(s.a.snapshot(0, 0).peers[0].last_handshake.is_some());
+    let stats = s.a.peer_stats();
+    let snap = &s.a.snapshot(0, 0).peers[0];
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        (
+            stats[0].public_key,
+            stats[0].last_handshake,
+            stats[0].rx_bytes,
+            stats[0].tx_bytes
+        ),
+        (
+            snap.public_key,
+            snap.last_handshake,
+            snap.rx_bytes,
+            snap.tx_bytes
+        ),
+        "peer_stats reports what the snapshot does"
+    );
     assert!(
         !s.a.initiate_handshake(s.now, &key(7).public_key(), &mut s.wa),
         "unknown peer"

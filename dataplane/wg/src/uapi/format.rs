@@ -3,7 +3,7 @@
 
 use std::fmt::{Display, Write as _};
 
-use super::{DeviceSnapshot, PeerChange, PeerSnapshot, SetRequest};
+use crate::config::{ConfigChange, DeviceSnapshot, PeerChange, PeerSnapshot};
 
 /// Bytes reserved per peer and per allowed IP, so a large dump grows its
 /// buffer once instead of many times.
@@ -19,7 +19,7 @@ pub fn format_errno(out: &mut String, errno: i32) {
 
 /// Appends a `set=1` request carrying `req` (what a client such as `wg set` sends),
 /// ending with the blank line; [`super::parse_request`] reads it back as `req`.
-pub fn format_set(out: &mut String, req: &SetRequest) {
+pub fn format_set(out: &mut String, req: &ConfigChange) {
     out.push_str("set=1\n");
     match &req.private_key {
         Some(Some(key)) => push_key(out, "private_key", key.as_bytes()),

@@ -1,19 +1,20 @@
 //! Parsing of UAPI requests, line by line as wireguard-go's `IpcSetOperation`
-//! reads them, but into a [`SetRequest`] value instead of onto a device.
+//! reads them, but into a [`ConfigChange`] value instead of onto a device.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use zeroize::Zeroize;
 
-use super::{AllowedIpChange, PeerChange, Request, SetRequest, UapiError};
+use super::{Request, UapiError};
+use crate::config::{AllowedIpChange, ConfigChange, PeerChange};
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 
 /// Longest key or value quoted back in an error message, in bytes.
 const QUOTE_MAX: usize = 64;
-const HEX_KEY: &str = "expected 64 hexadecimal digits";
+pub(super) const HEX_KEY: &str = "expected 64 hexadecimal digits";
 const ONLY_TRUE: &str = "the only accepted value is \"true\"";
-const U16_RANGE: &str = "expected a decimal number from 0 to 65535";
-const U32_RANGE: &str = "expected a decimal number from 0 to 4294967295";
+pub(super) const U16_RANGE: &str = "expected a decimal number from 0 to 65535";
+pub(super) const U32_RANGE: &str = "expected a decimal number from 0 to 4294967295";
 
 /// A resolver of IPv6 scope names (`%eth0`) to interface indices.
 type ScopeResolver<'a> = &'a dyn Fn(&str) -> Option<u32>;
@@ -75,8 +76,8 @@ pub fn parse_request_with(
 }
 
 /// Parses the lines after `set=1` up to the first empty line or the end.
-fn parse_set(body: &str, scope_id: ScopeResolver<'_>) -> Result<SetRequest, UapiError> {
-    let mut req = SetRequest::default();
+fn parse_set(body: &str, scope_id: ScopeResolver<'_>) -> Result<ConfigChange, UapiError> {
+    let mut req = ConfigChange::default();
     for (index, raw) in body.split('\n').enumerate() {
         let line = index + 2;
         let text = raw.strip_suffix('\r').unwrap_or(raw);
@@ -103,7 +104,12 @@ fn parse_set(body: &str, scope_id: ScopeResolver<'_>) -> Result<SetRequest, Uapi
 }
 
 /// Applies one device key (before the first `public_key=`) to `req`.
-fn device_line(req: &mut SetRequest, line: usize, key: &str, value: &str) -> Result<(), UapiError> {
+fn device_line(
+    req: &mut ConfigChange,
+    line: usize,
+    key: &str,
+    value: &str,
+) -> Result<(), UapiError> {
     match key {
         "private_key" => {
             let key =
@@ -215,7 +221,7 @@ fn invalid_secret(line: usize, key: &'static str, reason: &'static str) -> UapiE
 }
 
 /// `s`, cut to at most [`QUOTE_MAX`] bytes (on a character boundary) for messages.
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     if s.len() <= QUOTE_MAX {
         return s.to_owned();
     }
@@ -240,15 +246,15 @@ fn is_decimal(value: &str) -> bool {
     !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn parse_u16(value: &str) -> Result<u16, &'static str> {
+pub(super) fn parse_u16(value: &str) -> Result<u16, &'static str> {
     parse_decimal(value, U16_RANGE)
 }
 
-fn parse_u32(value: &str) -> Result<u32, &'static str> {
+pub(super) fn parse_u32(value: &str) -> Result<u32, &'static str> {
     parse_decimal(value, U32_RANGE)
 }
 
-fn parse_decimal<T: std::str::FromStr>(
+pub(super) fn parse_decimal<T: std::str::FromStr>(
     value: &str,
     reason: &'static str,
 ) -> Result<T, &'static str> {
@@ -275,7 +281,10 @@ fn parse_private_key(value: &str) -> Result<Option<PrivateKey>, &'static str> {
 
 /// `1.2.3.4:51820` or `[v6]:51820`, with an optional `%scope` inside the
 /// brackets, like Go's `netip.ParseAddrPort`.
-fn parse_endpoint(value: &str, scope_id: ScopeResolver<'_>) -> Result<SocketAddr, &'static str> {
+pub(super) fn parse_endpoint(
+    value: &str,
+    scope_id: ScopeResolver<'_>,
+) -> Result<SocketAddr, &'static str> {
     let (host, port) = value
         .rsplit_once(':')
         .ok_or("expected ADDRESS:PORT or [ADDRESS]:PORT")?;
@@ -319,7 +328,7 @@ fn parse_v6_endpoint(
 
 /// `[-]ADDRESS/CIDR`, like Go's `netip.ParsePrefix` after wireguard-go strips
 /// the removal `-`: no zone, no leading zeros or sign in the length.
-fn parse_allowed_ip(value: &str) -> Result<AllowedIpChange, &'static str> {
+pub(super) fn parse_allowed_ip(value: &str) -> Result<AllowedIpChange, &'static str> {
     let (remove, prefix) = match value.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, value),

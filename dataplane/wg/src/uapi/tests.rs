@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::Duration;
 
 use super::*;
+use crate::config::{AllowedIpChange, ConfigChange, DeviceSnapshot, PeerChange, PeerSnapshot};
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 
 const PK1: &str = "58402e695ba1772b1cc9309755f043251ea77fdcf10fbe63989ceb7e19321376";
 const PK2: &str = "662e14fd594556f522604703340351258903b64f35553763f19426ab2a515c58";
@@ -15,14 +17,14 @@ fn pk(hex: &str) -> PublicKey {
     PublicKey::from_hex(hex).unwrap()
 }
 
-fn set(body: &str) -> Result<SetRequest, UapiError> {
+fn set(body: &str) -> Result<ConfigChange, UapiError> {
     match parse_request(&format!("set=1\n{body}\n"))? {
         Request::Set(req) => Ok(req),
         Request::Get => panic!("parsed a set as a get"),
     }
 }
 
-fn set_ok(body: &str) -> SetRequest {
+fn set_ok(body: &str) -> ConfigChange {
     set(body).unwrap_or_else(|e| panic!("{body:?}: {e}"))
 }
 
@@ -101,7 +103,7 @@ fn golden_setconf_request() {
     peer2.protocol_version = Some(1);
     let mut peer3 = PeerChange::new(pk(PK3));
     peer3.remove = true;
-    let expected = SetRequest {
+    let expected = ConfigChange {
         private_key: Some(Some(PrivateKey::from_bytes(clamped))),
         listen_port: Some(51820),
         fwmark: Some(4660),
@@ -491,7 +493,7 @@ fn line_endings_and_termination() {
     );
     assert_eq!(
         parse_request("set=1\n"),
-        Ok(Request::Set(SetRequest::default()))
+        Ok(Request::Set(ConfigChange::default()))
     );
 }
 
@@ -751,4 +753,77 @@ fn framer_defaults_fit_a_million_allowed_ips() {
     assert_eq!(got[0].len(), request.len());
     // ...and five times as many would too.
     assert!(5 * request.len() < REQUEST_MAX);
+}
+
+#[test]
+fn get_answers_read_back_into_the_snapshot() {
+    let mut out = String::new();
+    format_get(&mut out, &snapshot());
+    assert_eq!(parse_get(&out), Ok(snapshot()));
+    // Unset device fields and a zero key are omitted by format_get and read as unset.
+    let mut snap = snapshot();
+    snap.private_key = None;
+    snap.listen_port = 0;
+    snap.fwmark = 0;
+    snap.peers[0].endpoint = Some("192.0.2.1:51820".parse().unwrap());
+    let mut out = String::new();
+    format_get(&mut out, &snap);
+    assert_eq!(parse_get(&out), Ok(snap));
+    assert_eq!(parse_get("errno=0\n\n"), Ok(DeviceSnapshot::default()));
+}
+
+#[test]
+fn malformed_get_answers_are_typed_errors() {
+    let peer = format!("public_key={PK1}\n");
+    let cases: Vec<(String, GetError)> = vec![
+        ("errno=-22\n\n".into(), GetError::Errno(-22)),
+        (format!("listen_port=1\n{peer}"), GetError::MissingErrno),
+        ("listen_port=1\n\nerrno=0\n".into(), GetError::MissingErrno),
+        (
+            "listen_port\nerrno=0\n\n".into(),
+            GetError::MissingEquals {
+                line: 1,
+                text: "listen_port".into(),
+            },
+        ),
+        (
+            "rx_bytes=1\nerrno=0\n\n".into(),
+            GetError::UnexpectedKey {
+                line: 1,
+                key: "rx_bytes".into(),
+            },
+        ),
+        (
+            format!("{peer}fwmark=1\nerrno=0\n\n"),
+            GetError::UnexpectedKey {
+                line: 2,
+                key: "fwmark".into(),
+            },
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_get(&text), Err(want), "{text:?}");
+    }
+    for bad in [
+        "listen_port=70000\n".to_owned(),
+        "public_key=zz\n".to_owned(),
+        "private_key=12\n".to_owned(),
+        format!("{peer}endpoint=10.0.0.1\n"),
+        format!("{peer}allowed_ip=-10.0.0.0/8\n"),
+        format!("{peer}allowed_ip=10.0.0.0/33\n"),
+        format!("{peer}last_handshake_time_nsec=1000000000\n"),
+        format!("{peer}tx_bytes=-1\n"),
+        format!("{peer}protocol_version=2\n"),
+        "errno=x\n".to_owned(),
+    ] {
+        let text = format!("{bad}errno=0\n\n");
+        assert!(
+            matches!(parse_get(&text), Err(GetError::InvalidValue { .. })),
+            "{text:?}: {:?}",
+            parse_get(&text)
+        );
+    }
+    // A secret that does not parse is not echoed.
+    let e = parse_get("private_key=123456\nerrno=0\n\n").unwrap_err();
+    assert!(!e.to_string().contains("123456"), "{e}");
 }
