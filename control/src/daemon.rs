@@ -66,6 +66,8 @@ pub struct DaemonOptions {
     pub record_lifetime: u64,
     /// One cycle, then exit.
     pub once: bool,
+    /// Who besides root may use the control socket (`--control-group`).
+    pub control_group: Option<u32>,
 }
 
 fn parse_addr(v: &str, default_port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
@@ -137,6 +139,7 @@ impl DaemonOptions {
             "endpoint",
             "interval",
             "record-lifetime",
+            "control-group",
         ];
         if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
             bail!("portdistrictd: unknown option {k}");
@@ -150,6 +153,9 @@ impl DaemonOptions {
             .with_context(|| format!("{secret_file}: the TSIG secret must be base64 (as in the server's key definition)"))?;
         let server = parse_addr(need("dns-server")?, 53, "--dns-server")?;
         Ok(DaemonOptions {
+            control_group: one("control-group")
+                .map(crate::ctl::parse_group)
+                .transpose()?,
             dns: DnsConfig {
                 server,
                 zone: need("zone")?.trim_end_matches('.').to_owned(),
@@ -915,6 +921,16 @@ impl Daemon {
     /// Runs cycles until `term`.
     pub fn run(&mut self, term: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
         use std::sync::atomic::Ordering;
+        let ctl = match self.o.once {
+            true => None,
+            false => Some(crate::ctl::Control::bind(
+                &self.dirs,
+                crate::ctl::Daemon::Control,
+                crate::ctl::Access {
+                    group: self.o.control_group,
+                },
+            )?),
+        };
         loop {
             match self.cycle() {
                 Ok(n) => log::info!("cycle done: {n} peer devices connected"),
@@ -924,10 +940,13 @@ impl Daemon {
             if self.o.once {
                 return Ok(());
             }
-            // A trust change (`peer trust`, `peer revoke`, ...) republishes at once with
-            // the new key slots instead of waiting for the interval.
+            // A trust change (`peer trust`, `peer revoke`, ... through the control
+            // socket) republishes at once with the new key slots instead of waiting
+            // for the interval; so does a roster change (`device roster add` and
+            // `device join` need the identity's secret, which the CLI holds: they
+            // write roster.json themselves).
             let stamp = |d: &Dirs| {
-                ["peers.json", "roster.json"].map(|f| {
+                ["roster.json"].map(|f| {
                     std::fs::metadata(d.state.join(f))
                         .and_then(|m| m.modified())
                         .ok()
@@ -938,6 +957,10 @@ impl Daemon {
             while slept < self.o.interval {
                 if term.load(Ordering::Relaxed) {
                     return Ok(());
+                }
+                if ctl.as_ref().is_some_and(crate::ctl::Control::poll) {
+                    log::info!("trust, roster or tunnels changed: republishing now");
+                    break;
                 }
                 if stamp(&self.dirs) != before {
                     log::info!("trust or roster changed: republishing now");

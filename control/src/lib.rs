@@ -14,9 +14,11 @@
 //! - [`dns`]: publication (RFC 2136 + TSIG) and resolution (hickory-resolver).
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
 //! - [`uapi`]: a client of the dataplane's WireGuard UAPI socket.
+//! - [`ctl`]: the control socket between the CLI and a running daemon.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod ctl;
 pub mod daemon;
 pub mod device;
 pub mod dns;

@@ -19,7 +19,8 @@
 //! `--run-dir DIR` (default `/run/portdistrict`).
 #![forbid(unsafe_code)]
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
+use portdistrict_control::ctl::{self, PeerVerb, Request};
 use portdistrict_control::{consumer, device, exit, node, serve, tunnels, Dirs};
 
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
@@ -102,17 +103,30 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["exit", "invite", opts @ ..] => {
-            let line = exit::invite(&dirs, &exit::InviteOptions::parse(opts)?)?;
+            let o = exit::InviteOptions::parse(opts)?;
+            let line = via_exit(
+                &dirs,
+                &Request::ExitInvite {
+                    endpoints: o.endpoints,
+                    expires_secs: o.expires.as_secs(),
+                    uses: o.uses,
+                },
+            )?;
             println!("{line}");
             Ok(())
         }
         ["exit", "serve", opts @ ..] => serve::serve(&dirs, &serve::ServeOptions::parse(opts)?),
         ["exit", "list"] => {
-            print!("{}", exit::list(&dirs)?);
+            print!("{}", via_exit(&dirs, &Request::ExitList)?);
             Ok(())
         }
         ["exit", "revoke", who] => {
-            let what = exit::revoke(&dirs, who)?;
+            let what = via_exit(
+                &dirs,
+                &Request::ExitRevoke {
+                    who: who.to_string(),
+                },
+            )?;
             println!("revoked {what}");
             Ok(())
         }
@@ -155,10 +169,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["tunnel", verb @ ("connect" | "disconnect"), name] => {
-            println!(
-                "{}",
-                tunnels::set_connected(&dirs, name, *verb == "connect")?
-            );
+            let request = Request::TunnelSet {
+                name: name.to_string(),
+                connect: *verb == "connect",
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["status", rest @ ..] => {
@@ -186,11 +201,17 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["device", "roster", "remove", name] => {
-            println!("{}", device::roster_remove(&dirs, name)?);
+            let request = Request::RosterRemove {
+                name: name.to_string(),
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["peer", "add", bundle] => {
-            println!("{}", node::peer_add(&dirs, bundle, exit::now())?);
+            let request = Request::PeerAdd {
+                bundle: bundle.to_string(),
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["peer", "list", rest @ ..] => {
@@ -202,17 +223,21 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["peer", "verify", who, "--fingerprint", fp] => {
-            println!(
-                "{}",
-                node::peer_change(&dirs, "verify", who, Some(fp), exit::now())?
-            );
+            let request = Request::PeerChange {
+                verb: PeerVerb::Verify,
+                who: who.to_string(),
+                fingerprint: Some(fp.to_string()),
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["peer", verb @ ("trust" | "demote" | "revoke" | "forget" | "verify"), who] => {
-            println!(
-                "{}",
-                node::peer_change(&dirs, verb, who, None, exit::now())?
-            );
+            let request = Request::PeerChange {
+                verb: PeerVerb::from_word(verb).context("a peer verb")?,
+                who: who.to_string(),
+                fingerprint: None,
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["use", "off"] => {
@@ -244,6 +269,16 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         _ => bail!("unknown command {:?}\n\n{USAGE}", rest.join(" ")),
     }
+}
+
+/// Runs an exit command through a running `exit serve`, or here when none runs.
+fn via_exit(dirs: &Dirs, request: &Request) -> anyhow::Result<String> {
+    ctl::handle::via_daemon(dirs, ctl::Daemon::Exit, request)
+}
+
+/// Runs a command through a running `portdistrictd`, or here when none runs.
+fn via_daemon(dirs: &Dirs, request: &Request) -> anyhow::Result<String> {
+    ctl::handle::via_daemon(dirs, ctl::Daemon::Control, request)
 }
 
 /// `[]` or `["--json"]`.

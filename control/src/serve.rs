@@ -60,6 +60,7 @@ pub struct ServeOptions {
     ipv6: Ipv6Mode,
     dns_upstream: Option<SocketAddr>,
     allow_dest: Vec<Cidr>,
+    control_group: Option<u32>,
 }
 
 impl ServeOptions {
@@ -67,7 +68,8 @@ impl ServeOptions {
     /// `--listen-port N` (default 51820), `--endpoint HOST:PORT` (repeatable; what
     /// invites carry from now on), `--ipv6 auto|on|off`, `--dns-upstream IP[:PORT]`
     /// (default: the first nameserver of /etc/resolv.conf), `--allow-dest CIDR`
-    /// (repeatable: a blocked destination consumers may reach nonetheless).
+    /// (repeatable: a blocked destination consumers may reach nonetheless),
+    /// `--control-group GROUP` (who besides root may use the control socket).
     pub fn parse(opts: &[&str]) -> anyhow::Result<ServeOptions> {
         let mut o = ServeOptions {
             uplink: String::new(),
@@ -77,6 +79,7 @@ impl ServeOptions {
             ipv6: Ipv6Mode::Auto,
             dns_upstream: None,
             allow_dest: Vec::new(),
+            control_group: None,
         };
         let mut it = opts.iter();
         while let Some(&flag) = it.next() {
@@ -121,6 +124,7 @@ impl ServeOptions {
                         .parse::<Cidr>()
                         .map_err(|e| anyhow::anyhow!("--allow-dest {e}"))?,
                 ),
+                "--control-group" => o.control_group = Some(crate::ctl::parse_group(value)?),
                 _ => bail!("exit serve: unknown option {flag}"),
             }
         }
@@ -459,7 +463,12 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
     let bin = dataplane_binary();
     run_cmd(&[&bin.to_string_lossy(), &o.interface])
         .with_context(|| format!("starting the dataplane {}", bin.display()))?;
+    let access = crate::ctl::Access {
+        group: o.control_group,
+    };
+    let ctl = crate::ctl::Control::bind(dirs, crate::ctl::Daemon::Exit, access)?;
     let ctx = Serving {
+        ctl: &ctl,
         o,
         dir: &dir,
         ipv6,
@@ -474,6 +483,7 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
 }
 
 struct Serving<'a> {
+    ctl: &'a crate::ctl::Control,
     o: &'a ServeOptions,
     dir: &'a ExitDir,
     ipv6: bool,
@@ -570,16 +580,14 @@ impl Serving<'_> {
         let resolver = IpAddr::V4(PROVIDER_V4);
         let mut limiter = RateLimiter::new(Limits::NEGOTIATION, Instant::now());
         let mut buf = [0u8; 512];
-        let mut seen = modified(&self.dir.store_path());
         let mut last_sync = Instant::now();
         let mut failing = false;
         while !self.term.load(Ordering::Relaxed) {
-            // `exit revoke` / `exit invite` changed the store, or invites expired. A
-            // store that cannot be read for a moment is retried, never fatal.
-            let m = modified(&self.dir.store_path());
+            // `exit revoke` / `exit invite` (through the control socket) changed the
+            // store, or invites expired. A store that cannot be read for a moment is
+            // retried, never fatal.
             let due = if failing { 1 } else { 5 };
-            if m != seen || last_sync.elapsed() >= Duration::from_secs(due) {
-                seen = m;
+            if self.ctl.poll() || last_sync.elapsed() >= Duration::from_secs(due) {
                 last_sync = Instant::now();
                 let synced = self
                     .load()
@@ -621,11 +629,7 @@ impl Serving<'_> {
             let reply = match negotiate::check(&buf[..n], wg.as_bytes()) {
                 Err(Answer::Refuse { reply }) => reply,
                 Err(_) => continue,
-                Ok(request) => {
-                    let reply = self.decide(&request, resolver, applied);
-                    seen = modified(&self.dir.store_path());
-                    reply
-                }
+                Ok(request) => self.decide(&request, resolver, applied),
             };
             let _ = sock.send_to(&reply, from);
         }
@@ -688,11 +692,6 @@ impl Serving<'_> {
             }
         }
     }
-}
-
-/// The modification time of `path` (None when missing).
-fn modified(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 #[cfg(test)]
