@@ -7,7 +7,7 @@
 //! command) puts the kill switch back from the state after a reboot.
 //!
 //! The provider: `portdistrict exit serve --uplink IFACE` runs the exit
-//! node until SIGTERM; the other exit commands work on the state directory alone:
+//! node until SIGTERM; the other exit commands work on the state directory (through `exit serve` while it runs):
 //!
 //! - `portdistrict exit invite --endpoint HOST:PORT [--endpoint ...] [--expires 24h]
 //!   [--uses 1]` prints one `portdistrict-invite1:` line and records the invite;
@@ -16,7 +16,9 @@
 //!   takes a consumer's authorization away.
 //!
 //! Every command takes `--state-dir DIR` (default `/var/lib/portdistrict`) and
-//! `--run-dir DIR` (default `/run/portdistrict`).
+//! `--run-dir DIR` (default `/run/portdistrict`). While `exit serve` or `portdistrictd`
+//! runs, the commands that change what it reads go through its control socket
+//! (`portdistrict_control::ctl`); only when no daemon listens do they edit the state.
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context as _};
@@ -28,8 +30,10 @@ const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMA
 Commands:
   exit serve --uplink IFACE [--endpoint HOST:PORT ...] [--interface pdexit0]
              [--listen-port 51820] [--ipv6 auto|on|off] [--dns-upstream IP[:PORT]]
+             [--control-group GROUP]
                         run the exit node until SIGTERM (dataplane, NAT, negotiation,
-                        DNS forwarder on 100.64.0.1); --endpoint: what invites carry
+                        DNS forwarder on 100.64.0.1); --endpoint: what invites carry;
+                        --control-group: who besides root may use RUN_DIR/exit.sock
   exit invite [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
                         print a new invite (portdistrict-invite1:...) and record it
   exit list             issued invites and authorized consumers
@@ -80,7 +84,11 @@ Commands:
 
 Options:
   --state-dir DIR       persistent state (default /var/lib/portdistrict)
-  --run-dir DIR         runtime files (default /run/portdistrict)";
+  --run-dir DIR         runtime files (default /run/portdistrict)
+
+While exit serve or portdistrictd runs, exit invite|list|revoke, peer add|verify|
+trust|demote|revoke|forget, tunnel connect|disconnect and device roster remove are
+carried out by it (RUN_DIR/exit.sock, RUN_DIR/portdistrictd.sock); without one, here.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
