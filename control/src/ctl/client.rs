@@ -2,7 +2,7 @@
 //! file, or one nobody listens on (a daemon that died), is [`Reached::NoDaemon`]:
 //! only then does the CLI do the work itself.
 
-use super::protocol::{decode, encode, Answer, Request, MAX_FRAME};
+use super::protocol::{decode, encode, Answer, Envelope, MAX_FRAME};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -50,7 +50,7 @@ pub enum ClientError {
 }
 
 /// Sends `request` to the daemon listening on `path` and returns its answer.
-pub fn call(path: &Path, request: &Request) -> Result<Reached, ClientError> {
+pub fn call(path: &Path, request: &Envelope) -> Result<Reached, ClientError> {
     use std::io::ErrorKind;
     let io = |source| ClientError::Io {
         path: path.to_owned(),

@@ -60,10 +60,18 @@ pub fn handle(dirs: &Dirs, daemon: Daemon, request: &Request) -> Answer {
 }
 
 /// The CLI's side: asks `daemon` when it runs (its answer, or its refusal as the
-/// error), and runs the request here only when no daemon listens.
+/// error), and runs the request here only when no daemon listens, or the one that
+/// listens serves another state directory.
 pub fn via_daemon(dirs: &Dirs, daemon: Daemon, request: &Request) -> anyhow::Result<String> {
-    match super::client::call(&daemon.socket(dirs), request)? {
-        super::client::Reached::NoDaemon => run(dirs, daemon, request),
+    let envelope = super::Envelope {
+        state_dir: super::state_dir(dirs),
+        request: request.clone(),
+    };
+    match super::client::call(&daemon.socket(dirs), &envelope)? {
+        super::client::Reached::NoDaemon
+        | super::client::Reached::Answer(Answer::Refused {
+            error: CtlError::OtherState { .. },
+        }) => run(dirs, daemon, request),
         super::client::Reached::Answer(Answer::Done { output }) => Ok(output),
         super::client::Reached::Answer(Answer::Refused { error }) => Err(error.into()),
     }
@@ -126,6 +134,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("exit list"), "{e:#}");
+        let other = Dirs {
+            state: d.state.with_file_name("other"),
+            run: d.run.clone(),
+        };
+        assert!(via_daemon(&other, Daemon::Exit, &invite()).is_ok());
+        let mine = via_daemon(&d, Daemon::Exit, &Request::ExitList).unwrap();
+        assert!(
+            mine.starts_with("invites: 2\n"),
+            "another state's invite: {mine}"
+        );
+        let theirs = via_daemon(&other, Daemon::Exit, &Request::ExitList).unwrap();
+        assert!(theirs.starts_with("invites: 1\n"), "{theirs}");
         let e = via_daemon(&d, Daemon::Control, &Request::ExitList);
         assert!(e.is_err(), "portdistrictd does not serve exit commands");
         stop.store(true, Ordering::Relaxed);

@@ -13,7 +13,7 @@ pub mod handle;
 pub mod protocol;
 pub mod server;
 
-pub use protocol::{Access, Answer, CtlError, PeerVerb, Request};
+pub use protocol::{Access, Answer, CtlError, Envelope, PeerVerb, Request};
 pub use server::Server;
 
 use crate::Dirs;
@@ -55,6 +55,14 @@ pub fn parse_group(spec: &str) -> anyhow::Result<u32> {
     })
 }
 
+/// `dirs.state` as daemon and CLI compare it: canonical where it can be resolved,
+/// else absolute as given.
+pub(crate) fn state_dir(dirs: &Dirs) -> PathBuf {
+    std::fs::canonicalize(&dirs.state)
+        .or_else(|_| std::path::absolute(&dirs.state))
+        .unwrap_or_else(|_| dirs.state.clone())
+}
+
 /// A daemon's listening socket and what it serves: binds `daemon`'s socket.
 pub struct Control {
     server: Server,
@@ -67,7 +75,7 @@ impl Control {
     pub fn bind(dirs: &Dirs, daemon: Daemon, access: Access) -> anyhow::Result<Control> {
         portdistrict_exitnode::state::private_dir(&dirs.run)
             .with_context(|| format!("creating {} (mode 0700)", dirs.run.display()))?;
-        let server = Server::bind(&daemon.socket(dirs), access)?;
+        let server = Server::bind(&daemon.socket(dirs), access, &state_dir(dirs))?;
         Ok(Control {
             server,
             dirs: dirs.clone(),

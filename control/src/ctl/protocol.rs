@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// The largest frame (one JSON document and its newline) either side accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -57,6 +58,18 @@ pub enum Request {
         /// The device's name.
         name: String,
     },
+}
+
+/// One frame from the CLI: the request and the state directory it means. A daemon
+/// serves only its own state directory; a request for another one is answered
+/// [`CtlError::OtherState`] (and the CLI works on that directory itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// The caller's `--state-dir` (absolute, canonical where it can be).
+    pub state_dir: PathBuf,
+    /// What it asks.
+    pub request: Request,
 }
 
 /// The peer store changes `peer ...` makes.
@@ -152,6 +165,12 @@ pub enum CtlError {
     Unsupported {
         /// Which daemon answered.
         daemon: String,
+    },
+    /// The daemon serves another state directory.
+    #[error("this daemon serves the state directory {served}")]
+    OtherState {
+        /// The state directory it serves.
+        served: PathBuf,
     },
     /// Too many clients at once; try again.
     #[error("the daemon is busy with other clients: try again")]
@@ -269,9 +288,13 @@ mod tests {
             Request::RosterRemove { name: "a".into() },
             Request::PeerAdd { bundle: "b".into() },
         ] {
-            let line = encode(&r);
-            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "{r:?}");
-            assert_eq!(decode::<Request>(&line).unwrap(), r);
+            let e = Envelope {
+                state_dir: "/var/lib/portdistrict".into(),
+                request: r,
+            };
+            let line = encode(&e);
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "{e:?}");
+            assert_eq!(decode::<Envelope>(&line).unwrap(), e);
         }
         assert_eq!(encode(&Request::ExitList), b"{\"request\":\"exit_list\"}\n");
     }

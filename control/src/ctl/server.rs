@@ -4,7 +4,9 @@
 //! it in [`Server::poll`] between its other work, so the daemon stays the one writer
 //! of its stores. At most [`MAX_CLIENTS`] callers are served at once.
 
-use super::protocol::{decode, encode, Access, Answer, Caller, CtlError, Request, MAX_FRAME};
+use super::protocol::{
+    decode, encode, Access, Answer, Caller, CtlError, Envelope, Request, MAX_FRAME,
+};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -63,9 +65,10 @@ pub struct Server {
 
 impl Server {
     /// Binds `path` (mode 0660; with a control group, owned by it and its directory
-    /// made 0710 for that group) and starts accepting. A stale socket file (nobody
-    /// listening) is replaced; a live one is [`ServerError::InUse`].
-    pub fn bind(path: &Path, access: Access) -> Result<Server, ServerError> {
+    /// made 0710 for that group) and starts accepting requests for `state_dir` (the
+    /// daemon's, canonical). A stale socket file (nobody listening) is replaced; a
+    /// live one is [`ServerError::InUse`].
+    pub fn bind(path: &Path, access: Access, state_dir: &Path) -> Result<Server, ServerError> {
         if UnixStream::connect(path).is_ok() {
             return Err(ServerError::InUse(path.to_owned()));
         }
@@ -87,6 +90,7 @@ impl Server {
             std::os::unix::fs::chown(path, Some(0), Some(gid)).map_err(sys("chown", path))?;
         }
         let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
+        let state_dir = state_dir.to_owned();
         listener
             .set_nonblocking(true)
             .map_err(sys("setting O_NONBLOCK on", path))?;
@@ -96,7 +100,7 @@ impl Server {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("ctl-listener".into())
-                .spawn(move || listen(&listener, &dir, access, &tx, &stop))
+                .spawn(move || listen(&listener, &dir, access, &state_dir, &tx, &stop))
                 .map_err(sys("starting the listener for", path))?
         };
         Ok(Server {
@@ -135,6 +139,7 @@ fn listen(
     listener: &UnixListener,
     dir: &Path,
     access: Access,
+    state_dir: &Path,
     tx: &SyncSender<Pending>,
     stop: &AtomicBool,
 ) {
@@ -155,11 +160,11 @@ fn listen(
             continue;
         }
         active.fetch_add(1, Ordering::AcqRel);
-        let (tx, mine) = (tx.clone(), Arc::clone(&active));
+        let (tx, mine, state_dir) = (tx.clone(), Arc::clone(&active), state_dir.to_owned());
         let spawned = std::thread::Builder::new()
             .name("ctl-client".into())
             .spawn(move || {
-                let _ = serve_one(stream, access, &tx);
+                let _ = serve_one(stream, access, &state_dir, &tx);
                 mine.fetch_sub(1, Ordering::AcqRel);
             });
         if spawned.is_err() {
@@ -204,7 +209,12 @@ pub(crate) fn caller_of(stream: &UnixStream) -> std::io::Result<Caller> {
 }
 
 /// One caller: credentials, one request, its answer.
-fn serve_one(stream: UnixStream, access: Access, tx: &SyncSender<Pending>) -> std::io::Result<()> {
+fn serve_one(
+    stream: UnixStream,
+    access: Access,
+    state_dir: &Path,
+    tx: &SyncSender<Pending>,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -214,9 +224,14 @@ fn serve_one(stream: UnixStream, access: Access, tx: &SyncSender<Pending>) -> st
     }
     let mut frame = Vec::new();
     BufReader::new((&stream).take(MAX_FRAME as u64 + 1)).read_until(b'\n', &mut frame)?;
-    let answer = match decode::<Request>(&frame) {
+    let answer = match decode::<Envelope>(&frame) {
         Err(error) => Answer::Refused { error },
-        Ok(request) => {
+        Ok(e) if e.state_dir != state_dir => Answer::Refused {
+            error: CtlError::OtherState {
+                served: state_dir.to_owned(),
+            },
+        },
+        Ok(Envelope { request, .. }) => {
             let (reply, answer) = sync_channel(1);
             if tx.send(Pending { request, reply }).is_err() {
                 Answer::Refused {
@@ -239,6 +254,13 @@ mod tests {
     use super::super::client::{call, Reached};
     use super::*;
     use std::sync::atomic::AtomicU32;
+
+    fn envelope(request: Request) -> Envelope {
+        Envelope {
+            state_dir: "/s".into(),
+            request,
+        }
+    }
 
     fn temp(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("pd-ctl-{tag}-{}", std::process::id()));
@@ -281,20 +303,37 @@ mod tests {
     fn a_request_is_answered_by_the_loop_and_garbage_changes_nothing() {
         let dir = temp("serve");
         let path = dir.join("t.sock");
-        let server = Server::bind(&path, Access::default()).unwrap();
+        let server = Server::bind(&path, Access::default(), Path::new("/s")).unwrap();
         use std::os::unix::fs::FileTypeExt as _;
         let meta = std::fs::metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o660);
         assert!(matches!(
-            Server::bind(&path, Access::default()),
+            Server::bind(&path, Access::default(), Path::new("/s")),
             Err(ServerError::InUse(_))
         ));
         let handled = Arc::new(AtomicU32::new(0));
         let (done, t) = answering(server, Arc::clone(&handled));
         let r = Request::ExitRevoke { who: "keyA".into() };
+        let other = Envelope {
+            state_dir: "/other".into(),
+            request: r.clone(),
+        };
         assert_eq!(
-            call(&path, &r).unwrap(),
+            call(&path, &other).unwrap(),
+            Reached::Answer(Answer::Refused {
+                error: CtlError::OtherState {
+                    served: "/s".into()
+                }
+            })
+        );
+        assert_eq!(
+            handled.load(Ordering::Relaxed),
+            0,
+            "another state directory's request"
+        );
+        assert_eq!(
+            call(&path, &envelope(r.clone())).unwrap(),
             Reached::Answer(Answer::Done {
                 output: format!("{r:?}")
             })
@@ -329,11 +368,17 @@ mod tests {
     fn a_stale_socket_is_no_daemon_and_is_replaced() {
         let dir = temp("stale");
         let path = dir.join("t.sock");
-        assert_eq!(call(&path, &Request::ExitList).unwrap(), Reached::NoDaemon);
+        assert_eq!(
+            call(&path, &envelope(Request::ExitList)).unwrap(),
+            Reached::NoDaemon
+        );
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        assert_eq!(call(&path, &Request::ExitList).unwrap(), Reached::NoDaemon);
-        let server = Server::bind(&path, Access::default()).unwrap();
+        assert_eq!(
+            call(&path, &envelope(Request::ExitList)).unwrap(),
+            Reached::NoDaemon
+        );
+        let server = Server::bind(&path, Access::default(), Path::new("/s")).unwrap();
         drop(server);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -353,7 +398,10 @@ mod tests {
         let Ok(path) = std::env::var("PD_CTL_TEST_SOCKET") else {
             return;
         };
-        let got = call(Path::new(&path), &Request::ExitRevoke { who: "x".into() });
+        let got = call(
+            Path::new(&path),
+            &envelope(Request::ExitRevoke { who: "x".into() }),
+        );
         println!("CHILD-RESULT {got:?}");
     }
 
@@ -383,7 +431,7 @@ mod tests {
         let dir = temp("perm");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.join("t.sock");
-        let server = Server::bind(&path, Access::default()).unwrap();
+        let server = Server::bind(&path, Access::default(), Path::new("/s")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let handled = Arc::new(AtomicU32::new(0));
         let (done, t) = answering(server, Arc::clone(&handled));
@@ -401,7 +449,7 @@ mod tests {
         t.join().unwrap();
         // With a group: its members get through the directory (0710) and the check;
         // others do not even reach the socket.
-        let server = Server::bind(&path, Access { group: Some(4242) }).unwrap();
+        let server = Server::bind(&path, Access { group: Some(4242) }, Path::new("/s")).unwrap();
         let (done, t) = answering(server, Arc::clone(&handled));
         let member = child(&path, 4242);
         assert!(member.contains("CHILD-RESULT Ok(Answer(Done"), "{member}");
