@@ -24,9 +24,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Options of `exit invite`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InviteOptions {
-    endpoints: Vec<SocketAddr>,
-    expires: Duration,
-    uses: u16,
+    /// Where consumers reach the provider (empty: the endpoints on record).
+    pub endpoints: Vec<SocketAddr>,
+    /// How long the invite is valid.
+    pub expires: Duration,
+    /// How many consumers may redeem it.
+    pub uses: u16,
 }
 
 impl InviteOptions {
@@ -128,11 +131,6 @@ impl ExitDir {
         f.lock()
             .with_context(|| format!("locking {}", path.display()))?;
         Ok(f)
-    }
-
-    /// The store file's path.
-    pub(crate) fn store_path(&self) -> PathBuf {
-        self.path("store.json")
     }
 
     pub(crate) fn store(&self) -> anyhow::Result<Store> {

@@ -18,9 +18,11 @@
 //! - [`dnsfwd`]: the provider's DNS forwarder on its tunnel address.
 //! - [`dataplane`]: the one client of the dataplane (its shared-memory region or its
 //!   WireGuard UAPI socket) that every command programs a tunnel through.
+//! - [`ctl`]: the control socket between the CLI and a running daemon.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
 pub mod device;

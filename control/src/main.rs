@@ -7,7 +7,7 @@
 //! command) puts the kill switch back from the state after a reboot.
 //!
 //! The provider: `portdistrict exit serve --uplink IFACE` runs the exit
-//! node until SIGTERM; the other exit commands work on the state directory alone:
+//! node until SIGTERM; the other exit commands work on the state directory (through `exit serve` while it runs):
 //!
 //! - `portdistrict exit invite --endpoint HOST:PORT [--endpoint ...] [--expires 24h]
 //!   [--uses 1]` prints one `portdistrict-invite1:` line and records the invite;
@@ -16,10 +16,13 @@
 //!   takes a consumer's authorization away.
 //!
 //! Every command takes `--state-dir DIR` (default `/var/lib/portdistrict`) and
-//! `--run-dir DIR` (default `/run/portdistrict`).
+//! `--run-dir DIR` (default `/run/portdistrict`). While `exit serve` or `portdistrictd`
+//! runs, the commands that change what it reads go through its control socket
+//! (`portdistrict_control::ctl`); only when no daemon listens do they edit the state.
 #![forbid(unsafe_code)]
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
+use portdistrict_control::ctl::{self, PeerVerb, Request};
 use portdistrict_control::{consumer, device, exit, node, serve, tunnels, Dirs};
 
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
@@ -27,8 +30,10 @@ const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMA
 Commands:
   exit serve --uplink IFACE [--endpoint HOST:PORT ...] [--interface pdexit0]
              [--listen-port 51820] [--ipv6 auto|on|off] [--dns-upstream IP[:PORT]]
+             [--control-group GROUP]
                         run the exit node until SIGTERM (dataplane, NAT, negotiation,
-                        DNS forwarder on 100.64.0.1); --endpoint: what invites carry
+                        DNS forwarder on 100.64.0.1); --endpoint: what invites carry;
+                        --control-group: who besides root may use RUN_DIR/exit.sock
   exit invite [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
                         print a new invite (portdistrict-invite1:...) and record it
   exit list             issued invites and authorized consumers
@@ -79,7 +84,11 @@ Commands:
 
 Options:
   --state-dir DIR       persistent state (default /var/lib/portdistrict)
-  --run-dir DIR         runtime files (default /run/portdistrict)";
+  --run-dir DIR         runtime files (default /run/portdistrict)
+
+While exit serve or portdistrictd runs, exit invite|list|revoke, peer add|verify|
+trust|demote|revoke|forget, tunnel connect|disconnect and device roster remove are
+carried out by it (RUN_DIR/exit.sock, RUN_DIR/portdistrictd.sock); without one, here.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -118,7 +127,15 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["exit", "invite", opts @ ..] => {
-            let line = exit::invite(&dirs, &exit::InviteOptions::parse(opts)?)?;
+            let o = exit::InviteOptions::parse(opts)?;
+            let line = via_exit(
+                &dirs,
+                &Request::ExitInvite {
+                    endpoints: o.endpoints,
+                    expires_secs: o.expires.as_secs(),
+                    uses: o.uses,
+                },
+            )?;
             println!("{line}");
             Ok(())
         }
@@ -126,11 +143,16 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             serve::serve(&dirs, &serve::ServeOptions::parse(opts)?, &say)
         }
         ["exit", "list"] => {
-            print!("{}", exit::list(&dirs)?);
+            print!("{}", via_exit(&dirs, &Request::ExitList)?);
             Ok(())
         }
         ["exit", "revoke", who] => {
-            let what = exit::revoke(&dirs, who)?;
+            let what = via_exit(
+                &dirs,
+                &Request::ExitRevoke {
+                    who: who.to_string(),
+                },
+            )?;
             println!("revoked {what}");
             Ok(())
         }
@@ -173,10 +195,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["tunnel", verb @ ("connect" | "disconnect"), name] => {
-            println!(
-                "{}",
-                tunnels::set_connected(&dirs, name, *verb == "connect")?
-            );
+            let request = Request::TunnelSet {
+                name: name.to_string(),
+                connect: *verb == "connect",
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["status", rest @ ..] => {
@@ -204,11 +227,17 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["device", "roster", "remove", name] => {
-            println!("{}", device::roster_remove(&dirs, name)?);
+            let request = Request::RosterRemove {
+                name: name.to_string(),
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["peer", "add", bundle] => {
-            println!("{}", node::peer_add(&dirs, bundle, exit::now())?);
+            let request = Request::PeerAdd {
+                bundle: bundle.to_string(),
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["peer", "list", rest @ ..] => {
@@ -220,17 +249,21 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["peer", "verify", who, "--fingerprint", fp] => {
-            println!(
-                "{}",
-                node::peer_change(&dirs, "verify", who, Some(fp), exit::now())?
-            );
+            let request = Request::PeerChange {
+                verb: PeerVerb::Verify,
+                who: who.to_string(),
+                fingerprint: Some(fp.to_string()),
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["peer", verb @ ("trust" | "demote" | "revoke" | "forget" | "verify"), who] => {
-            println!(
-                "{}",
-                node::peer_change(&dirs, verb, who, None, exit::now())?
-            );
+            let request = Request::PeerChange {
+                verb: PeerVerb::from_word(verb).context("a peer verb")?,
+                who: who.to_string(),
+                fingerprint: None,
+            };
+            println!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["use", "off"] => {
@@ -262,6 +295,16 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         _ => bail!("unknown command {:?}\n\n{USAGE}", rest.join(" ")),
     }
+}
+
+/// Runs an exit command through a running `exit serve`, or here when none runs.
+fn via_exit(dirs: &Dirs, request: &Request) -> anyhow::Result<String> {
+    ctl::handle::via_daemon(dirs, ctl::Daemon::Exit, request)
+}
+
+/// Runs a command through a running `portdistrictd`, or here when none runs.
+fn via_daemon(dirs: &Dirs, request: &Request) -> anyhow::Result<String> {
+    ctl::handle::via_daemon(dirs, ctl::Daemon::Control, request)
 }
 
 /// `[]` or `["--json"]`.

@@ -62,6 +62,7 @@ pub struct ServeOptions {
     ipv6: Ipv6Mode,
     dns_upstream: Option<SocketAddr>,
     allow_dest: Vec<Cidr>,
+    control_group: Option<u32>,
 }
 
 impl ServeOptions {
@@ -69,7 +70,8 @@ impl ServeOptions {
     /// `--listen-port N` (default 51820), `--endpoint HOST:PORT` (repeatable; what
     /// invites carry from now on), `--ipv6 auto|on|off`, `--dns-upstream IP[:PORT]`
     /// (default: the first nameserver of /etc/resolv.conf), `--allow-dest CIDR`
-    /// (repeatable: a blocked destination consumers may reach nonetheless).
+    /// (repeatable: a blocked destination consumers may reach nonetheless),
+    /// `--control-group GROUP` (who besides root may use the control socket).
     pub fn parse(opts: &[&str]) -> anyhow::Result<ServeOptions> {
         let mut o = ServeOptions {
             uplink: String::new(),
@@ -79,6 +81,7 @@ impl ServeOptions {
             ipv6: Ipv6Mode::Auto,
             dns_upstream: None,
             allow_dest: Vec::new(),
+            control_group: None,
         };
         let mut it = opts.iter();
         while let Some(&flag) = it.next() {
@@ -123,6 +126,7 @@ impl ServeOptions {
                         .parse::<Cidr>()
                         .map_err(|e| anyhow::anyhow!("--allow-dest {e}"))?,
                 ),
+                "--control-group" => o.control_group = Some(crate::ctl::parse_group(value)?),
                 _ => bail!("exit serve: unknown option {flag}"),
             }
         }
@@ -233,7 +237,12 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Resul
     let bin = dataplane_binary();
     run_cmd(&[&bin.to_string_lossy(), &o.interface])
         .with_context(|| format!("starting the dataplane {}", bin.display()))?;
+    let access = crate::ctl::Access {
+        group: o.control_group,
+    };
+    let ctl = crate::ctl::Control::bind(dirs, crate::ctl::Daemon::Exit, access)?;
     let ctx = Serving {
+        ctl: &ctl,
         o,
         dir: &dir,
         ipv6,
@@ -249,6 +258,7 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Resul
 }
 
 struct Serving<'a> {
+    ctl: &'a crate::ctl::Control,
     o: &'a ServeOptions,
     dir: &'a ExitDir,
     ipv6: bool,

@@ -10,7 +10,7 @@ const USAGE: &str = "usage: portdistrictd [--state-dir DIR] [--run-dir DIR] [--c
         --dns-server IP[:PORT] --zone ZONE --tsig-key NAME --tsig-secret-file FILE
         [--resolver IP[:PORT]] [--passphrase-file FILE] [--interface pd0]
         [--listen-port 51820] [--endpoint IP:PORT ...] [--interval 30s]
-        [--record-lifetime 1h] [--once]
+        [--record-lifetime 1h] [--control-group GROUP] [--once]
 
 Publishes this identity's records in DNS (RFC 2136 + TSIG), reads its trusted peers'
 records and connects this device's tunnel to every trusted device, every interval,
@@ -22,7 +22,11 @@ A peer record that fails (altered, expired, unreachable, or older than one alrea
 seen: a rollback) keeps that peer's devices connected only until the last record that
 verified there expires. The TSIG key may be this device's own: it only updates
 _portdistrict.DEVICE.NAMESPACE, and on the device holding the identity's seed also
-_portdistrict.NAMESPACE and _portdistrict-trust.NAMESPACE.";
+_portdistrict.NAMESPACE and _portdistrict-trust.NAMESPACE.
+
+Unless --once, it listens on RUN_DIR/portdistrictd.sock (mode 0660) for the CLI's
+peer, tunnel connect|disconnect and roster remove commands: root, or members of
+--control-group GROUP.";
 
 fn main() {
     portdistrict_logging::init("portdistrictd", tracing::Level::INFO);

@@ -197,6 +197,16 @@ impl Daemon {
     /// Runs cycles until `term`.
     pub fn run(&mut self, term: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
         use std::sync::atomic::Ordering;
+        let ctl = match self.o.once {
+            true => None,
+            false => Some(crate::ctl::Control::bind(
+                &self.dirs,
+                crate::ctl::Daemon::Control,
+                crate::ctl::Access {
+                    group: self.o.control_group,
+                },
+            )?),
+        };
         loop {
             match self.cycle() {
                 Ok(n) => log::info!("cycle done: {n} peer devices connected"),
@@ -206,10 +216,13 @@ impl Daemon {
             if self.o.once {
                 return Ok(());
             }
-            // A trust change (`peer trust`, `peer revoke`, ...) republishes at once with
-            // the new key slots instead of waiting for the interval.
+            // A trust change (`peer trust`, `peer revoke`, ... through the control
+            // socket) republishes at once with the new key slots instead of waiting
+            // for the interval; so does a roster change (`device roster add` and
+            // `device join` need the identity's secret, which the CLI holds: they
+            // write roster.json themselves).
             let stamp = |d: &Dirs| {
-                ["peers.json", "roster.json"].map(|f| {
+                ["roster.json"].map(|f| {
                     std::fs::metadata(d.state.join(f))
                         .and_then(|m| m.modified())
                         .ok()
@@ -220,6 +233,10 @@ impl Daemon {
             while slept < self.o.interval {
                 if term.load(Ordering::Relaxed) {
                     return Ok(());
+                }
+                if ctl.as_ref().is_some_and(crate::ctl::Control::poll) {
+                    log::info!("trust, roster or tunnels changed: republishing now");
+                    break;
                 }
                 if stamp(&self.dirs) != before {
                     log::info!("trust or roster changed: republishing now");

@@ -33,6 +33,8 @@ pub struct DaemonOptions {
     pub record_lifetime: u64,
     /// One cycle, then exit.
     pub once: bool,
+    /// Who besides root may use the control socket (`--control-group`).
+    pub control_group: Option<u32>,
 }
 
 fn parse_addr(v: &str, default_port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
@@ -104,6 +106,7 @@ impl DaemonOptions {
             "endpoint",
             "interval",
             "record-lifetime",
+            "control-group",
         ];
         if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
             bail!("portdistrictd: unknown option {k}");
@@ -117,6 +120,9 @@ impl DaemonOptions {
             .with_context(|| format!("{secret_file}: the TSIG secret must be base64 (as in the server's key definition)"))?;
         let server = parse_addr(need("dns-server")?, 53, "--dns-server")?;
         Ok(DaemonOptions {
+            control_group: one("control-group")
+                .map(crate::ctl::parse_group)
+                .transpose()?,
             dns: DnsConfig {
                 server,
                 zone: need("zone")?.trim_end_matches('.').to_owned(),

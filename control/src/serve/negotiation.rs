@@ -12,7 +12,6 @@ use portdistrict_exitnode::store::{Refusal, Store};
 use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::PrivateKey;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,16 +55,14 @@ impl Serving<'_> {
         let resolver = IpAddr::V4(PROVIDER_V4);
         let mut limiter = RateLimiter::new(Limits::NEGOTIATION, Instant::now());
         let mut buf = [0u8; 512];
-        let mut seen = modified(&self.dir.store_path());
         let mut last_sync = Instant::now();
         let mut failing = false;
         while !self.term.load(Ordering::Relaxed) {
-            // `exit revoke` / `exit invite` changed the store, or invites expired. A
-            // store that cannot be read for a moment is retried, never fatal.
-            let m = modified(&self.dir.store_path());
+            // `exit revoke` / `exit invite` (through the control socket) changed the
+            // store, or invites expired. A store that cannot be read for a moment is
+            // retried, never fatal.
             let due = if failing { 1 } else { 5 };
-            if m != seen || last_sync.elapsed() >= Duration::from_secs(due) {
-                seen = m;
+            if self.ctl.poll() || last_sync.elapsed() >= Duration::from_secs(due) {
                 last_sync = Instant::now();
                 let synced = self
                     .load()
@@ -109,11 +106,7 @@ impl Serving<'_> {
             let reply = match negotiate::check(&buf[..n], wg.as_bytes()) {
                 Err(Answer::Refuse { reply }) => reply,
                 Err(_) => continue,
-                Ok(request) => {
-                    let reply = self.decide(&request, resolver, applied);
-                    seen = modified(&self.dir.store_path());
-                    reply
-                }
+                Ok(request) => self.decide(&request, resolver, applied),
             };
             let _ = sock.send_to(&reply, from);
         }
@@ -173,9 +166,4 @@ impl Serving<'_> {
             }
         }
     }
-}
-
-/// The modification time of `path` (None when missing).
-fn modified(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
