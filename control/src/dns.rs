@@ -135,7 +135,7 @@ pub fn publish(
         let answer = match exchange_tcp(cfg.server, &msg) {
             Ok(a) => a,
             Err(Attempt::Retry(e)) => {
-                log::warn!("publishing {owner}: attempt {}: {e:#}", i + 1);
+                tracing::warn!("publishing {owner}: attempt {}: {e:#}", i + 1);
                 last = Some(e);
                 continue;
             }

@@ -177,7 +177,7 @@ impl Pool {
                 .spawn(move || worker(&s))
             {
                 Ok(t) => threads.push(t),
-                Err(e) => log::warn!("crypto worker {i} not started: {e}"),
+                Err(e) => tracing::warn!("crypto worker {i} not started: {e}"),
             }
         }
         Pool {

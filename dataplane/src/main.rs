@@ -214,7 +214,7 @@ fn run(
     .with_context(|| format!("creating TUN interface {ifname}"))?;
     let name = tun.name().to_string();
     if let Err(e) = tun.set_mtu(1420) {
-        log::warn!("{name}: setting the default MTU 1420: {e}");
+        tracing::warn!("{name}: setting the default MTU 1420: {e}");
     }
     let listener = uapi_server::bind(&name)?;
     let mtu = tun.mtu().unwrap_or(1420) as usize;
@@ -238,7 +238,7 @@ fn run(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let device = Device::new(seed, (Instant::now(), wall), mtu);
-        log::info!("{name}: started (MTU {mtu})");
+        tracing::info!("{name}: started (MTU {mtu})");
         let mut driver = Driver::new(device, tun, link, signals, wake, rx, opts)?;
         if let Some(r) = region {
             driver = driver.with_shm(r);
@@ -296,11 +296,11 @@ fn main() -> ExitCode {
             );
             match run(&ifname, foreground, shm.as_deref(), &opts) {
                 Ok(exit) => {
-                    log::info!("{ifname}: shutting down ({exit:?})");
+                    tracing::info!("{ifname}: shutting down ({exit:?})");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    log::error!("{e:#}");
+                    tracing::error!("{e:#}");
                     eprintln!("portdistrict-dataplane: {e:#}");
                     ExitCode::FAILURE
                 }

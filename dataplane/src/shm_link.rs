@@ -54,7 +54,7 @@ impl ShmLink {
         self.errors += 1;
         if !self.reported_unusable {
             self.reported_unusable = true;
-            log::error!(
+            tracing::error!(
                 "{ifname}: shared memory {}: {e}; forwarding goes on with the last good \
                  configuration",
                 self.region.path().display()
@@ -75,10 +75,10 @@ impl ShmLink {
             return;
         };
         match apply(&change) {
-            Ok(()) => log::debug!("{ifname}: applied a shared-memory configuration"),
+            Ok(()) => tracing::debug!("{ifname}: applied a shared-memory configuration"),
             Err(errno) => {
                 self.errors += 1;
-                log::error!(
+                tracing::error!(
                     "{ifname}: the shared-memory configuration was refused (errno {errno})"
                 );
             }
@@ -121,7 +121,7 @@ impl ShmLink {
                 self.errors += 1;
                 if self.reported_gen != Some(gen) {
                     self.reported_gen = Some(gen);
-                    log::error!(
+                    tracing::error!(
                         "{ifname}: shared memory: {e}; keeping the last good configuration"
                     );
                 }
@@ -138,7 +138,7 @@ impl ShmLink {
                 Ok(c) => return c,
                 Err(e @ ShmError::Corrupt(_)) => {
                     self.errors += 1;
-                    log::error!("{ifname}: shared memory command ring: {e}");
+                    tracing::error!("{ifname}: shared memory command ring: {e}");
                 }
                 Err(e) => {
                     self.unusable(ifname, &e);

@@ -189,11 +189,11 @@ impl Calls {
         };
         match call {
             Err(e) if e.closes_connection() => {
-                log::warn!("UAPI request refused, closing: {e}");
+                tracing::warn!("UAPI request refused, closing: {e}");
                 None
             }
             Err(e) => {
-                log::warn!("UAPI request refused: {e}");
+                tracing::warn!("UAPI request refused: {e}");
                 Some(errno_reply(e.errno()))
             }
             Ok(call) => {
@@ -292,7 +292,7 @@ impl Conn {
     /// Answers `e`'s errno and closes the connection (what follows in its input
     /// cannot be trusted to start a request).
     fn fail(&mut self, e: &FrameError, now: Instant) {
-        log::warn!("UAPI request refused, nothing applied, closing the connection: {e}");
+        tracing::warn!("UAPI request refused, nothing applied, closing the connection: {e}");
         self.framer = Framer::new(0, 0);
         self.out = errno_reply(e.errno()).into_bytes();
         self.sent = 0;
@@ -390,7 +390,7 @@ impl Server {
             let ready = match self.wait(now) {
                 Ok(r) => r,
                 Err(e) => {
-                    log::error!("UAPI: {e}");
+                    tracing::error!("UAPI: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
@@ -472,7 +472,7 @@ impl Server {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("UAPI: accepting a client: {e}");
+                    tracing::warn!("UAPI: accepting a client: {e}");
                     self.accept_paused_until = Some(now + Duration::from_millis(100));
                     return;
                 }
@@ -493,7 +493,7 @@ impl Server {
                             .refusals_logged
                             .is_none_or(|t| now >= t + Duration::from_secs(10))
                         {
-                            log::warn!(
+                            tracing::warn!(
                                 "UAPI: {} clients are busy, closing new ones until one is done",
                                 self.limits.clients
                             );

@@ -79,13 +79,13 @@ impl Xdp {
         tun_ifindex: u32,
     ) -> Option<Xdp> {
         if mode == XdpMode::Off {
-            log::info!("{tun_name}: XDP off");
+            tracing::info!("{tun_name}: XDP off");
             return None;
         }
         let prog = match XdpProgram::load() {
             Ok(p) => p,
             Err(e) => {
-                log::warn!(
+                tracing::warn!(
                     "{tun_name}: XDP {}: {e}; running without XDP",
                     mode.as_str()
                 );
@@ -108,13 +108,13 @@ impl Xdp {
             // Without a socket on an interface's queue the redirect falls back to
             // the UDP socket, so steering can be on before any socket exists.
             if let Err(e) = x.prog.set_steer(true, MAX_PAYLOAD) {
-                log::warn!("{tun_name}: XDP steer: {e}; filtering only");
+                tracing::warn!("{tun_name}: XDP steer: {e}; filtering only");
                 x.mode = XdpMode::Filter;
             }
         }
         x.scan(tun_name);
         if x.prog.attached().is_empty() {
-            log::info!(
+            tracing::info!(
                 "{tun_name}: XDP {}: no Ethernet interface in this namespace yet; looking again every second",
                 mode.as_str()
             );
@@ -139,7 +139,7 @@ impl Xdp {
             });
             match self.prog.attach(ifindex, &name, prefer) {
                 Ok(mode) => {
-                    log::info!(
+                    tracing::info!(
                         "{tun_name}: XDP {} attached to {name} ({})",
                         self.mode.as_str(),
                         mode.as_str()
@@ -149,10 +149,10 @@ impl Xdp {
                     } else if self.mode == XdpMode::Steer {
                         // Generic XDP sees a local GSO send as one super-packet, which
                         // one AF_XDP frame cannot stand for: filter only there.
-                        log::warn!("{tun_name}: XDP steer needs native XDP; {name} has {} only, so its data stays on the UDP socket", mode.as_str());
+                        tracing::warn!("{tun_name}: XDP steer needs native XDP; {name} has {} only, so its data stays on the UDP socket", mode.as_str());
                     }
                 }
-                Err(e) => log::warn!("{tun_name}: XDP not on {name}: {e}"),
+                Err(e) => tracing::warn!("{tun_name}: XDP not on {name}: {e}"),
             }
         }
     }
@@ -166,20 +166,20 @@ impl Xdp {
                 Ok(s) => s,
                 Err(e) => {
                     if queue == 0 {
-                        log::warn!("{tun_name}: XDP steer: no AF_XDP socket on {name}: {e}; its data stays on the UDP socket");
+                        tracing::warn!("{tun_name}: XDP steer: no AF_XDP socket on {name}: {e}; its data stays on the UDP socket");
                     }
                     break;
                 }
             };
             if let Err(e) = self.prog.set_xsk(ifindex, queue, s.fd()) {
-                log::warn!("{tun_name}: XDP steer: AF_XDP socket on {name} queue {queue}: {e}");
+                tracing::warn!("{tun_name}: XDP steer: AF_XDP socket on {name} queue {queue}: {e}");
                 break;
             }
             self.new_sockets.push((s, ifindex));
         }
         let n = self.new_sockets.len() - before;
         if n > 0 {
-            log::info!(
+            tracing::info!(
                 "{tun_name}: XDP steer: data messages of up to {MAX_PAYLOAD} bytes on {name} go to {n} AF_XDP socket(s) (copy mode)"
             );
         }
@@ -196,7 +196,7 @@ impl Xdp {
     pub fn index_added(&mut self, index: u32) {
         if let Err(e) = self.prog.add_receiver(index) {
             self.errors += 1;
-            log::debug!("XDP: {e}");
+            tracing::debug!("XDP: {e}");
         }
     }
 
@@ -208,7 +208,7 @@ impl Xdp {
                 Ok(()) => self.port = port,
                 Err(e) => {
                     self.errors += 1;
-                    log::warn!("{tun_name}: XDP listen port {port}: {e}");
+                    tracing::warn!("{tun_name}: XDP listen port {port}: {e}");
                 }
             }
         }
@@ -218,7 +218,7 @@ impl Xdp {
                 Ok(_) => self.generation = Some(generation),
                 Err(e) => {
                     self.errors += 1;
-                    log::debug!("XDP: {e}");
+                    tracing::debug!("XDP: {e}");
                 }
             }
         }
@@ -227,14 +227,14 @@ impl Xdp {
             match self.prog.set_under_load(load) {
                 Ok(()) => {
                     self.under_load = load;
-                    log::info!(
+                    tracing::info!(
                         "{tun_name}: XDP: per-source handshake rate limit {}",
                         if load { "on (under load)" } else { "off" }
                     );
                 }
                 Err(e) => {
                     self.errors += 1;
-                    log::warn!("{tun_name}: XDP under-load flag: {e}");
+                    tracing::warn!("{tun_name}: XDP under-load flag: {e}");
                 }
             }
         }
@@ -278,7 +278,7 @@ impl Xdp {
                 }
                 let _ = writeln!(out, "xdp_dropped={dropped}");
             }
-            Err(e) => log::warn!("XDP counters: {e}"),
+            Err(e) => tracing::warn!("XDP counters: {e}"),
         }
     }
 }

@@ -55,7 +55,7 @@ pub(super) fn negotiate(
                 answer = Some(m);
                 break;
             }
-            Err(e) => log::warn!("{ep}: {e:#}"),
+            Err(e) => tracing::warn!("{ep}: {e:#}"),
         }
     }
     match answer {

@@ -111,7 +111,7 @@ impl UseDir {
             }
             std::fs::remove_file(&legacy)
                 .with_context(|| format!("removing {}", legacy.display()))?;
-            log::info!(
+            tracing::info!(
                 "moved the system-mode state from {} to {} (it must outlive a reboot)",
                 legacy.display(),
                 path.display()

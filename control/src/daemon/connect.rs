@@ -82,7 +82,7 @@ impl Daemon {
             // client is chosen once.
             let region = portdistrict_shm::Region::open(&shm_path)
                 .map_err(|e| {
-                    log::info!(
+                    tracing::info!(
                         "{ifname}: no usable shared-memory region ({e}); programming it over UAPI"
                     );
                 })
@@ -99,7 +99,7 @@ impl Daemon {
         };
         match dp.peers() {
             Ok(peers) => self.connected = current_peers(&peers),
-            Err(e) => log::warn!(
+            Err(e) => tracing::warn!(
                 "{:#}; configuring the tunnel from scratch",
                 anyhow::Error::from(e)
             ),
@@ -161,11 +161,11 @@ impl Daemon {
                 .with_context(|| format!("a route to {}/64 via {ifname}", d.prefix))?;
         }
         for d in &plan.add {
-            log::info!("connected {} ({}/64)", d.name, d.prefix);
+            tracing::info!("connected {} ({}/64)", d.name, d.prefix);
         }
         for c in &plan.remove {
             let _ = h.route(nl::Verb::Del, &route_to(c.prefix));
-            log::info!("disconnected {}/64", c.prefix);
+            tracing::info!("disconnected {}/64", c.prefix);
         }
         Ok(())
     }

@@ -116,7 +116,7 @@ impl Daemon {
             bail!("the namespace {ns} is not inside the zone {zone}: records could not be published there");
         }
         if !o.once && o.record_lifetime <= o.interval.as_secs() {
-            log::warn!(
+            tracing::warn!(
                 "--record-lifetime {}s is not longer than --interval {}s: this device's records will expire between cycles and peers will disconnect it",
                 o.record_lifetime,
                 o.interval.as_secs()
@@ -168,7 +168,7 @@ impl Daemon {
                 // Without the seed, whom to connect to comes from the identity's own
                 // records: when they fail past the last good one's expiry, nobody.
                 if let Some(lost) = self.own_records_lost(now) {
-                    log::error!("{lost}: every peer is disconnected until they verify again");
+                    tracing::error!("{lost}: every peer is disconnected until they verify again");
                     let view = View {
                         devices: Vec::new(),
                         keep: Vec::new(),
@@ -188,7 +188,7 @@ impl Daemon {
             }
         };
         if let Err(e) = self.publish(now, &view) {
-            log::error!("publication failed: {e:#}");
+            tracing::error!("publication failed: {e:#}");
         }
         self.connect(&view)?;
         Ok(view.devices.len())
@@ -209,9 +209,9 @@ impl Daemon {
         };
         loop {
             match self.cycle() {
-                Ok(n) => log::info!("cycle done: {n} peer devices connected"),
+                Ok(n) => tracing::info!("cycle done: {n} peer devices connected"),
                 Err(e) if self.o.once => return Err(e.context("the cycle failed")),
-                Err(e) => log::error!("cycle failed: {e:#}"),
+                Err(e) => tracing::error!("cycle failed: {e:#}"),
             }
             if self.o.once {
                 return Ok(());
@@ -235,11 +235,11 @@ impl Daemon {
                     return Ok(());
                 }
                 if ctl.as_ref().is_some_and(crate::ctl::Control::poll) {
-                    log::info!("trust, roster or tunnels changed: republishing now");
+                    tracing::info!("trust, roster or tunnels changed: republishing now");
                     break;
                 }
                 if stamp(&self.dirs) != before {
-                    log::info!("trust or roster changed: republishing now");
+                    tracing::info!("trust or roster changed: republishing now");
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));

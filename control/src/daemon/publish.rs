@@ -68,7 +68,7 @@ impl Daemon {
             self.o.endpoints.clone()
         };
         if endpoints.is_empty() {
-            log::warn!(
+            tracing::warn!(
                 "WARNING: publishing {}.{ns} with NO endpoint: no global address found on any interface; peers cannot reach this device until it has one (or pass --endpoint IP:PORT)",
                 self.device
             );
@@ -86,7 +86,7 @@ impl Daemon {
         let dname = device_name(ns, &self.device);
         let env = seal(&rec.sign(&self.keys.signing())?, &dname, &readers, &mut rng)?;
         publish(&dname, &to_txt(&env))?;
-        log::info!(
+        tracing::info!(
             "published {}{dname} ({} endpoints) for {} readers",
             if self.seed.is_some() {
                 format!(

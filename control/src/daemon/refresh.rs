@@ -123,7 +123,7 @@ impl Daemon {
                 Ok(r) => r,
                 Err(e) => {
                     let what = self.hold(&name, p.overlay_prefix(), 48, now, &mut keep);
-                    log::warn!(
+                    tracing::warn!(
                         "peer {} ({ns}): master record rejected: {e:#}; {what}",
                         p.node_id()
                     );
@@ -181,7 +181,7 @@ impl Daemon {
                 Err(e) => {
                     let prefix = id.device_prefix(subnet_of(&d.device.name));
                     let what = self.hold(&dname, prefix, 64, now, keep);
-                    log::warn!("{ns}: device record {dname} rejected: {e:#}; {what}");
+                    tracing::warn!("{ns}: device record {dname} rejected: {e:#}; {what}");
                 }
             }
         }

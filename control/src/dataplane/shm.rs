@@ -36,7 +36,9 @@ impl ShmClient {
         let config = match region.read_config() {
             Ok((_, cfg)) => cfg,
             Err(e) => {
-                log::warn!("{ifname}: the shared-memory region is unreadable ({e}); rewriting it");
+                tracing::warn!(
+                    "{ifname}: the shared-memory region is unreadable ({e}); rewriting it"
+                );
                 Config::default()
             }
         };
@@ -100,7 +102,7 @@ impl Dataplane for ShmClient {
         self.config = next;
         match self.wait_applied(generation, CONFIRM_WITHIN) {
             Err(e @ DataplaneError::NotApplied { .. }) => {
-                log::warn!("{e}; it stays published");
+                tracing::warn!("{e}; it stays published");
                 Ok(())
             }
             other => other,

@@ -69,12 +69,12 @@ impl Serving<'_> {
                     .and_then(|store| sync(o, &store, self.ipv6, applied));
                 match synced {
                     Ok(()) if failing => {
-                        log::info!("the store is in line with the tunnel again");
+                        tracing::info!("the store is in line with the tunnel again");
                         failing = false;
                     }
                     Ok(()) => {}
                     Err(e) if !failing => {
-                        log::warn!(
+                        tracing::warn!(
                             "cannot bring the tunnel in line with the store (retrying): {e:#}"
                         );
                         failing = true;
@@ -95,7 +95,7 @@ impl Serving<'_> {
                     continue
                 }
                 Err(e) => {
-                    log::warn!("negotiation socket: {e}");
+                    tracing::warn!("negotiation socket: {e}");
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 }
@@ -128,7 +128,7 @@ impl Serving<'_> {
     fn decide(&self, request: &Verified, resolver: IpAddr, applied: &mut Applied) -> Vec<u8> {
         self.try_decide(request, resolver, applied)
             .unwrap_or_else(|e| {
-                log::warn!("an exit request cannot be answered now: {e:#}");
+                tracing::warn!("an exit request cannot be answered now: {e:#}");
                 Message::Nak(Refusal::Unavailable).emit()
             })
     }
@@ -160,7 +160,7 @@ impl Serving<'_> {
                     // Peer and firewall first, then the ack.
                     sync(self.o, &store, self.ipv6, applied)?;
                     let v6 = grant.inner_v6.map(|a| format!(" {a}")).unwrap_or_default();
-                    log::info!("authorized {wg_key} as {}{v6}", grant.inner_v4);
+                    tracing::info!("authorized {wg_key} as {}{v6}", grant.inner_v4);
                     Ok(reply)
                 }
             }

@@ -121,7 +121,7 @@ pub(super) fn sync(
     let mut host = applied.host.clone();
     match uplink_prefixes(&o.uplink) {
         Ok(p) => host.uplink_prefixes = p,
-        Err(e) => log::warn!("{e:#}; the firewall keeps blocking the last ones"),
+        Err(e) => tracing::warn!("{e:#}; the firewall keeps blocking the last ones"),
     }
     if consumers != applied.consumers || host != applied.host {
         apply_nft(&policy_of(o, store, ipv6, &host).plan()?)?;

@@ -57,16 +57,16 @@ impl Driver {
     fn link_events(&mut self) {
         self.events.clear();
         if let Err(e) = self.link.drain(&mut self.events) {
-            log::warn!("link monitor: {e}");
+            tracing::warn!("link monitor: {e}");
         }
         for ev in &self.events {
             match ev {
                 LinkEvent::Mtu(m) => {
-                    log::info!("{}: MTU is now {m}", self.egress.tun.name());
+                    tracing::info!("{}: MTU is now {m}", self.egress.tun.name());
                     self.device.set_mtu(*m as usize);
                 }
                 LinkEvent::Deleted => {
-                    log::info!(
+                    tracing::info!(
                         "{}: left this network namespace (moved or deleted)",
                         self.egress.tun.name()
                     )
@@ -108,7 +108,7 @@ impl Driver {
                 Ok(t) => {
                     let on = gate.update(t);
                     if on != pool.enabled() {
-                        log::debug!(
+                        tracing::debug!(
                             "{}: parallel crypto {}",
                             self.egress.tun.name(),
                             if on {
@@ -121,7 +121,7 @@ impl Driver {
                     pool.set_enabled(on);
                 }
                 Err(e) => {
-                    log::warn!(
+                    tracing::warn!(
                         "{}: /proc/stat: {e}; parallel crypto stays on",
                         self.egress.tun.name()
                     );
@@ -146,11 +146,11 @@ impl Driver {
         for (s, ifindex) in x.take_new_sockets() {
             if let Some(r) = self.reactor.as_mut() {
                 if let Err(e) = r.add_poll(s.fd()) {
-                    log::warn!("{tun_name}: cannot poll an AF_XDP socket: {e}");
+                    tracing::warn!("{tun_name}: cannot poll an AF_XDP socket: {e}");
                     continue;
                 }
             } else if self.xsks.len() >= MAX_POLL_XSKS {
-                log::warn!(
+                tracing::warn!(
                     "{tun_name}: the poll(2) loop watches {MAX_POLL_XSKS} AF_XDP sockets at most"
                 );
                 continue;
@@ -172,7 +172,7 @@ impl Driver {
             let mut known = false;
             self.with_io(|device, io| known = device.initiate_handshake(now, &key, io));
             if !known {
-                log::warn!("{name}: shared memory asked for a handshake with an unknown peer");
+                tracing::warn!("{name}: shared memory asked for a handshake with an unknown peer");
             }
         }
         if link.stats_due(now) {
@@ -195,7 +195,7 @@ impl Driver {
                         Some(u)
                     }
                     Err(e) => {
-                        log::warn!("{name}: listen port {p}: {e}");
+                        tracing::warn!("{name}: listen port {p}: {e}");
                         return Err(-libc::EADDRINUSE);
                     }
                 }
@@ -205,19 +205,19 @@ impl Driver {
         if new_udp.is_none() && req.fwmark.is_some() {
             if let Some(u) = &self.egress.udp {
                 if let Err(e) = u.set_fwmark(fwmark) {
-                    log::warn!("{name}: fwmark {fwmark}: {e}");
+                    tracing::warn!("{name}: fwmark {fwmark}: {e}");
                     return Err(-libc::EIO);
                 }
             }
         }
         if let (Some(u), Some(r)) = (&new_udp, self.reactor.as_mut()) {
             if let Err(e) = r.set_udp([u.v4_fd(), u.v6_fd()]) {
-                log::error!("{name}: moving io_uring receives to the new sockets: {e}");
+                tracing::error!("{name}: moving io_uring receives to the new sockets: {e}");
                 return Err(-libc::EIO);
             }
         }
         if let Some(u) = new_udp {
-            log::info!("{name}: listening on UDP port {}", u.port());
+            tracing::info!("{name}: listening on UDP port {}", u.port());
             self.egress.udp = Some(u);
         }
         if let Some(p) = req.listen_port {

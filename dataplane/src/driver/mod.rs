@@ -117,13 +117,13 @@ impl Driver {
         opts: &Options,
     ) -> anyhow::Result<Self> {
         for ignored in &opts.ignored {
-            log::warn!("{}: {ignored}", tun.name());
+            tracing::warn!("{}: {ignored}", tun.name());
         }
         let udp = UdpSockets::bind(0, 0)?;
         let vnet = tun.offload().vnet_hdr;
         let gro = udp.set_offload(opts.udp_offload);
         let o = tun.offload();
-        log::info!(
+        tracing::info!(
             "{}: listening on UDP port {}; offloads: TUN vnet-hdr {} (TSO {}, USO {}), UDP GSO {}, UDP GRO {}",
             tun.name(),
             udp.port(),
@@ -146,7 +146,7 @@ impl Driver {
         let pool = Pool::new(workers);
         // Gated workers start unused: the gate turns them on once it sees idle CPUs.
         pool.set_enabled(!gated);
-        log::info!(
+        tracing::info!(
             "{}: crypto on up to {} thread(s): the loop and {} worker(s), {} (PD_CRYPTO_THREADS=N forces N)",
             tun.name(),
             pool.workers() + 1,
@@ -183,7 +183,7 @@ impl Driver {
 
     /// Takes its configuration from a shared-memory region (besides UAPI).
     pub fn with_shm(mut self, region: portdistrict_shm::Region) -> Self {
-        log::info!(
+        tracing::info!(
             "{}: configuration from shared memory ({} peers at most)",
             self.egress.tun.name(),
             region.capacity()

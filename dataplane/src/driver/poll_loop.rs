@@ -145,7 +145,7 @@ impl Driver {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
-                    log::debug!("UDP receive error: {e}");
+                    tracing::debug!("UDP receive error: {e}");
                     break;
                 }
             };

@@ -36,7 +36,7 @@ pub(super) fn drain_tun(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if Tun::is_gone(&e) => return true,
             Err(e) => {
-                log::error!("{}: reading the TUN device failed: {e}", tun.name());
+                tracing::error!("{}: reading the TUN device failed: {e}", tun.name());
                 return true;
             }
         };

@@ -65,14 +65,14 @@ pub(super) fn open_reactor(
 ) -> Option<Reactor> {
     use std::os::fd::AsFd;
     if choice == IoLoop::Poll {
-        log::info!(
+        tracing::info!(
             "{}: receive path: poll(2) loop with recvmmsg (PD_IO=poll)",
             tun.name()
         );
         return None;
     }
     if let Err(e) = Reactor::probe() {
-        log::info!(
+        tracing::info!(
             "{}: receive path: poll(2) loop with recvmmsg (io_uring unavailable: {e})",
             tun.name()
         );
@@ -94,7 +94,7 @@ pub(super) fn open_reactor(
         ReactorConfig::default(),
     ) {
         Ok(r) => {
-            log::info!(
+            tracing::info!(
                 "{}: receive path: io_uring (one TUN read in flight, multishot UDP receive; task work: {})",
                 tun.name(),
                 r.task_work()
@@ -102,7 +102,7 @@ pub(super) fn open_reactor(
             Some(r)
         }
         Err(e) => {
-            log::warn!(
+            tracing::warn!(
                 "{}: receive path: poll(2) loop with recvmmsg (io_uring setup failed: {e})",
                 tun.name()
             );
@@ -192,7 +192,7 @@ impl Driver {
                             },
                             Completion::TunError(e) => {
                                 if !Tun::is_gone(&e) {
-                                    log::error!(
+                                    tracing::error!(
                                         "{}: reading the TUN device failed: {e}",
                                         tun.name()
                                     );

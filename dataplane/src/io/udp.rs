@@ -259,7 +259,9 @@ impl UdpSockets {
         if self.gso.load(Ordering::Relaxed) {
             match self.send_with(buf, dst, src, Some(segment)) {
                 Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                    log::warn!("UDP GSO refused by the kernel ({e}); sending datagrams one by one");
+                    tracing::warn!(
+                        "UDP GSO refused by the kernel ({e}); sending datagrams one by one"
+                    );
                     self.gso.store(false, Ordering::Relaxed);
                 }
                 other => return other,
@@ -449,7 +451,7 @@ fn configure(fd: BorrowedFd<'_>, family: Family, fwmark: u32) -> Result<(), IoEr
     // Receive coalescing: one recvmsg returns many datagrams of one sender. Optional:
     // without it every datagram is read on its own.
     if let Err(e) = set_int(fd, libc::SOL_UDP, UDP_GRO, on) {
-        log::info!("UDP_GRO unavailable ({e}); receiving datagrams one by one");
+        tracing::info!("UDP_GRO unavailable ({e}); receiving datagrams one by one");
     }
     set_buffer(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "SO_RCVBUF");
     set_buffer(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "SO_SNDBUF");
@@ -463,7 +465,7 @@ fn set_buffer(fd: BorrowedFd<'_>, force: libc::c_int, plain: libc::c_int, what: 
         return;
     }
     if let Err(e) = set_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER_SIZE) {
-        log::warn!("cannot set {what} to {SOCKET_BUFFER_SIZE} bytes: {e}");
+        tracing::warn!("cannot set {what} to {SOCKET_BUFFER_SIZE} bytes: {e}");
     }
 }
 

@@ -290,7 +290,7 @@ impl Reactor {
         };
         reactor.tun_fixed = reactor.register_tun_pool();
         reactor.arm_all(udp)?;
-        log::info!(
+        tracing::info!(
             "io_uring reactor: one TUN read in flight ({}), multishot UDP receive \
              with {udp_buffers} provided buffers per socket",
             if reactor.tun_fixed {
@@ -317,7 +317,9 @@ impl Reactor {
         match unsafe { self.ring.submitter().register_buffers(&iovecs) } {
             Ok(()) => true,
             Err(e) => {
-                log::info!("io_uring: cannot register the TUN buffers ({e}); using plain reads");
+                tracing::info!(
+                    "io_uring: cannot register the TUN buffers ({e}); using plain reads"
+                );
                 false
             }
         }
@@ -587,7 +589,7 @@ impl Drop for Reactor {
         {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => log::debug!("io_uring: cancelling on drop failed: {e}"),
+            Err(e) => tracing::debug!("io_uring: cancelling on drop failed: {e}"),
         }
     }
 }

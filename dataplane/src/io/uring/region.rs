@@ -67,7 +67,7 @@ impl Drop for Region {
         // SAFETY: `ptr`/`len` are exactly the mapping made in `new`, unmapped once.
         let ret = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
         if let Err(e) = cvt(ret) {
-            log::warn!("munmap of an io_uring buffer region failed: {e}");
+            tracing::warn!("munmap of an io_uring buffer region failed: {e}");
         }
     }
 }
