@@ -5,6 +5,7 @@
 //! without being held in memory; 800 idle clients neither make 800 threads nor
 //! keep `wg show` out.
 
+use portdistrict_wg::uapi::SOCKET_DIR;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -173,7 +174,7 @@ impl Drop for Traced {
         for pid in find_daemon_pids(&uut_binary(), &self.ifname) {
             let _ = try_run(&["kill", "-KILL", &pid.to_string()]);
         }
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname));
+        let _ = std::fs::remove_file(format!("{SOCKET_DIR}/{}.sock", self.ifname));
     }
 }
 
@@ -198,7 +199,7 @@ fn the_socket_is_never_open_to_other_users() {
     // that relies on its chmod after bind(2) is open to everyone meanwhile.
     let ns = Netns::new("umask");
     let ifname = unique_ifname("pdw");
-    let path = format!("/var/run/wireguard/{ifname}.sock");
+    let path = format!("{SOCKET_DIR}/{ifname}.sock");
     let bin = uut_binary();
     let log = portdistrict_netns_tests::TempDir::new("umask-log");
     let log_file = std::fs::File::create(log.path().join("log")).expect("log");
@@ -240,7 +241,7 @@ fn the_socket_is_never_open_to_other_users() {
     let mode = meta.permissions().mode() & 0o777;
     assert_eq!(mode & 0o077, 0, "socket mode {mode:o} right after bind");
     assert!(!nobody_connects(&path), "user nobody connected to {path}");
-    let dir = std::fs::metadata("/var/run/wireguard").expect("stat dir");
+    let dir = std::fs::metadata(SOCKET_DIR).expect("stat dir");
     assert_eq!(
         dir.permissions().mode() & 0o022,
         0,

@@ -16,7 +16,9 @@ use crate::process::{cmd, run, run_cleanup, run_quietly, signal, wait_until};
 use crate::registry::{self, Resource};
 use crate::Error;
 
-/// Where WireGuard implementations put their UAPI sockets (wg(8)'s convention).
+/// Where WireGuard implementations put their UAPI sockets (wg(8)'s convention; the
+/// same as `portdistrict_wg::uapi::SOCKET_DIR`, spelled here so that the test tooling
+/// does not build the protocol core).
 pub const WIREGUARD_RUN_DIR: &str = "/var/run/wireguard";
 /// Bound for each `ip` command run here.
 const IP_LIMIT: Duration = Duration::from_secs(10);
