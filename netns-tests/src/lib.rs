@@ -75,3 +75,15 @@ impl Family {
         }
     }
 }
+
+#[cfg(test)]
+mod socket_dir {
+    /// The test tooling's spelling of the UAPI directory is the protocol core's.
+    #[test]
+    fn testkit_and_the_protocol_core_agree() {
+        assert_eq!(
+            portdistrict_testkit::netns::WIREGUARD_RUN_DIR,
+            portdistrict_wg::uapi::SOCKET_DIR
+        );
+    }
+}
