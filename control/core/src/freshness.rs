@@ -111,22 +111,6 @@ impl Kept {
     }
 }
 
-/// The peers to carry over unchanged: connected (key -> its /64), not wanted any more
-/// (no verified record), and inside a kept prefix whose grace period runs at `now`.
-/// Every other connected peer that is not wanted is removed.
-pub fn carried<'a>(
-    connected: &'a BTreeMap<String, Ipv6Addr>,
-    wanted: impl Fn(&str) -> bool,
-    keep: &[Kept],
-    now: u64,
-) -> Vec<&'a str> {
-    connected
-        .iter()
-        .filter(|(k, p)| !wanted(k) && keep.iter().any(|kp| now < kp.until && kp.contains(**p)))
-        .map(|(k, _)| k.as_str())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,45 +163,5 @@ mod tests {
         f.accept(name, i2, e2).unwrap();
         assert!(f.accept(name, i, e + 99_999).is_err());
         assert_eq!(f.grace(name, e2), Grace::Expired(e2));
-    }
-
-    #[test]
-    fn a_failing_record_after_the_last_good_expiry_removes_the_devices() {
-        let bob48: Ipv6Addr = "fd12:3456:789a::".parse().unwrap();
-        let desk: Ipv6Addr = "fd12:3456:789a:1::".parse().unwrap();
-        let phone: Ipv6Addr = "fd12:3456:789a:2::".parse().unwrap();
-        let carol: Ipv6Addr = "fd99:3456:789a:1::".parse().unwrap();
-        let connected: BTreeMap<String, Ipv6Addr> = [
-            ("desk".to_owned(), desk),
-            ("phone".to_owned(), phone),
-            ("carol".to_owned(), carol),
-        ]
-        .into();
-        let mut f = Freshness::default();
-        let (i, e) = rec(1000);
-        f.accept("_portdistrict.bob.pd.test", i, e).unwrap();
-        // Bob's master record fails; carol's device record is wanted (verified).
-        let plan = |now: u64| {
-            let keep: Vec<Kept> = match f.grace("_portdistrict.bob.pd.test", now) {
-                Grace::Until(until) => vec![Kept {
-                    prefix: bob48,
-                    len: 48,
-                    until,
-                }],
-                Grace::Expired(_) | Grace::Never => Vec::new(),
-            };
-            carried(&connected, |k| k == "carol", &keep, now)
-        };
-        assert_eq!(plan(1010), ["desk", "phone"], "inside the grace period");
-        assert_eq!(plan(e - 1), ["desk", "phone"]);
-        assert!(plan(e).is_empty(), "after the last good expiry: removed");
-        // A kept entry is bounded by its own end too, and a /64 keeps one device.
-        let one = [Kept {
-            prefix: desk,
-            len: 64,
-            until: 2000,
-        }];
-        assert_eq!(carried(&connected, |_| false, &one, 1999), ["desk"]);
-        assert!(carried(&connected, |_| false, &one, 2000).is_empty());
     }
 }

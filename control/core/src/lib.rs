@@ -11,11 +11,14 @@
 //!   chunked into TXT.
 //! - [`freshness`]: rollback protection and grace periods of records.
 //! - [`overlay`]: the overlay /48 of an identity and the /64 of each device.
+//! - [`mesh`]: the daemon's connect plan: which peers and routes to add, update,
+//!   keep or remove for a view.
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod freshness;
 pub mod identity;
+pub mod mesh;
 pub mod overlay;
 pub mod records;
 pub mod trust;

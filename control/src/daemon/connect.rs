@@ -1,10 +1,10 @@
 //! Connect: the tunnel's peers and routes made to match a view.
 
-use super::plan::{plan, PeerPlan, Plan, KEEPALIVE};
 use super::{Daemon, View, SHM_PEERS};
 use crate::dataplane;
 use crate::run_cmd;
 use anyhow::Context as _;
+use portdistrict_control_core::mesh::{plan, PeerPlan, Plan, KEEPALIVE};
 use portdistrict_netlink as nl;
 use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange, PeerSnapshot};
 use portdistrict_wg::{PrivateKey, PublicKey};

@@ -13,16 +13,17 @@
 //! 3. **connect**: the tunnel gets this device's WireGuard key and overlay address,
 //!    every verified peer device becomes a WireGuard peer (its key, first endpoint,
 //!    AllowedIPs = its /64) with a route, and peers no longer wanted (revoked, demoted,
-//!    forgotten, gone from a roster) are removed. What changes is a pure [`plan`] of
-//!    the view and what is connected; [`connect`](Daemon::connect) applies it.
+//!    forgotten, gone from a roster) are removed. What changes is a pure plan
+//!    ([`portdistrict_control_core::mesh`]) of the view and what is connected;
+//!    [`connect`](Daemon::connect) applies it.
 
 mod connect;
 mod options;
-pub mod plan;
 mod publish;
 mod refresh;
 
 pub use options::DaemonOptions;
+pub use portdistrict_control_core::mesh::PeerDevice;
 
 use crate::device::this_device;
 use crate::freshness::{Freshness, Grace, Kept};
@@ -33,7 +34,7 @@ use crate::Dirs;
 use anyhow::bail;
 use portdistrict_wg::PublicKey;
 use std::collections::BTreeMap;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::Ipv6Addr;
 use std::time::Duration;
 
 /// Peers the shared-memory region holds.
@@ -83,21 +84,6 @@ pub struct View {
     pub own: MasterRecord,
     /// When it was made (the grace periods in `keep` are checked against it).
     pub now: u64,
-}
-
-/// A verified device of a trusted peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerDevice {
-    /// The peer's namespace.
-    pub namespace: String,
-    /// The device name.
-    pub device: String,
-    /// Its WireGuard key.
-    pub wg_key: [u8; 32],
-    /// Its /64.
-    pub prefix: Ipv6Addr,
-    /// Its endpoints.
-    pub endpoints: Vec<SocketAddr>,
 }
 
 impl Daemon {

@@ -1,5 +1,6 @@
-//! The connect plan: what the tunnel's peers and routes must become for a view, as a
-//! pure function of what is connected now (no I/O; `now` is an argument).
+//! The daemon's connect plan: what the tunnel's peers and routes must become for the
+//! verified devices of a view, as a pure function of what is connected now (no I/O;
+//! `now` is an argument). The control shell (`portdistrictd`'s connect) applies it.
 //!
 //! A wanted device (verified, not switched off with `tunnel disconnect`) is *added*
 //! when its key is not connected yet and *updated* (configured again: its endpoint may
@@ -7,11 +8,25 @@
 //! its /64 lies inside a kept prefix whose grace period runs, and *removed* (peer and
 //! route) otherwise. Every list is in key order.
 
-use super::PeerDevice;
 use crate::freshness::Kept;
 use portdistrict_wg::PublicKey;
 use std::collections::BTreeMap;
 use std::net::{Ipv6Addr, SocketAddr};
+
+/// A verified device of a trusted peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDevice {
+    /// The peer's namespace.
+    pub namespace: String,
+    /// The device name.
+    pub device: String,
+    /// Its WireGuard key.
+    pub wg_key: [u8; 32],
+    /// Its /64.
+    pub prefix: Ipv6Addr,
+    /// Its endpoints.
+    pub endpoints: Vec<SocketAddr>,
+}
 
 /// The persistent keepalive every peer gets (seconds).
 pub const KEEPALIVE: u16 = 25;
@@ -280,5 +295,42 @@ mod tests {
         assert_eq!(conn_keys(&p.remove), [9]);
         let wanted: Vec<u8> = p.wanted().iter().map(|w| w.key.0[0]).collect();
         assert_eq!(wanted, [5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn a_failing_record_keeps_its_devices_until_the_last_good_expiry() {
+        use crate::freshness::{Freshness, Grace};
+        let bob48 = Ipv6Addr::new(0xfd12, 0x3456, 0x789a, 0, 0, 0, 0, 0);
+        let bob = |n: u16| Ipv6Addr::new(0xfd12, 0x3456, 0x789a, n, 0, 0, 0, 0);
+        let now: BTreeMap<PublicKey, Ipv6Addr> = [
+            (PublicKey([1; 32]), bob(1)),
+            (PublicKey([2; 32]), bob(2)),
+            (PublicKey([3; 32]), prefix(3)),
+        ]
+        .into();
+        let mut f = Freshness::default();
+        f.accept("_portdistrict.bob.pd.test", 1000, 4600).unwrap();
+        // Bob's master record fails; carol's device (key 3) still verifies.
+        let at = |t: u64| {
+            let keep: Vec<Kept> = match f.grace("_portdistrict.bob.pd.test", t) {
+                Grace::Until(until) => vec![Kept {
+                    prefix: bob48,
+                    len: 48,
+                    until,
+                }],
+                Grace::Expired(_) | Grace::Never => Vec::new(),
+            };
+            plan(&now, &[device(3, "carol", 3)], &[], &keep, t)
+        };
+        for t in [1010, 4599] {
+            let p = at(t);
+            assert_eq!(conn_keys(&p.keep), [1, 2], "inside the grace period");
+            assert_eq!(keys(&p.update), [3]);
+            assert!(p.remove.is_empty());
+        }
+        let p = at(4600);
+        assert!(p.keep.is_empty(), "after the last good expiry: removed");
+        assert_eq!(conn_keys(&p.remove), [1, 2]);
+        assert_eq!(keys(&p.update), [3]);
     }
 }
