@@ -6,6 +6,7 @@
 //!   interfaces `<prefix><pid%10000><n>`), and [`names::stale_owner`] to recognise what
 //!   a killed run left behind;
 //! - [`TempDir`]: a private (0700) directory removed on drop, with 0600 files;
+//! - [`fresh`]: unit tests of I/O code in a fresh network namespace on a thread;
 //! - [`process`]: children in their own process group or not, stopped with SIGTERM
 //!   then SIGKILL ([`Guard`]), commands run within a bound ([`capture`], [`run`]),
 //!   Ctrl-C turned into an error ([`process::install_interrupt_handler`]), bounded
@@ -20,6 +21,7 @@
 //! pd-bench) or panic with them (the netns suites).
 
 pub mod error;
+pub mod fresh;
 pub mod names;
 pub mod netns;
 pub mod process;
