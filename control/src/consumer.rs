@@ -38,6 +38,7 @@ mod negotiation;
 mod resolver;
 mod state;
 mod status;
+mod tunnel;
 
 pub use boot::{lockdown, restore, LockdownCommand};
 use bring_up::bring_up;

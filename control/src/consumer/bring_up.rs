@@ -2,17 +2,16 @@
 //! DNS, and the proof that traffic flows.
 
 use super::negotiation::{negotiate, probe};
-use super::{link_exists, netlink, policy, resolver, UseDir, UseState, FWMARK};
-use crate::dataplane::{Dataplane as _, UapiClient};
+use super::tunnel::{configure, set_addresses};
+use super::{link_exists, netlink, policy, resolver, UseDir, UseState};
 use crate::run_cmd;
 use crate::serve::dataplane_binary;
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::apply::{apply_nft, apply_planned, plan_undo, reapply};
 use portdistrict_exitnode::invite::Invite;
-use portdistrict_netlink as nl;
-use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange};
+use portdistrict_wg::config::AllowedIpChange;
 use portdistrict_wg::{PrivateKey, PublicKey};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// Applies the kill switch, starts the dataplane, negotiates if needed, applies the
@@ -105,46 +104,4 @@ pub(super) fn bring_up(
     probe(granted.inner_v4, invite, key, timeout)
         .context("the tunnel does not carry traffic to the provider (the kill switch stays on)")?;
     Ok(s)
-}
-
-/// The tunnel as `key` with the provider as its one peer for `allowed`.
-pub(super) fn configure(
-    ifname: &str,
-    key: &PrivateKey,
-    provider: &PublicKey,
-    endpoint: SocketAddr,
-    allowed: &[AllowedIpChange],
-) -> anyhow::Result<()> {
-    let mut p = PeerChange::new(*provider);
-    p.endpoint = Some(endpoint);
-    p.persistent_keepalive_interval = Some(25);
-    p.replace_allowed_ips = true;
-    p.allowed_ips = allowed.to_vec();
-    Ok(UapiClient::new(ifname).apply(&ConfigChange {
-        private_key: Some(Some(key.clone())),
-        listen_port: None,
-        fwmark: Some(FWMARK),
-        replace_peers: true,
-        peers: vec![p],
-    })?)
-}
-
-pub(super) fn set_addresses(ifname: &str, v4: IpAddr, v6: Option<IpAddr>) -> anyhow::Result<()> {
-    let mut nl = netlink()?;
-    nl.address_flush(ifname)
-        .with_context(|| format!("flushing the addresses of {ifname}"))?;
-    let ifindex = nl.link_index(ifname)?;
-    for (addr, prefix_len) in std::iter::once((v4, 32)).chain(v6.map(|a| (a, 128))) {
-        let spec = nl::AddressSpec {
-            ifindex,
-            addr,
-            prefix_len,
-            nodad: addr.is_ipv6(),
-        };
-        nl.address(nl::Verb::Add, &spec)
-            .with_context(|| format!("adding {addr}/{prefix_len} to {ifname}"))?;
-    }
-    nl.link_set_up(ifname, true)
-        .with_context(|| format!("setting {ifname} up"))?;
-    Ok(())
 }

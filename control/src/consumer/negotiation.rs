@@ -1,7 +1,7 @@
 //! The exit request: as the invite's negotiation identity to get a grant, and as
 //! ourselves to prove the tunnel carries our traffic.
 
-use super::bring_up::{configure, set_addresses};
+use super::tunnel::{configure, set_addresses};
 use super::{netlink, Granted, UseState};
 use portdistrict_netlink as nl;
 
