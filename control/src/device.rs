@@ -5,7 +5,7 @@
 //! - `STATE_DIR/roster.json`: the delegations (devices) the master record lists.
 
 use crate::identity::PublicIdentity;
-use crate::node::{unlock, SecretOptions};
+use crate::node::{unlock, Secret, SecretOptions};
 use crate::records::{subnet_of, Delegation, DeviceKeys, DevicePublic};
 use crate::Dirs;
 use anyhow::{bail, Context as _};
@@ -275,26 +275,29 @@ pub fn request(dirs: &Dirs, name: &str, namespace: &str) -> anyhow::Result<Strin
 }
 
 /// `device roster add REQUEST`: on the machine with the identity's secret, delegates
-/// the requesting device; returns the identity bundle for `device join` there.
-pub fn roster_add(dirs: &Dirs, request: &str, o: &SecretOptions) -> anyhow::Result<String> {
+/// the requesting device; returns the identity bundle for `device join` there. The
+/// seed is unlocked with the CLI's options offline, or is the one `portdistrictd`
+/// holds when it serves the command.
+pub fn roster_add(dirs: &Dirs, request: &str, secret: Secret<'_>) -> anyhow::Result<String> {
     let req = crate::records::DeviceRequest::decode(request)?;
-    let (rec, seed) = unlock(dirs, o)?;
-    if req.namespace != rec.identity.namespace {
-        bail!(
-            "the device asks to join {}, this identity is {}",
-            req.namespace,
-            rec.identity.namespace
-        );
-    }
-    let mut r = roster(dirs)?;
-    if r.iter().any(|e| e.name == req.device.name) {
-        bail!("the roster already has a device {:?}", req.device.name);
-    }
-    let d = Delegation::sign(&seed.master(), &rec.identity.namespace, req.device);
-    r.push(RosterEntry::from_delegation(&d));
-    save_roster(dirs, &r)?;
-    seed.bundle(&rec.identity.namespace, rec.created)
-        .map_err(Into::into)
+    secret.with_seed(dirs, |rec, seed| {
+        if req.namespace != rec.identity.namespace {
+            bail!(
+                "the device asks to join {}, this identity is {}",
+                req.namespace,
+                rec.identity.namespace
+            );
+        }
+        let mut r = roster(dirs)?;
+        if r.iter().any(|e| e.name == req.device.name) {
+            bail!("the roster already has a device {:?}", req.device.name);
+        }
+        let d = Delegation::sign(&seed.master(), &rec.identity.namespace, req.device);
+        r.push(RosterEntry::from_delegation(&d));
+        save_roster(dirs, &r)?;
+        seed.bundle(&rec.identity.namespace, rec.created)
+            .map_err(Into::into)
+    })
 }
 
 /// `device join BUNDLE`: completes `device request` on the device.

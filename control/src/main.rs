@@ -87,8 +87,8 @@ Options:
   --run-dir DIR         runtime files (default /run/portdistrict)
 
 While exit serve or portdistrictd runs, exit invite|list|revoke, peer add|verify|
-trust|demote|revoke|forget, tunnel connect|disconnect and device roster remove are
-carried out by it (RUN_DIR/exit.sock, RUN_DIR/portdistrictd.sock); without one, here.";
+trust|demote|revoke|forget, tunnel connect|disconnect and device roster add|remove
+are carried out by it (RUN_DIR/exit.sock, RUN_DIR/portdistrictd.sock); without one, here.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -215,7 +215,12 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             if !rest.is_empty() {
                 bail!("device roster add: unknown option {}", rest[0]);
             }
-            println!("{}", device::roster_add(&dirs, request, &secret)?);
+            let request = Request::RosterAdd {
+                line: request.to_string(),
+            };
+            let out =
+                ctl::handle::via_daemon_unlocking(&dirs, ctl::Daemon::Control, &request, &secret)?;
+            println!("{out}");
             Ok(())
         }
         ["device", "join", bundle] => {

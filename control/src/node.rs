@@ -211,10 +211,7 @@ pub fn unlock(dirs: &Dirs, o: &SecretOptions) -> anyhow::Result<(IdentityRecord,
                 .with_context(|| format!("{} is damaged", f.display()))?;
             Seed::from_bytes(bytes)
         }
-        SecretAt::Elsewhere => bail!(
-            "this machine holds only a device of {}, not the identity's secret: run this on the machine that does",
-            rec.identity.namespace
-        ),
+        SecretAt::Elsewhere => return Err(not_held(&rec)),
         SecretAt::Sealed => {
             let path = dir(dirs).join("seed.json");
             let text = std::fs::read_to_string(&path)
@@ -230,6 +227,43 @@ pub fn unlock(dirs: &Dirs, o: &SecretOptions) -> anyhow::Result<(IdentityRecord,
         bail!("the secret does not belong to this identity (identity.json and the seed disagree)");
     }
     Ok((rec, seed))
+}
+
+/// Why a machine that holds only a device of the identity cannot sign for it.
+fn not_held(rec: &IdentityRecord) -> anyhow::Error {
+    anyhow::anyhow!(
+        "this machine holds only a device of {}, not the identity's secret: run this on the machine that does",
+        rec.identity.namespace
+    )
+}
+
+/// Where a command that signs for the identity (`device roster add`) gets its seed.
+#[derive(Clone, Copy)]
+pub enum Secret<'a> {
+    /// Unlocked here, when needed, with the CLI's options ([`unlock`]).
+    Unlock(&'a SecretOptions),
+    /// Held in memory by `portdistrictd`, unlocked at its start; `None` on a machine
+    /// that does not hold it.
+    Held(Option<&'a Seed>),
+}
+
+impl Secret<'_> {
+    /// Runs `f` with the identity's record and seed; without the seed, the same error
+    /// either way ([`unlock`]'s).
+    pub fn with_seed<T>(
+        self,
+        dirs: &Dirs,
+        f: impl FnOnce(&IdentityRecord, &Seed) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        match self {
+            Secret::Unlock(o) => {
+                let (rec, seed) = unlock(dirs, o)?;
+                f(&rec, &seed)
+            }
+            Secret::Held(Some(seed)) => f(&record(dirs)?, seed),
+            Secret::Held(None) => Err(not_held(&record(dirs)?)),
+        }
+    }
 }
 
 fn show_text(r: &IdentityRecord) -> String {

@@ -1,7 +1,8 @@
 //! The control plane end to end on a real DNS server: Knot in a "dns" namespace (the
 //! primary for `pd.test`, accepting RFC 2136 updates signed with one TSIG key, and
 //! routing between the others); alice (a laptop holding her identity, and a phone that
-//! joins by `device request` / `device roster add` / `device join`) and bob (a desk),
+//! joins by `device request` / `device roster add` / `device join`, the roster add
+//! going through the laptop's running daemon) and bob (a desk),
 //! each device in its own namespace, create identities and devices, exchange bundles, verify fingerprints and trust each other;
 //! `portdistrictd --once` publishes their records and connects to the other's device,
 //! and the overlay (IPv6, derived prefixes) carries pings between every pair of devices,
@@ -78,9 +79,44 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         "--namespace",
         "alice.pd.test",
     ]);
+    // The laptop's daemon runs (with a long interval) while it delegates the phone:
+    // `device roster add` goes through it, it signs with the seed it holds, writes the
+    // roster and republishes at once.
+    let alice_log = secrets.path().join("alice-daemon.log");
+    let mut alice_daemon = portdistrict_netns_tests::ChildGuard::spawn(
+        "portdistrictd (alice)",
+        alice
+            .daemon("pd-key", &secret, &["--interval", "600s"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&alice_log).unwrap()),
+    );
+    let alice_read = || std::fs::read_to_string(&alice_log).unwrap_or_default();
+    let alice_cycles = |n: usize| {
+        portdistrict_netns_tests::wait_until(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis(100),
+            || alice_read().matches("cycle done").count() >= n,
+        )
+    };
+    assert!(alice_cycles(1), "alice's daemon: {}", alice_read());
     let bundle_for_phone = alice
         .machine
         .run_ok(&["device", "roster", "add", request.trim()]);
+    // The socket's message: the daemon watches no file any more (an offline write of
+    // roster.json would go unnoticed for 600 s).
+    assert!(
+        alice_cycles(2)
+            && alice_read().contains("trust, roster or tunnels changed: republishing now"),
+        "the roster change did not reach alice's daemon through its socket: {}",
+        alice_read()
+    );
+    alice
+        .machine
+        .ns
+        .exec(&["kill", "-TERM", &alice_daemon.pid().to_string()]);
+    assert!(alice_daemon
+        .wait_timeout(std::time::Duration::from_secs(2))
+        .is_some_and(|s| s.success()));
     assert!(phone
         .machine
         .run_ok(&["device", "join", bundle_for_phone.trim()])

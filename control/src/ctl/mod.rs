@@ -84,9 +84,17 @@ impl Control {
     }
 
     /// Answers waiting requests (call it from the daemon's loop); true when one of
-    /// them changed the daemon's stores.
+    /// them changed the daemon's stores. Requests that sign with the identity's seed
+    /// are refused as on a machine without it: use [`Control::poll_holding`].
     pub fn poll(&self) -> bool {
+        self.poll_holding(None)
+    }
+
+    /// [`Control::poll`] in a daemon that holds the identity's seed (`portdistrictd`
+    /// on the machine with it): `device roster add` is signed with `seed`.
+    pub fn poll_holding(&self, seed: Option<&crate::identity::Seed>) -> bool {
+        let secret = crate::node::Secret::Held(seed);
         self.server
-            .poll(|r| handle::handle(&self.dirs, self.daemon, r))
+            .poll(|r| handle::handle(&self.dirs, self.daemon, secret, r))
     }
 }

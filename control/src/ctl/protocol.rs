@@ -53,6 +53,13 @@ pub enum Request {
         /// `connect` (true) or `disconnect` (false).
         connect: bool,
     },
+    /// `device roster add REQUEST` (served by `portdistrictd`, which signs the
+    /// delegation with the seed it holds).
+    RosterAdd {
+        /// The `portdistrict-dev1:` line from `device request` (not `request`: that
+        /// is the tag).
+        line: String,
+    },
     /// `device roster remove NAME` (served by `portdistrictd`).
     RosterRemove {
         /// The device's name.
@@ -286,6 +293,9 @@ mod tests {
                 connect: false,
             },
             Request::RosterRemove { name: "a".into() },
+            Request::RosterAdd {
+                line: "portdistrict-dev1:x".into(),
+            },
             Request::PeerAdd { bundle: "b".into() },
         ] {
             let e = Envelope {
@@ -297,6 +307,12 @@ mod tests {
             assert_eq!(decode::<Envelope>(&line).unwrap(), e);
         }
         assert_eq!(encode(&Request::ExitList), b"{\"request\":\"exit_list\"}\n");
+        assert_eq!(
+            encode(&Request::RosterAdd {
+                line: "portdistrict-dev1:x".into()
+            }),
+            b"{\"request\":\"roster_add\",\"line\":\"portdistrict-dev1:x\"}\n"
+        );
     }
 
     #[test]

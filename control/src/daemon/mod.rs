@@ -202,30 +202,20 @@ impl Daemon {
             if self.o.once {
                 return Ok(());
             }
-            // A trust change (`peer trust`, `peer revoke`, ... through the control
-            // socket) republishes at once with the new key slots instead of waiting
-            // for the interval; so does a roster change (`device roster add` and
-            // `device join` need the identity's secret, which the CLI holds: they
-            // write roster.json themselves).
-            let stamp = |d: &Dirs| {
-                ["roster.json"].map(|f| {
-                    std::fs::metadata(d.state.join(f))
-                        .and_then(|m| m.modified())
-                        .ok()
-                })
-            };
-            let before = stamp(&self.dirs);
+            // A change through the control socket (`peer trust`, `peer revoke`,
+            // `device roster add|remove`, ...) republishes at once with the new key
+            // slots and roster instead of waiting for the interval. Nothing else
+            // writes those stores while the daemon runs, so there is no file to watch.
             let mut slept = Duration::ZERO;
             while slept < self.o.interval {
                 if term.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                if ctl.as_ref().is_some_and(crate::ctl::Control::poll) {
+                if ctl
+                    .as_ref()
+                    .is_some_and(|c| c.poll_holding(self.seed.as_ref()))
+                {
                     tracing::info!("trust, roster or tunnels changed: republishing now");
-                    break;
-                }
-                if stamp(&self.dirs) != before {
-                    tracing::info!("trust or roster changed: republishing now");
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
