@@ -19,10 +19,13 @@
 //! - [`wire`]: the exit negotiation messages (request, ack, nak) with golden bytes.
 //! - [`negotiate`]: the provider's answer to one negotiation datagram, and the proof
 //!   of key ownership a request carries.
+//! - [`client`]: the consumer's side, sans-IO: which endpoint, when to send again,
+//!   when to move on, what an answer means.
 //! - [`ratelimit`]: per-source and global limits on negotiation datagrams.
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod client;
 pub mod invite;
 pub mod negotiate;
 pub mod policy;
