@@ -195,6 +195,11 @@ pub struct Device {
     mtu: usize,
     epoch: (Instant, Duration),
     scratch: Box<[u8]>,
+    /// Initiations from keys that are not peers are accepted while fewer than this
+    /// many peers exist (see [`Device::set_admission`]); `None`: never.
+    admission: Option<usize>,
+    /// Keys admitted since the last [`Device::take_admitted`].
+    admitted: Vec<PublicKey>,
     /// Drop and event counters.
     pub stats: Stats,
 }
@@ -217,8 +222,28 @@ impl Device {
             mtu,
             epoch,
             scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
+            admission: None,
+            admitted: Vec::new(),
             stats: Stats::default(),
         }
+    }
+
+    /// Open admission (for a server every node may reach, such as the NAT-traversal
+    /// facilitator; never for a tunnel interface): an initiation from a key that is
+    /// not a peer makes it one, with no AllowedIPs, once the initiation has been
+    /// fully authenticated (its timestamp opens only under `DH(their static, our
+    /// static)`, so the sender holds the key's private half) and while the device has
+    /// fewer than `max_peers` peers. The shell learns the new peers from
+    /// [`Device::take_admitted`] and gives them AllowedIPs (or removes them) itself.
+    /// `None` (the default): initiations from unknown keys are dropped and counted.
+    pub fn set_admission(&mut self, max_peers: Option<usize>) {
+        self.admission = max_peers;
+    }
+
+    /// The keys admitted (see [`Device::set_admission`]) since the last call, oldest
+    /// first.
+    pub fn take_admitted(&mut self) -> Vec<PublicKey> {
+        std::mem::take(&mut self.admitted)
     }
 
     /// Sets the tunnel MTU used for padding.

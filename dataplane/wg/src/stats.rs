@@ -71,4 +71,6 @@ stats! {
     tx_handshake_response,
     /// Handshakes completed.
     handshakes_completed,
+    /// Keys that became peers by an authenticated initiation (open admission only).
+    admitted,
 }

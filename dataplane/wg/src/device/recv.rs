@@ -116,14 +116,28 @@ impl Device {
         };
         let by_key = &self.by_key;
         let peers = &self.peers;
-        let consumed = handshake::consume_initiation(identity, &msg, |k| {
-            let id = by_key.get(k)?;
-            peers.get(id.0 as usize)?.as_ref()?.static_static
+        let admit = self.admission.is_some_and(|max| self.by_key.len() < max);
+        let mut unknown = false;
+        let consumed = handshake::consume_initiation(identity, &msg, |k| match by_key.get(k) {
+            Some(id) => peers.get(id.0 as usize)?.as_ref()?.static_static,
+            None if admit => {
+                unknown = true;
+                identity.static_static(k)
+            }
+            None => None,
         });
         let Ok(consumed) = consumed else {
             self.stats.rx_handshake_invalid += 1;
             return;
         };
+        if unknown {
+            // Authenticated: the timestamp opened under the static-static secret.
+            if self.add_peer(consumed.remote_static).is_none() {
+                return;
+            }
+            self.admitted.push(consumed.remote_static);
+            self.stats.admitted += 1;
+        }
         let Some(&id) = self.by_key.get(&consumed.remote_static) else {
             return;
         };

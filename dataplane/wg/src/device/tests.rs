@@ -771,3 +771,62 @@ fn send_data_never_sends_what_it_cannot_seal() {
         assert!(msg.iter().all(|&b| b == 0), "plaintext left in the buffer");
     }
 }
+
+#[test]
+fn open_admission_makes_an_authenticated_initiator_a_peer_up_to_the_limit() {
+    let mut s = Sim::new("", "");
+    // b does not know a: without admission, a's initiations are refused.
+    assert!(s.b.remove_peer(&a_pub()));
+    s.a_to_b(100);
+    s.pump();
+    assert_eq!(s.b.stats.rx_handshake_invalid, 1);
+    assert_eq!(s.b.peer_count(), 0);
+    assert!(s.b.take_admitted().is_empty());
+    // With admission, the next initiation makes a a peer and the handshake completes.
+    s.b.set_admission(Some(1));
+    s.advance(Duration::from_secs(6));
+    assert_eq!(s.b.take_admitted(), vec![a_pub()]);
+    assert_eq!(s.b.stats.admitted, 1);
+    assert_eq!(s.a.stats.handshakes_completed, 1);
+    assert!(s.b.take_admitted().is_empty(), "taken once");
+    // It has no AllowedIPs until the shell gives it some: a's data is refused.
+    let before = s.b.stats.rx_allowed_ips_violation;
+    s.a_to_b(100);
+    s.pump();
+    assert!(s.wb.tun.is_empty());
+    assert_eq!(s.b.stats.rx_allowed_ips_violation, before + 1);
+    let allow = format!(
+        "set=1\npublic_key={}\nallowed_ip=10.0.0.1/32\n\n",
+        a_pub().to_hex()
+    );
+    set(&mut s.b, s.now, &allow, &mut s.wb);
+    let p = s.a_to_b(100);
+    s.pump();
+    assert_eq!(s.wb.tun, vec![p]);
+
+    // A third key is refused once the limit (1 peer) is reached, even though its
+    // initiation is well-formed and addressed to b.
+    let now = s.now;
+    let epoch = (now, Duration::from_secs(1_700_000_100));
+    let mut c = Device::new([3; 32], epoch, 1420);
+    let mut wc = Wire::default();
+    let cfg = format!(
+        "set=1\nprivate_key={}\npublic_key={}\nendpoint={B_ADDR}\nallowed_ip=10.0.0.2/32\n\n",
+        key(3).to_hex(),
+        b_pub().to_hex()
+    );
+    set(&mut c, now, &cfg, &mut wc);
+    assert!(c.initiate_handshake(now, &b_pub(), &mut wc));
+    let invalid = s.b.stats.rx_handshake_invalid;
+    let (_, mut init) = wc.sent.pop_front().unwrap();
+    s.b.handle_datagram(
+        now,
+        "192.0.2.3:1".parse().unwrap(),
+        None,
+        &mut init,
+        &mut s.wb,
+    );
+    assert_eq!(s.b.stats.rx_handshake_invalid, invalid + 1);
+    assert_eq!(s.b.peer_count(), 1);
+    assert!(s.b.take_admitted().is_empty());
+}
