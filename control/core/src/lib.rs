@@ -13,12 +13,22 @@
 //! - [`overlay`]: the overlay /48 of an identity and the /64 of each device.
 //! - [`mesh`]: the daemon's connect plan: which peers and routes to add, update,
 //!   keep or remove for a view.
+//! - [`nat`]: NAT traversal: addresses in the facilitator's tunnel, its messages, the
+//!   facilitator's and the relay's decisions.
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod freshness;
 pub mod identity;
 pub mod mesh;
+pub mod nat;
 pub mod overlay;
 pub mod records;
 pub mod trust;
+
+/// A base instant for unit tests (the only place this crate reads the clock).
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn test_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
