@@ -19,6 +19,8 @@
 //! - [`dataplane`]: the one client of the dataplane (its shared-memory region or its
 //!   WireGuard UAPI socket) that every command programs a tunnel through.
 //! - [`ctl`]: the control socket between the CLI and a running daemon.
+//! - [`facilitator`]: `facilitator serve|show`, the NAT-traversal facilitator and
+//!   relay (its decisions are the core's `nat` module).
 #![forbid(unsafe_code)]
 
 pub mod consumer;
@@ -29,6 +31,7 @@ pub mod device;
 pub mod dns;
 pub mod dnsfwd;
 pub mod exit;
+pub mod facilitator;
 pub mod freshness;
 pub mod node;
 pub mod serve;

@@ -81,6 +81,11 @@ Commands:
   tunnel disconnect NAME | tunnel connect NAME
                         take one off now (and keep it off) / let it come back
   status [--json]       identity, device, daemon, peers, tunnels
+  facilitator serve --listen ADDR:PORT [--relay-ports LO-HI] [--relay-rate BYTES]
+                    [--relay-idle SECONDS] [--max-nodes N]
+                        the NAT-traversal facilitator (and relay) on a public address
+  facilitator show [--json]
+                        its public key and listen address, for nodes' --facilitator
 
 Options:
   --state-dir DIR       persistent state (default /var/lib/portdistrict)
@@ -94,7 +99,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `exit serve` is a daemon: its progress is info; one-shot commands print their
     // results themselves and log only warnings.
-    let serving = args.windows(2).any(|w| w[0] == "exit" && w[1] == "serve");
+    let serving = args.windows(2).any(|w| {
+        matches!(
+            (w[0].as_str(), w[1].as_str()),
+            ("exit" | "facilitator", "serve")
+        )
+    });
     portdistrict_logging::init(
         "portdistrict",
         if serving {
@@ -137,6 +147,19 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 },
             )?;
             println!("{line}");
+            Ok(())
+        }
+        ["facilitator", "serve", opts @ ..] => portdistrict_control::facilitator::serve(
+            &dirs,
+            &portdistrict_control::facilitator::ServeOptions::parse(opts)?,
+        ),
+        ["facilitator", "show", rest @ ..] => {
+            let json = match rest {
+                [] => false,
+                ["--json"] => true,
+                _ => bail!("facilitator show: only --json is accepted"),
+            };
+            println!("{}", portdistrict_control::facilitator::show(&dirs, json)?);
             Ok(())
         }
         ["exit", "serve", opts @ ..] => {
