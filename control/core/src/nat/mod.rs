@@ -12,5 +12,6 @@
 
 pub mod addr;
 pub mod facilitator;
+pub mod path;
 pub mod relay;
 pub mod wire;
