@@ -7,7 +7,8 @@
 //! payload transfers with sha256 on both ends ([`tcp_transfer`]) and iperf3
 //! ([`iperf3_tcp`], [`iperf3_udp`]). The control plane's programs run on a
 //! [`CliMachine`] (a namespace with its own state and run directories); a device
-//! publishing to a DNS server is a [`ControlNode`].
+//! publishing to a DNS server is a [`ControlNode`]. NAT-traversal tests build a
+//! [`NatLab`] (hosts behind NAT routers of chosen kinds, a "public" namespace).
 //!
 //! Conventions (STYLE.md §11):
 //! - every resource is an RAII guard that cleans up on drop, also while panicking;
@@ -44,6 +45,9 @@ pub use iperf::{iperf3_tcp, iperf3_udp, IperfReport};
 pub use knot::{Knot, UpdateKey};
 pub use names::{unique_ifname, unique_name, TempDir};
 pub use netns::{require_root, Netns, Veth};
+pub use portdistrict_testkit::nat::{
+    reflexive, LabNamespace, NatKind, Site, UdpEcho, PUBLIC_GATEWAY, SERVICE,
+};
 pub use portdistrict_testkit::wait_until;
 pub use topology::{
     tunnel_addr, Endpoints, Pair, PairOptions, Side, TUNNEL_PREFIX_V4, TUNNEL_PREFIX_V6,
@@ -53,6 +57,14 @@ pub use traffic::{
     TransferReport,
 };
 pub use wg::{genpsk, normalize_conf, Keypair, Peer, PeerStatus, WgDump};
+
+/// The testkit's NAT lab ([`portdistrict_testkit::nat`]) over this harness's
+/// namespaces: two hosts behind nftables NAT routers and a "public" namespace.
+pub type NatLab = portdistrict_testkit::nat::NatLab<Netns>;
+/// A site of a [`NatLab`]: its router and its host.
+pub type NatSite = portdistrict_testkit::nat::NatSite<Netns>;
+/// A NAT router of a [`NatLab`], with its knobs (kind, loss, conntrack timeouts).
+pub type NatRouter = portdistrict_testkit::nat::NatRouter<Netns>;
 
 /// Address family of an underlay or tunnel address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 use std::sync::Once;
 use std::time::Duration;
 
+use portdistrict_testkit::nat::LabNamespace;
 use portdistrict_testkit::netns::{self, listener_gone, Namespace};
 
 use crate::cmd::{describe_failure, run, try_run};
@@ -105,6 +106,18 @@ impl Netns {
         try_run(&["ip", "-n", self.name(), "link", "show", "dev", ifname])
             .status
             .success()
+    }
+}
+
+/// The NAT lab ([`crate::NatLab`]) builds its namespaces as `Netns`, so that the
+/// harness's helpers (daemons, Knot, CLI machines) take them directly.
+impl LabNamespace for Netns {
+    fn create(role: &str) -> Result<Netns, portdistrict_testkit::Error> {
+        Ok(Netns::new(role))
+    }
+
+    fn name(&self) -> &str {
+        Netns::name(self)
     }
 }
 

@@ -46,6 +46,24 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Entering a network namespace (opening `/run/netns/NAME`, `setns`) failed.
+    #[error("cannot enter network namespace {name}: {source}")]
+    Netns {
+        /// The namespace.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A socket operation failed.
+    #[error("{action}: {source}")]
+    Socket {
+        /// What was being done ("binding UDP 203.0.113.1:7 in network namespace X").
+        action: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Ctrl-C (or SIGTERM/SIGHUP) was received while waiting.
     #[error("interrupted")]
     Interrupted,

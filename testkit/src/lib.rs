@@ -14,6 +14,8 @@
 //! - [`netns`]: network namespaces ([`Namespace`]) whose processes are ended (SIGTERM,
 //!   a grace period, SIGKILL) before the namespace is deleted, and sweeps of the
 //!   namespaces and UAPI sockets of runs that were killed before their guards ran;
+//! - [`nat`]: a NAT lab (two hosts behind nftables NAT routers of chosen kinds, a
+//!   "public" namespace between them) with loss, conntrack-timeout and relax knobs;
 //! - [`registry`]: every guard also registers what it owns, so that a panic hook can
 //!   undo it where destructors do not run (`panic = "abort"` in release builds).
 //!
@@ -23,6 +25,7 @@
 pub mod error;
 pub mod fresh;
 pub mod names;
+pub mod nat;
 pub mod netns;
 pub mod process;
 pub mod registry;

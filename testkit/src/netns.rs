@@ -6,8 +6,11 @@
 //! daemon takes its changes back), then, after the namespace's grace period, SIGKILL
 //! for what is left. A run killed before its guards ran leaves namespaces and sockets
 //! whose names carry its pid; [`sweep_stale_namespaces`] and [`sweep_sockets`] remove
-//! them on the next run.
+//! them on the next run. [`run_in`] runs a closure inside a named namespace (sockets
+//! it creates stay there, wherever they are used afterwards).
 
+use std::fs::File;
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +23,8 @@ use crate::Error;
 /// same as `portdistrict_wg::uapi::SOCKET_DIR`, spelled here so that the test tooling
 /// does not build the protocol core).
 pub const WIREGUARD_RUN_DIR: &str = "/var/run/wireguard";
+/// Where `ip netns add NAME` mounts its namespaces.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// Bound for each `ip` command run here.
 const IP_LIMIT: Duration = Duration::from_secs(10);
 /// How often the processes of a namespace being emptied are looked at.
@@ -67,6 +72,42 @@ impl Namespace {
         c.args(argv);
         c
     }
+
+    /// Runs `f` on a thread inside this namespace ([`run_in`]).
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+        run_in(&self.name, f)
+    }
+}
+
+/// Runs `f` on a fresh thread inside network namespace `name` (`/run/netns/NAME`) and
+/// returns its result; a panic in `f` is resumed on the caller's thread.
+///
+/// `setns(CLONE_NEWNET)` moves only that thread, so the caller never leaves its
+/// namespace. What `f` creates there stays there: a socket bound inside keeps sending
+/// and receiving in the namespace from any thread it is later used on, `/proc/sys/net`
+/// files opened inside are the namespace's, processes spawned inside run there. (The
+/// same helper as `portdistrict_netlink::netns::run_in`, which cannot be shared: the
+/// production crate must not depend on test tooling, nor this crate on it.)
+pub fn run_in<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
+    let netns_err = |source| Error::Netns {
+        name: name.to_owned(),
+        source,
+    };
+    let file = File::open(Path::new(NETNS_RUN_DIR).join(name)).map_err(netns_err)?;
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            // SAFETY: setns takes no pointers; `file` is an open namespace fd that
+            // outlives the call, and CLONE_NEWNET moves only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(f())
+        });
+        match thread.join() {
+            Ok(result) => result.map_err(netns_err),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 impl Drop for Namespace {
@@ -179,6 +220,15 @@ mod tests {
         drop(listener);
         assert!(listener_gone(&path));
         assert!(!listener_gone(&dir.path().join("missing.sock")));
+    }
+
+    #[test]
+    fn a_missing_namespace_cannot_be_entered() {
+        let err = run_in("pdtk-no-such-namespace", || ()).unwrap_err();
+        assert!(
+            matches!(&err, Error::Netns { name, .. } if name == "pdtk-no-such-namespace"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -364,6 +364,25 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Result<String, Error> {
     Ok(out.stdout)
 }
 
+/// Runs `cmd` at most `limit` with `input` on its standard input (`nft -f -`), and
+/// returns its stdout; fails with [`Error::Failed`] unless it exits 0.
+pub fn run_with_input(cmd: &mut Command, input: &str, limit: Duration) -> Result<String, Error> {
+    use std::io::Write as _;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Guard::spawn_group(cmd)?;
+    if let Some(mut stdin) = child.child.stdin.take() {
+        // A program that exits early closes the pipe: its status tells why.
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.collect(limit)?;
+    if !out.status.success() {
+        return Err(out.failure(describe(cmd)));
+    }
+    Ok(out.stdout)
+}
+
 /// Runs `argv` for cleanup or inspection: stdin and stderr discarded, at most `limit`,
 /// not cut short by Ctrl-C (cleanup is what Ctrl-C is waiting for), killed if it
 /// hangs. Its output if it finished, `None` if it could not start or hung.

@@ -181,3 +181,17 @@ fn describe_joins_the_command_line() {
         "ip netns add x"
     );
 }
+
+#[test]
+fn run_with_input_feeds_stdin_and_reports_failure() {
+    let limit = Duration::from_secs(10);
+    let out = run_with_input(&mut cmd(&["sh", "-c", "tr a-z A-Z"]), "nat\n", limit).unwrap();
+    assert_eq!(out, "NAT\n");
+    let err = run_with_input(&mut cmd(&["sh", "-c", "cat >&2; exit 4"]), "bad", limit);
+    match err {
+        Err(Error::Failed { stderr, status, .. }) => {
+            assert_eq!((stderr.as_str(), status.code()), ("bad", Some(4)));
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+}
