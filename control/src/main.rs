@@ -76,7 +76,7 @@ Commands:
                         identity bundle for the device)
   device join BUNDLE    on the device: complete the request
   device roster remove NAME
-  tunnel list [--json] | tunnel show NAME
+  tunnel list [--json] | tunnel show NAME [--json]
                         peer devices portdistrictd connected (device.namespace)
   tunnel disconnect NAME | tunnel connect NAME
                         take one off now (and keep it off) / let it come back
@@ -214,7 +214,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["tunnel", "show", name] => {
-            print!("{}", tunnels::show(&dirs, name)?);
+            print!("{}", tunnels::show(&dirs, name, false)?);
+            Ok(())
+        }
+        ["tunnel", "show", name, "--json"] | ["tunnel", "show", "--json", name] => {
+            print!("{}", tunnels::show(&dirs, name, true)?);
             Ok(())
         }
         ["tunnel", verb @ ("connect" | "disconnect"), name] => {

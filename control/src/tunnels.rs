@@ -30,7 +30,30 @@ pub struct Tunnel {
     pub prefix: String,
     /// The endpoint its record gave.
     pub endpoint: Option<String>,
+    /// Its NAT-traversal path (absent in files from before NAT traversal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathInfo>,
 }
+
+/// How a peer's path looks in `tunnels.json` (and `tunnel list|show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// `direct`, `relay` or `none`.
+    pub path: String,
+    /// The endpoint traversal pinned (the direct one found, or the relay), if any.
+    pub pinned: Option<String>,
+    /// The last window's result: `direct via ADDR` or `failed`.
+    pub last_window: Option<String>,
+    /// When the next window is planned (Unix seconds).
+    pub next_window: Option<u64>,
+    /// Windows opened.
+    pub windows_tried: u64,
+    /// Windows that ended direct.
+    pub windows_succeeded: u64,
+    /// Times the path went to the relay.
+    pub relayed: u64,
+}
+
 
 /// `RUN_DIR/tunnels.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,11 +160,7 @@ pub fn list(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
             .iter()
             .map(|t| {
                 let l = live.get(&t.wg_key).cloned().unwrap_or_default();
-                serde_json::json!({
-                    "name": t.name, "wg_key": t.wg_key, "prefix": t.prefix,
-                    "endpoint": l.endpoint.or(t.endpoint.clone()),
-                    "last_handshake": l.handshake, "rx_bytes": l.rx, "tx_bytes": l.tx,
-                })
+                json_of(t, l)
             })
             .chain(
                 off.iter()
@@ -155,9 +174,10 @@ pub fn list(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
         let l = live.get(&t.wg_key).cloned().unwrap_or_default();
         let _ = writeln!(
             s,
-            "{}  {}  handshake {}  rx {} B  tx {} B",
+            "{}  {}  path {}  handshake {}  rx {} B  tx {} B",
             t.name,
             t.prefix,
+            t.path.as_ref().map_or("none", |p| p.path.as_str()),
             age(now, l.handshake),
             l.rx,
             l.tx
@@ -175,8 +195,25 @@ pub fn list(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
     Ok(s)
 }
 
-/// `tunnel show NAME`.
-pub fn show(dirs: &Dirs, name: &str) -> anyhow::Result<String> {
+/// One tunnel as `tunnel list --json` and `tunnel show --json` print it.
+fn json_of(t: &Tunnel, l: Live) -> serde_json::Value {
+    let p = t.path.clone();
+    serde_json::json!({
+        "name": t.name, "wg_key": t.wg_key, "prefix": t.prefix,
+        "endpoint": l.endpoint.or(t.endpoint.clone()),
+        "last_handshake": l.handshake, "rx_bytes": l.rx, "tx_bytes": l.tx,
+        "path": p.as_ref().map_or("none", |p| p.path.as_str()),
+        "pinned": p.as_ref().and_then(|p| p.pinned.clone()),
+        "last_window": p.as_ref().and_then(|p| p.last_window.clone()),
+        "next_window": p.as_ref().and_then(|p| p.next_window),
+        "windows_tried": p.as_ref().map_or(0, |p| p.windows_tried),
+        "windows_succeeded": p.as_ref().map_or(0, |p| p.windows_succeeded),
+        "relayed": p.as_ref().map_or(0, |p| p.relayed),
+    })
+}
+
+/// `tunnel show NAME [--json]`.
+pub fn show(dirs: &Dirs, name: &str, json: bool) -> anyhow::Result<String> {
     let f = load(dirs)?;
     let t = f
         .tunnels
@@ -187,6 +224,9 @@ pub fn show(dirs: &Dirs, name: &str) -> anyhow::Result<String> {
         .get(&t.wg_key)
         .cloned()
         .unwrap_or_default();
+    if json {
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&json_of(t, l))?));
+    }
     let now = crate::exit::now();
     let mut s = String::new();
     let _ = writeln!(s, "tunnel:         {}", t.name);
@@ -202,6 +242,26 @@ pub fn show(dirs: &Dirs, name: &str) -> anyhow::Result<String> {
     );
     let _ = writeln!(s, "last handshake: {}", age(now, l.handshake));
     let _ = writeln!(s, "transfer:       {} B received, {} B sent", l.rx, l.tx);
+    let p = t.path.as_ref();
+    let _ = writeln!(s, "path:           {}", p.map_or("none", |p| p.path.as_str()));
+    if let Some(p) = p {
+        if let Some(pinned) = &p.pinned {
+            let _ = writeln!(s, "pinned:         {pinned}");
+        }
+        let _ = writeln!(
+            s,
+            "last window:    {}",
+            p.last_window.as_deref().unwrap_or("(none yet)")
+        );
+        if let Some(next) = p.next_window {
+            let _ = writeln!(s, "next window:    in {}s", next.saturating_sub(now));
+        }
+        let _ = writeln!(
+            s,
+            "windows:        {} tried, {} direct, {} times relayed",
+            p.windows_tried, p.windows_succeeded, p.relayed
+        );
+    }
     Ok(s)
 }
 

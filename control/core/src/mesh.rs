@@ -26,6 +26,8 @@ pub struct PeerDevice {
     pub prefix: Ipv6Addr,
     /// Its endpoints.
     pub endpoints: Vec<SocketAddr>,
+    /// The facilitator its record names (endpoint, WireGuard key).
+    pub facilitator: Option<(SocketAddr, [u8; 32])>,
 }
 
 /// The persistent keepalive every peer gets (seconds).
@@ -159,6 +161,7 @@ mod tests {
                 format!("192.0.2.{key}:51820").parse().unwrap(),
                 "198.51.100.1:1".parse().unwrap(),
             ],
+            facilitator: None,
         }
     }
 

@@ -42,6 +42,13 @@ impl Daemon {
             self.learn_connected();
         }
         let plan = plan(&self.connected, &r.devices, &off, &r.keep, r.now);
+        let wanted: Vec<_> = r
+            .devices
+            .iter()
+            .filter(|d| plan.get(&PublicKey(d.wg_key)).is_some())
+            .cloned()
+            .collect();
+        self.traversal.sync(std::time::Instant::now(), &wanted);
         self.apply_peers(&plan)?;
         self.apply_routes(&ifname, &plan)?;
         self.connected = plan.connected();
@@ -98,7 +105,13 @@ impl Daemon {
             return;
         };
         match dp.peers() {
-            Ok(peers) => self.connected = current_peers(&peers),
+            Ok(mut peers) => {
+                // The facilitator is a peer of the tunnel, not of the mesh.
+                if let Some(f) = self.traversal.facilitator_key() {
+                    peers.remove(&f);
+                }
+                self.connected = current_peers(&peers);
+            }
             Err(e) => tracing::warn!(
                 "{:#}; configuring the tunnel from scratch",
                 anyhow::Error::from(e)
@@ -117,8 +130,15 @@ impl Daemon {
             changes.push(p);
         }
         for d in plan.wanted() {
-            changes.push(peer_change(d));
+            let mut c = peer_change(d);
+            // A path that traversal pinned (direct or the relay) stays where it is:
+            // configuring the record's endpoint would replace the pin.
+            if let Some(ep) = self.traversal.endpoint_override(&d.key) {
+                c.endpoint = Some(ep);
+            }
+            changes.push(c);
         }
+        changes.extend(self.traversal.facilitator_peer());
         let dp = self
             .dataplane
             .as_mut()
@@ -135,7 +155,7 @@ impl Daemon {
 
     /// This device's address, the link up, a route per wanted peer, none for removed
     /// ones.
-    fn apply_routes(&self, ifname: &str, plan: &Plan) -> anyhow::Result<()> {
+    fn apply_routes(&mut self, ifname: &str, plan: &Plan) -> anyhow::Result<()> {
         let own = Ipv6Addr::from(u128::from(self.own_prefix()) | 1);
         let mut h = nl::Handle::open().context("opening a netlink socket")?;
         let ifindex = h.link_index(ifname)?;
@@ -149,6 +169,7 @@ impl Daemon {
             .with_context(|| format!("adding {own}/64 to {ifname}"))?;
         h.link_set_up(ifname, true)
             .with_context(|| format!("setting {ifname} up"))?;
+        self.traversal.setup_link(&mut h, ifname, ifindex)?;
         let route_to = |prefix: Ipv6Addr| nl::Route {
             family: nl::Family::V6,
             dst: Some((IpAddr::V6(prefix), 64)),
@@ -183,6 +204,7 @@ impl Daemon {
                         wg_key: k.to_base64(),
                         prefix: format!("{}/64", d.prefix),
                         endpoint: d.endpoint.map(|e| e.to_string()),
+                        path: None,
                     },
                     None => self.last_tunnels.get(k).cloned().unwrap_or_else(|| {
                         crate::tunnels::Tunnel {
@@ -190,20 +212,32 @@ impl Daemon {
                             wg_key: k.to_base64(),
                             prefix: format!("{p}/64"),
                             endpoint: None,
+                            path: None,
                         }
                     }),
                 };
                 (*k, t)
             })
             .collect();
-        self.last_tunnels = by_key.iter().cloned().collect();
-        let mut tunnels: Vec<_> = by_key.into_iter().map(|(_, t)| t).collect();
+        self.last_tunnels = by_key.into_iter().collect();
+        self.last_cycle = crate::exit::now();
+        self.write_tunnels(ifname)
+    }
+
+    /// Writes `tunnels.json` from the last cycle's tunnels with every path as
+    /// traversal sees it now (also between cycles, when a path changes).
+    pub(super) fn write_tunnels(&mut self, ifname: String) -> anyhow::Result<()> {
+        let now = std::time::Instant::now();
+        for (k, t) in &mut self.last_tunnels {
+            t.path = self.traversal.info(k, now);
+        }
+        let mut tunnels: Vec<_> = self.last_tunnels.values().cloned().collect();
         tunnels.sort_by(|a, b| a.wg_key.cmp(&b.wg_key));
         crate::tunnels::save(
             &self.dirs,
             &crate::tunnels::TunnelsFile {
                 interface: ifname,
-                last_cycle: crate::exit::now(),
+                last_cycle: self.last_cycle,
                 pid: std::process::id(),
                 tunnels,
             },

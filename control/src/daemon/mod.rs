@@ -21,6 +21,7 @@ mod connect;
 mod options;
 mod publish;
 mod refresh;
+mod traversal;
 
 pub use options::DaemonOptions;
 pub use portdistrict_control_core::mesh::PeerDevice;
@@ -64,6 +65,12 @@ pub struct Daemon {
     dataplane: Option<Box<dyn crate::dataplane::Dataplane + Send>>,
     /// The high-water marks and last good expiries of the records read (persisted).
     fresh: Freshness,
+    /// NAT traversal: the facilitator link and each peer's path.
+    traversal: traversal::Traversal,
+    /// The endpoints this device published last (what it tells the facilitator).
+    published: Vec<std::net::SocketAddr>,
+    /// When the last cycle finished (Unix seconds), for `tunnels.json`.
+    last_cycle: u64,
 }
 
 /// What a refresh found.
@@ -109,7 +116,14 @@ impl Daemon {
             );
         }
         let fresh = crate::freshness::load(&dirs.state)?;
+        let traversal = traversal::Traversal::new(
+            &o,
+            portdistrict_wg::PrivateKey::from_bytes(keys.wireguard()),
+        );
         Ok(Daemon {
+            traversal,
+            published: Vec::new(),
+            last_cycle: 0,
             dirs,
             o,
             identity: rec.identity,
@@ -180,6 +194,21 @@ impl Daemon {
         Ok(view.devices.len())
     }
 
+    /// One tick of NAT traversal; `tunnels.json` is rewritten when a path changed.
+    fn traverse(&mut self) {
+        let Some(dp) = self.dataplane.as_mut() else {
+            return;
+        };
+        let changed =
+            self.traversal
+                .tick(std::time::Instant::now(), dp.as_mut(), &self.published);
+        if changed && self.last_cycle != 0 {
+            if let Err(e) = self.write_tunnels(self.o.interface.clone()) {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+
     /// Runs cycles until `term`.
     pub fn run(&mut self, term: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
         use std::sync::atomic::Ordering;
@@ -218,6 +247,7 @@ impl Daemon {
                     tracing::info!("trust, roster or tunnels changed: republishing now");
                     break;
                 }
+                self.traverse();
                 std::thread::sleep(Duration::from_millis(100));
                 slept += Duration::from_millis(100);
             }

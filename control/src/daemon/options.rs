@@ -35,6 +35,13 @@ pub struct DaemonOptions {
     pub once: bool,
     /// Who besides root may use the control socket (`--control-group`).
     pub control_group: Option<u32>,
+    /// The NAT-traversal facilitator (`--facilitator HOST:PORT:PUBLIC_KEY`).
+    pub facilitator: Option<(SocketAddr, portdistrict_wg::PublicKey)>,
+    /// Sync-window timings (`--primer`, `--primer-ttl`, `--punch`, `--first-wait`).
+    pub windows: portdistrict_control_core::nat::path::Settings,
+    /// Start this device's windows this much late (`--window-skew`): emulates a
+    /// clock this far behind the peer's, for tests of the primer against skew.
+    pub window_skew: Duration,
 }
 
 fn parse_addr(v: &str, default_port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
@@ -44,6 +51,21 @@ fn parse_addr(v: &str, default_port: u16, flag: &str) -> anyhow::Result<SocketAd
                 .map(|ip| SocketAddr::new(ip, default_port))
         })
         .map_err(|_| anyhow::anyhow!("{flag} {v}: expected IP or IP:PORT"))
+}
+
+/// `500ms` (milliseconds, zero allowed) or a duration `parse_duration` takes (`2s`).
+fn parse_ms(v: &str, max: Duration) -> anyhow::Result<Duration> {
+    let d = match v.strip_suffix("ms") {
+        Some(n) => Duration::from_millis(
+            n.parse()
+                .with_context(|| format!("duration {v:?}: expected a number of ms, like 500ms"))?,
+        ),
+        None => crate::parse_duration(v, max)?,
+    };
+    if d > max {
+        bail!("duration {v:?} is too long: at most {}s", max.as_secs());
+    }
+    Ok(d)
 }
 
 impl DaemonOptions {
@@ -107,6 +129,12 @@ impl DaemonOptions {
             "interval",
             "record-lifetime",
             "control-group",
+            "facilitator",
+            "primer",
+            "primer-ttl",
+            "punch",
+            "first-wait",
+            "window-skew",
         ];
         if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
             bail!("portdistrictd: unknown option {k}");
@@ -119,7 +147,38 @@ impl DaemonOptions {
             .decode(secret_text.trim())
             .with_context(|| format!("{secret_file}: the TSIG secret must be base64 (as in the server's key definition)"))?;
         let server = parse_addr(need("dns-server")?, 53, "--dns-server")?;
+        let mut windows = portdistrict_control_core::nat::path::Settings::default();
+        let ms = |k: &str, max: Duration| -> anyhow::Result<Option<Duration>> {
+            one(k)
+                .map(|v| parse_ms(v, max).with_context(|| format!("--{k}")))
+                .transpose()
+        };
+        if let Some(d) = ms("primer", Duration::from_secs(10))? {
+            windows.primer = d;
+        }
+        if let Some(d) = ms("punch", Duration::from_secs(30))? {
+            if d < Duration::from_millis(500) {
+                bail!("--punch: at least 500ms");
+            }
+            windows.punch = d;
+        }
+        if let Some(d) = ms("first-wait", Duration::from_secs(600))? {
+            windows.first_wait = d;
+        }
+        if let Some(t) = one("primer-ttl") {
+            windows.primer_ttl = t
+                .parse()
+                .ok()
+                .filter(|t| (1..=64).contains(t))
+                .with_context(|| format!("--primer-ttl {t}: 1 to 64"))?;
+        }
+        let window_skew = ms("window-skew", Duration::from_secs(60))?.unwrap_or_default();
         Ok(DaemonOptions {
+            facilitator: one("facilitator")
+                .map(crate::facilitator::parse_facilitator)
+                .transpose()?,
+            windows,
+            window_skew,
             control_group: one("control-group")
                 .map(crate::ctl::parse_group)
                 .transpose()?,
@@ -227,6 +286,43 @@ mod tests {
                 &["--config", &*c, "--interval", "99999999999999s"][..],
                 "too long",
             ),
+        ] {
+            let e = DaemonOptions::parse(args).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{args:?}: {e:#}");
+        }
+        let o = DaemonOptions::parse(&[
+            "--config",
+            &c,
+            "--primer",
+            "800ms",
+            "--primer-ttl",
+            "3",
+            "--punch",
+            "3s",
+            "--window-skew",
+            "300ms",
+            "--facilitator",
+            "203.0.113.1:7447:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+        ])
+        .unwrap();
+        assert_eq!(o.windows.primer, Duration::from_millis(800));
+        assert_eq!(o.windows.primer_ttl, 3);
+        assert_eq!(o.windows.punch, Duration::from_secs(3));
+        assert_eq!(o.window_skew, Duration::from_millis(300));
+        let (ep, key) = o.facilitator.unwrap();
+        assert_eq!(ep, "203.0.113.1:7447".parse().unwrap());
+        assert_eq!(key, portdistrict_wg::PublicKey([1; 32]));
+        for (args, needle) in [
+            (
+                &["--config", &*c, "--primer-ttl", "0"][..],
+                "--primer-ttl 0: 1 to 64",
+            ),
+            (&["--config", &*c, "--primer", "11s"][..], "too long"),
+            (
+                &["--config", &*c, "--facilitator", "203.0.113.1:7447"][..],
+                "not a WireGuard public key",
+            ),
+            (&["--config", &*c, "--punch", "100ms"][..], "at least 500ms"),
         ] {
             let e = DaemonOptions::parse(args).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{args:?}: {e:#}");

@@ -27,7 +27,7 @@ impl Daemon {
     /// Publishes this identity's records for `readers`: with the seed, the master
     /// record, the trust record (for own devices only) and this device's record;
     /// without it, this device's record.
-    pub fn publish(&self, now: u64, view: &View) -> anyhow::Result<()> {
+    pub fn publish(&mut self, now: u64, view: &View) -> anyhow::Result<()> {
         let ns = &self.identity.namespace;
         let mut rng = rand_core::OsRng;
         let own_devices: Vec<[u8; 32]> = view.own.devices.iter().map(|d| d.device.ecdh).collect();
@@ -62,6 +62,9 @@ impl Daemon {
             detect_addresses(&self.o.interface)
                 .into_iter()
                 .filter(|a| !self.is_overlay(*a))
+                .filter(|a| {
+                    !matches!(a, std::net::IpAddr::V6(v6) if portdistrict_control_core::nat::addr::in_prefix(*v6))
+                })
                 .map(|a| SocketAddr::new(a, self.o.listen_port))
                 .collect()
         } else {
@@ -82,7 +85,9 @@ impl Daemon {
             wg_key: *wg.as_bytes(),
             subnet: subnet_of(&self.device),
             endpoints,
+            facilitator: self.o.facilitator.map(|(ep, k)| (ep, k.0)),
         };
+        self.published.clone_from(&rec.endpoints);
         let dname = device_name(ns, &self.device);
         let env = seal(&rec.sign(&self.keys.signing())?, &dname, &readers, &mut rng)?;
         publish(&dname, &to_txt(&env))?;

@@ -177,6 +177,7 @@ impl Daemon {
                     wg_key: r.wg_key,
                     prefix: id.device_prefix(r.subnet),
                     endpoints: r.endpoints,
+                    facilitator: r.facilitator,
                 }),
                 Err(e) => {
                     let prefix = id.device_prefix(subnet_of(&d.device.name));

@@ -4,8 +4,13 @@
 //! ```text
 //! kind 2 | version | issued u64 | expires u64 | namespace str | device str
 //! | WireGuard key [32] | subnet u16 | count u8 (<= 16)
-//! | count x endpoint (family u8 4|6, address [4|16], port u16) | signature [64]
+//! | count x endpoint (family u8 4|6, address [4|16], port u16)
+//! [| 1 u8 | facilitator endpoint | facilitator WireGuard key [32]] | signature [64]
 //! ```
+//!
+//! The facilitator part is present only when the device names one (so a record
+//! without it is byte for byte what earlier versions wrote; one with it is refused
+//! by them as "bytes after the last endpoint").
 
 use super::codec::{check_label, check_signed, finish, head, KIND_DEVICE};
 use super::{device_name, MasterRecord, RecordError, MAX_ENDPOINTS};
@@ -30,6 +35,9 @@ pub struct DeviceRecord {
     pub subnet: u16,
     /// Where it listens.
     pub endpoints: Vec<SocketAddr>,
+    /// The NAT-traversal facilitator it uses (endpoint and WireGuard key), where
+    /// peers meet it.
+    pub facilitator: Option<(SocketAddr, [u8; 32])>,
 }
 
 impl DeviceRecord {
@@ -47,6 +55,9 @@ impl DeviceRecord {
             .u8(u8::try_from(self.endpoints.len()).expect("<= 16"));
         for e in &self.endpoints {
             b.socket_addr(*e);
+        }
+        if let Some((ep, key)) = self.facilitator {
+            b.u8(1).socket_addr(ep).bytes(&key);
         }
         Ok(finish(
             b,
@@ -92,8 +103,16 @@ impl DeviceRecord {
         for _ in 0..n {
             endpoints.push(r.socket_addr("endpoint")?);
         }
+        let facilitator = match r.rest().first() {
+            None => None,
+            Some(1) => {
+                r.u8("facilitator flag")?;
+                Some((r.socket_addr("facilitator endpoint")?, r.array("facilitator key")?))
+            }
+            Some(_) => return Err(RecordError::Malformed("bytes after the last endpoint")),
+        };
         if !r.is_empty() {
-            return Err(RecordError::Malformed("bytes after the last endpoint"));
+            return Err(RecordError::Malformed("bytes after the facilitator"));
         }
         let rec = DeviceRecord {
             namespace,
@@ -103,6 +122,7 @@ impl DeviceRecord {
             wg_key,
             subnet,
             endpoints,
+            facilitator,
         };
         let name = device_name(&rec.namespace, &rec.device);
         if name != at {

@@ -1,0 +1,372 @@
+//! NAT traversal in `portdistrictd`: the facilitator as a peer of the tunnel, and each
+//! peer device's [`PeerPath`] carried out every tick (~100 ms) of the daemon's loop.
+//!
+//! - With `--facilitator HOST:PORT:KEY`, the facilitator is a WireGuard peer of the
+//!   tunnel (AllowedIP [`addr::FACILITATOR`], keepalive 25 s), the tunnel gets this
+//!   device's address in the facilitator's tunnel ([`addr::node`]) and a socket there
+//!   talks to it. Peers whose records name the same facilitator meet through it:
+//!   both ask, it introduces them with a window two seconds ahead, and relays them
+//!   when the window fails.
+//! - Without one (or when it has not answered for [`FACILITATOR_SILENT`], or the peer
+//!   names another), windows come once a minute from the pair's shared secret
+//!   ([`secret_window`]), with the peer's published endpoints as candidates.
+//! - The dataplane carries out probes, pins and relay binds (shared-memory commands)
+//!   and reports where each peer's latest handshake came from.
+
+use super::DaemonOptions;
+use crate::dataplane::Dataplane;
+use anyhow::Context as _;
+use portdistrict_control_core::mesh::{PeerDevice, KEEPALIVE};
+use portdistrict_control_core::nat::addr;
+use portdistrict_control_core::nat::path::{
+    pair_secret, secret_window, Action, Observation, Path, PeerPath, Settings, WindowResult,
+};
+use portdistrict_control_core::nat::wire::Message;
+use portdistrict_netlink as nl;
+use portdistrict_wg::config::{AllowedIpChange, PeerChange};
+use portdistrict_wg::{PrivateKey, PublicKey};
+use crate::tunnels::PathInfo;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A facilitator that answered nothing for this long counts as unreachable: windows
+/// come from shared secrets until it answers again.
+pub const FACILITATOR_SILENT: Duration = Duration::from_secs(20);
+
+/// Shared-secret windows: one per this many milliseconds.
+pub const SECRET_SLOT_MS: u64 = 60_000;
+
+/// The daemon's link to its facilitator.
+struct Link {
+    endpoint: SocketAddr,
+    key: PublicKey,
+    /// Our address in the facilitator's tunnel.
+    own: Ipv6Addr,
+    sock: Option<UdpSocket>,
+    last_heard: Option<Instant>,
+}
+
+/// One peer device's traversal.
+struct Peer {
+    path: PeerPath,
+    published: Vec<SocketAddr>,
+    /// Whether its record names our facilitator.
+    same_facilitator: bool,
+    secret: [u8; 32],
+}
+
+/// NAT traversal for the tunnel's peers (see the module documentation).
+pub struct Traversal {
+    settings: Settings,
+    skew: Duration,
+    own: PrivateKey,
+    link: Option<Link>,
+    peers: BTreeMap<PublicKey, Peer>,
+    /// Errors already logged, so that a dataplane without the commands (a UAPI one)
+    /// is reported once, not ten times a second.
+    warned: bool,
+}
+
+impl Traversal {
+    /// Traversal for the device with WireGuard key `own`.
+    pub fn new(o: &DaemonOptions, own: PrivateKey) -> Traversal {
+        let link = o.facilitator.map(|(endpoint, key)| Link {
+            endpoint,
+            key,
+            own: addr::node(&own.public_key()),
+            sock: None,
+            last_heard: None,
+        });
+        Traversal {
+            settings: o.windows,
+            skew: o.window_skew,
+            own,
+            link,
+            peers: BTreeMap::new(),
+            warned: false,
+        }
+    }
+
+    /// The facilitator's WireGuard key, if one is configured.
+    pub fn facilitator_key(&self) -> Option<PublicKey> {
+        self.link.as_ref().map(|l| l.key)
+    }
+
+    /// The facilitator as a peer of the tunnel.
+    pub fn facilitator_peer(&self) -> Option<PeerChange> {
+        let l = self.link.as_ref()?;
+        let mut c = PeerChange::new(l.key);
+        c.endpoint = Some(l.endpoint);
+        c.persistent_keepalive_interval = Some(KEEPALIVE);
+        c.replace_allowed_ips = true;
+        c.allowed_ips = vec![AllowedIpChange {
+            addr: IpAddr::V6(addr::FACILITATOR),
+            cidr: 128,
+            remove: false,
+        }];
+        Some(c)
+    }
+
+    /// Our address in the facilitator's tunnel on `ifindex`, the route to the
+    /// facilitator, and the socket (bound once).
+    pub fn setup_link(&mut self, h: &mut nl::Handle, ifname: &str, ifindex: u32) -> anyhow::Result<()> {
+        let Some(l) = self.link.as_mut() else {
+            return Ok(());
+        };
+        let spec = nl::AddressSpec {
+            ifindex,
+            addr: IpAddr::V6(l.own),
+            prefix_len: 128,
+            nodad: true,
+        };
+        h.address(nl::Verb::Replace, &spec)
+            .with_context(|| format!("adding {}/128 (the facilitator's tunnel) to {ifname}", l.own))?;
+        h.route(
+            nl::Verb::Replace,
+            &nl::Route {
+                family: nl::Family::V6,
+                dst: Some((IpAddr::V6(addr::FACILITATOR), 128)),
+                oif: Some(ifindex),
+                table: 254,
+                kind: nl::RouteKind::Unicast,
+            },
+        )
+        .with_context(|| format!("a route to the facilitator {} via {ifname}", addr::FACILITATOR))?;
+        if l.sock.is_none() {
+            let s = UdpSocket::bind(SocketAddrV6::new(l.own, addr::PORT, 0, 0))
+                .with_context(|| format!("binding [{}]:{}", l.own, addr::PORT))?;
+            s.set_nonblocking(true)?;
+            l.sock = Some(s);
+        }
+        Ok(())
+    }
+
+    /// Follows the view's devices: new ones start, gone ones are dropped.
+    pub fn sync(&mut self, now: Instant, devices: &[PeerDevice]) {
+        let facilitator = self.link.as_ref().map(|l| (l.endpoint, l.key.0));
+        self.peers
+            .retain(|k, _| devices.iter().any(|d| d.wg_key == k.0));
+        for d in devices {
+            let key = PublicKey(d.wg_key);
+            let same = facilitator.is_some() && d.facilitator == facilitator;
+            let own = &self.own;
+            let settings = self.settings;
+            let p = self.peers.entry(key).or_insert_with(|| {
+                let shared = portdistrict_wg::crypto::dh(own.as_bytes(), &d.wg_key).unwrap_or([0; 32]);
+                Peer {
+                    path: PeerPath::new(settings, same, now),
+                    published: d.endpoints.clone(),
+                    same_facilitator: same,
+                    secret: pair_secret(&shared, own.public_key().as_bytes(), &d.wg_key),
+                }
+            });
+            p.published.clone_from(&d.endpoints);
+            if p.same_facilitator != same {
+                p.same_facilitator = same;
+                p.path = PeerPath::new(settings, same, now);
+            }
+        }
+    }
+
+    /// The endpoint traversal pinned for `key` (the cycle configures it instead of
+    /// the record's, which would replace the pin).
+    pub fn endpoint_override(&self, key: &PublicKey) -> Option<SocketAddr> {
+        self.peers.get(key).and_then(|p| p.path.pinned())
+    }
+
+    /// The path of `key` for `tunnels.json`.
+    pub fn info(&self, key: &PublicKey, now: Instant) -> Option<PathInfo> {
+        let p = self.peers.get(key)?;
+        let wall = unix(SystemTime::now());
+        Some(PathInfo {
+            path: p.path.path().as_str().to_owned(),
+            pinned: p.path.pinned().map(|e| e.to_string()),
+            last_window: p.path.last_result().map(|r| match r {
+                WindowResult::Direct(a) => format!("direct via {a}"),
+                WindowResult::Failed => "failed".to_owned(),
+            }),
+            next_window: p.path.next_window().map(|t| {
+                (wall + t.saturating_duration_since(now).as_millis() as u64).div_ceil(1000)
+            }),
+            windows_tried: p.path.counters.tried,
+            windows_succeeded: p.path.counters.succeeded,
+            relayed: p.path.counters.relayed,
+        })
+    }
+
+    /// One tick: facilitator answers, shared-secret windows, every path advanced and
+    /// its actions carried out. True when a path or a window result changed.
+    pub fn tick(&mut self, now: Instant, dp: &mut dyn Dataplane, published: &[SocketAddr]) -> bool {
+        let before = self.summary();
+        let mut actions: Vec<(PublicKey, Action)> = Vec::new();
+        self.receive(now, &mut actions);
+        let wall_ms = unix(SystemTime::now());
+        let facilitator_ok = self
+            .link
+            .as_ref()
+            .and_then(|l| l.last_heard)
+            .is_some_and(|t| now.saturating_duration_since(t) < FACILITATOR_SILENT);
+        let window_len = (self.settings.primer + self.settings.punch).as_millis() as u64;
+        for (key, p) in &mut self.peers {
+            let handshake = match dp.handshake_source(*key) {
+                Ok(Some(h)) => {
+                    let ago = Duration::from_millis(wall_ms.saturating_sub(h.at.as_millis() as u64));
+                    Some((now.checked_sub(ago).unwrap_or(now), h.addr))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    if !self.warned {
+                        tracing::warn!("NAT traversal is off for this tunnel: {e}");
+                        self.warned = true;
+                    }
+                    return false;
+                }
+            };
+            if !(facilitator_ok && p.same_facilitator) {
+                let start_ms = secret_window(&p.secret, wall_ms, SECRET_SLOT_MS, window_len);
+                let start = now + Duration::from_millis(start_ms - wall_ms) + self.skew;
+                if start_ms - wall_ms <= 3_000 && p.path.wants_window_at(start) {
+                    tracing::info!(
+                        "{}: shared-secret window in {} ms",
+                        key.to_base64(),
+                        start.saturating_duration_since(now).as_millis()
+                    );
+                    p.path.scheduled(start, p.published.clone());
+                }
+            }
+            let mut out = Vec::new();
+            p.path.tick(now, Observation { handshake }, &mut out);
+            actions.extend(out.into_iter().map(|a| (*key, a)));
+        }
+        for (key, a) in actions {
+            self.carry_out(dp, key, a, published);
+        }
+        let after = self.summary();
+        for (k, (path, last)) in &after {
+            if before.get(k) != Some(&(*path, *last)) {
+                tracing::info!(
+                    "{}: path {}{}",
+                    k.to_base64(),
+                    path.as_str(),
+                    match last {
+                        Some(WindowResult::Direct(a)) => format!(" (window went direct via {a})"),
+                        Some(WindowResult::Failed) => " (last window failed)".to_owned(),
+                        None => String::new(),
+                    }
+                );
+            }
+        }
+        before != after
+    }
+
+    fn summary(&self) -> BTreeMap<PublicKey, (Path, Option<WindowResult>)> {
+        self.peers
+            .iter()
+            .map(|(k, p)| (*k, (p.path.path(), p.path.last_result())))
+            .collect()
+    }
+
+    /// Reads the facilitator's answers.
+    fn receive(&mut self, now: Instant, actions: &mut Vec<(PublicKey, Action)>) {
+        let Some(l) = self.link.as_mut() else {
+            return;
+        };
+        let Some(sock) = &l.sock else {
+            return;
+        };
+        let mut buf = [0u8; 1024];
+        for _ in 0..64 {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                return;
+            };
+            if from != SocketAddr::V6(SocketAddrV6::new(addr::FACILITATOR, addr::PORT, 0, 0)) {
+                continue;
+            }
+            let msg = match Message::parse(&buf[..n]) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("an unreadable message from the facilitator: {e}");
+                    continue;
+                }
+            };
+            l.last_heard = Some(now);
+            let key = PublicKey(*msg.peer());
+            let Some(p) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            match msg {
+                Message::Introduce {
+                    window,
+                    start_in_ms,
+                    endpoints,
+                    ..
+                } => {
+                    let mut candidates = endpoints;
+                    for e in &p.published {
+                        if !candidates.contains(e) {
+                            candidates.push(*e);
+                        }
+                    }
+                    tracing::info!(
+                        "{}: window {window} in {start_in_ms} ms, candidates {candidates:?}",
+                        key.to_base64()
+                    );
+                    let start = now + Duration::from_millis(u64::from(start_in_ms)) + self.skew;
+                    p.path.introduced(start, candidates);
+                }
+                Message::Relay { relay, token, .. } => {
+                    tracing::info!("{}: relay at {relay}", key.to_base64());
+                    let mut out = Vec::new();
+                    p.path.relay_offered(now, relay, token, &mut out);
+                    actions.extend(out.into_iter().map(|a| (key, a)));
+                }
+                Message::Refused { reason, .. } => {
+                    tracing::warn!("{}: the facilitator refused: {reason}", key.to_base64());
+                    p.path.refused(now);
+                }
+                Message::Waiting { .. } | Message::Meet { .. } | Message::RelayAsk { .. } => {}
+            }
+        }
+    }
+
+    fn carry_out(&mut self, dp: &mut dyn Dataplane, key: PublicKey, a: Action, published: &[SocketAddr]) {
+        let r = match a {
+            Action::AskMeet => {
+                self.ask(&Message::Meet {
+                    peer: key.0,
+                    published: published.to_vec(),
+                });
+                Ok(())
+            }
+            Action::AskRelay => {
+                self.ask(&Message::RelayAsk { peer: key.0 });
+                Ok(())
+            }
+            Action::Probe { to, ttl } => dp.probe(key, to, ttl),
+            Action::Send { to, payload } => dp.send_raw(to, 0, &payload),
+            Action::Pin(to) => dp.pin(key, to),
+        };
+        if let Err(e) = r {
+            tracing::warn!("{}: {e}", key.to_base64());
+        }
+    }
+
+    fn ask(&self, m: &Message) {
+        let Some(sock) = self.link.as_ref().and_then(|l| l.sock.as_ref()) else {
+            return;
+        };
+        let to = SocketAddrV6::new(addr::FACILITATOR, addr::PORT, 0, 0);
+        // Fails while the tunnel to the facilitator has no session yet (the first
+        // packet starts the handshake and waits in the dataplane's queue) or no
+        // route: the path asks again.
+        if let Err(e) = sock.send_to(&m.emit(), to) {
+            tracing::debug!("asking the facilitator: {e}");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
