@@ -71,4 +71,6 @@ stats! {
     tx_handshake_response,
     /// Handshakes completed.
     handshakes_completed,
+    /// NAT-traversal probes sent (handshake initiations to a given address).
+    tx_probe,
 }
