@@ -2,14 +2,16 @@
 //! tick it checks the configuration's generation and, when it moved, reads a
 //! consistent copy and applies the difference to the last one it applied (so an
 //! unchanged peer keeps its sessions), then writes that generation back as the
-//! applied one (what portdistrictd waits for after a write); it runs queued commands ("handshake now") and
-//! writes the peers' statistics back once a second. A corrupt region is logged once
+//! applied one (what portdistrictd waits for after a write); it hands over queued
+//! commands (handshake, probe, pin, raw send: `driver/commands.rs` runs them) and
+//! writes the peers' statistics back once a second, with each peer's handshake
+//! source. A corrupt region is logged once
 //! per generation and counted (`shm_errors`); the last good configuration stays. A
 //! region whose file shrank or was overwritten in place is not touched (the region
 //! checks the file before every access): each refused access is counted, the failure
 //! logged once, and the dataplane keeps forwarding with what it applied last.
 
-use portdistrict_shm::{Command, Config, PeerStats, Region, ShmError};
+use portdistrict_shm::{Command, Config, HandshakeSource, PeerStats, Region, ShmError};
 use portdistrict_wg::config::{
     AllowedIpChange, ConfigChange, PeerChange, PeerStats as WgPeerStats,
 };
@@ -32,6 +34,10 @@ pub struct ShmLink {
     pub updates: u64,
     /// Corrupt reads and commands.
     pub errors: u64,
+    /// Commands taken from the ring (valid ones).
+    pub commands: u64,
+    /// Commands that could not be carried out (unknown peer, a refused send).
+    pub command_failures: u64,
 }
 
 impl ShmLink {
@@ -46,6 +52,8 @@ impl ShmLink {
             next_stats: Instant::now(),
             updates: 0,
             errors: 0,
+            commands: 0,
+            command_failures: 0,
         }
     }
 
@@ -168,6 +176,10 @@ impl ShmLink {
                 tx_bytes: p.tx_bytes,
                 last_handshake: p.last_handshake.map_or(0, |d| d.as_secs()),
                 endpoint: p.endpoint,
+                handshake_source: p.handshake_source.map(|h| HandshakeSource {
+                    addr: h.addr,
+                    unix_millis: u64::try_from(h.at.as_millis()).unwrap_or(u64::MAX),
+                }),
             })
             .collect();
         if let Err(e) = self.region.write_stats(&stats) {

@@ -5,6 +5,9 @@
 //!
 //! The first input byte picks the case:
 //! - high bit set: the rest is the whole file (exercises `Region::open`'s checks);
+//! - `0x40` set: the rest makes a command ([`Command`]: kind, peer, destination,
+//!   TTL, payload of any length), which is pushed to a fresh region and must come
+//!   back equal, or be refused with a typed error (a payload over 64 bytes, port 0);
 //! - otherwise: a valid region for `1 + (byte & 3)` peers is created, and the rest of
 //!   the input overwrites it from byte 32 on (everything after the header's magic,
 //!   version and sizes, so that opening succeeds and the readers see adversarial
@@ -17,7 +20,11 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
-use portdistrict_shm::{Region, ShmError, MAX_ALLOWED, RING_CAPACITY};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use portdistrict_shm::{
+    Command, RawPayload, Region, ShmError, MAX_ALLOWED, MAX_RAW_PAYLOAD, RING_CAPACITY,
+};
 
 /// Bytes at the start of the header that the overlay case keeps (magic, ABI version,
 /// header, entry and ring sizes, peer capacity).
@@ -39,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = region_path();
-    if mode & 0x80 != 0 {
+    if mode & 0xc0 == 0x40 {
+        command_round_trip(&path, rest);
+    } else if mode & 0x80 != 0 {
         std::fs::write(&path, rest).expect("write the region file");
         if let Ok(region) = Region::open(&path) {
             read_everything(&region);
@@ -88,7 +97,7 @@ fn read_everything(region: &Region) {
     for _ in 0..=RING_CAPACITY + 1 {
         match region.pop_command() {
             Ok(None) => break,
-            Ok(Some(_)) => {}
+            Ok(Some(c)) => check_command(&c),
             Err(e) => expected(e),
         }
     }
@@ -101,4 +110,87 @@ fn expected(e: ShmError) {
         matches!(e, ShmError::Corrupt(_) | ShmError::Busy),
         "unexpected error for adversarial content: {e}"
     );
+}
+
+/// What a command popped from any region holds: a destination it can be sent to, a
+/// payload within bounds.
+fn check_command(c: &Command) {
+    match c {
+        Command::Handshake(_) => {}
+        Command::Probe { to, .. } | Command::Pin { to: Some(to), .. } => {
+            assert_ne!(to.port(), 0, "{c:?}")
+        }
+        Command::Pin { to: None, .. } => {}
+        Command::Send { to, payload, .. } => {
+            assert_ne!(to.port(), 0, "{c:?}");
+            assert!(payload.as_bytes().len() <= MAX_RAW_PAYLOAD);
+        }
+    }
+}
+
+/// Takes `n` bytes from the front of `data` (zeros past its end).
+fn take<const N: usize>(data: &mut &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = data.len().min(N);
+    out[..n].copy_from_slice(&data[..n]);
+    *data = &data[n..];
+    out
+}
+
+/// A command from the input; `None` when the payload is refused (over 64 bytes).
+fn command_from(mut data: &[u8]) -> Option<Command> {
+    let [kind, family, ttl, port_hi, port_lo] = take::<5>(&mut data);
+    let peer = take::<32>(&mut data);
+    let port = u16::from_be_bytes([port_hi, port_lo]);
+    let to = match family % 3 {
+        0 => None,
+        1 => Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::from(take::<4>(&mut data))),
+            port,
+        )),
+        _ => Some(SocketAddr::new(
+            IpAddr::V6(Ipv6Addr::from(take::<16>(&mut data))),
+            port,
+        )),
+    };
+    let to_or_any = to.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    Some(match kind % 4 {
+        0 => Command::Handshake(peer),
+        1 => Command::Probe {
+            peer,
+            to: to_or_any,
+            ttl,
+        },
+        2 => Command::Pin { peer, to },
+        _ => match RawPayload::new(data) {
+            Ok(payload) => Command::Send {
+                to: to_or_any,
+                ttl,
+                payload,
+            },
+            Err(e) => {
+                assert!(data.len() > MAX_RAW_PAYLOAD);
+                assert!(matches!(e, ShmError::PayloadTooLong(n) if n == data.len()));
+                return None;
+            }
+        },
+    })
+}
+
+/// Pushes the input's command to a fresh region and pops it from a second mapping.
+fn command_round_trip(path: &Path, data: &[u8]) {
+    let Some(c) = command_from(data) else {
+        return;
+    };
+    let producer = Region::create(path, 1).expect("create a region");
+    let consumer = Region::open(path).expect("open it");
+    match producer.push_command(c) {
+        Ok(()) => {
+            let popped = consumer.pop_command().expect("a pushed command reads back");
+            assert_eq!(popped, Some(c));
+            check_command(&c);
+        }
+        Err(ShmError::InvalidDestination(a)) => assert_eq!(a.port(), 0),
+        Err(e) => panic!("{c:?}: {e}"),
+    }
 }

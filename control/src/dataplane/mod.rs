@@ -10,7 +10,10 @@
 //!   region's producer, such as the CLI).
 //!
 //! Both take the same [`ConfigChange`] values as the dataplane's device applies
-//! (`portdistrict_wg::config`), and report peers keyed by [`PublicKey`].
+//! (`portdistrict_wg::config`), and report peers keyed by [`PublicKey`]. The
+//! commands NAT traversal needs ([`Dataplane::probe`], [`Dataplane::pin`],
+//! [`Dataplane::send_raw`]) and [`Dataplane::handshake_source`] exist over shared
+//! memory only: over UAPI they are [`DataplaneError::Unsupported`].
 
 mod shm;
 mod uapi;
@@ -19,9 +22,11 @@ pub use portdistrict_wg::uapi::SOCKET_DIR;
 pub use shm::{apply_change, ShmClient, CONFIRM_WITHIN};
 pub use uapi::UapiClient;
 
+pub use portdistrict_wg::config::HandshakeSource;
 use portdistrict_wg::config::{ConfigChange, PeerSnapshot};
 use portdistrict_wg::PublicKey;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,6 +44,29 @@ pub trait Dataplane {
 
     /// Asks the dataplane to start a handshake with `peer` now.
     fn request_handshake(&mut self, peer: PublicKey) -> Result<(), DataplaneError>;
+
+    /// Asks the dataplane to send a fresh handshake initiation for `peer` to `to`
+    /// from its own UDP socket, with IP TTL / hop limit `ttl` (0: the socket's
+    /// default), without changing the peer's endpoint (a NAT-traversal probe; a
+    /// response completes the handshake, see [`Dataplane::handshake_source`]).
+    fn probe(&mut self, peer: PublicKey, to: SocketAddr, ttl: u8) -> Result<(), DataplaneError>;
+
+    /// Pins `peer`'s endpoint to `to` (set now; roaming no longer moves it), or
+    /// unpins it (`None`).
+    fn pin(&mut self, peer: PublicKey, to: Option<SocketAddr>) -> Result<(), DataplaneError>;
+
+    /// Asks the dataplane to send `payload` (at most
+    /// [`portdistrict_shm::MAX_RAW_PAYLOAD`] bytes) as one UDP datagram to `to` from
+    /// its own socket (its listen port), with TTL `ttl` (0: the socket's default).
+    fn send_raw(&mut self, to: SocketAddr, ttl: u8, payload: &[u8]) -> Result<(), DataplaneError>;
+
+    /// Where the latest authenticated handshake message from `peer` came from, and
+    /// when (as of the statistics the dataplane wrote last, once a second); `None`
+    /// when none arrived yet or the peer is unknown.
+    fn handshake_source(
+        &mut self,
+        peer: PublicKey,
+    ) -> Result<Option<HandshakeSource>, DataplaneError>;
 }
 
 /// Why the dataplane could not be programmed or read.
@@ -123,7 +151,8 @@ pub enum DataplaneError {
         /// How long the client waited.
         waited: Duration,
     },
-    /// The protocol has no such request.
+    /// The protocol has no such request (probes, pins, raw datagrams and the
+    /// handshake source exist only over shared memory).
     #[error("{ifname}: {what} cannot be asked over {protocol}")]
     Unsupported {
         /// The interface.

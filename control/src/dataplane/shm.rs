@@ -5,11 +5,12 @@
 //! that generation back as applied (at its next timer tick, 100 ms), at most
 //! [`CONFIRM_WITHIN`].
 
-use super::{Dataplane, DataplaneError};
-use portdistrict_shm::{Command, Config, PeerConfig, Region};
+use super::{Dataplane, DataplaneError, HandshakeSource};
+use portdistrict_shm::{Command, Config, PeerConfig, RawPayload, Region};
 use portdistrict_wg::config::{ConfigChange, PeerChange, PeerSnapshot};
 use portdistrict_wg::{PresharedKey, PublicKey};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long [`Dataplane::apply`] waits for the dataplane to report a configuration
@@ -138,9 +139,49 @@ impl Dataplane for ShmClient {
     }
 
     fn request_handshake(&mut self, peer: PublicKey) -> Result<(), DataplaneError> {
-        self.region
-            .push_command(Command::Handshake(peer.0))
-            .map_err(|e| self.shm_error(e))
+        self.push(Command::Handshake(peer.0))
+    }
+
+    fn probe(&mut self, peer: PublicKey, to: SocketAddr, ttl: u8) -> Result<(), DataplaneError> {
+        self.push(Command::Probe {
+            peer: peer.0,
+            to,
+            ttl,
+        })
+    }
+
+    fn pin(&mut self, peer: PublicKey, to: Option<SocketAddr>) -> Result<(), DataplaneError> {
+        self.push(Command::Pin { peer: peer.0, to })
+    }
+
+    /// A payload over [`portdistrict_shm::MAX_RAW_PAYLOAD`] bytes is refused here
+    /// ([`ShmError::PayloadTooLong`]), before anything is queued.
+    fn send_raw(&mut self, to: SocketAddr, ttl: u8, payload: &[u8]) -> Result<(), DataplaneError> {
+        let payload = RawPayload::new(payload).map_err(|e| self.shm_error(e))?;
+        self.push(Command::Send { to, ttl, payload })
+    }
+
+    fn handshake_source(
+        &mut self,
+        peer: PublicKey,
+    ) -> Result<Option<HandshakeSource>, DataplaneError> {
+        let stats = self.region.read_stats().map_err(|e| self.shm_error(e))?;
+        Ok(stats
+            .iter()
+            .find(|s| s.public_key == peer.0)
+            .and_then(|s| s.handshake_source)
+            .map(|h| HandshakeSource {
+                addr: h.addr,
+                at: Duration::from_millis(h.unix_millis),
+            }))
+    }
+}
+
+impl ShmClient {
+    /// Queues `c` on the region's command ring (the dataplane runs it at its next
+    /// timer tick, 100 ms at most).
+    fn push(&self, c: Command) -> Result<(), DataplaneError> {
+        self.region.push_command(c).map_err(|e| self.shm_error(e))
     }
 }
 
@@ -408,6 +449,10 @@ mod tests {
                 tx_bytes: 7,
                 last_handshake: 100,
                 endpoint: Some(([198, 51, 100, 1], 4000).into()),
+                handshake_source: Some(portdistrict_shm::HandshakeSource {
+                    addr: ([198, 51, 100, 9], 4001).into(),
+                    unix_millis: 100_250,
+                }),
             }])
             .unwrap();
         // A restarted producer takes up what the region holds.
@@ -426,6 +471,62 @@ mod tests {
         assert_eq!(
             dataplane.pop_command().unwrap(),
             Some(Command::Handshake([2; 32]))
+        );
+        assert_eq!(
+            client.handshake_source(PublicKey([1; 32])).unwrap(),
+            Some(HandshakeSource {
+                addr: ([198, 51, 100, 9], 4001).into(),
+                at: Duration::from_millis(100_250),
+            })
+        );
+        assert_eq!(client.handshake_source(PublicKey([2; 32])).unwrap(), None);
+    }
+
+    #[test]
+    fn nat_commands_are_queued_and_an_oversized_datagram_is_refused_first() {
+        let f = TempFile::new("nat");
+        let producer = Region::create(&f.0, 4).unwrap();
+        let dataplane = Region::open(&f.0).unwrap();
+        let mut client = ShmClient::new("t0", producer);
+        let to: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        client.probe(PublicKey([1; 32]), to, 1).unwrap();
+        client.pin(PublicKey([1; 32]), Some(to)).unwrap();
+        client.pin(PublicKey([1; 32]), None).unwrap();
+        client.send_raw(to, 2, b"primer").unwrap();
+        let e = client.send_raw(to, 2, &[0; 65]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DataplaneError::Shm {
+                    source: portdistrict_shm::ShmError::PayloadTooLong(65),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let popped: Vec<_> = std::iter::from_fn(|| dataplane.pop_command().unwrap()).collect();
+        assert_eq!(
+            popped,
+            [
+                Command::Probe {
+                    peer: [1; 32],
+                    to,
+                    ttl: 1
+                },
+                Command::Pin {
+                    peer: [1; 32],
+                    to: Some(to)
+                },
+                Command::Pin {
+                    peer: [1; 32],
+                    to: None
+                },
+                Command::Send {
+                    to,
+                    ttl: 2,
+                    payload: RawPayload::new(b"primer").unwrap()
+                },
+            ]
         );
     }
 }

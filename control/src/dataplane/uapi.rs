@@ -4,12 +4,13 @@
 //! answers read by `portdistrict_wg::uapi::parse_get`; every answer ends with
 //! `errno=N` and a blank line.
 
-use super::{Dataplane, DataplaneError, SOCKET_DIR};
+use super::{Dataplane, DataplaneError, HandshakeSource, SOCKET_DIR};
 use portdistrict_wg::config::{ConfigChange, DeviceSnapshot, PeerSnapshot};
 use portdistrict_wg::uapi::{format_set, parse_get};
 use portdistrict_wg::PublicKey;
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -142,6 +143,41 @@ impl Dataplane for UapiClient {
             protocol: "the WireGuard UAPI",
         })
     }
+
+    fn probe(&mut self, _peer: PublicKey, _to: SocketAddr, _ttl: u8) -> Result<(), DataplaneError> {
+        Err(self.unsupported("a probe"))
+    }
+
+    fn pin(&mut self, _peer: PublicKey, _to: Option<SocketAddr>) -> Result<(), DataplaneError> {
+        Err(self.unsupported("pinning an endpoint"))
+    }
+
+    fn send_raw(
+        &mut self,
+        _to: SocketAddr,
+        _ttl: u8,
+        _payload: &[u8],
+    ) -> Result<(), DataplaneError> {
+        Err(self.unsupported("a raw datagram"))
+    }
+
+    fn handshake_source(
+        &mut self,
+        _peer: PublicKey,
+    ) -> Result<Option<HandshakeSource>, DataplaneError> {
+        Err(self.unsupported("the handshake source"))
+    }
+}
+
+impl UapiClient {
+    /// What the UAPI cannot carry (it is wireguard-go's text protocol).
+    fn unsupported(&self, what: &'static str) -> DataplaneError {
+        DataplaneError::Unsupported {
+            ifname: self.ifname.clone(),
+            what,
+            protocol: "the WireGuard UAPI",
+        }
+    }
 }
 
 /// The value of the last `errno=` line.
@@ -248,6 +284,17 @@ mod tests {
             c.request_handshake(PublicKey([1; 32])),
             Err(DataplaneError::Unsupported { .. })
         ));
+        let to: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let nat = [
+            c.probe(PublicKey([1; 32]), to, 1).unwrap_err(),
+            c.pin(PublicKey([1; 32]), Some(to)).unwrap_err(),
+            c.send_raw(to, 2, b"x").unwrap_err(),
+            c.handshake_source(PublicKey([1; 32])).unwrap_err(),
+        ];
+        for e in nat {
+            assert!(matches!(e, DataplaneError::Unsupported { .. }), "{e}");
+            assert!(e.to_string().contains("over the WireGuard UAPI"), "{e}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

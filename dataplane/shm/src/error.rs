@@ -1,6 +1,6 @@
 //! The crate's error type.
 
-use crate::layout::MAX_ALLOWED;
+use crate::layout::{MAX_ALLOWED, MAX_RAW_PAYLOAD};
 
 /// Why the region cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -43,4 +43,10 @@ pub enum ShmError {
     /// The command ring is full.
     #[error("the command ring is full")]
     RingFull,
+    /// A raw datagram ([`crate::Command::Send`]) longer than the ring carries.
+    #[error("a raw datagram carries at most {MAX_RAW_PAYLOAD} bytes; this one has {0}")]
+    PayloadTooLong(usize),
+    /// A command's destination cannot be sent to (port 0).
+    #[error("{0} cannot be a command's destination (port 0)")]
+    InvalidDestination(std::net::SocketAddr),
 }

@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// `PDSHM` + version in the first 8 bytes.
 pub const MAGIC: u64 = u64::from_be_bytes(*b"PDSHM\0\0\x01");
 /// The ABI version of this layout.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// AllowedIPs per peer in the table.
 pub const MAX_ALLOWED: usize = 16;
 /// Most peers a region may be created for.
 pub const MAX_PEERS: u32 = 65_536;
 /// Commands the ring holds.
 pub const RING_CAPACITY: u32 = 64;
+/// Most bytes a raw datagram ([`crate::Command::Send`]) carries.
+pub const MAX_RAW_PAYLOAD: usize = 64;
 /// Attempts of a seqlock read before giving up for now.
 pub(crate) const READ_ATTEMPTS: usize = 1000;
 
@@ -81,16 +83,29 @@ pub struct StatsEntry {
     pub(crate) _pad: u8,
     pub(crate) endpoint_port: u16,
     pub(crate) endpoint_addr: [u8; 16],
-    pub(crate) _pad2: [u8; 4],
+    /// The source of the latest authenticated handshake message (0: none).
+    pub(crate) handshake_source_family: u8,
+    pub(crate) _pad2: u8,
+    pub(crate) handshake_source_port: u16,
+    pub(crate) handshake_source_addr: [u8; 16],
+    /// When it arrived, Unix milliseconds.
+    pub(crate) handshake_source_ms: u64,
 }
 
-/// One command.
+/// One command (kinds and which fields each uses: [`crate::Command`]). Fields a
+/// kind does not use are zero; anything else is a corrupt entry.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CommandEntry {
     pub(crate) kind: u32,
-    pub(crate) _pad: u32,
+    pub(crate) ttl: u8,
+    pub(crate) family: u8,
+    pub(crate) port: u16,
     pub(crate) public_key: [u8; 32],
+    pub(crate) addr: [u8; 16],
+    pub(crate) payload_len: u16,
+    pub(crate) _pad: [u8; 6],
+    pub(crate) payload: [u8; MAX_RAW_PAYLOAD],
 }
 
 /// Where each part lies.

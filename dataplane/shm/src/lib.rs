@@ -18,12 +18,38 @@
 //!   generation (offset 112: the configuration generation the dataplane applied last,
 //!   written by the dataplane only, which the producer waits for after a write)
 //! PeerEntry  x peer_capacity   (412 bytes each, under the configuration seqlock)
-//! StatsEntry x peer_capacity   (80 bytes each, from an 8-aligned offset, under the
+//! StatsEntry x peer_capacity   (104 bytes each, from an 8-aligned offset, under the
 //!                               stats seqlock)
-//! Command    x ring_capacity   (40 bytes each, a single-producer single-consumer ring)
+//! Command    x ring_capacity   (128 bytes each, a single-producer single-consumer ring)
 //! ```
 //!
 //! ABI version 2 added the applied generation (version 1 had reserved bytes there).
+//! ABI version 3 added the commands NAT traversal needs and the handshake source in
+//! the statistics (the entries grew: version 2 regions are refused at open).
+//!
+//! ## Commands (the ring)
+//!
+//! [`Command`], one 128-byte [`CommandEntry`] each (`kind`, `ttl`, destination
+//! `family`/`port`/`addr`, the peer's `public_key`, a raw `payload` of up to
+//! [`MAX_RAW_PAYLOAD`] bytes with its length). Fields a kind does not use are zero.
+//!
+//! | kind | command | what the dataplane does |
+//! | --- | --- | --- |
+//! | 1 | `Handshake(peer)` | starts a handshake with the peer (rate-limited as usual) |
+//! | 2 | `Probe { peer, to, ttl }` | sends a fresh, well-formed handshake initiation for `peer` to `to` from its own UDP socket, with IP TTL / hop limit `ttl` on that datagram only (0: the socket's default); the endpoint does not change, a response completes the handshake |
+//! | 3 | `Pin { peer, to }` | `Some(to)`: sets the endpoint to `to` and keeps it there (authenticated packets from elsewhere no longer move it); `None`: roaming again |
+//! | 4 | `Send { to, ttl, payload }` | sends `payload` (at most 64 bytes) as one UDP datagram to `to` from its own socket (the listen port as source port), TTL `ttl` |
+//!
+//! A destination with port 0 is refused when pushed
+//! ([`ShmError::InvalidDestination`]), a payload over 64 bytes when it is made
+//! ([`RawPayload::new`], [`ShmError::PayloadTooLong`]). The dataplane checks every
+//! entry it pops: a bad kind, family, port, length or a nonzero unused field is a
+//! corrupt entry, skipped and counted (`shm_errors`), never acted upon.
+//!
+//! Each [`StatsEntry`] carries, besides counters, endpoint and last handshake, the
+//! source of the latest authenticated handshake message received from the peer and
+//! its time ([`PeerStats::handshake_source`]): with the endpoint pinned to a relay,
+//! that is how control sees a probe to a direct address answered.
 //!
 //! Readers never trust the region: every count, family, prefix length and size is
 //! checked and a violation is [`ShmError::Corrupt`], never a panic; a read that raced
@@ -49,8 +75,8 @@ pub use config::{Config, PeerConfig};
 pub use error::ShmError;
 pub use layout::{
     AllowedEntry, CommandEntry, Header, PeerEntry, StatsEntry, ABI_VERSION, MAGIC, MAX_ALLOWED,
-    MAX_PEERS, RING_CAPACITY,
+    MAX_PEERS, MAX_RAW_PAYLOAD, RING_CAPACITY,
 };
 pub use region::Region;
-pub use ring::Command;
-pub use stats::PeerStats;
+pub use ring::{Command, RawPayload};
+pub use stats::{HandshakeSource, PeerStats};

@@ -20,6 +20,19 @@ pub struct PeerStats {
     pub last_handshake: u64,
     /// Current endpoint.
     pub endpoint: Option<SocketAddr>,
+    /// Where the latest authenticated handshake message (initiation or response)
+    /// from the peer came from, and when: with the endpoint pinned to a relay, this
+    /// tells that a probe to a direct address was answered.
+    pub handshake_source: Option<HandshakeSource>,
+}
+
+/// The source of an authenticated handshake message, and when it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeSource {
+    /// The peer's address the message came from.
+    pub addr: SocketAddr,
+    /// When it arrived, milliseconds since the Unix epoch.
+    pub unix_millis: u64,
 }
 
 impl Region {
@@ -33,6 +46,7 @@ impl Region {
         let n = stats.len().min(self.layout.capacity as usize);
         for (i, s) in stats.iter().take(n).enumerate() {
             let (family, port, addr) = encode_endpoint(s.endpoint);
+            let (hs_family, hs_port, hs_addr) = encode_endpoint(s.handshake_source.map(|h| h.addr));
             let e = StatsEntry {
                 public_key: s.public_key,
                 rx_bytes: s.rx_bytes,
@@ -42,7 +56,11 @@ impl Region {
                 _pad: 0,
                 endpoint_port: port,
                 endpoint_addr: addr,
-                _pad2: [0; 4],
+                handshake_source_family: hs_family,
+                _pad2: 0,
+                handshake_source_port: hs_port,
+                handshake_source_addr: hs_addr,
+                handshake_source_ms: s.handshake_source.map_or(0, |h| h.unix_millis),
             };
             // SAFETY: i < capacity; written while the stats generation is odd.
             unsafe { std::ptr::write_volatile(self.stats_ptr(i), e) };
@@ -81,23 +99,29 @@ impl Region {
             if count > self.layout.capacity {
                 return Err(ShmError::Corrupt(format!("stats count {count}")));
             }
-            return entries
-                .iter()
-                .map(|e| {
-                    Ok(PeerStats {
-                        public_key: e.public_key,
-                        rx_bytes: e.rx_bytes,
-                        tx_bytes: e.tx_bytes,
-                        last_handshake: e.last_handshake,
-                        endpoint: decode_endpoint(
-                            e.endpoint_family,
-                            e.endpoint_port,
-                            e.endpoint_addr,
-                        )?,
-                    })
-                })
-                .collect();
+            return entries.iter().map(decode_stats).collect();
         }
         Err(ShmError::Busy)
     }
+}
+
+/// One entry read back, every field checked.
+fn decode_stats(e: &StatsEntry) -> Result<PeerStats, ShmError> {
+    let handshake_source = decode_endpoint(
+        e.handshake_source_family,
+        e.handshake_source_port,
+        e.handshake_source_addr,
+    )?
+    .map(|addr| HandshakeSource {
+        addr,
+        unix_millis: e.handshake_source_ms,
+    });
+    Ok(PeerStats {
+        public_key: e.public_key,
+        rx_bytes: e.rx_bytes,
+        tx_bytes: e.tx_bytes,
+        last_handshake: e.last_handshake,
+        endpoint: decode_endpoint(e.endpoint_family, e.endpoint_port, e.endpoint_addr)?,
+        handshake_source,
+    })
 }

@@ -48,8 +48,15 @@ fn the_layout_is_the_documented_abi() {
     assert_eq!(size_of::<Header>(), 128);
     assert_eq!(size_of::<AllowedEntry>(), 20);
     assert_eq!(size_of::<PeerEntry>(), 412);
-    assert_eq!(size_of::<StatsEntry>(), 80);
-    assert_eq!(size_of::<CommandEntry>(), 40);
+    assert_eq!(size_of::<StatsEntry>(), 104);
+    assert_eq!(size_of::<CommandEntry>(), 128);
+    assert_eq!(offset_of!(StatsEntry, handshake_source_family), 76);
+    assert_eq!(offset_of!(StatsEntry, handshake_source_addr), 80);
+    assert_eq!(offset_of!(StatsEntry, handshake_source_ms), 96);
+    assert_eq!(offset_of!(CommandEntry, public_key), 8);
+    assert_eq!(offset_of!(CommandEntry, addr), 40);
+    assert_eq!(offset_of!(CommandEntry, payload_len), 56);
+    assert_eq!(offset_of!(CommandEntry, payload), 64);
     assert_eq!(offset_of!(Header, config_gen), 32);
     assert_eq!(offset_of!(Header, stats_gen), 40);
     assert_eq!(offset_of!(Header, ring_head), 48);
@@ -57,7 +64,7 @@ fn the_layout_is_the_documented_abi() {
     assert_eq!(offset_of!(Header, applied_gen), 112);
     assert_eq!(offset_of!(PeerEntry, allowed), 92);
     let l = Layout::new(10);
-    assert_eq!(l.len, 128 + 10 * 412 + 10 * 80 + 64 * 40);
+    assert_eq!(l.len, 128 + 10 * 412 + 10 * 104 + 64 * 128);
 }
 
 #[test]
@@ -351,6 +358,10 @@ fn stats_and_commands_flow_back_and_forth() {
         tx_bytes: 20,
         last_handshake: 1_800_000_000,
         endpoint: Some("192.0.2.1:51820".parse().unwrap()),
+        handshake_source: Some(HandshakeSource {
+            addr: "[2001:db8::7]:4500".parse().unwrap(),
+            unix_millis: 1_800_000_000_123,
+        }),
     }];
     dataplane.write_stats(&s).unwrap();
     assert_eq!(control.read_stats().unwrap(), s);
@@ -408,5 +419,244 @@ fn the_applied_generation_is_reported_raw_whatever_it_holds() {
         let r = Region::open(&f.0).unwrap();
         assert_eq!(r.applied_generation().unwrap(), v);
         assert_eq!(r.read_config().unwrap(), (g, Config::default()));
+    }
+}
+
+fn ring_pair(tag: &str) -> (TempFile, Region, Region) {
+    let f = TempFile::new(tag);
+    let control = Region::create(&f.0, 2).unwrap();
+    let dataplane = Region::open(&f.0).unwrap();
+    (f, control, dataplane)
+}
+
+/// Queues `e` as it is, as a producer that writes nonsense would.
+fn push_raw(r: &Region, e: CommandEntry) {
+    let head = r.ring_head().load(Ordering::Relaxed);
+    // SAFETY: the test is the only producer; the slot is past the consumer's tail.
+    unsafe { std::ptr::write_volatile(r.ring_ptr((head % RING_CAPACITY) as usize), e) };
+    r.ring_head().store(head.wrapping_add(1), Ordering::Release);
+}
+
+#[test]
+fn every_command_round_trips_through_the_ring() {
+    let (_f, control, dataplane) = ring_pair("commands");
+    let payload = RawPayload::new(&[0xab; MAX_RAW_PAYLOAD]).unwrap();
+    let commands = [
+        Command::Handshake([1; 32]),
+        Command::Probe {
+            peer: [2; 32],
+            to: "198.51.100.7:40000".parse().unwrap(),
+            ttl: 1,
+        },
+        Command::Probe {
+            peer: [2; 32],
+            to: "[2001:db8::2]:51820".parse().unwrap(),
+            ttl: 0,
+        },
+        Command::Pin {
+            peer: [3; 32],
+            to: Some("203.0.113.9:3478".parse().unwrap()),
+        },
+        Command::Pin {
+            peer: [3; 32],
+            to: None,
+        },
+        Command::Send {
+            to: "198.51.100.7:9".parse().unwrap(),
+            ttl: 2,
+            payload,
+        },
+        Command::Send {
+            to: "[2001:db8::9]:9".parse().unwrap(),
+            ttl: 255,
+            payload: RawPayload::new(b"").unwrap(),
+        },
+    ];
+    for c in commands {
+        control.push_command(c).unwrap();
+    }
+    for c in commands {
+        assert_eq!(dataplane.pop_command().unwrap(), Some(c));
+    }
+    assert_eq!(dataplane.pop_command().unwrap(), None);
+    let Command::Send { payload: p, .. } = commands[5] else {
+        unreachable!()
+    };
+    assert_eq!(p.as_bytes(), [0xab; MAX_RAW_PAYLOAD]);
+}
+
+#[test]
+fn commands_that_cannot_be_carried_are_refused_when_pushed() {
+    let (_f, control, dataplane) = ring_pair("refused");
+    assert!(matches!(
+        RawPayload::new(&[0; MAX_RAW_PAYLOAD + 1]),
+        Err(ShmError::PayloadTooLong(65))
+    ));
+    let zero_port: SocketAddr = "192.0.2.1:0".parse().unwrap();
+    for c in [
+        Command::Probe {
+            peer: [1; 32],
+            to: zero_port,
+            ttl: 1,
+        },
+        Command::Pin {
+            peer: [1; 32],
+            to: Some(zero_port),
+        },
+        Command::Send {
+            to: zero_port,
+            ttl: 0,
+            payload: RawPayload::new(b"x").unwrap(),
+        },
+    ] {
+        assert!(
+            matches!(control.push_command(c), Err(ShmError::InvalidDestination(a)) if a == zero_port),
+            "{c:?}"
+        );
+    }
+    assert_eq!(dataplane.pop_command().unwrap(), None, "nothing was queued");
+}
+
+#[test]
+fn malformed_command_entries_are_corrupt_and_skipped() {
+    let (_f, control, dataplane) = ring_pair("malformed");
+    let good = ring::encode_for_test(&Command::Send {
+        to: "192.0.2.1:9".parse().unwrap(),
+        ttl: 3,
+        payload: RawPayload::new(b"hello").unwrap(),
+    });
+    let probe = ring::encode_for_test(&Command::Probe {
+        peer: [4; 32],
+        to: "192.0.2.1:51820".parse().unwrap(),
+        ttl: 1,
+    });
+    let handshake = ring::encode_for_test(&Command::Handshake([5; 32]));
+    let pin_none = ring::encode_for_test(&Command::Pin {
+        peer: [6; 32],
+        to: None,
+    });
+    let bad: Vec<(CommandEntry, &str)> = vec![
+        (CommandEntry { kind: 0, ..good }, "kind 0"),
+        (CommandEntry { kind: 99, ..good }, "kind 99"),
+        (CommandEntry { family: 5, ..good }, "family 5"),
+        (
+            CommandEntry { family: 0, ..good },
+            "address without a family",
+        ),
+        (CommandEntry { port: 0, ..good }, "port 0"),
+        (
+            CommandEntry {
+                payload_len: 65,
+                ..good
+            },
+            "65 bytes",
+        ),
+        (
+            CommandEntry {
+                payload_len: u16::MAX,
+                ..good
+            },
+            "65535 bytes",
+        ),
+        (
+            CommandEntry {
+                payload_len: 2,
+                ..good
+            },
+            "beyond its length",
+        ),
+        (
+            CommandEntry {
+                public_key: [1; 32],
+                ..good
+            },
+            "public key",
+        ),
+        (
+            CommandEntry {
+                _pad: [1; 6],
+                ..good
+            },
+            "padding",
+        ),
+        (
+            CommandEntry {
+                family: 0,
+                port: 0,
+                addr: [0; 16],
+                ..probe
+            },
+            "without a destination",
+        ),
+        (
+            CommandEntry {
+                payload_len: 1,
+                payload: [1; MAX_RAW_PAYLOAD],
+                ..probe
+            },
+            "payload",
+        ),
+        (
+            CommandEntry {
+                ttl: 1,
+                ..handshake
+            },
+            "TTL",
+        ),
+        (
+            CommandEntry {
+                ttl: 64,
+                ..pin_none
+            },
+            "TTL",
+        ),
+        (
+            CommandEntry {
+                port: 7,
+                ..pin_none
+            },
+            "address without a family",
+        ),
+        (
+            CommandEntry {
+                family: 4,
+                ..handshake
+            },
+            "port 0",
+        ),
+    ];
+    for (e, why) in &bad {
+        push_raw(&control, *e);
+        // A good command after each bad one is still read.
+        control.push_command(Command::Handshake([9; 32])).unwrap();
+        let err = dataplane.pop_command().unwrap_err();
+        assert!(
+            matches!(&err, ShmError::Corrupt(m) if m.contains(why)),
+            "{why}: {err}"
+        );
+        assert_eq!(
+            dataplane.pop_command().unwrap(),
+            Some(Command::Handshake([9; 32]))
+        );
+    }
+    // Random entries never panic: they decode to a valid command or are corrupt.
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    for _ in 0..2000 {
+        let mut bytes = [0u8; size_of::<CommandEntry>()];
+        for b in &mut bytes {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        bytes[0] %= 6;
+        bytes[1..4].fill(0);
+        // SAFETY: CommandEntry is plain integers and byte arrays: any bytes are valid.
+        let e: CommandEntry = unsafe { std::mem::transmute(bytes) };
+        push_raw(&control, e);
+        match dataplane.pop_command() {
+            Ok(Some(_)) | Err(ShmError::Corrupt(_)) => {}
+            other => panic!("{other:?}"),
+        }
     }
 }

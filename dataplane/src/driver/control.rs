@@ -167,12 +167,10 @@ impl Driver {
         };
         let name = self.egress.tun.name().to_owned();
         link.apply_config(&name, |change| self.apply_set(now, change));
-        while let Some(portdistrict_shm::Command::Handshake(key)) = link.next_command(&name) {
-            let key = portdistrict_wg::PublicKey(key);
-            let mut known = false;
-            self.with_io(|device, io| known = device.initiate_handshake(now, &key, io));
-            if !known {
-                tracing::warn!("{name}: shared memory asked for a handshake with an unknown peer");
+        while let Some(cmd) = link.next_command(&name) {
+            link.commands += 1;
+            if !self.run_shm_command(now, &name, cmd) {
+                link.command_failures += 1;
             }
         }
         if link.stats_due(now) {

@@ -14,8 +14,10 @@
 //! made of), `rx` (receive groups), `tun_intake` (TUN reads), `poll_loop` and
 //! `uring_loop` (the two receive loops; [`Driver::run`] picks one), `control` (what
 //! both loops do after receiving: link events, UAPI calls, timers, shared memory),
-//! `stats`.
+//! `commands` (the shared-memory ring's commands: handshakes, probes, pins, raw
+//! datagrams), `stats`.
 
+mod commands;
 mod control;
 pub mod options;
 mod poll_loop;

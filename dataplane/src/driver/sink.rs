@@ -11,6 +11,7 @@ use portdistrict_wg::crypto::AeadKey;
 use portdistrict_wg::device::{Io, SendOutcome};
 use portdistrict_wg::peer::Endpoint;
 use portdistrict_wg::session::seal_prepared;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Where decrypted packets go: the TUN device, or a fake in tests.
@@ -161,6 +162,19 @@ impl<T: TunWrite, U: UdpSend> Io for OsIo<'_, T, U> {
         // Sealed when the batch leaves, together with the rest of the batch.
         self.tx.append_data(udp, self.pool, to, msg, key);
         SendOutcome::Sent
+    }
+
+    /// Probes are rare: whatever is batched leaves first (order kept), then the
+    /// probe on its own `sendmsg` with its TTL.
+    fn send_udp_ttl(&mut self, to: SocketAddr, datagram: &[u8], ttl: u8) -> SendOutcome {
+        let Some(udp) = self.udp else {
+            return SendOutcome::Failed;
+        };
+        self.tx.flush(udp, self.pool);
+        match udp.send_ttl(datagram, to, ttl) {
+            Ok(()) => SendOutcome::Sent,
+            Err(_) => SendOutcome::Failed,
+        }
     }
 
     fn index_added(&mut self, index: u32) {

@@ -44,6 +44,8 @@ impl Driver {
         if let Some(l) = &self.shm {
             out.push_str(&format!("shm_updates={}\n", l.updates));
             out.push_str(&format!("shm_errors={}\n", l.errors));
+            out.push_str(&format!("shm_commands={}\n", l.commands));
+            out.push_str(&format!("shm_command_failures={}\n", l.command_failures));
         }
         if let Some(r) = &self.reactor {
             out.push_str(&format!("rx_uring_truncated={}\n", r.truncated()));

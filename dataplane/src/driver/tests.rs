@@ -26,6 +26,8 @@ struct Sent {
     to: SocketAddr,
     segment: Option<u16>,
     bytes: Vec<u8>,
+    /// The TTL of a [`UdpSend::send_ttl`] send.
+    ttl: Option<u8>,
 }
 
 impl Sent {
@@ -59,6 +61,17 @@ impl FakeUdp {
         to: SocketAddr,
         src: &mut SourceAddr,
     ) -> std::io::Result<()> {
+        self.record_ttl(buf, segment, to, src, None)
+    }
+
+    fn record_ttl(
+        &self,
+        buf: &[u8],
+        segment: Option<u16>,
+        to: SocketAddr,
+        src: &mut SourceAddr,
+        ttl: Option<u8>,
+    ) -> std::io::Result<()> {
         if self.refuse_source {
             *src = SourceAddr::None;
         }
@@ -69,6 +82,7 @@ impl FakeUdp {
             to,
             segment,
             bytes: buf.to_vec(),
+            ttl,
         });
         Ok(())
     }
@@ -100,6 +114,10 @@ impl UdpSend for FakeUdp {
         src: &mut SourceAddr,
     ) -> std::io::Result<()> {
         self.record(buf, Some(segment), dst, src)
+    }
+
+    fn send_ttl(&self, buf: &[u8], dst: SocketAddr, ttl: u8) -> std::io::Result<()> {
+        self.record_ttl(buf, None, dst, &mut SourceAddr::None, Some(ttl))
     }
 }
 
@@ -526,4 +544,45 @@ fn a_malformed_super_packet_is_counted_and_goes_nowhere() {
     }
     assert_eq!(eg.offload.malformed, 1);
     assert!(udp_of(&eg).sends().is_empty());
+}
+
+#[test]
+fn a_probe_leaves_after_the_batch_on_its_own_send_with_its_ttl() {
+    let mut eg = egress(FakeUdp::default(), 0, false);
+    let probe_to = SocketAddr::from(([198, 51, 100, 7], 40000));
+    {
+        let (mut io, _) = eg.sink();
+        for i in 0..3 {
+            assert_eq!(io.send_udp(&ep(2), &datagram(i, 100)), SendOutcome::Sent);
+        }
+        assert_eq!(
+            io.send_udp_ttl(probe_to, &datagram(9, INITIATION_LEN), 1),
+            SendOutcome::Sent
+        );
+        assert_eq!(io.send_udp(&ep(2), &datagram(4, 100)), SendOutcome::Sent);
+    }
+    let sends = udp_of(&eg).sends();
+    let shape: Vec<_> = sends
+        .iter()
+        .map(|s| (s.to, s.segment, s.ttl, s.bytes.len()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (ep(2).addr, Some(100), None, 300),
+            (probe_to, None, Some(1), INITIATION_LEN),
+            (ep(2).addr, None, None, 100),
+        ],
+        "the batch before the probe left first; the probe alone, with TTL 1"
+    );
+    let failing = FakeUdp {
+        fail: true,
+        ..FakeUdp::default()
+    };
+    let mut eg = egress(failing, 0, false);
+    let (mut io, _) = eg.sink();
+    assert_eq!(
+        io.send_udp_ttl(probe_to, &datagram(0, 64), 0),
+        SendOutcome::Failed
+    );
 }

@@ -36,6 +36,9 @@ pub(super) trait UdpSend {
         dst: SocketAddr,
         src: &mut SourceAddr,
     ) -> io::Result<()>;
+    /// One datagram with its own TTL, outside any batch (see
+    /// [`UdpSockets::send_ttl`]).
+    fn send_ttl(&self, buf: &[u8], dst: SocketAddr, ttl: u8) -> io::Result<()>;
 }
 
 impl UdpSend for UdpSockets {
@@ -53,6 +56,10 @@ impl UdpSend for UdpSockets {
         src: &mut SourceAddr,
     ) -> io::Result<()> {
         UdpSockets::send_segments(self, buf, segment, dst, src)
+    }
+
+    fn send_ttl(&self, buf: &[u8], dst: SocketAddr, ttl: u8) -> io::Result<()> {
+        UdpSockets::send_ttl(self, buf, dst, ttl)
     }
 }
 

@@ -229,6 +229,17 @@ pub(crate) fn write_segment_size(buf: &mut CmsgBuf, offset: usize, size: u16) ->
     offset + write_cmsg_at(buf, offset, libc::SOL_UDP, UDP_SEGMENT, size)
 }
 
+/// Appends an `IP_TTL` (IPv4) or `IPV6_HOPLIMIT` (IPv6) message at `offset` in
+/// `buf`: the TTL or hop limit of this one datagram. Returns the new control length.
+pub(crate) fn write_ttl(buf: &mut CmsgBuf, offset: usize, v6: bool, ttl: u8) -> usize {
+    let (level, ty) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_TTL)
+    };
+    offset + write_cmsg_at(buf, offset, level, ty, libc::c_int::from(ttl))
+}
+
 /// Walks the control messages in the first `len` bytes of `buf` and returns the first
 /// `f` accepts; malformed messages end the walk.
 fn find_cmsg<T>(
@@ -351,6 +362,28 @@ mod tests {
         }
         let mut buf = CmsgBuf::new();
         assert_eq!(write_pktinfo(&mut buf, SourceAddr::None), 0);
+    }
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn ttl_messages_golden_layout() {
+        let mut buf = CmsgBuf::new();
+        let len = write_ttl(&mut buf, 0, false, 1);
+        assert_eq!(len, 24, "CMSG_SPACE(4) on 64-bit");
+        let hdr = read_cmsghdr(&buf.0);
+        assert_eq!(
+            (hdr.cmsg_len, hdr.cmsg_level, hdr.cmsg_type),
+            (20, libc::IPPROTO_IP, libc::IP_TTL)
+        );
+        assert_eq!(buf.0[16..20], 1i32.to_ne_bytes());
+        let len = write_ttl(&mut buf, len, true, 200);
+        assert_eq!(len, 48);
+        let hdr = read_cmsghdr(&buf.0[24..]);
+        assert_eq!(
+            (hdr.cmsg_level, hdr.cmsg_type),
+            (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT)
+        );
+        assert_eq!(buf.0[40..44], 200i32.to_ne_bytes());
     }
 
     #[test]

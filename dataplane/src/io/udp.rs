@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::error::{cvt, IoError};
 use super::msg::{
-    from_sockaddr, read_gro, read_pktinfo, to_sockaddr, write_pktinfo, write_segment_size, CmsgBuf,
-    SourceAddr, UDP_GRO,
+    from_sockaddr, read_gro, read_pktinfo, to_sockaddr, write_pktinfo, write_segment_size,
+    write_ttl, CmsgBuf, SourceAddr, UDP_GRO,
 };
 
 /// Socket buffer size asked for (wireguard-go uses the same 7 MiB).
@@ -214,6 +214,22 @@ impl UdpSockets {
         self.send_with(buf, dst, src, None)
     }
 
+    /// Sends `buf` to `dst` from the socket of its family with IP TTL / IPv6 hop
+    /// limit `ttl` on this datagram only (an `IP_TTL` / `IPV6_HOPLIMIT` control
+    /// message; 0: the socket's default), with normal source selection. For the rare
+    /// datagrams control asks for (probes, primers); the socket's own TTL is never
+    /// changed, so the fast path is untouched.
+    pub fn send_ttl(&self, buf: &[u8], dst: SocketAddr, ttl: u8) -> io::Result<()> {
+        let dst = canonical(dst);
+        let fd = match dst {
+            SocketAddr::V4(_) => self.v4.as_ref(),
+            SocketAddr::V6(_) => self.v6.as_ref(),
+        }
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
+        let ttl = (ttl != 0).then_some(ttl);
+        send_one(fd.as_fd(), buf, &dst, SourceAddr::None, None, ttl)
+    }
+
     /// One `sendmsg` from the socket of `dst`'s family, with `src` (and `segment`, for
     /// GSO) in control messages; retried once without `src` when the kernel refuses it.
     fn send_with(
@@ -232,10 +248,10 @@ impl UdpSockets {
         if !src.fits(&dst) {
             *src = SourceAddr::None;
         }
-        match send_one(fd.as_fd(), buf, &dst, *src, segment) {
+        match send_one(fd.as_fd(), buf, &dst, *src, segment, None) {
             Err(e) if *src != SourceAddr::None && source_rejected(&e) => {
                 *src = SourceAddr::None;
-                send_one(fd.as_fd(), buf, &dst, SourceAddr::None, segment)
+                send_one(fd.as_fd(), buf, &dst, SourceAddr::None, segment, None)
             }
             other => other,
         }
@@ -361,12 +377,16 @@ fn send_one(
     dst: &SocketAddr,
     src: SourceAddr,
     segment: Option<u16>,
+    ttl: Option<u8>,
 ) -> io::Result<()> {
     let (mut name, name_len) = to_sockaddr(dst);
     let mut control = CmsgBuf::new();
     let mut control_len = write_pktinfo(&mut control, src);
     if let Some(seg) = segment {
         control_len = write_segment_size(&mut control, control_len, seg);
+    }
+    if let Some(ttl) = ttl {
+        control_len = write_ttl(&mut control, control_len, dst.is_ipv6(), ttl);
     }
     let mut iov = libc::iovec {
         iov_base: buf.as_ptr() as *mut libc::c_void,

@@ -244,3 +244,77 @@ fn large_buffers_are_requested() {
         }
     });
 }
+
+/// Receives one datagram on `fd` (blocking, with IP_RECVTTL / IPV6_RECVHOPLIMIT on)
+/// and returns its bytes, its source and the TTL or hop limit it arrived with.
+fn recv_with_ttl(fd: BorrowedFd<'_>) -> (Vec<u8>, SocketAddr, i32) {
+    let mut buf = [0u8; 256];
+    // SAFETY: `sockaddr_storage` is plain old data; all-zero is a valid value.
+    let mut name: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut control = CmsgBuf::new();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `msghdr` is plain old data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = control.0.len() as _;
+    // SAFETY: every pointer in `msg` refers to a live local with its size.
+    let n = cvt(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) }).unwrap() as usize;
+    let mut ttl = -1;
+    // SAFETY: walking the control messages the kernel wrote into `control`, as
+    // described by `msg`; each data pointer is read unaligned within its message.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            let (level, ty) = ((*c).cmsg_level, (*c).cmsg_type);
+            if (level, ty) == (libc::IPPROTO_IP, libc::IP_TTL)
+                || (level, ty) == (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT)
+            {
+                ttl = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let from = from_sockaddr(&name, msg.msg_namelen).unwrap();
+    (buf[..n].to_vec(), from, ttl)
+}
+
+#[test]
+fn send_ttl_sets_the_ttl_of_one_datagram_from_the_bound_port() {
+    in_fresh_netns(|| {
+        let sender = UdpSockets::bind(0, 0).unwrap();
+        let receiver = UdpSockets::bind(0, 0).unwrap();
+        let r4 = receiver.v4_fd().unwrap();
+        let r6 = receiver.v6_fd().unwrap();
+        set_int(r4, libc::IPPROTO_IP, libc::IP_RECVTTL, 1).unwrap();
+        set_int(r6, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1).unwrap();
+        for (fd, dst) in [
+            (r4, local("127.0.0.1", receiver.port())),
+            (r6, local("::1", receiver.port())),
+        ] {
+            // Loopback queues the datagram before send returns: no wait needed.
+            for ttl in [1u8, 7, 200] {
+                sender.send_ttl(b"primer", dst, ttl).unwrap();
+                let (bytes, from, got) = recv_with_ttl(fd);
+                assert_eq!(
+                    (bytes.as_slice(), from.port()),
+                    (&b"primer"[..], sender.port())
+                );
+                assert_eq!(got, i32::from(ttl), "{dst}");
+            }
+            // TTL 0: the socket's default (64 on loopback), and the socket's own
+            // setting is untouched by the sends before.
+            sender.send_ttl(b"x", dst, 0).unwrap();
+            assert_eq!(recv_with_ttl(fd).2, 64, "{dst}");
+            let mut src = SourceAddr::None;
+            sender.send(b"y", dst, &mut src).unwrap();
+            assert_eq!(recv_with_ttl(fd).2, 64, "{dst}");
+        }
+    });
+}

@@ -139,4 +139,17 @@ pub struct PeerStats {
     pub rx_bytes: u64,
     /// Bytes sent to the peer.
     pub tx_bytes: u64,
+    /// Where the latest authenticated handshake message from the peer came from.
+    pub handshake_source: Option<HandshakeSource>,
+}
+
+/// The source of an authenticated handshake message (initiation or response) and
+/// when it arrived: with the endpoint pinned elsewhere (a relay), it shows that a
+/// probe to another address was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandshakeSource {
+    /// The peer's address the message came from.
+    pub addr: SocketAddr,
+    /// Wall-clock time it arrived, since the UNIX epoch.
+    pub at: Duration,
 }

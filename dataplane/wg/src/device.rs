@@ -16,7 +16,7 @@
 //! the sink keeps that allocation-free.
 
 use crate::allowed_ips::AllowedIps;
-use crate::config::{ConfigChange, DeviceSnapshot, PeerSnapshot, PeerStats};
+use crate::config::{ConfigChange, DeviceSnapshot, HandshakeSource, PeerSnapshot, PeerStats};
 use crate::constants::{
     REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, UNDER_LOAD_AFTER_TIME,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
@@ -53,6 +53,14 @@ pub trait Io {
         }
         self.send_udp(to, msg)
     }
+    /// Sends one datagram to `to` with IP TTL / IPv6 hop limit `ttl` on that datagram
+    /// only (0: the socket's default), from the same socket as every other datagram
+    /// (its NAT mapping is the one that matters), with normal source selection. Used
+    /// for probes ([`Device::probe`]), which are rare: a sink may send it at once,
+    /// outside its batches. Default: a sink that cannot set the TTL sends nothing.
+    fn send_udp_ttl(&mut self, _to: SocketAddr, _datagram: &[u8], _ttl: u8) -> SendOutcome {
+        SendOutcome::Failed
+    }
     /// Writes one IP packet to the TUN device.
     fn write_tun(&mut self, packet: &[u8]);
     /// A receiver index was just allocated, before the message that announces it to
@@ -61,6 +69,21 @@ pub trait Io {
     /// freed are not announced: [`Device::index_generation`] changes and
     /// [`Device::local_indices`] lists the ones held. Default: nothing.
     fn index_added(&mut self, _index: u32) {}
+}
+
+/// Why [`Device::probe`] sent nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// No peer has this public key.
+    #[error("no such peer")]
+    UnknownPeer,
+    /// No private key is set, or the peer's key is low-order: no initiation can be
+    /// made.
+    #[error("no handshake is possible with this peer (no private key, or a bad peer key)")]
+    NoHandshake,
+    /// The sink did not send the datagram.
+    #[error("the probe could not be sent")]
+    SendFailed,
 }
 
 /// The result of [`Io::send_udp`].
@@ -304,6 +327,61 @@ impl Device {
         true
     }
 
+    /// Sends a fresh handshake initiation for the peer `key` to `to`, with IP TTL /
+    /// hop limit `ttl` (0: the socket's default), through [`Io::send_udp_ttl`] — a
+    /// NAT-traversal probe. Unlike [`Device::initiate_handshake`] it is not
+    /// rate-limited and goes to `to`, not the endpoint, which it does not change; it
+    /// arms no retransmission (the caller decides when to probe again). The new
+    /// initiation replaces any handshake in flight with the peer: a response to it,
+    /// from wherever it comes, completes the handshake as usual (and roams, unless
+    /// the endpoint is pinned).
+    pub fn probe(
+        &mut self,
+        now: Instant,
+        key: &PublicKey,
+        to: SocketAddr,
+        ttl: u8,
+        io: &mut impl Io,
+    ) -> Result<(), ProbeError> {
+        let Some(&id) = self.by_key.get(key) else {
+            return Err(ProbeError::UnknownPeer);
+        };
+        let ephemeral = self.fresh_ephemeral();
+        let Some(msg) = self.new_initiation(id, now, ephemeral, io) else {
+            return Err(ProbeError::NoHandshake);
+        };
+        self.stats.tx_probe += 1;
+        if io.send_udp_ttl(to, &msg, ttl) == SendOutcome::Failed {
+            self.stats.tx_send_failed += 1;
+            return Err(ProbeError::SendFailed);
+        }
+        if let Some(p) = self.peer_mut(id) {
+            p.tx_bytes += msg.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Pins the endpoint of the peer `key` to `to` (set now; authenticated packets
+    /// from other addresses no longer move it), or unpins it (`None`: roaming again,
+    /// the endpoint stays where it is until a packet moves it). An endpoint set by
+    /// configuration while pinned replaces the pinned address and stays pinned.
+    /// False if no such peer.
+    pub fn pin_endpoint(&mut self, key: &PublicKey, to: Option<SocketAddr>) -> bool {
+        let Some(peer) = self
+            .by_key
+            .get(key)
+            .copied()
+            .and_then(|id| self.peer_mut(id))
+        else {
+            return false;
+        };
+        peer.pinned = to.is_some();
+        if let Some(addr) = to.filter(|a| peer.endpoint.is_none_or(|e| e.addr != *a)) {
+            peer.endpoint = Some(Endpoint { addr, local: None });
+        }
+        true
+    }
+
     /// Sets or clears the private key. A peer whose public key equals the new public
     /// key is removed; sessions are expired so that new handshakes use the new key.
     pub fn set_private_key(&mut self, key: Option<PrivateKey>) {
@@ -462,6 +540,7 @@ impl Device {
                 peer.preshared_key = psk.clone();
             }
             if let Some(ep) = change.endpoint {
+                // Also while pinned: the configured address is pinned from now on.
                 peer.endpoint = Some(Endpoint {
                     addr: ep,
                     local: None,
@@ -526,6 +605,10 @@ impl Device {
                 last_handshake: p.last_handshake.map(|t| self.wall(t)),
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
+                handshake_source: p.handshake_source.map(|(addr, t)| HandshakeSource {
+                    addr,
+                    at: self.wall(t),
+                }),
             })
             .collect()
     }

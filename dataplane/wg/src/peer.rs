@@ -69,8 +69,14 @@ pub struct Peer {
     pub public_key: PublicKey,
     /// Mixed into every handshake with this peer (zero = none).
     pub preshared_key: PresharedKey,
-    /// Where to send; learned from authenticated packets (roaming).
+    /// Where to send; learned from authenticated packets (roaming) unless pinned.
     pub endpoint: Option<Endpoint>,
+    /// The endpoint is pinned ([`crate::device::Device::pin_endpoint`]):
+    /// authenticated packets from another address do not move it.
+    pub pinned: bool,
+    /// Where the latest authenticated handshake message (initiation or response)
+    /// from the peer came from, and when, whatever the endpoint is.
+    pub handshake_source: Option<(SocketAddr, Instant)>,
     /// Persistent keepalive interval in seconds (0 = off).
     pub persistent_keepalive: u16,
     /// `DH(our static, peer static)`; `None` without a private key or for a low-order key.
@@ -102,6 +108,8 @@ impl Peer {
             public_key,
             preshared_key: PresharedKey::default(),
             endpoint: None,
+            pinned: false,
+            handshake_source: None,
             persistent_keepalive: 0,
             static_static,
             handshake: None,
@@ -162,6 +170,16 @@ impl Peer {
                 .current
                 .as_ref()
                 .is_some_and(|s| s.is_initiator && now.saturating_duration_since(s.created) > limit)
+    }
+
+    /// Roaming: an authenticated packet arrived from `from`, which becomes the
+    /// endpoint, unless the endpoint is pinned to another address (then it stays; a
+    /// packet from the pinned address itself still refreshes the sticky source).
+    pub(crate) fn roam(&mut self, from: Endpoint) {
+        match self.endpoint {
+            Some(ep) if self.pinned && ep.addr != from.addr => {}
+            _ => self.endpoint = Some(from),
+        }
     }
 
     /// Forgets the sticky source address (after a failed handshake, as wireguard-go).

@@ -73,4 +73,6 @@ stats! {
     handshakes_completed,
     /// Keys that became peers by an authenticated initiation (open admission only).
     admitted,
+    /// NAT-traversal probes sent (handshake initiations to a given address).
+    tx_probe,
 }

@@ -153,7 +153,8 @@ impl Device {
         }
         peer.latest_timestamp = consumed.timestamp;
         peer.last_initiation_consumed = Some(now);
-        peer.endpoint = Some(from);
+        peer.handshake_source = Some((from.addr, now));
+        peer.roam(from);
         peer.rx_bytes += buf.len() as u64;
         peer.timers
             .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
@@ -226,7 +227,8 @@ impl Device {
         let Some(peer) = self.peers[id.0 as usize].as_mut() else {
             return;
         };
-        peer.endpoint = Some(from);
+        peer.handshake_source = Some((from.addr, now));
+        peer.roam(from);
         peer.rx_bytes += buf.len() as u64;
         peer.last_handshake = Some(now);
         peer.timers
@@ -348,8 +350,7 @@ impl Device {
             self.stats.rx_replay += 1;
             return;
         }
-        let from = Endpoint { addr: from, local };
-        peer.endpoint = Some(from);
+        peer.roam(Endpoint { addr: from, local });
         peer.rx_bytes += buf.len() as u64;
         peer.timers
             .on_authenticated_packet_traversal(now, peer.persistent_keepalive);

@@ -208,10 +208,7 @@ impl Device {
         io: &mut impl Io,
     ) {
         let jitter = self.jitter();
-        let wall = self.wall(now);
-        let timestamp = crate::crypto::tai64n(wall.as_secs(), wall.subsec_nanos());
-        let mut ephemeral = [0u8; 32];
-        self.rng.fill_bytes(&mut ephemeral);
+        let ephemeral = self.fresh_ephemeral();
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
@@ -222,7 +219,39 @@ impl Device {
             return;
         }
         peer.last_sent_handshake = Some(now);
-        let old = peer.handshake.take().map(|h| h.local_index);
+        let Some(buf) = self.new_initiation(id, now, ephemeral, io) else {
+            return;
+        };
+        let Some(peer) = self.peers[id.0 as usize].as_mut() else {
+            return;
+        };
+        transmit(peer, &mut self.stats, io, &buf);
+        peer.timers
+            .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
+        peer.timers.on_authenticated_packet_sent();
+        peer.timers.on_handshake_initiated(now, jitter);
+    }
+
+    /// A new ephemeral private key.
+    pub(super) fn fresh_ephemeral(&mut self) -> [u8; 32] {
+        let mut ephemeral = [0u8; 32];
+        self.rng.fill_bytes(&mut ephemeral);
+        ephemeral
+    }
+
+    /// Makes a handshake initiation for `id` (MACs added) that replaces the one in
+    /// flight: a new receiver index, announced through [`Io::index_added`] before the
+    /// message exists. `None` without a private key or for a low-order peer key.
+    pub(super) fn new_initiation(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        ephemeral: [u8; 32],
+        io: &mut impl Io,
+    ) -> Option<[u8; wire::INITIATION_LEN]> {
+        let wall = self.wall(now);
+        let timestamp = crate::crypto::tai64n(wall.as_secs(), wall.subsec_nanos());
+        let old = self.peer_mut(id)?.handshake.take().map(|h| h.local_index);
         if let Some(old) = old {
             self.indices.remove(&old);
         }
@@ -232,11 +261,11 @@ impl Device {
             (self.identity.as_ref(), self.peers[id.0 as usize].as_mut())
         else {
             self.indices.remove(&index);
-            return;
+            return None;
         };
         let Some(ss) = peer.static_static else {
             self.indices.remove(&index);
-            return;
+            return None;
         };
         let mut buf = [0u8; wire::INITIATION_LEN];
         let state = handshake::create_initiation(
@@ -250,16 +279,12 @@ impl Device {
         );
         let Ok(state) = state else {
             self.indices.remove(&index);
-            return;
+            return None;
         };
         peer.handshake = Some(state);
         peer.cookie.add_macs(now, &mut buf);
         self.stats.tx_handshake_initiation += 1;
-        transmit(peer, &mut self.stats, io, &buf);
-        peer.timers
-            .on_authenticated_packet_traversal(now, peer.persistent_keepalive);
-        peer.timers.on_authenticated_packet_sent();
-        peer.timers.on_handshake_initiated(now, jitter);
+        Some(buf)
     }
 
     /// When [`Device::handle_timeout`] next needs to run, if ever.

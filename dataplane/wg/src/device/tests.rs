@@ -5,9 +5,15 @@ use super::*;
 use crate::uapi::{parse_request, Request};
 use std::collections::VecDeque;
 
+mod nat;
+
 #[derive(Default)]
 struct Wire {
     sent: VecDeque<(Endpoint, Vec<u8>)>,
+    /// Datagrams sent with [`Io::send_udp_ttl`]: destination, bytes, TTL.
+    probes: VecDeque<(SocketAddr, Vec<u8>, u8)>,
+    /// [`Io::send_udp_ttl`] fails (a sink that cannot set the TTL).
+    no_ttl: bool,
     tun: Vec<Vec<u8>>,
     /// Indices announced through [`Io::index_added`].
     announced: Vec<u32>,
@@ -25,6 +31,18 @@ impl Io for Wire {
             );
         }
         self.sent.push_back((*to, datagram.to_vec()));
+        SendOutcome::Sent
+    }
+    fn send_udp_ttl(&mut self, to: SocketAddr, datagram: &[u8], ttl: u8) -> SendOutcome {
+        if self.no_ttl {
+            return SendOutcome::Failed;
+        }
+        let sender = u32::from_le_bytes(datagram[4..8].try_into().unwrap());
+        assert!(
+            self.announced.contains(&sender),
+            "probe index announced first"
+        );
+        self.probes.push_back((to, datagram.to_vec(), ttl));
         SendOutcome::Sent
     }
     fn write_tun(&mut self, packet: &[u8]) {

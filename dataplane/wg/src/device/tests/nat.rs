@@ -1,0 +1,253 @@
+//! The NAT-traversal parts of the device on the two-device simulation: probes
+//! (handshake initiations to an address other than the endpoint, with a TTL),
+//! pinned endpoints, and the recorded source of authenticated handshake messages.
+
+use super::*;
+use crate::constants::HANDSHAKE_INITIATION_RATE;
+
+/// Where B answers from when A probes it directly (not B's configured endpoint).
+const DIRECT: &str = "198.51.100.2:40000";
+/// A relay's address.
+const RELAY: &str = "203.0.113.5:3478";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn endpoint(d: &Device, k: &PublicKey) -> SocketAddr {
+    d.peer(k).unwrap().endpoint.unwrap().addr
+}
+
+/// A completed handshake (A initiated), and data both ways.
+fn established() -> Sim {
+    let mut s = Sim::new("", "");
+    s.a_to_b(100);
+    s.pump();
+    s.b_to_a(100);
+    s.pump();
+    assert_eq!(s.a.stats.handshakes_completed, 1);
+    s
+}
+
+/// Delivers what A's outbox holds to B as if A sent it from `from`.
+fn a_to_b_from(s: &mut Sim, from: SocketAddr) {
+    while let Some((_, mut d)) = s.wa.sent.pop_front() {
+        s.b.handle_datagram(s.now, from, None, &mut d, &mut s.wb);
+    }
+}
+
+#[test]
+fn a_pinned_endpoint_does_not_roam_and_unpinned_it_does() {
+    let mut s = established();
+    let roamed = addr("192.0.2.99:6000");
+    assert!(s.b.pin_endpoint(&a_pub(), Some(addr(A_ADDR))));
+    // Authenticated data from another address: delivered, but the endpoint stays.
+    let p = s.a_to_b(120);
+    a_to_b_from(&mut s, roamed);
+    assert_eq!(s.wb.tun.last(), Some(&p), "the packet itself is delivered");
+    assert_eq!(endpoint(&s.b, &a_pub()), addr(A_ADDR));
+    s.b_to_a(80);
+    assert_eq!(
+        s.wb.sent.back().unwrap().0.addr,
+        addr(A_ADDR),
+        "B answers X"
+    );
+    // A new handshake initiated from elsewhere does not move it either.
+    s.advance_offline(REKEY_TIMEOUT);
+    s.wb.sent.clear();
+    assert!(s.a.initiate_handshake(s.now, &b_pub(), &mut s.wa));
+    a_to_b_from(&mut s, roamed);
+    assert_eq!(endpoint(&s.b, &a_pub()), addr(A_ADDR));
+    let (to, response) = s.wb.sent.pop_front().unwrap();
+    assert_eq!(wire::message_type(&response), Ok(MessageType::Response));
+    assert_eq!(
+        to.addr,
+        addr(A_ADDR),
+        "the response goes to the pinned address"
+    );
+    // Unpinned, the next authenticated packet from elsewhere moves it.
+    assert!(s.b.pin_endpoint(&a_pub(), None));
+    assert_eq!(
+        endpoint(&s.b, &a_pub()),
+        addr(A_ADDR),
+        "unpinning moves nothing"
+    );
+    s.wb.sent.clear();
+    s.a.handle_datagram(s.now, addr(B_ADDR), None, &mut response.clone(), &mut s.wa);
+    a_to_b_from(&mut s, roamed);
+    assert_eq!(endpoint(&s.b, &a_pub()), roamed);
+    assert!(
+        !s.b.pin_endpoint(&key(9).public_key(), None),
+        "unknown peer"
+    );
+}
+
+#[test]
+fn pinning_sets_the_endpoint_now_and_configuration_replaces_the_pin() {
+    let mut s = established();
+    assert!(s.a.pin_endpoint(&b_pub(), Some(addr(RELAY))));
+    assert_eq!(endpoint(&s.a, &b_pub()), addr(RELAY));
+    s.a_to_b(60);
+    assert_eq!(s.wa.sent.back().unwrap().0.addr, addr(RELAY));
+    // Data from B's own address while pinned to the relay: the endpoint stays.
+    s.b_to_a(60);
+    s.pump();
+    assert_eq!(endpoint(&s.a, &b_pub()), addr(RELAY));
+    // An endpoint set by configuration is pinned in turn.
+    let cfg = format!(
+        "set=1\npublic_key={}\nendpoint={DIRECT}\n\n",
+        b_pub().to_hex()
+    );
+    set(&mut s.a, s.now, &cfg, &mut s.wa);
+    assert_eq!(endpoint(&s.a, &b_pub()), addr(DIRECT));
+    s.b_to_a(60);
+    s.pump();
+    assert_eq!(endpoint(&s.a, &b_pub()), addr(DIRECT));
+}
+
+#[test]
+fn a_probe_leaves_the_endpoint_and_its_response_completes_a_handshake() {
+    let mut s = Sim::new("", "");
+    s.wa.sent.clear();
+    assert_eq!(
+        s.a.probe(s.now, &b_pub(), addr(DIRECT), 1, &mut s.wa),
+        Ok(())
+    );
+    assert!(s.wa.sent.is_empty(), "nothing goes to the endpoint");
+    let (to, mut probe, ttl) = s.wa.probes.pop_front().unwrap();
+    assert_eq!((to, ttl), (addr(DIRECT), 1));
+    assert_eq!(probe.len(), wire::INITIATION_LEN);
+    assert_eq!(wire::message_type(&probe), Ok(MessageType::Initiation));
+    assert_eq!(endpoint(&s.a, &b_pub()), addr(B_ADDR), "endpoint unchanged");
+    assert_eq!(s.a.stats.tx_probe, 1);
+    assert!(s.a.poll_timeout().is_none(), "no retransmission armed");
+    // A well-formed initiation: B (which has no endpoint for A) accepts it and
+    // records where it came from.
+    let a_public = addr("192.0.2.77:51820");
+    s.b.handle_datagram(s.now, a_public, None, &mut probe, &mut s.wb);
+    assert_eq!(s.b.stats.tx_handshake_response, 1);
+    let bs = s.b.peer_stats();
+    assert_eq!(
+        bs[0].handshake_source,
+        Some(HandshakeSource {
+            addr: a_public,
+            at: Duration::from_secs(1_700_000_000)
+        })
+    );
+    // The response comes back from the probed address: the handshake completes.
+    let (to_a, mut response) = s.wb.sent.pop_front().unwrap();
+    assert_eq!(to_a.addr, a_public);
+    s.now += Duration::from_millis(30);
+    s.a.handle_datagram(s.now, addr(DIRECT), None, &mut response, &mut s.wa);
+    assert_eq!(s.a.stats.handshakes_completed, 1);
+    let stats = &s.a.peer_stats()[0];
+    assert!(stats.last_handshake.is_some());
+    assert_eq!(
+        stats.handshake_source,
+        Some(HandshakeSource {
+            addr: addr(DIRECT),
+            at: Duration::from_millis(1_700_000_000_030)
+        })
+    );
+    // Not pinned: the answer moved the endpoint, and data flows there.
+    assert_eq!(endpoint(&s.a, &b_pub()), addr(DIRECT));
+    let p = s.a_to_b(100);
+    let (to, mut d) = s.wa.sent.pop_back().unwrap();
+    assert_eq!(to.addr, addr(DIRECT));
+    s.b.handle_datagram(s.now, a_public, None, &mut d, &mut s.wb);
+    assert_eq!(s.wb.tun.last(), Some(&p));
+}
+
+#[test]
+fn a_probe_answered_while_pinned_to_a_relay_keeps_the_relay() {
+    let mut s = Sim::new("", "");
+    assert!(s.a.pin_endpoint(&b_pub(), Some(addr(RELAY))));
+    s.a.probe(s.now, &b_pub(), addr(DIRECT), 0, &mut s.wa)
+        .unwrap();
+    let (_, mut probe, ttl) = s.wa.probes.pop_front().unwrap();
+    assert_eq!(ttl, 0);
+    s.b.handle_datagram(s.now, addr(A_ADDR), None, &mut probe, &mut s.wb);
+    let (_, mut response) = s.wb.sent.pop_front().unwrap();
+    s.a.handle_datagram(s.now, addr(DIRECT), None, &mut response, &mut s.wa);
+    assert_eq!(s.a.stats.handshakes_completed, 1);
+    assert_eq!(endpoint(&s.a, &b_pub()), addr(RELAY), "still the relay");
+    assert_eq!(
+        s.a.peer_stats()[0].handshake_source.map(|h| h.addr),
+        Some(addr(DIRECT)),
+        "but the direct answer is visible"
+    );
+    // The confirming keepalive went to the relay.
+    assert_eq!(s.wa.sent.back().unwrap().0.addr, addr(RELAY));
+}
+
+#[test]
+fn probes_are_not_rate_limited_and_the_latest_one_wins() {
+    let mut s = Sim::new("", "");
+    // Each a little later: the receiver takes an initiation only with a newer
+    // timestamp than the last it accepted (whitened to about 16 ms).
+    for ttl in [1, 2, 64] {
+        s.a.probe(s.now, &b_pub(), addr(DIRECT), ttl, &mut s.wa)
+            .unwrap();
+        s.now += Duration::from_millis(30);
+    }
+    assert_eq!(s.wa.probes.len(), 3);
+    let (_, mut first, _) = s.wa.probes.pop_front().unwrap();
+    let (_, mut last, _) = s.wa.probes.pop_back().unwrap();
+    // B answers the first; A has replaced that handshake: unknown index.
+    s.b.handle_datagram(s.now, addr(A_ADDR), None, &mut first, &mut s.wb);
+    let (_, mut stale) = s.wb.sent.pop_front().unwrap();
+    s.a.handle_datagram(s.now, addr(DIRECT), None, &mut stale, &mut s.wa);
+    assert_eq!(s.a.stats.handshakes_completed, 0);
+    assert_eq!(s.a.stats.rx_unknown_index, 1);
+    // The latest one completes (B accepts it past the initiation flood limit).
+    s.now += HANDSHAKE_INITIATION_RATE + Duration::from_millis(1);
+    s.b.handle_datagram(s.now, addr(A_ADDR), None, &mut last, &mut s.wb);
+    let (_, mut fresh) = s.wb.sent.pop_front().unwrap();
+    s.a.handle_datagram(s.now, addr(DIRECT), None, &mut fresh, &mut s.wa);
+    assert_eq!(s.a.stats.handshakes_completed, 1);
+}
+
+#[test]
+fn a_probe_that_cannot_be_made_or_sent_is_an_error() {
+    let mut s = Sim::new("", "");
+    assert_eq!(
+        s.a.probe(s.now, &key(9).public_key(), addr(DIRECT), 1, &mut s.wa),
+        Err(ProbeError::UnknownPeer)
+    );
+    s.wa.no_ttl = true;
+    assert_eq!(
+        s.a.probe(s.now, &b_pub(), addr(DIRECT), 1, &mut s.wa),
+        Err(ProbeError::SendFailed)
+    );
+    assert_eq!(s.a.stats.tx_send_failed, 1);
+    let mut keyless = Device::new([3; 32], (s.now, Duration::ZERO), 1420);
+    keyless.add_peer(b_pub());
+    assert_eq!(
+        keyless.probe(s.now, &b_pub(), addr(DIRECT), 1, &mut Wire::default()),
+        Err(ProbeError::NoHandshake)
+    );
+}
+
+#[test]
+fn the_handshake_source_follows_initiations_and_responses_not_data() {
+    let mut s = established();
+    let b_stats = s.b.peer_stats();
+    assert_eq!(
+        b_stats[0].handshake_source.map(|h| h.addr),
+        Some(addr(A_ADDR)),
+        "B: from A's initiation"
+    );
+    assert_eq!(
+        s.a.peer_stats()[0].handshake_source.map(|h| h.addr),
+        Some(addr(B_ADDR)),
+        "A: from B's response"
+    );
+    // Data from elsewhere roams but is not a handshake message.
+    s.a_to_b(50);
+    a_to_b_from(&mut s, addr("192.0.2.50:7"));
+    assert_eq!(endpoint(&s.b, &a_pub()), addr("192.0.2.50:7"));
+    assert_eq!(
+        s.b.peer_stats()[0].handshake_source.map(|h| h.addr),
+        Some(addr(A_ADDR))
+    );
+}
