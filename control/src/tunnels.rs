@@ -54,7 +54,6 @@ pub struct PathInfo {
     pub relayed: u64,
 }
 
-
 /// `RUN_DIR/tunnels.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelsFile {
@@ -225,7 +224,10 @@ pub fn show(dirs: &Dirs, name: &str, json: bool) -> anyhow::Result<String> {
         .cloned()
         .unwrap_or_default();
     if json {
-        return Ok(format!("{}\n", serde_json::to_string_pretty(&json_of(t, l))?));
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&json_of(t, l))?
+        ));
     }
     let now = crate::exit::now();
     let mut s = String::new();
@@ -243,7 +245,11 @@ pub fn show(dirs: &Dirs, name: &str, json: bool) -> anyhow::Result<String> {
     let _ = writeln!(s, "last handshake: {}", age(now, l.handshake));
     let _ = writeln!(s, "transfer:       {} B received, {} B sent", l.rx, l.tx);
     let p = t.path.as_ref();
-    let _ = writeln!(s, "path:           {}", p.map_or("none", |p| p.path.as_str()));
+    let _ = writeln!(
+        s,
+        "path:           {}",
+        p.map_or("none", |p| p.path.as_str())
+    );
     if let Some(p) = p {
         if let Some(pinned) = &p.pinned {
             let _ = writeln!(s, "pinned:         {pinned}");

@@ -139,6 +139,15 @@ impl From<portdistrict_testkit::Error> for Error {
                 path,
                 source,
             },
+            T::Netns { name, source } => Error::Io {
+                action: "cannot enter the network namespace",
+                path: PathBuf::from("/run/netns").join(name),
+                source,
+            },
+            T::Socket { action, source } => Error::Spawn {
+                command: action,
+                source,
+            },
             T::Interrupted => Error::Interrupted,
         }
     }

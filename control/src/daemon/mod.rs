@@ -199,9 +199,9 @@ impl Daemon {
         let Some(dp) = self.dataplane.as_mut() else {
             return;
         };
-        let changed =
-            self.traversal
-                .tick(std::time::Instant::now(), dp.as_mut(), &self.published);
+        let changed = self
+            .traversal
+            .tick(std::time::Instant::now(), dp.as_mut(), &self.published);
         if changed && self.last_cycle != 0 {
             if let Err(e) = self.write_tunnels(self.o.interface.clone()) {
                 tracing::warn!("{e:#}");

@@ -15,6 +15,7 @@
 
 use super::DaemonOptions;
 use crate::dataplane::Dataplane;
+use crate::tunnels::PathInfo;
 use anyhow::Context as _;
 use portdistrict_control_core::mesh::{PeerDevice, KEEPALIVE};
 use portdistrict_control_core::nat::addr;
@@ -25,17 +26,16 @@ use portdistrict_control_core::nat::wire::Message;
 use portdistrict_netlink as nl;
 use portdistrict_wg::config::{AllowedIpChange, PeerChange};
 use portdistrict_wg::{PrivateKey, PublicKey};
-use crate::tunnels::PathInfo;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A facilitator that answered nothing for this long counts as unreachable: windows
 /// come from shared secrets until it answers again.
-pub const FACILITATOR_SILENT: Duration = Duration::from_secs(20);
+pub(super) const FACILITATOR_SILENT: Duration = Duration::from_secs(20);
 
 /// Shared-secret windows: one per this many milliseconds.
-pub const SECRET_SLOT_MS: u64 = 60_000;
+pub(super) const SECRET_SLOT_MS: u64 = 60_000;
 
 /// The daemon's link to its facilitator.
 struct Link {
@@ -57,7 +57,7 @@ struct Peer {
 }
 
 /// NAT traversal for the tunnel's peers (see the module documentation).
-pub struct Traversal {
+pub(super) struct Traversal {
     settings: Settings,
     skew: Duration,
     own: PrivateKey,
@@ -70,7 +70,7 @@ pub struct Traversal {
 
 impl Traversal {
     /// Traversal for the device with WireGuard key `own`.
-    pub fn new(o: &DaemonOptions, own: PrivateKey) -> Traversal {
+    pub(super) fn new(o: &DaemonOptions, own: PrivateKey) -> Traversal {
         let link = o.facilitator.map(|(endpoint, key)| Link {
             endpoint,
             key,
@@ -89,12 +89,12 @@ impl Traversal {
     }
 
     /// The facilitator's WireGuard key, if one is configured.
-    pub fn facilitator_key(&self) -> Option<PublicKey> {
+    pub(super) fn facilitator_key(&self) -> Option<PublicKey> {
         self.link.as_ref().map(|l| l.key)
     }
 
     /// The facilitator as a peer of the tunnel.
-    pub fn facilitator_peer(&self) -> Option<PeerChange> {
+    pub(super) fn facilitator_peer(&self) -> Option<PeerChange> {
         let l = self.link.as_ref()?;
         let mut c = PeerChange::new(l.key);
         c.endpoint = Some(l.endpoint);
@@ -110,7 +110,12 @@ impl Traversal {
 
     /// Our address in the facilitator's tunnel on `ifindex`, the route to the
     /// facilitator, and the socket (bound once).
-    pub fn setup_link(&mut self, h: &mut nl::Handle, ifname: &str, ifindex: u32) -> anyhow::Result<()> {
+    pub(super) fn setup_link(
+        &mut self,
+        h: &mut nl::Handle,
+        ifname: &str,
+        ifindex: u32,
+    ) -> anyhow::Result<()> {
         let Some(l) = self.link.as_mut() else {
             return Ok(());
         };
@@ -120,8 +125,12 @@ impl Traversal {
             prefix_len: 128,
             nodad: true,
         };
-        h.address(nl::Verb::Replace, &spec)
-            .with_context(|| format!("adding {}/128 (the facilitator's tunnel) to {ifname}", l.own))?;
+        h.address(nl::Verb::Replace, &spec).with_context(|| {
+            format!(
+                "adding {}/128 (the facilitator's tunnel) to {ifname}",
+                l.own
+            )
+        })?;
         h.route(
             nl::Verb::Replace,
             &nl::Route {
@@ -132,7 +141,12 @@ impl Traversal {
                 kind: nl::RouteKind::Unicast,
             },
         )
-        .with_context(|| format!("a route to the facilitator {} via {ifname}", addr::FACILITATOR))?;
+        .with_context(|| {
+            format!(
+                "a route to the facilitator {} via {ifname}",
+                addr::FACILITATOR
+            )
+        })?;
         if l.sock.is_none() {
             let s = UdpSocket::bind(SocketAddrV6::new(l.own, addr::PORT, 0, 0))
                 .with_context(|| format!("binding [{}]:{}", l.own, addr::PORT))?;
@@ -143,7 +157,7 @@ impl Traversal {
     }
 
     /// Follows the view's devices: new ones start, gone ones are dropped.
-    pub fn sync(&mut self, now: Instant, devices: &[PeerDevice]) {
+    pub(super) fn sync(&mut self, now: Instant, devices: &[PeerDevice]) {
         let facilitator = self.link.as_ref().map(|l| (l.endpoint, l.key.0));
         self.peers
             .retain(|k, _| devices.iter().any(|d| d.wg_key == k.0));
@@ -153,7 +167,8 @@ impl Traversal {
             let own = &self.own;
             let settings = self.settings;
             let p = self.peers.entry(key).or_insert_with(|| {
-                let shared = portdistrict_wg::crypto::dh(own.as_bytes(), &d.wg_key).unwrap_or([0; 32]);
+                let shared =
+                    portdistrict_wg::crypto::dh(own.as_bytes(), &d.wg_key).unwrap_or([0; 32]);
                 Peer {
                     path: PeerPath::new(settings, same, now),
                     published: d.endpoints.clone(),
@@ -171,12 +186,12 @@ impl Traversal {
 
     /// The endpoint traversal pinned for `key` (the cycle configures it instead of
     /// the record's, which would replace the pin).
-    pub fn endpoint_override(&self, key: &PublicKey) -> Option<SocketAddr> {
+    pub(super) fn endpoint_override(&self, key: &PublicKey) -> Option<SocketAddr> {
         self.peers.get(key).and_then(|p| p.path.pinned())
     }
 
     /// The path of `key` for `tunnels.json`.
-    pub fn info(&self, key: &PublicKey, now: Instant) -> Option<PathInfo> {
+    pub(super) fn info(&self, key: &PublicKey, now: Instant) -> Option<PathInfo> {
         let p = self.peers.get(key)?;
         let wall = unix(SystemTime::now());
         Some(PathInfo {
@@ -197,7 +212,12 @@ impl Traversal {
 
     /// One tick: facilitator answers, shared-secret windows, every path advanced and
     /// its actions carried out. True when a path or a window result changed.
-    pub fn tick(&mut self, now: Instant, dp: &mut dyn Dataplane, published: &[SocketAddr]) -> bool {
+    pub(super) fn tick(
+        &mut self,
+        now: Instant,
+        dp: &mut dyn Dataplane,
+        published: &[SocketAddr],
+    ) -> bool {
         let before = self.summary();
         let mut actions: Vec<(PublicKey, Action)> = Vec::new();
         self.receive(now, &mut actions);
@@ -211,7 +231,8 @@ impl Traversal {
         for (key, p) in &mut self.peers {
             let handshake = match dp.handshake_source(*key) {
                 Ok(Some(h)) => {
-                    let ago = Duration::from_millis(wall_ms.saturating_sub(h.at.as_millis() as u64));
+                    let ago =
+                        Duration::from_millis(wall_ms.saturating_sub(h.at.as_millis() as u64));
                     Some((now.checked_sub(ago).unwrap_or(now), h.addr))
                 }
                 Ok(None) => None,
@@ -330,7 +351,13 @@ impl Traversal {
         }
     }
 
-    fn carry_out(&mut self, dp: &mut dyn Dataplane, key: PublicKey, a: Action, published: &[SocketAddr]) {
+    fn carry_out(
+        &mut self,
+        dp: &mut dyn Dataplane,
+        key: PublicKey,
+        a: Action,
+        published: &[SocketAddr],
+    ) {
         let r = match a {
             Action::AskMeet => {
                 self.ask(&Message::Meet {

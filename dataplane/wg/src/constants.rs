@@ -38,3 +38,10 @@ pub const RATELIMIT_PACKETS_BURST: u64 = 5;
 pub const UNDER_LOAD_HANDSHAKES_PER_SECOND: u32 = 1024;
 /// Stay under load for this long after the queue drains.
 pub const UNDER_LOAD_AFTER_TIME: Duration = Duration::from_secs(1);
+
+/// Probes (NAT-traversal handshake initiations to given addresses) sent within this
+/// time of the previous one send the same initiation: one round of probes to every
+/// candidate address shares one handshake state, so that the answer to any of them
+/// finds it (a fresh initiation per address would replace the state the answer to the
+/// previous one needs).
+pub const PROBE_ROUND: Duration = Duration::from_millis(25);

@@ -346,9 +346,24 @@ impl Device {
         let Some(&id) = self.by_key.get(key) else {
             return Err(ProbeError::UnknownPeer);
         };
-        let ephemeral = self.fresh_ephemeral();
-        let Some(msg) = self.new_initiation(id, now, ephemeral, io) else {
-            return Err(ProbeError::NoHandshake);
+        let same_round = self.peer(key).and_then(|p| {
+            p.probe_initiation
+                .filter(|(t, _)| now.saturating_duration_since(*t) < crate::constants::PROBE_ROUND)
+                .filter(|_| p.handshake.is_some())
+                .map(|(_, m)| m)
+        });
+        let msg = match same_round {
+            Some(m) => m,
+            None => {
+                let ephemeral = self.fresh_ephemeral();
+                let Some(msg) = self.new_initiation(id, now, ephemeral, io) else {
+                    return Err(ProbeError::NoHandshake);
+                };
+                if let Some(p) = self.peer_mut(id) {
+                    p.probe_initiation = Some((now, msg));
+                }
+                msg
+            }
         };
         self.stats.tx_probe += 1;
         if io.send_udp_ttl(to, &msg, ttl) == SendOutcome::Failed {

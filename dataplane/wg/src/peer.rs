@@ -83,6 +83,9 @@ pub struct Peer {
     pub(crate) static_static: Option<[u8; 32]>,
     pub(crate) cookie: CookieGenerator,
     pub(crate) handshake: Option<InitiatorState>,
+    /// The initiation the last probe sent, and when: probes within
+    /// [`crate::constants::PROBE_ROUND`] of it send the same bytes.
+    pub(crate) probe_initiation: Option<(Instant, [u8; crate::wire::INITIATION_LEN])>,
     pub(crate) last_sent_handshake: Option<Instant>,
     pub(crate) latest_timestamp: [u8; 12],
     pub(crate) last_initiation_consumed: Option<Instant>,
@@ -110,6 +113,7 @@ impl Peer {
             endpoint: None,
             pinned: false,
             handshake_source: None,
+            probe_initiation: None,
             persistent_keepalive: 0,
             static_static,
             handshake: None,

@@ -107,7 +107,10 @@ impl DeviceRecord {
             None => None,
             Some(1) => {
                 r.u8("facilitator flag")?;
-                Some((r.socket_addr("facilitator endpoint")?, r.array("facilitator key")?))
+                Some((
+                    r.socket_addr("facilitator endpoint")?,
+                    r.array("facilitator key")?,
+                ))
             }
             Some(_) => return Err(RecordError::Malformed("bytes after the last endpoint")),
         };

@@ -208,6 +208,31 @@ fn probes_are_not_rate_limited_and_the_latest_one_wins() {
 }
 
 #[test]
+fn probes_of_one_round_share_one_initiation_so_any_answer_completes() {
+    let mut s = Sim::new("", "");
+    // One round: the same initiation to every candidate (the unreachable published
+    // address first, the mapped one second).
+    for to in ["192.168.20.2:51820", DIRECT] {
+        s.a.probe(s.now, &b_pub(), addr(to), 0, &mut s.wa).unwrap();
+    }
+    let (_, first, _) = s.wa.probes.pop_front().unwrap();
+    let (_, mut second, _) = s.wa.probes.pop_front().unwrap();
+    assert_eq!(first, second, "one round, one initiation");
+    assert_eq!(s.a.stats.tx_probe, 2);
+    // The answer to the second address finds the handshake state.
+    s.b.handle_datagram(s.now, addr(A_ADDR), None, &mut second, &mut s.wb);
+    let (_, mut response) = s.wb.sent.pop_front().unwrap();
+    s.a.handle_datagram(s.now, addr(DIRECT), None, &mut response, &mut s.wa);
+    assert_eq!(s.a.stats.handshakes_completed, 1);
+    assert_eq!(s.a.stats.rx_unknown_index, 0);
+    // The next round (later than PROBE_ROUND) makes a fresh one.
+    s.now += crate::constants::PROBE_ROUND;
+    s.a.probe(s.now, &b_pub(), addr(DIRECT), 0, &mut s.wa).unwrap();
+    let (_, next, _) = s.wa.probes.pop_front().unwrap();
+    assert_ne!(next, first);
+}
+
+#[test]
 fn a_probe_that_cannot_be_made_or_sent_is_an_error() {
     let mut s = Sim::new("", "");
     assert_eq!(
