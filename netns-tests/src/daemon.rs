@@ -115,12 +115,24 @@ impl Daemon {
         implementation: Implementation,
         env: &[(String, String)],
     ) -> Daemon {
+        Daemon::start_with(ns, implementation, &[], env)
+    }
+
+    /// [`Daemon::start`] with extra arguments before the interface name (e.g.
+    /// `--shm PATH` for the UUT) and extra environment variables.
+    pub fn start_with(
+        ns: &Netns,
+        implementation: Implementation,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Daemon {
         let ifname = unique_ifname("pdw");
         let files = TempDir::new("daemon");
         let log = File::create(files.path().join("log")).expect("create daemon log");
         let mut cmd = ns.command(&[]);
         cmd.arg(implementation.binary())
             .args(implementation.foreground_args())
+            .args(args)
             .arg(&ifname)
             .env("WG_PROCESS_FOREGROUND", "1")
             .env("WG_SUDO", "1")

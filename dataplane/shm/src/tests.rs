@@ -660,3 +660,26 @@ fn malformed_command_entries_are_corrupt_and_skipped() {
         }
     }
 }
+
+#[test]
+fn a_corrupt_handshake_source_in_the_stats_is_an_error() {
+    let (_f, control, dataplane) = ring_pair("stats-source");
+    let s = PeerStats {
+        public_key: [1; 32],
+        rx_bytes: 1,
+        tx_bytes: 2,
+        last_handshake: 3,
+        endpoint: None,
+        handshake_source: Some(HandshakeSource {
+            addr: "192.0.2.7:51820".parse().unwrap(),
+            unix_millis: 4,
+        }),
+    };
+    dataplane.write_stats(std::slice::from_ref(&s)).unwrap();
+    assert_eq!(control.read_stats().unwrap(), [s]);
+    let e = dataplane.stats_ptr(0);
+    // SAFETY: entry 0 lies inside the mapping; the test is the only writer.
+    unsafe { std::ptr::write_volatile(&raw mut (*e).handshake_source_family, 5) };
+    let err = control.read_stats().unwrap_err();
+    assert!(err.to_string().contains("endpoint family 5"), "{err}");
+}
