@@ -199,6 +199,7 @@ impl Handle {
                 addr: a.local,
                 prefix_len: a.prefix_len,
                 nodad: false,
+                deprecated: false,
             };
             match self.address(Verb::Del, &spec) {
                 Err(e) if e.is_not_found() => {}

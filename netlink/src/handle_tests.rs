@@ -29,12 +29,14 @@ fn links_addresses_routes_and_rules() {
             addr: "100.64.0.2".parse().unwrap(),
             prefix_len: 32,
             nodad: false,
+            deprecated: false,
         };
         let v6 = AddressSpec {
             ifindex: index,
             addr: "fd00::2".parse().unwrap(),
             prefix_len: 128,
             nodad: true,
+            deprecated: false,
         };
         h.address(Verb::Add, &v4).unwrap();
         h.address(Verb::Add, &v6).unwrap();
@@ -57,6 +59,27 @@ fn links_addresses_routes_and_rules() {
             .unwrap()
             .iter()
             .any(|a| a.is_usable_global() && a.local == v4.addr));
+        // A deprecated address: listed as such, valid forever, preferred for nothing.
+        let dep = AddressSpec {
+            ifindex: index,
+            addr: "fd00::3".parse().unwrap(),
+            prefix_len: 128,
+            nodad: true,
+            deprecated: true,
+        };
+        h.address(Verb::Replace, &dep).unwrap();
+        let listed = listing(&["-6", "addr", "show", "dev", "pdnl0"]);
+        let line = listed
+            .lines()
+            .skip_while(|l| !l.contains("fd00::3/128"))
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            line.contains("deprecated") && line.contains("valid_lft forever preferred_lft 0sec"),
+            "{listed}"
+        );
+        h.address(Verb::Del, &dep).unwrap();
 
         let route = Route {
             family: Family::V4,

@@ -73,6 +73,10 @@ pub struct AddressSpec {
     pub prefix_len: u8,
     /// Skip duplicate address detection (IPv6 `nodad`).
     pub nodad: bool,
+    /// Deprecated from the start (`preferred_lft 0`, valid forever): never chosen as
+    /// the source of a connection that did not bind it (RFC 6724 rule 3), still
+    /// usable by a socket bound to it.
+    pub deprecated: bool,
 }
 
 /// An address as listed by `RTM_GETADDR`.

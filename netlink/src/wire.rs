@@ -34,6 +34,7 @@ pub mod consts {
     pub const IFA_ADDRESS: u16 = 1;
     pub const IFA_LOCAL: u16 = 2;
     pub const IFA_FLAGS: u16 = 8;
+    pub const IFA_CACHEINFO: u16 = 6;
     pub const IFA_F_NODAD: u32 = 0x02;
     pub const RTA_DST: u16 = 1;
     pub const RTA_OIF: u16 = 4;
@@ -325,6 +326,12 @@ pub fn address(verb: Verb, spec: &AddressSpec) -> Builder {
         .attr(IFA_ADDRESS, &ip);
     if verb == Verb::Del {
         b
+    } else if spec.deprecated {
+        // struct ifa_cacheinfo: preferred 0, valid forever, two timestamps the
+        // kernel ignores on input.
+        let mut ci = [0u8; 16];
+        ci[4..8].copy_from_slice(&u32::MAX.to_ne_bytes());
+        b.attr_u32(IFA_FLAGS, flags).attr(IFA_CACHEINFO, &ci)
     } else {
         b.attr_u32(IFA_FLAGS, flags)
     }

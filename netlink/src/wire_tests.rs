@@ -159,6 +159,7 @@ fn address_golden_and_parse() {
         addr: "fd00::2".parse().unwrap(),
         prefix_len: 128,
         nodad: true,
+        deprecated: false,
     };
     let msg = address(Verb::Add, &spec).finish(1);
     let ip = spec_bytes(&spec);

@@ -45,6 +45,7 @@ pub(super) fn set_addresses(ifname: &str, v4: IpAddr, v6: Option<IpAddr>) -> any
             addr,
             prefix_len,
             nodad: addr.is_ipv6(),
+            deprecated: false,
         };
         nl.address(nl::Verb::Add, &spec)
             .with_context(|| format!("adding {addr}/{prefix_len} to {ifname}"))?;

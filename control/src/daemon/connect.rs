@@ -164,6 +164,7 @@ impl Daemon {
             addr: IpAddr::V6(own),
             prefix_len: 64,
             nodad: true,
+            deprecated: false,
         };
         h.address(nl::Verb::Replace, &own_addr)
             .with_context(|| format!("adding {own}/64 to {ifname}"))?;

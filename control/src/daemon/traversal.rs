@@ -124,6 +124,7 @@ impl Traversal {
             addr: IpAddr::V6(l.own),
             prefix_len: 128,
             nodad: true,
+            deprecated: true,
         };
         h.address(nl::Verb::Replace, &spec).with_context(|| {
             format!(

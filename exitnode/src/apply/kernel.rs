@@ -63,6 +63,7 @@ pub(super) fn run_op(h: &mut nl::Handle, op: &IpOp) -> Result<(), ApplyError> {
                     addr: a.addr,
                     prefix_len: a.prefix_len,
                     nodad: a.nodad,
+                    deprecated: false,
                 },
             )
         }),
