@@ -150,7 +150,13 @@ impl Scene {
             let ns = &n.machine.ns;
             let sock = format!("/var/run/wireguard/{}.sock", n.ifname);
             let stats = std::process::Command::new("sh")
-                .args(["-c", &format!("printf 'stats=1\\n\\n' | ip netns exec {} ncat -U {sock}", ns.name())])
+                .args([
+                    "-c",
+                    &format!(
+                        "printf 'stats=1\\n\\n' | ip netns exec {} ncat -U {sock}",
+                        ns.name()
+                    ),
+                ])
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).replace('\n', " "))
                 .unwrap_or_default();
@@ -233,10 +239,21 @@ fn pair(tag: &str, ka: NatKind, kb: NatKind, expect: &str) {
         10,
         7,
     );
-    let relayed = s.facilitator_stats()["relay_forwarded_bytes"]
-        .as_u64()
-        .unwrap_or(0)
-        - before;
+    // The facilitator writes its counters once a second.
+    let forwarded = || {
+        s.facilitator_stats()["relay_forwarded_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            - before
+    };
+    if expect == "relay" {
+        wait_until(Duration::from_secs(4), Duration::from_millis(200), || {
+            forwarded() >= 10 << 20
+        });
+    } else {
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let relayed = forwarded();
     eprintln!(
         "{ka:?} x {kb:?}: {expect} after {:.1}s; 10 MiB in {:.2}s ({:.0} Mbit/s), relay forwarded {relayed} B",
         settled.as_secs_f64(),

@@ -40,9 +40,20 @@ impl Driver {
             }
             Command::Pin { peer, to } => {
                 let key = PublicKey(peer);
+                let before = self
+                    .device
+                    .peer(&key)
+                    .and_then(|p| p.endpoint)
+                    .map(|e| e.addr);
                 let known = self.device.pin_endpoint(&key, to);
                 if !known {
                     tracing::warn!("{name}: shared memory asked to pin an unknown peer");
+                } else if to.is_some() && to != before {
+                    // Moved (to a relay): packets waiting for a handshake that went
+                    // elsewhere go out through the new endpoint now, not in 5 s.
+                    self.with_io(|device, io| {
+                        device.handshake_at_new_endpoint(now, &key, io);
+                    });
                 }
                 known
             }

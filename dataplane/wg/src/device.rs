@@ -376,6 +376,31 @@ impl Device {
         Ok(())
     }
 
+    /// After the endpoint of `key` moved by command (a pin to a relay): when the peer
+    /// has no session that can send, a handshake starts at the new endpoint now,
+    /// whatever the last initiation's age (it went to an address that did not answer,
+    /// or was a probe, which arms no retransmission). True if one was sent.
+    pub fn handshake_at_new_endpoint(
+        &mut self,
+        now: Instant,
+        key: &PublicKey,
+        io: &mut impl Io,
+    ) -> bool {
+        let Some(&id) = self.by_key.get(key) else {
+            return false;
+        };
+        let Some(peer) = self.peer_mut(id) else {
+            return false;
+        };
+        if peer.can_send(now) {
+            return false;
+        }
+        peer.last_sent_handshake = None;
+        let before = self.stats.tx_handshake_initiation;
+        self.send_handshake_initiation(id, now, false, io);
+        self.stats.tx_handshake_initiation > before
+    }
+
     /// Pins the endpoint of the peer `key` to `to` (set now; authenticated packets
     /// from other addresses no longer move it), or unpins it (`None`: roaming again,
     /// the endpoint stays where it is until a packet moves it). An endpoint set by

@@ -227,9 +227,34 @@ fn probes_of_one_round_share_one_initiation_so_any_answer_completes() {
     assert_eq!(s.a.stats.rx_unknown_index, 0);
     // The next round (later than PROBE_ROUND) makes a fresh one.
     s.now += crate::constants::PROBE_ROUND;
-    s.a.probe(s.now, &b_pub(), addr(DIRECT), 0, &mut s.wa).unwrap();
+    s.a.probe(s.now, &b_pub(), addr(DIRECT), 0, &mut s.wa)
+        .unwrap();
     let (_, next, _) = s.wa.probes.pop_front().unwrap();
     assert_ne!(next, first);
+}
+
+#[test]
+fn moved_to_a_relay_without_a_session_the_handshake_starts_there_at_once() {
+    let mut s = Sim::new("", "");
+    // A queued packet and an initiation to the configured endpoint that nobody
+    // answers; then a probe (no retransmission armed).
+    s.a_to_b(100);
+    s.wa.sent.clear();
+    s.a.probe(s.now, &b_pub(), addr(DIRECT), 0, &mut s.wa)
+        .unwrap();
+    let sent = s.a.stats.tx_handshake_initiation;
+    s.now += Duration::from_millis(500);
+    // Pinned to the relay: a fresh initiation goes there now (the 5 s limit since
+    // the last one does not hold it back).
+    assert!(s.a.pin_endpoint(&b_pub(), Some(addr(RELAY))));
+    assert!(s.a.handshake_at_new_endpoint(s.now, &b_pub(), &mut s.wa));
+    assert_eq!(s.a.stats.tx_handshake_initiation, sent + 1);
+    let (to, _) = s.wa.sent.pop_back().unwrap();
+    assert_eq!(to.addr, addr(RELAY));
+    // With a session that can send, nothing is started.
+    let mut s = established();
+    assert!(s.a.pin_endpoint(&b_pub(), Some(addr(RELAY))));
+    assert!(!s.a.handshake_at_new_endpoint(s.now, &b_pub(), &mut s.wa));
 }
 
 #[test]
