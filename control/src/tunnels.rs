@@ -52,6 +52,12 @@ pub struct PathInfo {
     pub windows_succeeded: u64,
     /// Times the path went to the relay.
     pub relayed: u64,
+    /// The last direct window: milliseconds from its start to the handshake.
+    #[serde(default)]
+    pub last_direct_ms: Option<u64>,
+    /// The last fallback: milliseconds from the failed window's end to the relay.
+    #[serde(default)]
+    pub last_relay_ms: Option<u64>,
 }
 
 /// `RUN_DIR/tunnels.json`.
@@ -208,6 +214,8 @@ fn json_of(t: &Tunnel, l: Live) -> serde_json::Value {
         "windows_tried": p.as_ref().map_or(0, |p| p.windows_tried),
         "windows_succeeded": p.as_ref().map_or(0, |p| p.windows_succeeded),
         "relayed": p.as_ref().map_or(0, |p| p.relayed),
+        "last_direct_ms": p.as_ref().and_then(|p| p.last_direct_ms),
+        "last_relay_ms": p.as_ref().and_then(|p| p.last_relay_ms),
     })
 }
 

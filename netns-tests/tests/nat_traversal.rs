@@ -9,10 +9,10 @@
 //! forward) the traffic, from the facilitator's counters.
 
 use portdistrict_netns_tests::{
-    output_text, require_root, tcp_transfer, wait_until, ChildGuard, ControlNode, Knot, NatKind,
-    NatLab, NatRouter, Netns, TempDir, SERVICE,
+    output_text, require_root, tcp_transfer, wait_until, ChildGuard, ControlNode, Knot,
+    LabNamespace, NatKind, NatLab, NatRouter, Netns, TempDir, SERVICE,
 };
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -30,12 +30,12 @@ struct Scene {
     facilitator_state: TempDir,
     _facilitator: ChildGuard,
     _knot: Knot,
-    _routers: (NatRouter, NatRouter),
+    routers: (NatRouter, NatRouter),
     _public: Netns,
 }
 
 impl Scene {
-    fn new(tag: &str, ka: NatKind, kb: NatKind, extra: &[&str]) -> Scene {
+    fn new(tag: &str, ka: NatKind, kb: NatKind, extra: [&[&str]; 2]) -> Scene {
         require_root();
         let lab = NatLab::new(ka, kb).unwrap_or_else(|e| panic!("the NAT lab: {e}"));
         let knot = Knot::start_with_updates(
@@ -102,7 +102,7 @@ impl Scene {
         b.machine.trust(&a.machine);
         let facilitator_opt = format!("{listen}:{fkey}");
         let mut daemons = Vec::new();
-        for (n, node) in [("a", &a), ("b", &b)] {
+        for ((n, node), extra) in [("a", &a), ("b", &b)].into_iter().zip(extra) {
             let mut args = vec![
                 "--interval",
                 "3s",
@@ -130,7 +130,7 @@ impl Scene {
             facilitator_state: fstate,
             _facilitator: facilitator,
             _knot: knot,
-            _routers: routers,
+            routers,
             _public: lab_public,
         }
     }
@@ -166,8 +166,17 @@ impl Scene {
                 output_text(&ns.try_exec(&["ip", "-6", "route"]))
             )
         };
+        let ct = |r: &NatRouter| {
+            format!(
+                "{}\n{}",
+                r.listing().unwrap_or_else(|e| e.to_string()),
+                r.conntrack().unwrap_or_else(|e| e.to_string())
+            )
+        };
         format!(
-            "--- a ---\n{}\n{}\n--- b ---\n{}\n{}\n--- facilitator ---\n{}\n--- facilitator stats ---\n{}",
+            "--- router a ---\n{}\n--- router b ---\n{}\n--- a ---\n{}\n{}\n--- b ---\n{}\n{}\n--- facilitator ---\n{}\n--- facilitator stats ---\n{}",
+            ct(&self.routers.0),
+            ct(&self.routers.1),
             self.log("a"),
             state(&self.a, "desk.bob.pd.test"),
             self.log("b"),
@@ -213,24 +222,22 @@ impl Scene {
     }
 }
 
-/// One pair of NAT kinds: the path both sides settle on, then traffic over it.
-fn pair(tag: &str, ka: NatKind, kb: NatKind, expect: &str) {
-    let started = Instant::now();
-    let s = Scene::new(tag, ka, kb, &[]);
+/// The path both sides settle on must be `expect`; then pings both ways and a
+/// sha256-checked 10 MiB TCP transfer over it, and the relay's counters must show
+/// whether it carried them. Returns the scene for more checks.
+fn connects(s: &Scene, what: &str, expect: &str, started: Instant) {
     let (pa, pb) = s.settle(Duration::from_secs(60));
     let settled = started.elapsed();
     assert_eq!(
         (pa.as_str(), pb.as_str()),
         (expect, expect),
-        "{ka:?} x {kb:?}: paths\n{}",
+        "{what}: paths\n{}",
         s.logs()
     );
     let (a, b) = (s.a.overlay_addr(), s.b.overlay_addr());
-    assert!(s.a.pings(&b), "{ka:?} x {kb:?}: a -> b\n{}", s.logs());
-    assert!(s.b.pings(&a), "{ka:?} x {kb:?}: b -> a\n{}", s.logs());
-    let before = s.facilitator_stats()["relay_forwarded_bytes"]
-        .as_u64()
-        .unwrap_or(0);
+    assert!(s.a.pings(&b), "{what}: a -> b\n{}", s.logs());
+    assert!(s.b.pings(&a), "{what}: b -> a\n{}", s.logs());
+    let before = s.forwarded();
     let t = tcp_transfer(
         &s.a.machine.ns,
         &s.b.machine.ns,
@@ -240,65 +247,311 @@ fn pair(tag: &str, ka: NatKind, kb: NatKind, expect: &str) {
         7,
     );
     // The facilitator writes its counters once a second.
-    let forwarded = || {
-        s.facilitator_stats()["relay_forwarded_bytes"]
-            .as_u64()
-            .unwrap_or(0)
-            - before
-    };
     if expect == "relay" {
         wait_until(Duration::from_secs(4), Duration::from_millis(200), || {
-            forwarded() >= 10 << 20
+            s.forwarded() - before >= 10 << 20
         });
     } else {
         std::thread::sleep(Duration::from_millis(1500));
     }
-    let relayed = forwarded();
+    let relayed = s.forwarded() - before;
+    let show = s.show(&s.a);
     eprintln!(
-        "{ka:?} x {kb:?}: {expect} after {:.1}s; 10 MiB in {:.2}s ({:.0} Mbit/s), relay forwarded {relayed} B",
+        "FIGURES {what}: {expect} after {:.1}s (direct handshake {} ms after the window start, relay {} ms after the failed window); 10 MiB in {:.2}s ({:.0} Mbit/s), relay forwarded {relayed} B",
         settled.as_secs_f64(),
+        show["last_direct_ms"],
+        show["last_relay_ms"],
         t.elapsed.as_secs_f64(),
         t.mbit_per_s()
     );
     if expect == "relay" {
         assert!(
             relayed >= 10 << 20,
-            "the transfer did not go through the relay: {relayed} B"
+            "{what}: the transfer did not go through the relay: {relayed} B"
         );
     } else {
         assert!(
             relayed < 1 << 20,
-            "a direct pair's transfer went through the relay: {relayed} B"
+            "{what}: a direct pair's transfer went through the relay: {relayed} B"
         );
     }
-    // `tunnel show --json` names the path and what the last window did.
-    let show: serde_json::Value = serde_json::from_str(&s.a.machine.run_ok(&[
-        "tunnel",
-        "show",
-        "desk.bob.pd.test",
-        "--json",
-    ]))
-    .unwrap();
     assert_eq!(show["path"], expect, "{show}");
     assert!(show["windows_tried"].as_u64().unwrap() >= 1, "{show}");
 }
 
-#[test]
-fn port_restricted_pair_goes_direct() {
-    pair(
-        "nt-pr",
-        NatKind::PortRestricted,
-        NatKind::PortRestricted,
-        "direct",
-    );
+impl Scene {
+    fn forwarded(&self) -> u64 {
+        self.facilitator_stats()["relay_forwarded_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// `tunnel show --json` of `node`'s one tunnel.
+    fn show(&self, node: &ControlNode) -> serde_json::Value {
+        let name = Scene::tunnel(node)
+            .and_then(|t| t["name"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        serde_json::from_str(&node.machine.run_ok(&["tunnel", "show", &name, "--json"])).unwrap()
+    }
+}
+
+const FULL_CONE: NatKind = NatKind::FullCone { port: 51820 };
+use NatKind::{AcceptsInput as ACCEPTS, PortRestricted as RESTRICTED, Symmetric as SYMMETRIC};
+
+/// One pair of NAT kinds, both daemons with default settings.
+fn pair(tag: &str, ka: NatKind, kb: NatKind, expect: &str) {
+    let started = Instant::now();
+    let s = Scene::new(tag, ka, kb, [&[], &[]]);
+    connects(&s, &format!("{ka:?} x {kb:?}"), expect, started);
 }
 
 #[test]
-fn symmetric_against_port_restricted_goes_through_the_relay() {
-    pair(
-        "nt-sym",
-        NatKind::PortRestricted,
-        NatKind::Symmetric,
-        "relay",
+fn restricted_x_restricted_direct() {
+    pair("nt-rr", RESTRICTED, RESTRICTED, "direct");
+}
+
+#[test]
+fn restricted_x_full_cone_direct() {
+    pair("nt-rf", RESTRICTED, FULL_CONE, "direct");
+}
+
+#[test]
+fn restricted_x_accepts_input_direct() {
+    pair("nt-ra", RESTRICTED, ACCEPTS, "direct");
+}
+
+#[test]
+fn full_cone_x_full_cone_direct() {
+    pair("nt-ff", FULL_CONE, FULL_CONE, "direct");
+}
+
+#[test]
+fn full_cone_x_symmetric_direct() {
+    pair("nt-fs", FULL_CONE, SYMMETRIC, "direct");
+}
+
+#[test]
+fn full_cone_x_accepts_input_direct() {
+    pair("nt-fa", FULL_CONE, ACCEPTS, "direct");
+}
+
+#[test]
+fn accepts_input_x_accepts_input_direct_thanks_to_the_primer() {
+    pair("nt-aa", ACCEPTS, ACCEPTS, "direct");
+}
+
+#[test]
+fn symmetric_x_symmetric_relay() {
+    pair("nt-ss", SYMMETRIC, SYMMETRIC, "relay");
+}
+
+#[test]
+fn symmetric_x_accepts_input_relay() {
+    pair("nt-sa", SYMMETRIC, ACCEPTS, "relay");
+}
+
+/// Symmetric against port-restricted: the relay. A stranger in the public
+/// namespace sending to the allocation's ports gets nothing forwarded. Then B's
+/// NAT is relaxed to port-restricted: the next window (10 s backoff) goes direct.
+#[test]
+fn restricted_x_symmetric_relay_strangers_get_nothing_and_relaxing_goes_direct() {
+    let started = Instant::now();
+    let backoff = ["--window-backoff", "10s"];
+    let mut s = Scene::new("nt-rs", RESTRICTED, SYMMETRIC, [&backoff, &backoff]);
+    // Conntrack keeps a flow's mapping across a rule change (routers commonly flush
+    // it; the lab's does not): B's router forgets unanswered flows after 5 s, so
+    // that the failed window's probes towards A, mapped by the symmetric rule, are
+    // gone by the window after the relaxing. Answered flows (the facilitator's, the
+    // relay's) keep a 120 s timeout.
+    s.routers
+        .1
+        .set_udp_timeouts(Duration::from_secs(5), Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    connects(&s, "PortRestricted x Symmetric", "relay", started);
+    let relay: SocketAddr = s.show(&s.a)["pinned"].as_str().unwrap().parse().unwrap();
+    let stats = s.facilitator_stats();
+    let (unregistered, forwarded) = (
+        stats["relay_unregistered"].as_u64().unwrap(),
+        stats["relay_forwarded"].as_u64().unwrap(),
+    );
+    let stranger = s
+        ._public
+        .udp_bind((SERVICE, 0).into())
+        .unwrap_or_else(|e| panic!("{e}"));
+    for port in relay.port().saturating_sub(1)..=relay.port() + 1 {
+        for _ in 0..20 {
+            let _ = stranger.send_to(b"\x04\0\0\0stranger", (relay.ip(), port));
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(4), Duration::from_millis(200), || {
+            s.facilitator_stats()["relay_unregistered"]
+                .as_u64()
+                .unwrap()
+                >= unregistered + 40
+        }),
+        "the stranger's datagrams were not refused as unregistered: {}",
+        s.facilitator_stats()
+    );
+    // Nothing of the stranger's was forwarded (the pair's keepalives may be).
+    let now = s.facilitator_stats()["relay_forwarded"].as_u64().unwrap();
+    assert!(
+        now - forwarded < 10,
+        "forwarded {} datagrams meanwhile",
+        now - forwarded
+    );
+
+    // Relaxed: the next window goes direct.
+    let relaxed_at = Instant::now();
+    s.routers
+        .1
+        .set_kind(RESTRICTED)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let direct = wait_until(Duration::from_secs(40), Duration::from_millis(250), || {
+        [&s.a, &s.b]
+            .iter()
+            .all(|n| Scene::tunnel(n).is_some_and(|t| t["path"] == "direct"))
+    });
+    assert!(direct, "still relayed after relaxing the NAT\n{}", s.logs());
+    eprintln!(
+        "FIGURES relaxed NAT: relay -> direct {:.1}s after relaxing",
+        relaxed_at.elapsed().as_secs_f64()
+    );
+    let before = s.forwarded();
+    let (a, b) = (s.a.overlay_addr(), s.b.overlay_addr());
+    assert!(
+        s.a.pings(&b) && s.b.pings(&a),
+        "after the upgrade\n{}",
+        s.logs()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        s.forwarded() - before < 2_000,
+        "the upgraded pair still goes through the relay"
+    );
+}
+
+/// 20 % loss on one NAT (both directions of its forwarding): the pair still
+/// connects and pings pass.
+#[test]
+fn twenty_percent_loss_on_one_nat_still_connects() {
+    let started = Instant::now();
+    let mut s = Scene::new("nt-loss", RESTRICTED, RESTRICTED, [&[], &[]]);
+    s.routers.0.set_loss(20).unwrap_or_else(|e| panic!("{e}"));
+    let (pa, pb) = s.settle(Duration::from_secs(60));
+    assert!(
+        pa != "none" && pb != "none",
+        "not connected under loss\n{}",
+        s.logs()
+    );
+    let (a, b) = (s.a.overlay_addr(), s.b.overlay_addr());
+    let ok = |from: &ControlNode, to: &str| {
+        let out = from
+            .machine
+            .ns
+            .try_exec(&["ping", "-6", "-c", "20", "-i", "0.1", "-W", "1", to]);
+        out.status.success()
+    };
+    assert!(
+        ok(&s.a, &b) && ok(&s.b, &a),
+        "pings under 20 % loss\n{}",
+        s.logs()
+    );
+    eprintln!(
+        "FIGURES 20% loss: {pa} after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Conntrack forgets idle UDP flows after 30 s on both NATs; WireGuard's 25 s
+/// keepalives keep the direct path's mappings: after 40 s without traffic pings
+/// pass at once and no new window was needed.
+#[test]
+fn keepalives_survive_a_short_conntrack_timeout() {
+    let started = Instant::now();
+    let s = Scene::new("nt-ka", RESTRICTED, RESTRICTED, [&[], &[]]);
+    for r in [&s.routers.0, &s.routers.1] {
+        r.set_udp_timeouts(Duration::from_secs(30), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let (pa, pb) = s.settle(Duration::from_secs(60));
+    assert_eq!(
+        (pa.as_str(), pb.as_str()),
+        ("direct", "direct"),
+        "\n{}",
+        s.logs()
+    );
+    let tried = s.show(&s.a)["windows_tried"].as_u64().unwrap();
+    eprintln!("idle for 40 s (conntrack UDP timeout 30 s, keepalive 25 s)");
+    std::thread::sleep(Duration::from_secs(40));
+    let (a, b) = (s.a.overlay_addr(), s.b.overlay_addr());
+    assert!(
+        s.a.pings(&b) && s.b.pings(&a),
+        "after 40 s idle\n{}",
+        s.logs()
+    );
+    let show = s.show(&s.a);
+    assert_eq!(show["path"], "direct", "{show}");
+    assert_eq!(
+        show["windows_tried"].as_u64().unwrap(),
+        tried,
+        "a new window was needed: {show}"
+    );
+    eprintln!(
+        "FIGURES keepalive: direct for {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Clock skew between the peers, emulated by starting one side's windows late
+/// (`--window-skew`), on NATs whose input accepts (where naive punching fails):
+/// below the primer's length (500 ms) the window goes direct; above it, it fails
+/// cleanly, falls back to the relay and backs off before the next window.
+#[test]
+fn skew_below_the_primer_goes_direct_above_it_falls_back_and_backs_off() {
+    let started = Instant::now();
+    let s = Scene::new(
+        "nt-skew1",
+        ACCEPTS,
+        ACCEPTS,
+        [&[], &["--window-skew", "300ms"]],
+    );
+    connects(&s, "skew 300 ms, primer 500 ms", "direct", started);
+    drop(s);
+    let started = Instant::now();
+    let s = Scene::new(
+        "nt-skew2",
+        ACCEPTS,
+        ACCEPTS,
+        [&[], &["--window-skew", "1500ms"]],
+    );
+    let (pa, pb) = s.settle(Duration::from_secs(60));
+    assert_eq!(
+        (pa.as_str(), pb.as_str()),
+        ("relay", "relay"),
+        "\n{}",
+        s.logs()
+    );
+    let show = s.show(&s.b);
+    assert_eq!(show["last_window"], "failed", "{show}");
+    let next = show["next_window"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        next >= now + 20,
+        "the next window is not backed off: {show}"
+    );
+    let (a, b) = (s.a.overlay_addr(), s.b.overlay_addr());
+    assert!(
+        s.a.pings(&b) && s.b.pings(&a),
+        "over the relay after the failed window\n{}",
+        s.logs()
+    );
+    eprintln!(
+        "FIGURES skew 1500 ms: relay after {:.1}s, next window in {}s",
+        started.elapsed().as_secs_f64(),
+        next - now
     );
 }

@@ -135,6 +135,7 @@ impl DaemonOptions {
             "punch",
             "first-wait",
             "window-skew",
+            "window-backoff",
         ];
         if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
             bail!("portdistrictd: unknown option {k}");
@@ -171,6 +172,13 @@ impl DaemonOptions {
                 .ok()
                 .filter(|t| (1..=64).contains(t))
                 .with_context(|| format!("--primer-ttl {t}: 1 to 64"))?;
+        }
+        if let Some(d) = ms("window-backoff", Duration::from_secs(3600))? {
+            if d < Duration::from_secs(5) {
+                bail!("--window-backoff: at least 5s");
+            }
+            windows.backoff_min = d;
+            windows.backoff_max = windows.backoff_max.max(d);
         }
         let window_skew = ms("window-skew", Duration::from_secs(60))?.unwrap_or_default();
         Ok(DaemonOptions {

@@ -208,6 +208,16 @@ impl Traversal {
             windows_tried: p.path.counters.tried,
             windows_succeeded: p.path.counters.succeeded,
             relayed: p.path.counters.relayed,
+            last_direct_ms: p
+                .path
+                .counters
+                .last_direct_after
+                .map(|d| d.as_millis() as u64),
+            last_relay_ms: p
+                .path
+                .counters
+                .last_relay_after
+                .map(|d| d.as_millis() as u64),
         })
     }
 
@@ -324,12 +334,7 @@ impl Traversal {
                     endpoints,
                     ..
                 } => {
-                    let mut candidates = endpoints;
-                    for e in &p.published {
-                        if !candidates.contains(e) {
-                            candidates.push(*e);
-                        }
-                    }
+                    let candidates = candidates(&endpoints, &p.published);
                     tracing::info!(
                         "{}: window {window} in {start_in_ms} ms, candidates {candidates:?}",
                         key.to_base64()
@@ -394,7 +399,61 @@ impl Traversal {
     }
 }
 
+/// The endpoints to probe in a window: those the facilitator gave (the mapped one
+/// first), the same addresses at the ports the peer publishes (a NAT that keeps
+/// ports maps its socket there towards us even when its mapping towards the
+/// facilitator, made earlier or under another rule, has another port), then the
+/// published endpoints themselves.
+fn candidates(given: &[SocketAddr], published: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    let mut add = |e: SocketAddr| {
+        if !out.contains(&e) {
+            out.push(e);
+        }
+    };
+    for e in given {
+        add(*e);
+    }
+    for e in given {
+        for p in published {
+            if p.is_ipv4() == e.is_ipv4() {
+                add(SocketAddr::new(e.ip(), p.port()));
+            }
+        }
+    }
+    for p in published {
+        add(*p);
+    }
+    out.truncate(12);
+    out
+}
+
 /// Milliseconds since the Unix epoch.
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_add_the_published_port_at_each_mapped_address() {
+        let ep = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            candidates(
+                &[ep("198.51.100.20:40123"), ep("192.168.20.2:51820")],
+                &[ep("192.168.20.2:51820")]
+            ),
+            vec![
+                ep("198.51.100.20:40123"),
+                ep("192.168.20.2:51820"),
+                ep("198.51.100.20:51820"),
+            ]
+        );
+        assert_eq!(
+            candidates(&[], &[ep("[2001:db8::2]:51820")]),
+            vec![ep("[2001:db8::2]:51820")]
+        );
+    }
 }

@@ -379,10 +379,14 @@ fn forward(st: &mut State, port: u16, now: Instant, buf: &mut [u8]) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return,
         };
-        if let Verdict::Forward { from_port, to } = st.relay.datagram(now, port, from, &buf[..n]) {
-            if let Some(out) = st.relay_socks.get(&from_port) {
-                let _ = out.send_to(&buf[..n], to);
+        match st.relay.datagram(now, port, from, &buf[..n]) {
+            Verdict::Forward { from_port, to } => {
+                if let Some(out) = st.relay_socks.get(&from_port) {
+                    let _ = out.send_to(&buf[..n], to);
+                }
             }
+            Verdict::Bound { key } => st.fac.seen(&key, from),
+            Verdict::Drop => {}
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 struct Node {
     endpoint: SocketAddr,
+    /// Other mappings of the node's dataplane socket seen lately (its relay binds),
+    /// newest first.
+    seen: Vec<SocketAddr>,
     published: Vec<SocketAddr>,
     meet: HashMap<PublicKey, Instant>,
     relay: HashMap<PublicKey, Instant>,
@@ -133,6 +136,7 @@ impl Facilitator {
         };
         let node = self.nodes.entry(from).or_insert_with(|| Node {
             endpoint,
+            seen: Vec::new(),
             published: Vec::new(),
             meet: HashMap::new(),
             relay: HashMap::new(),
@@ -227,7 +231,11 @@ impl Facilitator {
                 continue;
             };
             let mut endpoints = vec![n.endpoint];
-            endpoints.extend(n.published.iter().filter(|e| **e != n.endpoint));
+            for e in n.seen.iter().chain(&n.published) {
+                if !endpoints.contains(e) && endpoints.len() < super::wire::MAX_ENDPOINTS {
+                    endpoints.push(*e);
+                }
+            }
             out.push(Out::Send(
                 to,
                 Message::Introduce {
@@ -237,6 +245,20 @@ impl Facilitator {
                     endpoints,
                 },
             ));
+        }
+    }
+
+    /// Another mapping of the dataplane socket of the node with `key`, seen by the
+    /// relay (its bind): introductions give it too. A NAT that maps one source to
+    /// one port for every destination after a rule change (Linux reuses a source's
+    /// existing mapping) is reached there. At most four are kept, newest first.
+    pub fn seen(&mut self, key: &PublicKey, addr: SocketAddr) {
+        if let Some(n) = self.nodes.get_mut(key) {
+            if addr != n.endpoint {
+                n.seen.retain(|e| *e != addr);
+                n.seen.insert(0, addr);
+                n.seen.truncate(4);
+            }
         }
     }
 
@@ -358,6 +380,41 @@ mod tests {
         out.clear();
         f.handle(t1, B, ep("198.51.100.20:50000"), &meet(A, &[]), &mut out);
         assert_eq!(out, vec![Out::Send(B, Message::Waiting { peer: A.0 })]);
+    }
+
+    #[test]
+    fn mappings_seen_by_the_relay_are_introduced_after_the_session_one() {
+        let t0 = crate::test_now();
+        let mut f = Facilitator::new(Config::default());
+        let mut out = Vec::new();
+        f.handle(t0, A, ep("198.51.100.10:51820"), &meet(B, &[]), &mut out);
+        f.seen(&B, ep("198.51.100.20:2207"));
+        // Unknown yet: nothing kept. Known (after a request), kept.
+        f.handle(t0, B, ep("198.51.100.20:54765"), &meet(C, &[]), &mut out);
+        f.seen(&B, ep("198.51.100.20:2207"));
+        f.seen(&B, ep("198.51.100.20:54765"));
+        out.clear();
+        f.handle(
+            t0,
+            B,
+            ep("198.51.100.20:54765"),
+            &meet(A, &["192.168.20.2:51820"]),
+            &mut out,
+        );
+        f.seen(&B, ep("198.51.100.20:2207"));
+        let Some(Out::Send(_, Message::Introduce { endpoints, .. })) =
+            out.iter().find(|o| matches!(o, Out::Send(k, _) if *k == A))
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            endpoints,
+            &vec![
+                ep("198.51.100.20:54765"),
+                ep("198.51.100.20:2207"),
+                ep("192.168.20.2:51820")
+            ]
+        );
     }
 
     #[test]

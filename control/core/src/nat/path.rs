@@ -138,6 +138,10 @@ pub struct Counters {
     pub succeeded: u64,
     /// Times the path went to the relay.
     pub relayed: u64,
+    /// The last direct window: from its start to the handshake that proved it.
+    pub last_direct_after: Option<Duration>,
+    /// The last fallback: from the failed window's end to the relay in use.
+    pub last_relay_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +177,8 @@ pub struct PeerPath {
     failures: u32,
     last: Option<WindowResult>,
     next_window: Option<Instant>,
+    /// When the last window failed (for [`Counters::last_relay_after`]).
+    failed_at: Option<Instant>,
     /// Counters.
     pub counters: Counters,
 }
@@ -191,6 +197,7 @@ impl PeerPath {
             failures: 0,
             last: None,
             next_window: None,
+            failed_at: None,
             counters: Counters::default(),
         }
     }
@@ -289,6 +296,8 @@ impl PeerPath {
         self.pinned = Some(relay);
         if self.path != Path::Relay {
             self.counters.relayed += 1;
+            self.counters.last_relay_after =
+                self.failed_at.map(|t| now.saturating_duration_since(t));
         }
         self.path = Path::Relay;
         if matches!(self.stage, Stage::AskingRelay { .. }) {
@@ -367,7 +376,8 @@ impl PeerPath {
                 // handshake, and a symmetric NAT's mapping toward us is not among
                 // the candidates the facilitator saw (a peer-reflexive address).
                 let relay = self.relay.map(|r| r.0);
-                if let Some((_, from)) = recent(start).filter(|(_, f)| Some(*f) != relay) {
+                if let Some((at, from)) = recent(start).filter(|(_, f)| Some(*f) != relay) {
+                    self.counters.last_direct_after = Some(at.saturating_duration_since(start));
                     self.path = Path::Direct;
                     self.last = Some(WindowResult::Direct(from));
                     self.counters.succeeded += 1;
@@ -380,6 +390,7 @@ impl PeerPath {
                 let end = start + self.s.primer + self.s.punch;
                 if now >= end {
                     self.last = Some(WindowResult::Failed);
+                    self.failed_at = Some(now);
                     self.failures = self.failures.saturating_add(1);
                     if self.facilitator && self.path != Path::Relay {
                         out.push(Action::AskRelay);

@@ -59,8 +59,13 @@ pub enum Verdict {
         /// The other side's bound source.
         to: SocketAddr,
     },
-    /// A bind: the sender's source is now this side's (nothing to send).
-    Bound,
+    /// A bind: the sender's source is now the side of the node with this key
+    /// (nothing to send; the facilitator also learns the address as one of the
+    /// node's mappings).
+    Bound {
+        /// The node whose side it is.
+        key: PublicKey,
+    },
     /// Dropped (counted under the reason in [`RelayStats`]).
     Drop,
 }
@@ -196,7 +201,9 @@ impl Relay {
                 al.sides[me].source = Some(from);
                 al.last = now;
                 self.stats.bound += 1;
-                return Verdict::Bound;
+                return Verdict::Bound {
+                    key: al.sides[me].key,
+                };
             }
             self.stats.unregistered += 1;
             return Verdict::Drop;
@@ -308,7 +315,7 @@ mod tests {
         );
         assert_eq!(
             r.datagram(t0, 40000, xa, &bind_datagram(&[1; 16])),
-            Verdict::Bound
+            Verdict::Bound { key: A }
         );
         assert_eq!(
             r.datagram(t0, 40000, xa, b"\x04\0\0\0data"),
@@ -318,7 +325,7 @@ mod tests {
         assert_eq!(r.stats.unbound_peer, 1);
         assert_eq!(
             r.datagram(t0, 40001, xb, &bind_datagram(&[2; 16])),
-            Verdict::Bound
+            Verdict::Bound { key: B }
         );
         assert_eq!(
             r.datagram(t0, 40000, xa, b"\x04\0\0\0data"),

@@ -101,7 +101,9 @@ fn a_window_primes_with_a_low_ttl_then_punches_and_pins_what_answered() {
         Counters {
             tried: 1,
             succeeded: 1,
-            relayed: 0
+            relayed: 0,
+            last_direct_after: Some(ms(1050)),
+            last_relay_after: None,
         }
     );
 }
@@ -179,7 +181,9 @@ fn a_failed_window_asks_for_a_relay_binds_pins_and_later_upgrades() {
         Counters {
             tried: 2,
             succeeded: 1,
-            relayed: 1
+            relayed: 1,
+            last_direct_after: Some(ms(700)),
+            last_relay_after: Some(ms(100)),
         }
     );
 }
