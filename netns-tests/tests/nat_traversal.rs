@@ -105,11 +105,11 @@ impl Scene {
         for ((n, node), extra) in [("a", &a), ("b", &b)].into_iter().zip(extra) {
             let mut args = vec![
                 "--interval",
-                "3s",
+                "2s",
                 "--record-lifetime",
                 "60s",
                 "--first-wait",
-                "3s",
+                "2s",
                 "--facilitator",
                 &facilitator_opt,
             ];
@@ -277,6 +277,23 @@ fn connects(s: &Scene, what: &str, expect: &str, started: Instant) {
     }
     assert_eq!(show["path"], expect, "{show}");
     assert!(show["windows_tried"].as_u64().unwrap() >= 1, "{show}");
+    // The facilitator's answers came in through the filter that keeps it to them.
+    let table = format!("portdistrict_facilitator_{}", s.a.ifname);
+    let listed =
+        s.a.machine
+            .ns
+            .exec(&["nft", "list", "table", "inet", &table]);
+    let accepted = listed
+        .lines()
+        .find(|l| l.contains("udp sport") && l.trim_end().ends_with("accept"))
+        .and_then(|l| l.split("packets ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        accepted >= 1,
+        "{what}: no answer passed the facilitator filter:\n{listed}"
+    );
 }
 
 impl Scene {

@@ -44,7 +44,12 @@ struct Link {
     /// Our address in the facilitator's tunnel.
     own: Ipv6Addr,
     sock: Option<UdpSocket>,
+    /// Whether the input filter for the facilitator's tunnel is in place.
+    filtered: bool,
     last_heard: Option<Instant>,
+    /// The first request sent since the facilitator last answered: unanswered for
+    /// [`FACILITATOR_SILENT`], the facilitator counts as unreachable.
+    unanswered_since: Option<Instant>,
 }
 
 /// One peer device's traversal.
@@ -76,7 +81,9 @@ impl Traversal {
             key,
             own: addr::node(&own.public_key()),
             sock: None,
+            filtered: false,
             last_heard: None,
+            unanswered_since: None,
         });
         Traversal {
             settings: o.windows,
@@ -148,6 +155,15 @@ impl Traversal {
                 addr::FACILITATOR
             )
         })?;
+        if !l.filtered {
+            let table = filter_table(ifname);
+            portdistrict_exitnode::apply::apply_table(
+                &table,
+                &filter_script(&table, ifname, l.own),
+            )
+            .with_context(|| format!("the facilitator filter on {ifname}"))?;
+            l.filtered = true;
+        }
         if l.sock.is_none() {
             let s = UdpSocket::bind(SocketAddrV6::new(l.own, addr::PORT, 0, 0))
                 .with_context(|| format!("binding [{}]:{}", l.own, addr::PORT))?;
@@ -233,11 +249,12 @@ impl Traversal {
         let mut actions: Vec<(PublicKey, Action)> = Vec::new();
         self.receive(now, &mut actions);
         let wall_ms = unix(SystemTime::now());
-        let facilitator_ok = self
-            .link
-            .as_ref()
-            .and_then(|l| l.last_heard)
-            .is_some_and(|t| now.saturating_duration_since(t) < FACILITATOR_SILENT);
+        // Reachable until a request has gone unanswered for FACILITATOR_SILENT (a
+        // facilitator that is merely not asked for a while is not silent).
+        let facilitator_ok = self.link.as_ref().is_some_and(|l| {
+            l.unanswered_since
+                .is_none_or(|t| now.saturating_duration_since(t) < FACILITATOR_SILENT)
+        });
         let window_len = (self.settings.primer + self.settings.punch).as_millis() as u64;
         for (key, p) in &mut self.peers {
             let handshake = match dp.handshake_source(*key) {
@@ -272,7 +289,7 @@ impl Traversal {
             actions.extend(out.into_iter().map(|a| (*key, a)));
         }
         for (key, a) in actions {
-            self.carry_out(dp, key, a, published);
+            self.carry_out(now, dp, key, a, published);
         }
         let after = self.summary();
         for (k, (path, last)) in &after {
@@ -323,6 +340,7 @@ impl Traversal {
                 }
             };
             l.last_heard = Some(now);
+            l.unanswered_since = None;
             let key = PublicKey(*msg.peer());
             let Some(p) = self.peers.get_mut(&key) else {
                 continue;
@@ -359,6 +377,7 @@ impl Traversal {
 
     fn carry_out(
         &mut self,
+        now: Instant,
         dp: &mut dyn Dataplane,
         key: PublicKey,
         a: Action,
@@ -366,14 +385,17 @@ impl Traversal {
     ) {
         let r = match a {
             Action::AskMeet => {
-                self.ask(&Message::Meet {
-                    peer: key.0,
-                    published: published.to_vec(),
-                });
+                self.ask(
+                    now,
+                    &Message::Meet {
+                        peer: key.0,
+                        published: published.to_vec(),
+                    },
+                );
                 Ok(())
             }
             Action::AskRelay => {
-                self.ask(&Message::RelayAsk { peer: key.0 });
+                self.ask(now, &Message::RelayAsk { peer: key.0 });
                 Ok(())
             }
             Action::Probe { to, ttl } => dp.probe(key, to, ttl),
@@ -385,8 +407,12 @@ impl Traversal {
         }
     }
 
-    fn ask(&self, m: &Message) {
-        let Some(sock) = self.link.as_ref().and_then(|l| l.sock.as_ref()) else {
+    fn ask(&mut self, now: Instant, m: &Message) {
+        let Some(l) = self.link.as_mut() else {
+            return;
+        };
+        l.unanswered_since.get_or_insert(now);
+        let Some(sock) = l.sock.as_ref() else {
             return;
         };
         let to = SocketAddrV6::new(addr::FACILITATOR, addr::PORT, 0, 0);
@@ -428,6 +454,36 @@ fn candidates(given: &[SocketAddr], published: &[SocketAddr]) -> Vec<SocketAddr>
     out
 }
 
+/// The nftables table that keeps the facilitator to its one port on `ifname`.
+fn filter_table(ifname: &str) -> String {
+    let safe: String = ifname
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("portdistrict_facilitator_{safe}")
+}
+
+/// The facilitator is a WireGuard peer of the tunnel, but not trusted like the
+/// mesh's peers: from its tunnel's prefix, only its answers to our socket
+/// ([`addr::PORT`] to [`addr::PORT`] at our address there) come in; nothing else
+/// reaches this machine's services or is forwarded.
+fn filter_script(table: &str, ifname: &str, own: Ipv6Addr) -> String {
+    format!(
+        "table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter - 1; policy accept;\n\
+         \t\tiifname \"{ifname}\" ip6 saddr {prefix}/48 ip6 daddr {own} udp sport {port} udp dport {port} counter accept\n\
+         \t\tiifname \"{ifname}\" ip6 saddr {prefix}/48 counter drop\n\
+         \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter - 1; policy accept;\n\
+         \t\tiifname \"{ifname}\" ip6 saddr {prefix}/48 counter drop\n\
+         \t}}\n}}\n",
+        prefix = addr::PREFIX,
+        port = addr::PORT,
+    )
+}
+
 /// Milliseconds since the Unix epoch.
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
@@ -436,6 +492,29 @@ fn unix(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_facilitator_filter_admits_only_its_answers() {
+        let own: Ipv6Addr = "fd70:6466:6163:1:2:3:4:5".parse().unwrap();
+        let t = filter_table("pd-0.x");
+        assert_eq!(t, "portdistrict_facilitator_pd_0_x");
+        let script = filter_script(&t, "pd-0.x", own);
+        assert_eq!(
+            script,
+            "table inet portdistrict_facilitator_pd_0_x\n\
+             delete table inet portdistrict_facilitator_pd_0_x\n\
+             table inet portdistrict_facilitator_pd_0_x {\n\
+             \tchain input {\n\
+             \t\ttype filter hook input priority filter - 1; policy accept;\n\
+             \t\tiifname \"pd-0.x\" ip6 saddr fd70:6466:6163::/48 ip6 daddr fd70:6466:6163:1:2:3:4:5 udp sport 7447 udp dport 7447 counter accept\n\
+             \t\tiifname \"pd-0.x\" ip6 saddr fd70:6466:6163::/48 counter drop\n\
+             \t}\n\
+             \tchain forward {\n\
+             \t\ttype filter hook forward priority filter - 1; policy accept;\n\
+             \t\tiifname \"pd-0.x\" ip6 saddr fd70:6466:6163::/48 counter drop\n\
+             \t}\n}\n"
+        );
+    }
 
     #[test]
     fn candidates_add_the_published_port_at_each_mapped_address() {

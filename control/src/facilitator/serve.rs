@@ -409,6 +409,7 @@ fn write_stats(dirs: &Dirs, device: &Device, st: &State) {
         "waiting": f.waiting,
         "relays": f.relays,
         "no_relay": f.no_relay,
+        "repeated": f.repeated,
         "inner_dropped": st.dropped_inner,
         "relay_forwarded": r.forwarded,
         "relay_forwarded_bytes": r.forwarded_bytes,

@@ -21,7 +21,7 @@
 mod kernel;
 mod nft;
 
-pub use nft::{apply_nft, remove_nft, verify_nft};
+pub use nft::{apply_nft, apply_table, remove_nft, verify_nft, verify_table};
 
 use crate::policy::{IpOp, Object, Plan, Verb};
 

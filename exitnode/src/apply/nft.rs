@@ -46,45 +46,51 @@ pub(super) fn run(argv: &[&str], stdin: Option<&str>) -> Result<String, ApplyErr
 
 /// Replaces the plan's nftables table in one transaction and verifies it.
 pub fn apply_nft(plan: &Plan) -> Result<(), ApplyError> {
-    run(&["nft", "-f", "-"], Some(&plan.nft))?;
-    verify_nft(plan)
+    apply_table(plan.nft_table, &plan.nft)
 }
 
 /// Reads the plan's table back and checks that it is, whole, what the plan's script
 /// loads: the same chains, sets (with elements) and rules in the same order.
 pub fn verify_nft(plan: &Plan) -> Result<(), ApplyError> {
+    verify_table(plan.nft_table, &plan.nft)
+}
+
+/// Loads `script` (which replaces the `inet` table `table`) in one transaction and
+/// verifies the table as [`verify_table`] does.
+pub fn apply_table(table: &str, script: &str) -> Result<(), ApplyError> {
+    run(&["nft", "-f", "-"], Some(script))?;
+    verify_table(table, script)
+}
+
+/// Reads the `inet` table `table` back and checks that it is, whole, what `script`
+/// loads into an empty ruleset.
+pub fn verify_table(table: &str, script: &str) -> Result<(), ApplyError> {
     let bad = |problem: String| ApplyError::Verify {
-        table: plan.nft_table.to_owned(),
+        table: table.to_owned(),
         problem,
     };
-    let listed = run(
-        &["nft", "-j", "list", "table", "inet", plan.nft_table],
-        None,
-    )?;
+    let listed = run(&["nft", "-j", "list", "table", "inet", table], None)?;
     let got = TableModel::parse(&listed).map_err(|e| bad(format!("unreadable listing: {e}")))?;
-    let want = expected(plan)?;
+    let want = expected(table, script)?;
     match got.difference(&want) {
         None => Ok(()),
         Some(problem) => Err(bad(problem)),
     }
 }
 
-/// The plan's table as the kernel holds it once the script is loaded, from a new,
-/// empty network namespace.
-fn expected(plan: &Plan) -> Result<TableModel, ApplyError> {
+/// The table as the kernel holds it once the script is loaded, from a new, empty
+/// network namespace.
+fn expected(table: &str, script: &str) -> Result<TableModel, ApplyError> {
     let listed = portdistrict_netlink::netns::run_in_new(|| {
-        run(&["nft", "-f", "-"], Some(&plan.nft))?;
-        run(
-            &["nft", "-j", "list", "table", "inet", plan.nft_table],
-            None,
-        )
+        run(&["nft", "-f", "-"], Some(script))?;
+        run(&["nft", "-j", "list", "table", "inet", table], None)
     })
     .map_err(|source| ApplyError::Netlink {
         op: "a new network namespace for the expected ruleset".to_owned(),
         source,
     })??;
     TableModel::parse(&listed).map_err(|e| ApplyError::Verify {
-        table: plan.nft_table.to_owned(),
+        table: table.to_owned(),
         problem: format!("unreadable listing of the script: {e}"),
     })
 }

@@ -71,6 +71,31 @@ pub struct Stats {
     pub relays: u64,
     /// Relay requests refused because this facilitator does not relay.
     pub no_relay: u64,
+    /// Introductions or relays given again to a node that asked again (its copy was
+    /// lost).
+    pub repeated: u64,
+}
+
+/// A window given to a pair: its number, start, and what each side was told.
+#[derive(Debug, Clone)]
+struct Given {
+    window: u64,
+    start: Instant,
+    told: [(PublicKey, Message); 2],
+}
+
+/// How long after its start a window is given again to a node that asks again.
+const GIVEN_FOR: Duration = Duration::from_secs(3);
+/// How long a relayed pair's allocation is handed out again on request.
+const RELAYED_FOR: Duration = Duration::from_secs(60);
+
+/// The pair `a`, `b` in a fixed order.
+fn pair(a: PublicKey, b: PublicKey) -> (PublicKey, PublicKey) {
+    if a.0 <= b.0 {
+        (a, b)
+    } else {
+        (b, a)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +117,11 @@ pub struct Facilitator {
     cfg: Config,
     nodes: HashMap<PublicKey, Node>,
     windows: u64,
+    /// Windows given lately, by ordered pair: a node asking again (its copy of the
+    /// introduction was lost) gets the same window.
+    recent: HashMap<(PublicKey, PublicKey), Given>,
+    /// Pairs relayed lately: a node asking again gets the allocation again.
+    relayed: HashMap<(PublicKey, PublicKey), Instant>,
     /// What happened so far.
     pub stats: Stats,
 }
@@ -104,6 +134,8 @@ impl Facilitator {
             cfg,
             nodes: HashMap::new(),
             windows: 0,
+            recent: HashMap::new(),
+            relayed: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -160,6 +192,33 @@ impl Facilitator {
             Message::Meet { published, .. } if peer != from => {
                 self.stats.requests += 1;
                 node.published = published;
+                if let Some(g) = self.recent.get(&pair(from, peer)) {
+                    if now < g.start + GIVEN_FOR {
+                        if let Some((
+                            _,
+                            Message::Introduce {
+                                peer: p, endpoints, ..
+                            },
+                        )) = g.told.iter().find(|(k, _)| *k == from)
+                        {
+                            self.stats.repeated += 1;
+                            let left = g.start.saturating_duration_since(now).as_millis();
+                            out.push(Out::Send(
+                                from,
+                                Message::Introduce {
+                                    peer: *p,
+                                    window: g.window,
+                                    start_in_ms: u16::try_from(left).unwrap_or(u16::MAX),
+                                    endpoints: endpoints.clone(),
+                                },
+                            ));
+                            return;
+                        }
+                    }
+                }
+                let Some(node) = self.nodes.get_mut(&from) else {
+                    return;
+                };
                 node.meet.insert(peer, now);
                 if self.wants(&peer, &from, now, |n| &n.meet) {
                     self.introduce(from, peer, now, out);
@@ -181,8 +240,21 @@ impl Facilitator {
                     ));
                     return;
                 }
+                if self
+                    .relayed
+                    .get(&pair(from, peer))
+                    .is_some_and(|t| now.saturating_duration_since(*t) < RELAYED_FOR)
+                {
+                    self.stats.repeated += 1;
+                    out.push(Out::Relay(from, peer));
+                    return;
+                }
+                let Some(node) = self.nodes.get_mut(&from) else {
+                    return;
+                };
                 node.relay.insert(peer, now);
                 if self.wants(&peer, &from, now, |n| &n.relay) {
+                    self.relayed.insert(pair(from, peer), now);
                     for (a, b) in [(from, peer), (peer, from)] {
                         if let Some(n) = self.nodes.get_mut(&a) {
                             n.relay.remove(&b);
@@ -217,7 +289,6 @@ impl Facilitator {
     /// Tells `a` and `b` each other's endpoints and the window start; the wishes are
     /// used up (the next window needs two new requests).
     fn introduce(&mut self, a: PublicKey, b: PublicKey, now: Instant, out: &mut Vec<Out>) {
-        let _ = now;
         self.windows += 1;
         self.stats.introductions += 1;
         let lead = u16::try_from(self.cfg.window_lead.as_millis()).unwrap_or(u16::MAX);
@@ -246,6 +317,25 @@ impl Facilitator {
                 },
             ));
         }
+        let told: Vec<(PublicKey, Message)> = out
+            .iter()
+            .rev()
+            .take(2)
+            .filter_map(|o| match o {
+                Out::Send(k, m @ Message::Introduce { .. }) => Some((*k, m.clone())),
+                _ => None,
+            })
+            .collect();
+        if let [x, y] = told.as_slice() {
+            self.recent.insert(
+                pair(a, b),
+                Given {
+                    window: self.windows,
+                    start: now + self.cfg.window_lead,
+                    told: [x.clone(), y.clone()],
+                },
+            );
+        }
     }
 
     /// Another mapping of the dataplane socket of the node with `key`, seen by the
@@ -269,6 +359,9 @@ impl Facilitator {
 
     /// Drops wishes older than their lifetime (call now and then).
     pub fn expire(&mut self, now: Instant) {
+        self.recent.retain(|_, g| now < g.start + GIVEN_FOR);
+        self.relayed
+            .retain(|_, t| now.saturating_duration_since(*t) < RELAYED_FOR);
         let ttl = self.cfg.wish_ttl;
         for n in self.nodes.values_mut() {
             n.meet
@@ -376,9 +469,10 @@ mod tests {
             ]
         );
         assert_eq!(f.stats.introductions, 1);
-        // The wishes are used up: another request waits again.
+        // The wishes are used up: after the window, another request waits again.
         out.clear();
-        f.handle(t1, B, ep("198.51.100.20:50000"), &meet(A, &[]), &mut out);
+        let later = t1 + Duration::from_secs(6);
+        f.handle(later, B, ep("198.51.100.20:50000"), &meet(A, &[]), &mut out);
         assert_eq!(out, vec![Out::Send(B, Message::Waiting { peer: A.0 })]);
     }
 
@@ -415,6 +509,69 @@ mod tests {
                 ep("192.168.20.2:51820")
             ]
         );
+    }
+
+    #[test]
+    fn asking_again_after_a_lost_answer_gets_the_same_window_and_relay() {
+        let t0 = crate::test_now();
+        let mut f = Facilitator::new(Config::default());
+        let mut out = Vec::new();
+        f.handle(t0, A, ep("198.51.100.10:1"), &meet(B, &[]), &mut out);
+        f.handle(t0, B, ep("198.51.100.20:1"), &meet(A, &[]), &mut out);
+        assert_eq!(f.stats.introductions, 1);
+        // A's copy was lost; it asks again 500 ms later: the same window, 1500 ms on.
+        out.clear();
+        f.handle(
+            t0 + Duration::from_millis(500),
+            A,
+            ep("198.51.100.10:1"),
+            &meet(B, &[]),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![Out::Send(
+                A,
+                Message::Introduce {
+                    peer: B.0,
+                    window: 1,
+                    start_in_ms: 1500,
+                    endpoints: vec![ep("198.51.100.20:1")],
+                }
+            )]
+        );
+        assert_eq!((f.stats.introductions, f.stats.repeated), (1, 1));
+        // Past the window, asking again is a new wish.
+        out.clear();
+        f.handle(
+            t0 + Duration::from_secs(6),
+            A,
+            ep("198.51.100.10:1"),
+            &meet(B, &[]),
+            &mut out,
+        );
+        assert_eq!(out, vec![Out::Send(A, Message::Waiting { peer: B.0 })]);
+        // A relay, asked again: given again.
+        let ask = |p: PublicKey| Message::RelayAsk { peer: p.0 }.emit();
+        out.clear();
+        f.handle(t0, A, ep("198.51.100.10:1"), &ask(B), &mut out);
+        f.handle(t0, B, ep("198.51.100.20:1"), &ask(A), &mut out);
+        f.handle(
+            t0 + Duration::from_secs(2),
+            A,
+            ep("198.51.100.10:1"),
+            &ask(B),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                Out::Send(A, Message::Waiting { peer: B.0 }),
+                Out::Relay(B, A),
+                Out::Relay(A, B)
+            ]
+        );
+        assert_eq!(f.stats.relays, 1);
     }
 
     #[test]
