@@ -285,12 +285,7 @@ impl Forwarder {
 }
 
 fn timed_out(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock
-            | std::io::ErrorKind::TimedOut
-            | std::io::ErrorKind::Interrupted
-    )
+    crate::nothing_arrived(e)
 }
 
 fn udp_loop(udp: &Arc<UdpSocket>, upstream: SocketAddr, term: &Arc<AtomicBool>) {

@@ -219,3 +219,14 @@ mod tests {
         assert_eq!(ifname("--interface", "pduse0").unwrap(), "pduse0");
     }
 }
+
+/// Whether a socket read only timed out or was interrupted (nothing arrived; try
+/// again), rather than failed.
+pub(crate) fn nothing_arrived(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}

@@ -130,13 +130,7 @@ fn run(
                 match s.recv_from(&mut buf) {
                     Ok((n, from)) if from == to => exchange.handle(&buf[..n]),
                     Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock
-                                | std::io::ErrorKind::TimedOut
-                                | std::io::ErrorKind::Interrupted
-                        ) => {}
+                    Err(e) if crate::nothing_arrived(&e) => {}
                     Err(e) => return Err(e).context("receiving the provider's answer"),
                 }
             }

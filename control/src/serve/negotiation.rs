@@ -84,16 +84,7 @@ impl Serving<'_> {
             }
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                            | std::io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
+                Err(e) if crate::nothing_arrived(&e) => continue,
                 Err(e) => {
                     tracing::warn!("negotiation socket: {e}");
                     std::thread::sleep(Duration::from_millis(200));
