@@ -56,6 +56,8 @@ fuzz_target!(|data: &[u8]| {
             let b: SocketAddr = ([198, 51, 100, 2], 2).into();
             relay.datagram(t0, 40000, a, &bind_datagram(&[1; 16]));
             relay.datagram(t0, 40001, b, &bind_datagram(&[2; 16]));
+            // The sources bound to each side so far (a token holder may rebind).
+            let mut bound = [Some(a), Some(b)];
             let mut r = rest;
             let mut i = 0u64;
             while r.len() >= 3 {
@@ -63,15 +65,26 @@ fuzz_target!(|data: &[u8]| {
                 let n = usize::from(head[2]).min(tail.len());
                 let (payload, next) = tail.split_at(n);
                 let port = 40000 + u16::from(head[0] % 3);
-                let from: SocketAddr = ([198, 51, 100, head[1] % 4], u16::from(head[1] % 3)).into();
+                let from: SocketAddr =
+                    ([198, 51, 100, head[1] % 4], u16::from(head[1] % 3)).into();
                 match relay.datagram(t0 + Duration::from_millis(i), port, from, payload) {
                     Verdict::Forward { from_port, to } => {
-                        // Only a bound source on its own port gets through, to the other.
+                        // Only the side's bound source, on its own port, to the other
+                        // side's bound source, out of the other port.
+                        let me = usize::from(port == 40001);
                         assert!(port == 40000 || port == 40001);
-                        assert_ne!(from_port, port);
-                        assert!(to == a || to == b || to.ip() == from.ip());
+                        assert_eq!(bound[me], Some(from));
+                        assert_eq!(from_port, if me == 0 { 40001 } else { 40000 });
+                        assert_eq!(bound[1 - me], Some(to));
                     }
-                    Verdict::Bound { .. } | Verdict::Drop => {}
+                    Verdict::Bound { key } => {
+                        assert!(port == 40000 || port == 40001);
+                        let me = usize::from(port == 40001);
+                        assert_eq!(key, PublicKey([me as u8 + 1; 32]));
+                        assert_eq!(payload, bind_datagram(&[me as u8 + 1; 16]));
+                        bound[me] = Some(from);
+                    }
+                    Verdict::Drop => {}
                 }
                 r = next;
                 i += 1;
