@@ -162,6 +162,17 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// Whether a socket read only timed out or was interrupted (nothing arrived; try
+/// again), rather than failed.
+pub(crate) fn nothing_arrived(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,15 +229,4 @@ mod tests {
         }
         assert_eq!(ifname("--interface", "pduse0").unwrap(), "pduse0");
     }
-}
-
-/// Whether a socket read only timed out or was interrupted (nothing arrived; try
-/// again), rather than failed.
-pub(crate) fn nothing_arrived(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock
-            | std::io::ErrorKind::TimedOut
-            | std::io::ErrorKind::Interrupted
-    )
 }
