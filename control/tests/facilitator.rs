@@ -41,6 +41,8 @@ struct Node {
     dev: Device,
     /// Messages received and not yet looked at.
     pending: std::collections::VecDeque<Message>,
+    /// The last message looked at: introductions and relays come twice.
+    last: Option<Message>,
 }
 
 impl Node {
@@ -80,6 +82,7 @@ impl Node {
             sock,
             dev,
             pending: Default::default(),
+            last: None,
         }
     }
 
@@ -126,7 +129,11 @@ impl Node {
                 self.pending
                     .push_back(Message::parse(d.payload).expect("a facilitator message"));
             }
-            if let Some(m) = self.pending.pop_front() {
+            while let Some(m) = self.pending.pop_front() {
+                if self.last.as_ref() == Some(&m) {
+                    continue;
+                }
+                self.last = Some(m.clone());
                 return Some(m);
             }
         }

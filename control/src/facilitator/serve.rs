@@ -280,6 +280,12 @@ fn send(device: &mut Device, now: Instant, io: &mut FacIo<'_>, to: &PublicKey, m
         &msg.emit(),
     );
     device.handle_tun_packet(now, &p, io);
+    // An introduction or relay is pushed to a node that may not ask again before
+    // its window: twice, so that one lost datagram does not lose it (a node takes
+    // the second as the same window or relay).
+    if matches!(msg, Message::Introduce { .. } | Message::Relay { .. }) {
+        device.handle_tun_packet(now, &p, io);
+    }
 }
 
 /// The pair's relay allocation (a new one when it has none), as the two messages.

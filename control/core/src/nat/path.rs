@@ -44,6 +44,9 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// How often a pending request to the facilitator is repeated.
     pub ask_every: Duration,
+    /// How often a relayed path binds its source at the relay again (its NAT may
+    /// have given the flow a new mapping; the relay then learns it).
+    pub rebind_every: Duration,
     /// A path without a handshake for this long is down (WireGuard rekeys every two
     /// minutes while traffic or keepalives flow).
     pub stale: Duration,
@@ -60,6 +63,7 @@ impl Default for Settings {
             backoff_min: Duration::from_secs(30),
             backoff_max: Duration::from_secs(600),
             ask_every: Duration::from_secs(2),
+            rebind_every: Duration::from_secs(15),
             stale: Duration::from_secs(200),
         }
     }
@@ -179,6 +183,8 @@ pub struct PeerPath {
     next_window: Option<Instant>,
     /// When the last window failed (for [`Counters::last_relay_after`]).
     failed_at: Option<Instant>,
+    /// When the relay bind is due again.
+    rebind_at: Option<Instant>,
     /// Counters.
     pub counters: Counters,
 }
@@ -198,6 +204,7 @@ impl PeerPath {
             last: None,
             next_window: None,
             failed_at: None,
+            rebind_at: None,
             counters: Counters::default(),
         }
     }
@@ -294,6 +301,7 @@ impl PeerPath {
         }
         out.push(Action::Pin(Some(relay)));
         self.pinned = Some(relay);
+        self.rebind_at = Some(now + self.s.rebind_every);
         if self.path != Path::Relay {
             self.counters.relayed += 1;
             self.counters.last_relay_after =
@@ -344,6 +352,17 @@ impl PeerPath {
             }
             self.stage = Stage::Settled { next: now };
         }
+        if let (Path::Relay, Some(at), Some((relay, token))) =
+            (self.path, self.rebind_at, self.relay)
+        {
+            if now >= at {
+                out.push(Action::Send {
+                    to: relay,
+                    payload: bind_datagram(&token).to_vec(),
+                });
+                self.rebind_at = Some(now + self.s.rebind_every);
+            }
+        }
         match self.stage.clone() {
             Stage::Starting { since } => {
                 if recent(since).is_some() {
@@ -357,7 +376,10 @@ impl PeerPath {
             }
             Stage::Settled { .. } => self.tick_settled(now, out),
             Stage::Asking { again, until } => {
-                if now >= until {
+                // Without any path the peer keeps asking (its introduction may have
+                // been lost while it was not asking); a relayed one asks for a while
+                // and backs off.
+                if now >= until && self.path != Path::None {
                     self.settle(now);
                 } else if now >= again {
                     out.push(Action::AskMeet);

@@ -156,7 +156,19 @@ fn a_failed_window_asks_for_a_relay_binds_pins_and_later_upgrades() {
         handshake: Some((now + ms(500), relay)),
     };
     let acts = run(&mut p, now, now + Duration::from_secs(31), via_relay);
-    assert_eq!(acts, vec![(30_000, Action::AskMeet)]);
+    // Meanwhile the source is bound again every 15 s (a NAT may remap the flow).
+    let rebind = Action::Send {
+        to: relay,
+        payload: bind_datagram(&[7; 16]).to_vec(),
+    };
+    assert_eq!(
+        acts,
+        vec![
+            (15_000, rebind.clone()),
+            (30_000, rebind),
+            (30_000, Action::AskMeet)
+        ]
+    );
     assert_eq!(p.path(), Path::Relay);
     // The upgrade: a window whose probe is answered from the peer's address.
     let start2 = now + Duration::from_secs(32);
@@ -186,6 +198,22 @@ fn a_failed_window_asks_for_a_relay_binds_pins_and_later_upgrades() {
             last_relay_after: Some(ms(100)),
         }
     );
+}
+
+#[test]
+fn without_any_path_the_peer_keeps_asking() {
+    let t0 = crate::test_now();
+    let mut p = PeerPath::new(Settings::default(), true, t0);
+    let acts = run(
+        &mut p,
+        t0,
+        t0 + Duration::from_secs(120),
+        Observation::default(),
+    );
+    let asks = acts.iter().filter(|(_, a)| *a == Action::AskMeet).count();
+    // From the first wait (5 s) on, every 2 s: its introduction may come any time.
+    assert_eq!(asks, 58, "{acts:?}");
+    assert!(acts.iter().all(|(_, a)| *a == Action::AskMeet));
 }
 
 #[test]
