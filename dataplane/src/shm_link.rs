@@ -30,6 +30,8 @@ pub struct ShmLink {
     /// The region is unusable and that was logged (until an access succeeds again).
     reported_unusable: bool,
     next_stats: Instant,
+    /// The device's `rx_handshake` when the statistics were written last.
+    handshakes_written: u64,
     /// Configurations applied.
     pub updates: u64,
     /// Corrupt reads and commands.
@@ -50,6 +52,7 @@ impl ShmLink {
             reported_gen: None,
             reported_unusable: false,
             next_stats: Instant::now(),
+            handshakes_written: 0,
             updates: 0,
             errors: 0,
             commands: 0,
@@ -157,12 +160,16 @@ impl ShmLink {
         None
     }
 
-    /// Whether the statistics are due.
-    pub fn stats_due(&mut self, now: Instant) -> bool {
-        if now < self.next_stats {
+    /// Whether the statistics are due: every [`STATS_EVERY`], and at once (the next
+    /// tick) when a handshake message arrived since they were written, given the
+    /// device's `rx_handshake` counter — the control daemon times NAT-traversal
+    /// windows by where and when a peer's handshake came from.
+    pub fn stats_due(&mut self, now: Instant, rx_handshake: u64) -> bool {
+        if now < self.next_stats && rx_handshake == self.handshakes_written {
             return false;
         }
         self.next_stats = now + STATS_EVERY;
+        self.handshakes_written = rx_handshake;
         true
     }
 
@@ -282,6 +289,22 @@ mod tests {
         assert_eq!(link.errors, 3);
         assert_eq!(link.applied.as_ref(), Some(&cfg), "the last good one stays");
         assert_eq!(link.updates, 1);
+    }
+
+    #[test]
+    fn statistics_are_due_every_second_and_at_once_after_a_handshake() {
+        let path = std::env::temp_dir().join(format!("pd-shm-due-{}", std::process::id()));
+        let _control = Region::create(&path, 4).unwrap();
+        let mut link = ShmLink::new(Region::open(&path).unwrap());
+        let _ = std::fs::remove_file(&path);
+        let t0 = Instant::now();
+        assert!(link.stats_due(t0, 0), "the first tick writes them");
+        assert!(!link.stats_due(t0 + Duration::from_millis(100), 0));
+        // A handshake arrived: written at the next tick, not a second later.
+        assert!(link.stats_due(t0 + Duration::from_millis(200), 1));
+        assert!(!link.stats_due(t0 + Duration::from_millis(300), 1));
+        assert!(!link.stats_due(t0 + Duration::from_millis(1100), 1));
+        assert!(link.stats_due(t0 + Duration::from_millis(1200), 1));
     }
 
     #[test]

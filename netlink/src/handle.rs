@@ -25,11 +25,28 @@ pub struct Handle {
 impl Handle {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Handle, Error> {
+        Handle::of(sys::open(false, 0)?)
+    }
+
+    fn of(fd: OwnedFd) -> Result<Handle, Error> {
         Ok(Handle {
-            fd: sys::open(false, 0)?,
+            fd,
             seq: 0x7064_1000,
             buf: vec![0u8; RECV_BUFFER].into_boxed_slice(),
         })
+    }
+
+    /// Deletes every connection-tracking entry of `family` in the calling thread's
+    /// network namespace (`conntrack -F`): existing NAT mappings are forgotten and the
+    /// next packet of each flow is mapped anew, as after a router's reboot.
+    pub fn flush_conntrack(family: Family) -> Result<(), Error> {
+        let mut h = Handle::of(sys::open_protocol(libc::NETLINK_NETFILTER, false, 0)?)?;
+        h.exchange(
+            wire::flush_conntrack(family),
+            "IPCTNL_MSG_CT_DELETE",
+            &"the conntrack table",
+            |_, _| {},
+        )
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -53,7 +70,7 @@ impl Handle {
         let dump = flags & consts::NLM_F_DUMP == consts::NLM_F_DUMP;
         let ack = flags & consts::NLM_F_ACK != 0;
         sys::send(self.fd.as_fd(), &bytes).map_err(|io| Error::Syscall {
-            call: "sendto(NETLINK_ROUTE)",
+            call: "sendto(AF_NETLINK)",
             io,
         })?;
         loop {
@@ -63,7 +80,7 @@ impl Handle {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(io) => {
                     return Err(Error::Syscall {
-                        call: "recvfrom(NETLINK_ROUTE)",
+                        call: "recvfrom(AF_NETLINK)",
                         io,
                     })
                 }

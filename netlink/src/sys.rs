@@ -16,18 +16,27 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 
 /// Opens a `NETLINK_ROUTE` socket bound to `groups` (0 for none).
 pub(crate) fn open(nonblocking: bool, groups: u32) -> Result<OwnedFd, Error> {
+    open_protocol(libc::NETLINK_ROUTE, nonblocking, groups)
+}
+
+/// Opens a netlink socket of `protocol` (`NETLINK_ROUTE`, `NETLINK_NETFILTER`) bound
+/// to `groups` (0 for none).
+pub(crate) fn open_protocol(
+    protocol: libc::c_int,
+    nonblocking: bool,
+    groups: u32,
+) -> Result<OwnedFd, Error> {
     let mut ty = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
     if nonblocking {
         ty |= libc::SOCK_NONBLOCK;
     }
     // SAFETY: socket takes no pointers; a nonnegative return is a new fd we own.
-    let raw =
-        cvt(unsafe { libc::socket(libc::AF_NETLINK, ty, libc::NETLINK_ROUTE) }).map_err(|io| {
-            Error::Syscall {
-                call: "socket(NETLINK_ROUTE)",
-                io,
-            }
-        })?;
+    let raw = cvt(unsafe { libc::socket(libc::AF_NETLINK, ty, protocol) }).map_err(|io| {
+        Error::Syscall {
+            call: "socket(AF_NETLINK)",
+            io,
+        }
+    })?;
     // SAFETY: `raw` was just returned by socket and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: `sockaddr_nl` is plain old data; all-zero is a valid value.
@@ -43,7 +52,7 @@ pub(crate) fn open(nonblocking: bool, groups: u32) -> Result<OwnedFd, Error> {
         )
     })
     .map_err(|io| Error::Syscall {
-        call: "bind(NETLINK_ROUTE)",
+        call: "bind(AF_NETLINK)",
         io,
     })?;
     Ok(fd)

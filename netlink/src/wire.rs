@@ -149,6 +149,14 @@ impl Builder {
     }
 }
 
+/// `IPCTNL_MSG_CT_DELETE` with no tuple (`NETLINK_NETFILTER`): every conntrack entry
+/// of `family` goes.
+pub fn flush_conntrack(family: Family) -> Builder {
+    // NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE; then `nfgenmsg`: family,
+    // version NFNETLINK_V0, res_id 0 (big-endian).
+    Builder::new(1 << 8 | 2, NLM_F_ACK).fixed(&[family.af(), 0, 0, 0])
+}
+
 /// One message of a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Message<'a> {

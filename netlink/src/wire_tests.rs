@@ -240,3 +240,16 @@ fn errors_and_truncation() {
         let _ = parse_address(&msg[field::NLMSG_HDR_LEN.min(cut)..cut]);
     }
 }
+
+#[test]
+fn a_conntrack_flush_is_a_ctnetlink_delete_with_only_the_family() {
+    let m = flush_conntrack(Family::V4).finish(7);
+    let mut want = Vec::new();
+    want.extend_from_slice(&20u32.to_ne_bytes());
+    want.extend_from_slice(&0x0102u16.to_ne_bytes());
+    want.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    want.extend_from_slice(&7u32.to_ne_bytes());
+    want.extend_from_slice(&0u32.to_ne_bytes());
+    want.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+    assert_eq!(m, want);
+}

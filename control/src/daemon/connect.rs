@@ -1,6 +1,6 @@
 //! Connect: the tunnel's peers and routes made to match a view.
 
-use super::{Daemon, View, SHM_PEERS};
+use super::{Daemon, Live, View, SHM_PEERS};
 use crate::dataplane;
 use crate::run_cmd;
 use anyhow::Context as _;
@@ -37,9 +37,12 @@ impl Daemon {
     pub fn connect(&mut self, r: &View) -> anyhow::Result<()> {
         let off = crate::tunnels::disconnected(&self.dirs)?;
         let ifname = self.o.interface.clone();
-        self.start_dataplane(&ifname)?;
+        let live = std::sync::Arc::clone(&self.live);
+        let mut l = Live::lock(&live);
+        let l = &mut *l;
+        self.start_dataplane(l, &ifname)?;
         if self.connected.is_empty() {
-            self.learn_connected();
+            self.learn_connected(l);
         }
         let plan = plan(&self.connected, &r.devices, &off, &r.keep, r.now);
         let wanted: Vec<_> = r
@@ -48,16 +51,16 @@ impl Daemon {
             .filter(|d| plan.get(&PublicKey(d.wg_key)).is_some())
             .cloned()
             .collect();
-        self.traversal.sync(std::time::Instant::now(), &wanted);
-        self.apply_peers(&plan)?;
-        self.apply_routes(&ifname, &plan)?;
+        l.traversal.sync(std::time::Instant::now(), &wanted);
+        self.apply_peers(l, &plan)?;
+        self.apply_routes(l, &ifname, &plan)?;
         self.connected = plan.connected();
-        self.save_tunnels(ifname, &plan)
+        self.save_tunnels(l, ifname, &plan)
     }
 
     /// Starts the dataplane when the tunnel is missing, or takes up the region of the
     /// one running.
-    fn start_dataplane(&mut self, ifname: &str) -> anyhow::Result<()> {
+    fn start_dataplane(&self, l: &mut Live, ifname: &str) -> anyhow::Result<()> {
         let shm_path = self.dirs.run.join(format!("{ifname}.shm"));
         if !Path::new("/sys/class/net").join(ifname).exists() {
             // A new dataplane, programmed through a new shared-memory region: a fresh
@@ -83,8 +86,8 @@ impl Daemon {
             std::fs::rename(&fresh, &shm_path).with_context(|| {
                 format!("renaming {} to {}", fresh.display(), shm_path.display())
             })?;
-            self.dataplane = Some(dataplane::client(ifname, Some(region)));
-        } else if self.dataplane.is_none() {
+            l.dataplane = Some(dataplane::client(ifname, Some(region)));
+        } else if l.dataplane.is_none() {
             // A restarted daemon takes up the region its dataplane reads, if any; the
             // client is chosen once.
             let region = portdistrict_shm::Region::open(&shm_path)
@@ -94,20 +97,20 @@ impl Daemon {
                     );
                 })
                 .ok();
-            self.dataplane = Some(dataplane::client(ifname, region));
+            l.dataplane = Some(dataplane::client(ifname, region));
         }
         Ok(())
     }
 
     /// A restarted daemon (or `--once`) learns what the tunnel has from it.
-    fn learn_connected(&mut self) {
-        let Some(dp) = &mut self.dataplane else {
+    fn learn_connected(&mut self, l: &mut Live) {
+        let Some(dp) = &mut l.dataplane else {
             return;
         };
         match dp.peers() {
             Ok(mut peers) => {
                 // The facilitator is a peer of the tunnel, not of the mesh.
-                if let Some(f) = self.traversal.facilitator_key() {
+                if let Some(f) = l.traversal.facilitator_key() {
                     peers.remove(&f);
                 }
                 self.connected = current_peers(&peers);
@@ -122,7 +125,7 @@ impl Daemon {
     /// Programs the dataplane's peers: the removed ones go, every wanted one is
     /// (re)configured, kept ones stay as they are. Over shared memory this returns
     /// once the dataplane reports it applied the change.
-    fn apply_peers(&mut self, plan: &Plan) -> anyhow::Result<()> {
+    fn apply_peers(&self, l: &mut Live, plan: &Plan) -> anyhow::Result<()> {
         let mut changes = Vec::new();
         for c in &plan.remove {
             let mut p = PeerChange::new(c.key);
@@ -133,13 +136,13 @@ impl Daemon {
             let mut c = peer_change(d);
             // A path that traversal pinned (direct or the relay) stays where it is:
             // configuring the record's endpoint would replace the pin.
-            if let Some(ep) = self.traversal.endpoint_override(&d.key) {
+            if let Some(ep) = l.traversal.endpoint_override(&d.key) {
                 c.endpoint = Some(ep);
             }
             changes.push(c);
         }
-        changes.extend(self.traversal.facilitator_peer());
-        let dp = self
+        changes.extend(l.traversal.facilitator_peer());
+        let dp = l
             .dataplane
             .as_mut()
             .context("no dataplane client (the tunnel was not started)")?;
@@ -155,7 +158,7 @@ impl Daemon {
 
     /// This device's address, the link up, a route per wanted peer, none for removed
     /// ones.
-    fn apply_routes(&mut self, ifname: &str, plan: &Plan) -> anyhow::Result<()> {
+    fn apply_routes(&self, l: &mut Live, ifname: &str, plan: &Plan) -> anyhow::Result<()> {
         let own = Ipv6Addr::from(u128::from(self.own_prefix()) | 1);
         let mut h = nl::Handle::open().context("opening a netlink socket")?;
         let ifindex = h.link_index(ifname)?;
@@ -170,7 +173,7 @@ impl Daemon {
             .with_context(|| format!("adding {own}/64 to {ifname}"))?;
         h.link_set_up(ifname, true)
             .with_context(|| format!("setting {ifname} up"))?;
-        self.traversal.setup_link(&mut h, ifname, ifindex)?;
+        l.traversal.setup_link(&mut h, ifname, ifindex)?;
         let route_to = |prefix: Ipv6Addr| nl::Route {
             family: nl::Family::V6,
             dst: Some((IpAddr::V6(prefix), 64)),
@@ -194,56 +197,60 @@ impl Daemon {
 
     /// Writes `tunnels.json`: every connected peer, in base64 key order (as the file
     /// always was), a kept one as the file said last.
-    fn save_tunnels(&mut self, ifname: String, plan: &Plan) -> anyhow::Result<()> {
-        let by_key: Vec<(PublicKey, crate::tunnels::Tunnel)> = self
-            .connected
-            .iter()
-            .map(|(k, p)| {
-                let t = match plan.get(k) {
-                    Some(d) => crate::tunnels::Tunnel {
-                        name: d.name.clone(),
-                        wg_key: k.to_base64(),
-                        prefix: format!("{}/64", d.prefix),
-                        endpoint: d.endpoint.map(|e| e.to_string()),
-                        path: None,
-                    },
-                    None => self.last_tunnels.get(k).cloned().unwrap_or_else(|| {
-                        crate::tunnels::Tunnel {
-                            name: k.to_base64(),
+    fn save_tunnels(&self, l: &mut Live, ifname: String, plan: &Plan) -> anyhow::Result<()> {
+        let by_key: Vec<(PublicKey, crate::tunnels::Tunnel)> =
+            self.connected
+                .iter()
+                .map(|(k, p)| {
+                    let t = match plan.get(k) {
+                        Some(d) => crate::tunnels::Tunnel {
+                            name: d.name.clone(),
                             wg_key: k.to_base64(),
-                            prefix: format!("{p}/64"),
-                            endpoint: None,
+                            prefix: format!("{}/64", d.prefix),
+                            endpoint: d.endpoint.map(|e| e.to_string()),
                             path: None,
-                        }
-                    }),
-                };
-                (*k, t)
-            })
-            .collect();
-        self.last_tunnels = by_key.into_iter().collect();
-        self.last_cycle = crate::exit::now();
-        self.write_tunnels(ifname)
+                        },
+                        None => l.last_tunnels.get(k).cloned().unwrap_or_else(|| {
+                            crate::tunnels::Tunnel {
+                                name: k.to_base64(),
+                                wg_key: k.to_base64(),
+                                prefix: format!("{p}/64"),
+                                endpoint: None,
+                                path: None,
+                            }
+                        }),
+                    };
+                    (*k, t)
+                })
+                .collect();
+        l.last_tunnels = by_key.into_iter().collect();
+        l.last_cycle = crate::exit::now();
+        write_tunnels(l, &self.dirs, ifname)
     }
+}
 
-    /// Writes `tunnels.json` from the last cycle's tunnels with every path as
-    /// traversal sees it now (also between cycles, when a path changes).
-    pub(super) fn write_tunnels(&mut self, ifname: String) -> anyhow::Result<()> {
-        let now = std::time::Instant::now();
-        for (k, t) in &mut self.last_tunnels {
-            t.path = self.traversal.info(k, now);
-        }
-        let mut tunnels: Vec<_> = self.last_tunnels.values().cloned().collect();
-        tunnels.sort_by(|a, b| a.wg_key.cmp(&b.wg_key));
-        crate::tunnels::save(
-            &self.dirs,
-            &crate::tunnels::TunnelsFile {
-                interface: ifname,
-                last_cycle: self.last_cycle,
-                pid: std::process::id(),
-                tunnels,
-            },
-        )
+/// Writes `tunnels.json` from the last cycle's tunnels with every path as traversal
+/// sees it now (also between cycles, when a path changes).
+pub(super) fn write_tunnels(
+    l: &mut Live,
+    dirs: &crate::Dirs,
+    ifname: String,
+) -> anyhow::Result<()> {
+    let now = std::time::Instant::now();
+    for (k, t) in &mut l.last_tunnels {
+        t.path = l.traversal.info(k, now);
     }
+    let mut tunnels: Vec<_> = l.last_tunnels.values().cloned().collect();
+    tunnels.sort_by(|a, b| a.wg_key.cmp(&b.wg_key));
+    crate::tunnels::save(
+        dirs,
+        &crate::tunnels::TunnelsFile {
+            interface: ifname,
+            last_cycle: l.last_cycle,
+            pid: std::process::id(),
+            tunnels,
+        },
+    )
 }
 
 /// The change that configures a wanted peer: endpoint, keepalive, its /64 only.

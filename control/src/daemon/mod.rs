@@ -32,10 +32,12 @@ use crate::identity::{PublicIdentity, Seed};
 use crate::node::unlock;
 use crate::records::{master_name, subnet_of, DeviceKeys, MasterRecord};
 use crate::Dirs;
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use portdistrict_wg::PublicKey;
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Peers the shared-memory region holds.
@@ -58,19 +60,37 @@ pub struct Daemon {
     keys: DeviceKeys,
     /// Peer WireGuard key -> its /64, as last configured.
     connected: BTreeMap<PublicKey, Ipv6Addr>,
-    /// What `tunnels.json` said last, by key.
-    last_tunnels: BTreeMap<PublicKey, crate::tunnels::Tunnel>,
+    /// The high-water marks and last good expiries of the records read (persisted).
+    fresh: Freshness,
+    /// What the cycle shares with the traversal thread.
+    live: Arc<Mutex<Live>>,
+}
+
+/// What the cycles and the traversal thread share: the dataplane client, each peer's
+/// path, and what `tunnels.json` says. A cycle holds it only while it connects (never
+/// while it waits for DNS), so a slow or lossy DNS server does not stall windows.
+struct Live {
     /// The client of the tunnel's dataplane (its shared-memory region when we started
     /// it, else its UAPI socket), chosen at the first cycle that finds the tunnel.
     dataplane: Option<Box<dyn crate::dataplane::Dataplane + Send>>,
-    /// The high-water marks and last good expiries of the records read (persisted).
-    fresh: Freshness,
     /// NAT traversal: the facilitator link and each peer's path.
     traversal: traversal::Traversal,
     /// The endpoints this device published last (what it tells the facilitator).
     published: Vec<std::net::SocketAddr>,
-    /// When the last cycle finished (Unix seconds), for `tunnels.json`.
+    /// What `tunnels.json` said last, by key.
+    last_tunnels: BTreeMap<PublicKey, crate::tunnels::Tunnel>,
+    /// When the last cycle finished (Unix seconds), for `tunnels.json`; 0 before the
+    /// first.
     last_cycle: u64,
+}
+
+impl Live {
+    /// Locks `live`; a thread that panicked holding it left nothing half-written
+    /// that the next tick or cycle does not redo, so a poisoned lock is taken as is.
+    fn lock(live: &Mutex<Live>) -> MutexGuard<'_, Live> {
+        live.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// What a refresh found.
@@ -121,9 +141,13 @@ impl Daemon {
             portdistrict_wg::PrivateKey::from_bytes(keys.wireguard()),
         );
         Ok(Daemon {
-            traversal,
-            published: Vec::new(),
-            last_cycle: 0,
+            live: Arc::new(Mutex::new(Live {
+                dataplane: None,
+                traversal,
+                published: Vec::new(),
+                last_tunnels: BTreeMap::new(),
+                last_cycle: 0,
+            })),
             dirs,
             o,
             identity: rec.identity,
@@ -131,8 +155,6 @@ impl Daemon {
             device,
             keys,
             connected: BTreeMap::new(),
-            last_tunnels: BTreeMap::new(),
-            dataplane: None,
             fresh,
         })
     }
@@ -194,24 +216,10 @@ impl Daemon {
         Ok(view.devices.len())
     }
 
-    /// One tick of NAT traversal; `tunnels.json` is rewritten when a path changed.
-    fn traverse(&mut self) {
-        let Some(dp) = self.dataplane.as_mut() else {
-            return;
-        };
-        let changed = self
-            .traversal
-            .tick(std::time::Instant::now(), dp.as_mut(), &self.published);
-        if changed && self.last_cycle != 0 {
-            if let Err(e) = self.write_tunnels(self.o.interface.clone()) {
-                tracing::warn!("{e:#}");
-            }
-        }
-    }
-
-    /// Runs cycles until `term`.
-    pub fn run(&mut self, term: &std::sync::atomic::AtomicBool) -> anyhow::Result<()> {
-        use std::sync::atomic::Ordering;
+    /// Runs cycles until `term`, and NAT traversal on a thread of its own beside
+    /// them (a tick every 100 ms: windows are timed to a fraction of a second, and a
+    /// cycle may wait on DNS for many).
+    pub fn run(&mut self, term: &AtomicBool) -> anyhow::Result<()> {
         let ctl = match self.o.once {
             true => None,
             false => Some(crate::ctl::Control::bind(
@@ -222,14 +230,43 @@ impl Daemon {
                 },
             )?),
         };
+        if self.o.once {
+            return self
+                .cycle()
+                .map(|_| ())
+                .map_err(|e| e.context("the cycle failed"));
+        }
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let live = Arc::clone(&self.live);
+            let (dirs, ifname) = (self.dirs.clone(), self.o.interface.clone());
+            let stop = &stop;
+            std::thread::Builder::new()
+                .name("traversal".into())
+                .spawn_scoped(scope, move || {
+                    while !term.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                        traverse(&live, &dirs, &ifname);
+                        std::thread::sleep(TICK);
+                    }
+                })
+                .context("starting the traversal thread")?;
+            let r = self.cycles(term, ctl.as_ref());
+            stop.store(true, Ordering::Relaxed);
+            r
+        })
+    }
+
+    /// Cycles until `term`: every interval, or at once when the control socket
+    /// changed trust, a roster or the tunnels.
+    fn cycles(
+        &mut self,
+        term: &AtomicBool,
+        ctl: Option<&crate::ctl::Control>,
+    ) -> anyhow::Result<()> {
         loop {
             match self.cycle() {
                 Ok(n) => tracing::info!("cycle done: {n} peer devices connected"),
-                Err(e) if self.o.once => return Err(e.context("the cycle failed")),
                 Err(e) => tracing::error!("cycle failed: {e:#}"),
-            }
-            if self.o.once {
-                return Ok(());
             }
             // A change through the control socket (`peer trust`, `peer revoke`,
             // `device roster add|remove`, ...) republishes at once with the new key
@@ -240,17 +277,34 @@ impl Daemon {
                 if term.load(Ordering::Relaxed) {
                     return Ok(());
                 }
-                if ctl
-                    .as_ref()
-                    .is_some_and(|c| c.poll_holding(self.seed.as_ref()))
-                {
+                if ctl.is_some_and(|c| c.poll_holding(self.seed.as_ref())) {
                     tracing::info!("trust, roster or tunnels changed: republishing now");
                     break;
                 }
-                self.traverse();
-                std::thread::sleep(Duration::from_millis(100));
-                slept += Duration::from_millis(100);
+                std::thread::sleep(TICK);
+                slept += TICK;
             }
+        }
+    }
+}
+
+/// How often traversal ticks and the control socket is looked at.
+const TICK: Duration = Duration::from_millis(100);
+
+/// One tick of NAT traversal; `tunnels.json` is rewritten when a path changed (once a
+/// cycle has written it).
+fn traverse(live: &Mutex<Live>, dirs: &Dirs, ifname: &str) {
+    let mut l = Live::lock(live);
+    let l = &mut *l;
+    let Some(dp) = l.dataplane.as_mut() else {
+        return;
+    };
+    let changed = l
+        .traversal
+        .tick(std::time::Instant::now(), dp.as_mut(), &l.published);
+    if changed && l.last_cycle != 0 {
+        if let Err(e) = connect::write_tunnels(l, dirs, ifname.to_owned()) {
+            tracing::warn!("{e:#}");
         }
     }
 }

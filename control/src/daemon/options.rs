@@ -42,6 +42,9 @@ pub struct DaemonOptions {
     /// Start this device's windows this much late (`--window-skew`): emulates a
     /// clock this far behind the peer's, for tests of the primer against skew.
     pub window_skew: Duration,
+    /// Shared-secret windows (no facilitator): one per this long
+    /// (`--secret-windows-every`, default 60 s).
+    pub secret_every: Duration,
 }
 
 fn parse_addr(v: &str, default_port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
@@ -136,6 +139,7 @@ impl DaemonOptions {
             "first-wait",
             "window-skew",
             "window-backoff",
+            "secret-windows-every",
         ];
         if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
             bail!("portdistrictd: unknown option {k}");
@@ -181,7 +185,17 @@ impl DaemonOptions {
             windows.backoff_max = windows.backoff_max.max(d);
         }
         let window_skew = ms("window-skew", Duration::from_secs(60))?.unwrap_or_default();
+        let secret_every = ms("secret-windows-every", Duration::from_secs(3600))?
+            .unwrap_or(Duration::from_secs(60));
+        let window_len = windows.primer + windows.punch;
+        if secret_every < Duration::from_secs(10) || secret_every < window_len * 2 {
+            bail!(
+                "--secret-windows-every: at least 10s and twice a window (primer + punch = {}ms)",
+                window_len.as_millis()
+            );
+        }
         Ok(DaemonOptions {
+            secret_every,
             facilitator: one("facilitator")
                 .map(crate::facilitator::parse_facilitator)
                 .transpose()?,
@@ -317,6 +331,7 @@ mod tests {
         assert_eq!(o.windows.primer_ttl, 3);
         assert_eq!(o.windows.punch, Duration::from_secs(3));
         assert_eq!(o.window_skew, Duration::from_millis(300));
+        assert_eq!(o.secret_every, Duration::from_secs(60), "the default");
         let (ep, key) = o.facilitator.unwrap();
         assert_eq!(ep, "203.0.113.1:7447".parse().unwrap());
         assert_eq!(key, portdistrict_wg::PublicKey([1; 32]));
@@ -331,6 +346,21 @@ mod tests {
                 "not a WireGuard public key",
             ),
             (&["--config", &*c, "--punch", "100ms"][..], "at least 500ms"),
+            (
+                &["--config", &*c, "--secret-windows-every", "5s"][..],
+                "at least 10s",
+            ),
+            (
+                &[
+                    "--config",
+                    &*c,
+                    "--punch",
+                    "20s",
+                    "--secret-windows-every",
+                    "30s",
+                ][..],
+                "twice a window",
+            ),
         ] {
             let e = DaemonOptions::parse(args).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{args:?}: {e:#}");

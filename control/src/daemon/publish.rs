@@ -87,7 +87,9 @@ impl Daemon {
             endpoints,
             facilitator: self.o.facilitator.map(|(ep, k)| (ep, k.0)),
         };
-        self.published.clone_from(&rec.endpoints);
+        super::Live::lock(&self.live)
+            .published
+            .clone_from(&rec.endpoints);
         let dname = device_name(ns, &self.device);
         let env = seal(&rec.sign(&self.keys.signing())?, &dname, &readers, &mut rng)?;
         publish(&dname, &to_txt(&env))?;

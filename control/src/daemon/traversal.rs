@@ -8,8 +8,12 @@
 //!   both ask, it introduces them with a window two seconds ahead, and relays them
 //!   when the window fails.
 //! - Without one (or when it has not answered for [`FACILITATOR_SILENT`], or the peer
-//!   names another), windows come once a minute from the pair's shared secret
-//!   ([`secret_window`]), with the peer's published endpoints as candidates.
+//!   names another), windows come once a minute (`--secret-windows-every`) from the
+//!   pair's shared secret ([`secret_window`]), with the peer's published endpoints
+//!   as candidates.
+//! - A peer with no path after `--first-wait` is held in the dataplane: its own
+//!   handshake initiations stop (only windows' probes start handshakes) until a
+//!   window or the relay pins an endpoint.
 //! - The dataplane carries out probes, pins and relay binds (shared-memory commands)
 //!   and reports where each peer's latest handshake came from.
 
@@ -33,9 +37,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// A facilitator that answered nothing for this long counts as unreachable: windows
 /// come from shared secrets until it answers again.
 pub(super) const FACILITATOR_SILENT: Duration = Duration::from_secs(20);
-
-/// Shared-secret windows: one per this many milliseconds.
-pub(super) const SECRET_SLOT_MS: u64 = 60_000;
 
 /// The daemon's link to its facilitator.
 struct Link {
@@ -65,6 +66,8 @@ struct Peer {
 pub(super) struct Traversal {
     settings: Settings,
     skew: Duration,
+    /// Shared-secret windows: one per this many milliseconds.
+    secret_every_ms: u64,
     own: PrivateKey,
     link: Option<Link>,
     peers: BTreeMap<PublicKey, Peer>,
@@ -88,6 +91,7 @@ impl Traversal {
         Traversal {
             settings: o.windows,
             skew: o.window_skew,
+            secret_every_ms: o.secret_every.as_millis() as u64,
             own,
             link,
             peers: BTreeMap::new(),
@@ -238,7 +242,8 @@ impl Traversal {
     }
 
     /// One tick: facilitator answers, shared-secret windows, every path advanced and
-    /// its actions carried out. True when a path or a window result changed.
+    /// its actions carried out. True when a path, a window result or the count of
+    /// windows changed.
     pub(super) fn tick(
         &mut self,
         now: Instant,
@@ -273,7 +278,7 @@ impl Traversal {
                 }
             };
             if !(facilitator_ok && p.same_facilitator) {
-                let start_ms = secret_window(&p.secret, wall_ms, SECRET_SLOT_MS, window_len);
+                let start_ms = secret_window(&p.secret, wall_ms, self.secret_every_ms, window_len);
                 let start = now + Duration::from_millis(start_ms - wall_ms) + self.skew;
                 if start_ms - wall_ms <= 3_000 && p.path.wants_window_at(start) {
                     tracing::info!(
@@ -292,8 +297,8 @@ impl Traversal {
             self.carry_out(now, dp, key, a, published);
         }
         let after = self.summary();
-        for (k, (path, last)) in &after {
-            if before.get(k) != Some(&(*path, *last)) {
+        for (k, (path, last, _)) in &after {
+            if before.get(k).map(|(p, l, _)| (*p, *l)) != Some((*path, *last)) {
                 tracing::info!(
                     "{}: path {}{}",
                     k.to_base64(),
@@ -309,10 +314,17 @@ impl Traversal {
         before != after
     }
 
-    fn summary(&self) -> BTreeMap<PublicKey, (Path, Option<WindowResult>)> {
+    /// What `tunnels.json` shows of each path that changes with a window: the path,
+    /// the last window's result, the windows tried.
+    fn summary(&self) -> BTreeMap<PublicKey, (Path, Option<WindowResult>, u64)> {
         self.peers
             .iter()
-            .map(|(k, p)| (*k, (p.path.path(), p.path.last_result())))
+            .map(|(k, p)| {
+                (
+                    *k,
+                    (p.path.path(), p.path.last_result(), p.path.counters.tried),
+                )
+            })
             .collect()
     }
 
@@ -401,6 +413,7 @@ impl Traversal {
             Action::Probe { to, ttl } => dp.probe(key, to, ttl),
             Action::Send { to, payload } => dp.send_raw(to, 0, &payload),
             Action::Pin(to) => dp.pin(key, to),
+            Action::Hold => dp.hold(key, true),
         };
         if let Err(e) = r {
             tracing::warn!("{}: {e}", key.to_base64());

@@ -55,6 +55,11 @@ pub trait Dataplane {
     /// unpins it (`None`).
     fn pin(&mut self, peer: PublicKey, to: Option<SocketAddr>) -> Result<(), DataplaneError>;
 
+    /// Holds `peer`'s own handshake initiations (`on`: only probes start handshakes;
+    /// the peer's initiations are still answered) or releases them; a pin to an
+    /// address releases them too.
+    fn hold(&mut self, peer: PublicKey, on: bool) -> Result<(), DataplaneError>;
+
     /// Asks the dataplane to send `payload` (at most
     /// [`portdistrict_shm::MAX_RAW_PAYLOAD`] bytes) as one UDP datagram to `to` from
     /// its own socket (its listen port), with TTL `ttl` (0: the socket's default).

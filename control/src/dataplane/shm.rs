@@ -154,6 +154,10 @@ impl Dataplane for ShmClient {
         self.push(Command::Pin { peer: peer.0, to })
     }
 
+    fn hold(&mut self, peer: PublicKey, on: bool) -> Result<(), DataplaneError> {
+        self.push(Command::Hold { peer: peer.0, on })
+    }
+
     /// A payload over [`portdistrict_shm::MAX_RAW_PAYLOAD`] bytes is refused here
     /// ([`ShmError::PayloadTooLong`]), before anything is queued.
     fn send_raw(&mut self, to: SocketAddr, ttl: u8, payload: &[u8]) -> Result<(), DataplaneError> {

@@ -152,6 +152,10 @@ impl Dataplane for UapiClient {
         Err(self.unsupported("pinning an endpoint"))
     }
 
+    fn hold(&mut self, _peer: PublicKey, _on: bool) -> Result<(), DataplaneError> {
+        Err(self.unsupported("holding handshakes"))
+    }
+
     fn send_raw(
         &mut self,
         _to: SocketAddr,

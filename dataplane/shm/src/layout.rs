@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 /// `PDSHM` + version in the first 8 bytes.
 pub const MAGIC: u64 = u64::from_be_bytes(*b"PDSHM\0\0\x01");
 /// The ABI version of this layout.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// AllowedIPs per peer in the table.
 pub const MAX_ALLOWED: usize = 16;
 /// Most peers a region may be created for.

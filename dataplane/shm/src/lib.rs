@@ -26,6 +26,7 @@
 //! ABI version 2 added the applied generation (version 1 had reserved bytes there).
 //! ABI version 3 added the commands NAT traversal needs and the handshake source in
 //! the statistics (the entries grew: version 2 regions are refused at open).
+//! ABI version 4 added the `Hold` command (a version 3 dataplane would refuse it).
 //!
 //! ## Commands (the ring)
 //!
@@ -39,6 +40,7 @@
 //! | 2 | `Probe { peer, to, ttl }` | sends a fresh, well-formed handshake initiation for `peer` to `to` from its own UDP socket, with IP TTL / hop limit `ttl` on that datagram only (0: the socket's default); the endpoint does not change, a response completes the handshake |
 //! | 3 | `Pin { peer, to }` | `Some(to)`: sets the endpoint to `to` and keeps it there (authenticated packets from elsewhere no longer move it); `None`: roaming again |
 //! | 4 | `Send { to, ttl, payload }` | sends `payload` (at most 64 bytes) as one UDP datagram to `to` from its own socket (the listen port as source port), TTL `ttl` |
+//! | 5 | `Hold { peer, on }` (`on` in the `ttl` byte, 0 or 1) | `on`: sends no handshake initiation of its own for the peer (probes only; answers to its initiations still go out); `false`, or a pin to an address, ends it |
 //!
 //! A destination with port 0 is refused when pushed
 //! ([`ShmError::InvalidDestination`]), a payload over 64 bytes when it is made

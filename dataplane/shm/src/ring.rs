@@ -19,6 +19,7 @@ mod kind {
     pub(super) const PROBE: u32 = 2;
     pub(super) const PIN: u32 = 3;
     pub(super) const SEND: u32 = 4;
+    pub(super) const HOLD: u32 = 5;
 }
 
 /// A command for the dataplane.
@@ -55,6 +56,16 @@ pub enum Command {
         ttl: u8,
         /// The datagram's bytes.
         payload: RawPayload,
+    },
+    /// `on`: the dataplane sends no handshake initiation of its own for `peer` (NAT
+    /// traversal owns them: only probes go out, so that ordinary retries to an
+    /// endpoint that cannot answer do not keep stale NAT state alive); answers to
+    /// the peer's initiations still go out. `false`, or a pin to an address, ends it.
+    Hold {
+        /// The peer.
+        peer: [u8; 32],
+        /// Held or not.
+        on: bool,
     },
 }
 
@@ -138,6 +149,11 @@ fn encode(c: &Command) -> Result<CommandEntry, ShmError> {
             set_to(&mut e, to)?;
             e
         }
+        Command::Hold { peer, on } => CommandEntry {
+            public_key: peer,
+            ttl: u8::from(on),
+            ..empty(kind::HOLD)
+        },
         Command::Send { to, ttl, payload } => {
             let mut e = CommandEntry {
                 ttl,
@@ -203,6 +219,16 @@ fn decode(e: &CommandEntry) -> Result<Command, ShmError> {
                 peer: e.public_key,
                 to: decode_to(e)?,
             })
+        }
+        kind::HOLD => {
+            unused("destination", decode_to(e)?.is_none())?;
+            match e.ttl {
+                0 | 1 => Ok(Command::Hold {
+                    peer: e.public_key,
+                    on: e.ttl == 1,
+                }),
+                t => Err(corrupt(format!("hold flag {t}"))),
+            }
         }
         kind::SEND => {
             unused("public key", e.public_key == [0; 32])?;

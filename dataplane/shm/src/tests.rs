@@ -461,6 +461,14 @@ fn every_command_round_trips_through_the_ring() {
             peer: [3; 32],
             to: None,
         },
+        Command::Hold {
+            peer: [4; 32],
+            on: true,
+        },
+        Command::Hold {
+            peer: [4; 32],
+            on: false,
+        },
         Command::Send {
             to: "198.51.100.7:9".parse().unwrap(),
             ttl: 2,
@@ -479,7 +487,7 @@ fn every_command_round_trips_through_the_ring() {
         assert_eq!(dataplane.pop_command().unwrap(), Some(c));
     }
     assert_eq!(dataplane.pop_command().unwrap(), None);
-    let Command::Send { payload: p, .. } = commands[5] else {
+    let Command::Send { payload: p, .. } = commands[7] else {
         unreachable!()
     };
     assert_eq!(p.as_bytes(), [0xab; MAX_RAW_PAYLOAD]);
@@ -535,7 +543,20 @@ fn malformed_command_entries_are_corrupt_and_skipped() {
         peer: [6; 32],
         to: None,
     });
+    let hold = ring::encode_for_test(&Command::Hold {
+        peer: [7; 32],
+        on: true,
+    });
     let bad: Vec<(CommandEntry, &str)> = vec![
+        (CommandEntry { ttl: 2, ..hold }, "hold flag 2"),
+        (
+            CommandEntry {
+                family: 4,
+                port: 9,
+                ..hold
+            },
+            "destination",
+        ),
         (CommandEntry { kind: 0, ..good }, "kind 0"),
         (CommandEntry { kind: 99, ..good }, "kind 99"),
         (CommandEntry { family: 5, ..good }, "family 5"),

@@ -57,6 +57,13 @@ impl Driver {
                 }
                 known
             }
+            Command::Hold { peer, on } => {
+                let known = self.device.hold_initiations(&PublicKey(peer), on);
+                if !known {
+                    tracing::warn!("{name}: shared memory asked to hold an unknown peer");
+                }
+                known
+            }
             Command::Send { to, ttl, payload } => {
                 let Some(udp) = self.egress.udp.as_ref() else {
                     tracing::warn!("{name}: no UDP socket to send a raw datagram to {to}");

@@ -173,7 +173,7 @@ impl Driver {
                 link.command_failures += 1;
             }
         }
-        if link.stats_due(now) {
+        if link.stats_due(now, self.device.stats.rx_handshake) {
             link.write_stats(&name, &self.device.peer_stats());
         }
         self.shm = Some(link);

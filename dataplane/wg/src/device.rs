@@ -416,9 +416,33 @@ impl Device {
             return false;
         };
         peer.pinned = to.is_some();
+        if to.is_some() {
+            peer.held = false;
+        }
         if let Some(addr) = to.filter(|a| peer.endpoint.is_none_or(|e| e.addr != *a)) {
             peer.endpoint = Some(Endpoint { addr, local: None });
         }
+        true
+    }
+
+    /// Holds (`true`) or releases the peer's own handshake initiations: while held,
+    /// timers and traffic that would start a handshake count it
+    /// (`tx_handshake_held`) and pace their retries as if it had been sent, but
+    /// nothing goes out; [`Device::probe`] still sends, and initiations from the peer
+    /// are still answered. NAT traversal holds a peer it has no path to, so that
+    /// retries to an endpoint behind a NAT do not keep a conntrack entry alive that
+    /// would remap the peer's punch. A pin to an address releases it. False if no
+    /// such peer.
+    pub fn hold_initiations(&mut self, key: &PublicKey, on: bool) -> bool {
+        let Some(peer) = self
+            .by_key
+            .get(key)
+            .copied()
+            .and_then(|id| self.peer_mut(id))
+        else {
+            return false;
+        };
+        peer.held = on;
         true
     }
 

@@ -74,6 +74,9 @@ pub struct Peer {
     /// The endpoint is pinned ([`crate::device::Device::pin_endpoint`]):
     /// authenticated packets from another address do not move it.
     pub pinned: bool,
+    /// NAT traversal holds this peer's own handshake initiations
+    /// ([`crate::device::Device::hold_initiations`]): only probes go out.
+    pub held: bool,
     /// Where the latest authenticated handshake message (initiation or response)
     /// from the peer came from, and when, whatever the endpoint is.
     pub handshake_source: Option<(SocketAddr, Instant)>,
@@ -112,6 +115,7 @@ impl Peer {
             preshared_key: PresharedKey::default(),
             endpoint: None,
             pinned: false,
+            held: false,
             handshake_source: None,
             probe_initiation: None,
             persistent_keepalive: 0,

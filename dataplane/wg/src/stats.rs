@@ -71,8 +71,13 @@ stats! {
     tx_handshake_response,
     /// Handshakes completed.
     handshakes_completed,
+    /// Authenticated handshake messages (initiations and responses) received: each
+    /// one moves the peer's handshake source.
+    rx_handshake,
     /// Keys that became peers by an authenticated initiation (open admission only).
     admitted,
     /// NAT-traversal probes sent (handshake initiations to a given address).
     tx_probe,
+    /// Handshake initiations not sent because NAT traversal holds the peer.
+    tx_handshake_held,
 }

@@ -131,6 +131,9 @@ pub enum Action {
     },
     /// Pin the peer's endpoint (`Some`) or let it roam again (`None`).
     Pin(Option<SocketAddr>),
+    /// Hold the peer's own handshake initiations in the dataplane (probes only);
+    /// a pin to an address releases them.
+    Hold,
 }
 
 /// Counters of one peer's windows.
@@ -185,6 +188,8 @@ pub struct PeerPath {
     failed_at: Option<Instant>,
     /// When the relay bind is due again.
     rebind_at: Option<Instant>,
+    /// Since when the dataplane holds the peer's initiations (until a pin).
+    held: Option<Instant>,
     /// Counters.
     pub counters: Counters,
 }
@@ -205,6 +210,7 @@ impl PeerPath {
             next_window: None,
             failed_at: None,
             rebind_at: None,
+            held: None,
             counters: Counters::default(),
         }
     }
@@ -300,6 +306,7 @@ impl PeerPath {
             });
         }
         out.push(Action::Pin(Some(relay)));
+        self.held = None;
         self.pinned = Some(relay);
         self.rebind_at = Some(now + self.s.rebind_every);
         if self.path != Path::Relay {
@@ -350,7 +357,26 @@ impl PeerPath {
             if self.pinned.take().is_some() {
                 out.push(Action::Pin(None));
             }
+            self.hold(now, out);
             self.stage = Stage::Settled { next: now };
+        }
+        // Held with no path, a handshake came anyway (the peer reached us, or our
+        // answer to its initiation went through): that is a path; pin it, which
+        // releases our own initiations again.
+        if let (Some(since), Path::None, false) = (
+            self.held,
+            self.path,
+            matches!(self.stage, Stage::Window { .. }),
+        ) {
+            let relay = self.relay.map(|r| r.0);
+            if let Some((_, from)) = recent(since).filter(|(_, f)| Some(*f) != relay) {
+                self.path = Path::Direct;
+                self.held = None;
+                self.pinned = Some(from);
+                out.push(Action::Pin(Some(from)));
+                self.settle(now);
+                return;
+            }
         }
         if let (Path::Relay, Some(at), Some((relay, token))) =
             (self.path, self.rebind_at, self.relay)
@@ -370,6 +396,7 @@ impl PeerPath {
                     self.last = None;
                     self.settle(now);
                 } else if now.saturating_duration_since(since) >= self.s.first_wait {
+                    self.hold(now, out);
                     self.stage = Stage::Settled { next: now };
                     self.tick_settled(now, out);
                 }
@@ -405,6 +432,7 @@ impl PeerPath {
                     self.counters.succeeded += 1;
                     self.failures = 0;
                     self.pinned = Some(from);
+                    self.held = None;
                     out.push(Action::Pin(Some(from)));
                     self.settle(now);
                     return;
@@ -452,6 +480,19 @@ impl PeerPath {
                     };
                 }
             }
+        }
+    }
+
+    /// No path: from now on only windows' probes start handshakes with the peer.
+    /// WireGuard's own initiations (retries every 5 s to the published endpoint)
+    /// would keep a NAT's conntrack entry toward it alive, and a router that accepts
+    /// input keeps the entry a peer's packet made there, which remaps our own punch
+    /// to another port (nat-lab.md); held, they stop until a window or the relay pins
+    /// an endpoint.
+    fn hold(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.held.is_none() {
+            self.held = Some(now);
+            out.push(Action::Hold);
         }
     }
 

@@ -154,6 +154,7 @@ impl Device {
         peer.latest_timestamp = consumed.timestamp;
         peer.last_initiation_consumed = Some(now);
         peer.handshake_source = Some((from.addr, now));
+        self.stats.rx_handshake += 1;
         peer.roam(from);
         peer.rx_bytes += buf.len() as u64;
         peer.timers
@@ -228,6 +229,7 @@ impl Device {
             return;
         };
         peer.handshake_source = Some((from.addr, now));
+        self.stats.rx_handshake += 1;
         peer.roam(from);
         peer.rx_bytes += buf.len() as u64;
         peer.last_handshake = Some(now);

@@ -219,6 +219,11 @@ impl Device {
             return;
         }
         peer.last_sent_handshake = Some(now);
+        if peer.held {
+            peer.timers.on_handshake_initiated(now, jitter);
+            self.stats.tx_handshake_held += 1;
+            return;
+        }
         let Some(buf) = self.new_initiation(id, now, ephemeral, io) else {
             return;
         };

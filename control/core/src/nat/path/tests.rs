@@ -43,7 +43,11 @@ fn a_window_primes_with_a_low_ttl_then_punches_and_pins_what_answered() {
     let s = Settings::default();
     let mut p = PeerPath::new(s, true, t0);
     let acts = run(&mut p, t0, t0 + ms(5100), Observation::default());
-    assert_eq!(acts, vec![(5000, Action::AskMeet)], "asks after first_wait");
+    assert_eq!(
+        acts,
+        vec![(5000, Action::Hold), (5000, Action::AskMeet)],
+        "holds WireGuard's own initiations and asks after first_wait"
+    );
     // Not introduced yet: asks again every 2 s.
     let acts = run(&mut p, t0 + ms(5100), t0 + ms(7100), Observation::default());
     assert_eq!(acts, vec![(1900, Action::AskMeet)]);
@@ -213,7 +217,8 @@ fn without_any_path_the_peer_keeps_asking() {
     let asks = acts.iter().filter(|(_, a)| *a == Action::AskMeet).count();
     // From the first wait (5 s) on, every 2 s: its introduction may come any time.
     assert_eq!(asks, 58, "{acts:?}");
-    assert!(acts.iter().all(|(_, a)| *a == Action::AskMeet));
+    assert_eq!(acts[0], (5000, Action::Hold), "held once, first");
+    assert!(acts[1..].iter().all(|(_, a)| *a == Action::AskMeet));
 }
 
 #[test]
@@ -222,7 +227,11 @@ fn without_a_relay_failures_back_off_doubling_up_to_the_limit() {
     let s = Settings::default();
     let mut p = PeerPath::new(s, false, t0);
     let acts = run(&mut p, t0, t0 + ms(6000), Observation::default());
-    assert!(acts.is_empty(), "no facilitator: nothing to ask");
+    assert_eq!(
+        acts,
+        vec![(5000, Action::Hold)],
+        "no facilitator: nothing to ask; WireGuard's own initiations are held"
+    );
     let mut t = t0 + ms(6000);
     let mut gaps = Vec::new();
     for _ in 0..7 {
@@ -258,7 +267,7 @@ fn a_direct_path_that_goes_quiet_is_unpinned_and_tried_again() {
     let quiet = t0 + ms(6100) + s.stale + ms(100);
     let mut out = Vec::new();
     p.tick(quiet, ok, &mut out);
-    assert_eq!(out, vec![Action::Pin(None), Action::AskMeet]);
+    assert_eq!(out, vec![Action::Pin(None), Action::Hold, Action::AskMeet]);
     assert_eq!(p.path(), Path::None);
 }
 
@@ -289,4 +298,27 @@ fn shared_secret_windows_agree_and_fall_inside_their_slot() {
     // Another pair lands elsewhere (most of the time; these values are fixed).
     let other = pair_secret(&[7; 32], &[1; 32], &[2; 32]);
     assert_ne!(secret_window(&other, now, 60_000, 3_000), w);
+}
+
+#[test]
+fn held_without_a_path_a_handshake_from_the_peer_is_pinned_and_releases_the_hold() {
+    let t0 = crate::test_now();
+    let mut p = PeerPath::new(Settings::default(), false, t0);
+    let acts = run(&mut p, t0, t0 + ms(6000), Observation::default());
+    assert_eq!(acts, vec![(5000, Action::Hold)]);
+    // A handshake from before the hold does not count; one after it does.
+    let peer = ep("198.51.100.20:51820");
+    let old = Observation {
+        handshake: Some((t0 + ms(4000), peer)),
+    };
+    let acts = run(&mut p, t0 + ms(6000), t0 + ms(7000), old);
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(p.path(), Path::None);
+    let new = Observation {
+        handshake: Some((t0 + ms(7100), peer)),
+    };
+    let acts = run(&mut p, t0 + ms(7000), t0 + ms(7500), new);
+    assert_eq!(acts, vec![(0, Action::Pin(Some(peer)))]);
+    assert_eq!(p.path(), Path::Direct);
+    assert_eq!(p.pinned(), Some(peer));
 }

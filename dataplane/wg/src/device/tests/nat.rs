@@ -258,6 +258,57 @@ fn moved_to_a_relay_without_a_session_the_handshake_starts_there_at_once() {
 }
 
 #[test]
+fn a_held_peer_sends_only_probes_answers_initiations_and_a_pin_releases_it() {
+    let mut s = Sim::new("", "");
+    s.wa.sent.clear();
+    assert!(s.a.hold_initiations(&b_pub(), true));
+    assert!(
+        !s.a.hold_initiations(&PublicKey([9; 32]), true),
+        "unknown peer"
+    );
+    // Traffic for B would start a handshake: held, counted, nothing sent.
+    s.a_to_b(100);
+    assert!(s.wa.sent.is_empty(), "no initiation leaves a held peer");
+    assert_eq!(s.a.stats.tx_handshake_held, 1);
+    assert_eq!(s.a.stats.tx_handshake_initiation, 0);
+    // Its retries are paced as if sent (REKEY_TIMEOUT), and held too.
+    s.advance_offline(REKEY_TIMEOUT + Duration::from_millis(400));
+    assert!(s.wa.sent.is_empty());
+    assert_eq!(s.a.stats.tx_handshake_held, 2);
+    // A probe still goes out.
+    assert_eq!(
+        s.a.probe(s.now, &b_pub(), addr(DIRECT), 0, &mut s.wa),
+        Ok(())
+    );
+    assert_eq!(s.wa.probes.len(), 1);
+    // B's own initiation is answered by the held A: a session comes up.
+    s.wb.sent.clear();
+    assert!(s.b.pin_endpoint(&a_pub(), Some(addr(A_ADDR))));
+    assert!(s.b.initiate_handshake(s.now, &a_pub(), &mut s.wb));
+    let (_, mut init) = s.wb.sent.pop_front().unwrap();
+    s.a.handle_datagram(s.now, addr(B_ADDR), None, &mut init, &mut s.wa);
+    assert_eq!(s.a.stats.tx_handshake_response, 1);
+    // A pin to an address releases the hold: A's next initiation goes out (its
+    // retry timer's, or one asked for).
+    assert!(s.a.pin_endpoint(&b_pub(), Some(addr(DIRECT))));
+    s.wa.sent.clear();
+    let (sent, held) = (
+        s.a.stats.tx_handshake_initiation,
+        s.a.stats.tx_handshake_held,
+    );
+    s.advance_offline(REKEY_TIMEOUT);
+    s.a.initiate_handshake(s.now, &b_pub(), &mut s.wa);
+    assert!(s.a.stats.tx_handshake_initiation > sent);
+    assert_eq!(s.a.stats.tx_handshake_held, held);
+    assert!(s
+        .wa
+        .sent
+        .iter()
+        .any(|(to, d)| to.addr == addr(DIRECT)
+            && wire::message_type(d) == Ok(MessageType::Initiation)));
+}
+
+#[test]
 fn a_probe_that_cannot_be_made_or_sent_is_an_error() {
     let mut s = Sim::new("", "");
     assert_eq!(
