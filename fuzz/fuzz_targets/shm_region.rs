@@ -120,7 +120,7 @@ fn check_command(c: &Command) {
         Command::Probe { to, .. } | Command::Pin { to: Some(to), .. } => {
             assert_ne!(to.port(), 0, "{c:?}")
         }
-        Command::Pin { to: None, .. } => {}
+        Command::Pin { to: None, .. } | Command::Hold { .. } => {}
         Command::Send { to, payload, .. } => {
             assert_ne!(to.port(), 0, "{c:?}");
             assert!(payload.as_bytes().len() <= MAX_RAW_PAYLOAD);
@@ -154,8 +154,12 @@ fn command_from(mut data: &[u8]) -> Option<Command> {
         )),
     };
     let to_or_any = to.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
-    Some(match kind % 4 {
+    Some(match kind % 5 {
         0 => Command::Handshake(peer),
+        4 => Command::Hold {
+            peer,
+            on: ttl & 1 == 1,
+        },
         1 => Command::Probe {
             peer,
             to: to_or_any,
