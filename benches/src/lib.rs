@@ -47,12 +47,16 @@ pub const HANDSHAKE_STEP: Duration = REJECT_AFTER_TIME.saturating_add(REKEY_TIME
 /// Wall clock (time since the Unix epoch) the devices pair with their base instant.
 const WALL_AT_BASE: Duration = Duration::from_secs(1_700_000_000);
 /// Stats counters that record events rather than refusals.
-const EVENT_COUNTERS: [&str; 5] = [
+const EVENT_COUNTERS: [&str; 9] = [
     "rx_keepalive",
     "rx_cookie_reply",
     "tx_handshake_initiation",
     "tx_handshake_response",
     "handshakes_completed",
+    "rx_handshake",
+    "admitted",
+    "tx_probe",
+    "tx_handshake_held",
 ];
 
 /// Why a benchmark fixture could not be built.
