@@ -86,6 +86,11 @@ Commands:
                         the NAT-traversal facilitator (and relay) on a public address
   facilitator show [--json]
                         its public key and listen address, for nodes' --facilitator
+  attest verify REPORT --vcek CERT --chain PEM [--measurement HEX]
+                [--report-data HEX] [--now RFC3339] [--root-fingerprint HEX ...]
+                [--min-abi MAJOR.MINOR] [--smt any|forbidden] [--vmpl N] [--json]
+                        verify an SEV-SNP attestation report offline: every check and
+                        the report's fields; exit 0 only when every check passes
 
 Options:
   --state-dir DIR       persistent state (default /var/lib/portdistrict)
@@ -153,6 +158,16 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             &dirs,
             &portdistrict_control::facilitator::ServeOptions::parse(opts)?,
         ),
+        ["attest", "verify", opts @ ..] => {
+            let (text, verdict) = portdistrict_control::attest::verify(
+                &portdistrict_control::attest::VerifyOptions::parse(opts)?,
+            )?;
+            println!("{text}");
+            match verdict.first_failure() {
+                None => Ok(()),
+                Some((check, e)) => bail!("attestation refused: {}: {e}", check.name()),
+            }
+        }
         ["facilitator", "show", rest @ ..] => {
             let json = match rest {
                 [] => false,

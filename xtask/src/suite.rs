@@ -15,7 +15,7 @@ const STEP_LIMIT: Duration = Duration::from_secs(40 * 60);
 /// Upper bound for one fuzz target's run (`-max_total_time` plus start-up).
 const FUZZ_RUN_LIMIT: Duration = Duration::from_secs(5 * 60);
 /// How long each fuzz target runs.
-const FUZZ_SECONDS: u32 = 12;
+const FUZZ_SECONDS: u32 = 8;
 /// The fuzz crate, relative to the workspace root.
 const FUZZ_DIR: &str = "fuzz";
 

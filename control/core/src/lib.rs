@@ -17,6 +17,7 @@
 //!   facilitator's and the relay's decisions.
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod codec;
 pub mod freshness;
 pub mod identity;

@@ -1,0 +1,569 @@
+//! The verifier on real AMD material (`testdata/sev-snp/`: a Milan report, its VCEK,
+//! the Milan VCEK and VLEK chains) and on a synthetic chain made here (RSA-PSS ARK and
+//! ASK, a P-384 VCEK with AMD's extensions) that signs reports built in the tests.
+
+use super::*;
+use rand_chacha::rand_core::SeedableRng as _;
+use rsa::signature::{Keypair as _, RandomizedSigner as _, SignatureEncoding as _};
+use rsa::RsaPrivateKey;
+use std::str::FromStr as _;
+use std::sync::OnceLock;
+use x509_cert::der::asn1::{BitString, OctetString, UtcTime};
+use x509_cert::der::{Encode as _, EncodePem as _};
+use x509_cert::ext::Extension;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::SubjectPublicKeyInfoOwned;
+use x509_cert::spki::{DynSignatureAlgorithmIdentifier as _, EncodePublicKey as _};
+use x509_cert::time::{Time, Validity};
+use x509_cert::{Certificate, TbsCertificate};
+
+const REPORT: &[u8] = include_bytes!("../../testdata/sev-snp/attestation.bin");
+const VCEK: &[u8] = include_bytes!("../../testdata/sev-snp/vcek.testcer");
+const MILAN: &[u8] = include_bytes!("../../testdata/sev-snp/milan.testcer");
+const MILAN_VLEK: &[u8] = include_bytes!("../../testdata/sev-snp/milanvlek.testcer");
+
+/// 2025-01-01T00:00:00Z: inside the real chain's validity (2022-09-24 .. 2029-09-24
+/// for the VCEK).
+const IN_VALIDITY: u64 = 1_735_689_600;
+/// 2030-01-01T00:00:00Z: after the VCEK expired.
+const AFTER_EXPIRY: u64 = 1_893_456_000;
+
+fn outcome_name(v: &Verdict, c: Check) -> String {
+    v.outcome(c).to_string()
+}
+
+fn real_measurement() -> [u8; 48] {
+    Report::parse(REPORT).unwrap().measurement
+}
+
+#[test]
+fn the_real_report_parses_with_its_fields() {
+    let r = Report::parse(REPORT).unwrap();
+    assert_eq!(r.version, 2);
+    assert_eq!(r.policy, Policy(0xB0000));
+    assert!(r.policy.debug() && r.policy.smt() && r.policy.reserved_one());
+    assert_eq!(r.vmpl, 0);
+    assert_eq!(
+        r.reported_tcb,
+        Tcb {
+            bootloader: 2,
+            tee: 0,
+            snp: 5,
+            microcode: 0x44
+        }
+    );
+    assert_eq!(&r.report_data[..5], &[1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn the_real_chain_verifies_and_only_the_policy_fails_debug_allowed() {
+    let expected = Expected {
+        measurement: Some(real_measurement()),
+        ..Expected::default()
+    };
+    let v = verify(REPORT, VCEK, MILAN, &expected, IN_VALIDITY);
+    for c in Check::ALL {
+        let want = match c {
+            Check::Policy => "failed: debug allowed",
+            Check::ReportData => "skipped: no expected report data",
+            _ => "ok",
+        };
+        assert_eq!(outcome_name(&v, c), want, "{}", c.name());
+    }
+    assert!(!v.passed());
+    assert_eq!(v.first_failure().unwrap().0, Check::Policy);
+}
+
+#[test]
+fn the_real_chain_fails_after_its_expiry() {
+    let v = verify(REPORT, VCEK, MILAN, &Expected::default(), AFTER_EXPIRY);
+    assert!(matches!(
+        v.outcome(Check::Validity),
+        Outcome::Failed(AttestError::Validity {
+            which: "ARK" | "ASK" | "VCEK",
+            ..
+        })
+    ));
+    assert_eq!(outcome_name(&v, Check::Signature), "ok");
+}
+
+#[test]
+fn a_flipped_byte_anywhere_in_the_signed_region_fails() {
+    for at in (0..report::SIGNED_LEN)
+        .step_by(16)
+        .chain([report::SIGNED_LEN - 1])
+    {
+        let mut bad = REPORT.to_vec();
+        bad[at] ^= 0x01;
+        let v = verify(&bad, VCEK, MILAN, &Expected::default(), IN_VALIDITY);
+        assert!(!v.passed(), "byte {at:#x}");
+        match v.outcome(Check::Signature) {
+            // The version, algorithm and key-info bytes make the report unreadable.
+            Outcome::Failed(AttestError::Report(_)) => assert!(at < 0x50, "byte {at:#x}"),
+            Outcome::Failed(AttestError::ReportSignature(_)) => {}
+            o => panic!("byte {at:#x}: signature {o}"),
+        }
+    }
+}
+
+#[test]
+fn the_vlek_chain_does_not_sign_the_vcek() {
+    let v = verify(REPORT, VCEK, MILAN_VLEK, &Expected::default(), IN_VALIDITY);
+    assert_eq!(outcome_name(&v, Check::Root), "ok", "the same ARK");
+    assert!(matches!(
+        v.outcome(Check::Vcek),
+        Outcome::Failed(AttestError::CertSignature(_))
+    ));
+}
+
+#[test]
+fn a_foreign_root_is_not_pinned_unless_added() {
+    let s = synth();
+    let v = verify(
+        REPORT,
+        VCEK,
+        &s.chain_pem,
+        &Expected::default(),
+        IN_VALIDITY,
+    );
+    assert!(
+        matches!(
+            v.outcome(Check::Root),
+            Outcome::Failed(AttestError::Root { .. })
+        ),
+        "{}",
+        v.outcome(Check::Root)
+    );
+    assert!(matches!(
+        v.outcome(Check::Vcek),
+        Outcome::Failed(AttestError::CertSignature(_))
+    ));
+}
+
+#[test]
+fn reports_we_do_not_handle_are_refused_by_name() {
+    let mut v3 = REPORT.to_vec();
+    v3[0] = 3;
+    assert_eq!(Report::parse(&v3), Err(ReportError::UnsupportedVersion(3)));
+    let mut vlek = REPORT.to_vec();
+    vlek[0x48] = 1 << 2;
+    assert_eq!(
+        Report::parse(&vlek),
+        Err(ReportError::UnsupportedSigningKey(SigningKey::Vlek))
+    );
+    let mut algo = REPORT.to_vec();
+    algo[0x34] = 2;
+    assert_eq!(
+        Report::parse(&algo),
+        Err(ReportError::UnsupportedAlgorithm(2))
+    );
+    assert_eq!(Report::parse(&REPORT[..100]), Err(ReportError::Length(100)));
+    let mut high = REPORT.to_vec();
+    high[report::SIGNED_LEN + 60] = 1;
+    assert_eq!(Report::parse(&high), Err(ReportError::Signature("R")));
+    let v = verify(&v3, VCEK, MILAN, &Expected::default(), IN_VALIDITY);
+    assert_eq!(
+        outcome_name(&v, Check::Signature),
+        "failed: report: report version 3 is not handled (only version 2)"
+    );
+}
+
+#[test]
+fn garbage_certificates_fail_their_checks_and_the_rest_still_run() {
+    let v = verify(
+        REPORT,
+        b"not der",
+        b"not pem",
+        &Expected::default(),
+        IN_VALIDITY,
+    );
+    assert!(matches!(
+        v.outcome(Check::Root),
+        Outcome::Failed(AttestError::Certificate { which: "chain", .. })
+    ));
+    assert!(matches!(
+        v.outcome(Check::Vcek),
+        Outcome::Failed(AttestError::Certificate { which: "VCEK", .. })
+    ));
+    assert_eq!(outcome_name(&v, Check::Vmpl), "ok");
+    assert_eq!(v.checks.len(), Check::ALL.len());
+}
+
+// --- the synthetic chain ---
+
+struct Synth {
+    vcek_key: p384::ecdsa::SigningKey,
+    vcek_der: Vec<u8>,
+    chain_pem: Vec<u8>,
+    ark_fingerprint: [u8; 32],
+    tcb: Tcb,
+    chip_id: [u8; 64],
+}
+
+fn name(cn: &str) -> Name {
+    Name::from_str(&format!("CN={cn},O=portdistrict tests")).unwrap()
+}
+
+fn time(unix: u64) -> Time {
+    Time::UtcTime(UtcTime::from_unix_duration(std::time::Duration::from_secs(unix)).unwrap())
+}
+
+/// A certificate of `subject` with `spki`, issued and signed (RSA-PSS, SHA-384) by
+/// `issuer`'s key.
+fn cert(
+    subject: &str,
+    issuer: &str,
+    spki: SubjectPublicKeyInfoOwned,
+    signer: &rsa::pss::SigningKey<sha2::Sha384>,
+    extensions: Option<Vec<Extension>>,
+    rng: &mut rand_chacha::ChaCha20Rng,
+) -> Certificate {
+    let alg = signer.signature_algorithm_identifier().unwrap();
+    let tbs = TbsCertificate {
+        version: x509_cert::Version::V3,
+        serial_number: SerialNumber::from(1u32),
+        signature: alg.clone(),
+        issuer: name(issuer),
+        validity: Validity {
+            // 2024-01-01 .. 2034-01-01
+            not_before: time(1_704_067_200),
+            not_after: time(2_019_686_400),
+        },
+        subject: name(subject),
+        subject_public_key_info: spki,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions,
+    };
+    let sig = signer.sign_with_rng(rng, &tbs.to_der().unwrap());
+    Certificate {
+        tbs_certificate: tbs,
+        signature_algorithm: alg,
+        signature: BitString::from_bytes(&sig.to_bytes()).unwrap(),
+    }
+}
+
+fn ext(oid: &str, value: Vec<u8>) -> Extension {
+    Extension {
+        extn_id: x509_cert::der::oid::ObjectIdentifier::new_unwrap(oid),
+        critical: false,
+        extn_value: OctetString::new(value).unwrap(),
+    }
+}
+
+fn synth() -> &'static Synth {
+    static S: OnceLock<Synth> = OnceLock::new();
+    S.get_or_init(|| {
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed([7; 32]);
+        let ark_key = RsaPrivateKey::new(&mut rng, 2048).unwrap();
+        let ask_key = RsaPrivateKey::new(&mut rng, 2048).unwrap();
+        let ark_signer = rsa::pss::SigningKey::<sha2::Sha384>::new(ark_key);
+        let ask_signer = rsa::pss::SigningKey::<sha2::Sha384>::new(ask_key);
+        let spki = |der: Vec<u8>| SubjectPublicKeyInfoOwned::try_from(der.as_slice()).unwrap();
+        let ark = cert(
+            "ARK-Synth",
+            "ARK-Synth",
+            spki(
+                ark_signer
+                    .verifying_key()
+                    .as_ref()
+                    .to_public_key_der()
+                    .unwrap()
+                    .into_vec(),
+            ),
+            &ark_signer,
+            None,
+            &mut rng,
+        );
+        let ask = cert(
+            "SEV-Synth",
+            "ARK-Synth",
+            spki(
+                ask_signer
+                    .verifying_key()
+                    .as_ref()
+                    .to_public_key_der()
+                    .unwrap()
+                    .into_vec(),
+            ),
+            &ark_signer,
+            None,
+            &mut rng,
+        );
+        let vcek_key = p384::ecdsa::SigningKey::from_slice(&[0x42; 48]).unwrap();
+        let tcb = Tcb {
+            bootloader: 3,
+            tee: 0,
+            snp: 8,
+            microcode: 0xd1,
+        };
+        let chip_id = [0xc1; 64];
+        let int = |v: u8| v.to_der().unwrap();
+        let vcek = cert(
+            "SEV-VCEK",
+            "SEV-Synth",
+            spki(
+                vcek_key
+                    .verifying_key()
+                    .to_public_key_der()
+                    .unwrap()
+                    .into_vec(),
+            ),
+            &ask_signer,
+            Some(vec![
+                ext("1.3.6.1.4.1.3704.1.3.1", int(tcb.bootloader)),
+                ext("1.3.6.1.4.1.3704.1.3.2", int(tcb.tee)),
+                ext("1.3.6.1.4.1.3704.1.3.3", int(tcb.snp)),
+                ext("1.3.6.1.4.1.3704.1.3.8", int(tcb.microcode)),
+                ext("1.3.6.1.4.1.3704.1.4", chip_id.to_vec()),
+            ]),
+            &mut rng,
+        );
+        let pem = |c: &Certificate| {
+            c.to_pem(x509_cert::der::pem::LineEnding::LF)
+                .unwrap()
+                .into_bytes()
+        };
+        let mut chain_pem = pem(&ask);
+        chain_pem.extend(pem(&ark));
+        Synth {
+            vcek_key,
+            vcek_der: vcek.to_der().unwrap(),
+            chain_pem,
+            ark_fingerprint: chain::fingerprint(&ark),
+            tcb,
+            chip_id,
+        }
+    })
+}
+
+/// What a synthetic report says.
+#[derive(Clone)]
+struct Spec {
+    policy: u64,
+    vmpl: u32,
+    measurement: [u8; 48],
+    report_data: [u8; 64],
+    tcb: Tcb,
+    chip_id: [u8; 64],
+}
+
+fn spec() -> Spec {
+    let s = synth();
+    Spec {
+        // ABI 1.55, reserved bit 17; no SMT, no debug.
+        policy: 0x2_0137,
+        vmpl: 0,
+        measurement: [0x3e; 48],
+        report_data: binding(&[1; 32], &[2; 32]),
+        tcb: s.tcb,
+        chip_id: s.chip_id,
+    }
+}
+
+fn tcb_bytes(t: Tcb) -> [u8; 8] {
+    [t.bootloader, t.tee, 0, 0, 0, 0, t.snp, t.microcode]
+}
+
+/// A version-2 report of `spec`, signed by the synthetic VCEK.
+fn signed_report(spec: &Spec) -> Vec<u8> {
+    use p384::ecdsa::signature::Signer as _;
+    let mut b = vec![0u8; report::REPORT_LEN];
+    b[0..4].copy_from_slice(&2u32.to_le_bytes());
+    b[0x08..0x10].copy_from_slice(&spec.policy.to_le_bytes());
+    b[0x30..0x34].copy_from_slice(&spec.vmpl.to_le_bytes());
+    b[0x34..0x38].copy_from_slice(&1u32.to_le_bytes());
+    b[0x38..0x40].copy_from_slice(&tcb_bytes(spec.tcb));
+    b[0x50..0x90].copy_from_slice(&spec.report_data);
+    b[0x90..0xC0].copy_from_slice(&spec.measurement);
+    b[0x180..0x188].copy_from_slice(&tcb_bytes(spec.tcb));
+    b[0x1A0..0x1E0].copy_from_slice(&spec.chip_id);
+    let sig: p384::ecdsa::Signature = synth().vcek_key.sign(&b[..report::SIGNED_LEN]);
+    let (r, s) = sig.split_bytes();
+    for (i, x) in r.iter().enumerate() {
+        b[report::SIGNED_LEN + 47 - i] = *x;
+    }
+    for (i, x) in s.iter().enumerate() {
+        b[report::SIGNED_LEN + 72 + 47 - i] = *x;
+    }
+    b
+}
+
+fn synth_expected(spec: &Spec) -> Expected {
+    Expected {
+        extra_roots: vec![synth().ark_fingerprint],
+        measurement: Some(spec.measurement),
+        report_data: Some(spec.report_data),
+        min_abi: (1, 0),
+        smt: Smt::Forbidden,
+        vmpl: 0,
+    }
+}
+
+fn synth_verify(spec: &Spec, expected: &Expected) -> Verdict {
+    let s = synth();
+    verify(
+        &signed_report(spec),
+        &s.vcek_der,
+        &s.chain_pem,
+        expected,
+        IN_VALIDITY,
+    )
+}
+
+#[test]
+fn a_synthetic_report_bound_to_keys_passes_every_check() {
+    let spec = spec();
+    let v = synth_verify(&spec, &synth_expected(&spec));
+    for (c, o) in &v.checks {
+        assert_eq!(*o, Outcome::Ok, "{}: {o}", c.name());
+    }
+    assert!(v.passed());
+    // Without the root added, only the root fails.
+    let mut unpinned = synth_expected(&spec);
+    unpinned.extra_roots.clear();
+    let v = synth_verify(&spec, &unpinned);
+    assert_eq!(v.first_failure().unwrap().0, Check::Root);
+    assert_eq!(
+        v.checks.iter().filter(|(_, o)| *o != Outcome::Ok).count(),
+        1
+    );
+}
+
+#[test]
+fn binding_other_keys_fails_report_data() {
+    let spec = spec();
+    let mut expected = synth_expected(&spec);
+    expected.report_data = Some(binding(&[1; 32], &[3; 32]));
+    let v = synth_verify(&spec, &expected);
+    assert!(matches!(
+        v.first_failure(),
+        Some((Check::ReportData, AttestError::ReportData { .. }))
+    ));
+    assert_ne!(binding(&[1; 32], &[2; 32]), binding(&[2; 32], &[1; 32]));
+}
+
+#[test]
+fn another_measurement_fails() {
+    let spec = spec();
+    let mut expected = synth_expected(&spec);
+    expected.measurement = Some([0x3f; 48]);
+    let v = synth_verify(&spec, &expected);
+    assert!(matches!(
+        v.first_failure(),
+        Some((Check::Measurement, AttestError::Measurement { .. }))
+    ));
+}
+
+#[test]
+fn policy_rules_each_fail_by_name() {
+    let spec0 = spec();
+    let expected = synth_expected(&spec0);
+    for (policy, why) in [
+        (0x2_0137 | 1 << 19, "debug allowed"),
+        (0x2_0137 | 1 << 16, "SMT allowed"),
+        (0x0_0137, "bit 17 (must be one) is zero"),
+        (0x2_0037, "ABI 0.55 below the minimum 1.0"),
+    ] {
+        let spec = Spec {
+            policy,
+            ..spec0.clone()
+        };
+        let v = synth_verify(&spec, &expected);
+        assert_eq!(
+            outcome_name(&v, Check::Policy),
+            format!("failed: {why}"),
+            "{policy:#x}"
+        );
+        assert_eq!(outcome_name(&v, Check::Signature), "ok");
+    }
+    // SMT allowed passes when the grant does not forbid it.
+    let spec = Spec {
+        policy: 0x3_0137,
+        ..spec0.clone()
+    };
+    let any = Expected {
+        smt: Smt::Any,
+        ..expected.clone()
+    };
+    assert!(synth_verify(&spec, &any).passed());
+}
+
+#[test]
+fn vmpl_tcb_and_chip_id_must_match() {
+    let spec0 = spec();
+    let expected = synth_expected(&spec0);
+    let v = synth_verify(
+        &Spec {
+            vmpl: 1,
+            ..spec0.clone()
+        },
+        &expected,
+    );
+    assert_eq!(outcome_name(&v, Check::Vmpl), "failed: VMPL 1, expected 0");
+    let v = synth_verify(
+        &Spec {
+            tcb: Tcb {
+                snp: 7,
+                ..spec0.tcb
+            },
+            ..spec0.clone()
+        },
+        &expected,
+    );
+    assert!(matches!(
+        v.outcome(Check::Tcb),
+        Outcome::Failed(AttestError::Tcb { .. })
+    ));
+    let v = synth_verify(
+        &Spec {
+            chip_id: [0xc2; 64],
+            ..spec0.clone()
+        },
+        &expected,
+    );
+    assert!(matches!(
+        v.outcome(Check::ChipId),
+        Outcome::Failed(AttestError::ChipId(_))
+    ));
+}
+
+#[test]
+fn the_synthetic_report_with_a_flipped_byte_fails_its_signature() {
+    let spec = spec();
+    let expected = synth_expected(&spec);
+    let good = signed_report(&spec);
+    let s = synth();
+    for at in (0x50..report::SIGNED_LEN).step_by(16) {
+        let mut bad = good.clone();
+        bad[at] ^= 0x80;
+        let v = verify(&bad, &s.vcek_der, &s.chain_pem, &expected, IN_VALIDITY);
+        assert!(
+            matches!(
+                v.outcome(Check::Signature),
+                Outcome::Failed(AttestError::ReportSignature(_))
+            ),
+            "byte {at:#x}"
+        );
+    }
+}
+
+/// Not a check: prints the time of one verification of the real material (run with
+/// `cargo test --release -p portdistrict-control-core verification_time -- --ignored
+/// --nocapture`; the clock is the test's, not the verifier's).
+#[test]
+#[ignore = "a measurement, not a check"]
+#[allow(clippy::disallowed_methods)]
+fn verification_time() {
+    let n = 200;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let v = verify(REPORT, VCEK, MILAN, &Expected::default(), IN_VALIDITY);
+        assert_eq!(*v.outcome(Check::Signature), Outcome::Ok);
+    }
+    eprintln!(
+        "FIGURES one verification (parse, ARK/ASK/VCEK RSA-PSS, report ECDSA P-384): {:.2} ms",
+        t.elapsed().as_secs_f64() * 1000.0 / f64::from(n)
+    );
+}

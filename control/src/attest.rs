@@ -1,0 +1,345 @@
+//! `portdistrict attest verify`: an SEV-SNP report, its VCEK and the AMD chain
+//! through the control core's verifier ([`portdistrict_control_core::attest`]), every
+//! check printed with its outcome, and the report's fields.
+
+use anyhow::{bail, Context as _};
+use portdistrict_control_core::attest::{self, Check, Expected, Report, Smt, Verdict};
+use std::path::PathBuf;
+
+/// The largest report, certificate or chain file read (a report is 1184 bytes, AMD's
+/// certificates under 2 KiB each).
+const MAX_FILE: u64 = 64 * 1024;
+
+/// `attest verify` options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyOptions {
+    /// The report file.
+    pub report: PathBuf,
+    /// The VCEK (DER).
+    pub vcek: PathBuf,
+    /// The ASK and ARK (PEM).
+    pub chain: PathBuf,
+    /// What to expect.
+    pub expected: Expected,
+    /// Unix seconds to check validity at (`--now`; default: the clock).
+    pub now: Option<u64>,
+    /// Print JSON.
+    pub json: bool,
+}
+
+fn hex_bytes<const N: usize>(flag: &str, v: &str) -> anyhow::Result<[u8; N]> {
+    let b = hex::decode(v.trim()).with_context(|| format!("{flag} {v}: not hexadecimal"))?;
+    b.as_slice()
+        .try_into()
+        .with_context(|| format!("{flag}: {} bytes, expected {N}", b.len()))
+}
+
+impl VerifyOptions {
+    /// Parses `REPORT --vcek CERT --chain PEM [--measurement HEX] [--report-data HEX]
+    /// [--now RFC3339] [--root-fingerprint HEX ...] [--min-abi MAJOR.MINOR]
+    /// [--smt any|forbidden] [--vmpl N] [--json]`.
+    pub fn parse(args: &[&str]) -> anyhow::Result<VerifyOptions> {
+        let mut report = None;
+        let (mut vcek, mut chain, mut now, mut json) = (None, None, None, false);
+        let mut expected = Expected::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || {
+                it.next()
+                    .copied()
+                    .with_context(|| format!("attest verify: {a} needs a value"))
+            };
+            match *a {
+                "--vcek" => vcek = Some(PathBuf::from(value()?)),
+                "--chain" => chain = Some(PathBuf::from(value()?)),
+                "--measurement" => {
+                    expected.measurement = Some(hex_bytes::<48>("--measurement", value()?)?);
+                }
+                "--report-data" => {
+                    expected.report_data = Some(hex_bytes::<64>("--report-data", value()?)?);
+                }
+                "--root-fingerprint" => expected
+                    .extra_roots
+                    .push(hex_bytes::<32>("--root-fingerprint", value()?)?),
+                "--now" => now = Some(parse_rfc3339(value()?)?),
+                "--min-abi" => {
+                    let v = value()?;
+                    expected.min_abi = v
+                        .split_once('.')
+                        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                        .with_context(|| format!("--min-abi {v}: not MAJOR.MINOR (e.g. 1.51)"))?;
+                }
+                "--smt" => {
+                    expected.smt = match value()? {
+                        "any" => Smt::Any,
+                        "forbidden" => Smt::Forbidden,
+                        v => bail!("--smt {v}: any or forbidden"),
+                    }
+                }
+                "--vmpl" => {
+                    let v = value()?;
+                    expected.vmpl = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n <= 3)
+                        .with_context(|| format!("--vmpl {v}: 0 to 3"))?;
+                }
+                "--json" => json = true,
+                flag if flag.starts_with("--") => bail!("attest verify: unknown option {flag}"),
+                path if report.is_none() => report = Some(PathBuf::from(path)),
+                extra => bail!("attest verify: one report only ({extra})"),
+            }
+        }
+        Ok(VerifyOptions {
+            report: report.context("attest verify: which REPORT?")?,
+            vcek: vcek.context("attest verify: --vcek CERT (DER) is required")?,
+            chain: chain.context("attest verify: --chain PEM (ASK and ARK) is required")?,
+            expected,
+            now,
+            json,
+        })
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)` as Unix seconds.
+pub fn parse_rfc3339(s: &str) -> anyhow::Result<u64> {
+    let bad = || anyhow::anyhow!("--now {s}: not an RFC 3339 time (e.g. 2026-12-06T12:00:00Z)");
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> anyhow::Result<i64> {
+        let t = s.get(r).ok_or_else(bad)?;
+        if !t.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        t.parse().map_err(|_| bad())
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b[13] != b':' || b[16] != b':' {
+        return Err(bad());
+    }
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return Err(bad());
+        }
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+            let oh: i64 = o[1..3].parse().map_err(|_| bad())?;
+            let om: i64 = o[4..6].parse().map_err(|_| bad())?;
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return Err(bad()),
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return Err(bad());
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let t = days * 86_400 + h * 3600 + mi * 60 + se - offset;
+    u64::try_from(t).map_err(|_| bad())
+}
+
+fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("opening the {what} {}", path.display()))?;
+    let mut b = Vec::new();
+    f.take(MAX_FILE + 1)
+        .read_to_end(&mut b)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    if b.len() as u64 > MAX_FILE {
+        bail!(
+            "the {what} {} is larger than {MAX_FILE} bytes",
+            path.display()
+        );
+    }
+    Ok(b)
+}
+
+/// Runs the verification; returns what to print and whether every check passed.
+pub fn verify(o: &VerifyOptions) -> anyhow::Result<(String, Verdict)> {
+    let report = read(&o.report, "report")?;
+    let vcek = read(&o.vcek, "VCEK")?;
+    let chain = read(&o.chain, "chain")?;
+    let now = o.now.unwrap_or_else(crate::exit::now);
+    let v = attest::verify(&report, &vcek, &chain, &o.expected, now);
+    let text = if o.json {
+        serde_json::to_string_pretty(&json(&v, now))?
+    } else {
+        human(&v, now)
+    };
+    Ok((text, v))
+}
+
+fn policy_words(r: &Report) -> String {
+    let p = r.policy;
+    let mut w = vec![format!("ABI {}.{}", p.abi_major(), p.abi_minor())];
+    for (on, name) in [
+        (p.smt(), "SMT allowed"),
+        (p.migrate_ma(), "migration agent allowed"),
+        (p.debug(), "debug allowed"),
+        (p.single_socket(), "single socket"),
+    ] {
+        if on {
+            w.push(name.to_owned());
+        }
+    }
+    format!("{:#x} ({})", p.0, w.join(", "))
+}
+
+fn human(v: &Verdict, now: u64) -> String {
+    let mut s = match v.first_failure() {
+        None => "verdict: ok\n".to_owned(),
+        Some((c, e)) => format!("verdict: FAILED ({}: {e})\n", c.name()),
+    };
+    s.push_str(&format!("checked at: {now} (Unix seconds)\nchecks:\n"));
+    for (c, o) in &v.checks {
+        s.push_str(&format!("  {:<12} {o}\n", c.name()));
+    }
+    if let Some(r) = &v.report {
+        s.push_str(&format!(
+            "report:\n  version      {}\n  measurement  {}\n  policy       {}\n  vmpl         {}\n  reported tcb {}\n  chip id      {}\n  report data  {}\n",
+            r.version,
+            hex::encode(r.measurement),
+            policy_words(r),
+            r.vmpl,
+            r.reported_tcb,
+            hex::encode(r.chip_id),
+            hex::encode(r.report_data),
+        ));
+    }
+    s.truncate(s.trim_end().len());
+    s
+}
+
+fn json(v: &Verdict, now: u64) -> serde_json::Value {
+    let checks: serde_json::Map<String, serde_json::Value> = v
+        .checks
+        .iter()
+        .map(|(c, o)| {
+            (
+                c.name().to_owned(),
+                serde_json::Value::String(o.to_string()),
+            )
+        })
+        .collect();
+    let tcb = |t: attest::Tcb| {
+        serde_json::json!({
+            "bootloader": t.bootloader, "tee": t.tee, "snp": t.snp, "microcode": t.microcode
+        })
+    };
+    serde_json::json!({
+        "verdict": if v.passed() { "ok" } else { "failed" },
+        "failed_check": v.first_failure().map(|(c, _)| c.name()),
+        "now": now,
+        "checks": checks,
+        "check_order": Check::ALL.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        "report": v.report.as_ref().map(|r| serde_json::json!({
+            "version": r.version,
+            "measurement": hex::encode(r.measurement),
+            "policy": format!("{:#x}", r.policy.0),
+            "policy_abi": format!("{}.{}", r.policy.abi_major(), r.policy.abi_minor()),
+            "policy_debug": r.policy.debug(),
+            "policy_smt": r.policy.smt(),
+            "vmpl": r.vmpl,
+            "guest_svn": r.guest_svn,
+            "reported_tcb": tcb(r.reported_tcb),
+            "current_tcb": tcb(r.current_tcb),
+            "chip_id": hex::encode(r.chip_id),
+            "report_data": hex::encode(r.report_data),
+            "host_data": hex::encode(r.host_data),
+        })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(
+            parse_rfc3339("2025-01-01T00:00:00Z").unwrap(),
+            1_735_689_600
+        );
+        assert_eq!(
+            parse_rfc3339("2025-01-01T01:30:00.25+01:30").unwrap(),
+            1_735_689_600
+        );
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:00:00Z").unwrap(),
+            1_709_208_000
+        );
+        for bad in [
+            "2025-01-01",
+            "2025-13-01T00:00:00Z",
+            "2025-01-01T00:00:00",
+            "2025-01-01T00:00:00+0100",
+            "x025-01-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn options_parse_and_name_what_is_wrong() {
+        let o = VerifyOptions::parse(&[
+            "r.bin",
+            "--vcek",
+            "v.der",
+            "--chain",
+            "c.pem",
+            "--measurement",
+            &"ab".repeat(48),
+            "--smt",
+            "forbidden",
+            "--min-abi",
+            "1.51",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(o.expected.measurement, Some([0xab; 48]));
+        assert_eq!(o.expected.smt, Smt::Forbidden);
+        assert_eq!(o.expected.min_abi, (1, 51));
+        assert!(o.json);
+        for (args, needle) in [
+            (&["r.bin", "--chain", "c"][..], "--vcek CERT"),
+            (
+                &[
+                    "r.bin",
+                    "--vcek",
+                    "v",
+                    "--chain",
+                    "c",
+                    "--measurement",
+                    "ab",
+                ][..],
+                "1 bytes, expected 48",
+            ),
+            (
+                &["r.bin", "--vcek", "v", "--chain", "c", "--bogus"][..],
+                "unknown option --bogus",
+            ),
+            (&["--vcek", "v", "--chain", "c"][..], "which REPORT"),
+        ] {
+            let e = VerifyOptions::parse(args).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{args:?}: {e:#}");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `portdistrict attest verify` as a user runs it, on the real AMD Milan material in
+//! `control/core/testdata/sev-snp/`: every check printed, the JSON verdict, the exit
+//! status (0 only when every check passes: never for this report, which allows
+//! debugging).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn material(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("core/testdata/sev-snp")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn verify(extra: &[&str]) -> (Output, serde_json::Value) {
+    let report = material("attestation.bin");
+    let vcek = material("vcek.testcer");
+    let mut args = vec!["attest", "verify", report.as_str(), "--vcek", vcek.as_str()];
+    let chain = material("milan.testcer");
+    if !extra.contains(&"--chain") {
+        args.extend(["--chain", chain.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let out = Command::new(env!("CARGO_BIN_EXE_portdistrict"))
+        .args(&args)
+        .output()
+        .expect("run portdistrict");
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, v)
+}
+
+const MEASUREMENT: &str = "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01";
+
+#[test]
+fn the_real_report_verifies_but_its_policy_allows_debug() {
+    let (out, v) = verify(&[
+        "--now",
+        "2025-06-01T00:00:00Z",
+        "--measurement",
+        MEASUREMENT,
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(v["verdict"], "failed");
+    assert_eq!(v["failed_check"], "policy");
+    for ok in [
+        "root",
+        "ark",
+        "ask",
+        "vcek",
+        "validity",
+        "tcb",
+        "chip_id",
+        "signature",
+        "vmpl",
+        "measurement",
+    ] {
+        assert_eq!(v["checks"][ok], "ok", "{ok}: {v}");
+    }
+    assert_eq!(v["checks"]["policy"], "failed: debug allowed");
+    assert_eq!(v["report"]["measurement"], MEASUREMENT);
+    assert_eq!(v["report"]["policy"], "0xb0000");
+    assert_eq!(v["report"]["reported_tcb"]["microcode"], 68);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("attestation refused: policy: debug allowed")
+    );
+}
+
+#[test]
+fn after_expiry_another_measurement_or_the_vlek_chain_fail_their_checks() {
+    let (out, v) = verify(&["--now", "2030-01-01T00:00:00Z"]);
+    assert!(!out.status.success());
+    assert!(
+        v["checks"]["validity"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed: "),
+        "{v}"
+    );
+    let (_, v) = verify(&[
+        "--now",
+        "2025-06-01T00:00:00Z",
+        "--measurement",
+        &"00".repeat(48),
+    ]);
+    assert!(
+        v["checks"]["measurement"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed: measurement b07af962"),
+        "{v}"
+    );
+    let vlek = material("milanvlek.testcer");
+    let (_, v) = verify(&["--now", "2025-06-01T00:00:00Z", "--chain", &vlek]);
+    assert_eq!(v["checks"]["root"], "ok");
+    assert!(
+        v["checks"]["vcek"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed: "),
+        "{v}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portdistrict"))
+        .args([
+            "attest",
+            "verify",
+            "/nonexistent/report",
+            "--vcek",
+            "x",
+            "--chain",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("opening the report /nonexistent/report"),
+        "{err}"
+    );
+}
