@@ -447,3 +447,50 @@ const GOLDEN_M2: &str = "
     ac01b2209e86354fb853237b5de0f4fab13c7fcbf433a61c019369617fecf10b
     2bda6fcda695e418b1e35584c1ba4f31a8c0a498886580912278532a5e68d8de
     c59eddc129e6e3e8e703c7fd79140126705cd14c9d550f06b4";
+
+/// The golden handshake's block in docs/protocol.md.
+fn golden_text() -> String {
+    let key = |b: u8| NoiseSecretKey::from_bytes([b; 32]).public().0;
+    let mut g = format!(
+        "consumer Noise public key  {}\nprovider Noise public key  {}\ntoken id                   {}\nPSK                        {}\n",
+        hex(&key(1)),
+        hex(&key(2)),
+        hex(&TokenId::of(&TOKEN).0),
+        hex(&Psk::of(&TOKEN).0),
+    );
+    for (name, text) in [("message 1", GOLDEN_M1), ("message 2", GOLDEN_M2)] {
+        g.push_str(name);
+        g.push('\n');
+        for line in text.split_whitespace() {
+            g.push_str("  ");
+            g.push_str(line);
+            g.push('\n');
+        }
+    }
+    g
+}
+
+#[test]
+fn docs_protocol_md_has_the_golden_handshake() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/protocol.md");
+    let (begin, end) = (
+        "<!-- channel-golden:begin -->\n```text\n",
+        "```\n<!-- channel-golden:end -->",
+    );
+    let (a, b) = (
+        doc.find(begin).expect("channel-golden:begin marker"),
+        doc.find(end).expect("channel-golden:end marker"),
+    );
+    let want = golden_text();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let new = format!("{}{begin}{want}{}", &doc[..a], &doc[b..]);
+        std::fs::write(&path, new).unwrap();
+        return;
+    }
+    assert_eq!(
+        &doc[a + begin.len()..b],
+        want,
+        "docs/protocol.md and the code disagree"
+    );
+}
