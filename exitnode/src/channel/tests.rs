@@ -83,6 +83,12 @@ fn one_frame(bytes: &[u8]) -> (FrameKind, Vec<u8>) {
     (f.kind, f.body.to_vec())
 }
 
+fn with_header(kind: FrameKind, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(kind, body, &mut out).unwrap();
+    out
+}
+
 fn frame(kind: FrameKind, body: &[u8]) -> Frame<'_> {
     Frame { kind, body }
 }
@@ -354,6 +360,25 @@ fn tampered_and_unexpected_frames_are_named() {
         init.read_reply(frame(kind2, &body2)).unwrap_err(),
         InitiatorError::Reply
     );
+    // Truncated message 1 and message 2 are named, not a panic.
+    for n in [0, 1, 31, 32, 79, 80, body.len() - 1] {
+        assert_eq!(
+            refused(&mut w, &with_header(FrameKind::Handshake1, &body[..n])),
+            ResponderError::Undecryptable,
+            "message 1 cut at {n}"
+        );
+    }
+    for n in [0, 1, 31, 32, 47, 48, body2.len() - 1] {
+        let mut m1 = Vec::new();
+        let init =
+            Initiator::start(&w.consumer, &w.provider_ref(), request(), NOW, &mut m1).unwrap();
+        assert_eq!(
+            init.read_reply(frame(FrameKind::Handshake2, &body2[..n]))
+                .unwrap_err(),
+            InitiatorError::Reply,
+            "message 2 cut at {n}"
+        );
+    }
     let mut m1 = Vec::new();
     let init = Initiator::start(&w.consumer, &w.provider_ref(), request(), NOW, &mut m1).unwrap();
     assert_eq!(
