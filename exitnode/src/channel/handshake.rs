@@ -182,9 +182,10 @@ impl Initiator {
         let own = own.to_bytes();
         let psk = Psk::of(&provider.token);
         let mut b = builder()
-            .local_private_key(&own)
-            .remote_public_key(&provider.key.0)
-            .psk(2, &psk.0);
+            .and_then(|b| b.local_private_key(&own))
+            .and_then(|b| b.remote_public_key(&provider.key.0))
+            .and_then(|b| b.psk(2, &psk.0))
+            .map_err(noise)?;
         if let Some(e) = ephemeral {
             b = b.fixed_ephemeral_key_for_testing_only(e);
         }
@@ -283,7 +284,9 @@ impl Responder {
             return Err(ResponderError::Unexpected(frame.kind));
         }
         let own = self.key.to_bytes();
-        let mut b = builder().local_private_key(&own);
+        let mut b = builder()
+            .and_then(|b| b.local_private_key(&own))
+            .map_err(noise_r)?;
         if let Some(e) = &self.ephemeral {
             b = b.fixed_ephemeral_key_for_testing_only(e);
         }
@@ -365,12 +368,9 @@ impl Pending {
     }
 }
 
-fn builder() -> Builder<'static> {
-    // A constant that names a supported protocol: parsing it cannot fail.
-    let params = NOISE_PARAMS
-        .parse()
-        .unwrap_or_else(|_| unreachable!("{NOISE_PARAMS} is a valid Noise protocol name"));
-    Builder::new(params).prologue(PROLOGUE)
+/// A builder for our protocol and prologue.
+fn builder() -> Result<Builder<'static>, snow::Error> {
+    Builder::new(NOISE_PARAMS.parse()?).prologue(PROLOGUE)
 }
 
 /// The transport keys of a finished handshake, by direction.

@@ -186,15 +186,22 @@ fn named_keys_agree_with_snow() {
     let (cb, pb, ppub) = (c.to_bytes(), p.to_bytes(), p.public().0);
     let mut i = snow::Builder::new(params.clone())
         .prologue(PROLOGUE)
+        .unwrap()
         .local_private_key(&cb)
+        .unwrap()
         .remote_public_key(&ppub)
+        .unwrap()
         .psk(2, &psk.0)
+        .unwrap()
         .build_initiator()
         .unwrap();
     let mut r = snow::Builder::new(params)
         .prologue(PROLOGUE)
+        .unwrap()
         .local_private_key(&pb)
+        .unwrap()
         .psk(2, &psk.0)
+        .unwrap()
         .build_responder()
         .unwrap();
     let (mut a, mut b) = (vec![0; 1024], vec![0; 1024]);
