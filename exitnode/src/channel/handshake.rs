@@ -92,7 +92,7 @@ pub enum ResponderError {
     #[error("expected handshake message 1, got a {0:?} frame")]
     Unexpected(FrameKind),
     /// Message 1 did not decrypt with our static key.
-    #[error("message 1 did not decrypt: the consumer's invite names another server key")]
+    #[error("message 1 did not decrypt: the consumer's invite names another server key, or the message was altered")]
     Undecryptable,
     /// Message 1's payload is not a hello.
     #[error("message 1 is unreadable: {0}")]

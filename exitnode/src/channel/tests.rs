@@ -526,3 +526,46 @@ fn docs_protocol_md_has_the_golden_handshake() {
         "docs/protocol.md and the code disagree"
     );
 }
+
+/// Both ends through their own frame decoders, the stream cut into pieces of every
+/// size from 1 to 9 bytes: handshake, then transport both ways.
+#[test]
+fn over_a_byte_stream_in_small_pieces() {
+    for piece in 1..10 {
+        let mut w = World::new();
+        let (mut to_provider, mut to_consumer) = (Vec::new(), Vec::new());
+        let init = Initiator::start(
+            &w.consumer,
+            &w.provider_ref(),
+            request(),
+            NOW + Duration::from_secs(piece as u64),
+            &mut to_provider,
+        )
+        .unwrap();
+        let (mut at_provider, mut at_consumer) = (FrameDecoder::new(), FrameDecoder::new());
+        let mut provider = None;
+        for mut chunk in to_provider.chunks(piece) {
+            while let Some(f) = at_provider.decode(&mut chunk).unwrap() {
+                let pending = w.responder.read_hello(f, &w.consumers()).unwrap();
+                provider = Some(pending.answer(&ack(), &mut to_consumer).unwrap());
+            }
+        }
+        let mut provider = provider.expect("message 1 arrived");
+        provider.seal(b"after the reply", &mut to_consumer).unwrap();
+        let (mut init, mut consumer, mut got) = (Some(init), None, Vec::new());
+        for mut chunk in to_consumer.chunks(piece) {
+            while let Some(f) = at_consumer.decode(&mut chunk).unwrap() {
+                match (init.take(), consumer.as_mut()) {
+                    (Some(i), _) => {
+                        let (reply, s) = i.read_reply(f).unwrap();
+                        assert_eq!(reply, ack());
+                        consumer = Some(s);
+                    }
+                    (None, Some(s)) => s.open(f, &mut got).unwrap(),
+                    (None, None) => unreachable!(),
+                }
+            }
+        }
+        assert_eq!(got, b"after the reply", "pieces of {piece}");
+    }
+}
