@@ -22,9 +22,15 @@
 //! - [`client`]: the consumer's side, sans-IO: which endpoint, when to send again,
 //!   when to move on, what an answer means.
 //! - [`ratelimit`]: per-source and global limits on negotiation datagrams.
+//! - [`channel`]: the exit control channel, sans-IO: Noise `IKpsk2` (its own static
+//!   key, PSK from the invite token) in length-prefixed frames over TCP, carrying the
+//!   exit request, the answer and the provider's attestation; typed refusals for a
+//!   wrong server key, an unknown consumer and a replayed first message; transport
+//!   cipher states named by direction. Not yet wired into the binaries.
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod channel;
 pub mod client;
 pub mod invite;
 pub mod negotiate;

@@ -78,7 +78,7 @@ pub enum WireError {
 
 impl Refusal {
     /// The reason code of a nak.
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Refusal::UnknownToken => 1,
             Refusal::Expired => 2,
@@ -92,7 +92,7 @@ impl Refusal {
     }
 
     /// The refusal of a reason code.
-    fn from_code(code: u8) -> Option<Refusal> {
+    pub(crate) fn from_code(code: u8) -> Option<Refusal> {
         Refusal::ALL.into_iter().find(|r| r.code() == code)
     }
 }
