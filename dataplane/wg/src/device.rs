@@ -407,12 +407,7 @@ impl Device {
     /// configuration while pinned replaces the pinned address and stays pinned.
     /// False if no such peer.
     pub fn pin_endpoint(&mut self, key: &PublicKey, to: Option<SocketAddr>) -> bool {
-        let Some(peer) = self
-            .by_key
-            .get(key)
-            .copied()
-            .and_then(|id| self.peer_mut(id))
-        else {
+        let Some(peer) = self.peer_by_key_mut(key) else {
             return false;
         };
         peer.pinned = to.is_some();
@@ -434,12 +429,7 @@ impl Device {
     /// would remap the peer's punch. A pin to an address releases it. False if no
     /// such peer.
     pub fn hold_initiations(&mut self, key: &PublicKey, on: bool) -> bool {
-        let Some(peer) = self
-            .by_key
-            .get(key)
-            .copied()
-            .and_then(|id| self.peer_mut(id))
-        else {
+        let Some(peer) = self.peer_by_key_mut(key) else {
             return false;
         };
         peer.held = on;
@@ -556,6 +546,11 @@ impl Device {
 
     fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
         self.peers.get_mut(id.0 as usize).and_then(Option::as_mut)
+    }
+
+    fn peer_by_key_mut(&mut self, key: &PublicKey) -> Option<&mut Peer> {
+        let id = *self.by_key.get(key)?;
+        self.peer_mut(id)
     }
 
     /// Applies the device and peer parts of a configuration change (listen port and

@@ -7,17 +7,26 @@ use portdistrict_wg::uapi::{parse_request, Request};
 use portdistrict_wg::PrivateKey;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 struct Counting;
-static COUNTING: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    /// Whether this thread's allocations are counted: only the test's own thread
+    /// (the harness's threads may allocate meanwhile). A const initialiser: reading
+    /// it allocates nothing.
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn counting() -> bool {
+    COUNTING.try_with(std::cell::Cell::get).unwrap_or(false)
+}
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as our caller's.
@@ -28,7 +37,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        if COUNTING.load(Ordering::Relaxed) {
+        if counting() {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
         }
         // SAFETY: same contract as our caller's.
@@ -141,7 +150,7 @@ fn hundred_thousand_packets_allocate_nothing() {
     a.handle_datagram(now, from_b, None, &mut buf[..n], &mut ia);
     assert_eq!(b.stats.handshakes_completed, 1);
 
-    COUNTING.store(true, Ordering::SeqCst);
+    COUNTING.set(true);
     for i in 0..100_000u32 {
         if i % 1000 == 0 {
             now += Duration::from_millis(10);
@@ -159,7 +168,7 @@ fn hundred_thousand_packets_allocate_nothing() {
         a.handle_datagram(now, from_b, None, &mut buf[..n], &mut ia);
         assert_eq!(ia.tun_len, pb.len());
     }
-    COUNTING.store(false, Ordering::SeqCst);
+    COUNTING.set(false);
     assert_eq!(
         ALLOCS.load(Ordering::SeqCst),
         0,
