@@ -1,9 +1,12 @@
 //! The provider's offline exit commands: they read and write the exit state under
 //! `STATE_DIR/exit/` (created 0700): `signing.pk8` (the Ed25519 key that signs
-//! invites), `wg.key` (the provider's WireGuard private key) and `store.json` (issued
+//! invites), `wg.key` (the provider's WireGuard private key), `noise.key` (its exit
+//! channel's Noise static key, see [`attestation`]) and `store.json` (issued
 //! invites and authorized consumers), all 0600 (an existing file or directory that
 //! others may read is made private when the directory is opened). Every write is
 //! atomic.
+
+pub mod attestation;
 
 use crate::{parse_duration, Dirs};
 
@@ -111,6 +114,13 @@ impl ExitDir {
         })
     }
 
+    /// The provider's Noise static key (the exit channel's), made on first use.
+    pub(crate) fn noise_key(
+        &self,
+    ) -> anyhow::Result<portdistrict_exitnode::channel::NoiseSecretKey> {
+        attestation::noise_key(&self.path("noise.key"))
+    }
+
     /// The provider's WireGuard key, made on first use.
     pub(crate) fn wg_key(&self) -> anyhow::Result<PrivateKey> {
         crate::wg_key_file(&self.path("wg.key"))
@@ -206,6 +216,35 @@ pub fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
     // Recorded before it is shown: an invite the store does not know is worthless.
     dir.save(&store)?;
     Ok(invite.encode(&key))
+}
+
+/// `exit attestation-data`: the report data this exit node's attestation report
+/// must carry (it binds its Noise static key and its WireGuard key), for the
+/// operator's tooling to request the report with; and the two keys.
+pub fn attestation_data(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
+    let dir = ExitDir::open(dirs)?;
+    let noise = dir.noise_key()?.public();
+    let wg = dir.wg_key()?.public_key();
+    let data = portdistrict_control_core::attest::binding(&noise.0, wg.as_bytes());
+    let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+    let b64 = |k: &[u8; 32]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(k)
+    };
+    Ok(if json {
+        serde_json::json!({
+            "report_data": hex,
+            "noise_public_key": b64(&noise.0),
+            "wireguard_public_key": wg.to_base64(),
+        })
+        .to_string()
+    } else {
+        format!(
+            "report data: {hex}\nnoise public key: {}\nwireguard public key: {}",
+            b64(&noise.0),
+            wg.to_base64()
+        )
+    })
 }
 
 /// `exit list`.

@@ -30,12 +30,16 @@ const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMA
 Commands:
   exit serve --uplink IFACE [--endpoint HOST:PORT ...] [--interface pdexit0]
              [--listen-port 51820] [--ipv6 auto|on|off] [--dns-upstream IP[:PORT]]
-             [--control-group GROUP]
+             [--control-group GROUP] [--attestation DIR]
+             [--attestation-root HEX ...]
                         run the exit node until SIGTERM (dataplane, NAT, negotiation,
                         DNS forwarder on 100.64.0.1); --endpoint: what invites carry;
                         --control-group: who besides root may use RUN_DIR/exit.sock
   exit invite [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
                         print a new invite (portdistrict-invite1:...) and record it
+  exit attestation-data [--json]
+                        the report data this exit's SEV-SNP report must carry (binds
+                        its Noise and WireGuard keys), for the tooling that makes it
   exit list             issued invites and authorized consumers
   exit revoke CONSUMER|TOKEN
                         revoke a consumer (WireGuard public key or inner address) or
@@ -179,6 +183,15 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         ["exit", "serve", opts @ ..] => {
             serve::serve(&dirs, &serve::ServeOptions::parse(opts)?, &say)
+        }
+        ["exit", "attestation-data", rest @ ..] => {
+            let json = match rest {
+                [] => false,
+                ["--json"] => true,
+                _ => bail!("exit attestation-data: only --json is accepted"),
+            };
+            println!("{}", exit::attestation_data(&dirs, json)?);
+            Ok(())
         }
         ["exit", "list"] => {
             print!("{}", via_exit(&dirs, &Request::ExitList)?);

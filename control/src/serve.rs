@@ -63,6 +63,8 @@ pub struct ServeOptions {
     dns_upstream: Option<SocketAddr>,
     allow_dest: Vec<Cidr>,
     control_group: Option<u32>,
+    attestation: Option<PathBuf>,
+    attestation_roots: Vec<[u8; 32]>,
 }
 
 impl ServeOptions {
@@ -71,7 +73,10 @@ impl ServeOptions {
     /// invites carry from now on), `--ipv6 auto|on|off`, `--dns-upstream IP[:PORT]`
     /// (default: the first nameserver of /etc/resolv.conf), `--allow-dest CIDR`
     /// (repeatable: a blocked destination consumers may reach nonetheless),
-    /// `--control-group GROUP` (who besides root may use the control socket).
+    /// `--control-group GROUP` (who besides root may use the control socket),
+    /// `--attestation DIR` (`report.bin`, `vcek.der`, `chain.pem`: this node's SEV-SNP
+    /// report and certificates; without it, the kernel's configfs-tsm where present),
+    /// `--attestation-root HEX` (repeatable: another pinned ARK fingerprint).
     pub fn parse(opts: &[&str]) -> anyhow::Result<ServeOptions> {
         let mut o = ServeOptions {
             uplink: String::new(),
@@ -82,6 +87,8 @@ impl ServeOptions {
             dns_upstream: None,
             allow_dest: Vec::new(),
             control_group: None,
+            attestation: None,
+            attestation_roots: Vec::new(),
         };
         let mut it = opts.iter();
         while let Some(&flag) = it.next() {
@@ -127,6 +134,16 @@ impl ServeOptions {
                         .map_err(|e| anyhow::anyhow!("--allow-dest {e}"))?,
                 ),
                 "--control-group" => o.control_group = Some(crate::ctl::parse_group(value)?),
+                "--attestation" => o.attestation = Some(PathBuf::from(value)),
+                "--attestation-root" => {
+                    let b = hex::decode(value)
+                        .ok()
+                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                        .with_context(|| {
+                            format!("--attestation-root {value}: expected 64 hex digits (SHA-256)")
+                        })?;
+                    o.attestation_roots.push(b);
+                }
                 _ => bail!("exit serve: unknown option {flag}"),
             }
         }
@@ -141,6 +158,45 @@ impl ServeOptions {
         }
         Ok(o)
     }
+}
+
+/// This node's attestation, obtained once per start (never per connection) and
+/// checked against its own keys; `None` where there is none (no `--attestation`, no
+/// configfs-tsm). The exit control channel serves it to consumers.
+fn attest_self(
+    dir: &ExitDir,
+    wg: &PrivateKey,
+    o: &ServeOptions,
+    say: &dyn Fn(&str),
+) -> anyhow::Result<Option<crate::exit::attestation::Attestation>> {
+    use crate::exit::attestation::{obtain, self_check, Source};
+    let Some(source) = Source::choose(o.attestation.as_deref()) else {
+        return Ok(None);
+    };
+    let noise = dir.noise_key()?.public();
+    let wg_pub = wg.public_key();
+    let data = portdistrict_control_core::attest::binding(&noise.0, wg_pub.as_bytes());
+    let a = obtain(&source, &data).context("obtaining this node's attestation report")?;
+    let v = self_check(
+        &a,
+        &noise,
+        wg_pub.as_bytes(),
+        &o.attestation_roots,
+        crate::exit::now(),
+    )?;
+    if let Some(r) = &v.report {
+        say(&format!(
+            "attestation from {}: measurement {}, policy {:#x}{}",
+            a.source,
+            hex::encode(r.measurement),
+            r.policy.0,
+            match v.first_failure() {
+                Some((c, e)) => format!(" (consumers will refuse it: {}: {e})", c.name()),
+                None => String::new(),
+            }
+        ));
+    }
+    Ok(Some(a))
 }
 
 /// The dataplane binary: `PD_DATAPLANE`, else `portdistrict-dataplane` next to this
@@ -186,6 +242,7 @@ fn recover(undo_path: &Path, ifname: &str, say: &dyn Fn(&str)) -> anyhow::Result
 pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Result<()> {
     let dir = ExitDir::open(dirs)?;
     let wg = dir.wg_key()?;
+    let _attestation = attest_self(&dir, &wg, o, say)?;
     private_dir(&dirs.run)
         .with_context(|| format!("creating {} (mode 0700)", dirs.run.display()))?;
     let undo_path = dirs.run.join("exit-undo.json");
@@ -345,5 +402,23 @@ mod tests {
             "{e}"
         );
         assert!(ServeOptions::parse(&["--uplink", "e", "--allow-dest", "nope"]).is_err());
+        let o = ServeOptions::parse(&[
+            "--uplink",
+            "e",
+            "--attestation",
+            "/etc/portdistrict/attestation",
+            "--attestation-root",
+            &"ab".repeat(32),
+        ])
+        .unwrap();
+        assert_eq!(
+            o.attestation.as_deref(),
+            Some(Path::new("/etc/portdistrict/attestation"))
+        );
+        assert_eq!(o.attestation_roots, vec![[0xab; 32]]);
+        let e = ServeOptions::parse(&["--uplink", "e", "--attestation-root", "abcd"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("64 hex digits"), "{e}");
     }
 }

@@ -131,3 +131,45 @@ fn bad_arguments_are_refused_with_a_message() {
         "{err}"
     );
 }
+
+#[test]
+fn exit_attestation_data_binds_the_nodes_persistent_noise_and_wireguard_keys() {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let state = std::env::temp_dir().join(format!("pd-attest-data-{}", std::process::id()));
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_portdistrict"))
+            .args(["--state-dir", &state.to_string_lossy(), "--run-dir"])
+            .arg(state.join("run"))
+            .args(["exit", "attestation-data", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let first = run();
+    assert_eq!(run(), first, "the keys are kept");
+    let key = |k: &str| -> [u8; 32] {
+        base64::engine::general_purpose::STANDARD
+            .decode(first[k].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let (noise, wg) = (key("noise_public_key"), key("wireguard_public_key"));
+    assert_ne!(noise, wg, "the Noise key is not the WireGuard key");
+    let want = portdistrict_control_core::attest::binding(&noise, &wg);
+    assert_eq!(first["report_data"], hex::encode(want));
+    for f in ["noise.key", "wg.key"] {
+        let mode = std::fs::metadata(state.join("exit").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -22,6 +22,7 @@
 
 pub mod chain;
 pub mod report;
+pub mod tsm;
 
 pub use report::{Policy, Report, SigningKey, Tcb};
 
