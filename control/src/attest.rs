@@ -343,3 +343,114 @@ mod tests {
         }
     }
 }
+
+/// `exit grant` options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantOptions {
+    /// The exit's expected launch measurement.
+    pub measurement: [u8; 48],
+    /// Lowest guest ABI.
+    pub min_abi: (u8, u8),
+    /// SMT rule.
+    pub smt: Smt,
+    /// How long it pins.
+    pub expires: std::time::Duration,
+    /// The holder's node ID (`--to`), or anyone holding the grant.
+    pub to: Option<String>,
+    /// Write it here (0600) instead of printing it.
+    pub out: Option<PathBuf>,
+    /// How to unlock this identity.
+    pub secret: crate::node::SecretOptions,
+}
+
+impl GrantOptions {
+    /// Parses `--measurement HEX [--min-abi MAJOR.MINOR] [--smt any|forbidden]
+    /// [--expires 365d] [--to NODE_ID] [--out FILE] [--passphrase-file F]`.
+    pub fn parse(args: &[&str]) -> anyhow::Result<GrantOptions> {
+        let (secret, rest) = crate::node::SecretOptions::take(args)?;
+        let mut measurement = None;
+        let mut o = GrantOptions {
+            measurement: [0; 48],
+            min_abi: (0, 0),
+            smt: Smt::Any,
+            expires: std::time::Duration::from_secs(365 * 86_400),
+            to: None,
+            out: None,
+            secret,
+        };
+        let mut it = rest.iter();
+        while let Some(a) = it.next() {
+            let v = *it
+                .next()
+                .with_context(|| format!("exit grant: {a} needs a value"))?;
+            match *a {
+                "--measurement" => measurement = Some(hex_bytes::<48>("--measurement", v)?),
+                "--min-abi" => {
+                    o.min_abi = v
+                        .split_once('.')
+                        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                        .with_context(|| format!("--min-abi {v}: not MAJOR.MINOR (e.g. 1.51)"))?;
+                }
+                "--smt" => {
+                    o.smt = match v {
+                        "any" => Smt::Any,
+                        "forbidden" => Smt::Forbidden,
+                        _ => bail!("--smt {v}: any or forbidden"),
+                    }
+                }
+                "--expires" => {
+                    o.expires =
+                        crate::parse_duration(v, std::time::Duration::from_secs(3650 * 86_400))
+                            .with_context(|| format!("--expires {v}"))?;
+                }
+                "--to" => o.to = Some(v.to_owned()),
+                "--out" => o.out = Some(PathBuf::from(v)),
+                _ => bail!("exit grant: unknown option {a}"),
+            }
+        }
+        o.measurement = measurement.context(
+            "exit grant: --measurement HEX (the exit image's launch measurement) is required",
+        )?;
+        Ok(o)
+    }
+}
+
+/// `exit grant`: a grant signed with this identity's key, for the peer `--to` names
+/// (or anyone holding it), printed or written to `--out` (0600).
+pub fn grant(dirs: &crate::Dirs, o: &GrantOptions) -> anyhow::Result<String> {
+    use portdistrict_control_core::attest::grant::Grant;
+    let holder = match &o.to {
+        None => None,
+        Some(who) => {
+            let peers = crate::node::load_peers(dirs)?;
+            let i = peers.find(who).with_context(|| {
+                format!("exit grant --to {who}: not a peer here (`peer add` it first)")
+            })?;
+            Some(peers.peers[i].identity.master)
+        }
+    };
+    let (_, seed) = crate::node::unlock(dirs, &o.secret)?;
+    let now = crate::exit::now();
+    let g = Grant {
+        issuer: [0; 32],
+        holder,
+        measurement: o.measurement,
+        min_abi: o.min_abi,
+        smt: o.smt,
+        issued: now,
+        expires: now.saturating_add(o.expires.as_secs()),
+    };
+    let line = g.encode(&seed.master());
+    match &o.out {
+        None => Ok(line),
+        Some(path) => {
+            portdistrict_exitnode::state::write_atomic_mode(
+                path,
+                format!("{line}\n").as_bytes(),
+                0o600,
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+            Ok(format!("grant written to {}", path.display()))
+        }
+    }
+}

@@ -37,6 +37,10 @@ Commands:
                         --control-group: who besides root may use RUN_DIR/exit.sock
   exit invite [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
                         print a new invite (portdistrict-invite1:...) and record it
+  exit grant --measurement HEX [--min-abi MAJOR.MINOR] [--smt any|forbidden]
+             [--expires 365d] [--to NODE_ID | --out FILE] [--passphrase-file F]
+                        a grant signed by this identity pinning an attested exit's
+                        measurement and policy, for one peer or whoever holds it
   exit attestation-data [--json]
                         the report data this exit's SEV-SNP report must carry (binds
                         its Noise and WireGuard keys), for the tooling that makes it
@@ -183,6 +187,16 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         ["exit", "serve", opts @ ..] => {
             serve::serve(&dirs, &serve::ServeOptions::parse(opts)?, &say)
+        }
+        ["exit", "grant", opts @ ..] => {
+            println!(
+                "{}",
+                portdistrict_control::attest::grant(
+                    &dirs,
+                    &portdistrict_control::attest::GrantOptions::parse(opts)?
+                )?
+            );
+            Ok(())
         }
         ["exit", "attestation-data", rest @ ..] => {
             let json = match rest {

@@ -173,3 +173,92 @@ fn exit_attestation_data_binds_the_nodes_persistent_noise_and_wireguard_keys() {
     }
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[test]
+fn exit_grant_signs_a_pin_with_the_identity_key() {
+    use portdistrict_control_core::attest::grant::Grant;
+    use portdistrict_control_core::attest::Smt;
+    use std::os::unix::fs::PermissionsExt as _;
+    let state = std::env::temp_dir().join(format!("pd-grant-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_portdistrict"))
+            .args([
+                "--state-dir",
+                &state.join("s").to_string_lossy(),
+                "--run-dir",
+            ])
+            .arg(state.join("run"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let key = state.join("seed.key");
+    let out = cli(&[
+        "identity",
+        "init",
+        "--namespace",
+        "alice.pd.test",
+        "--key-file",
+        &key.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value =
+        serde_json::from_slice(&cli(&["identity", "show", "--json"]).stdout).unwrap();
+    let file = state.join("grant.txt");
+    let out = cli(&[
+        "exit",
+        "grant",
+        "--measurement",
+        MEASUREMENT,
+        "--min-abi",
+        "1.51",
+        "--smt",
+        "forbidden",
+        "--expires",
+        "30d",
+        "--out",
+        &file.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let g = Grant::decode(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(hex::encode(g.measurement), MEASUREMENT);
+    assert_eq!(
+        (g.min_abi, g.smt, g.holder),
+        ((1, 51), Smt::Forbidden, None)
+    );
+    assert_eq!(g.expires - g.issued, 30 * 86_400);
+    // Signed by this identity: its node ID is derived from the issuer key.
+    let node = portdistrict_control_core::identity::PublicIdentity {
+        namespace: "alice.pd.test".into(),
+        master: g.issuer,
+        ecdh: [0; 32],
+    }
+    .node_id();
+    assert_eq!(shown["node_id"], node);
+    // Refusals name what is wrong, and write nothing.
+    let out = cli(&[
+        "exit",
+        "grant",
+        "--measurement",
+        MEASUREMENT,
+        "--to",
+        "nosuchpeer",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a peer here"));
+    let out = cli(&["exit", "grant", "--smt", "forbidden"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--measurement HEX"));
+    let _ = std::fs::remove_dir_all(&state);
+}

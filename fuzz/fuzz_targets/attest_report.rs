@@ -1,10 +1,11 @@
 //! Fuzzes the SEV-SNP verifier with what an attacker controls: the report, the VCEK
-//! and the chain, each in turn, with the real Milan material as the others. Nothing
+//! and the chain, each in turn (and the grant decoder), with the real Milan material as the others. Nothing
 //! may panic, every check is in the verdict, and no report but the real one has a
 //! signature the real VCEK verifies.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use portdistrict_control_core::attest::grant::Grant;
 use portdistrict_control_core::attest::{verify, Check, Expected, Outcome, Report};
 
 const REPORT: &[u8] = include_bytes!("../../control/core/testdata/sev-snp/attestation.bin");
@@ -18,9 +19,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let expected = Expected::default();
-    let v = match selector % 4 {
+    let v = match selector % 5 {
         0 => {
             let _ = Report::parse(rest);
+            return;
+        }
+        4 => {
+            // A grant line: whatever decodes was signed by its issuer.
+            if let Ok(g) = Grant::decode(&String::from_utf8_lossy(rest)) {
+                let _ = g.expected([0; 64]);
+            }
             return;
         }
         1 => {

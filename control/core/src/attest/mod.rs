@@ -21,6 +21,7 @@
 //! others still run, so a verdict always lists all of them.
 
 pub mod chain;
+pub mod grant;
 pub mod report;
 pub mod tsm;
 

@@ -567,3 +567,79 @@ fn verification_time() {
         t.elapsed().as_secs_f64() * 1000.0 / f64::from(n)
     );
 }
+
+#[test]
+fn a_consumer_judges_an_exit_by_its_grant() {
+    use grant::{judge, ExitRefused, Grant, Presented};
+    let spec = spec();
+    let s = synth();
+    let report = signed_report(&spec);
+    let g = Grant {
+        issuer: [0; 32],
+        holder: None,
+        measurement: spec.measurement,
+        min_abi: (1, 0),
+        smt: Smt::Forbidden,
+        issued: 0,
+        expires: u64::MAX,
+    };
+    let presented = Some(Presented {
+        report: &report,
+        vcek: &s.vcek_der,
+        chain: &s.chain_pem,
+    });
+    let roots = [s.ark_fingerprint];
+    let bound = spec.report_data;
+    assert!(judge(&g, presented, bound, &roots, IN_VALIDITY)
+        .unwrap()
+        .passed());
+    assert_eq!(
+        judge(&g, None, bound, &roots, IN_VALIDITY).unwrap_err(),
+        ExitRefused::Missing
+    );
+    let other = Grant {
+        measurement: [0x3f; 48],
+        ..g.clone()
+    };
+    assert!(matches!(
+        judge(&other, presented, bound, &roots, IN_VALIDITY),
+        Err(ExitRefused::Failed {
+            check: "measurement",
+            ..
+        })
+    ));
+    // A report bound to other keys (replayed from another exit).
+    assert!(matches!(
+        judge(
+            &g,
+            presented,
+            binding(&[7; 32], &[2; 32]),
+            &roots,
+            IN_VALIDITY
+        ),
+        Err(ExitRefused::Failed {
+            check: "report_data",
+            ..
+        })
+    ));
+    // An altered report.
+    let mut altered = report.clone();
+    altered[0x90] ^= 1;
+    let p = Some(Presented {
+        report: &altered,
+        vcek: &s.vcek_der,
+        chain: &s.chain_pem,
+    });
+    assert!(matches!(
+        judge(&g, p, bound, &roots, IN_VALIDITY),
+        Err(ExitRefused::Failed {
+            check: "signature",
+            ..
+        })
+    ));
+    // Without the synthetic root pinned.
+    assert!(matches!(
+        judge(&g, presented, bound, &[], IN_VALIDITY),
+        Err(ExitRefused::Failed { check: "root", .. })
+    ));
+}
