@@ -609,3 +609,43 @@ impl Drop for TermFirst {
         }
     }
 }
+
+/// `exit serve --attestation DIR` with a report that binds other keys (AMD's real
+/// Milan report: its report data is a fixed pattern, not this provider's keys) does
+/// not start: it names the failed check and how to get the right report data, and
+/// leaves no interface or firewall table behind.
+#[test]
+fn serve_refuses_to_start_with_an_attestation_for_other_keys() {
+    let (provider, _consumer, _internet, _underlay, uplink) = exit_topology("xa", 45, 46);
+    let dir = TempDir::new("xa-attestation");
+    let material =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/core/testdata/sev-snp");
+    for (from, to) in [
+        ("attestation.bin", "report.bin"),
+        ("vcek.testcer", "vcek.der"),
+        ("milan.testcer", "chain.pem"),
+    ] {
+        std::fs::copy(material.join(from), dir.path().join(to)).unwrap();
+    }
+    let ifname = portdistrict_netns_tests::unique_ifname("pda");
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let args = serve_args(uplink.a_name(), &ifname, &["--attestation", &dir_arg]);
+    let mut cmd = provider.command("portdistrict", &args);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut serve = ChildGuard::spawn("portdistrict exit serve", &mut cmd);
+    let status = serve
+        .wait_timeout(Duration::from_secs(20))
+        .expect("exit serve kept running with an attestation for other keys");
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(serve.child_mut().stderr.as_mut().expect("piped"), &mut err)
+        .unwrap();
+    assert!(err.contains("fails its check report_data"), "{err}");
+    assert!(err.contains("exit attestation-data"), "{err}");
+    assert!(!exit_table(&provider.ns), "a firewall table was left");
+    let links = provider.ns.exec(&["ip", "-o", "link"]);
+    assert!(
+        !links.contains(&ifname),
+        "the tunnel {ifname} was left:\n{links}"
+    );
+}
