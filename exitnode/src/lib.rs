@@ -39,3 +39,6 @@ pub mod ratelimit;
 pub mod state;
 pub mod store;
 pub mod wire;
+
+#[cfg(test)]
+mod golden_doc;

@@ -306,27 +306,7 @@ mod tests {
     fn docs_protocol_md_has_the_golden_request() {
         let m = request([0xab; 16], &[1; 32], &public(PROVIDER));
         assert!(check(&m.emit(), &PROVIDER).is_ok());
-        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md");
-        let doc = std::fs::read_to_string(&path).expect("docs/protocol.md");
-        let (begin, end) = (
-            "<!-- exit-golden:begin -->\n```text\n",
-            "```\n<!-- exit-golden:end -->",
-        );
-        let (a, b) = (
-            doc.find(begin).expect("exit-golden:begin marker"),
-            doc.find(end).expect("exit-golden:end marker"),
-        );
-        let want = golden();
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            let new = format!("{}{begin}{want}{}", &doc[..a], &doc[b..]);
-            std::fs::write(&path, new).unwrap();
-            return;
-        }
-        assert_eq!(
-            &doc[a + begin.len()..b],
-            want,
-            "docs/protocol.md and the code disagree"
-        );
+        crate::golden_doc::check("exit-golden", &golden());
     }
 
     fn hex(b: &[u8]) -> String {

@@ -504,27 +504,7 @@ fn golden_text() -> String {
 
 #[test]
 fn docs_protocol_md_has_the_golden_handshake() {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md");
-    let doc = std::fs::read_to_string(&path).expect("docs/protocol.md");
-    let (begin, end) = (
-        "<!-- channel-golden:begin -->\n```text\n",
-        "```\n<!-- channel-golden:end -->",
-    );
-    let (a, b) = (
-        doc.find(begin).expect("channel-golden:begin marker"),
-        doc.find(end).expect("channel-golden:end marker"),
-    );
-    let want = golden_text();
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        let new = format!("{}{begin}{want}{}", &doc[..a], &doc[b..]);
-        std::fs::write(&path, new).unwrap();
-        return;
-    }
-    assert_eq!(
-        &doc[a + begin.len()..b],
-        want,
-        "docs/protocol.md and the code disagree"
-    );
+    crate::golden_doc::check("channel-golden", &golden_text());
 }
 
 /// Both ends through their own frame decoders, the stream cut into pieces of every
