@@ -25,6 +25,35 @@ use anyhow::{bail, Context as _};
 use portdistrict_control::ctl::{self, PeerVerb, Request};
 use portdistrict_control::{consumer, device, exit, node, serve, tunnels, Dirs};
 
+/// `print!` to stdout that ends the program quietly when stdout is closed early (a
+/// reader such as `head` went away) instead of panicking; the exit status is 141,
+/// as for a process killed by SIGPIPE.
+macro_rules! out {
+    ($($t:tt)*) => { emit(format_args!($($t)*), false) };
+}
+
+/// `println!`, the same way (see [`out!`]).
+macro_rules! outln {
+    ($($t:tt)*) => { emit(format_args!($($t)*), true) };
+}
+
+fn emit(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    let r = o
+        .write_fmt(args)
+        .and_then(|()| if newline { o.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| o.flush());
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => {
+            eprintln!("portdistrict: writing to standard output: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
 
 Commands:
@@ -146,7 +175,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         .as_slice()
     {
         [] | ["help" | "--help" | "-h"] => {
-            println!("{USAGE}");
+            outln!("{USAGE}");
             Ok(())
         }
         ["exit", "invite", opts @ ..] => {
@@ -159,7 +188,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                     uses: o.uses,
                 },
             )?;
-            println!("{line}");
+            outln!("{line}");
             Ok(())
         }
         ["facilitator", "serve", opts @ ..] => portdistrict_control::facilitator::serve(
@@ -170,7 +199,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let (text, verdict) = portdistrict_control::attest::verify(
                 &portdistrict_control::attest::VerifyOptions::parse(opts)?,
             )?;
-            println!("{text}");
+            outln!("{text}");
             match verdict.first_failure() {
                 None => Ok(()),
                 Some((check, e)) => bail!("attestation refused: {}: {e}", check.name()),
@@ -182,14 +211,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 ["--json"] => true,
                 _ => bail!("facilitator show: only --json is accepted"),
             };
-            println!("{}", portdistrict_control::facilitator::show(&dirs, json)?);
+            outln!("{}", portdistrict_control::facilitator::show(&dirs, json)?);
             Ok(())
         }
         ["exit", "serve", opts @ ..] => {
             serve::serve(&dirs, &serve::ServeOptions::parse(opts)?, &say)
         }
         ["exit", "grant", opts @ ..] => {
-            println!(
+            outln!(
                 "{}",
                 portdistrict_control::attest::grant(
                     &dirs,
@@ -204,11 +233,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 ["--json"] => true,
                 _ => bail!("exit attestation-data: only --json is accepted"),
             };
-            println!("{}", exit::attestation_data(&dirs, json)?);
+            outln!("{}", exit::attestation_data(&dirs, json)?);
             Ok(())
         }
         ["exit", "list"] => {
-            print!("{}", via_exit(&dirs, &Request::ExitList)?);
+            out!("{}", via_exit(&dirs, &Request::ExitList)?);
             Ok(())
         }
         ["exit", "revoke", who] => {
@@ -218,7 +247,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                     who: who.to_string(),
                 },
             )?;
-            println!("revoked {what}");
+            outln!("revoked {what}");
             Ok(())
         }
         ["identity", "init", opts @ ..] => {
@@ -227,11 +256,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 ["--namespace", ns] => *ns,
                 _ => bail!("identity init needs --namespace NS (a DNS name you can publish under, like alice.example.net)"),
             };
-            print!("{}", node::init(&dirs, ns, &secret, exit::now())?);
+            out!("{}", node::init(&dirs, ns, &secret, exit::now())?);
             Ok(())
         }
         ["identity", "show", rest @ ..] => {
-            print!("{}", node::show(&dirs, json_flag(rest)?)?);
+            out!("{}", node::show(&dirs, json_flag(rest)?)?);
             Ok(())
         }
         ["identity", "bundle", opts @ ..] => {
@@ -239,7 +268,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             if !rest.is_empty() {
                 bail!("identity bundle: unknown option {}", rest[0]);
             }
-            println!("{}", node::bundle(&dirs, &secret)?);
+            outln!("{}", node::bundle(&dirs, &secret)?);
             Ok(())
         }
         ["device", "init", opts @ ..] => {
@@ -248,19 +277,19 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 ["--name", n] => *n,
                 _ => bail!("device init needs --name NAME (one DNS label, like laptop)"),
             };
-            print!("{}", device::init(&dirs, name, &secret)?);
+            out!("{}", device::init(&dirs, name, &secret)?);
             Ok(())
         }
         ["tunnel", "list", rest @ ..] => {
-            print!("{}", tunnels::list(&dirs, json_flag(rest)?)?);
+            out!("{}", tunnels::list(&dirs, json_flag(rest)?)?);
             Ok(())
         }
         ["tunnel", "show", name] => {
-            print!("{}", tunnels::show(&dirs, name, false)?);
+            out!("{}", tunnels::show(&dirs, name, false)?);
             Ok(())
         }
         ["tunnel", "show", name, "--json"] | ["tunnel", "show", "--json", name] => {
-            print!("{}", tunnels::show(&dirs, name, true)?);
+            out!("{}", tunnels::show(&dirs, name, true)?);
             Ok(())
         }
         ["tunnel", verb @ ("connect" | "disconnect"), name] => {
@@ -268,15 +297,15 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 name: name.to_string(),
                 connect: *verb == "connect",
             };
-            println!("{}", via_daemon(&dirs, &request)?);
+            outln!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["status", rest @ ..] => {
-            print!("{}", tunnels::status(&dirs, json_flag(rest)?)?);
+            out!("{}", tunnels::status(&dirs, json_flag(rest)?)?);
             Ok(())
         }
         ["device", "request", "--name", name, "--namespace", ns] => {
-            println!("{}", device::request(&dirs, name, ns)?);
+            outln!("{}", device::request(&dirs, name, ns)?);
             Ok(())
         }
         ["device", "roster", "add", request, opts @ ..] => {
@@ -289,37 +318,37 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             };
             let out =
                 ctl::handle::via_daemon_unlocking(&dirs, ctl::Daemon::Control, &request, &secret)?;
-            println!("{out}");
+            outln!("{out}");
             Ok(())
         }
         ["device", "join", bundle] => {
-            println!("{}", device::join(&dirs, bundle)?);
+            outln!("{}", device::join(&dirs, bundle)?);
             Ok(())
         }
         ["device", "list", rest @ ..] => {
-            print!("{}", device::list(&dirs, json_flag(rest)?)?);
+            out!("{}", device::list(&dirs, json_flag(rest)?)?);
             Ok(())
         }
         ["device", "roster", "remove", name] => {
             let request = Request::RosterRemove {
                 name: name.to_string(),
             };
-            println!("{}", via_daemon(&dirs, &request)?);
+            outln!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["peer", "add", bundle] => {
             let request = Request::PeerAdd {
                 bundle: bundle.to_string(),
             };
-            println!("{}", via_daemon(&dirs, &request)?);
+            outln!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["peer", "list", rest @ ..] => {
-            print!("{}", node::peer_list(&dirs, json_flag(rest)?)?);
+            out!("{}", node::peer_list(&dirs, json_flag(rest)?)?);
             Ok(())
         }
         ["peer", "show", who, rest @ ..] => {
-            print!("{}", node::peer_show(&dirs, who, json_flag(rest)?)?);
+            out!("{}", node::peer_show(&dirs, who, json_flag(rest)?)?);
             Ok(())
         }
         ["peer", "verify", who, "--fingerprint", fp] => {
@@ -328,7 +357,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 who: who.to_string(),
                 fingerprint: Some(fp.to_string()),
             };
-            println!("{}", via_daemon(&dirs, &request)?);
+            outln!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["peer", verb @ ("trust" | "demote" | "revoke" | "forget" | "verify"), who] => {
@@ -337,19 +366,19 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 who: who.to_string(),
                 fingerprint: None,
             };
-            println!("{}", via_daemon(&dirs, &request)?);
+            outln!("{}", via_daemon(&dirs, &request)?);
             Ok(())
         }
         ["use", "off"] => {
-            println!("{}", consumer::off(&dirs)?);
+            outln!("{}", consumer::off(&dirs)?);
             Ok(())
         }
         ["use", "restore"] => {
-            println!("{}", consumer::restore(&dirs)?);
+            outln!("{}", consumer::restore(&dirs)?);
             Ok(())
         }
         ["use", "lockdown", what] => {
-            println!(
+            outln!(
                 "{}",
                 consumer::lockdown(&dirs, consumer::LockdownCommand::parse(what)?)?
             );
@@ -357,11 +386,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         }
         ["use", "lockdown", ..] => bail!("use lockdown takes one of on, off, status"),
         ["use", "status"] => {
-            print!("{}", consumer::status(&dirs)?);
+            out!("{}", consumer::status(&dirs)?);
             Ok(())
         }
         ["use", opts @ ..] => {
-            println!(
+            outln!(
                 "{}",
                 consumer::use_exit(&dirs, &consumer::UseOptions::parse(opts)?, &say)?
             );

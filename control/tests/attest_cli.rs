@@ -262,3 +262,27 @@ fn exit_grant_signs_a_pin_with_the_identity_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--measurement HEX"));
     let _ = std::fs::remove_dir_all(&state);
 }
+
+#[test]
+fn a_reader_that_went_away_is_no_panic() {
+    use std::process::Stdio;
+    // `portdistrict attest verify ... | true`: the reader is gone before the verdict
+    // is written (the verification takes milliseconds); it ends quietly with status
+    // 141, as for SIGPIPE, and no panic message.
+    let report = material("attestation.bin");
+    let vcek = material("vcek.testcer");
+    let chain = material("milan.testcer");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portdistrict"))
+        .args([
+            "attest", "verify", &report, "--vcek", &vcek, "--chain", &chain,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}
