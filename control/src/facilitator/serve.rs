@@ -55,8 +55,17 @@ struct State {
     relay_ports: Option<(u16, u16)>,
     next_port: u16,
     by_addr: HashMap<Ipv6Addr, PublicKey>,
+    /// When each node was admitted: a responder's handshake completes only when the
+    /// node's first data message arrives (which a lossy path may delay), so a node
+    /// without a completed handshake counts as idle only [`UNCONFIRMED_GRACE`] after
+    /// its admission.
+    admitted_at: HashMap<PublicKey, Instant>,
     dropped_inner: u64,
 }
+
+/// How long an admitted node may take to complete its handshake (its first data
+/// message) before it is removed as idle: a few handshake retries (5 s apart).
+const UNCONFIRMED_GRACE: Duration = Duration::from_secs(30);
 
 /// `facilitator serve`: runs until SIGTERM or SIGINT.
 pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
@@ -109,6 +118,7 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
         relay_ports: o.relay_ports,
         next_port: o.relay_ports.map_or(0, |(lo, _)| lo),
         by_addr: HashMap::new(),
+        admitted_at: HashMap::new(),
         dropped_inner: 0,
     };
     tracing::info!(
@@ -191,21 +201,24 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions) -> anyhow::Result<()> {
                 st.relay_socks.remove(&port);
             }
             st.fac.expire(now);
-            let idle: Vec<PublicKey> = st
-                .by_addr
-                .values()
-                .filter(|k| {
-                    device.peer(k).is_none_or(|p| {
-                        p.last_handshake
-                            .is_none_or(|t| now.saturating_duration_since(t) > NODE_IDLE)
+            let idle: Vec<PublicKey> =
+                st.by_addr
+                    .values()
+                    .filter(|k| {
+                        device.peer(k).is_none_or(|p| match p.last_handshake {
+                            Some(t) => now.saturating_duration_since(t) > NODE_IDLE,
+                            None => st.admitted_at.get(*k).is_none_or(|t| {
+                                now.saturating_duration_since(*t) > UNCONFIRMED_GRACE
+                            }),
+                        })
                     })
-                })
-                .copied()
-                .collect();
+                    .copied()
+                    .collect();
             for k in idle {
                 device.remove_peer(&k);
                 st.fac.forget(&k);
                 st.by_addr.remove(&addr::node(&k));
+                st.admitted_at.remove(&k);
             }
             write_stats(dirs, &device, &st);
         }
@@ -236,6 +249,7 @@ fn admit(device: &mut Device, st: &mut State, now: Instant, io: &mut FacIo<'_>) 
             io,
         );
         st.by_addr.insert(a, k);
+        st.admitted_at.insert(k, now);
         tracing::debug!("facilitator: admitted {}", k.to_base64());
     }
 }
