@@ -27,7 +27,7 @@ pub struct VerifyOptions {
     pub json: bool,
 }
 
-fn hex_bytes<const N: usize>(flag: &str, v: &str) -> anyhow::Result<[u8; N]> {
+pub(crate) fn hex_bytes<const N: usize>(flag: &str, v: &str) -> anyhow::Result<[u8; N]> {
     let b = hex::decode(v.trim()).with_context(|| format!("{flag} {v}: not hexadecimal"))?;
     b.as_slice()
         .try_into()
@@ -62,20 +62,8 @@ impl VerifyOptions {
                     .extra_roots
                     .push(hex_bytes::<32>("--root-fingerprint", value()?)?),
                 "--now" => now = Some(parse_rfc3339(value()?)?),
-                "--min-abi" => {
-                    let v = value()?;
-                    expected.min_abi = v
-                        .split_once('.')
-                        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-                        .with_context(|| format!("--min-abi {v}: not MAJOR.MINOR (e.g. 1.51)"))?;
-                }
-                "--smt" => {
-                    expected.smt = match value()? {
-                        "any" => Smt::Any,
-                        "forbidden" => Smt::Forbidden,
-                        v => bail!("--smt {v}: any or forbidden"),
-                    }
-                }
+                "--min-abi" => expected.min_abi = parse_abi(value()?)?,
+                "--smt" => expected.smt = parse_smt(value()?)?,
                 "--vmpl" => {
                     let v = value()?;
                     expected.vmpl = v
@@ -344,6 +332,22 @@ mod tests {
     }
 }
 
+/// `--min-abi MAJOR.MINOR`.
+pub(crate) fn parse_abi(v: &str) -> anyhow::Result<(u8, u8)> {
+    v.split_once('.')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .with_context(|| format!("--min-abi {v}: not MAJOR.MINOR (e.g. 1.51)"))
+}
+
+/// `--smt any|forbidden`.
+pub(crate) fn parse_smt(v: &str) -> anyhow::Result<Smt> {
+    match v {
+        "any" => Ok(Smt::Any),
+        "forbidden" => Ok(Smt::Forbidden),
+        _ => bail!("--smt {v}: any or forbidden"),
+    }
+}
+
 /// `exit grant` options.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrantOptions {
@@ -385,19 +389,8 @@ impl GrantOptions {
                 .with_context(|| format!("exit grant: {a} needs a value"))?;
             match *a {
                 "--measurement" => measurement = Some(hex_bytes::<48>("--measurement", v)?),
-                "--min-abi" => {
-                    o.min_abi = v
-                        .split_once('.')
-                        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-                        .with_context(|| format!("--min-abi {v}: not MAJOR.MINOR (e.g. 1.51)"))?;
-                }
-                "--smt" => {
-                    o.smt = match v {
-                        "any" => Smt::Any,
-                        "forbidden" => Smt::Forbidden,
-                        _ => bail!("--smt {v}: any or forbidden"),
-                    }
-                }
+                "--min-abi" => o.min_abi = parse_abi(v)?,
+                "--smt" => o.smt = parse_smt(v)?,
                 "--expires" => {
                     o.expires =
                         crate::parse_duration(v, std::time::Duration::from_secs(3650 * 86_400))

@@ -34,6 +34,7 @@
 
 mod boot;
 mod bring_up;
+pub mod channel;
 mod negotiation;
 mod resolver;
 mod state;
@@ -43,9 +44,10 @@ mod tunnel;
 pub use boot::{lockdown, restore, LockdownCommand};
 use bring_up::bring_up;
 use negotiation::probe;
+pub use state::Granted;
 use state::{
     ensure_kill_switch, first_state, kill_switch_in_place, link_exists, policy, table_present,
-    take_back, Granted, UseDir, UseState,
+    take_back, UseDir, UseState,
 };
 pub use status::status;
 
@@ -73,12 +75,15 @@ pub struct UseOptions {
     resolv_conf: Option<PathBuf>,
     dns: resolver::Want,
     timeout: Duration,
+    grants: Vec<PathBuf>,
+    attestation_roots: Vec<[u8; 32]>,
 }
 
 impl UseOptions {
     /// Parses `INVITE --mode system [--allow-lan] [--interface NAME]
     /// [--dns auto|resolvectl|resolvconf|file|none] [--resolv-conf PATH|none]
-    /// [--timeout 20s]` (`--resolv-conf` alone means `--dns file` with that file).
+    /// [--timeout 20s] [--grant FILE ...] [--attestation-root HEX ...]`
+    /// (`--resolv-conf` alone means `--dns file` with that file).
     pub fn parse(opts: &[&str]) -> anyhow::Result<UseOptions> {
         let mut o = UseOptions {
             invite: String::new(),
@@ -87,6 +92,8 @@ impl UseOptions {
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
             dns: resolver::Want::Auto,
             timeout: Duration::from_secs(20),
+            grants: Vec::new(),
+            attestation_roots: Vec::new(),
         };
         let mut mode = None;
         let mut file_given = false;
@@ -115,6 +122,10 @@ impl UseOptions {
                 "--timeout" => {
                     o.timeout = crate::parse_duration(value, MAX_TIMEOUT).context("--timeout")?
                 }
+                "--grant" => o.grants.push(PathBuf::from(value)),
+                "--attestation-root" => o
+                    .attestation_roots
+                    .push(crate::attest::hex_bytes::<32>(a, value)?),
                 _ => bail!("use: unknown option {a}"),
             }
         }
@@ -150,6 +161,7 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions, say: &dyn Fn(&str)) -> anyhow::Resu
     let dir = UseDir::new(dirs)?;
     let _lock = dir.lock()?;
     let key = dir.wg_key()?;
+    let noise = dir.noise_key()?;
     let (state, first) = match dir.load()? {
         Some(s) if s.invite.trim() != o.invite.trim() => bail!(
             "system mode is already on with another invite (through {}); run `portdistrict use off` first",
@@ -174,9 +186,32 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions, say: &dyn Fn(&str)) -> anyhow::Resu
             say("system mode was on but the tunnel is down; bringing it back (the kill switch stays on)");
             (s, false)
         }
-        None => (first_state(&dir, o, &invite)?, true),
+        None => {
+            // Asked and judged before anything changes: a refused exit (its
+            // attestation missing, failing or measuring otherwise, or the request
+            // refused) leaves the machine as it was.
+            invite
+                .check_expiry(crate::exit::now())
+                .context("the invite is not usable")?;
+            let grants = read_grants(&o.grants)?;
+            let pins = channel::pins(dirs, &grants, &invite, &o.attestation_roots)?;
+            let asked = channel::ask(&invite, &key, &noise, &pins, o.timeout, None)
+                .context("nothing was changed on this machine")?;
+            if let Some(m) = asked.measurement {
+                say(&format!(
+                    "the exit's attestation passed every check (measurement {})",
+                    hex::encode(m)
+                ));
+            }
+            (first_state(&dir, o, &asked, grants)?, true)
+        }
     };
-    match bring_up(&dir, state, &invite, &key, o.timeout) {
+    let asker = Asker {
+        dirs,
+        noise: &noise,
+        timeout: o.timeout,
+    };
+    match bring_up(&dir, state, &invite, &key, first, &asker) {
         Ok(s) => {
             let g = s.granted.context("granted after bring-up")?;
             Ok(format!("system mode on: {}", summary(&s, &g)))
@@ -207,6 +242,52 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions, say: &dyn Fn(&str)) -> anyhow::Resu
             Err(e)
         }
     }
+}
+
+/// What a repair needs to ask for the grant again.
+pub(crate) struct Asker<'a> {
+    dirs: &'a Dirs,
+    noise: &'a portdistrict_exitnode::channel::NoiseSecretKey,
+    timeout: Duration,
+}
+
+impl Asker<'_> {
+    /// The time budget of each exchange.
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Asks again with the pins `s` saved, through the kill switch (marked).
+    fn ask(
+        &self,
+        s: &UseState,
+        invite: &Invite,
+        key: &portdistrict_wg::PrivateKey,
+    ) -> anyhow::Result<channel::Asked> {
+        let roots = s
+            .attestation_roots
+            .iter()
+            .map(|h| crate::attest::hex_bytes::<32>("saved attestation root", h))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pins = channel::pins(self.dirs, &s.grants, invite, &roots)?;
+        channel::ask(invite, key, self.noise, &pins, self.timeout, Some(FWMARK))
+    }
+}
+
+/// The grant lines in `files` (each 0600 or not, read as given).
+fn read_grants(files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
+    files
+        .iter()
+        .map(|f| {
+            let meta = std::fs::metadata(f).with_context(|| format!("--grant {}", f.display()))?;
+            if meta.len() > 64 * 1024 {
+                bail!("--grant {}: larger than a grant can be", f.display());
+            }
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("--grant {}", f.display()))?;
+            Ok(text.trim().to_owned())
+        })
+        .collect()
 }
 
 fn summary(s: &UseState, g: &Granted) -> String {
@@ -366,7 +447,7 @@ mod tests {
     }
 
     #[test]
-    fn negotiation_stage_blocks_ipv6_and_allows_only_the_provider() {
+    fn before_a_grant_ipv6_is_blocked_and_only_the_provider_allowed() {
         let signer = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
         let invite = Invite {
             transport: portdistrict_exitnode::invite::Transport::WireGuardUdp,
@@ -376,8 +457,11 @@ mod tests {
                 .try_into()
                 .unwrap(),
             token: [2; 16],
-            negotiation_key: [3; 32],
-            negotiation_addr: Ipv4Addr::new(100, 127, 0, 2),
+            channel: Some(portdistrict_exitnode::invite::Channel {
+                noise_key: [3; 32],
+                port: 443,
+            }),
+            pin: None,
             expires: u64::MAX,
             uses: 1,
             endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
@@ -395,12 +479,17 @@ mod tests {
             },
             resolv: None,
             dns_via: None,
+            grants: Vec::new(),
+            attestation_roots: Vec::new(),
         };
         let p = plan_of(&s, &invite);
         assert!(p
             .nft
             .contains("meta mark 0xca6c ip daddr 192.0.2.1 udp dport 51820 accept"));
-        assert!(p.nft.contains("ip daddr 100.127.0.2 drop"));
+        assert!(p
+            .nft
+            .contains("meta mark 0xca6c ip daddr 192.0.2.1 tcp dport 443 accept"));
+        assert!(!p.nft.contains("tcp sport 443"), "replies are established");
         assert!(p
             .ip
             .iter()

@@ -10,10 +10,14 @@ pub mod attestation;
 
 use crate::{parse_duration, Dirs};
 
+/// The exit channel's TCP port invites name before `exit serve` recorded one (its
+/// default: the default WireGuard port).
+const DEFAULT_CHANNEL_PORT: u16 = 51820;
+
 /// The longest `--expires` of an invite (ten years).
 const MAX_EXPIRY: Duration = Duration::from_secs(3650 * 86_400);
 use anyhow::{bail, Context as _};
-use portdistrict_exitnode::invite::{Invite, Transport, MAX_ENDPOINTS};
+use portdistrict_exitnode::invite::{Channel, Invite, Pin, Transport, MAX_ENDPOINTS};
 use portdistrict_exitnode::state::{private_dir, write_atomic, write_atomic_mode};
 use portdistrict_exitnode::store::Store;
 use portdistrict_wg::PrivateKey;
@@ -33,17 +37,49 @@ pub struct InviteOptions {
     pub expires: Duration,
     /// How many consumers may redeem it.
     pub uses: u16,
+    /// The attestation the consumer must require of this exit, if pinned.
+    pub pin: Option<Pin>,
 }
 
 impl InviteOptions {
-    /// Parses `--endpoint HOST:PORT` (repeatable; default: the endpoints `exit serve --endpoint` recorded), `--expires 24h`,
-    /// `--uses 1`.
+    /// The pin as the control socket carries it.
+    pub fn pin_request(&self) -> Option<crate::ctl::protocol::InvitePin> {
+        self.pin.map(|p| crate::ctl::protocol::InvitePin {
+            measurement: hex::encode(p.measurement),
+            min_abi: p.min_abi,
+            smt_forbidden: p.smt == portdistrict_control_core::attest::Smt::Forbidden,
+        })
+    }
+
+    /// The pin the control socket carried.
+    pub fn pin_of(p: Option<&crate::ctl::protocol::InvitePin>) -> anyhow::Result<Option<Pin>> {
+        use portdistrict_control_core::attest::Smt;
+        p.map(|p| {
+            Ok(Pin {
+                measurement: crate::attest::hex_bytes::<48>("measurement", &p.measurement)?,
+                min_abi: p.min_abi,
+                smt: if p.smt_forbidden {
+                    Smt::Forbidden
+                } else {
+                    Smt::Any
+                },
+            })
+        })
+        .transpose()
+    }
+
+    /// Parses `--endpoint HOST:PORT` (repeatable; default: the endpoints `exit serve
+    /// --endpoint` recorded), `--expires 24h`, `--uses 1`, and the pin of an attested
+    /// exit: `--measurement HEX` (48 bytes) with `--min-abi MAJOR.MINOR` and `--smt
+    /// any|forbidden`.
     pub fn parse(opts: &[&str]) -> anyhow::Result<InviteOptions> {
         let mut o = InviteOptions {
             endpoints: Vec::new(),
             expires: Duration::from_secs(86_400),
             uses: 1,
+            pin: None,
         };
+        let (mut min_abi, mut smt) = (None, None);
         let mut it = opts.iter();
         while let Some(&flag) = it.next() {
             let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -68,8 +104,27 @@ impl InviteOptions {
                         .filter(|&u| u > 0)
                         .with_context(|| format!("--uses {value}: expected 1 to 65535"))?
                 }
+                "--measurement" => {
+                    o.pin = Some(Pin {
+                        measurement: crate::attest::hex_bytes::<48>(flag, value)?,
+                        min_abi: (0, 0),
+                        smt: portdistrict_control_core::attest::Smt::Any,
+                    })
+                }
+                "--min-abi" => min_abi = Some(crate::attest::parse_abi(value)?),
+                "--smt" => smt = Some(crate::attest::parse_smt(value)?),
                 _ => bail!("exit invite: unknown option {flag}"),
             }
+        }
+        match &mut o.pin {
+            Some(p) => {
+                p.min_abi = min_abi.unwrap_or(p.min_abi);
+                p.smt = smt.unwrap_or(p.smt);
+            }
+            None if min_abi.is_some() || smt.is_some() => {
+                bail!("--min-abi and --smt pin an attested exit: they need --measurement HEX")
+            }
+            None => {}
         }
         if o.endpoints.len() > MAX_ENDPOINTS {
             bail!("exit invite takes at most {MAX_ENDPOINTS} endpoints");
@@ -186,18 +241,13 @@ pub fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
     SystemRandom::new()
         .fill(&mut token)
         .map_err(|_| anyhow::anyhow!("no randomness for the token"))?;
-    let negotiation = PrivateKey::generate(&mut rand_core::OsRng);
     let expires = now()
         .checked_add(o.expires.as_secs())
         .context("--expires: the expiry does not fit the clock")?;
-    let Some(negotiation_addr) = store.issue(
-        &token,
-        &negotiation.public_key().to_base64(),
-        expires,
-        o.uses,
-    ) else {
+    let Some(()) = store.issue(&token, expires, o.uses) else {
         bail!("65,534 invites are on record: revoke or let some expire first");
     };
+    let noise = dir.noise_key()?.public();
     let invite = Invite {
         transport: Transport::WireGuardUdp,
         wg_key: *wg.public_key().as_bytes(),
@@ -207,8 +257,11 @@ pub fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
             .try_into()
             .context("Ed25519 public keys are 32 bytes")?,
         token,
-        negotiation_key: *negotiation.as_bytes(),
-        negotiation_addr,
+        channel: Some(Channel {
+            noise_key: noise.0,
+            port: store.channel_port.unwrap_or(DEFAULT_CHANNEL_PORT),
+        }),
+        pin: o.pin,
         expires,
         uses: o.uses,
         endpoints,
@@ -372,14 +425,41 @@ mod tests {
         assert_ne!(again.token, inv.token);
         let store = ExitDir::open(&d).unwrap().store().unwrap();
         assert_eq!(store.invites.len(), 2);
-        // Each invite its own negotiation identity, recorded by its public key.
-        assert_ne!(again.negotiation_addr, inv.negotiation_addr);
-        let neg = PrivateKey::from_bytes(inv.negotiation_key)
-            .public_key()
-            .to_base64();
-        assert_eq!(store.invites[0].negotiation_key, neg);
-        assert_eq!(store.invites[0].negotiation_addr, inv.negotiation_addr);
+        // Both name the exit channel: this node's Noise key, the default port before
+        // `exit serve` recorded one; no pin unless asked.
+        let noise = ExitDir::open(&d).unwrap().noise_key().unwrap().public();
+        for i in [&inv, &again] {
+            let c = i.channel.unwrap();
+            assert_eq!((c.noise_key, c.port), (noise.0, DEFAULT_CHANNEL_PORT));
+            assert_eq!(i.pin, None);
+        }
+        let pinned = InviteOptions::parse(&[
+            "--endpoint",
+            "192.0.2.1:51820",
+            "--measurement",
+            &"3e".repeat(48),
+            "--min-abi",
+            "1.51",
+            "--smt",
+            "forbidden",
+        ])
+        .unwrap();
+        let p = Invite::decode(&invite(&d, &pinned).unwrap())
+            .unwrap()
+            .pin
+            .unwrap();
+        assert_eq!(p.measurement, [0x3e; 48]);
+        assert_eq!(p.min_abi, (1, 51));
+        assert_eq!(p.smt, portdistrict_control_core::attest::Smt::Forbidden);
+        // And through the control socket's form.
+        assert_eq!(
+            InviteOptions::pin_of(pinned.pin_request().as_ref()).unwrap(),
+            pinned.pin
+        );
+        let e = InviteOptions::parse(&["--smt", "forbidden"]).unwrap_err();
+        assert!(e.to_string().contains("need --measurement"), "{e}");
         assert!(list(&d).unwrap().contains("2 use(s) left"));
+        assert_eq!(store.invites.len(), 2);
         use std::os::unix::fs::PermissionsExt as _;
         for secret in ["signing.pk8", "wg.key"] {
             let m = std::fs::metadata(exit_dir(&d).join(secret)).unwrap();

@@ -183,6 +183,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             let line = via_exit(
                 &dirs,
                 &Request::ExitInvite {
+                    pin: o.pin_request(),
                     endpoints: o.endpoints,
                     expires_secs: o.expires.as_secs(),
                     uses: o.uses,

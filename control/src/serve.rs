@@ -1,19 +1,23 @@
 //! `portdistrict exit serve`: the provider process. It starts the dataplane on the
 //! tunnel interface with the provider's WireGuard key, registers every authorized
-//! consumer (its inner addresses) and every live invite's negotiation identity as
-//! peers, addresses the tunnel (100.64.0.1/10), applies the provider plan (forwarding
-//! and masquerade for authorized consumers only) and answers exit requests on
-//! 100.64.0.1:51821 until SIGTERM or SIGINT, when it takes the plan back and deletes
+//! consumer (its inner addresses) as a peer, addresses the tunnel (100.64.0.1/10),
+//! applies the provider plan (forwarding and masquerade for authorized consumers
+//! only), answers new consumers on the exit channel (TCP, Noise; [`channel`]) with
+//! this node's attestation, and granted consumers' in-tunnel exit requests on
+//! 100.64.0.1:51821, until SIGTERM or SIGINT, when it takes the plan back and deletes
 //! the interface.
 //!
-//! An exit request is answered by [`negotiate::check`](portdistrict_exitnode::negotiate::check) (its proof of key ownership)
-//! and [`negotiate::decide`](portdistrict_exitnode::negotiate::decide); on a grant the store is saved first (a crash never
+//! A request is checked by [`negotiate::check`](portdistrict_exitnode::negotiate::check) (its proof of key ownership)
+//! and decided by [`negotiate::decide`](portdistrict_exitnode::negotiate::decide); on a grant the store is saved first (a crash never
 //! forgets a grant it sent), then the consumer becomes a peer, the firewall's
-//! consumer set is replaced, and only then is the ack sent. The negotiation and DNS
-//! sockets are bound to the tunnel interface; negotiation datagrams are rate limited
-//! per source and in all ([`RateLimiter`](portdistrict_exitnode::ratelimit::RateLimiter)); a store that cannot be read or written
-//! for a moment is logged and answered "unavailable", never fatal.
+//! consumer set is replaced, and only then is the ack sent. Over the channel the store
+//! changes only once the consumer confirmed, after it judged the attestation. The
+//! negotiation and DNS sockets are bound to the tunnel interface; negotiation
+//! datagrams and channel connections are rate limited per source and in all
+//! ([`RateLimiter`](portdistrict_exitnode::ratelimit::RateLimiter)); a store that cannot be read or written for a moment is
+//! logged and answered "unavailable", never fatal.
 
+mod channel;
 mod negotiation;
 mod sync;
 mod uplink;
@@ -65,9 +69,15 @@ pub struct ServeOptions {
     control_group: Option<u32>,
     attestation: Option<PathBuf>,
     attestation_roots: Vec<[u8; 32]>,
+    channel_port: Option<u16>,
 }
 
 impl ServeOptions {
+    /// The exit channel's TCP port.
+    pub fn channel_port(&self) -> u16 {
+        self.channel_port.unwrap_or(self.listen_port)
+    }
+
     /// Parses `--uplink IFACE` (required), `--interface NAME` (default `pdexit0`),
     /// `--listen-port N` (default 51820), `--endpoint HOST:PORT` (repeatable; what
     /// invites carry from now on), `--ipv6 auto|on|off`, `--dns-upstream IP[:PORT]`
@@ -76,7 +86,8 @@ impl ServeOptions {
     /// `--control-group GROUP` (who besides root may use the control socket),
     /// `--attestation DIR` (`report.bin`, `vcek.der`, `chain.pem`: this node's SEV-SNP
     /// report and certificates; without it, the kernel's configfs-tsm where present),
-    /// `--attestation-root HEX` (repeatable: another pinned ARK fingerprint).
+    /// `--attestation-root HEX` (repeatable: another pinned ARK fingerprint),
+    /// `--channel-port N` (the exit channel's TCP port; default: the listen port).
     pub fn parse(opts: &[&str]) -> anyhow::Result<ServeOptions> {
         let mut o = ServeOptions {
             uplink: String::new(),
@@ -89,6 +100,7 @@ impl ServeOptions {
             control_group: None,
             attestation: None,
             attestation_roots: Vec::new(),
+            channel_port: None,
         };
         let mut it = opts.iter();
         while let Some(&flag) = it.next() {
@@ -135,6 +147,12 @@ impl ServeOptions {
                 ),
                 "--control-group" => o.control_group = Some(crate::ctl::parse_group(value)?),
                 "--attestation" => o.attestation = Some(PathBuf::from(value)),
+                "--channel-port" => {
+                    o.channel_port =
+                        Some(value.parse().ok().filter(|&p| p > 0).with_context(|| {
+                            format!("--channel-port {value}: expected 1 to 65535")
+                        })?)
+                }
                 "--attestation-root" => {
                     let b = hex::decode(value)
                         .ok()
@@ -242,7 +260,15 @@ fn recover(undo_path: &Path, ifname: &str, say: &dyn Fn(&str)) -> anyhow::Result
 pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Result<()> {
     let dir = ExitDir::open(dirs)?;
     let wg = dir.wg_key()?;
-    let _attestation = attest_self(&dir, &wg, o, say)?;
+    let attestation =
+        attest_self(&dir, &wg, o, say)?.map(|a| portdistrict_exitnode::channel::Attestation {
+            report: a.report,
+            vcek: a.vcek,
+            chain: a.chain,
+        });
+    let noise = dir.noise_key()?;
+    // Before anything changes: a port another process holds fails the start.
+    let listener = channel::bind(o.channel_port())?;
     private_dir(&dirs.run)
         .with_context(|| format!("creating {} (mode 0700)", dirs.run.display()))?;
     let undo_path = dirs.run.join("exit-undo.json");
@@ -269,6 +295,10 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Resul
         let mut changed = false;
         if !o.endpoints.is_empty() && store.endpoints != o.endpoints {
             store.endpoints = o.endpoints.clone();
+            changed = true;
+        }
+        if store.channel_port != Some(o.channel_port()) {
+            store.channel_port = Some(o.channel_port());
             changed = true;
         }
         if ipv6 && store.v6_prefix.is_none() {
@@ -307,6 +337,9 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Resul
         term: &term,
         host,
         say,
+        noise,
+        attestation,
+        listener,
     };
     let result = ctx.run(&wg, store, &undo_path);
     // The interface goes in any case; the dataplane exits with it.
@@ -324,6 +357,12 @@ struct Serving<'a> {
     host: Host,
     /// The command's own lines.
     say: &'a dyn Fn(&str),
+    /// The exit channel's Noise static key.
+    noise: portdistrict_exitnode::channel::NoiseSecretKey,
+    /// This node's attestation, obtained once at start.
+    attestation: Option<portdistrict_exitnode::channel::Attestation>,
+    /// The exit channel's listener.
+    listener: std::net::TcpListener,
 }
 
 impl Serving<'_> {

@@ -1,26 +1,31 @@
 //! Exit invites: one line, `portdistrict-invite1:<base64url>`, that a provider hands
 //! to a consumer out of band. Versioned, signed by the provider (Ed25519), carrying
 //! the provider's endpoints, its WireGuard public key, a token, an expiry, the number
-//! of uses, a transport, and the negotiation identity.
+//! of uses, a transport, where its exit channel listens and with which Noise static
+//! key ([`crate::channel`]), and optionally the pin of an attested exit: the launch
+//! measurement and guest-policy rules its SEV-SNP attestation must show.
 //!
-//! WireGuard only answers peers it knows, and the provider cannot know a consumer's
-//! key before the consumer asks. So the invite carries a one-off WireGuard identity
-//! for negotiation: an X25519 private key and an inner address. The provider, which
-//! made them, keeps the public key configured as a peer whose AllowedIPs is that one
-//! address (and its firewall lets that peer reach only the negotiation port); the
-//! consumer's first handshake uses this identity, sends its exit request with its own
-//! key, and switches to its own key once acked. That is how the first handshake is
-//! authorized for the negotiation only.
+//! The consumer asks for its grant over the exit channel (TCP to an endpoint's
+//! address at the channel port) before anything on its machine changes; the tunnel
+//! comes up with its own WireGuard key only after the provider granted it.
 //!
-//! Binary layout (all integers big-endian), then the signature over everything
-//! before it:
+//! Binary layout of version 2 (all integers big-endian), then the signature over
+//! everything before it:
 //!
 //! ```text
-//! version u8 (1) | transport u8 (1 = WireGuard over UDP) | wg_key [32] | signer [32]
-//! | token [16] | negotiation key [32] | negotiation address [4]
+//! version u8 (2) | transport u8 (1 = WireGuard over UDP) | wg_key [32] | signer [32]
+//! | token [16] | channel Noise key [32] | channel TCP port u16
+//! | pin u8 (0 none, 1 present)
+//!   [ | measurement [48] | min ABI major u8 | min ABI minor u8 | SMT u8 (0 allowed, 1 forbidden) ]
 //! | expires u64 (Unix seconds) | uses u16 | endpoint count u8 (1..=8)
 //! | endpoints: family u8 (4 or 6), address [4 or 16], port u16 | signature [64]
 //! ```
+//!
+//! Version 1 (a one-off WireGuard "negotiation identity", X25519 key [32] and
+//! address [4], where version 2 has the channel and the pin) is still read, so that
+//! a consumer whose saved state holds one keeps its kill switch and tunnel across an
+//! upgrade and a reboot; it has no channel ([`Invite::channel`] is `None`), so a new
+//! grant needs a new invite.
 //!
 //! Decoding checks everything it can without the provider's state: label, base64url,
 //! version and transport (unknown ones ask for an upgrade), structure, and the
@@ -28,15 +33,16 @@
 //! signer is the provider itself, the token known, unused, unrevoked and unexpired is
 //! for the provider to decide ([`Invite::check_expiry`] takes the time as an argument).
 
+use portdistrict_control_core::attest::Smt;
 use portdistrict_control_core::codec::{BlobError, CodecError, Label, Reader, Writer};
 use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 /// The label every invite starts with.
 pub const PREFIX: &str = LABEL.prefix();
 const LABEL: Label = Label::new("portdistrict-invite1:");
-/// The one binary version this code writes and reads.
-pub const VERSION: u8 = 1;
+/// The binary version this code writes (it also reads version 1).
+pub const VERSION: u8 = 2;
 /// Most endpoints an invite carries.
 pub const MAX_ENDPOINTS: usize = 8;
 const SIGNATURE_LEN: usize = 64;
@@ -67,16 +73,37 @@ pub struct Invite {
     pub signer: [u8; 32],
     /// The secret the consumer presents in its exit request.
     pub token: [u8; 16],
-    /// The X25519 private key of the one-off negotiation identity.
-    pub negotiation_key: [u8; 32],
-    /// The inner address that goes with it (the provider routes its replies there).
-    pub negotiation_addr: Ipv4Addr,
+    /// Where and how to reach the provider's exit channel (`None`: a version-1
+    /// invite, which has none).
+    pub channel: Option<Channel>,
+    /// What the provider's attestation must show, if the invite pins it.
+    pub pin: Option<Pin>,
     /// When it stops being valid, Unix seconds.
     pub expires: u64,
     /// How many consumers may use it.
     pub uses: u16,
     /// Where the provider listens.
     pub endpoints: Vec<SocketAddr>,
+}
+
+/// The provider's exit channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channel {
+    /// Its Noise static public key.
+    pub noise_key: [u8; 32],
+    /// Its TCP port, on each endpoint's address.
+    pub port: u16,
+}
+
+/// An attested exit's pin: what its SEV-SNP attestation must show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    /// The launch measurement.
+    pub measurement: [u8; 48],
+    /// The lowest guest ABI (major, minor) its policy may allow.
+    pub min_abi: (u8, u8),
+    /// Whether its policy may allow SMT.
+    pub smt: Smt,
 }
 
 /// Why an invite was refused.
@@ -125,21 +152,40 @@ impl From<CodecError> for InviteError {
 }
 
 impl Invite {
-    /// The invite as one line, signed with `key` (whose public key must be
-    /// [`Invite::signer`]; it is written from `key`).
+    /// The invite as one line (version 2), signed with `key` (whose public key must
+    /// be [`Invite::signer`]; it is written from `key`). An invite without a channel
+    /// is written with port 0, which no decoder accepts: only version-1 invites lack
+    /// one, and they are never written again.
     pub fn encode(&self, key: &Ed25519KeyPair) -> String {
         let eps = &self.endpoints[..self.endpoints.len().min(MAX_ENDPOINTS)];
         let mut body = Writer::new();
+        let channel = self.channel.unwrap_or(Channel {
+            noise_key: [0; 32],
+            port: 0,
+        });
         body.u8(VERSION)
             .u8(self.transport.code())
             .bytes(&self.wg_key)
             .bytes(key.public_key().as_ref())
             .bytes(&self.token)
-            .bytes(&self.negotiation_key)
-            .bytes(&self.negotiation_addr.octets())
-            .u64(self.expires)
-            .u16(self.uses)
-            .u8(eps.len() as u8);
+            .bytes(&channel.noise_key)
+            .u16(channel.port);
+        match &self.pin {
+            None => {
+                body.u8(0);
+            }
+            Some(p) => {
+                body.u8(1)
+                    .bytes(&p.measurement)
+                    .u8(p.min_abi.0)
+                    .u8(p.min_abi.1)
+                    .u8(match p.smt {
+                        Smt::Any => 0,
+                        Smt::Forbidden => 1,
+                    });
+            }
+        }
+        body.u64(self.expires).u16(self.uses).u8(eps.len() as u8);
         for ep in eps {
             body.socket_addr(*ep);
         }
@@ -157,7 +203,7 @@ impl Invite {
         })?;
         let mut r = Reader::new(&bytes);
         let version = r.u8("version")?;
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(InviteError::UnknownVersion(version));
         }
         let transport = match r.u8("transport")? {
@@ -167,8 +213,31 @@ impl Invite {
         let wg_key = r.array("WireGuard key")?;
         let signer: [u8; 32] = r.array("signer key")?;
         let token = r.array("token")?;
-        let negotiation_key = r.array("negotiation key")?;
-        let negotiation_addr = Ipv4Addr::from(r.array::<4>("negotiation address")?);
+        let (channel, pin) = if version == 1 {
+            // The one-off negotiation identity, no longer used.
+            r.array::<36>("negotiation identity")?;
+            (None, None)
+        } else {
+            let noise_key = r.array("channel key")?;
+            let port = r.u16("channel port")?;
+            if port == 0 {
+                return Err(InviteError::Malformed("channel port 0"));
+            }
+            let pin = match r.u8("pin flag")? {
+                0 => None,
+                1 => Some(Pin {
+                    measurement: r.array("pinned measurement")?,
+                    min_abi: (r.u8("pinned ABI")?, r.u8("pinned ABI")?),
+                    smt: match r.u8("pinned SMT rule")? {
+                        0 => Smt::Any,
+                        1 => Smt::Forbidden,
+                        _ => return Err(InviteError::Malformed("SMT rule must be 0 or 1")),
+                    },
+                }),
+                _ => return Err(InviteError::Malformed("pin flag must be 0 or 1")),
+            };
+            (Some(Channel { noise_key, port }), pin)
+        };
         let expires = r.u64("expiry")?;
         let uses = r.u16("use count")?;
         let count = usize::from(r.u8("endpoint count")?);
@@ -192,8 +261,8 @@ impl Invite {
             wg_key,
             signer,
             token,
-            negotiation_key,
-            negotiation_addr,
+            channel,
+            pin,
             expires,
             uses,
             endpoints,
@@ -216,7 +285,7 @@ mod tests {
     use super::*;
     use base64::Engine as _;
 
-    const HEADER_LEN: usize = 1 + 1 + 32 + 32 + 16 + 32 + 4 + 8 + 2 + 1;
+    const HEADER_LEN: usize = 1 + 1 + 32 + 32 + 16 + 32 + 2 + 1 + 8 + 2 + 1;
 
     /// A fixed key (RFC 8032 test 1 seed) so that encodings are reproducible.
     fn key() -> Ed25519KeyPair {
@@ -239,8 +308,11 @@ mod tests {
             wg_key: [7; 32],
             signer: k.public_key().as_ref().try_into().unwrap(),
             token: [9; 16],
-            negotiation_key: [5; 32],
-            negotiation_addr: Ipv4Addr::new(100, 127, 0, 2),
+            channel: Some(Channel {
+                noise_key: [5; 32],
+                port: 51820,
+            }),
+            pin: None,
             expires: 1_800_000_000,
             uses: 1,
             endpoints: vec![
@@ -259,13 +331,13 @@ mod tests {
             .decode(&line[PREFIX.len()..])
             .unwrap();
         // version, transport, then the WireGuard key.
-        assert_eq!(&bytes[..4], &[1, 1, 7, 7]);
-        // The negotiation identity after the two keys and the token.
+        assert_eq!(&bytes[..4], &[2, 1, 7, 7]);
+        // The channel after the two keys and the token, then "no pin".
         let at = 2 + 32 + 32 + 16;
         assert_eq!(&bytes[at..at + 2], &[5, 5]);
-        assert_eq!(&bytes[at + 32..at + 36], &[100, 127, 0, 2]);
+        assert_eq!(&bytes[at + 32..at + 35], &[0xca, 0x6c, 0]);
         // expiry and uses after it.
-        let at = at + 36;
+        let at = at + 35;
         assert_eq!(&bytes[at..at + 8], &1_800_000_000u64.to_be_bytes());
         assert_eq!(&bytes[at + 8..at + 11], &[0, 1, 2]);
         // v4 endpoint: family, address, port.
@@ -294,12 +366,13 @@ mod tests {
     fn unknown_versions_and_transports_ask_for_an_upgrade() {
         let e = Invite::decode("portdistrict-invite2:AAAA").unwrap_err();
         assert_eq!(e, InviteError::UnknownVersion(2));
+        // The version byte after 2.
         assert!(e.to_string().contains("upgrade"));
         let line = example().encode(&key());
         let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&line[PREFIX.len()..])
             .unwrap();
-        bytes[0] = 2;
+        bytes[0] = 3;
         let enc = |b: &[u8]| {
             format!(
                 "{PREFIX}{}",
@@ -308,9 +381,9 @@ mod tests {
         };
         assert_eq!(
             Invite::decode(&enc(&bytes)),
-            Err(InviteError::UnknownVersion(2))
+            Err(InviteError::UnknownVersion(3))
         );
-        bytes[0] = 1;
+        bytes[0] = 2;
         bytes[1] = 9;
         let e = Invite::decode(&enc(&bytes)).unwrap_err();
         assert_eq!(e, InviteError::UnknownTransport(9));
@@ -366,6 +439,90 @@ mod tests {
         assert_eq!(
             Invite::decode(&enc(&bytes[..HEADER_LEN - 1])),
             Err(InviteError::Truncated("endpoint count"))
+        );
+    }
+
+    #[test]
+    fn a_pin_round_trips_and_is_signed() {
+        let mut inv = example();
+        inv.pin = Some(Pin {
+            measurement: [0x3e; 48],
+            min_abi: (1, 51),
+            smt: Smt::Forbidden,
+        });
+        let line = inv.encode(&key());
+        assert_eq!(Invite::decode(&line), Ok(inv.clone()));
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&line[PREFIX.len()..])
+            .unwrap();
+        let at = 2 + 32 + 32 + 16 + 32 + 2;
+        assert_eq!(bytes[at], 1);
+        assert_eq!(&bytes[at + 1..at + 49], &[0x3e; 48]);
+        assert_eq!(&bytes[at + 49..at + 52], &[1, 51, 1]);
+        assert_eq!(bytes.len(), HEADER_LEN + 51 + 7 + 19 + SIGNATURE_LEN);
+    }
+
+    #[test]
+    fn a_version_1_invite_is_read_without_a_channel() {
+        // As version 1 wrote it: the negotiation identity where the channel is now.
+        let k = key();
+        let mut body = Writer::new();
+        body.u8(1)
+            .u8(1)
+            .bytes(&[7; 32])
+            .bytes(k.public_key().as_ref())
+            .bytes(&[9; 16])
+            .bytes(&[5; 32])
+            .bytes(&[100, 127, 0, 2])
+            .u64(1_800_000_000)
+            .u16(1)
+            .u8(1);
+        body.socket_addr("203.0.113.5:51820".parse().unwrap());
+        let sig = k.sign(body.as_bytes());
+        body.bytes(sig.as_ref());
+        let inv = Invite::decode(&LABEL.encode(body.as_bytes())).unwrap();
+        assert_eq!(inv.channel, None);
+        assert_eq!(inv.pin, None);
+        assert_eq!(inv.wg_key, [7; 32]);
+        assert_eq!(inv.endpoints, vec!["203.0.113.5:51820".parse().unwrap()]);
+    }
+
+    #[test]
+    fn channel_port_0_and_bad_pin_fields_are_named() {
+        let enc = |inv: &Invite, patch: &dyn Fn(&mut Vec<u8>)| {
+            let line = inv.encode(&key());
+            let mut b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&line[PREFIX.len()..])
+                .unwrap();
+            patch(&mut b);
+            // Re-sign, so that only the field is wrong.
+            let n = b.len() - SIGNATURE_LEN;
+            b.truncate(n);
+            let sig = key().sign(&b);
+            b.extend_from_slice(sig.as_ref());
+            LABEL.encode(&b)
+        };
+        let port = 2 + 32 + 32 + 16 + 32;
+        let text = enc(&example(), &|b| b[port..port + 2].copy_from_slice(&[0, 0]));
+        assert_eq!(
+            Invite::decode(&text),
+            Err(InviteError::Malformed("channel port 0"))
+        );
+        let text = enc(&example(), &|b| b[port + 2] = 2);
+        assert_eq!(
+            Invite::decode(&text),
+            Err(InviteError::Malformed("pin flag must be 0 or 1"))
+        );
+        let mut pinned = example();
+        pinned.pin = Some(Pin {
+            measurement: [1; 48],
+            min_abi: (0, 0),
+            smt: Smt::Any,
+        });
+        let text = enc(&pinned, &|b| b[port + 2 + 51] = 7);
+        assert_eq!(
+            Invite::decode(&text),
+            Err(InviteError::Malformed("SMT rule must be 0 or 1"))
         );
     }
 

@@ -33,6 +33,17 @@ impl Limits {
         global_per_sec: 50,
         max_sources: 4096,
     };
+
+    /// What `exit serve` uses for exit channel connections (TCP): each costs the
+    /// provider four X25519 operations, so a source gets a burst (a NAT'd office
+    /// asking at once) and then a few a second.
+    pub const CHANNEL: Limits = Limits {
+        source_burst: 100,
+        source_per_sec: 10,
+        global_burst: 400,
+        global_per_sec: 200,
+        max_sources: 4096,
+    };
 }
 
 #[derive(Debug, Clone, Copy)]

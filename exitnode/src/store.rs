@@ -8,23 +8,19 @@
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// Consumers get IPv4 addresses from 100.64.0.0/10 (RFC 6598) below
-/// [`NEGOTIATION_V4_BASE`]; .0.0 and .0.1 are not handed out (network, provider).
+/// Consumers get IPv4 addresses from 100.64.0.0/10 (RFC 6598) below 100.127.0.0;
+/// .0.0 and .0.1 are not handed out (network, provider).
 pub const INNER_V4_BASE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
 /// Consumer addresses: 100.64.0.0 up to 100.126.255.255.
 const INNER_V4_SIZE: u32 = 63 << 16;
-/// Invites' negotiation identities get addresses from 100.127.0.0/16 (from .0.2).
-pub const NEGOTIATION_V4_BASE: Ipv4Addr = Ipv4Addr::new(100, 127, 0, 0);
+/// Most invites recorded at once (issued and not yet forgotten).
+pub const MAX_INVITES: usize = 65_534;
 
 /// An invite the provider issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issued {
     /// The token, hex.
     pub token: String,
-    /// The public key of the invite's negotiation identity, base64.
-    pub negotiation_key: String,
-    /// The inner address of that identity.
-    pub negotiation_addr: Ipv4Addr,
     /// Expiry, Unix seconds.
     pub expires: u64,
     /// Consumers it may still admit.
@@ -114,32 +110,44 @@ pub struct Store {
     /// `exit invite --endpoint` names others.
     #[serde(default)]
     pub endpoints: Vec<std::net::SocketAddr>,
+    /// The exit channel's TCP port `exit serve` last listened on: invites carry it.
+    #[serde(default)]
+    pub channel_port: Option<u16>,
 }
 
 impl Store {
-    /// Records a newly issued invite whose negotiation identity has public key
-    /// `negotiation_key` (base64); returns the negotiation address it gets (`None`
-    /// when all of 100.127.0.0/16 is taken by invites still recorded).
-    pub fn issue(
-        &mut self,
-        token: &[u8; 16],
-        negotiation_key: &str,
-        expires: u64,
-        uses: u16,
-    ) -> Option<Ipv4Addr> {
-        let base = u32::from(NEGOTIATION_V4_BASE);
-        let addr = (2..1 << 16)
-            .map(|h| Ipv4Addr::from(base + h))
-            .find(|a| self.invites.iter().all(|i| i.negotiation_addr != *a))?;
+    /// Records a newly issued invite; `None` when [`MAX_INVITES`] are recorded.
+    pub fn issue(&mut self, token: &[u8; 16], expires: u64, uses: u16) -> Option<()> {
+        if self.invites.len() >= MAX_INVITES {
+            return None;
+        }
         self.invites.push(Issued {
             token: hex(token),
-            negotiation_key: negotiation_key.to_owned(),
-            negotiation_addr: addr,
             expires,
             uses_left: uses,
             revoked: false,
         });
-        Some(addr)
+        Some(())
+    }
+
+    /// The first token that `matches` (e.g. whose exit channel token id is the one
+    /// asked for): an issued invite's, or that of the invite an authorized consumer
+    /// came with (which may be spent, expired or forgotten: the consumer asking again
+    /// gets its grant again).
+    pub fn token_by<F: Fn(&[u8; 16]) -> bool>(&self, matches: F) -> Option<[u8; 16]> {
+        let tokens = self
+            .invites
+            .iter()
+            .map(|i| &i.token)
+            .chain(self.consumers.iter().map(|c| &c.token));
+        for t in tokens {
+            if let Some(b) = unhex16(t) {
+                if matches(&b) {
+                    return Some(b);
+                }
+            }
+        }
+        None
     }
 
     /// Decides an exit request from the consumer with WireGuard key `wg_key` presenting
@@ -225,6 +233,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The 16 bytes of a token written by [`hex`].
+fn unhex16(s: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,15 +257,27 @@ mod tests {
             v6_prefix: Some("fd7a:115c:a1e0::".parse().unwrap()),
             ..Store::default()
         };
-        assert_eq!(
-            s.issue(&T1, "n1", 1000, 1),
-            Some(Ipv4Addr::new(100, 127, 0, 2))
-        );
-        assert_eq!(
-            s.issue(&T2, "n2", 1000, 2),
-            Some(Ipv4Addr::new(100, 127, 0, 3))
-        );
+        assert_eq!(s.issue(&T1, 1000, 1), Some(()));
+        assert_eq!(s.issue(&T2, 1000, 2), Some(()));
         s
+    }
+
+    #[test]
+    fn tokens_are_found_among_invites_and_consumers() {
+        let mut s = store();
+        s.authorize(10, &T1, "keyA").unwrap();
+        assert_eq!(s.token_by(|t| *t == T2), Some(T2));
+        // The invite forgotten, its consumer still finds it.
+        s.invites.retain(|i| i.token != hex(&T1));
+        assert_eq!(s.token_by(|t| *t == T1), Some(T1));
+        assert_eq!(s.token_by(|t| *t == [3; 16]), None);
+        // A store written by the previous version (with negotiation identities) loads.
+        let old = r#"{"invites": [{"token": "01010101010101010101010101010101",
+            "negotiation_key": "x", "negotiation_addr": "100.127.0.2", "expires": 5,
+            "uses_left": 1, "revoked": false}], "consumers": [], "revoked": [],
+            "v6_prefix": null}"#;
+        let old: Store = serde_json::from_str(old).unwrap();
+        assert_eq!(old.invites[0].token, hex(&T1));
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn consumer() -> ConsumerPolicy {
         fwmark: 0xca6c,
         table: 51820,
         endpoints: vec!["203.0.113.5:51820".parse().unwrap()],
+        channel_port: Some(51820),
         inner_v4: "100.64.0.2".parse().unwrap(),
         inner_v6: Some("fd7a:115c:a1e0::2".parse().unwrap()),
         resolver: "100.64.0.1".parse().unwrap(),

@@ -478,3 +478,81 @@ pub fn leaks(lines: &[String], wg_endpoint: &str) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+/// Asks the provider of `invite` for a grant over its exit channel from namespace
+/// `ns`, as WireGuard key `private` (base64) with a fresh Noise key, requiring what
+/// `pins` pins; `Err` carries the consumer's message. The same function `use` runs.
+pub fn ask(
+    ns: &Netns,
+    invite: &portdistrict_exitnode::invite::Invite,
+    private: &str,
+    pins: &portdistrict_control::consumer::channel::Pins,
+    timeout: Duration,
+) -> Result<portdistrict_control::consumer::channel::Asked, String> {
+    let key = portdistrict_wg::PrivateKey::from_base64(private).expect("a WireGuard key");
+    let noise = portdistrict_exitnode::channel::NoiseSecretKey::from_bytes(
+        *portdistrict_wg::PrivateKey::generate(&mut rand_core::OsRng).as_bytes(),
+    );
+    portdistrict_testkit::netns::run_in(ns.name(), || {
+        portdistrict_control::consumer::channel::ask(invite, &key, &noise, pins, timeout, None)
+            .map_err(|e| format!("{e:#}"))
+    })
+    .expect("entering the namespace")
+}
+
+/// Sends message 1 of the exit channel with `request` (any WireGuard key and proof,
+/// e.g. a forged one) for `invite` from namespace `ns` and returns the provider's
+/// reply, or the consumer's error. Confirms nothing.
+pub fn hello(
+    ns: &Netns,
+    invite: &portdistrict_exitnode::invite::Invite,
+    request: portdistrict_exitnode::channel::Request,
+) -> Result<portdistrict_exitnode::channel::Reply, String> {
+    use portdistrict_exitnode::channel::{
+        FrameDecoder, Initiator, NoisePublicKey, NoiseSecretKey, ProviderRef,
+    };
+    use std::io::{Read as _, Write as _};
+    let channel = invite.channel.expect("a version-2 invite");
+    let addr = std::net::SocketAddr::new(invite.endpoints[0].ip(), channel.port);
+    portdistrict_testkit::netns::run_in(ns.name(), || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let noise = NoiseSecretKey::from_bytes(
+            *portdistrict_wg::PrivateKey::generate(&mut rand_core::OsRng).as_bytes(),
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        let mut out = Vec::new();
+        let init = Initiator::start(
+            &noise,
+            &ProviderRef {
+                key: NoisePublicKey(channel.noise_key),
+                token: invite.token,
+            },
+            request,
+            now,
+            &mut out,
+        )
+        .map_err(|e| e.to_string())?;
+        s.write_all(&out).map_err(|e| e.to_string())?;
+        let mut dec = FrameDecoder::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut have = 0;
+        loop {
+            let n = s.read(&mut buf[have..]).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the provider closed the connection".to_owned());
+            }
+            have += n;
+            let mut input = &buf[..have];
+            if let Some(f) = dec.decode(&mut input).map_err(|e| e.to_string())? {
+                return init.read_reply(f).map(|r| r.0).map_err(|e| e.to_string());
+            }
+            have = 0;
+        }
+    })
+    .expect("entering the namespace")
+}

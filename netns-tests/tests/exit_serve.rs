@@ -1,17 +1,19 @@
 //! `portdistrict exit serve` end to end with a hand-driven consumer: a provider
 //! namespace (underlay veth to the consumer, uplink veth to an "internet" namespace)
-//! runs `exit invite` and `exit serve`; the consumer, a real dataplane, takes the
-//! invite's negotiation identity, sends its exit request through the tunnel, gets an
-//! ack with its inner address, switches to its own key and reaches the internet,
-//! which sees only the provider's uplink address. A second consumer with the
-//! single-use invite is refused. SIGTERM takes everything back.
+//! runs `exit invite` and `exit serve`; the consumer asks for its grant over the exit
+//! channel (TCP, Noise), gets its inner address, brings up a real dataplane with its
+//! own key and reaches the internet, which sees only the provider's uplink address. A
+//! second consumer with the single-use invite is refused. SIGTERM takes everything
+//! back.
 
+use portdistrict_control::consumer::channel::{Asked, Pins};
+use portdistrict_exitnode::channel::{Answer, Request};
 use portdistrict_exitnode::invite::Invite;
 use portdistrict_exitnode::negotiate;
 use portdistrict_exitnode::store::Refusal;
 use portdistrict_exitnode::wire::Message;
 use portdistrict_netns_tests::{
-    wait_until, ChildGuard, CliMachine, Daemon, Implementation, Keypair, Netns, TempDir, Veth,
+    exit, wait_until, ChildGuard, CliMachine, Daemon, Implementation, Keypair, Netns, TempDir, Veth,
 };
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::net::IpAddr;
@@ -93,11 +95,15 @@ fn consumer_as(c: &Daemon, key: &str, addr: &str, provider: &str, endpoint: &str
     c.add_address(&format!("{addr}/32"));
 }
 
-/// Configures the consumer as the invite's negotiation identity, able to reach only
-/// the provider's negotiation address.
-fn as_negotiator(c: &Daemon, key: &str, addr: &str, provider: &str, endpoint: &str) {
-    consumer_as(c, key, addr, provider, endpoint, "100.64.0.1/32");
-    c.ip(&["route", "replace", "100.64.0.1/32", "dev", c.ifname()]);
+/// Asks for a grant over the exit channel as `me`, nothing pinned.
+fn ask(ns: &Netns, invite: &Invite, me: &Keypair) -> Result<Asked, String> {
+    exit::ask(
+        ns,
+        invite,
+        &me.private,
+        &Pins::default(),
+        Duration::from_secs(10),
+    )
 }
 
 /// A provider `<prefix>-provider` (its CLI's state and run directories of its own), a
@@ -177,24 +183,17 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let serve_args = serve_args(uplink.a_name(), &ifname, &[]);
     let mut serve = start_serve(&provider, &serve_args);
 
-    let c = Daemon::start(&consumer, Implementation::Uut);
-    c.ip(&["link", "set", c.ifname(), "up"]);
     let provider_key = b64(&invite.wg_key);
-    let neg_key = PrivateKey::from_bytes(invite.negotiation_key).to_base64();
-    let neg_addr = invite.negotiation_addr.to_string();
-    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
-
     let me = Keypair::generate();
-    let request = request_as(&invite, &me);
-    let Message::Ack {
-        inner_v4, resolver, ..
-    } = exchange(&consumer, &neg_addr, &request)
-    else {
-        panic!("the exit request was not acked");
-    };
-    assert_eq!(resolver, IpAddr::from([100, 64, 0, 1]));
+    let asked = ask(&consumer, &invite, &me).expect("granted over the exit channel");
+    let inner_v4 = asked.granted.inner_v4;
+    assert_eq!(asked.granted.resolver, IpAddr::from([100, 64, 0, 1]));
+    assert_eq!(asked.endpoint.to_string(), endpoint);
+    assert_eq!(asked.measurement, None, "nothing was pinned");
 
     // Now as itself, with all of IPv4 through the provider.
+    let c = Daemon::start(&consumer, Implementation::Uut);
+    c.ip(&["link", "set", c.ifname(), "up"]);
     consumer_as(
         &c,
         &me.private,
@@ -245,14 +244,12 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         "the internet must see the provider's uplink address, not {inner_v4}"
     );
 
-    // The single-use invite is spent: another consumer is refused.
-    let other = Keypair::generate();
-    let again = request_as(&invite, &other);
-    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
-    assert_eq!(
-        exchange(&consumer, &neg_addr, &again),
-        Message::Nak(Refusal::UsedUp)
-    );
+    // The single-use invite is spent: another consumer is refused, by name; the
+    // first one asking again gets its grant again.
+    let e = ask(&consumer, &invite, &Keypair::generate()).unwrap_err();
+    assert!(e.contains(&Refusal::UsedUp.to_string()), "{e}");
+    let again = ask(&consumer, &invite, &me).expect("the same grant again");
+    assert_eq!(again.granted, asked.granted);
 
     // SIGKILL leaves the plan and the interface; the next `exit serve` takes them
     // back before it starts (and comes up).
@@ -402,11 +399,38 @@ while time.time() < end:
 print(sent, got)
 "#;
 
+/// Opens 300 TCP connections to argv[1] (HOST:PORT) as fast as it can, prints how
+/// many opened and how many got the refusal "busy" (frame 00 02 04 05), and ends the
+/// others with a frame of length 0 (which the provider refuses).
+const CONNECT_FLOOD: &str = r#"
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+opened = busy = 0
+socks = []
+for _ in range(300):
+    socks.append(socket.create_connection((host, int(port)), timeout=5))
+    opened += 1
+time.sleep(0.5)
+for s in socks:
+    s.setblocking(False)
+    try:
+        if s.recv(8) == b"\x00\x02\x04\x05":
+            busy += 1
+    except OSError:
+        pass
+    try:
+        s.sendall(b"\x00\x00")
+    except OSError:
+        pass
+    s.close()
+print(opened, busy)
+"#;
+
 /// The provider's resolver and negotiation port answer only on the tunnel, its DNS
 /// forwarder cannot be spoofed by a wrong port or question and uses random ports and
 /// IDs, a forged request for a victim's key is refused, a store that is unreadable
-/// for a moment does not stop `exit serve`, and a flood of negotiation datagrams is
-/// rate limited while a legit consumer gets through.
+/// for a moment does not stop `exit serve`, and floods of negotiation datagrams and
+/// of exit channel connections are rate limited while a legit consumer gets through.
 #[test]
 fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
     let (provider, consumer, internet, underlay, uplink) = exit_topology("xh", 43, 44);
@@ -436,7 +460,7 @@ fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
     let ifname = portdistrict_netns_tests::unique_ifname("pdh");
     let serve_args = serve_args(uplink.a_name(), &ifname, &["--dns-upstream", "10.77.44.2"]);
     let mut serve = start_serve(&provider, &serve_args);
-    // Let the forwarder and the negotiation socket bind.
+    // Let the forwarder, the negotiation socket and the exit channel bind.
     std::thread::sleep(Duration::from_millis(500));
 
     // (1) A host on the uplink routing the tunnel's addresses via the provider.
@@ -453,12 +477,11 @@ fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
     let heard = internet.exec(&["python3", "-c", FROM_UPLINK, &hex(&v1)]);
     assert_eq!(heard.trim(), "silent", "the uplink got answers: {heard}");
 
-    // (2) The victim negotiates and uses the resolver through the tunnel.
+    // (2) The victim asks over the exit channel and uses the resolver through the
+    // tunnel.
     let c = Daemon::start(&consumer, Implementation::Uut);
     c.ip(&["link", "set", c.ifname(), "up"]);
     let provider_key = b64(&invite.wg_key);
-    let neg_key = PrivateKey::from_bytes(invite.negotiation_key).to_base64();
-    let neg_addr = invite.negotiation_addr.to_string();
     let victim = Keypair::generate();
     let as_victim = |inner: &str| {
         consumer_as(
@@ -471,12 +494,10 @@ fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
         );
         c.ip(&["route", "replace", "100.64.0.1/32", "dev", c.ifname()]);
     };
-    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
-    let Message::Ack { inner_v4, .. } =
-        exchange(&consumer, &neg_addr, &request_as(&invite, &victim))
-    else {
-        panic!("the victim's exit request was not acked");
-    };
+    let inner_v4 = ask(&consumer, &invite, &victim)
+        .expect("the victim is granted")
+        .granted
+        .inner_v4;
     let inner = inner_v4.to_string();
     as_victim(&inner);
     let names = [
@@ -517,68 +538,70 @@ fn serve_is_closed_to_the_uplink_proves_keys_and_survives_abuse() {
 
     // (3) The holder of another invite puts the victim's key in a request proved
     // with its own key (without the proof, the provider would move the victim's
-    // grant to this invite and give it another address).
-    let their_neg_key = PrivateKey::from_bytes(theirs.negotiation_key).to_base64();
-    let their_neg_addr = theirs.negotiation_addr.to_string();
-    as_negotiator(
-        &c,
-        &their_neg_key,
-        &their_neg_addr,
-        &provider_key,
-        &endpoint,
-    );
+    // grant to this invite and give it another address): refused in message 2.
     let Message::Request { proof, .. } = request_as(&theirs, &Keypair::generate()) else {
         unreachable!()
     };
-    let forged = Message::Request {
-        token: theirs.token,
+    let forged = Request {
         wg_key: *PublicKey::from_base64(&victim.public).unwrap().as_bytes(),
         proof,
     };
+    let reply = exit::hello(&consumer, &theirs, forged).expect("message 2");
+    assert_eq!(reply.answer, Answer::Nak(Refusal::BadProof));
+    // An old consumer's in-tunnel request (no proof) is refused with a reason.
     assert_eq!(
-        exchange(&consumer, &their_neg_addr, &forged),
-        Message::Nak(Refusal::BadProof)
-    );
-    // An old consumer's request (no proof) is refused with a reason.
-    assert_eq!(
-        exchange_bytes(&consumer, &their_neg_addr, &v1),
+        exchange_bytes(&consumer, &inner, &v1),
         Message::Nak(Refusal::Outdated)
     );
-    as_negotiator(&c, &neg_key, &neg_addr, &provider_key, &endpoint);
 
-    // (4) The store is a directory for a moment: requests are answered "unavailable",
-    // `exit serve` keeps running, and serves again once the store is back.
+    // (4) The store is a directory for a moment: the channel answers "busy",
+    // `exit serve` keeps running, and grants again once the store is back.
     let store = provider.state.path().join("exit/store.json");
     let aside = provider.state.path().join("exit/store.json.aside");
     std::fs::rename(&store, &aside).unwrap();
     std::fs::create_dir(&store).unwrap();
     let second = Keypair::generate();
-    assert_eq!(
-        exchange(&consumer, &neg_addr, &request_as(&invite, &second)),
-        Message::Nak(Refusal::Unavailable)
-    );
-    std::thread::sleep(Duration::from_secs(3));
+    let e = exit::ask(
+        &consumer,
+        &invite,
+        &second.private,
+        &Pins::default(),
+        Duration::from_secs(2),
+    )
+    .unwrap_err();
+    assert!(e.contains("busy"), "{e}");
+    std::thread::sleep(Duration::from_secs(2));
     assert!(
         serve.0.try_status().is_none(),
         "exit serve died of a store error"
     );
     std::fs::remove_dir(&store).unwrap();
     std::fs::rename(&aside, &store).unwrap();
-    assert!(matches!(
-        exchange(&consumer, &neg_addr, &request_as(&invite, &second)),
-        Message::Ack { .. }
-    ));
+    ask(&consumer, &invite, &second).expect("granted once the store is back");
 
-    // (5) A flood from the negotiation identity is held to its rate.
-    let flood = consumer.exec(&["python3", "-c", FLOOD, &neg_addr, &hex(&v1)]);
+    // (5) Floods are held to their rates: in-tunnel requests from the victim's
+    // address, and exit channel connections (beyond a source's burst they are
+    // refused "busy" before any X25519 work).
+    let flood = consumer.exec(&["python3", "-c", FLOOD, &inner, &hex(&v1)]);
     let (sent, got) = flood.trim().split_once(' ').expect("two numbers");
     let (sent, got): (u32, u32) = (sent.parse().unwrap(), got.parse().unwrap());
     assert!(sent >= 250, "{flood}");
     assert!(got <= 20, "{got} of {sent} flooded datagrams answered");
+    let channel = format!("{}:{}", underlay.v4(2), invite.channel.unwrap().port);
+    let flood = consumer.exec(&["python3", "-c", CONNECT_FLOOD, &channel]);
+    let (opened, busy) = flood.trim().split_once(' ').expect("two numbers");
+    let (opened, busy): (u32, u32) = (opened.parse().unwrap(), busy.parse().unwrap());
+    assert_eq!(opened, 300, "{flood}");
+    assert!(
+        busy >= 150,
+        "only {busy} of {opened} connections refused busy"
+    );
 
     // ... while the victim, from its own address, still gets its grant (unchanged
     // by the forged request) and its resolver.
-    as_victim(&inner);
+    std::thread::sleep(Duration::from_secs(1));
+    let again = ask(&consumer, &invite, &victim).expect("the victim's grant");
+    assert_eq!(again.granted.inner_v4, inner_v4);
     assert!(matches!(
         exchange(&consumer, &inner, &request_as(&invite, &victim)),
         Message::Ack { inner_v4: again, .. } if again == inner_v4

@@ -1,9 +1,9 @@
-//! Bringing the tunnel up: kill switch first, dataplane, negotiation, the full plan,
-//! DNS, and the proof that traffic flows.
+//! Bringing the tunnel up: kill switch first, dataplane, the grant asked again on a
+//! repair, the full plan, DNS, and the proof that traffic flows.
 
-use super::negotiation::{negotiate, probe};
+use super::negotiation::probe;
 use super::tunnel::{configure, set_addresses};
-use super::{link_exists, netlink, policy, resolver, UseDir, UseState};
+use super::{link_exists, netlink, policy, resolver, Asker, UseDir, UseState};
 use crate::run_cmd;
 use crate::serve::dataplane_binary;
 use anyhow::{bail, Context as _};
@@ -12,18 +12,20 @@ use portdistrict_exitnode::invite::Invite;
 use portdistrict_wg::config::AllowedIpChange;
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Duration;
 
-/// Applies the kill switch, starts the dataplane, negotiates if needed, applies the
-/// full plan and proves traffic flows. Saves the state before each change.
+/// Applies the kill switch, starts the dataplane, asks for the grant again on a
+/// repair, applies the full plan and proves traffic flows. Saves the state before
+/// each change. A first `use` (`first`) comes with the grant already in `s` (asked
+/// before anything changed).
 pub(super) fn bring_up(
     dir: &UseDir,
     mut s: UseState,
     invite: &Invite,
     key: &PrivateKey,
-    timeout: Duration,
+    first: bool,
+    asker: &Asker<'_>,
 ) -> anyhow::Result<UseState> {
-    // 1. Blocked before anything else: the kill switch of the current stage.
+    // 1. Blocked before anything else: the kill switch.
     let plan = policy(&s, invite).plan()?;
     apply_nft(&plan).context("applying the kill switch")?;
     // 2. A fresh tunnel interface and dataplane.
@@ -36,40 +38,37 @@ pub(super) fn bring_up(
     run_cmd(&[&bin.to_string_lossy(), &s.interface])
         .with_context(|| format!("starting the dataplane {}", bin.display()))?;
     let provider = PublicKey(invite.wg_key);
-    // A first `use` negotiates; a repair asks again while the invite's negotiation
-    // identity still lives (until its expiry), so that a revocation is reported as
-    // such; the provider answers a known consumer with the same grant.
-    let renegotiate = s.granted.is_none() || invite.check_expiry(crate::exit::now()).is_ok();
-    let mut first_grant = false;
-    if renegotiate {
-        let g = negotiate(&mut s, invite, key, timeout)?;
+    // A repair asks again over the exit channel (through the kill switch), so that a
+    // revocation is reported as such and the attestation judged again; the provider
+    // answers a known consumer with the same grant. An invite from before the
+    // channel has nobody to ask: its grant stands.
+    let mut plan = plan;
+    if !first && invite.channel.is_some() {
+        let asked = asker.ask(&s, invite, key)?;
         match s.granted {
             None => {
-                s.granted = Some(g);
-                first_grant = true;
+                // A state of an earlier version, never granted: now it is.
+                s.granted = Some(asked.granted);
+                s.endpoint = asked.endpoint;
+                plan = policy(&s, invite).plan()?;
+                apply_nft(&plan).context("applying the kill switch")?;
             }
-            Some(had) if had != g => bail!(
+            Some(had) if had != asked.granted => bail!(
                 "the provider now grants {} instead of {}: run `portdistrict use off`, then `use` again",
-                g.inner_v4,
+                asked.granted.inner_v4,
                 had.inner_v4
             ),
             Some(_) => {}
         }
     }
-    let granted = s.granted.context("granted after negotiation")?;
-    // The full plan, computed once: a repair's stage already had the grant (the
-    // same one: a different grant failed above), so its plan is the full one; a
-    // first grant makes it now. Applied after a first grant, put back below.
-    let full = if first_grant {
-        policy(&s, invite).plan()?
-    } else {
-        plan
-    };
-    if first_grant {
+    let granted = s.granted.context(
+        "the provider never granted this invite and it has no exit channel: run `portdistrict use off` and ask the provider for a new invite",
+    )?;
+    if first {
         // 3. The full plan's way back on disk before it is applied.
-        s.undo = plan_undo(&full)?;
+        s.undo = plan_undo(&plan)?;
         dir.save(&s)?;
-        apply_planned(&full, &s.undo).context("applying system mode")?;
+        apply_planned(&plan, &s.undo).context("applying system mode")?;
     }
     // 4. As ourselves, everything through the provider.
     let mut allowed = vec![AllowedIpChange {
@@ -92,7 +91,7 @@ pub(super) fn bring_up(
     )?;
     // The routes into the tunnel went with an earlier interface, and the rules with a
     // reboot: the whole plan back in place (idempotent), then DNS.
-    reapply(&full, true).context("putting the kill switch, rules and routes back")?;
+    reapply(&plan, true).context("putting the kill switch, rules and routes back")?;
     resolver::apply(
         s.dns_via(),
         &s.interface,
@@ -101,7 +100,7 @@ pub(super) fn bring_up(
     )?;
     dir.save(&s)?;
     // 5. Proof: the provider answers us through the default route.
-    probe(granted.inner_v4, invite, key, timeout)
+    probe(granted.inner_v4, invite, key, asker.timeout())
         .context("the tunnel does not carry traffic to the provider (the kill switch stays on)")?;
     Ok(s)
 }

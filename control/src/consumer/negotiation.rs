@@ -1,76 +1,17 @@
-//! The exit request: as the invite's negotiation identity to get a grant, and as
-//! ourselves to prove the tunnel carries our traffic. The decisions (which endpoint,
-//! when to send again, when to move on, what an answer means) are the sans-IO
-//! [`Exchange`]; this file carries them out with the tunnel, a UDP socket and the clock.
-
-use super::tunnel::{configure, set_addresses};
-use super::{netlink, Granted, UseState};
-use portdistrict_netlink as nl;
+//! The exit request inside the tunnel, as ourselves once granted: the provider's
+//! answer proves the tunnel carries our traffic. (The grant itself is asked for over
+//! the exit channel, [`super::channel`].) The decisions (when to send again, what an
+//! answer means) are the sans-IO [`Exchange`]; this file carries them out with a UDP
+//! socket and the clock.
 
 use crate::serve::{NEGOTIATION_PORT, PROVIDER_V4};
 use anyhow::Context as _;
 use portdistrict_exitnode::client::{Action, Exchange, Grant};
 use portdistrict_exitnode::invite::Invite;
 use portdistrict_exitnode::wire::Message;
-use portdistrict_wg::config::AllowedIpChange;
-use portdistrict_wg::{PrivateKey, PublicKey};
+use portdistrict_wg::PrivateKey;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
-
-/// The exit request as the invite's negotiation identity, trying each endpoint in
-/// turn; records the endpoint that answered.
-pub(super) fn negotiate(
-    s: &mut UseState,
-    invite: &Invite,
-    key: &PrivateKey,
-    timeout: Duration,
-) -> anyhow::Result<Granted> {
-    let mut exchange = Exchange::negotiate(&request(invite, key), &invite.endpoints, timeout);
-    let g = run(IpAddr::V4(invite.negotiation_addr), &mut exchange, |ep| {
-        point(s, invite, ep)
-    })?;
-    if let Some(ep) = g.endpoint {
-        s.endpoint = ep;
-    }
-    Ok(Granted {
-        inner_v4: g.inner_v4,
-        inner_v6: g.inner_v6,
-        resolver: g.resolver,
-    })
-}
-
-/// Points the tunnel at `ep` as the invite's negotiation identity, with a route to
-/// the provider's negotiation address through it.
-fn point(s: &UseState, invite: &Invite, ep: SocketAddr) -> anyhow::Result<()> {
-    let provider = PublicKey(invite.wg_key);
-    let neg = PrivateKey::from_bytes(invite.negotiation_key);
-    configure(
-        &s.interface,
-        &neg,
-        &provider,
-        ep,
-        &[host(IpAddr::V4(PROVIDER_V4))],
-    )?;
-    set_addresses(&s.interface, IpAddr::V4(invite.negotiation_addr), None)?;
-    let mut nl = netlink()?;
-    let route = nl::Route {
-        family: nl::Family::V4,
-        dst: Some((IpAddr::V4(PROVIDER_V4), 32)),
-        oif: Some(nl.link_index(&s.interface)?),
-        table: 254,
-        kind: nl::RouteKind::Unicast,
-    };
-    nl.route(nl::Verb::Replace, &route)
-        .with_context(|| format!("a route to {PROVIDER_V4} via {}", s.interface))
-}
-
-pub(super) fn host(addr: IpAddr) -> AllowedIpChange {
-    AllowedIpChange {
-        addr,
-        cidr: if addr.is_ipv4() { 32 } else { 128 },
-        remove: false,
-    }
-}
 
 /// The exit request for `invite` as `key`, with the proof that we hold `key`.
 pub(super) fn request(invite: &Invite, key: &PrivateKey) -> Message {

@@ -9,6 +9,7 @@ use portdistrict_exitnode::apply::{apply_nft, undo_plan, undo_routing, verify_nf
 use portdistrict_exitnode::invite::Invite;
 use portdistrict_exitnode::policy::{lockdown_plan, ConsumerPolicy, KILL_SWITCH_TABLE};
 use portdistrict_exitnode::state::{private_dir, write_atomic_mode};
+use portdistrict_exitnode::store::INNER_V4_BASE;
 use portdistrict_wg::PrivateKey;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -18,10 +19,13 @@ use std::process::Command;
 
 /// The addresses the provider granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Granted {
-    pub(super) inner_v4: Ipv4Addr,
-    pub(super) inner_v6: Option<Ipv6Addr>,
-    pub(super) resolver: IpAddr,
+pub struct Granted {
+    /// Our inner IPv4 address.
+    pub inner_v4: Ipv4Addr,
+    /// Our inner IPv6 address, when the provider offers IPv6.
+    pub inner_v6: Option<Ipv6Addr>,
+    /// The resolver inside the tunnel.
+    pub resolver: IpAddr,
 }
 
 /// `STATE_DIR/use/state.json`: what system mode applied, written before each change.
@@ -42,6 +46,13 @@ pub(super) struct UseState {
     /// existed (then: the file when `resolv` is set).
     #[serde(default)]
     pub(super) dns_via: Option<resolver::Via>,
+    /// The grants (`portdistrict-grant1:` lines) the exit's attestation must satisfy,
+    /// judged again whenever the grant is asked for again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) grants: Vec<String>,
+    /// ARK fingerprints accepted besides AMD's (hex).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) attestation_roots: Vec<String>,
 }
 
 impl UseState {
@@ -131,6 +142,14 @@ impl UseDir {
     pub(super) fn wg_key(&self) -> anyhow::Result<PrivateKey> {
         crate::wg_key_file(&self.state.join("wg.key"))
     }
+
+    /// Our exit channel Noise static key as a consumer, made on first use (never our
+    /// WireGuard key).
+    pub(super) fn noise_key(
+        &self,
+    ) -> anyhow::Result<portdistrict_exitnode::channel::NoiseSecretKey> {
+        crate::exit::attestation::noise_key(&self.state.join("noise.key"))
+    }
 }
 
 pub(super) fn parse_state(path: &Path) -> anyhow::Result<Option<UseState>> {
@@ -149,13 +168,16 @@ pub(super) fn parse_state(path: &Path) -> anyhow::Result<Option<UseState>> {
 pub(super) fn policy(s: &UseState, invite: &Invite) -> ConsumerPolicy {
     let (inner_v4, inner_v6, resolver) = match s.granted {
         Some(g) => (g.inner_v4, g.inner_v6, g.resolver),
-        None => (invite.negotiation_addr, None, IpAddr::V4(PROVIDER_V4)),
+        // Only a state of a version before the exit channel is without a grant: its
+        // kill switch lets nothing into the tunnel (100.64.0.0 is never a consumer's).
+        None => (INNER_V4_BASE, None, IpAddr::V4(PROVIDER_V4)),
     };
     ConsumerPolicy {
         tunnel: s.interface.clone(),
         fwmark: FWMARK,
         table: TABLE,
         endpoints: invite.endpoints.clone(),
+        channel_port: invite.channel.map(|c| c.port),
         inner_v4,
         inner_v6,
         resolver,
@@ -178,15 +200,14 @@ pub(super) fn link_exists(ifname: &str) -> bool {
     Path::new("/sys/class/net").join(ifname).exists()
 }
 
-/// The state of a first `use`, saved (the way back on disk before the first change).
+/// The state of a first `use` that the provider granted `asked`, saved (the way back
+/// on disk before the first change).
 pub(super) fn first_state(
     dir: &UseDir,
     o: &UseOptions,
-    invite: &Invite,
+    asked: &super::channel::Asked,
+    grants: Vec<String>,
 ) -> anyhow::Result<UseState> {
-    invite
-        .check_expiry(crate::exit::now())
-        .context("the invite is not usable")?;
     let facts = resolver::Facts::gather(
         o.resolv_conf
             .as_deref()
@@ -201,8 +222,8 @@ pub(super) fn first_state(
         invite: o.invite.trim().to_owned(),
         interface: o.interface.clone(),
         allow_lan: o.allow_lan,
-        endpoint: invite.endpoints[0],
-        granted: None,
+        endpoint: asked.endpoint,
+        granted: Some(asked.granted),
         undo: Undo {
             nft_table: KILL_SWITCH_TABLE.to_owned(),
             sysctls: Vec::new(),
@@ -210,6 +231,8 @@ pub(super) fn first_state(
         },
         resolv,
         dns_via: Some(via),
+        grants,
+        attestation_roots: o.attestation_roots.iter().map(hex::encode).collect(),
     };
     dir.save(&s)?;
     Ok(s)

@@ -24,6 +24,7 @@ pub fn run(
                 endpoints,
                 expires_secs,
                 uses,
+                pin,
             },
         ) => exit::invite(
             dirs,
@@ -31,6 +32,7 @@ pub fn run(
                 endpoints: endpoints.clone(),
                 expires: Duration::from_secs(*expires_secs),
                 uses: *uses,
+                pin: exit::InviteOptions::pin_of(pin.as_ref())?,
             },
         ),
         (Daemon::Exit, Request::ExitList) => exit::list(dirs),
@@ -119,6 +121,7 @@ mod tests {
             endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
             expires_secs: 3600,
             uses: 1,
+            pin: None,
         }
     }
 

@@ -10,6 +10,18 @@ use std::path::PathBuf;
 /// The largest frame (one JSON document and its newline) either side accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
 
+/// An invite's pin of an attested exit, as the control socket carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvitePin {
+    /// The launch measurement, 96 hex digits.
+    pub measurement: String,
+    /// The lowest guest ABI (major, minor).
+    pub min_abi: (u8, u8),
+    /// Whether SMT must be off.
+    pub smt_forbidden: bool,
+}
+
 /// What the CLI asks a running daemon to do. Each variant is one CLI command whose
 /// effect the daemon must see: the daemon runs it itself, so that while it runs it is
 /// the only writer of its stores.
@@ -24,6 +36,9 @@ pub enum Request {
         expires_secs: u64,
         /// How many consumers may redeem it.
         uses: u16,
+        /// The attestation the invite pins, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<InvitePin>,
     },
     /// `exit list` (served by `exit serve`).
     ExitList,
@@ -280,6 +295,17 @@ mod tests {
                 endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
                 expires_secs: 3600,
                 uses: 2,
+                pin: None,
+            },
+            Request::ExitInvite {
+                endpoints: vec![],
+                expires_secs: 60,
+                uses: 1,
+                pin: Some(InvitePin {
+                    measurement: "ab".repeat(48),
+                    min_abi: (1, 51),
+                    smt_forbidden: true,
+                }),
             },
             Request::ExitList,
             Request::ExitRevoke { who: "x\ny".into() },

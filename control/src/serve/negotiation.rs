@@ -1,19 +1,21 @@
-//! The negotiation loop: exit requests answered, the store kept in line with the
-//! tunnel.
+//! The negotiation loop: exit requests inside the tunnel answered (a granted
+//! consumer asks again as itself to prove the tunnel carries its traffic; new
+//! consumers ask over the exit channel, [`super::channel`]), the store kept in line
+//! with the tunnel, and the exit channel's listener run beside it.
 
+use super::channel::{channel_loop, Decider, Shared, REPLAY_KEYS};
 use super::sync::{sync, Applied};
 use super::{Serving, NEGOTIATION_PORT, PROVIDER_V4};
 use crate::dnsfwd;
-use crate::exit::now;
 use anyhow::Context as _;
-use portdistrict_exitnode::negotiate::{self, Answer, Verified};
+use portdistrict_exitnode::channel::Responder;
+use portdistrict_exitnode::negotiate::{self, Answer};
 use portdistrict_exitnode::ratelimit::{Limits, RateLimiter};
-use portdistrict_exitnode::store::{Refusal, Store};
-use portdistrict_exitnode::wire::Message;
+use portdistrict_exitnode::store::Store;
 use portdistrict_wg::PrivateKey;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 impl Serving<'_> {
@@ -22,6 +24,7 @@ impl Serving<'_> {
         // The firewall went in with the store's consumers; the peers are still to add.
         let mut applied = Applied::new(&store, &self.host);
         sync(o, &store, self.ipv6, &mut applied)?;
+        let applied = Mutex::new(applied);
         let fwd = dnsfwd::Forwarder::start(
             SocketAddr::new(IpAddr::V4(PROVIDER_V4), 53),
             Some(&o.interface),
@@ -29,20 +32,45 @@ impl Serving<'_> {
             Arc::clone(self.term),
         )?;
         (self.say)(&format!(
-            "exit node up on {} (uplink {}, UDP {}, IPv6 {}), negotiation on {PROVIDER_V4}:{NEGOTIATION_PORT}, DNS {PROVIDER_V4}:53 -> {}",
+            "exit node up on {} (uplink {}, UDP {}, IPv6 {}), exit channel on TCP {}{}, DNS {PROVIDER_V4}:53 -> {}",
             o.interface,
             o.uplink,
             o.listen_port,
             if self.ipv6 { "offered" } else { "not offered" },
+            o.channel_port(),
+            if self.attestation.is_some() {
+                " with this node's attestation"
+            } else {
+                ""
+            },
             self.upstream
         ));
-        let result = self.answer_requests(&mut applied, wg);
-        self.term.store(true, Ordering::Relaxed);
+        let shared = Shared {
+            decider: self.decider(),
+            term: self.term,
+            responder: Mutex::new(Responder::new(self.noise.clone(), REPLAY_KEYS)),
+            live: AtomicUsize::new(0),
+            applied: &applied,
+            wg,
+            attestation: self.attestation.clone(),
+            resolver: IpAddr::V4(PROVIDER_V4),
+        };
+        let listener = &self.listener;
+        let result = std::thread::scope(|scope| {
+            let channel = std::thread::Builder::new()
+                .name("exit-channel-accept".into())
+                .spawn_scoped(scope, || channel_loop(scope, listener, &shared))
+                .context("starting the exit channel's thread");
+            let result = channel.and_then(|_| self.answer_requests(&applied, wg));
+            // The channel's threads end with the flag; the scope waits for them.
+            self.term.store(true, Ordering::Relaxed);
+            result
+        });
         fwd.join();
         result
     }
 
-    fn answer_requests(&self, applied: &mut Applied, wg: &PrivateKey) -> anyhow::Result<()> {
+    fn answer_requests(&self, applied: &Mutex<Applied>, wg: &PrivateKey) -> anyhow::Result<()> {
         let o = self.o;
         // Bound to the tunnel interface: a datagram that arrived on any other (a host
         // on the uplink routing to 100.64.0.1) never reaches this socket.
@@ -64,9 +92,12 @@ impl Serving<'_> {
             let due = if failing { 1 } else { 5 };
             if self.ctl.poll() || last_sync.elapsed() >= Duration::from_secs(due) {
                 last_sync = Instant::now();
-                let synced = self
-                    .load()
-                    .and_then(|store| sync(o, &store, self.ipv6, applied));
+                let synced = self.decider().load().and_then(|store| {
+                    let mut applied = applied
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("the applied state is poisoned"))?;
+                    sync(o, &store, self.ipv6, &mut applied)
+                });
                 match synced {
                     Ok(()) if failing => {
                         tracing::info!("the store is in line with the tunnel again");
@@ -97,64 +128,19 @@ impl Serving<'_> {
             let reply = match negotiate::check(&buf[..n], wg.as_bytes()) {
                 Err(Answer::Refuse { reply }) => reply,
                 Err(_) => continue,
-                Ok(request) => self.decide(&request, resolver, applied),
+                Ok(request) => self.decider().decide(&request, resolver, applied),
             };
             let _ = sock.send_to(&reply, from);
         }
         Ok(())
     }
 
-    /// The store, read under its lock.
-    fn load(&self) -> anyhow::Result<Store> {
-        let _lock = self.dir.lock()?;
-        self.dir.store()
-    }
-
-    /// Decides a verified request against the store; on a grant the store is saved
-    /// (a crash never forgets a grant it sent), the consumer made a peer and let
-    /// through the firewall, and only then is the ack returned. When any of that
-    /// fails (a store unreadable or unwritable for a moment), the failure is logged
-    /// and the answer is "unavailable": nothing is acked that is not in place, and
-    /// the consumer's retry gets the same grant.
-    fn decide(&self, request: &Verified, resolver: IpAddr, applied: &mut Applied) -> Vec<u8> {
-        self.try_decide(request, resolver, applied)
-            .unwrap_or_else(|e| {
-                tracing::warn!("an exit request cannot be answered now: {e:#}");
-                Message::Nak(Refusal::Unavailable).emit()
-            })
-    }
-
-    fn try_decide(
-        &self,
-        request: &Verified,
-        resolver: IpAddr,
-        applied: &mut Applied,
-    ) -> anyhow::Result<Vec<u8>> {
-        {
-            let (answer, store) = {
-                let _lock = self.dir.lock()?;
-                let mut store = self.dir.store()?;
-                let answer = negotiate::decide(&mut store, now(), request, resolver);
-                if let Answer::Grant { .. } = answer {
-                    self.dir.save(&store)?;
-                }
-                (answer, store)
-            };
-            match answer {
-                Answer::Ignore => Ok(Message::Nak(Refusal::Unavailable).emit()),
-                Answer::Refuse { reply } => Ok(reply),
-                Answer::Grant {
-                    wg_key,
-                    grant,
-                    reply,
-                } => {
-                    // Peer and firewall first, then the ack.
-                    sync(self.o, &store, self.ipv6, applied)?;
-                    let v6 = grant.inner_v6.map(|a| format!(" {a}")).unwrap_or_default();
-                    tracing::info!("authorized {wg_key} as {}{v6}", grant.inner_v4);
-                    Ok(reply)
-                }
-            }
+    /// Decides requests, shared with the exit channel's threads.
+    fn decider(&self) -> Decider<'_> {
+        Decider {
+            o: self.o,
+            dir: self.dir,
+            ipv6: self.ipv6,
         }
     }
 }

@@ -4,7 +4,6 @@
 use super::uplink::{policy_of, uplink_prefixes, Host};
 use super::ServeOptions;
 use crate::dataplane::{Dataplane as _, UapiClient};
-use crate::exit::now;
 use portdistrict_exitnode::apply::apply_nft;
 use portdistrict_exitnode::store::Store;
 use portdistrict_wg::config::{AllowedIpChange, ConfigChange, PeerChange};
@@ -25,9 +24,10 @@ fn host(addr: IpAddr) -> AllowedIpChange {
     }
 }
 
-/// The peers the store implies: consumers with their inner addresses, live invites'
-/// negotiation identities with theirs.
-fn peers_of(store: &Store, now: u64) -> anyhow::Result<Vec<PeerChange>> {
+/// The peers the store implies: the authorized consumers with their inner addresses
+/// (nobody else: a consumer asks for its grant over the exit channel, outside the
+/// tunnel).
+fn peers_of(store: &Store) -> anyhow::Result<Vec<PeerChange>> {
     let mut peers = Vec::new();
     for c in &store.consumers {
         let mut p = PeerChange::new(key_of(&c.wg_key)?);
@@ -35,14 +35,6 @@ fn peers_of(store: &Store, now: u64) -> anyhow::Result<Vec<PeerChange>> {
         if let Some(v6) = c.inner_v6 {
             p.allowed_ips.push(host(IpAddr::V6(v6)));
         }
-        peers.push(p);
-    }
-    // Spent and revoked invites keep their negotiation identity until they expire, so
-    // that a consumer hears why it is refused (the firewall confines it to the
-    // negotiation port).
-    for i in store.invites.iter().filter(|i| now < i.expires) {
-        let mut p = PeerChange::new(key_of(&i.negotiation_key)?);
-        p.allowed_ips.push(host(IpAddr::V4(i.negotiation_addr)));
         peers.push(p);
     }
     Ok(peers)
@@ -73,8 +65,7 @@ impl Applied {
 }
 
 /// Brings the dataplane's peers and the firewall's consumer sets in line with the
-/// store: revoked consumers and spent or expired invites' negotiation identities are
-/// removed at once. The uplink's prefixes are read again: when its addresses changed,
+/// store: revoked consumers are removed at once. The uplink's prefixes are read again: when its addresses changed,
 /// the firewall blocks the new ones (when they cannot be read, the last ones stay).
 pub(super) fn sync(
     o: &ServeOptions,
@@ -83,7 +74,7 @@ pub(super) fn sync(
     applied: &mut Applied,
 ) -> anyhow::Result<()> {
     let mut want = BTreeMap::new();
-    for p in peers_of(store, now())? {
+    for p in peers_of(store)? {
         want.insert(
             p.public_key.to_base64(),
             p.allowed_ips.iter().map(|a| a.addr).collect::<Vec<_>>(),
@@ -139,19 +130,13 @@ mod tests {
     #[test]
     fn peers_follow_the_store() {
         let mut s = Store::default();
-        let neg = PrivateKey::from_bytes([3; 32]).public_key().to_base64();
-        s.issue(&[1; 16], &neg, 1000, 1).unwrap();
+        s.issue(&[1; 16], 1000, 1).unwrap();
+        assert!(peers_of(&s).unwrap().is_empty(), "an invite is no peer");
         let consumer = PrivateKey::from_bytes([4; 32]).public_key().to_base64();
         s.authorize(10, &[1; 16], &consumer).unwrap();
-        // Used up: the negotiation identity stays (to say "used up") until expiry.
-        let peers = peers_of(&s, 20).unwrap();
-        assert_eq!(peers.len(), 2);
+        let peers = peers_of(&s).unwrap();
+        assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].public_key.to_base64(), consumer);
         assert_eq!(peers[0].allowed_ips[0].cidr, 32);
-        assert_eq!(
-            peers_of(&s, 1000).unwrap().len(),
-            1,
-            "expired invites are no peers"
-        );
     }
 }

@@ -28,15 +28,20 @@ pub enum RefusalCode {
     /// message 1 came first.
     #[error("the provider could not read the request: upgrade portdistrict")]
     Malformed,
+    /// The provider has too many connections, or this source connected too often: it
+    /// did not read message 1. Try again in a moment.
+    #[error("the provider is busy (too many exit channel connections); try again in a moment")]
+    Busy,
 }
 
 impl RefusalCode {
     /// Every code.
-    pub const ALL: [RefusalCode; 4] = [
+    pub const ALL: [RefusalCode; 5] = [
         RefusalCode::WrongServerKey,
         RefusalCode::UnknownConsumer,
         RefusalCode::Replayed,
         RefusalCode::Malformed,
+        RefusalCode::Busy,
     ];
 
     /// Its byte.
@@ -46,6 +51,7 @@ impl RefusalCode {
             RefusalCode::UnknownConsumer => 2,
             RefusalCode::Replayed => 3,
             RefusalCode::Malformed => 4,
+            RefusalCode::Busy => 5,
         }
     }
 

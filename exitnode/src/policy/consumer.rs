@@ -42,6 +42,10 @@ pub struct ConsumerPolicy {
     pub table: u32,
     /// The provider's WireGuard endpoints: the only underlay traffic allowed out.
     pub endpoints: Vec<SocketAddr>,
+    /// The TCP port of the provider's exit channel on the endpoints' addresses
+    /// (marked, as WireGuard is), so that a repair can ask for its grant again
+    /// behind the kill switch; `None` when the invite has no channel.
+    pub channel_port: Option<u16>,
     /// Our IPv4 address inside the tunnel.
     pub inner_v4: Ipv4Addr,
     /// Our IPv6 address inside the tunnel; `None` when the provider offers no IPv6, and
@@ -187,6 +191,18 @@ impl ConsumerPolicy {
                 format!("{mark}{kw} {addr} {ip} udp {port} {p} accept")
             })
             .collect();
+        // The exit channel out only: its replies are `ct state established` (no
+        // stateless hole from the provider's address to our TCP ports).
+        if let (Some(p), Direction::Out) = (self.channel_port, dir) {
+            let mut seen = Vec::new();
+            for ip in self.endpoints.iter().map(SocketAddr::ip) {
+                if !seen.contains(&ip) {
+                    seen.push(ip);
+                    let kw = ip_kw(ip);
+                    rules.push(format!("{mark}{kw} {addr} {ip} tcp {port} {p} accept"));
+                }
+            }
+        }
         rules.extend(link_holes(dir).iter().map(|r| (*r).to_owned()));
         if self.allow_lan {
             rules.push(format!("ip {addr} {{ {LAN_V4} }} accept"));
@@ -266,6 +282,7 @@ mod tests {
             fwmark: 0xca6c,
             table: 51820,
             endpoints: vec!["203.0.113.5:51820".parse().unwrap()],
+            channel_port: Some(51820),
             inner_v4: "100.64.0.2".parse().unwrap(),
             inner_v6: Some("fd7a:115c:a1e0::2".parse().unwrap()),
             resolver: "100.64.0.1".parse().unwrap(),

@@ -14,10 +14,11 @@
 //! flag was off, all of IPv6 when `net.ipv6.conf.all.forwarding` was off) is dropped
 //! too, so that the uplink's neighbours cannot route through the provider; forwarding
 //! the host did before is left alone. Postrouting: masquerade authorized sources out of
-//! the uplink. Input from the tunnel: DNS from authorized consumers and the exit
-//! negotiation port from any peer (a consumer that is not authorized yet), both on the
-//! provider's tunnel address only; the tunnel addresses are not reachable from other
-//! interfaces.
+//! the uplink. Input from the tunnel: DNS and the in-tunnel exit request port (a
+//! granted consumer proving its tunnel carries its traffic) from authorized consumers
+//! only, on the provider's tunnel address only; the tunnel addresses are not reachable
+//! from other interfaces. (New consumers ask over the exit channel, TCP outside the
+//! tunnel.)
 //!
 //! Forwarding is switched on for the tunnel and the uplink only (IPv4 honours the
 //! per-interface flag of the receiving interface); IPv6 has only a global switch, so
@@ -262,7 +263,7 @@ impl ProviderPolicy {
         let _ = writeln!(s, "\t\tct state established,related accept");
         let _ = writeln!(
             s,
-            "\t\tip daddr {p4} udp dport {} accept",
+            "\t\tip daddr {p4} ip saddr @consumers4 udp dport {} accept",
             self.negotiation_port
         );
         let _ = writeln!(
@@ -464,7 +465,7 @@ mod tests {
                 "iifname != { \"pdexit\", \"lo\" } ip6 daddr fd7a:115c:a1e0::1 counter drop",
                 "iifname != \"pdexit\" accept",
                 "ct state established,related accept",
-                "ip daddr 100.64.0.1 udp dport 51821 accept",
+                "ip daddr 100.64.0.1 ip saddr @consumers4 udp dport 51821 accept",
                 "ip daddr 100.64.0.1 ip saddr @consumers4 meta l4proto { tcp, udp } th dport 53 accept",
                 "ip6 daddr fd7a:115c:a1e0::1 ip6 saddr @consumers6 meta l4proto { tcp, udp } th dport 53 accept",
                 "counter drop",

@@ -1,0 +1,408 @@
+//! The consumer's side of the exit channel: asks the provider for its grant over TCP
+//! in Noise (`portdistrict_exitnode::channel`), judges the provider's attestation
+//! against the pins it holds (a grant, the invite's own pin), and only then confirms.
+//! Nothing on the machine changes here: a refused exit leaves it as it was.
+//!
+//! Each endpoint's address is tried in the invite's order at the channel port, with
+//! an equal share of the time budget; a provider that is busy is asked again after
+//! a moment. A refusal of the request itself (used up, revoked, ...) or of the
+//! attestation ends the exchange at once: every endpoint is the same provider.
+
+use super::state::Granted;
+use anyhow::{bail, Context as _};
+use portdistrict_control_core::attest::binding;
+use portdistrict_control_core::attest::grant::{judge, Grant, Presented};
+use portdistrict_exitnode::channel::{
+    Answer, ConsumerSession, FrameDecoder, FrameKind, Initiator, InitiatorError, NoisePublicKey,
+    NoiseSecretKey, ProviderRef, RefusalCode, Request,
+};
+use portdistrict_exitnode::invite::{Invite, Pin};
+use portdistrict_exitnode::wire::Message;
+use portdistrict_wg::PrivateKey;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long to wait before asking a busy provider again.
+const BUSY_RETRY: Duration = Duration::from_millis(300);
+
+/// What the consumer requires of the exit's attestation.
+#[derive(Debug, Clone, Default)]
+pub struct Pins {
+    /// Grants that apply here (checked: trusted issuer, holder, unexpired), each
+    /// pinning a measurement and policy.
+    pub grants: Vec<Grant>,
+    /// The invite's own pin.
+    pub invite: Option<Pin>,
+    /// ARK fingerprints to accept besides AMD's built-in roots.
+    pub extra_roots: Vec<[u8; 32]>,
+}
+
+impl Pins {
+    /// Whether anything is pinned (else an attestation is not required).
+    pub fn any(&self) -> bool {
+        !self.grants.is_empty() || self.invite.is_some()
+    }
+
+    /// Every pin as a grant to judge by.
+    fn all(&self) -> Vec<Grant> {
+        let mut all = self.grants.clone();
+        if let Some(p) = self.invite {
+            all.push(Grant {
+                issuer: [0; 32],
+                holder: None,
+                measurement: p.measurement,
+                min_abi: p.min_abi,
+                smt: p.smt,
+                issued: 0,
+                expires: u64::MAX,
+            });
+        }
+        all
+    }
+}
+
+/// What the provider granted, and where.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    /// The addresses and resolver.
+    pub granted: Granted,
+    /// The endpoint whose address answered.
+    pub endpoint: SocketAddr,
+    /// The measurement of the attestation that passed every pin, if pinned.
+    pub measurement: Option<[u8; 48]>,
+}
+
+/// Why asking ended without a grant, when it is final (no other endpoint would
+/// answer otherwise).
+#[derive(Debug, thiserror::Error)]
+enum Final {
+    #[error("the provider refused: {0}")]
+    Refused(portdistrict_exitnode::store::Refusal),
+    #[error("refusing this exit: {0}")]
+    Attestation(String),
+    #[error("{0}")]
+    Channel(InitiatorError),
+}
+
+/// Asks for a grant as WireGuard key `wg` with Noise static key `noise`, through each
+/// of the invite's endpoints in turn within `timeout`; `mark` is put on the TCP
+/// socket (so that it passes a kill switch already in place).
+pub fn ask(
+    invite: &Invite,
+    wg: &PrivateKey,
+    noise: &NoiseSecretKey,
+    pins: &Pins,
+    timeout: Duration,
+    mark: Option<u32>,
+) -> anyhow::Result<Asked> {
+    let channel = invite.channel.context(
+        "this invite is in format 1, from before the exit channel: ask the provider for a new invite",
+    )?;
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for ep in &invite.endpoints {
+        let a = SocketAddr::new(ep.ip(), channel.port);
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    let start = Instant::now();
+    let share = timeout / u32::try_from(addrs.len().max(1)).unwrap_or(1);
+    let mut tried = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        // The last endpoint gets what is left of the budget.
+        let until = if i + 1 == addrs.len() {
+            start + timeout
+        } else {
+            Instant::now() + share
+        };
+        loop {
+            match once(
+                invite,
+                &channel.noise_key,
+                *addr,
+                wg,
+                noise,
+                pins,
+                until,
+                mark,
+            ) {
+                Ok(asked) => return Ok(asked),
+                Err(Attempt::Final(e)) => return Err(anyhow::Error::new(e)),
+                Err(Attempt::Busy) if Instant::now() + BUSY_RETRY < until => {
+                    std::thread::sleep(BUSY_RETRY);
+                }
+                Err(Attempt::Busy) => {
+                    tried.push(format!("{addr}: busy"));
+                    break;
+                }
+                Err(Attempt::Io(e)) => {
+                    tried.push(format!("{addr}: {e:#}"));
+                    // A refused connection may be a provider still starting.
+                    if Instant::now() + BUSY_RETRY < until {
+                        std::thread::sleep(BUSY_RETRY);
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    tried.dedup();
+    bail!(
+        "no answer on the exit channel within {}s ({}): is `portdistrict exit serve` running there, and TCP port {} open to it?",
+        timeout.as_secs(),
+        tried.join("; "),
+        channel.port
+    )
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// For good.
+    Final(Final),
+    /// The provider is busy: ask again.
+    Busy,
+    /// The connection failed: this endpoint again, or the next.
+    Io(anyhow::Error),
+}
+
+impl From<std::io::Error> for Attempt {
+    fn from(e: std::io::Error) -> Attempt {
+        Attempt::Io(e.into())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn once(
+    invite: &Invite,
+    provider_noise: &[u8; 32],
+    addr: SocketAddr,
+    wg: &PrivateKey,
+    noise: &NoiseSecretKey,
+    pins: &Pins,
+    until: Instant,
+    mark: Option<u32>,
+) -> Result<Asked, Attempt> {
+    let mut conn = connect(addr, until, mark)?;
+    let request =
+        portdistrict_exitnode::negotiate::request(invite.token, wg.as_bytes(), &invite.wg_key);
+    let Message::Request { wg_key, proof, .. } = request else {
+        return Err(Attempt::Io(anyhow::anyhow!("not a request")));
+    };
+    let mut out = Vec::new();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let initiator = Initiator::start(
+        noise,
+        &ProviderRef {
+            key: NoisePublicKey(*provider_noise),
+            token: invite.token,
+        },
+        Request { wg_key, proof },
+        now,
+        &mut out,
+    )
+    .map_err(|e| Attempt::Final(Final::Channel(e)))?;
+    conn.write(&out)?;
+    let (kind, body) = conn.frame()?;
+    let (reply, mut session) = match initiator.read_reply(frame(kind, &body)) {
+        Ok(x) => x,
+        Err(InitiatorError::Refused(RefusalCode::Busy)) => return Err(Attempt::Busy),
+        Err(e) => return Err(Attempt::Final(Final::Channel(e))),
+    };
+    if let Answer::Nak(r) = reply.answer {
+        return Err(Attempt::Final(Final::Refused(r)));
+    }
+    // The attestation, judged before anything is confirmed.
+    let measurement = judge_all(invite, provider_noise, pins, reply.attestation.as_ref())
+        .map_err(|e| Attempt::Final(Final::Attestation(e)))?;
+    out.clear();
+    seal(&mut session, &request.emit(), &mut out)?;
+    conn.write(&out)?;
+    let (kind, body) = conn.frame()?;
+    let mut plain = Vec::new();
+    session
+        .open(frame(kind, &body), &mut plain)
+        .map_err(|e| Attempt::Io(anyhow::anyhow!("the provider's final answer: {e}")))?;
+    match Message::parse(&plain) {
+        Ok(Message::Ack {
+            inner_v4,
+            inner_v6,
+            resolver,
+        }) => Ok(Asked {
+            granted: Granted {
+                inner_v4,
+                inner_v6,
+                resolver,
+            },
+            endpoint: invite
+                .endpoints
+                .iter()
+                .copied()
+                .find(|e| e.ip() == addr.ip())
+                .unwrap_or(invite.endpoints[0]),
+            measurement,
+        }),
+        Ok(Message::Nak(r)) => Err(Attempt::Final(Final::Refused(r))),
+        Ok(Message::Request { .. }) | Err(_) => Err(Attempt::Io(anyhow::anyhow!(
+            "the provider's final answer is not an ack or a nak"
+        ))),
+    }
+}
+
+fn seal(session: &mut ConsumerSession, plain: &[u8], out: &mut Vec<u8>) -> Result<(), Attempt> {
+    session
+        .seal(plain, out)
+        .map_err(|e| Attempt::Io(anyhow::anyhow!("sealing the confirmation: {e}")))
+}
+
+fn frame(kind: FrameKind, body: &[u8]) -> portdistrict_exitnode::channel::Frame<'_> {
+    portdistrict_exitnode::channel::Frame { kind, body }
+}
+
+/// Every pin must pass: the attestation present, verified, and measuring as each
+/// pins; returns its measurement (`None` when nothing is pinned).
+fn judge_all(
+    invite: &Invite,
+    provider_noise: &[u8; 32],
+    pins: &Pins,
+    attestation: Option<&portdistrict_exitnode::channel::Attestation>,
+) -> Result<Option<[u8; 48]>, String> {
+    if !pins.any() {
+        return Ok(None);
+    }
+    let data = binding(provider_noise, &invite.wg_key);
+    let presented = attestation.map(|a| Presented {
+        report: &a.report,
+        vcek: &a.vcek,
+        chain: &a.chain,
+    });
+    let now = crate::exit::now();
+    let mut measurement = None;
+    for g in pins.all() {
+        let v = judge(&g, presented, data, &pins.extra_roots, now).map_err(|e| e.to_string())?;
+        measurement = v.report.map(|r| r.measurement);
+    }
+    Ok(measurement)
+}
+
+/// A connection: frames in, bytes out, before one deadline.
+struct Conn {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
+    until: Instant,
+}
+
+fn connect(addr: SocketAddr, until: Instant, mark: Option<u32>) -> Result<Conn, Attempt> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if let Some(m) = mark {
+        sock.set_mark(m)?;
+    }
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(Attempt::Io(anyhow::anyhow!("out of time")));
+    }
+    sock.connect_timeout(&addr.into(), left)?;
+    sock.set_tcp_nodelay(true)?;
+    Ok(Conn {
+        stream: sock.into(),
+        decoder: FrameDecoder::new(),
+        buf: Vec::new(),
+        until,
+    })
+}
+
+impl Conn {
+    fn left(&self) -> Result<Duration, Attempt> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Attempt::Io(anyhow::anyhow!("no answer in time")));
+        }
+        Ok(left)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), Attempt> {
+        let left = self.left()?;
+        self.stream.set_write_timeout(Some(left))?;
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// The next whole frame: its kind and body.
+    fn frame(&mut self) -> Result<(FrameKind, Vec<u8>), Attempt> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut input: &[u8] = &self.buf;
+            let before = input.len();
+            let frame = self
+                .decoder
+                .decode(&mut input)
+                .map_err(|e| Attempt::Io(e.into()))?
+                .map(|f| (f.kind, f.body.to_vec()));
+            let used = before - input.len();
+            self.buf.drain(..used);
+            if let Some(f) = frame {
+                return Ok(f);
+            }
+            let left = self.left()?;
+            self.stream.set_read_timeout(Some(left))?;
+            let n = match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(Attempt::Io(anyhow::anyhow!(
+                        "the provider closed the connection"
+                    )))
+                }
+                Ok(n) => n,
+                Err(e) if crate::nothing_arrived(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// The pins of `use`: grants read from files (each must apply here: signed by this
+/// node's identity or a trusted peer, for this node or anyone, unexpired), the
+/// invite's pin, and extra roots.
+pub(crate) fn pins(
+    dirs: &crate::Dirs,
+    grant_lines: &[String],
+    invite: &Invite,
+    extra_roots: &[[u8; 32]],
+) -> anyhow::Result<Pins> {
+    let mut grants = Vec::new();
+    if !grant_lines.is_empty() {
+        let me = crate::node::record(dirs)
+            .context("a grant is checked against this node's identity")?
+            .identity
+            .master;
+        let mut trusted = vec![me];
+        if let Ok(peers) = crate::node::load_peers(dirs) {
+            trusted.extend(
+                peers
+                    .peers
+                    .iter()
+                    .filter(|p| p.state == portdistrict_control_core::trust::TrustState::Trusted)
+                    .map(|p| p.identity.master),
+            );
+        }
+        for line in grant_lines {
+            let g = Grant::decode(line.trim()).context("the grant is not usable")?;
+            g.check(&trusted, &me, crate::exit::now())
+                .context("the grant is not usable")?;
+            grants.push(g);
+        }
+    }
+    Ok(Pins {
+        grants,
+        invite: invite.pin,
+        extra_roots: extra_roots.to_vec(),
+    })
+}
