@@ -556,3 +556,44 @@ pub fn hello(
     })
     .expect("entering the namespace")
 }
+
+#[cfg(test)]
+mod tests {
+    use portdistrict_control::exit::attestation::{obtain, self_check, Source};
+    use portdistrict_control_core::attest::{binding, synthetic};
+    use portdistrict_exitnode::channel::NoisePublicKey;
+
+    /// 2025-01-01T00:00:00Z: inside the synthetic chain's validity (2024 .. 2034).
+    const NOW: u64 = 1_735_689_600;
+
+    /// No root needed: a directory written by the synthetic chain is what
+    /// `exit serve --attestation DIR` reads, and passes the provider's self-check
+    /// for the keys it is bound to only.
+    #[test]
+    fn a_synthetic_attestation_dir_passes_the_providers_self_check() {
+        let chain = synthetic::Chain::get();
+        let (noise, wg) = (NoisePublicKey([5; 32]), [6; 32]);
+        let spec = chain.spec([0x3e; 48], binding(&noise.0, &wg));
+        let dir = crate::TempDir::new("synthetic-attestation");
+        chain.write_dir(dir.path(), &spec).unwrap();
+        for name in synthetic::FILES {
+            use std::os::unix::fs::PermissionsExt as _;
+            let m = std::fs::metadata(dir.path().join(name)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{name}");
+        }
+        let a = obtain(&Source::Dir(dir.path().to_owned()), &spec.report_data).unwrap();
+        assert_eq!(a.report, chain.signed_report(&spec));
+        assert_eq!(a.vcek, chain.vcek_der());
+        assert_eq!(a.chain, chain.chain_pem());
+        let roots = [chain.ark_fingerprint()];
+        assert!(self_check(&a, &noise, &wg, &roots, NOW).unwrap().passed());
+        // Other keys, or the root not added: refused.
+        assert!(self_check(&a, &NoisePublicKey([7; 32]), &wg, &roots, NOW).is_err());
+        assert!(self_check(&a, &noise, &wg, &[], NOW).is_err());
+        // Written again over the files, with another spec: replaced.
+        let other = chain.spec([0x3f; 48], spec.report_data);
+        chain.write_dir(dir.path(), &other).unwrap();
+        let a = obtain(&Source::Dir(dir.path().to_owned()), &spec.report_data).unwrap();
+        assert_eq!(a.report, chain.signed_report(&other));
+    }
+}

@@ -23,6 +23,8 @@
 pub mod chain;
 pub mod grant;
 pub mod report;
+#[cfg(any(test, feature = "synthetic"))]
+pub mod synthetic;
 pub mod tsm;
 
 pub use report::{Policy, Report, SigningKey, Tcb};

@@ -1,22 +1,10 @@
 //! The verifier on real AMD material (`testdata/sev-snp/`: a Milan report, its VCEK,
-//! the Milan VCEK and VLEK chains) and on a synthetic chain made here (RSA-PSS ARK and
-//! ASK, a P-384 VCEK with AMD's extensions) that signs reports built in the tests.
+//! the Milan VCEK and VLEK chains) and on the synthetic chain ([`super::synthetic`]:
+//! RSA-PSS ARK and ASK, a P-384 VCEK with AMD's extensions) that signs reports built in
+//! the tests.
 
+use super::synthetic::{Chain, Spec};
 use super::*;
-use rand_chacha::rand_core::SeedableRng as _;
-use rsa::signature::{Keypair as _, RandomizedSigner as _, SignatureEncoding as _};
-use rsa::RsaPrivateKey;
-use std::str::FromStr as _;
-use std::sync::OnceLock;
-use x509_cert::der::asn1::{BitString, OctetString, UtcTime};
-use x509_cert::der::{Encode as _, EncodePem as _};
-use x509_cert::ext::Extension;
-use x509_cert::name::Name;
-use x509_cert::serial_number::SerialNumber;
-use x509_cert::spki::SubjectPublicKeyInfoOwned;
-use x509_cert::spki::{DynSignatureAlgorithmIdentifier as _, EncodePublicKey as _};
-use x509_cert::time::{Time, Validity};
-use x509_cert::{Certificate, TbsCertificate};
 
 const REPORT: &[u8] = include_bytes!("../../testdata/sev-snp/attestation.bin");
 const VCEK: &[u8] = include_bytes!("../../testdata/sev-snp/vcek.testcer");
@@ -119,11 +107,11 @@ fn the_vlek_chain_does_not_sign_the_vcek() {
 
 #[test]
 fn a_foreign_root_is_not_pinned_unless_added() {
-    let s = synth();
+    let s = Chain::get();
     let v = verify(
         REPORT,
         VCEK,
-        &s.chain_pem,
+        s.chain_pem(),
         &Expected::default(),
         IN_VALIDITY,
     );
@@ -192,207 +180,18 @@ fn garbage_certificates_fail_their_checks_and_the_rest_still_run() {
 
 // --- the synthetic chain ---
 
-struct Synth {
-    vcek_key: p384::ecdsa::SigningKey,
-    vcek_der: Vec<u8>,
-    chain_pem: Vec<u8>,
-    ark_fingerprint: [u8; 32],
-    tcb: Tcb,
-    chip_id: [u8; 64],
-}
-
-fn name(cn: &str) -> Name {
-    Name::from_str(&format!("CN={cn},O=portdistrict tests")).unwrap()
-}
-
-fn time(unix: u64) -> Time {
-    Time::UtcTime(UtcTime::from_unix_duration(std::time::Duration::from_secs(unix)).unwrap())
-}
-
-/// A certificate of `subject` with `spki`, issued and signed (RSA-PSS, SHA-384) by
-/// `issuer`'s key.
-fn cert(
-    subject: &str,
-    issuer: &str,
-    spki: SubjectPublicKeyInfoOwned,
-    signer: &rsa::pss::SigningKey<sha2::Sha384>,
-    extensions: Option<Vec<Extension>>,
-    rng: &mut rand_chacha::ChaCha20Rng,
-) -> Certificate {
-    let alg = signer.signature_algorithm_identifier().unwrap();
-    let tbs = TbsCertificate {
-        version: x509_cert::Version::V3,
-        serial_number: SerialNumber::from(1u32),
-        signature: alg.clone(),
-        issuer: name(issuer),
-        validity: Validity {
-            // 2024-01-01 .. 2034-01-01
-            not_before: time(1_704_067_200),
-            not_after: time(2_019_686_400),
-        },
-        subject: name(subject),
-        subject_public_key_info: spki,
-        issuer_unique_id: None,
-        subject_unique_id: None,
-        extensions,
-    };
-    let sig = signer.sign_with_rng(rng, &tbs.to_der().unwrap());
-    Certificate {
-        tbs_certificate: tbs,
-        signature_algorithm: alg,
-        signature: BitString::from_bytes(&sig.to_bytes()).unwrap(),
-    }
-}
-
-fn ext(oid: &str, value: Vec<u8>) -> Extension {
-    Extension {
-        extn_id: x509_cert::der::oid::ObjectIdentifier::new_unwrap(oid),
-        critical: false,
-        extn_value: OctetString::new(value).unwrap(),
-    }
-}
-
-fn synth() -> &'static Synth {
-    static S: OnceLock<Synth> = OnceLock::new();
-    S.get_or_init(|| {
-        let mut rng = rand_chacha::ChaCha20Rng::from_seed([7; 32]);
-        let ark_key = RsaPrivateKey::new(&mut rng, 2048).unwrap();
-        let ask_key = RsaPrivateKey::new(&mut rng, 2048).unwrap();
-        let ark_signer = rsa::pss::SigningKey::<sha2::Sha384>::new(ark_key);
-        let ask_signer = rsa::pss::SigningKey::<sha2::Sha384>::new(ask_key);
-        let spki = |der: Vec<u8>| SubjectPublicKeyInfoOwned::try_from(der.as_slice()).unwrap();
-        let ark = cert(
-            "ARK-Synth",
-            "ARK-Synth",
-            spki(
-                ark_signer
-                    .verifying_key()
-                    .as_ref()
-                    .to_public_key_der()
-                    .unwrap()
-                    .into_vec(),
-            ),
-            &ark_signer,
-            None,
-            &mut rng,
-        );
-        let ask = cert(
-            "SEV-Synth",
-            "ARK-Synth",
-            spki(
-                ask_signer
-                    .verifying_key()
-                    .as_ref()
-                    .to_public_key_der()
-                    .unwrap()
-                    .into_vec(),
-            ),
-            &ark_signer,
-            None,
-            &mut rng,
-        );
-        let vcek_key = p384::ecdsa::SigningKey::from_slice(&[0x42; 48]).unwrap();
-        let tcb = Tcb {
-            bootloader: 3,
-            tee: 0,
-            snp: 8,
-            microcode: 0xd1,
-        };
-        let chip_id = [0xc1; 64];
-        let int = |v: u8| v.to_der().unwrap();
-        let vcek = cert(
-            "SEV-VCEK",
-            "SEV-Synth",
-            spki(
-                vcek_key
-                    .verifying_key()
-                    .to_public_key_der()
-                    .unwrap()
-                    .into_vec(),
-            ),
-            &ask_signer,
-            Some(vec![
-                ext("1.3.6.1.4.1.3704.1.3.1", int(tcb.bootloader)),
-                ext("1.3.6.1.4.1.3704.1.3.2", int(tcb.tee)),
-                ext("1.3.6.1.4.1.3704.1.3.3", int(tcb.snp)),
-                ext("1.3.6.1.4.1.3704.1.3.8", int(tcb.microcode)),
-                ext("1.3.6.1.4.1.3704.1.4", chip_id.to_vec()),
-            ]),
-            &mut rng,
-        );
-        let pem = |c: &Certificate| {
-            c.to_pem(x509_cert::der::pem::LineEnding::LF)
-                .unwrap()
-                .into_bytes()
-        };
-        let mut chain_pem = pem(&ask);
-        chain_pem.extend(pem(&ark));
-        Synth {
-            vcek_key,
-            vcek_der: vcek.to_der().unwrap(),
-            chain_pem,
-            ark_fingerprint: chain::fingerprint(&ark),
-            tcb,
-            chip_id,
-        }
-    })
-}
-
-/// What a synthetic report says.
-#[derive(Clone)]
-struct Spec {
-    policy: u64,
-    vmpl: u32,
-    measurement: [u8; 48],
-    report_data: [u8; 64],
-    tcb: Tcb,
-    chip_id: [u8; 64],
-}
-
+/// A passing report of the synthetic chain, bound to keys `[1; 32]` and `[2; 32]`.
 fn spec() -> Spec {
-    let s = synth();
-    Spec {
-        // ABI 1.55, reserved bit 17; no SMT, no debug.
-        policy: 0x2_0137,
-        vmpl: 0,
-        measurement: [0x3e; 48],
-        report_data: binding(&[1; 32], &[2; 32]),
-        tcb: s.tcb,
-        chip_id: s.chip_id,
-    }
+    Chain::get().spec([0x3e; 48], binding(&[1; 32], &[2; 32]))
 }
 
-fn tcb_bytes(t: Tcb) -> [u8; 8] {
-    [t.bootloader, t.tee, 0, 0, 0, 0, t.snp, t.microcode]
-}
-
-/// A version-2 report of `spec`, signed by the synthetic VCEK.
 fn signed_report(spec: &Spec) -> Vec<u8> {
-    use p384::ecdsa::signature::Signer as _;
-    let mut b = vec![0u8; report::REPORT_LEN];
-    b[0..4].copy_from_slice(&2u32.to_le_bytes());
-    b[0x08..0x10].copy_from_slice(&spec.policy.to_le_bytes());
-    b[0x30..0x34].copy_from_slice(&spec.vmpl.to_le_bytes());
-    b[0x34..0x38].copy_from_slice(&1u32.to_le_bytes());
-    b[0x38..0x40].copy_from_slice(&tcb_bytes(spec.tcb));
-    b[0x50..0x90].copy_from_slice(&spec.report_data);
-    b[0x90..0xC0].copy_from_slice(&spec.measurement);
-    b[0x180..0x188].copy_from_slice(&tcb_bytes(spec.tcb));
-    b[0x1A0..0x1E0].copy_from_slice(&spec.chip_id);
-    let sig: p384::ecdsa::Signature = synth().vcek_key.sign(&b[..report::SIGNED_LEN]);
-    let (r, s) = sig.split_bytes();
-    for (i, x) in r.iter().enumerate() {
-        b[report::SIGNED_LEN + 47 - i] = *x;
-    }
-    for (i, x) in s.iter().enumerate() {
-        b[report::SIGNED_LEN + 72 + 47 - i] = *x;
-    }
-    b
+    Chain::get().signed_report(spec)
 }
 
 fn synth_expected(spec: &Spec) -> Expected {
     Expected {
-        extra_roots: vec![synth().ark_fingerprint],
+        extra_roots: vec![Chain::get().ark_fingerprint()],
         measurement: Some(spec.measurement),
         report_data: Some(spec.report_data),
         min_abi: (1, 0),
@@ -402,11 +201,11 @@ fn synth_expected(spec: &Spec) -> Expected {
 }
 
 fn synth_verify(spec: &Spec, expected: &Expected) -> Verdict {
-    let s = synth();
+    let s = Chain::get();
     verify(
         &signed_report(spec),
-        &s.vcek_der,
-        &s.chain_pem,
+        s.vcek_der(),
+        s.chain_pem(),
         expected,
         IN_VALIDITY,
     )
@@ -428,6 +227,36 @@ fn a_synthetic_report_bound_to_keys_passes_every_check() {
     assert_eq!(
         v.checks.iter().filter(|(_, o)| *o != Outcome::Ok).count(),
         1
+    );
+}
+
+#[test]
+fn the_synthetic_chain_is_the_same_every_time_and_its_spec_passes() {
+    let s = Chain::get();
+    assert!(std::ptr::eq(s, Chain::get()));
+    let spec = spec();
+    assert_eq!(spec.policy, synthetic::POLICY);
+    let p = Policy(spec.policy);
+    assert_eq!((p.abi_major(), p.abi_minor()), (1, 55));
+    assert!(!p.smt() && !p.debug() && p.reserved_one());
+    assert_eq!(spec.vmpl, 0);
+    let r = Report::parse(&signed_report(&spec)).unwrap();
+    assert_eq!(r.measurement, spec.measurement);
+    assert_eq!(r.report_data, spec.report_data);
+    assert_eq!(r.reported_tcb, spec.tcb);
+    assert_eq!(r.chip_id, spec.chip_id);
+    // ECDSA over P-384 here is deterministic (RFC 6979): the same report each time.
+    assert_eq!(signed_report(&spec), signed_report(&spec));
+    // The chain is ASK then ARK.
+    let certs = x509_cert::Certificate::load_pem_chain(s.chain_pem()).unwrap();
+    assert_eq!(certs.len(), 2);
+    assert!(chain::name(&certs[0]).contains("CN=SEV-Synth"));
+    assert!(chain::name(&certs[1]).contains("CN=ARK-Synth"));
+    assert_eq!(chain::fingerprint(&certs[1]), s.ark_fingerprint());
+    assert_eq!(
+        synthetic::FILES,
+        ["report.bin", "vcek.der", "chain.pem"],
+        "as `exit serve --attestation DIR` reads them"
     );
 }
 
@@ -534,11 +363,11 @@ fn the_synthetic_report_with_a_flipped_byte_fails_its_signature() {
     let spec = spec();
     let expected = synth_expected(&spec);
     let good = signed_report(&spec);
-    let s = synth();
+    let s = Chain::get();
     for at in (0x50..report::SIGNED_LEN).step_by(16) {
         let mut bad = good.clone();
         bad[at] ^= 0x80;
-        let v = verify(&bad, &s.vcek_der, &s.chain_pem, &expected, IN_VALIDITY);
+        let v = verify(&bad, s.vcek_der(), s.chain_pem(), &expected, IN_VALIDITY);
         assert!(
             matches!(
                 v.outcome(Check::Signature),
@@ -573,7 +402,7 @@ fn verification_time() {
 fn a_consumer_judges_an_exit_by_its_grant() {
     use grant::{judge, ExitRefused, Grant, Presented};
     let spec = spec();
-    let s = synth();
+    let s = Chain::get();
     let report = signed_report(&spec);
     let g = Grant {
         issuer: [0; 32],
@@ -586,10 +415,10 @@ fn a_consumer_judges_an_exit_by_its_grant() {
     };
     let presented = Some(Presented {
         report: &report,
-        vcek: &s.vcek_der,
-        chain: &s.chain_pem,
+        vcek: s.vcek_der(),
+        chain: s.chain_pem(),
     });
-    let roots = [s.ark_fingerprint];
+    let roots = [s.ark_fingerprint()];
     let bound = spec.report_data;
     assert!(judge(&g, presented, bound, &roots, IN_VALIDITY)
         .unwrap()
@@ -628,8 +457,8 @@ fn a_consumer_judges_an_exit_by_its_grant() {
     altered[0x90] ^= 1;
     let p = Some(Presented {
         report: &altered,
-        vcek: &s.vcek_der,
-        chain: &s.chain_pem,
+        vcek: s.vcek_der(),
+        chain: s.chain_pem(),
     });
     assert!(matches!(
         judge(&g, p, bound, &roots, IN_VALIDITY),
