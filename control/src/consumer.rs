@@ -186,6 +186,18 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions, say: &dyn Fn(&str)) -> anyhow::Resu
             say("system mode was on but the tunnel is down; bringing it back (the kill switch stays on)");
             (s, false)
         }
+        None if dir.lockdown() => {
+            // Lockdown blocks everything, the exit channel too: the kill switch of
+            // this invite replaces lockdown's table (as blocking, but for marked
+            // traffic to the provider), and bring-up asks through it. A refusal
+            // puts lockdown's table back.
+            invite
+                .check_expiry(crate::exit::now())
+                .context("the invite is not usable")?;
+            let grants = read_grants(&o.grants)?;
+            channel::pins(dirs, &grants, &invite, &o.attestation_roots)?;
+            (first_state(&dir, o, None, invite.endpoints[0], grants)?, true)
+        }
         None => {
             // Asked and judged before anything changes: a refused exit (its
             // attestation missing, failing or measuring otherwise, or the request
@@ -203,7 +215,10 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions, say: &dyn Fn(&str)) -> anyhow::Resu
                     hex::encode(m)
                 ));
             }
-            (first_state(&dir, o, &asked, grants)?, true)
+            (
+                first_state(&dir, o, Some(asked.granted), asked.endpoint, grants)?,
+                true,
+            )
         }
     };
     let asker = Asker {

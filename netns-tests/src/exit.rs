@@ -460,14 +460,17 @@ pub fn tcpdump_endpoint(endpoint: &str) -> String {
 }
 
 /// The lines of a capture of what a consumer sent that are neither WireGuard to
-/// `wg_endpoint` (as tcpdump prints it, `ip.port`), nor ARP, nor neighbour/router
-/// discovery, nor DHCP.
+/// `wg_endpoint` (as tcpdump prints it, `ip.port`), nor the exit channel (TCP to the
+/// same address and port, its default), nor ARP, nor neighbour/router discovery, nor
+/// DHCP.
 pub fn leaks(lines: &[String], wg_endpoint: &str) -> Vec<String> {
     let wg = format!("> {wg_endpoint}: UDP");
+    let channel = format!("> {wg_endpoint}: Flags [");
     lines
         .iter()
         .filter(|l| {
             !(l.contains(&wg)
+                || l.contains(&channel)
                 || l.contains(" ARP,")
                 || l.contains("ICMP6, neighbor solicitation")
                 || l.contains("ICMP6, neighbor advertisement")

@@ -329,7 +329,9 @@ fn system_mode_end_to_end() {
         "--endpoint",
         &endpoint,
     ]);
-    use_err(&c3, &foreign, "no answer from the provider");
+    // Another provider's invite: its channel key is not this provider's, and the
+    // consumer hears so (a typed refusal, not a closed connection).
+    use_err(&c3, &foreign, "the invite names another server key");
     let inv_revoked = invite(&[]);
     let token = portdistrict_exitnode::invite::Invite::decode(&inv_revoked)
         .expect("invite decodes")

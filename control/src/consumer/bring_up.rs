@@ -37,19 +37,23 @@ pub(super) fn bring_up(
     let bin = dataplane_binary();
     run_cmd(&[&bin.to_string_lossy(), &s.interface])
         .with_context(|| format!("starting the dataplane {}", bin.display()))?;
+    // Up before the plan's routes go through it (the kill switch holds everything).
+    netlink()?
+        .link_set_up(&s.interface, true)
+        .with_context(|| format!("setting {} up", s.interface))?;
     let provider = PublicKey(invite.wg_key);
-    // A repair asks again over the exit channel (through the kill switch), so that a
-    // revocation is reported as such and the attestation judged again; the provider
-    // answers a known consumer with the same grant. An invite from before the
-    // channel has nobody to ask: its grant stands.
+    // Not granted yet (under lockdown), or a repair: ask over the exit channel
+    // through the kill switch, so that a revocation is reported as such and the
+    // attestation judged again; the provider answers a known consumer with the same
+    // grant. An invite from before the channel has nobody to ask: its grant stands.
     let mut plan = plan;
-    if !first && invite.channel.is_some() {
+    if invite.channel.is_some() && (s.granted.is_none() || !first) {
         let asked = asker.ask(&s, invite, key)?;
         match s.granted {
             None => {
-                // A state of an earlier version, never granted: now it is.
                 s.granted = Some(asked.granted);
                 s.endpoint = asked.endpoint;
+                dir.save(&s)?;
                 plan = policy(&s, invite).plan()?;
                 apply_nft(&plan).context("applying the kill switch")?;
             }

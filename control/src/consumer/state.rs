@@ -168,8 +168,9 @@ pub(super) fn parse_state(path: &Path) -> anyhow::Result<Option<UseState>> {
 pub(super) fn policy(s: &UseState, invite: &Invite) -> ConsumerPolicy {
     let (inner_v4, inner_v6, resolver) = match s.granted {
         Some(g) => (g.inner_v4, g.inner_v6, g.resolver),
-        // Only a state of a version before the exit channel is without a grant: its
-        // kill switch lets nothing into the tunnel (100.64.0.0 is never a consumer's).
+        // Not granted yet (asked through the kill switch under lockdown, or a state
+        // of a version before the exit channel): nothing goes into the tunnel
+        // (100.64.0.0 is never a consumer's).
         None => (INNER_V4_BASE, None, IpAddr::V4(PROVIDER_V4)),
     };
     ConsumerPolicy {
@@ -200,12 +201,13 @@ pub(super) fn link_exists(ifname: &str) -> bool {
     Path::new("/sys/class/net").join(ifname).exists()
 }
 
-/// The state of a first `use` that the provider granted `asked`, saved (the way back
-/// on disk before the first change).
+/// The state of a first `use` (granted already, or to be asked through the kill
+/// switch under lockdown), saved: the way back on disk before the first change.
 pub(super) fn first_state(
     dir: &UseDir,
     o: &UseOptions,
-    asked: &super::channel::Asked,
+    granted: Option<Granted>,
+    endpoint: SocketAddr,
     grants: Vec<String>,
 ) -> anyhow::Result<UseState> {
     let facts = resolver::Facts::gather(
@@ -222,8 +224,8 @@ pub(super) fn first_state(
         invite: o.invite.trim().to_owned(),
         interface: o.interface.clone(),
         allow_lan: o.allow_lan,
-        endpoint: asked.endpoint,
-        granted: Some(asked.granted),
+        endpoint,
+        granted,
         undo: Undo {
             nft_table: KILL_SWITCH_TABLE.to_owned(),
             sysctls: Vec::new(),
