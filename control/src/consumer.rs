@@ -171,6 +171,19 @@ pub fn use_exit(dirs: &Dirs, o: &UseOptions, say: &dyn Fn(&str)) -> anyhow::Resu
             "system mode is already on with this invite but other options (--allow-lan {}, --interface {}); run `portdistrict use off` first",
             s.allow_lan, s.interface
         ),
+        Some(s) if !o.grants.is_empty() && read_grants(&o.grants)? != s.grants => bail!(
+            "system mode is already on with other grants ({} saved); run `portdistrict use off` first, or `use` again without --grant to keep them",
+            s.grants.len()
+        ),
+        Some(s)
+            if !o.attestation_roots.is_empty()
+                && o.attestation_roots.iter().map(hex::encode).collect::<Vec<_>>()
+                    != s.attestation_roots =>
+        {
+            bail!(
+                "system mode is already on with other --attestation-root values; run `portdistrict use off` first, or `use` again without them to keep them"
+            )
+        }
         Some(s) => {
             if let Some(g) = s.granted {
                 if link_exists(&s.interface)

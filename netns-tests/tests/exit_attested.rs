@@ -16,7 +16,7 @@
 //! Checks each case exercises (the verifier runs all twelve every time: root, ark,
 //! ask, vcek, validity, tcb, chip_id, signature, policy, vmpl, measurement,
 //! report_data; the first failure is the reason given):
-//! - granted, pinned invite, burst: every check passes (measurement and report_data
+//! - granted, repaired (the saved grant), pinned invite, burst: every check passes (measurement and report_data
 //!   against the grant and the invite's keys);
 //! - a grant or pinned invite for another image: measurement;
 //! - the impostor with the honest provider's attestation: report_data;
@@ -309,6 +309,22 @@ fn attested_exits_are_used_only_as_their_pins_say() {
 
     // (2) The grant for the image it runs: system mode, traffic through the provider.
     let said = c1.use_ok_with(&inv, &["--grant", &right, "--attestation-root", &root]);
+    assert!(said.contains("system mode on"), "{said}");
+    assert_eq!(echo(c1.ns(), "udp", ECHO_V4), uplink.v4(1).to_string());
+    // Its dataplane killed: `use` again (the pins it saved, none given) asks and
+    // judges again through the kill switch, and brings the tunnel back; other pins
+    // on a repair are refused.
+    for pid in c1.dataplane_pids() {
+        c1.ns().exec(&["kill", "-KILL", &pid.to_string()]);
+    }
+    let e = c1.try_use_with(&inv, &["--grant", &wrong]);
+    assert!(!e.status.success());
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("other grants"),
+        "{}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+    let said = c1.use_ok(&inv);
     assert!(said.contains("system mode on"), "{said}");
     assert_eq!(echo(c1.ns(), "udp", ECHO_V4), uplink.v4(1).to_string());
     c1.run(&["use", "off"]);

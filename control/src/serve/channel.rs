@@ -131,7 +131,9 @@ fn conversation(stream: TcpStream, shared: &Shared<'_>) -> anyhow::Result<()> {
         deadline,
     };
     let mut out = Vec::new();
-    // 1. Message 1, against the invites and consumers on record.
+    // 1. Message 1 (read before the store: a connection that sends nothing costs no
+    // store read), against the invites and consumers on record.
+    let (kind, body) = conn.frame()?;
     let store = match shared.decider.load() {
         Ok(s) => s,
         Err(e) => {
@@ -144,7 +146,6 @@ fn conversation(stream: TcpStream, shared: &Shared<'_>) -> anyhow::Result<()> {
     let consumers =
         |_: &channel::NoisePublicKey, id: &TokenId| store.token_by(|t| TokenId::of(t) == *id);
     let pending = {
-        let (kind, body) = conn.frame()?;
         let frame = Frame { kind, body: &body };
         let mut r = shared
             .responder
