@@ -19,14 +19,17 @@
 //! - [`wire`]: the exit negotiation messages (request, ack, nak) with golden bytes.
 //! - [`negotiate`]: the provider's answer to one negotiation datagram, and the proof
 //!   of key ownership a request carries.
-//! - [`client`]: the consumer's side, sans-IO: which endpoint, when to send again,
-//!   when to move on, what an answer means.
+//! - [`client`]: the consumer's probe of a tunnel just up, sans-IO: the request
+//!   again as itself inside the tunnel, when to send again, when to give up, what
+//!   an answer means.
 //! - [`ratelimit`]: per-source and global limits on negotiation datagrams.
 //! - [`channel`]: the exit control channel, sans-IO: Noise `IKpsk2` (its own static
 //!   key, PSK from the invite token) in length-prefixed frames over TCP, carrying the
 //!   exit request, the answer and the provider's attestation; typed refusals for a
 //!   wrong server key, an unknown consumer and a replayed first message; transport
-//!   cipher states named by direction. Not yet wired into the binaries.
+//!   cipher states named by direction. Its [`channel::Dialer`] decides which
+//!   address the consumer dials and when: each endpoint in turn with a share of the
+//!   time budget, again after a moment when busy or failed.
 #![forbid(unsafe_code)]
 
 pub mod apply;

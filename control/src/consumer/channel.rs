@@ -3,18 +3,20 @@
 //! against the pins it holds (a grant, the invite's own pin), and only then confirms.
 //! Nothing on the machine changes here: a refused exit leaves it as it was.
 //!
-//! Each endpoint's address is tried in the invite's order at the channel port, with
-//! an equal share of the time budget; a provider that is busy is asked again after
-//! a moment. A refusal of the request itself (used up, revoked, ...) or of the
-//! attestation ends the exchange at once: every endpoint is the same provider.
+//! Which address to dial and when is the sans-IO [`Dialer`]: each endpoint's address
+//! at the channel port in the invite's order, each with a share of the time budget,
+//! again after a moment when busy or failed. This file dials, runs one exchange per
+//! attempt and reports how it ended. A refusal of the request itself (used up,
+//! revoked, ...) or of the attestation ends the exchange at once: every endpoint is
+//! the same provider.
 
 use super::state::Granted;
 use anyhow::{bail, Context as _};
 use portdistrict_control_core::attest::binding;
 use portdistrict_control_core::attest::grant::{judge, Grant, Presented};
 use portdistrict_exitnode::channel::{
-    Answer, ConsumerSession, FrameDecoder, FrameKind, Initiator, InitiatorError, NoisePublicKey,
-    NoiseSecretKey, ProviderRef, RefusalCode, Request,
+    Answer, ConsumerSession, DialAction, Dialer, FrameDecoder, FrameKind, Initiator,
+    InitiatorError, NoisePublicKey, NoiseSecretKey, ProviderRef, RefusalCode, Request,
 };
 use portdistrict_exitnode::invite::{Invite, Pin};
 use portdistrict_exitnode::wire::Message;
@@ -22,9 +24,6 @@ use portdistrict_wg::PrivateKey;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// How long to wait before asking a busy provider again.
-const BUSY_RETRY: Duration = Duration::from_millis(300);
 
 /// What the consumer requires of the exit's attestation.
 #[derive(Debug, Clone, Default)]
@@ -99,62 +98,37 @@ pub fn ask(
     let channel = invite.channel.context(
         "this invite is in format 1, from before the exit channel: ask the provider for a new invite",
     )?;
-    let mut addrs: Vec<SocketAddr> = Vec::new();
-    for ep in &invite.endpoints {
-        let a = SocketAddr::new(ep.ip(), channel.port);
-        if !addrs.contains(&a) {
-            addrs.push(a);
-        }
-    }
-    let start = Instant::now();
-    let share = timeout / u32::try_from(addrs.len().max(1)).unwrap_or(1);
-    let mut tried = Vec::new();
-    for (i, addr) in addrs.iter().enumerate() {
-        // The last endpoint gets what is left of the budget.
-        let until = if i + 1 == addrs.len() {
-            start + timeout
-        } else {
-            Instant::now() + share
-        };
-        loop {
-            match once(
-                invite,
-                &channel.noise_key,
-                *addr,
-                wg,
-                noise,
-                pins,
-                until,
-                mark,
-            ) {
-                Ok(asked) => return Ok(asked),
-                Err(Attempt::Final(e)) => return Err(anyhow::Error::new(e)),
-                Err(Attempt::Busy) if Instant::now() + BUSY_RETRY < until => {
-                    std::thread::sleep(BUSY_RETRY);
-                }
-                Err(Attempt::Busy) => {
-                    tried.push(format!("{addr}: busy"));
-                    break;
-                }
-                Err(Attempt::Io(e)) => {
-                    tried.push(format!("{addr}: {e:#}"));
+    let mut dialer = Dialer::new(&invite.endpoints, channel.port, timeout);
+    loop {
+        match dialer.poll(Instant::now()) {
+            DialAction::Connect(addr, until) => {
+                match once(
+                    invite,
+                    &channel.noise_key,
+                    addr,
+                    wg,
+                    noise,
+                    pins,
+                    until,
+                    mark,
+                ) {
+                    Ok(asked) => return Ok(asked),
+                    Err(Attempt::Final(e)) => return Err(anyhow::Error::new(e)),
+                    Err(Attempt::Busy) => dialer.busy(Instant::now()),
                     // A refused connection may be a provider still starting.
-                    if Instant::now() + BUSY_RETRY < until {
-                        std::thread::sleep(BUSY_RETRY);
-                        continue;
-                    }
-                    break;
+                    Err(Attempt::Io(e)) => dialer.failed(Instant::now(), format!("{e:#}")),
                 }
             }
+            DialAction::Wait(until) => {
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            }
+            DialAction::GiveUp(tried) => bail!(
+                "no answer on the exit channel within {}s ({tried}): is `portdistrict exit serve` running there, and TCP port {} open to it?",
+                timeout.as_secs(),
+                channel.port
+            ),
         }
     }
-    tried.dedup();
-    bail!(
-        "no answer on the exit channel within {}s ({}): is `portdistrict exit serve` running there, and TCP port {} open to it?",
-        timeout.as_secs(),
-        tried.join("; "),
-        channel.port
-    )
 }
 
 /// How one attempt ended.

@@ -27,48 +27,33 @@ pub(super) fn probe(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let mut exchange = Exchange::probe(&request(invite, key), timeout);
-    run(IpAddr::V4(inner_v4), &mut exchange, |_| Ok(())).map(|_| ())
+    run(IpAddr::V4(inner_v4), &mut exchange).map(|_| ())
 }
 
 /// Carries out `exchange` to its end from a UDP socket on `src` to the provider's
-/// negotiation port; `point` points the tunnel at an endpoint. The socket is bound
-/// after pointing (which may put `src` on the interface), afresh for each endpoint.
-fn run(
-    src: IpAddr,
-    exchange: &mut Exchange,
-    mut point: impl FnMut(SocketAddr) -> anyhow::Result<()>,
-) -> anyhow::Result<Grant> {
+/// negotiation port.
+fn run(src: IpAddr, exchange: &mut Exchange) -> anyhow::Result<Grant> {
     let to = SocketAddr::new(IpAddr::V4(PROVIDER_V4), NEGOTIATION_PORT);
-    let mut sock: Option<UdpSocket> = None;
+    let sock = UdpSocket::bind(SocketAddr::new(src, 0))
+        .with_context(|| format!("binding a UDP socket to {src}"))?;
     let mut buf = [0u8; 512];
     loop {
         let now = Instant::now();
         match exchange.poll(now) {
             Action::Done(result) => return result.map_err(Into::into),
-            Action::UseEndpoint(ep) => {
-                sock = None;
-                point(ep)?;
-            }
             Action::Send(bytes) => {
-                let s = match sock.take() {
-                    Some(s) => s,
-                    None => UdpSocket::bind(SocketAddr::new(src, 0))
-                        .with_context(|| format!("binding a UDP socket to {src}"))?,
-                };
                 // Sends fail while the kernel has no route yet; the next one may not.
-                if let Err(e) = s.send_to(bytes, to) {
+                if let Err(e) = sock.send_to(bytes, to) {
                     tracing::debug!("sending the exit request to {to}: {e}");
                 }
-                sock = Some(s);
             }
             Action::Wait(until) => {
                 let wait = until.saturating_duration_since(now);
-                let Some(s) = sock.as_ref().filter(|_| !wait.is_zero()) else {
-                    std::thread::sleep(wait);
+                if wait.is_zero() {
                     continue;
-                };
-                s.set_read_timeout(Some(wait))?;
-                match s.recv_from(&mut buf) {
+                }
+                sock.set_read_timeout(Some(wait))?;
+                match sock.recv_from(&mut buf) {
                     Ok((n, from)) if from == to => exchange.handle(&buf[..n]),
                     Ok(_) => {}
                     Err(e) if crate::nothing_arrived(&e) => {}

@@ -34,7 +34,12 @@
 //! With `psk2` the provider can decrypt message 1 without the PSK: a wrong PSK shows
 //! at the consumer, as message 2 failing to authenticate ([`InitiatorError::Reply`]),
 //! and at the provider only as the consumer never sending a transport message.
+//!
+//! Before message 1, the consumer's [`Dialer`] decides which address to dial and
+//! when: each endpoint's IP at the channel port in turn, each with a share of the
+//! time budget, again after [`RETRY`] when busy or failed (see [`dialer`]).
 
+pub mod dialer;
 mod frame;
 mod handshake;
 mod payload;
@@ -43,6 +48,7 @@ mod session;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use dialer::{DialAction, DialError, Dialer, Outcome, RETRY};
 pub use frame::{encode, Frame, FrameDecoder, FrameError, FrameKind, MAX_BODY, MAX_FRAME};
 pub use handshake::{
     Consumers, Initiator, InitiatorError, Pending, ProviderRef, RefusalCode, Request, Responder,
