@@ -7,6 +7,7 @@
 //! atomic.
 
 pub mod attestation;
+pub(crate) mod frames;
 
 use crate::{parse_duration, Dirs};
 

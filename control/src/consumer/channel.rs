@@ -11,18 +11,18 @@
 //! the same provider.
 
 use super::state::Granted;
+use crate::exit::frames::FrameConn;
 use anyhow::{bail, Context as _};
 use portdistrict_control_core::attest::binding;
 use portdistrict_control_core::attest::grant::{judge, Grant, Presented};
 use portdistrict_exitnode::channel::{
-    Answer, ConsumerSession, DialAction, Dialer, FrameDecoder, FrameKind, Initiator,
-    InitiatorError, NoisePublicKey, NoiseSecretKey, ProviderRef, RefusalCode, Request,
+    Answer, ConsumerSession, DialAction, Dialer, FrameKind, Initiator, InitiatorError,
+    NoisePublicKey, NoiseSecretKey, ProviderRef, RefusalCode, Request,
 };
 use portdistrict_exitnode::invite::{Invite, Pin};
 use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::PrivateKey;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What the consumer requires of the exit's attestation.
@@ -147,6 +147,12 @@ impl From<std::io::Error> for Attempt {
     }
 }
 
+impl From<anyhow::Error> for Attempt {
+    fn from(e: anyhow::Error) -> Attempt {
+        Attempt::Io(e)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn once(
     invite: &Invite,
@@ -262,15 +268,8 @@ fn judge_all(
     Ok(measurement)
 }
 
-/// A connection: frames in, bytes out, before one deadline.
-struct Conn {
-    stream: TcpStream,
-    decoder: FrameDecoder,
-    buf: Vec<u8>,
-    until: Instant,
-}
-
-fn connect(addr: SocketAddr, until: Instant, mark: Option<u32>) -> Result<Conn, Attempt> {
+/// Connects to `addr` before `until`, with `mark` on the socket.
+fn connect(addr: SocketAddr, until: Instant, mark: Option<u32>) -> Result<FrameConn, Attempt> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -284,62 +283,7 @@ fn connect(addr: SocketAddr, until: Instant, mark: Option<u32>) -> Result<Conn, 
         return Err(Attempt::Io(anyhow::anyhow!("out of time")));
     }
     sock.connect_timeout(&addr.into(), left)?;
-    sock.set_tcp_nodelay(true)?;
-    Ok(Conn {
-        stream: sock.into(),
-        decoder: FrameDecoder::new(),
-        buf: Vec::new(),
-        until,
-    })
-}
-
-impl Conn {
-    fn left(&self) -> Result<Duration, Attempt> {
-        let left = self.until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Attempt::Io(anyhow::anyhow!("no answer in time")));
-        }
-        Ok(left)
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<(), Attempt> {
-        let left = self.left()?;
-        self.stream.set_write_timeout(Some(left))?;
-        self.stream.write_all(bytes)?;
-        Ok(())
-    }
-
-    /// The next whole frame: its kind and body.
-    fn frame(&mut self) -> Result<(FrameKind, Vec<u8>), Attempt> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            let mut input: &[u8] = &self.buf;
-            let before = input.len();
-            let frame = self
-                .decoder
-                .decode(&mut input)
-                .map_err(|e| Attempt::Io(e.into()))?
-                .map(|f| (f.kind, f.body.to_vec()));
-            let used = before - input.len();
-            self.buf.drain(..used);
-            if let Some(f) = frame {
-                return Ok(f);
-            }
-            let left = self.left()?;
-            self.stream.set_read_timeout(Some(left))?;
-            let n = match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    return Err(Attempt::Io(anyhow::anyhow!(
-                        "the provider closed the connection"
-                    )))
-                }
-                Ok(n) => n,
-                Err(e) if crate::nothing_arrived(&e) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
+    Ok(FrameConn::new(sock.into(), until, "the provider")?)
 }
 
 /// The pins of `use`: grants read from files (each must apply here: signed by this

@@ -17,18 +17,18 @@
 //! any X25519 work. Replays of message 1 are refused by the responder's window.
 
 use super::sync::Applied;
+use crate::exit::frames::FrameConn;
 use crate::exit::now;
 use anyhow::Context as _;
 use portdistrict_exitnode::channel::{
-    self, Answer, Attestation, Frame, FrameDecoder, FrameKind, RefusalCode, Reply, Responder,
-    TokenId,
+    self, Answer, Attestation, Frame, RefusalCode, Reply, Responder, TokenId,
 };
 use portdistrict_exitnode::negotiate::{self, Verified};
 use portdistrict_exitnode::ratelimit::{Limits, RateLimiter};
 use portdistrict_exitnode::store::{Refusal, Store};
 use portdistrict_exitnode::wire::Message;
 use portdistrict_wg::PrivateKey;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -121,15 +121,7 @@ pub(super) fn channel_loop<'s, 'e: 's>(
 
 /// One consumer's conversation, to its end.
 fn conversation(stream: TcpStream, shared: &Shared<'_>) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DEADLINE;
-    stream.set_nonblocking(false)?;
-    stream.set_nodelay(true)?;
-    let mut conn = Conn {
-        stream,
-        decoder: FrameDecoder::new(),
-        buf: Vec::new(),
-        deadline,
-    };
+    let mut conn = FrameConn::new(stream, Instant::now() + DEADLINE, "the consumer")?;
     let mut out = Vec::new();
     // 1. Message 1 (read before the store: a connection that sends nothing costs no
     // store read), against the invites and consumers on record.
@@ -283,59 +275,5 @@ fn refusal_of(reply: &[u8]) -> Refusal {
     match Message::parse(reply) {
         Ok(Message::Nak(r)) => r,
         _ => Refusal::Unavailable,
-    }
-}
-
-/// A connection: frames in, bytes out, all before one deadline.
-struct Conn {
-    stream: TcpStream,
-    decoder: FrameDecoder,
-    /// Bytes read and not yet decoded.
-    buf: Vec<u8>,
-    deadline: Instant,
-}
-
-impl Conn {
-    fn left(&self) -> anyhow::Result<Duration> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            anyhow::bail!("the conversation took longer than {}s", DEADLINE.as_secs());
-        }
-        Ok(left)
-    }
-
-    /// The next whole frame: its kind and body.
-    fn frame(&mut self) -> anyhow::Result<(FrameKind, Vec<u8>)> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            // What is buffered first: a frame may already be whole.
-            let mut input: &[u8] = &self.buf;
-            let before = input.len();
-            let frame = self
-                .decoder
-                .decode(&mut input)?
-                .map(|f| (f.kind, f.body.to_vec()));
-            let used = before - input.len();
-            self.buf.drain(..used);
-            if let Some(f) = frame {
-                return Ok(f);
-            }
-            let left = self.left()?;
-            self.stream.set_read_timeout(Some(left))?;
-            let n = match self.stream.read(&mut chunk) {
-                Ok(0) => anyhow::bail!("the connection closed"),
-                Ok(n) => n,
-                Err(e) if crate::nothing_arrived(&e) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        let left = self.left()?;
-        self.stream.set_write_timeout(Some(left))?;
-        self.stream.write_all(bytes)?;
-        Ok(())
     }
 }
