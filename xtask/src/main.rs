@@ -135,7 +135,7 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
         }
-        Task::Setup => setup::run(setup::Needs::ALL).map(|()| ExitCode::SUCCESS),
+        Task::Setup => setup::run(setup::Needs::ALL).map(|_| ExitCode::SUCCESS),
         Task::Demo => demo::run().map(|()| ExitCode::SUCCESS),
         Task::Test(o) => suite::run(o).map(|ok| {
             if ok {

@@ -106,10 +106,21 @@ pub(crate) fn run(o: Options) -> Result<bool> {
     let skipped_by_options = ALL_STEPS.len() - steps.len();
     let start = Instant::now();
     let mut results: Vec<(Step, Duration, bool)> = Vec::new();
+    let mut ready = setup::Ready::default();
+    let mut warnings = Vec::new();
     for (i, &step) in steps.iter().enumerate() {
         println!("\n==> [{}/{}] {}", i + 1, steps.len(), step.title());
+        if let Some(w) = skipped_for(step, &ready) {
+            println!("<== [{}/{}] {:?}: {w}", i + 1, steps.len(), step);
+            warnings.push(w);
+            continue;
+        }
         let t = Instant::now();
-        let outcome = run_step(step, &steps);
+        let outcome = run_step(step, &steps).map(|r| {
+            if let Some(r) = r {
+                ready = r;
+            }
+        });
         let took = t.elapsed();
         match &outcome {
             Ok(()) => println!(
@@ -142,6 +153,9 @@ pub(crate) fn run(o: Options) -> Result<bool> {
         );
     }
     println!("  total {}", secs(start.elapsed()));
+    for w in &warnings {
+        println!("{w}");
+    }
     let passed = results.iter().filter(|r| r.2).count();
     let failed = results.len() - passed;
     let skipped = skipped_by_options + steps.len() - results.len();
@@ -149,9 +163,18 @@ pub(crate) fn run(o: Options) -> Result<bool> {
     Ok(failed == 0)
 }
 
-fn run_step(step: Step, steps: &[Step]) -> Result<()> {
+/// The warning for `step` when setup could not make it ready (it is then skipped).
+fn skipped_for(step: Step, ready: &setup::Ready) -> Option<String> {
+    match (step, &ready.fuzz_unavailable) {
+        (Step::Fuzz, Some(why)) => Some(format!("WARNING: the fuzz smoke was SKIPPED: {why}")),
+        _ => None,
+    }
+}
+
+/// Runs `step`; setup returns what it could not make ready.
+fn run_step(step: Step, steps: &[Step]) -> Result<Option<setup::Ready>> {
     match step {
-        Step::Setup => setup::run(needs(steps)),
+        Step::Setup => return setup::run(needs(steps)).map(Some),
         Step::Fmt => cargo(&["fmt", "--all", "--", "--check"]),
         Step::Clippy => cargo(&[
             "clippy",
@@ -172,6 +195,7 @@ fn run_step(step: Step, steps: &[Step]) -> Result<()> {
         Step::Netns => netns(),
         Step::Bench => quick_bench(),
     }
+    .map(|()| None)
 }
 
 /// What setup installs for `steps`: the peers for the netns suite and pd-bench, the
@@ -330,6 +354,22 @@ mod tests {
             ..Options::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn a_fuzz_smoke_setup_could_not_prepare_is_skipped_with_a_warning() {
+        let ready = setup::Ready {
+            fuzz_unavailable: Some("no nightly toolchain: rustup could not install it".into()),
+        };
+        let w = skipped_for(Step::Fuzz, &ready).expect("skipped");
+        assert!(
+            w.starts_with("WARNING") && w.contains("rustup could not"),
+            "{w}"
+        );
+        for step in ALL_STEPS.into_iter().filter(|&s| s != Step::Fuzz) {
+            assert_eq!(skipped_for(step, &ready), None, "{step:?}");
+        }
+        assert_eq!(skipped_for(Step::Fuzz, &setup::Ready::default()), None);
     }
 
     #[test]
