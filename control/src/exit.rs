@@ -40,6 +40,40 @@ pub struct InviteOptions {
     pub uses: u16,
     /// The attestation the consumer must require of this exit, if pinned.
     pub pin: Option<Pin>,
+    /// What to print.
+    pub format: InviteFormat,
+    /// With `wg-quick`: a QR code of the config too (for phones).
+    pub qr: bool,
+}
+
+/// What `exit invite` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InviteFormat {
+    /// The `portdistrict-invite1:` line for `portdistrict use`.
+    #[default]
+    Line,
+    /// A wg-quick config for a stock WireGuard client: a key made here and
+    /// authorized at once, no kill switch.
+    WgQuick,
+}
+
+impl InviteFormat {
+    /// Its name on the command line and the control socket.
+    pub fn name(self) -> &'static str {
+        match self {
+            InviteFormat::Line => "line",
+            InviteFormat::WgQuick => "wg-quick",
+        }
+    }
+
+    /// The format of `name`.
+    pub fn parse(name: &str) -> anyhow::Result<InviteFormat> {
+        match name {
+            "line" => Ok(InviteFormat::Line),
+            "wg-quick" => Ok(InviteFormat::WgQuick),
+            _ => bail!("--format {name}: expected line or wg-quick"),
+        }
+    }
 }
 
 impl InviteOptions {
@@ -70,21 +104,28 @@ impl InviteOptions {
     }
 
     /// Parses `--endpoint HOST:PORT` (repeatable; default: the endpoints `exit serve
-    /// --endpoint` recorded), `--expires 24h`, `--uses 1`, and the pin of an attested
+    /// --endpoint` recorded), `--expires 24h`, `--uses 1`, the pin of an attested
     /// exit: `--measurement HEX` (48 bytes) with `--min-abi MAJOR.MINOR` and `--smt
-    /// any|forbidden`.
+    /// any|forbidden`, and `--format line|wg-quick [--qr]`.
     pub fn parse(opts: &[&str]) -> anyhow::Result<InviteOptions> {
         let mut o = InviteOptions {
             endpoints: Vec::new(),
             expires: Duration::from_secs(86_400),
             uses: 1,
             pin: None,
+            format: InviteFormat::Line,
+            qr: false,
         };
         let (mut min_abi, mut smt) = (None, None);
         let mut it = opts.iter();
         while let Some(&flag) = it.next() {
+            if flag == "--qr" {
+                o.qr = true;
+                continue;
+            }
             let value = it.next().with_context(|| format!("{flag} needs a value"))?;
             match flag {
+                "--format" => o.format = InviteFormat::parse(value)?,
                 "--endpoint" => {
                     let addrs: Vec<SocketAddr> = value
                         .to_socket_addrs()
@@ -126,6 +167,16 @@ impl InviteOptions {
                 bail!("--min-abi and --smt pin an attested exit: they need --measurement HEX")
             }
             None => {}
+        }
+        if o.format == InviteFormat::WgQuick {
+            if o.uses != 1 {
+                bail!("--format wg-quick makes one client's config (its key is made here): it takes no --uses");
+            }
+            if o.pin.is_some() {
+                bail!("--format wg-quick is for stock WireGuard clients, which check no attestation: it takes no --measurement");
+            }
+        } else if o.qr {
+            bail!("--qr goes with --format wg-quick");
         }
         if o.endpoints.len() > MAX_ENDPOINTS {
             bail!("exit invite takes at most {MAX_ENDPOINTS} endpoints");
@@ -267,9 +318,60 @@ pub fn invite(dirs: &Dirs, o: &InviteOptions) -> anyhow::Result<String> {
         uses: o.uses,
         endpoints,
     };
+    if o.format == InviteFormat::WgQuick {
+        return wg_quick(&dir, &mut store, &invite, o.qr);
+    }
     // Recorded before it is shown: an invite the store does not know is worthless.
     dir.save(&store)?;
     Ok(invite.encode(&key))
+}
+
+/// The first lines of every wg-quick config `exit invite` prints.
+pub const WG_QUICK_WARNING: &str = "# portdistrict exit for a stock WireGuard client.\n\
+# NO KILL SWITCH: when this tunnel is down, traffic leaves outside it, and DNS too.\n\
+# For a guarantee, use `portdistrict use INVITE --mode system` on the client instead.";
+
+/// `exit invite --format wg-quick`: a key made here, authorized at once with the
+/// invite's token (so the invite is used up), and the client's config.
+fn wg_quick(dir: &ExitDir, store: &mut Store, invite: &Invite, qr: bool) -> anyhow::Result<String> {
+    let key = PrivateKey::generate(&mut rand_core::OsRng);
+    let public = key.public_key().to_base64();
+    let grant = store
+        .authorize(now(), &invite.token, &public)
+        .map_err(|r| anyhow::anyhow!("authorizing the new client's key: {r}"))?;
+    // Recorded before it is shown: a running `exit serve` makes it a peer from the
+    // store, and a config the store does not know is worthless.
+    dir.save(store)?;
+    let mut addrs = format!("{}/32", grant.inner_v4);
+    let mut allowed = "0.0.0.0/0".to_owned();
+    if let Some(v6) = grant.inner_v6 {
+        addrs.push_str(&format!(", {v6}/128"));
+        allowed.push_str(", ::/0");
+    }
+    let conf = format!(
+        "{WG_QUICK_WARNING}\n[Interface]\nPrivateKey = {}\nAddress = {addrs}\nDNS = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = {allowed}\nPersistentKeepalive = 25\n",
+        key.to_base64(),
+        crate::serve::PROVIDER_V4,
+        portdistrict_wg::PublicKey(invite.wg_key).to_base64(),
+        invite.endpoints[0],
+    );
+    if !qr {
+        return Ok(conf.trim_end().to_owned());
+    }
+    // The QR code carries the config without the comment lines (phones scan it into
+    // their WireGuard app; a smaller code scans more easily).
+    let body: String = conf
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let code = qrcode::QrCode::new(body.as_bytes()).context("making the QR code")?;
+    let image = code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .build();
+    Ok(format!("{}\n\n{image}", conf.trim_end()))
 }
 
 /// `exit attestation-data`: the report data this exit node's attestation report
@@ -474,6 +576,62 @@ mod tests {
     }
 
     #[test]
+    fn a_wg_quick_invite_is_an_authorized_clients_config() {
+        let d = dirs("wgquick");
+        let o = InviteOptions::parse(&["--endpoint", "192.0.2.1:51820", "--format", "wg-quick"])
+            .unwrap();
+        let conf = invite(&d, &o).unwrap();
+        assert!(conf.starts_with(WG_QUICK_WARNING), "{conf}");
+        assert!(conf.contains("NO KILL SWITCH"), "{conf}");
+        let field = |name: &str| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+                .unwrap_or_else(|| panic!("no {name} in {conf}"))
+                .to_owned()
+        };
+        let key = PrivateKey::from_base64(&field("PrivateKey")).unwrap();
+        assert_eq!(field("Address"), "100.64.0.2/32");
+        assert_eq!(field("DNS"), "100.64.0.1");
+        assert_eq!(field("Endpoint"), "192.0.2.1:51820");
+        assert_eq!(field("AllowedIPs"), "0.0.0.0/0");
+        let dir = ExitDir::open(&d).unwrap();
+        assert_eq!(
+            field("PublicKey"),
+            dir.wg_key().unwrap().public_key().to_base64()
+        );
+        // Authorized at once, by its public key; the invite behind it is used up.
+        let store = dir.store().unwrap();
+        assert_eq!(store.consumers.len(), 1);
+        assert_eq!(store.consumers[0].wg_key, key.public_key().to_base64());
+        assert_eq!(store.invites[0].uses_left, 0);
+        // With IPv6 offered, the client gets an address and all of IPv6 too; --qr adds
+        // a code.
+        let mut store = dir.store().unwrap();
+        store.v6_prefix = Some("fd7a:115c:a1e0::".parse().unwrap());
+        dir.save(&store).unwrap();
+        let o = InviteOptions::parse(&[
+            "--endpoint",
+            "192.0.2.1:51820",
+            "--format",
+            "wg-quick",
+            "--qr",
+        ])
+        .unwrap();
+        let out = invite(&d, &o).unwrap();
+        assert!(
+            out.contains("Address = 100.64.0.3/32, fd7a:115c:a1e0::3/128"),
+            "{out}"
+        );
+        assert!(out.contains("AllowedIPs = 0.0.0.0/0, ::/0"), "{out}");
+        let (_, code) = out
+            .split_once("PersistentKeepalive = 25\n\n")
+            .expect("a QR code after the config");
+        assert!(code.lines().count() > 20, "{code}");
+        assert!(code.chars().any(|c| "█▀▄".contains(c)), "{code}");
+        cleanup(&d);
+    }
+
+    #[test]
     fn revoke_by_key_or_address_and_unknown_is_an_error() {
         let d = dirs("revoke");
         let o = InviteOptions::parse(&["--endpoint", "192.0.2.1:51820", "--uses", "2"]).unwrap();
@@ -527,6 +685,13 @@ mod tests {
                 &["--endpoint", "192.0.2.1:1", "--expires", "3651d"][..],
                 "too long",
             ),
+            (&["--format", "qr"][..], "expected line or wg-quick"),
+            (&["--format", "wg-quick", "--uses", "2"][..], "no --uses"),
+            (
+                &["--format", "wg-quick", "--measurement", &"3e".repeat(48)][..],
+                "no --measurement",
+            ),
+            (&["--qr"][..], "goes with --format wg-quick"),
         ] {
             let e = InviteOptions::parse(opts).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{opts:?}: {e:#}");

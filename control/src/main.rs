@@ -10,7 +10,9 @@
 //! node until SIGTERM; the other exit commands work on the state directory (through `exit serve` while it runs):
 //!
 //! - `portdistrict exit invite --endpoint HOST:PORT [--endpoint ...] [--expires 24h]
-//!   [--uses 1]` prints one `portdistrict-invite1:` line and records the invite;
+//!   [--uses 1] [--measurement HEX ...]` prints one `portdistrict-invite1:` line and
+//!   records the invite; `--format wg-quick [--qr]` prints a stock WireGuard client's
+//!   config instead (a key made and authorized at once; no kill switch);
 //! - `portdistrict exit list` shows issued invites and authorized consumers;
 //! - `portdistrict exit revoke CONSUMER` (its WireGuard public key or inner address)
 //!   takes a consumer's authorization away.
@@ -58,14 +60,20 @@ const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMA
 
 Commands:
   exit serve --uplink IFACE [--endpoint HOST:PORT ...] [--interface pdexit0]
-             [--listen-port 51820] [--ipv6 auto|on|off] [--dns-upstream IP[:PORT]]
-             [--control-group GROUP] [--attestation DIR]
+             [--listen-port 51820] [--channel-port PORT] [--ipv6 auto|on|off]
+             [--dns-upstream IP[:PORT]] [--control-group GROUP] [--attestation DIR]
              [--attestation-root HEX ...]
-                        run the exit node until SIGTERM (dataplane, NAT, negotiation,
-                        DNS forwarder on 100.64.0.1); --endpoint: what invites carry;
-                        --control-group: who besides root may use RUN_DIR/exit.sock
+                        run the exit node until SIGTERM (dataplane, NAT, the exit
+                        channel on TCP, DNS forwarder on 100.64.0.1); --endpoint: what
+                        invites carry; --control-group: who besides root may use
+                        RUN_DIR/exit.sock
   exit invite [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
-                        print a new invite (portdistrict-invite1:...) and record it
+              [--measurement HEX [--min-abi MAJOR.MINOR] [--smt any|forbidden]]
+                        print a new invite (portdistrict-invite1:...) and record it;
+                        --measurement: consumers require an attestation of that image
+  exit invite --format wg-quick [--qr] [--endpoint HOST:PORT] [--expires 24h]
+                        a wg-quick config for a stock WireGuard client (phones):
+                        its key made here and authorized at once; NO kill switch
   exit grant --measurement HEX [--min-abi MAJOR.MINOR] [--smt any|forbidden]
              [--expires 365d] [--to NODE_ID | --out FILE] [--passphrase-file F]
                         a grant signed by this identity pinning an attested exit's
@@ -80,8 +88,10 @@ Commands:
   use INVITE --mode system [--allow-lan] [--interface pduse0]
              [--dns auto|resolvectl|resolvconf|file|none]
              [--resolv-conf /etc/resolv.conf|none] [--timeout 20s]
+             [--grant FILE ...] [--attestation-root HEX ...]
                         send all traffic through the provider behind a kill switch;
-                        returns once traffic flows (again: repairs or confirms)
+                        returns once traffic flows (again: repairs or confirms);
+                        --grant: require the exit's attestation to match it
   use status            what system mode applied and how the tunnel is
   use off               put routes, rules, sysctls, firewall and DNS back as they were
                         (under lockdown everything stays blocked)
@@ -184,6 +194,9 @@ fn run(args: &[String]) -> anyhow::Result<()> {
                 &dirs,
                 &Request::ExitInvite {
                     pin: o.pin_request(),
+                    format: (o.format != exit::InviteFormat::Line)
+                        .then(|| o.format.name().to_owned()),
+                    qr: o.qr,
                     endpoints: o.endpoints,
                     expires_secs: o.expires.as_secs(),
                     uses: o.uses,

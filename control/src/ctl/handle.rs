@@ -25,6 +25,8 @@ pub fn run(
                 expires_secs,
                 uses,
                 pin,
+                format,
+                qr,
             },
         ) => exit::invite(
             dirs,
@@ -33,6 +35,10 @@ pub fn run(
                 expires: Duration::from_secs(*expires_secs),
                 uses: *uses,
                 pin: exit::InviteOptions::pin_of(pin.as_ref())?,
+                format: format
+                    .as_deref()
+                    .map_or(Ok(exit::InviteFormat::Line), exit::InviteFormat::parse)?,
+                qr: *qr,
             },
         ),
         (Daemon::Exit, Request::ExitList) => exit::list(dirs),
@@ -122,6 +128,8 @@ mod tests {
             expires_secs: 3600,
             uses: 1,
             pin: None,
+            format: None,
+            qr: false,
         }
     }
 

@@ -39,6 +39,12 @@ pub enum Request {
         /// The attestation the invite pins, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pin: Option<InvitePin>,
+        /// What to print: `line` (the default) or `wg-quick`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<String>,
+        /// With `wg-quick`: a QR code too.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        qr: bool,
     },
     /// `exit list` (served by `exit serve`).
     ExitList,
@@ -296,6 +302,8 @@ mod tests {
                 expires_secs: 3600,
                 uses: 2,
                 pin: None,
+                format: None,
+                qr: false,
             },
             Request::ExitInvite {
                 endpoints: vec![],
@@ -306,6 +314,8 @@ mod tests {
                     min_abi: (1, 51),
                     smt_forbidden: true,
                 }),
+                format: Some("wg-quick".into()),
+                qr: true,
             },
             Request::ExitList,
             Request::ExitRevoke { who: "x\ny".into() },
