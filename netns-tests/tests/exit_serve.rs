@@ -285,6 +285,113 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     assert!(!provider.ns.has_link(&ifname));
 }
 
+/// Reads the source address the internet sees for a UDP datagram from `consumer` to
+/// 198.51.100.7:7000 (`none` when nothing arrives).
+fn seen_from(internet: &Netns, consumer: &Netns) -> String {
+    let mut who = internet
+        .command(&["python3", "-c", WHO])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(who.stdout.take().expect("piped"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    consumer.exec(&["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('198.51.100.7', 7000)) for _ in range(20)]"]);
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = who.wait();
+    line.trim().to_owned()
+}
+
+/// `wg-quick VERB CONF` in `ns` with Debian's wireguard-go as the implementation (a
+/// stock client), bounded by `timeout 30`; its output when it fails.
+fn stock_wg_quick(ns: &Netns, verb: &str, conf: &std::path::Path) -> std::process::Output {
+    ns.try_exec(&[
+        "env",
+        "WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go",
+        "timeout",
+        "30",
+        "wg-quick",
+        verb,
+        &conf.to_string_lossy(),
+    ])
+}
+
+/// `exit invite --format wg-quick` through a running `exit serve`: a stock client
+/// (wg-quick with Debian's wireguard-go) brings the printed config up and its traffic
+/// leaves through the provider; the config says it has no kill switch; the client's
+/// key is a consumer at once, and revoking it cuts the client off.
+#[test]
+fn a_wg_quick_invite_brings_a_stock_client_through_the_exit() {
+    let (provider, consumer, internet, underlay, uplink) = exit_topology("xw", 47, 48);
+    internet.exec(&["ip", "addr", "add", "198.51.100.7/32", "dev", "lo"]);
+    provider.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        &uplink.v4(2).to_string(),
+    ]);
+    let endpoint = format!("{}:51820", underlay.v4(2));
+    let ifname = portdistrict_netns_tests::unique_ifname("pdw");
+    let serve = start_serve(
+        &provider,
+        &serve_args(
+            uplink.a_name(),
+            &ifname,
+            &["--endpoint", &endpoint, "--ipv6", "off"],
+        ),
+    );
+    // Through the control socket of the running `exit serve`.
+    let conf = provider.run_ok(&["exit", "invite", "--format", "wg-quick"]);
+    assert!(conf.contains("NO KILL SWITCH"), "{conf}");
+    assert!(conf.contains(&format!("Endpoint = {endpoint}")), "{conf}");
+    assert!(conf.contains("DNS = 100.64.0.1"), "{conf}");
+    assert!(conf.contains("AllowedIPs = 0.0.0.0/0"), "{conf}");
+    let list = provider.run_ok(&["exit", "list"]);
+    assert!(list.contains("consumers: 1"), "{list}");
+
+    // The config as printed, but for DNS: wg-quick hands that line to resolvconf,
+    // which this machine does not have (and must not get: it would manage the host's
+    // resolver). Its resolver is the provider's, checked in other tests.
+    let dir = TempDir::new("xw-conf");
+    let client = portdistrict_netns_tests::unique_ifname("wgc");
+    let path = dir.path().join(format!("{client}.conf"));
+    let body: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("DNS = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&path, body).unwrap();
+    let up = stock_wg_quick(&consumer, "up", &path);
+    assert!(
+        up.status.success(),
+        "wg-quick up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let seen = seen_from(&internet, &consumer);
+    // Revoked (by its inner address): cut off at once.
+    provider.run_ok(&["exit", "revoke", "100.64.0.2"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = seen_from(&internet, &consumer);
+    let down = stock_wg_quick(&consumer, "down", &path);
+    assert_eq!(
+        seen,
+        uplink.v4(1).to_string(),
+        "the internet must see the provider's uplink address"
+    );
+    assert_eq!(after, "none", "a revoked stock client still gets through");
+    assert!(
+        down.status.success(),
+        "wg-quick down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert!(!consumer.has_link(&client));
+    drop(serve);
+}
+
 /// A DNS upstream on 10.77.44.2:53 that logs "source-port id" of each query to the
 /// file argv[1] and answers each with two spoofs first — right ID and question from
 /// another port, right ID and port with another question — then the real answer
