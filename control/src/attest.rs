@@ -2,6 +2,7 @@
 //! through the control core's verifier ([`portdistrict_control_core::attest`]), every
 //! check printed with its outcome, and the report's fields.
 
+use crate::args::{hex_bytes, parse_abi, parse_smt};
 use anyhow::{bail, Context as _};
 use portdistrict_control_core::attest::{self, Check, Expected, Report, Smt, Verdict};
 use std::path::PathBuf;
@@ -25,13 +26,6 @@ pub struct VerifyOptions {
     pub now: Option<u64>,
     /// Print JSON.
     pub json: bool,
-}
-
-pub(crate) fn hex_bytes<const N: usize>(flag: &str, v: &str) -> anyhow::Result<[u8; N]> {
-    let b = hex::decode(v.trim()).with_context(|| format!("{flag} {v}: not hexadecimal"))?;
-    b.as_slice()
-        .try_into()
-        .with_context(|| format!("{flag}: {} bytes, expected {N}", b.len()))
 }
 
 impl VerifyOptions {
@@ -329,22 +323,6 @@ mod tests {
             let e = VerifyOptions::parse(args).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{args:?}: {e:#}");
         }
-    }
-}
-
-/// `--min-abi MAJOR.MINOR`.
-pub(crate) fn parse_abi(v: &str) -> anyhow::Result<(u8, u8)> {
-    v.split_once('.')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .with_context(|| format!("--min-abi {v}: not MAJOR.MINOR (e.g. 1.51)"))
-}
-
-/// `--smt any|forbidden`.
-pub(crate) fn parse_smt(v: &str) -> anyhow::Result<Smt> {
-    match v {
-        "any" => Ok(Smt::Any),
-        "forbidden" => Ok(Smt::Forbidden),
-        _ => bail!("--smt {v}: any or forbidden"),
     }
 }
 

@@ -125,7 +125,7 @@ impl UseOptions {
                 "--grant" => o.grants.push(PathBuf::from(value)),
                 "--attestation-root" => o
                     .attestation_roots
-                    .push(crate::attest::hex_bytes::<32>(a, value)?),
+                    .push(crate::args::hex_bytes::<32>(a, value)?),
                 _ => bail!("use: unknown option {a}"),
             }
         }
@@ -295,7 +295,7 @@ impl Asker<'_> {
         let roots = s
             .attestation_roots
             .iter()
-            .map(|h| crate::attest::hex_bytes::<32>("saved attestation root", h))
+            .map(|h| crate::args::hex_bytes::<32>("saved attestation root", h))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pins = channel::pins(self.dirs, &s.grants, invite, &roots)?;
         channel::ask(invite, key, self.noise, &pins, self.timeout, Some(FWMARK))

@@ -91,7 +91,7 @@ impl InviteOptions {
         use portdistrict_control_core::attest::Smt;
         p.map(|p| {
             Ok(Pin {
-                measurement: crate::attest::hex_bytes::<48>("measurement", &p.measurement)?,
+                measurement: crate::args::hex_bytes::<48>("measurement", &p.measurement)?,
                 min_abi: p.min_abi,
                 smt: if p.smt_forbidden {
                     Smt::Forbidden
@@ -148,13 +148,13 @@ impl InviteOptions {
                 }
                 "--measurement" => {
                     o.pin = Some(Pin {
-                        measurement: crate::attest::hex_bytes::<48>(flag, value)?,
+                        measurement: crate::args::hex_bytes::<48>(flag, value)?,
                         min_abi: (0, 0),
                         smt: portdistrict_control_core::attest::Smt::Any,
                     })
                 }
-                "--min-abi" => min_abi = Some(crate::attest::parse_abi(value)?),
-                "--smt" => smt = Some(crate::attest::parse_smt(value)?),
+                "--min-abi" => min_abi = Some(crate::args::parse_abi(value)?),
+                "--smt" => smt = Some(crate::args::parse_smt(value)?),
                 _ => bail!("exit invite: unknown option {flag}"),
             }
         }
@@ -351,7 +351,7 @@ fn wg_quick(dir: &ExitDir, store: &mut Store, invite: &Invite, qr: bool) -> anyh
     let conf = format!(
         "{WG_QUICK_WARNING}\n[Interface]\nPrivateKey = {}\nAddress = {addrs}\nDNS = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = {allowed}\nPersistentKeepalive = 25\n",
         key.to_base64(),
-        crate::serve::PROVIDER_V4,
+        portdistrict_exitnode::store::PROVIDER_V4,
         portdistrict_wg::PublicKey(invite.wg_key).to_base64(),
         invite.endpoints[0],
     );

@@ -23,6 +23,7 @@
 //!   relay (its decisions are the core's `nat` module).
 #![forbid(unsafe_code)]
 
+mod args;
 pub mod attest;
 pub mod consumer;
 pub mod ctl;

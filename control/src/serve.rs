@@ -41,7 +41,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// The provider's own address inside the tunnel.
-pub const PROVIDER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+pub const PROVIDER_V4: Ipv4Addr = portdistrict_exitnode::store::PROVIDER_V4;
 /// The UDP port of exit negotiation inside the tunnel.
 pub const NEGOTIATION_PORT: u16 = 51821;
 

@@ -11,6 +11,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 /// Consumers get IPv4 addresses from 100.64.0.0/10 (RFC 6598) below 100.127.0.0;
 /// .0.0 and .0.1 are not handed out (network, provider).
 pub const INNER_V4_BASE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
+/// The provider's own address inside the tunnel (its resolver, its in-tunnel request
+/// port).
+pub const PROVIDER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 /// Consumer addresses: 100.64.0.0 up to 100.126.255.255.
 const INNER_V4_SIZE: u32 = 63 << 16;
 /// Most invites recorded at once (issued and not yet forgotten).
