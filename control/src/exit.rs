@@ -404,9 +404,51 @@ pub fn attestation_data(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
 }
 
 /// `exit list`.
-pub fn list(dirs: &Dirs) -> anyhow::Result<String> {
+pub fn list(dirs: &Dirs, json: bool) -> anyhow::Result<String> {
     let store = ExitDir::open(dirs)?.store()?;
     let now = now();
+    if json {
+        let state = |i: &portdistrict_exitnode::store::Issued| {
+            if i.revoked {
+                "revoked"
+            } else if now >= i.expires {
+                "expired"
+            } else if i.uses_left == 0 {
+                "used_up"
+            } else {
+                "live"
+            }
+        };
+        let invites: Vec<_> = store
+            .invites
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "token": &i.token[..8.min(i.token.len())],
+                    "state": state(i),
+                    "uses_left": i.uses_left,
+                    "expires": i.expires,
+                })
+            })
+            .collect();
+        let consumers: Vec<_> = store
+            .consumers
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "wg_key": c.wg_key,
+                    "inner_v4": c.inner_v4,
+                    "inner_v6": c.inner_v6,
+                })
+            })
+            .collect();
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"invites": invites, "consumers": consumers})
+            )?
+        ));
+    }
     let mut out = String::new();
     let _ = writeln!(out, "invites: {}", store.invites.len());
     for i in &store.invites {
@@ -561,7 +603,13 @@ mod tests {
         );
         let e = InviteOptions::parse(&["--smt", "forbidden"]).unwrap_err();
         assert!(e.to_string().contains("need --measurement"), "{e}");
-        assert!(list(&d).unwrap().contains("2 use(s) left"));
+        assert!(list(&d, false).unwrap().contains("2 use(s) left"));
+        let j: serde_json::Value = serde_json::from_str(&list(&d, true).unwrap()).unwrap();
+        assert_eq!(j["invites"].as_array().unwrap().len(), 2);
+        assert_eq!(j["invites"][0]["state"], "live");
+        assert_eq!(j["invites"][0]["uses_left"], 2);
+        assert_eq!(j["invites"][0]["token"].as_str().unwrap().len(), 8);
+        assert_eq!(j["consumers"].as_array().unwrap().len(), 0);
         assert_eq!(store.invites.len(), 2);
         use std::os::unix::fs::PermissionsExt as _;
         for secret in ["signing.pk8", "wg.key"] {
@@ -652,7 +700,7 @@ mod tests {
             format!("invite {}", inv_token_prefix(&inv))
         );
         assert!(dir.store().unwrap().invites[0].revoked);
-        assert!(list(&d).unwrap().contains("revoked"));
+        assert!(list(&d, false).unwrap().contains("revoked"));
         let e = revoke(&d, "nobody").unwrap_err();
         assert!(e.to_string().contains("exit list"), "{e}");
         cleanup(&d);
@@ -718,7 +766,7 @@ mod tests {
         let d = dirs("damaged");
         let dir = ExitDir::open(&d).unwrap();
         std::fs::write(dir.path("store.json"), "{not json").unwrap();
-        let e = list(&d).unwrap_err();
+        let e = list(&d, false).unwrap_err();
         assert!(format!("{e:#}").contains("store.json"), "{e:#}");
         cleanup(&d);
     }

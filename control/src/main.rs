@@ -81,7 +81,7 @@ Commands:
   exit attestation-data [--json]
                         the report data this exit's SEV-SNP report must carry (binds
                         its Noise and WireGuard keys), for the tooling that makes it
-  exit list             issued invites and authorized consumers
+  exit list [--json]    issued invites and authorized consumers
   exit revoke CONSUMER|TOKEN
                         revoke a consumer (WireGuard public key or inner address) or
                         an invite (its token as `exit list` shows it)
@@ -92,7 +92,7 @@ Commands:
                         send all traffic through the provider behind a kill switch;
                         returns once traffic flows (again: repairs or confirms);
                         --grant: require the exit's attestation to match it
-  use status            what system mode applied and how the tunnel is
+  use status [--json]   what system mode applied and how the tunnel is
   use off               put routes, rules, sysctls, firewall and DNS back as they were
                         (under lockdown everything stays blocked)
   use lockdown on|off|status
@@ -250,8 +250,9 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             outln!("{}", exit::attestation_data(&dirs, json)?);
             Ok(())
         }
-        ["exit", "list"] => {
-            out!("{}", via_exit(&dirs, &Request::ExitList)?);
+        ["exit", "list", rest @ ..] => {
+            let json = json_flag(rest)?;
+            out!("{}", via_exit(&dirs, &Request::ExitList { json })?);
             Ok(())
         }
         ["exit", "revoke", who] => {
@@ -399,8 +400,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         ["use", "lockdown", ..] => bail!("use lockdown takes one of on, off, status"),
-        ["use", "status"] => {
-            out!("{}", consumer::status(&dirs)?);
+        ["use", "status", rest @ ..] => {
+            out!("{}", consumer::status(&dirs, json_flag(rest)?)?);
             Ok(())
         }
         ["use", opts @ ..] => {

@@ -308,9 +308,26 @@ fn attested_exits_are_used_only_as_their_pins_say() {
     refused(&c1, &inv, &["--grant", &right], "fails its check root");
 
     // (2) The grant for the image it runs: system mode, traffic through the provider.
+    let off: serde_json::Value =
+        serde_json::from_str(&c1.run(&["use", "status", "--json"])).unwrap();
+    assert_eq!(off["system_mode"], false, "{off}");
     let said = c1.use_ok_with(&inv, &["--grant", &right, "--attestation-root", &root]);
     assert!(said.contains("system mode on"), "{said}");
     assert_eq!(echo(c1.ns(), "udp", ECHO_V4), uplink.v4(1).to_string());
+    let on: serde_json::Value =
+        serde_json::from_str(&c1.run(&["use", "status", "--json"])).unwrap();
+    assert_eq!(on["system_mode"], true, "{on}");
+    assert_eq!(on["kill_switch"], "on", "{on}");
+    assert_eq!(on["tunnel"], "up", "{on}");
+    assert_eq!(on["grants"], 1, "{on}");
+    assert_eq!(on["provider"], endpoint.as_str(), "{on}");
+    assert!(
+        on["granted"]["inner_v4"]
+            .as_str()
+            .unwrap()
+            .starts_with("100.64."),
+        "{on}"
+    );
     // Its dataplane killed: `use` again (the pins it saved, none given) asks and
     // judges again through the kill switch, and brings the tunnel back; other pins
     // on a repair are refused.

@@ -41,7 +41,7 @@ pub fn run(
                 qr: *qr,
             },
         ),
-        (Daemon::Exit, Request::ExitList) => exit::list(dirs),
+        (Daemon::Exit, Request::ExitList { json }) => exit::list(dirs, *json),
         (Daemon::Exit, Request::ExitRevoke { who }) => exit::revoke(dirs, who),
         (Daemon::Control, Request::PeerAdd { bundle }) => node::peer_add(dirs, bundle, exit::now()),
         (
@@ -229,7 +229,8 @@ mod tests {
         // No daemon: the CLI runs it here.
         let line = via_daemon(&d, Daemon::Exit, &invite()).unwrap();
         assert!(line.starts_with("portdistrict-invite1:"), "{line}");
-        let offline_list = via_daemon(&d, Daemon::Exit, &Request::ExitList).unwrap();
+        let offline_list =
+            via_daemon(&d, Daemon::Exit, &Request::ExitList { json: false }).unwrap();
         // A daemon: it runs it, and says the same.
         let ctl = Control::bind(&d, Daemon::Exit, Access::default()).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -243,7 +244,7 @@ mod tests {
             changes
         });
         assert_eq!(
-            via_daemon(&d, Daemon::Exit, &Request::ExitList).unwrap(),
+            via_daemon(&d, Daemon::Exit, &Request::ExitList { json: false }).unwrap(),
             offline_list
         );
         via_daemon(&d, Daemon::Exit, &invite()).unwrap();
@@ -261,14 +262,14 @@ mod tests {
             run: d.run.clone(),
         };
         assert!(via_daemon(&other, Daemon::Exit, &invite()).is_ok());
-        let mine = via_daemon(&d, Daemon::Exit, &Request::ExitList).unwrap();
+        let mine = via_daemon(&d, Daemon::Exit, &Request::ExitList { json: false }).unwrap();
         assert!(
             mine.starts_with("invites: 2\n"),
             "another state's invite: {mine}"
         );
-        let theirs = via_daemon(&other, Daemon::Exit, &Request::ExitList).unwrap();
+        let theirs = via_daemon(&other, Daemon::Exit, &Request::ExitList { json: false }).unwrap();
         assert!(theirs.starts_with("invites: 1\n"), "{theirs}");
-        let e = via_daemon(&d, Daemon::Control, &Request::ExitList);
+        let e = via_daemon(&d, Daemon::Control, &Request::ExitList { json: false });
         assert!(e.is_err(), "portdistrictd does not serve exit commands");
         stop.store(true, Ordering::Relaxed);
         assert_eq!(
@@ -276,7 +277,7 @@ mod tests {
             1,
             "only the invite changed the store"
         );
-        let list = via_daemon(&d, Daemon::Exit, &Request::ExitList).unwrap();
+        let list = via_daemon(&d, Daemon::Exit, &Request::ExitList { json: false }).unwrap();
         assert!(list.starts_with("invites: 2\n"), "{list}");
         let _ = std::fs::remove_dir_all(d.state.parent().unwrap());
     }

@@ -46,8 +46,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         qr: bool,
     },
-    /// `exit list` (served by `exit serve`).
-    ExitList,
+    /// `exit list [--json]` (served by `exit serve`).
+    ExitList {
+        /// JSON instead of text.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        json: bool,
+    },
     /// `exit revoke CONSUMER|TOKEN` (served by `exit serve`).
     ExitRevoke {
         /// A consumer's WireGuard key or inner address, or an invite's token.
@@ -146,7 +150,7 @@ impl Request {
     /// Whether serving it may change the daemon's stores (then the daemon brings
     /// itself in line at once).
     pub fn changes_state(&self) -> bool {
-        !matches!(self, Request::ExitList)
+        !matches!(self, Request::ExitList { .. })
     }
 }
 
@@ -317,7 +321,7 @@ mod tests {
                 format: Some("wg-quick".into()),
                 qr: true,
             },
-            Request::ExitList,
+            Request::ExitList { json: false },
             Request::ExitRevoke { who: "x\ny".into() },
             Request::PeerChange {
                 verb: PeerVerb::Verify,
@@ -342,7 +346,10 @@ mod tests {
             assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "{e:?}");
             assert_eq!(decode::<Envelope>(&line).unwrap(), e);
         }
-        assert_eq!(encode(&Request::ExitList), b"{\"request\":\"exit_list\"}\n");
+        assert_eq!(
+            encode(&Request::ExitList { json: false }),
+            b"{\"request\":\"exit_list\"}\n"
+        );
         assert_eq!(
             encode(&Request::RosterAdd {
                 line: "portdistrict-dev1:x".into()

@@ -369,13 +369,13 @@ mod tests {
         let dir = temp("stale");
         let path = dir.join("t.sock");
         assert_eq!(
-            call(&path, &envelope(Request::ExitList)).unwrap(),
+            call(&path, &envelope(Request::ExitList { json: false })).unwrap(),
             Reached::NoDaemon
         );
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
         assert_eq!(
-            call(&path, &envelope(Request::ExitList)).unwrap(),
+            call(&path, &envelope(Request::ExitList { json: false })).unwrap(),
             Reached::NoDaemon
         );
         let server = Server::bind(&path, Access::default(), Path::new("/s")).unwrap();
