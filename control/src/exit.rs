@@ -605,7 +605,7 @@ mod tests {
         assert!(e.to_string().contains("need --measurement"), "{e}");
         assert!(list(&d, false).unwrap().contains("2 use(s) left"));
         let j: serde_json::Value = serde_json::from_str(&list(&d, true).unwrap()).unwrap();
-        assert_eq!(j["invites"].as_array().unwrap().len(), 2);
+        assert_eq!(j["invites"].as_array().unwrap().len(), 3);
         assert_eq!(j["invites"][0]["state"], "live");
         assert_eq!(j["invites"][0]["uses_left"], 2);
         assert_eq!(j["invites"][0]["token"].as_str().unwrap().len(), 8);
