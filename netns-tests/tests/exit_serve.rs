@@ -203,20 +203,8 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         "0.0.0.0/0",
     );
     c.ip(&["route", "add", "198.51.100.0/24", "dev", c.ifname()]);
-    let mut who = internet
-        .command(&["python3", "-c", WHO])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut out = std::io::BufReader::new(who.stdout.take().expect("piped"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    consumer.exec(&["python3", "-c", "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('198.51.100.7', 7000)) for _ in range(20)]"]);
-    line.clear();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    let _ = who.wait();
-    if line.trim() == "none" {
+    let seen = seen_from(&internet, &consumer);
+    if seen == "none" {
         for argv in [
             &["wg", "show", "all"][..],
             &["nft", "list", "ruleset"],
@@ -239,7 +227,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
         );
     }
     assert_eq!(
-        line.trim(),
+        seen,
         uplink.v4(1).to_string(),
         "the internet must see the provider's uplink address, not {inner_v4}"
     );
