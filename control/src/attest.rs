@@ -28,57 +28,80 @@ pub struct VerifyOptions {
     pub json: bool,
 }
 
+/// `attest verify` on the command line (checked into [`VerifyOptions`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// The attestation report (binary, as the firmware returns it)
+    #[arg(value_name = "REPORT")]
+    pub report: PathBuf,
+    /// The chip's VCEK certificate (DER)
+    #[arg(long, value_name = "CERT")]
+    pub vcek: PathBuf,
+    /// The ASK and ARK certificates (PEM)
+    #[arg(long, value_name = "PEM")]
+    pub chain: PathBuf,
+    /// The launch measurement the report must carry (96 hex digits)
+    #[arg(long, value_name = "HEX")]
+    pub measurement: Option<String>,
+    /// The report data the report must carry (128 hex digits)
+    #[arg(long, value_name = "HEX")]
+    pub report_data: Option<String>,
+    /// Check validity at this time instead of now (RFC 3339)
+    #[arg(long, value_name = "RFC3339")]
+    pub now: Option<String>,
+    /// Another accepted AMD root key fingerprint (SHA-256, 64 hex digits), repeatable
+    #[arg(long, value_name = "HEX")]
+    pub root_fingerprint: Vec<String>,
+    /// The lowest firmware ABI accepted
+    #[arg(long, value_name = "MAJOR.MINOR")]
+    pub min_abi: Option<String>,
+    /// Whether SMT may be on (any) or must be off (forbidden)
+    #[arg(long, value_name = "any|forbidden")]
+    pub smt: Option<String>,
+    /// The VM privilege level the report must come from (0 to 3)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=3))]
+    pub vmpl: Option<u32>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
 impl VerifyOptions {
-    /// Parses `REPORT --vcek CERT --chain PEM [--measurement HEX] [--report-data HEX]
-    /// [--now RFC3339] [--root-fingerprint HEX ...] [--min-abi MAJOR.MINOR]
-    /// [--smt any|forbidden] [--vmpl N] [--json]`.
+    /// Parses the options of `attest verify` (see [`VerifyArgs`]), as on the command line.
     pub fn parse(args: &[&str]) -> anyhow::Result<VerifyOptions> {
-        let mut report = None;
-        let (mut vcek, mut chain, mut now, mut json) = (None, None, None, false);
+        VerifyOptions::from_args(crate::cli::parse_args("attest verify", args)?)
+    }
+
+    /// Checks `attest verify`'s options.
+    pub fn from_args(a: VerifyArgs) -> anyhow::Result<VerifyOptions> {
         let mut expected = Expected::default();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = || {
-                it.next()
-                    .copied()
-                    .with_context(|| format!("attest verify: {a} needs a value"))
-            };
-            match *a {
-                "--vcek" => vcek = Some(PathBuf::from(value()?)),
-                "--chain" => chain = Some(PathBuf::from(value()?)),
-                "--measurement" => {
-                    expected.measurement = Some(hex_bytes::<48>("--measurement", value()?)?);
-                }
-                "--report-data" => {
-                    expected.report_data = Some(hex_bytes::<64>("--report-data", value()?)?);
-                }
-                "--root-fingerprint" => expected
-                    .extra_roots
-                    .push(hex_bytes::<32>("--root-fingerprint", value()?)?),
-                "--now" => now = Some(parse_rfc3339(value()?)?),
-                "--min-abi" => expected.min_abi = parse_abi(value()?)?,
-                "--smt" => expected.smt = parse_smt(value()?)?,
-                "--vmpl" => {
-                    let v = value()?;
-                    expected.vmpl = v
-                        .parse()
-                        .ok()
-                        .filter(|n| *n <= 3)
-                        .with_context(|| format!("--vmpl {v}: 0 to 3"))?;
-                }
-                "--json" => json = true,
-                flag if flag.starts_with("--") => bail!("attest verify: unknown option {flag}"),
-                path if report.is_none() => report = Some(PathBuf::from(path)),
-                extra => bail!("attest verify: one report only ({extra})"),
-            }
+        if let Some(m) = &a.measurement {
+            expected.measurement = Some(hex_bytes::<48>("--measurement", m)?);
+        }
+        if let Some(d) = &a.report_data {
+            expected.report_data = Some(hex_bytes::<64>("--report-data", d)?);
+        }
+        for r in &a.root_fingerprint {
+            expected
+                .extra_roots
+                .push(hex_bytes::<32>("--root-fingerprint", r)?);
+        }
+        if let Some(v) = &a.min_abi {
+            expected.min_abi = parse_abi(v)?;
+        }
+        if let Some(v) = &a.smt {
+            expected.smt = parse_smt(v)?;
+        }
+        if let Some(v) = a.vmpl {
+            expected.vmpl = v;
         }
         Ok(VerifyOptions {
-            report: report.context("attest verify: which REPORT?")?,
-            vcek: vcek.context("attest verify: --vcek CERT (DER) is required")?,
-            chain: chain.context("attest verify: --chain PEM (ASK and ARK) is required")?,
+            report: a.report,
+            vcek: a.vcek,
+            chain: a.chain,
             expected,
-            now,
-            json,
+            now: a.now.as_deref().map(parse_rfc3339).transpose()?,
+            json: a.json,
         })
     }
 }
@@ -301,7 +324,7 @@ mod tests {
         assert_eq!(o.expected.min_abi, (1, 51));
         assert!(o.json);
         for (args, needle) in [
-            (&["r.bin", "--chain", "c"][..], "--vcek CERT"),
+            (&["r.bin", "--chain", "c"][..], "--vcek <CERT>"),
             (
                 &[
                     "r.bin",
@@ -316,9 +339,9 @@ mod tests {
             ),
             (
                 &["r.bin", "--vcek", "v", "--chain", "c", "--bogus"][..],
-                "unknown option --bogus",
+                "unexpected argument '--bogus'",
             ),
-            (&["--vcek", "v", "--chain", "c"][..], "which REPORT"),
+            (&["--vcek", "v", "--chain", "c"][..], "<REPORT>"),
         ] {
             let e = VerifyOptions::parse(args).unwrap_err();
             assert!(format!("{e:#}").contains(needle), "{args:?}: {e:#}");
@@ -345,44 +368,63 @@ pub struct GrantOptions {
     pub secret: crate::node::SecretOptions,
 }
 
+/// `exit grant` on the command line (checked into [`GrantOptions`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GrantArgs {
+    /// The exit image's launch measurement (96 hex digits)
+    #[arg(long, value_name = "HEX")]
+    pub measurement: String,
+    /// The lowest firmware ABI accepted
+    #[arg(long, value_name = "MAJOR.MINOR")]
+    pub min_abi: Option<String>,
+    /// Whether SMT may be on (any) or must be off (forbidden)
+    #[arg(long, value_name = "any|forbidden")]
+    pub smt: Option<String>,
+    /// How long the grant is valid (s, m, h, d; at most 3650d)
+    #[arg(long, value_name = "DURATION", default_value = "365d")]
+    pub expires: String,
+    /// The peer (node ID or namespace) the grant is for (default: whoever holds it)
+    #[arg(long, value_name = "NODE")]
+    pub to: Option<String>,
+    /// Write the grant to this file (mode 0600) instead of printing it
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// How to unlock the identity.
+    #[command(flatten)]
+    pub secret: crate::node::PassphraseArg,
+}
+
 impl GrantOptions {
-    /// Parses `--measurement HEX [--min-abi MAJOR.MINOR] [--smt any|forbidden]
-    /// [--expires 365d] [--to NODE_ID] [--out FILE] [--passphrase-file F]`.
+    /// Parses the options of `exit grant` (see [`GrantArgs`]), as on the command line.
     pub fn parse(args: &[&str]) -> anyhow::Result<GrantOptions> {
-        let (secret, rest) = crate::node::SecretOptions::take(args)?;
-        let mut measurement = None;
-        let mut o = GrantOptions {
-            measurement: [0; 48],
-            min_abi: (0, 0),
-            smt: Smt::Any,
-            expires: std::time::Duration::from_secs(365 * 86_400),
-            to: None,
-            out: None,
-            secret,
-        };
-        let mut it = rest.iter();
-        while let Some(a) = it.next() {
-            let v = *it
-                .next()
-                .with_context(|| format!("exit grant: {a} needs a value"))?;
-            match *a {
-                "--measurement" => measurement = Some(hex_bytes::<48>("--measurement", v)?),
-                "--min-abi" => o.min_abi = parse_abi(v)?,
-                "--smt" => o.smt = parse_smt(v)?,
-                "--expires" => {
-                    o.expires =
-                        crate::parse_duration(v, std::time::Duration::from_secs(3650 * 86_400))
-                            .with_context(|| format!("--expires {v}"))?;
-                }
-                "--to" => o.to = Some(v.to_owned()),
-                "--out" => o.out = Some(PathBuf::from(v)),
-                _ => bail!("exit grant: unknown option {a}"),
-            }
-        }
-        o.measurement = measurement.context(
-            "exit grant: --measurement HEX (the exit image's launch measurement) is required",
-        )?;
-        Ok(o)
+        GrantOptions::from_args(crate::cli::parse_args("exit grant", args)?)
+    }
+
+    /// Checks `exit grant`'s options.
+    pub fn from_args(a: GrantArgs) -> anyhow::Result<GrantOptions> {
+        Ok(GrantOptions {
+            measurement: hex_bytes::<48>("--measurement", &a.measurement)?,
+            min_abi: a
+                .min_abi
+                .as_deref()
+                .map(parse_abi)
+                .transpose()?
+                .unwrap_or((0, 0)),
+            smt: a
+                .smt
+                .as_deref()
+                .map(parse_smt)
+                .transpose()?
+                .unwrap_or(Smt::Any),
+            expires: crate::parse_duration(
+                &a.expires,
+                std::time::Duration::from_secs(3650 * 86_400),
+            )
+            .with_context(|| format!("--expires {}", a.expires))?,
+            to: a.to,
+            out: a.out,
+            secret: a.secret.into(),
+        })
     }
 }
 

@@ -79,56 +79,68 @@ pub struct UseOptions {
     attestation_roots: Vec<[u8; 32]>,
 }
 
+/// `use INVITE --mode system ...` on the command line (checked into [`UseOptions`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct UseArgs {
+    /// The invite the provider gave (portdistrict-invite1:...)
+    #[arg(value_name = "INVITE")]
+    pub invite: Option<String>,
+    /// `system`: all traffic goes through the provider, behind a kill switch
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+    /// Keep reaching the local networks (the LAN) outside the tunnel
+    #[arg(long)]
+    pub allow_lan: bool,
+    /// The tunnel interface
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_INTERFACE)]
+    pub interface: String,
+    /// How to point DNS at the tunnel: auto, resolvectl, resolvconf, file or none
+    #[arg(long, value_name = "HOW", default_value = "auto")]
+    pub dns: String,
+    /// The resolver file to rewrite (`none`: leave it); alone it means --dns file
+    #[arg(long, value_name = "PATH|none")]
+    pub resolv_conf: Option<String>,
+    /// How long to wait for traffic to flow (at most 1h)
+    #[arg(long, value_name = "DURATION", default_value = "20s")]
+    pub timeout: String,
+    /// Require the exit's attestation to match this grant (a file from `exit grant`),
+    /// repeatable
+    #[arg(long, value_name = "FILE")]
+    pub grant: Vec<PathBuf>,
+    /// Another pinned AMD root key fingerprint (SHA-256, 64 hex digits), repeatable
+    #[arg(long, value_name = "HEX")]
+    pub attestation_root: Vec<String>,
+}
+
 impl UseOptions {
-    /// Parses `INVITE --mode system [--allow-lan] [--interface NAME]
-    /// [--dns auto|resolvectl|resolvconf|file|none] [--resolv-conf PATH|none]
-    /// [--timeout 20s] [--grant FILE ...] [--attestation-root HEX ...]`
-    /// (`--resolv-conf` alone means `--dns file` with that file).
+    /// Parses the options of `use` (see [`UseArgs`]), as on the command line.
     pub fn parse(opts: &[&str]) -> anyhow::Result<UseOptions> {
+        UseOptions::from_args(crate::cli::parse_args("use", opts)?)
+    }
+
+    /// Checks `use`'s options; errors name the option and what it takes
+    /// (`--resolv-conf` alone means `--dns file` with that file).
+    pub fn from_args(a: UseArgs) -> anyhow::Result<UseOptions> {
+        let file_given = a.resolv_conf.is_some();
         let mut o = UseOptions {
-            invite: String::new(),
-            allow_lan: false,
-            interface: DEFAULT_INTERFACE.to_owned(),
-            resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
-            dns: resolver::Want::Auto,
-            timeout: Duration::from_secs(20),
-            grants: Vec::new(),
-            attestation_roots: Vec::new(),
+            invite: a.invite.unwrap_or_default(),
+            allow_lan: a.allow_lan,
+            interface: crate::ifname("--interface", &a.interface)?,
+            resolv_conf: match a.resolv_conf.as_deref() {
+                Some("none") => None,
+                Some(f) => Some(PathBuf::from(f)),
+                None => Some(PathBuf::from("/etc/resolv.conf")),
+            },
+            dns: resolver::Want::parse(&a.dns)?,
+            timeout: crate::parse_duration(&a.timeout, MAX_TIMEOUT).context("--timeout")?,
+            grants: a.grant,
+            attestation_roots: a
+                .attestation_root
+                .iter()
+                .map(|v| crate::args::hex_bytes::<32>("--attestation-root", v))
+                .collect::<anyhow::Result<_>>()?,
         };
-        let mut mode = None;
-        let mut file_given = false;
-        let mut it = opts.iter();
-        while let Some(&a) = it.next() {
-            if a == "--allow-lan" {
-                o.allow_lan = true;
-                continue;
-            }
-            if !a.starts_with("--") {
-                if !o.invite.is_empty() {
-                    bail!("use takes one invite; {a:?} is a second one");
-                }
-                o.invite = a.to_owned();
-                continue;
-            }
-            let value = *it.next().with_context(|| format!("{a} needs a value"))?;
-            match a {
-                "--mode" => mode = Some(value),
-                "--interface" => o.interface = crate::ifname(a, value)?,
-                "--resolv-conf" => {
-                    o.resolv_conf = (value != "none").then(|| PathBuf::from(value));
-                    file_given = true;
-                }
-                "--dns" => o.dns = resolver::Want::parse(value)?,
-                "--timeout" => {
-                    o.timeout = crate::parse_duration(value, MAX_TIMEOUT).context("--timeout")?
-                }
-                "--grant" => o.grants.push(PathBuf::from(value)),
-                "--attestation-root" => o
-                    .attestation_roots
-                    .push(crate::args::hex_bytes::<32>(a, value)?),
-                _ => bail!("use: unknown option {a}"),
-            }
-        }
+        let mode = a.mode.as_deref();
         match (&o.dns, &o.resolv_conf) {
             (resolver::Want::File, None) => {
                 bail!("--dns file needs a file, not --resolv-conf none")
@@ -395,9 +407,12 @@ mod tests {
             (&["inv"][..], "--mode system"),
             (&["inv", "--mode", "split"][..], "only mode"),
             (&["--mode", "system"][..], "needs an invite"),
-            (&["a", "b", "--mode", "system"][..], "second"),
+            (
+                &["a", "b", "--mode", "system"][..],
+                "unexpected argument 'b'",
+            ),
             (&["inv", "--mode", "system", "--bogus", "1"][..], "--bogus"),
-            (&["inv", "--mode"][..], "needs a value"),
+            (&["inv", "--mode"][..], "a value is required"),
             (
                 &["inv", "--mode", "system", "--timeout", "99999999999999s"][..],
                 "--timeout: duration \"99999999999999s\" is too long: at most 1h",

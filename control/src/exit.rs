@@ -8,9 +8,11 @@
 
 pub mod attestation;
 pub(crate) mod frames;
+mod options;
 mod wg_quick;
 
-use crate::{parse_duration, Dirs};
+use crate::Dirs;
+pub use options::{InviteArgs, InviteOptions};
 pub use wg_quick::{InviteFormat, WG_QUICK_WARNING};
 
 /// The exit channel's TCP port invites name before `exit serve` recorded one (its
@@ -20,142 +22,15 @@ const DEFAULT_CHANNEL_PORT: u16 = 51820;
 /// The longest `--expires` of an invite (ten years).
 const MAX_EXPIRY: Duration = Duration::from_secs(3650 * 86_400);
 use anyhow::{bail, Context as _};
-use portdistrict_exitnode::invite::{Channel, Invite, Pin, Transport, MAX_ENDPOINTS};
+use portdistrict_exitnode::invite::{Channel, Invite, Transport};
 use portdistrict_exitnode::state::{private_dir, write_atomic, write_atomic_mode};
 use portdistrict_exitnode::store::Store;
 use portdistrict_wg::PrivateKey;
 use ring::rand::{SecureRandom as _, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use std::fmt::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Options of `exit invite`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InviteOptions {
-    /// Where consumers reach the provider (empty: the endpoints on record).
-    pub endpoints: Vec<SocketAddr>,
-    /// How long the invite is valid.
-    pub expires: Duration,
-    /// How many consumers may redeem it.
-    pub uses: u16,
-    /// The attestation the consumer must require of this exit, if pinned.
-    pub pin: Option<Pin>,
-    /// What to print.
-    pub format: InviteFormat,
-    /// With `wg-quick`: a QR code of the config too (for phones).
-    pub qr: bool,
-}
-
-impl InviteOptions {
-    /// The pin as the control socket carries it.
-    pub fn pin_request(&self) -> Option<crate::ctl::protocol::InvitePin> {
-        self.pin.map(|p| crate::ctl::protocol::InvitePin {
-            measurement: hex::encode(p.measurement),
-            min_abi: p.min_abi,
-            smt_forbidden: p.smt == portdistrict_control_core::attest::Smt::Forbidden,
-        })
-    }
-
-    /// The pin the control socket carried.
-    pub fn pin_of(p: Option<&crate::ctl::protocol::InvitePin>) -> anyhow::Result<Option<Pin>> {
-        use portdistrict_control_core::attest::Smt;
-        p.map(|p| {
-            Ok(Pin {
-                measurement: crate::args::hex_bytes::<48>("measurement", &p.measurement)?,
-                min_abi: p.min_abi,
-                smt: if p.smt_forbidden {
-                    Smt::Forbidden
-                } else {
-                    Smt::Any
-                },
-            })
-        })
-        .transpose()
-    }
-
-    /// Parses `--endpoint HOST:PORT` (repeatable; default: the endpoints `exit serve
-    /// --endpoint` recorded), `--expires 24h`, `--uses 1`, the pin of an attested
-    /// exit: `--measurement HEX` (48 bytes) with `--min-abi MAJOR.MINOR` and `--smt
-    /// any|forbidden`, and `--format line|wg-quick [--qr]`.
-    pub fn parse(opts: &[&str]) -> anyhow::Result<InviteOptions> {
-        let mut o = InviteOptions {
-            endpoints: Vec::new(),
-            expires: Duration::from_secs(86_400),
-            uses: 1,
-            pin: None,
-            format: InviteFormat::Line,
-            qr: false,
-        };
-        let (mut min_abi, mut smt) = (None, None);
-        let mut it = opts.iter();
-        while let Some(&flag) = it.next() {
-            if flag == "--qr" {
-                o.qr = true;
-                continue;
-            }
-            let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag {
-                "--format" => o.format = InviteFormat::parse(value)?,
-                "--endpoint" => {
-                    let addrs: Vec<SocketAddr> = value
-                        .to_socket_addrs()
-                        .with_context(|| format!("--endpoint {value}: expected HOST:PORT"))?
-                        .collect();
-                    let first = addrs
-                        .first()
-                        .with_context(|| format!("--endpoint {value}: no address"))?;
-                    o.endpoints.push(*first);
-                }
-                "--expires" => {
-                    o.expires = parse_duration(value, MAX_EXPIRY).context("--expires")?
-                }
-                "--uses" => {
-                    o.uses = value
-                        .parse()
-                        .ok()
-                        .filter(|&u| u > 0)
-                        .with_context(|| format!("--uses {value}: expected 1 to 65535"))?
-                }
-                "--measurement" => {
-                    o.pin = Some(Pin {
-                        measurement: crate::args::hex_bytes::<48>(flag, value)?,
-                        min_abi: (0, 0),
-                        smt: portdistrict_control_core::attest::Smt::Any,
-                    })
-                }
-                "--min-abi" => min_abi = Some(crate::args::parse_abi(value)?),
-                "--smt" => smt = Some(crate::args::parse_smt(value)?),
-                _ => bail!("exit invite: unknown option {flag}"),
-            }
-        }
-        match &mut o.pin {
-            Some(p) => {
-                p.min_abi = min_abi.unwrap_or(p.min_abi);
-                p.smt = smt.unwrap_or(p.smt);
-            }
-            None if min_abi.is_some() || smt.is_some() => {
-                bail!("--min-abi and --smt pin an attested exit: they need --measurement HEX")
-            }
-            None => {}
-        }
-        if o.format == InviteFormat::WgQuick {
-            if o.uses != 1 {
-                bail!("--format wg-quick makes one client's config (its key is made here): it takes no --uses");
-            }
-            if o.pin.is_some() {
-                bail!("--format wg-quick is for stock WireGuard clients, which check no attestation: it takes no --measurement");
-            }
-        } else if o.qr {
-            bail!("--qr goes with --format wg-quick");
-        }
-        if o.endpoints.len() > MAX_ENDPOINTS {
-            bail!("exit invite takes at most {MAX_ENDPOINTS} endpoints");
-        }
-        Ok(o)
-    }
-}
 
 /// The exit state directory.
 pub(crate) struct ExitDir(PathBuf);
@@ -643,7 +518,7 @@ mod tests {
                 &["--endpoint", "192.0.2.1:1", "--bogus", "1"][..],
                 "--bogus",
             ),
-            (&["--endpoint"][..], "needs a value"),
+            (&["--endpoint"][..], "a value is required"),
             (
                 &[
                     "--endpoint",

@@ -25,6 +25,7 @@
 
 mod args;
 pub mod attest;
+pub mod cli;
 pub mod consumer;
 pub mod ctl;
 pub mod daemon;
@@ -70,6 +71,36 @@ pub(crate) fn wg_key_file(path: &std::path::Path) -> anyhow::Result<portdistrict
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     PrivateKey::from_base64(text.trim())
         .map_err(|e| anyhow::anyhow!("{}: not a WireGuard key ({e})", path.display()))
+}
+
+/// Marks an error as a usage error (an option's value that does not check out): the
+/// CLI exits with status 2 for these, 1 for failures.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageError;
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("usage")
+    }
+}
+
+/// Fails with what to do when this process may not administer the network
+/// (CAP_NET_ADMIN, which root has): `what` changes interfaces, routes or the firewall.
+pub fn need_root(what: &str) -> anyhow::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if has_net_admin(&status) {
+        return Ok(());
+    }
+    bail!("not root: `portdistrict {what}` changes interfaces, routes and the firewall; run it as root (sudo portdistrict {what} ...) or with CAP_NET_ADMIN")
+}
+
+/// Whether `/proc/self/status` text shows CAP_NET_ADMIN (bit 12) in `CapEff`.
+fn has_net_admin(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 12) != 0)
 }
 
 /// Runs `argv` and fails with its stderr when it fails.
@@ -178,6 +209,15 @@ pub(crate) fn nothing_arrived(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_admin_is_read_from_the_effective_set() {
+        assert!(has_net_admin("Name:\tx\nCapEff:\t000001ffffffffff\n"));
+        assert!(has_net_admin("CapEff:\t0000000000001000\n"));
+        assert!(!has_net_admin("CapEff:\t0000000000000000\n"));
+        assert!(!has_net_admin("CapInh:\t0000000000001000\n"));
+        assert!(!has_net_admin(""));
+    }
 
     #[test]
     fn durations() {

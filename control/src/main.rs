@@ -23,9 +23,15 @@
 //! (`portdistrict_control::ctl`); only when no daemon listens do they edit the state.
 #![forbid(unsafe_code)]
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
+use clap::{CommandFactory as _, Parser as _};
+use portdistrict_control::cli::{
+    AttestCommand, Cli, Command, DeviceCommand, ExitCommand, FacilitatorCommand, IdentityCommand,
+    PeerCommand, RosterCommand, TunnelCommand, UseSub,
+};
 use portdistrict_control::ctl::{self, PeerVerb, Request};
-use portdistrict_control::{consumer, device, exit, node, serve, tunnels, Dirs};
+use portdistrict_control::{attest, consumer, device, exit, facilitator, node, serve, tunnels};
+use portdistrict_control::{Dirs, UsageError};
 
 /// `print!` to stdout that ends the program quietly when stdout is closed early (a
 /// reader such as `head` went away) instead of panicking; the exit status is 141,
@@ -51,112 +57,20 @@ fn emit(args: std::fmt::Arguments<'_>, newline: bool) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
         Err(e) => {
             eprintln!("portdistrict: writing to standard output: {e}");
-            std::process::exit(2);
+            std::process::exit(1);
         }
     }
 }
 
-const USAGE: &str = "usage: portdistrict [--state-dir DIR] [--run-dir DIR] COMMAND
-
-Commands:
-  exit serve --uplink IFACE [--endpoint HOST:PORT ...] [--interface pdexit0]
-             [--listen-port 51820] [--channel-port PORT] [--ipv6 auto|on|off]
-             [--dns-upstream IP[:PORT]] [--control-group GROUP] [--attestation DIR]
-             [--attestation-root HEX ...]
-                        run the exit node until SIGTERM (dataplane, NAT, the exit
-                        channel on TCP, DNS forwarder on 100.64.0.1); --endpoint: what
-                        invites carry; --control-group: who besides root may use
-                        RUN_DIR/exit.sock
-  exit invite [--endpoint HOST:PORT ...] [--expires 24h] [--uses 1]
-              [--measurement HEX [--min-abi MAJOR.MINOR] [--smt any|forbidden]]
-                        print a new invite (portdistrict-invite1:...) and record it;
-                        --measurement: consumers require an attestation of that image
-  exit invite --format wg-quick [--qr] [--endpoint HOST:PORT] [--expires 24h]
-                        a wg-quick config for a stock WireGuard client (phones):
-                        its key made here and authorized at once; NO kill switch
-  exit grant --measurement HEX [--min-abi MAJOR.MINOR] [--smt any|forbidden]
-             [--expires 365d] [--to NODE_ID | --out FILE] [--passphrase-file F]
-                        a grant signed by this identity pinning an attested exit's
-                        measurement and policy, for one peer or whoever holds it
-  exit attestation-data [--json]
-                        the report data this exit's SEV-SNP report must carry (binds
-                        its Noise and WireGuard keys), for the tooling that makes it
-  exit list [--json]    issued invites and authorized consumers
-  exit revoke CONSUMER|TOKEN
-                        revoke a consumer (WireGuard public key or inner address) or
-                        an invite (its token as `exit list` shows it)
-  use INVITE --mode system [--allow-lan] [--interface pduse0]
-             [--dns auto|resolvectl|resolvconf|file|none]
-             [--resolv-conf /etc/resolv.conf|none] [--timeout 20s]
-             [--grant FILE ...] [--attestation-root HEX ...]
-                        send all traffic through the provider behind a kill switch;
-                        returns once traffic flows (again: repairs or confirms);
-                        --grant: require the exit's attestation to match it
-  use status [--json]   what system mode applied and how the tunnel is
-  use off               put routes, rules, sysctls, firewall and DNS back as they were
-                        (under lockdown everything stays blocked)
-  use lockdown on|off|status
-                        block everything but the tunnel, even with no tunnel up,
-                        until turned off (kept across reboots)
-  use restore           put the kill switch (or lockdown) back from the saved state:
-                        what portdistrict-killswitch.service runs at boot
-  identity init --namespace NS [--passphrase-file F | --key-file F]
-                        create this node's identity (seed sealed under a passphrase,
-                        or unencrypted in F for headless servers)
-  identity show [--json]
-                        node ID, namespace, fingerprint, overlay prefix
-  identity bundle [--passphrase-file F]
-                        print this identity as one portdistrict-id1:... line
-  peer add BUNDLE       record a peer's identity (SEEN)
-  peer verify NODE --fingerprint FP
-                        compare its fingerprint (read out of band): VERIFIED
-  peer trust NODE | peer demote NODE | peer revoke NODE | peer forget NODE
-  peer list [--json] | peer show NODE [--json]
-  device init --name NAME [--passphrase-file F]
-                        this machine's device of the identity (delegated by it)
-  device list [--json]  this machine's device and the roster
-  device request --name NAME --namespace NS
-                        on a machine without the identity's secret: a device asking
-                        to join (prints portdistrict-dev1:...)
-  device roster add REQUEST [--passphrase-file F]
-                        on the machine with the secret: delegate it (prints the
-                        identity bundle for the device)
-  device join BUNDLE    on the device: complete the request
-  device roster remove NAME
-  tunnel list [--json] | tunnel show NAME [--json]
-                        peer devices portdistrictd connected (device.namespace)
-  tunnel disconnect NAME | tunnel connect NAME
-                        take one off now (and keep it off) / let it come back
-  status [--json]       identity, device, daemon, peers, tunnels
-  facilitator serve --listen ADDR:PORT [--relay-ports LO-HI] [--relay-rate BYTES]
-                    [--relay-idle SECONDS] [--max-nodes N]
-                        the NAT-traversal facilitator (and relay) on a public address
-  facilitator show [--json]
-                        its public key and listen address, for nodes' --facilitator
-  attest verify REPORT --vcek CERT --chain PEM [--measurement HEX]
-                [--report-data HEX] [--now RFC3339] [--root-fingerprint HEX ...]
-                [--min-abi MAJOR.MINOR] [--smt any|forbidden] [--vmpl N] [--json]
-                        verify an SEV-SNP attestation report offline: every check and
-                        the report's fields; exit 0 only when every check passes
-
-Options:
-  --state-dir DIR       persistent state (default /var/lib/portdistrict)
-  --run-dir DIR         runtime files (default /run/portdistrict)
-
-While exit serve or portdistrictd runs, exit invite|list|revoke, peer add|verify|
-trust|demote|revoke|forget, tunnel connect|disconnect and device roster add|remove
-are carried out by it (RUN_DIR/exit.sock, RUN_DIR/portdistrictd.sock); without one, here.";
-
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Usage errors (and --help, --version) end here: status 2 (0 for help).
+    let cli = Cli::parse();
     // `exit serve` is a daemon: its progress is info; one-shot commands print their
     // results themselves and log only warnings.
-    let serving = args.windows(2).any(|w| {
-        matches!(
-            (w[0].as_str(), w[1].as_str()),
-            ("exit" | "facilitator", "serve")
-        )
-    });
+    let serving = matches!(
+        cli.command,
+        Command::Exit(ExitCommand::Serve(_)) | Command::Facilitator(FacilitatorCommand::Serve(_))
+    );
     portdistrict_logging::init(
         "portdistrict",
         if serving {
@@ -165,9 +79,11 @@ fn main() {
             tracing::Level::WARN
         },
     );
-    if let Err(e) = run(&args) {
+    let dirs = Dirs::from(cli.dirs);
+    if let Err(e) = run(&dirs, cli.command) {
         eprintln!("portdistrict: {e:#}");
-        std::process::exit(2);
+        let usage = e.downcast_ref::<UsageError>().is_some();
+        std::process::exit(if usage { 2 } else { 1 });
     }
 }
 
@@ -176,22 +92,67 @@ fn say(line: &str) {
     eprintln!("portdistrict: {line}");
 }
 
-fn run(args: &[String]) -> anyhow::Result<()> {
-    let (dirs, rest) = parse_dirs(args)?;
-    match rest
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        [] | ["help" | "--help" | "-h"] => {
-            outln!("{USAGE}");
+/// An option's value that does not check out: a usage error.
+fn usage<T>(r: anyhow::Result<T>) -> anyhow::Result<T> {
+    r.map_err(|e| e.context(UsageError))
+}
+
+fn run(dirs: &Dirs, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Exit(c) => run_exit(dirs, c),
+        Command::Use(u) => run_use(dirs, u.sub, u.args),
+        Command::Identity(c) => run_identity(dirs, c),
+        Command::Peer(c) => run_peer(dirs, c),
+        Command::Device(c) => run_device(dirs, c),
+        Command::Tunnel(c) => run_tunnel(dirs, c),
+        Command::Status(j) => {
+            out!("{}", tunnels::status(dirs, j.json)?);
             Ok(())
         }
-        ["exit", "invite", opts @ ..] => {
-            let o = exit::InviteOptions::parse(opts)?;
+        Command::Facilitator(FacilitatorCommand::Serve(a)) => {
+            facilitator::serve(dirs, &usage(facilitator::ServeOptions::from_args(a))?)
+        }
+        Command::Facilitator(FacilitatorCommand::Show(j)) => {
+            outln!("{}", facilitator::show(dirs, j.json)?);
+            Ok(())
+        }
+        Command::Attest(AttestCommand::Verify(a)) => {
+            let (text, verdict) = attest::verify(&usage(attest::VerifyOptions::from_args(a))?)?;
+            outln!("{text}");
+            match verdict.first_failure() {
+                None => Ok(()),
+                Some((check, e)) => bail!("attestation refused: {}: {e}", check.name()),
+            }
+        }
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "portdistrict", &mut buf);
+            out!("{}", String::from_utf8_lossy(&buf));
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            let n = portdistrict_control::cli::write_manpages(Cli::command(), &dir)?
+                + portdistrict_control::cli::write_manpages(
+                    portdistrict_control::daemon::DaemonArgs::command(),
+                    &dir,
+                )?;
+            outln!("{n} man pages in {}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn run_exit(dirs: &Dirs, c: ExitCommand) -> anyhow::Result<()> {
+    match c {
+        ExitCommand::Serve(a) => {
+            let o = usage(serve::ServeOptions::from_args(a))?;
+            portdistrict_control::need_root("exit serve")?;
+            serve::serve(dirs, &o, &say)
+        }
+        ExitCommand::Invite(a) => {
+            let o = usage(exit::InviteOptions::from_args(a))?;
             let line = via_exit(
-                &dirs,
+                dirs,
                 &Request::ExitInvite {
                     pin: o.pin_request(),
                     format: (o.format != exit::InviteFormat::Line)
@@ -205,214 +166,140 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             outln!("{line}");
             Ok(())
         }
-        ["facilitator", "serve", opts @ ..] => portdistrict_control::facilitator::serve(
-            &dirs,
-            &portdistrict_control::facilitator::ServeOptions::parse(opts)?,
-        ),
-        ["attest", "verify", opts @ ..] => {
-            let (text, verdict) = portdistrict_control::attest::verify(
-                &portdistrict_control::attest::VerifyOptions::parse(opts)?,
-            )?;
-            outln!("{text}");
-            match verdict.first_failure() {
-                None => Ok(()),
-                Some((check, e)) => bail!("attestation refused: {}: {e}", check.name()),
-            }
-        }
-        ["facilitator", "show", rest @ ..] => {
-            let json = match rest {
-                [] => false,
-                ["--json"] => true,
-                _ => bail!("facilitator show: only --json is accepted"),
-            };
-            outln!("{}", portdistrict_control::facilitator::show(&dirs, json)?);
+        ExitCommand::Grant(a) => {
+            let o = usage(attest::GrantOptions::from_args(a))?;
+            outln!("{}", attest::grant(dirs, &o)?);
             Ok(())
         }
-        ["exit", "serve", opts @ ..] => {
-            serve::serve(&dirs, &serve::ServeOptions::parse(opts)?, &say)
-        }
-        ["exit", "grant", opts @ ..] => {
-            outln!(
-                "{}",
-                portdistrict_control::attest::grant(
-                    &dirs,
-                    &portdistrict_control::attest::GrantOptions::parse(opts)?
-                )?
-            );
+        ExitCommand::AttestationData(j) => {
+            outln!("{}", exit::attestation_data(dirs, j.json)?);
             Ok(())
         }
-        ["exit", "attestation-data", rest @ ..] => {
-            let json = match rest {
-                [] => false,
-                ["--json"] => true,
-                _ => bail!("exit attestation-data: only --json is accepted"),
-            };
-            outln!("{}", exit::attestation_data(&dirs, json)?);
+        ExitCommand::List(j) => {
+            out!("{}", via_exit(dirs, &Request::ExitList { json: j.json })?);
             Ok(())
         }
-        ["exit", "list", rest @ ..] => {
-            let json = json_flag(rest)?;
-            out!("{}", via_exit(&dirs, &Request::ExitList { json })?);
-            Ok(())
-        }
-        ["exit", "revoke", who] => {
-            let what = via_exit(
-                &dirs,
-                &Request::ExitRevoke {
-                    who: who.to_string(),
-                },
-            )?;
+        ExitCommand::Revoke { who } => {
+            let what = via_exit(dirs, &Request::ExitRevoke { who })?;
             outln!("revoked {what}");
             Ok(())
         }
-        ["identity", "init", opts @ ..] => {
-            let (secret, rest) = node::SecretOptions::take(opts)?;
-            let ns = match rest.as_slice() {
-                ["--namespace", ns] => *ns,
-                _ => bail!("identity init needs --namespace NS (a DNS name you can publish under, like alice.example.net)"),
-            };
-            out!("{}", node::init(&dirs, ns, &secret, exit::now())?);
-            Ok(())
-        }
-        ["identity", "show", rest @ ..] => {
-            out!("{}", node::show(&dirs, json_flag(rest)?)?);
-            Ok(())
-        }
-        ["identity", "bundle", opts @ ..] => {
-            let (secret, rest) = node::SecretOptions::take(opts)?;
-            if !rest.is_empty() {
-                bail!("identity bundle: unknown option {}", rest[0]);
-            }
-            outln!("{}", node::bundle(&dirs, &secret)?);
-            Ok(())
-        }
-        ["device", "init", opts @ ..] => {
-            let (secret, rest) = node::SecretOptions::take(opts)?;
-            let name = match rest.as_slice() {
-                ["--name", n] => *n,
-                _ => bail!("device init needs --name NAME (one DNS label, like laptop)"),
-            };
-            out!("{}", device::init(&dirs, name, &secret)?);
-            Ok(())
-        }
-        ["tunnel", "list", rest @ ..] => {
-            out!("{}", tunnels::list(&dirs, json_flag(rest)?)?);
-            Ok(())
-        }
-        ["tunnel", "show", name] => {
-            out!("{}", tunnels::show(&dirs, name, false)?);
-            Ok(())
-        }
-        ["tunnel", "show", name, "--json"] | ["tunnel", "show", "--json", name] => {
-            out!("{}", tunnels::show(&dirs, name, true)?);
-            Ok(())
-        }
-        ["tunnel", verb @ ("connect" | "disconnect"), name] => {
-            let request = Request::TunnelSet {
-                name: name.to_string(),
-                connect: *verb == "connect",
-            };
-            outln!("{}", via_daemon(&dirs, &request)?);
-            Ok(())
-        }
-        ["status", rest @ ..] => {
-            out!("{}", tunnels::status(&dirs, json_flag(rest)?)?);
-            Ok(())
-        }
-        ["device", "request", "--name", name, "--namespace", ns] => {
-            outln!("{}", device::request(&dirs, name, ns)?);
-            Ok(())
-        }
-        ["device", "roster", "add", request, opts @ ..] => {
-            let (secret, rest) = node::SecretOptions::take(opts)?;
-            if !rest.is_empty() {
-                bail!("device roster add: unknown option {}", rest[0]);
-            }
-            let request = Request::RosterAdd {
-                line: request.to_string(),
-            };
-            let out =
-                ctl::handle::via_daemon_unlocking(&dirs, ctl::Daemon::Control, &request, &secret)?;
-            outln!("{out}");
-            Ok(())
-        }
-        ["device", "join", bundle] => {
-            outln!("{}", device::join(&dirs, bundle)?);
-            Ok(())
-        }
-        ["device", "list", rest @ ..] => {
-            out!("{}", device::list(&dirs, json_flag(rest)?)?);
-            Ok(())
-        }
-        ["device", "roster", "remove", name] => {
-            let request = Request::RosterRemove {
-                name: name.to_string(),
-            };
-            outln!("{}", via_daemon(&dirs, &request)?);
-            Ok(())
-        }
-        ["peer", "add", bundle] => {
-            let request = Request::PeerAdd {
-                bundle: bundle.to_string(),
-            };
-            outln!("{}", via_daemon(&dirs, &request)?);
-            Ok(())
-        }
-        ["peer", "list", rest @ ..] => {
-            out!("{}", node::peer_list(&dirs, json_flag(rest)?)?);
-            Ok(())
-        }
-        ["peer", "show", who, rest @ ..] => {
-            out!("{}", node::peer_show(&dirs, who, json_flag(rest)?)?);
-            Ok(())
-        }
-        ["peer", "verify", who, "--fingerprint", fp] => {
-            let request = Request::PeerChange {
-                verb: PeerVerb::Verify,
-                who: who.to_string(),
-                fingerprint: Some(fp.to_string()),
-            };
-            outln!("{}", via_daemon(&dirs, &request)?);
-            Ok(())
-        }
-        ["peer", verb @ ("trust" | "demote" | "revoke" | "forget" | "verify"), who] => {
-            let request = Request::PeerChange {
-                verb: PeerVerb::from_word(verb).context("a peer verb")?,
-                who: who.to_string(),
-                fingerprint: None,
-            };
-            outln!("{}", via_daemon(&dirs, &request)?);
-            Ok(())
-        }
-        ["use", "off"] => {
-            outln!("{}", consumer::off(&dirs)?);
-            Ok(())
-        }
-        ["use", "restore"] => {
-            outln!("{}", consumer::restore(&dirs)?);
-            Ok(())
-        }
-        ["use", "lockdown", what] => {
-            outln!(
-                "{}",
-                consumer::lockdown(&dirs, consumer::LockdownCommand::parse(what)?)?
-            );
-            Ok(())
-        }
-        ["use", "lockdown", ..] => bail!("use lockdown takes one of on, off, status"),
-        ["use", "status", rest @ ..] => {
-            out!("{}", consumer::status(&dirs, json_flag(rest)?)?);
-            Ok(())
-        }
-        ["use", opts @ ..] => {
-            outln!(
-                "{}",
-                consumer::use_exit(&dirs, &consumer::UseOptions::parse(opts)?, &say)?
-            );
-            Ok(())
-        }
-        _ => bail!("unknown command {:?}\n\n{USAGE}", rest.join(" ")),
     }
+}
+
+fn run_use(dirs: &Dirs, sub: Option<UseSub>, args: consumer::UseArgs) -> anyhow::Result<()> {
+    match sub {
+        None => {
+            let o = usage(consumer::UseOptions::from_args(args))?;
+            portdistrict_control::need_root("use")?;
+            outln!("{}", consumer::use_exit(dirs, &o, &say)?);
+        }
+        Some(UseSub::Status(j)) => out!("{}", consumer::status(dirs, j.json)?),
+        Some(UseSub::Off) => {
+            portdistrict_control::need_root("use off")?;
+            outln!("{}", consumer::off(dirs)?);
+        }
+        Some(UseSub::Restore) => {
+            portdistrict_control::need_root("use restore")?;
+            outln!("{}", consumer::restore(dirs)?);
+        }
+        Some(UseSub::Lockdown { what }) => {
+            if what != consumer::LockdownCommand::Status {
+                portdistrict_control::need_root("use lockdown")?;
+            }
+            outln!("{}", consumer::lockdown(dirs, what)?);
+        }
+    }
+    Ok(())
+}
+
+fn run_identity(dirs: &Dirs, c: IdentityCommand) -> anyhow::Result<()> {
+    match c {
+        IdentityCommand::Init { namespace, secret } => {
+            out!(
+                "{}",
+                node::init(dirs, &namespace, &secret.into(), exit::now())?
+            );
+        }
+        IdentityCommand::Show(j) => out!("{}", node::show(dirs, j.json)?),
+        IdentityCommand::Bundle(secret) => outln!("{}", node::bundle(dirs, &secret.into())?),
+    }
+    Ok(())
+}
+
+fn run_peer(dirs: &Dirs, c: PeerCommand) -> anyhow::Result<()> {
+    let change = |verb, who: String, fingerprint| Request::PeerChange {
+        verb,
+        who,
+        fingerprint,
+    };
+    let request = match c {
+        PeerCommand::List(j) => {
+            out!("{}", node::peer_list(dirs, j.json)?);
+            return Ok(());
+        }
+        PeerCommand::Show { node: who, json } => {
+            out!("{}", node::peer_show(dirs, &who, json.json)?);
+            return Ok(());
+        }
+        PeerCommand::Add { bundle } => Request::PeerAdd { bundle },
+        PeerCommand::Verify { node, fingerprint } => change(PeerVerb::Verify, node, fingerprint),
+        PeerCommand::Trust { node } => change(PeerVerb::Trust, node, None),
+        PeerCommand::Demote { node } => change(PeerVerb::Demote, node, None),
+        PeerCommand::Revoke { node } => change(PeerVerb::Revoke, node, None),
+        PeerCommand::Forget { node } => change(PeerVerb::Forget, node, None),
+    };
+    outln!("{}", via_daemon(dirs, &request)?);
+    Ok(())
+}
+
+fn run_device(dirs: &Dirs, c: DeviceCommand) -> anyhow::Result<()> {
+    match c {
+        DeviceCommand::Init { name, secret } => {
+            out!("{}", device::init(dirs, &name, &secret.into())?);
+        }
+        DeviceCommand::List(j) => out!("{}", device::list(dirs, j.json)?),
+        DeviceCommand::Request { name, namespace } => {
+            outln!("{}", device::request(dirs, &name, &namespace)?);
+        }
+        DeviceCommand::Join { bundle } => outln!("{}", device::join(dirs, &bundle)?),
+        DeviceCommand::Roster(RosterCommand::Add { request, secret }) => {
+            let request = Request::RosterAdd { line: request };
+            let out = ctl::handle::via_daemon_unlocking(
+                dirs,
+                ctl::Daemon::Control,
+                &request,
+                &secret.into(),
+            )?;
+            outln!("{out}");
+        }
+        DeviceCommand::Roster(RosterCommand::Remove { name }) => {
+            outln!("{}", via_daemon(dirs, &Request::RosterRemove { name })?);
+        }
+    }
+    Ok(())
+}
+
+fn run_tunnel(dirs: &Dirs, c: TunnelCommand) -> anyhow::Result<()> {
+    match c {
+        TunnelCommand::List(j) => out!("{}", tunnels::list(dirs, j.json)?),
+        TunnelCommand::Show { name, json } => out!("{}", tunnels::show(dirs, &name, json.json)?),
+        TunnelCommand::Connect { name } => {
+            let request = Request::TunnelSet {
+                name,
+                connect: true,
+            };
+            outln!("{}", via_daemon(dirs, &request)?);
+        }
+        TunnelCommand::Disconnect { name } => {
+            let request = Request::TunnelSet {
+                name,
+                connect: false,
+            };
+            outln!("{}", via_daemon(dirs, &request)?);
+        }
+    }
+    Ok(())
 }
 
 /// Runs an exit command through a running `exit serve`, or here when none runs.
@@ -425,48 +312,23 @@ fn via_daemon(dirs: &Dirs, request: &Request) -> anyhow::Result<String> {
     ctl::handle::via_daemon(dirs, ctl::Daemon::Control, request)
 }
 
-/// `[]` or `["--json"]`.
-fn json_flag(rest: &[&str]) -> anyhow::Result<bool> {
-    match rest {
-        [] => Ok(false),
-        ["--json"] => Ok(true),
-        _ => bail!("unknown option {:?} (only --json)", rest.join(" ")),
-    }
-}
-
-/// Takes `--state-dir` and `--run-dir` (anywhere on the line) off the arguments.
-fn parse_dirs(args: &[String]) -> anyhow::Result<(Dirs, Vec<String>)> {
-    Dirs::from_args(args)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn v(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| (*s).to_owned()).collect()
-    }
-
     #[test]
-    fn dirs_anywhere_on_the_line() {
-        let (d, rest) = parse_dirs(&v(&[
-            "exit",
+    fn an_option_that_does_not_check_out_is_a_usage_error() {
+        let cli = Cli::try_parse_from([
+            "portdistrict",
             "--state-dir",
-            "/s",
-            "list",
-            "--run-dir",
-            "/r",
-        ]))
+            "/nonexistent-pd-test",
+            "exit",
+            "invite",
+            "--qr",
+        ])
         .unwrap();
-        assert_eq!(d.state, std::path::PathBuf::from("/s"));
-        assert_eq!(d.run, std::path::PathBuf::from("/r"));
-        assert_eq!(rest, ["exit", "list"]);
-        assert!(parse_dirs(&v(&["--state-dir"])).is_err());
-    }
-
-    #[test]
-    fn unknown_commands_are_named() {
-        let e = run(&v(&["frobnicate"])).unwrap_err();
-        assert!(e.to_string().contains("frobnicate"));
+        let e = run(&Dirs::from(cli.dirs), cli.command).unwrap_err();
+        assert!(e.downcast_ref::<UsageError>().is_some(), "{e:#}");
+        assert!(format!("{e:#}").contains("--format wg-quick"), "{e:#}");
     }
 }

@@ -55,29 +55,42 @@ pub struct SecretOptions {
     pub key_file: Option<PathBuf>,
 }
 
-impl SecretOptions {
-    /// Takes `--passphrase-file F` and `--key-file F` off `opts`; returns the rest.
-    pub fn take<'a>(opts: &[&'a str]) -> anyhow::Result<(SecretOptions, Vec<&'a str>)> {
-        let mut o = SecretOptions::default();
-        let mut rest = Vec::new();
-        let mut it = opts.iter();
-        while let Some(&a) = it.next() {
-            match a {
-                "--passphrase-file" | "--key-file" => {
-                    let v = PathBuf::from(*it.next().with_context(|| format!("{a} needs a file"))?);
-                    if a == "--key-file" {
-                        o.key_file = Some(v);
-                    } else {
-                        o.passphrase_file = Some(v);
-                    }
-                }
-                _ => rest.push(a),
-            }
+/// `--passphrase-file FILE`: how to unlock the identity's seed.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PassphraseArg {
+    /// Read the passphrase from the first line of FILE instead of asking on the
+    /// terminal
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl From<PassphraseArg> for SecretOptions {
+    fn from(a: PassphraseArg) -> SecretOptions {
+        SecretOptions {
+            passphrase_file: a.passphrase_file,
+            key_file: None,
         }
-        if o.key_file.is_some() && o.passphrase_file.is_some() {
-            bail!("give --passphrase-file or --key-file, not both");
+    }
+}
+
+/// `identity init`'s secret: a passphrase, or an unencrypted key file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InitSecretArgs {
+    /// Seal the seed under the passphrase on the first line of FILE instead of asking
+    /// on the terminal
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Keep the seed unencrypted in FILE (mode 0600), for headless servers
+    #[arg(long, value_name = "FILE", conflicts_with = "passphrase_file")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl From<InitSecretArgs> for SecretOptions {
+    fn from(a: InitSecretArgs) -> SecretOptions {
+        SecretOptions {
+            passphrase_file: a.passphrase_file,
+            key_file: a.key_file,
         }
-        Ok((o, rest))
     }
 }
 

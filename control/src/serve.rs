@@ -46,7 +46,7 @@ pub const PROVIDER_V4: Ipv4Addr = portdistrict_exitnode::store::PROVIDER_V4;
 pub const NEGOTIATION_PORT: u16 = 51821;
 
 /// Whether to offer IPv6 to consumers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Ipv6Mode {
     /// When the uplink has an IPv6 address beyond link-local.
     Auto,
@@ -54,6 +54,50 @@ pub enum Ipv6Mode {
     On,
     /// Never (consumers then block IPv6).
     Off,
+}
+
+/// `exit serve` on the command line (checked into [`ServeOptions`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The interface towards the internet (consumers' traffic leaves through it,
+    /// masqueraded)
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: String,
+    /// Where consumers reach this node, as invites carry it (repeatable; recorded for
+    /// later `exit invite`s)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub endpoint: Vec<String>,
+    /// The tunnel interface
+    #[arg(long, value_name = "NAME", default_value = "pdexit0")]
+    pub interface: String,
+    /// WireGuard's UDP port
+    #[arg(long, value_name = "PORT", default_value_t = 51820,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub listen_port: u16,
+    /// The exit channel's TCP port (default: the same number as --listen-port)
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub channel_port: Option<u16>,
+    /// Offer IPv6 to consumers: auto = when the uplink has a global IPv6 address
+    #[arg(long, value_enum, default_value = "auto")]
+    pub ipv6: Ipv6Mode,
+    /// The resolver the tunnel's DNS forwarder (100.64.0.1) asks (default: the first
+    /// nameserver of /etc/resolv.conf)
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub dns_upstream: Option<String>,
+    /// A destination consumers may reach although it is blocked by default (private,
+    /// link-local, metadata addresses), repeatable
+    #[arg(long, value_name = "CIDR")]
+    pub allow_dest: Vec<String>,
+    /// A group whose members, besides root, may use RUN_DIR/exit.sock
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
+    /// This node's SEV-SNP report and certificates (report.bin, vcek.der, chain.pem);
+    /// without it, the kernel's configfs-tsm where present
+    #[arg(long, value_name = "DIR")]
+    pub attestation: Option<PathBuf>,
+    /// Another pinned AMD root key fingerprint (SHA-256, 64 hex digits), repeatable
+    #[arg(long, value_name = "HEX")]
+    pub attestation_root: Vec<String>,
 }
 
 /// Options of `exit serve`.
@@ -78,17 +122,13 @@ impl ServeOptions {
         self.channel_port.unwrap_or(self.listen_port)
     }
 
-    /// Parses `--uplink IFACE` (required), `--interface NAME` (default `pdexit0`),
-    /// `--listen-port N` (default 51820), `--endpoint HOST:PORT` (repeatable; what
-    /// invites carry from now on), `--ipv6 auto|on|off`, `--dns-upstream IP[:PORT]`
-    /// (default: the first nameserver of /etc/resolv.conf), `--allow-dest CIDR`
-    /// (repeatable: a blocked destination consumers may reach nonetheless),
-    /// `--control-group GROUP` (who besides root may use the control socket),
-    /// `--attestation DIR` (`report.bin`, `vcek.der`, `chain.pem`: this node's SEV-SNP
-    /// report and certificates; without it, the kernel's configfs-tsm where present),
-    /// `--attestation-root HEX` (repeatable: another pinned ARK fingerprint),
-    /// `--channel-port N` (the exit channel's TCP port; default: the listen port).
+    /// Parses the options of `exit serve` (see [`ServeArgs`]), as on the command line.
     pub fn parse(opts: &[&str]) -> anyhow::Result<ServeOptions> {
+        ServeOptions::from_args(crate::cli::parse_args("exit serve", opts)?)
+    }
+
+    /// Checks `exit serve`'s options; errors name the option and what it takes.
+    pub fn from_args(a: ServeArgs) -> anyhow::Result<ServeOptions> {
         let mut o = ServeOptions {
             uplink: String::new(),
             interface: "pdexit0".to_owned(),
@@ -102,71 +142,50 @@ impl ServeOptions {
             attestation_roots: Vec::new(),
             channel_port: None,
         };
-        let mut it = opts.iter();
-        while let Some(&flag) = it.next() {
-            let value = *it.next().with_context(|| format!("{flag} needs a value"))?;
-            match flag {
-                "--uplink" => o.uplink = crate::ifname(flag, value)?,
-                "--interface" => o.interface = crate::ifname(flag, value)?,
-                "--listen-port" => {
-                    o.listen_port =
-                        value.parse().ok().filter(|&p| p > 0).with_context(|| {
-                            format!("--listen-port {value}: expected 1 to 65535")
-                        })?
-                }
-                "--endpoint" => {
-                    let first = value
-                        .to_socket_addrs()
-                        .with_context(|| format!("--endpoint {value}: expected HOST:PORT"))?
-                        .next()
-                        .with_context(|| format!("--endpoint {value}: no address"))?;
-                    o.endpoints.push(first);
-                }
-                "--ipv6" => {
-                    o.ipv6 = match value {
-                        "auto" => Ipv6Mode::Auto,
-                        "on" => Ipv6Mode::On,
-                        "off" => Ipv6Mode::Off,
-                        _ => bail!("--ipv6 {value}: expected auto, on or off"),
-                    }
-                }
-                "--dns-upstream" => {
-                    o.dns_upstream = Some(
-                        value
-                            .parse::<SocketAddr>()
-                            .or_else(|_| value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                            .map_err(|_| {
-                                anyhow::anyhow!("--dns-upstream {value}: expected IP or IP:PORT")
-                            })?,
-                    );
-                }
-                "--allow-dest" => o.allow_dest.push(
-                    value
-                        .parse::<Cidr>()
-                        .map_err(|e| anyhow::anyhow!("--allow-dest {e}"))?,
-                ),
-                "--control-group" => o.control_group = Some(crate::ctl::parse_group(value)?),
-                "--attestation" => o.attestation = Some(PathBuf::from(value)),
-                "--channel-port" => {
-                    o.channel_port =
-                        Some(value.parse().ok().filter(|&p| p > 0).with_context(|| {
-                            format!("--channel-port {value}: expected 1 to 65535")
-                        })?)
-                }
-                "--attestation-root" => {
-                    let b = hex::decode(value)
-                        .ok()
-                        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                        .with_context(|| {
-                            format!("--attestation-root {value}: expected 64 hex digits (SHA-256)")
-                        })?;
-                    o.attestation_roots.push(b);
-                }
-                _ => bail!("exit serve: unknown option {flag}"),
-            }
+        o.uplink = crate::ifname("--uplink", &a.uplink)?;
+        o.interface = crate::ifname("--interface", &a.interface)?;
+        o.listen_port = a.listen_port;
+        for value in &a.endpoint {
+            let first = value
+                .to_socket_addrs()
+                .with_context(|| format!("--endpoint {value}: expected HOST:PORT"))?
+                .next()
+                .with_context(|| format!("--endpoint {value}: no address"))?;
+            o.endpoints.push(first);
         }
-        if o.uplink.is_empty() {
-            bail!("exit serve needs --uplink IFACE: the interface towards the internet");
+        o.ipv6 = a.ipv6;
+        if let Some(value) = &a.dns_upstream {
+            o.dns_upstream = Some(
+                value
+                    .parse::<SocketAddr>()
+                    .or_else(|_| value.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        anyhow::anyhow!("--dns-upstream {value}: expected IP or IP:PORT")
+                    })?,
+            );
+        }
+        for value in &a.allow_dest {
+            o.allow_dest.push(
+                value
+                    .parse::<Cidr>()
+                    .map_err(|e| anyhow::anyhow!("--allow-dest {e}"))?,
+            );
+        }
+        o.control_group = a
+            .control_group
+            .as_deref()
+            .map(crate::ctl::parse_group)
+            .transpose()?;
+        o.attestation = a.attestation;
+        o.channel_port = a.channel_port;
+        for value in &a.attestation_root {
+            let b = hex::decode(value)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .with_context(|| {
+                    format!("--attestation-root {value}: expected 64 hex digits (SHA-256)")
+                })?;
+            o.attestation_roots.push(b);
         }
         if o.endpoints.len() > portdistrict_exitnode::invite::MAX_ENDPOINTS {
             bail!(

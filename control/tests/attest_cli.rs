@@ -259,7 +259,8 @@ fn exit_grant_signs_a_pin_with_the_identity_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a peer here"));
     let out = cli(&["exit", "grant", "--smt", "forbidden"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--measurement HEX"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--measurement <HEX>"));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     let _ = std::fs::remove_dir_all(&state);
 }
 

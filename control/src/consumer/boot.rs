@@ -24,7 +24,7 @@ use portdistrict_exitnode::policy::{lockdown_plan, KILL_SWITCH_TABLE};
 use portdistrict_exitnode::state::write_atomic_mode;
 
 /// `use lockdown on|off|status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockdownCommand {
     /// Block everything but the tunnel, from now on and after every boot.
     On,

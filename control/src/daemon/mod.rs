@@ -23,7 +23,7 @@ mod publish;
 mod refresh;
 mod traversal;
 
-pub use options::DaemonOptions;
+pub use options::{DaemonArgs, DaemonOptions, DEFAULT_CONFIG};
 pub use portdistrict_control_core::mesh::PeerDevice;
 
 use crate::device::this_device;

@@ -71,39 +71,205 @@ fn parse_ms(v: &str, max: Duration) -> anyhow::Result<Duration> {
     Ok(d)
 }
 
+/// The configuration file `portdistrictd` reads when it exists and no `--config` is
+/// given.
+pub const DEFAULT_CONFIG: &str = "/etc/portdistrict/portdistrictd.toml";
+
+/// `portdistrictd`'s command line. Every option but `--config`, `--once` and the
+/// directories can also be a key of the TOML configuration file, with the same name
+/// (`dns-server = "192.0.2.53"`, `endpoint = ["198.51.100.7:51820"]`,
+/// `listen-port = 51820`); flags override the file.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "portdistrictd",
+    version,
+    about = "The portdistrict control daemon: publishes this identity's records in DNS \
+             (RFC 2136 + TSIG), reads its trusted peers' records and connects this device's \
+             tunnel to every trusted device, every interval, until SIGTERM.",
+    after_help = AFTER_HELP
+)]
+pub struct DaemonArgs {
+    /// The directories.
+    #[command(flatten)]
+    pub dirs: crate::cli::DirArgs,
+    /// A TOML file with these settings (default: /etc/portdistrict/portdistrictd.toml
+    /// when it exists); flags override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Run one cycle, then exit
+    #[arg(long)]
+    pub once: bool,
+    /// The DNS server that takes the updates (required)
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub dns_server: Option<String>,
+    /// The zone the records live in (required)
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
+    /// The TSIG key's name (required)
+    #[arg(long, value_name = "NAME")]
+    pub tsig_key: Option<String>,
+    /// A file holding the TSIG secret in base64 (required)
+    #[arg(long, value_name = "FILE")]
+    pub tsig_secret_file: Option<String>,
+    /// The resolver that reads peers' records (default: --dns-server)
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub resolver: Option<String>,
+    /// Unlock the identity with the passphrase on the first line of FILE
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<String>,
+    /// The tunnel interface [default: pd0]
+    #[arg(long, value_name = "NAME")]
+    pub interface: Option<String>,
+    /// This device's WireGuard UDP port [default: 51820]
+    #[arg(long, value_name = "PORT")]
+    pub listen_port: Option<String>,
+    /// Endpoints to publish instead of the detected ones (repeatable)
+    #[arg(long, value_name = "IP:PORT")]
+    pub endpoint: Vec<String>,
+    /// Time between cycles [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// How long published records are valid (at least 10s; keep it well above
+    /// --interval) [default: 1h]
+    #[arg(long, value_name = "DURATION")]
+    pub record_lifetime: Option<String>,
+    /// A group whose members, besides root, may use RUN_DIR/portdistrictd.sock
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
+    /// The NAT-traversal facilitator (`facilitator show` prints it)
+    #[arg(long, value_name = "HOST:PORT:PUBLIC_KEY")]
+    pub facilitator: Option<String>,
+    /// Sync windows: how long primers go out before the punch
+    #[arg(long, value_name = "DURATION", help_heading = "NAT traversal tuning")]
+    pub primer: Option<String>,
+    /// Sync windows: the primers' IP TTL (1 to 64)
+    #[arg(long, value_name = "N", help_heading = "NAT traversal tuning")]
+    pub primer_ttl: Option<String>,
+    /// Sync windows: how long a punch lasts (at least 500ms)
+    #[arg(long, value_name = "DURATION", help_heading = "NAT traversal tuning")]
+    pub punch: Option<String>,
+    /// Sync windows: how long to wait for the first window
+    #[arg(long, value_name = "DURATION", help_heading = "NAT traversal tuning")]
+    pub first_wait: Option<String>,
+    /// Start this device's windows this much late (tests a clock behind the peer's)
+    #[arg(long, value_name = "DURATION", help_heading = "NAT traversal tuning")]
+    pub window_skew: Option<String>,
+    /// The shortest wait after a failed window (at least 5s)
+    #[arg(long, value_name = "DURATION", help_heading = "NAT traversal tuning")]
+    pub window_backoff: Option<String>,
+    /// Without a facilitator: one shared-secret window per this long [default: 60s]
+    #[arg(long, value_name = "DURATION", help_heading = "NAT traversal tuning")]
+    pub secret_windows_every: Option<String>,
+}
+
+/// The options a configuration file may set.
+const KNOWN: &[&str] = &[
+    "dns-server",
+    "zone",
+    "tsig-key",
+    "tsig-secret-file",
+    "resolver",
+    "passphrase-file",
+    "interface",
+    "listen-port",
+    "endpoint",
+    "interval",
+    "record-lifetime",
+    "control-group",
+    "facilitator",
+    "primer",
+    "primer-ttl",
+    "punch",
+    "first-wait",
+    "window-skew",
+    "window-backoff",
+    "secret-windows-every",
+];
+
+/// What `--help` shows after the options.
+const AFTER_HELP: &str = "\
+A peer record that fails (altered, expired, unreachable, or older than one already \
+seen: a rollback) keeps that peer's devices connected only until the last record that \
+verified there expires. The TSIG key may be this device's own: it only updates \
+_portdistrict.DEVICE.NAMESPACE, and on the device holding the identity's seed also \
+_portdistrict.NAMESPACE and _portdistrict-trust.NAMESPACE.
+
+Unless --once, it listens on RUN_DIR/portdistrictd.sock (mode 0660) for the CLI's \
+peer, tunnel connect|disconnect and roster add|remove commands: root, or members of \
+--control-group GROUP.
+
+Exit status: 0 after SIGTERM (or one cycle with --once), 1 on failure, 2 for a usage error.";
+
+/// Reads a TOML configuration file into option name -> values.
+fn read_config(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the configuration {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not TOML", path.display()))?;
+    let mut kv = BTreeMap::new();
+    for (k, v) in table {
+        let one = |v: &toml::Value| -> anyhow::Result<String> {
+            match v {
+                toml::Value::String(s) => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                _ => bail!(
+                    "{}: {k}: expected a string or a number (or a list of them for endpoint)",
+                    path.display()
+                ),
+            }
+        };
+        let values = match &v {
+            toml::Value::Array(a) => a.iter().map(one).collect::<anyhow::Result<Vec<_>>>()?,
+            v => vec![one(v)?],
+        };
+        kv.insert(k, values);
+    }
+    Ok(kv)
+}
+
 impl DaemonOptions {
-    /// Parses the flags; `--config FILE` reads `key = value` lines with the same
-    /// names (without `--`) first, flags override them.
+    /// Parses the flags (without the program's name) as the command line would, with
+    /// `--config FILE` read first; no default file.
     pub fn parse(args: &[&str]) -> anyhow::Result<DaemonOptions> {
-        let mut kv: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        use clap::CommandFactory as _;
+        let m = DaemonArgs::command()
+            .no_binary_name(true)
+            .try_get_matches_from(args)
+            .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
+        DaemonOptions::from_matches(&m, None)
+    }
+
+    /// The options clap matched, over the configuration file: `--config`, else
+    /// `default_config` when that file exists. Flags override the file (a repeatable
+    /// flag replaces the file's list).
+    pub fn from_matches(
+        m: &clap::ArgMatches,
+        default_config: Option<&std::path::Path>,
+    ) -> anyhow::Result<DaemonOptions> {
+        use clap::parser::ValueSource;
+        let config = m
+            .get_one::<std::path::PathBuf>("config")
+            .cloned()
+            .or_else(|| default_config.filter(|p| p.exists()).map(Into::into));
+        let mut kv = match &config {
+            Some(path) => read_config(path)?,
+            None => BTreeMap::new(),
+        };
+        let once = m.get_flag("once");
         let mut flags = Vec::new();
-        let mut it = args.iter();
-        let mut once = false;
-        while let Some(&a) = it.next() {
-            if a == "--once" {
-                once = true;
+        for id in m.ids() {
+            let id = id.as_str();
+            if matches!(id, "config" | "once" | "state_dir" | "run_dir" | "dirs")
+                || m.value_source(id) != Some(ValueSource::CommandLine)
+            {
                 continue;
             }
-            let key = a
-                .strip_prefix("--")
-                .with_context(|| format!("unexpected argument {a:?}"))?;
-            let v = *it.next().with_context(|| format!("{a} needs a value"))?;
-            if key == "config" {
-                let text = std::fs::read_to_string(v).with_context(|| format!("reading {v}"))?;
-                for (n, line) in text.lines().enumerate() {
-                    let line = line.trim();
-                    if line.is_empty() || line.starts_with('#') {
-                        continue;
-                    }
-                    let (k, val) = line
-                        .split_once('=')
-                        .with_context(|| format!("{v}:{}: expected key = value", n + 1))?;
-                    kv.entry(k.trim().to_owned())
-                        .or_default()
-                        .push(val.trim().to_owned());
-                }
-            } else {
-                flags.push((key.to_owned(), v.to_owned()));
+            for v in m.get_raw(id).into_iter().flatten() {
+                let v = v
+                    .to_str()
+                    .with_context(|| format!("--{}: not UTF-8", id.replace('_', "-")))?;
+                flags.push((id.replace('_', "-"), v.to_owned()));
             }
         }
         let mut seen_flag = std::collections::BTreeSet::new();
@@ -115,33 +281,12 @@ impl DaemonOptions {
         }
         let one = |k: &str| kv.get(k).and_then(|v| v.last()).map(String::as_str);
         let need = |k: &str| {
-            one(k)
-                .with_context(|| format!("portdistrictd needs --{k} (or `{k} = ...` in --config)"))
+            one(k).with_context(|| {
+                format!("portdistrictd needs --{k} (or `{k} = \"...\"` in the configuration file)")
+            })
         };
-        let known = [
-            "dns-server",
-            "zone",
-            "tsig-key",
-            "tsig-secret-file",
-            "resolver",
-            "passphrase-file",
-            "key-file",
-            "interface",
-            "listen-port",
-            "endpoint",
-            "interval",
-            "record-lifetime",
-            "control-group",
-            "facilitator",
-            "primer",
-            "primer-ttl",
-            "punch",
-            "first-wait",
-            "window-skew",
-            "window-backoff",
-            "secret-windows-every",
-        ];
-        if let Some(k) = kv.keys().find(|k| !known.contains(&k.as_str())) {
+
+        if let Some(k) = kv.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             bail!("portdistrictd: unknown option {k}");
         }
         let secret_file = need("tsig-secret-file")?;
@@ -262,6 +407,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_flag_is_a_known_key() {
+        use clap::CommandFactory as _;
+        let cmd = DaemonArgs::command();
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().as_str().replace('_', "-"))
+            .filter(|id| {
+                !matches!(
+                    id.as_str(),
+                    "config" | "once" | "state-dir" | "run-dir" | "help" | "version"
+                )
+            })
+            .collect();
+        let mut want: Vec<&str> = KNOWN.to_vec();
+        want.sort_unstable();
+        let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, want);
+    }
+
+    #[test]
+    fn the_example_configuration_is_read() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/portdistrictd.toml");
+        let kv = read_config(example.as_ref()).unwrap();
+        for k in kv.keys() {
+            assert!(KNOWN.contains(&k.as_str()), "{k}");
+        }
+        assert!(kv.contains_key("dns-server"));
+    }
+
+    #[test]
     fn options_from_flags_and_config() {
         let dir = std::env::temp_dir().join(format!("pd-daemon-opts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -270,7 +446,7 @@ mod tests {
         let conf = dir.join("conf");
         std::fs::write(
             &conf,
-            format!("# settings\ndns-server = 192.0.2.53\nzone = pd.test.\ntsig-key = k\ntsig-secret-file = {}\ninterval = 10s\n", secret.display()),
+            format!("# settings\ndns-server = \"192.0.2.53\"\nzone = \"pd.test.\"\ntsig-key = \"k\"\ntsig-secret-file = \"{}\"\ninterval = \"10s\"\nlisten-port = 51821\nendpoint = [\"192.0.2.7:51821\", \"192.0.2.8:51821\"]\n", secret.display()),
         )
         .unwrap();
         let o = DaemonOptions::parse(&[
@@ -286,6 +462,8 @@ mod tests {
         assert_eq!(o.dns.zone, "pd.test");
         assert_eq!(o.dns.secret, b"secret");
         assert_eq!(o.interval, Duration::from_secs(5), "flags win");
+        assert_eq!(o.listen_port, 51821, "a TOML integer");
+        assert_eq!(o.endpoints.len(), 2, "a TOML list");
         assert!(o.once);
         assert_eq!(o.record_lifetime, RECORD_LIFETIME);
         let c = conf.to_string_lossy();
@@ -299,6 +477,16 @@ mod tests {
         let e = DaemonOptions::parse(&["--config", &conf.to_string_lossy(), "--bogus", "1"])
             .unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "zone = [1, {a = 2}]\n").unwrap();
+        let e = DaemonOptions::parse(&["--config", &bad.to_string_lossy()]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("zone: expected a string"),
+            "{e:#}"
+        );
+        std::fs::write(&bad, "zone = pd.test\n").unwrap();
+        let e = DaemonOptions::parse(&["--config", &bad.to_string_lossy()]).unwrap_err();
+        assert!(format!("{e:#}").contains("not TOML"), "{e:#}");
         let e = DaemonOptions::parse(&[]).unwrap_err();
         assert!(e.to_string().contains("--tsig-secret-file"), "{e}");
         let c = conf.to_string_lossy();

@@ -51,74 +51,58 @@ pub struct ServeOptions {
     pub max_nodes: usize,
 }
 
+/// `facilitator serve` on the command line (checked into [`ServeOptions`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The public UDP address nodes reach (e.g. 203.0.113.1:7447)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Relay for pairs whose windows fail, on these UDP ports (e.g. 40000-40999)
+    #[arg(long, value_name = "LO-HI")]
+    pub relay_ports: Option<String>,
+    /// Bytes per second one relay allocation forwards (at least 10000)
+    #[arg(long, value_name = "BYTES", default_value_t = 25_000_000,
+          value_parser = clap::value_parser!(u64).range(10_000..))]
+    pub relay_rate: u64,
+    /// An idle relay allocation is freed after this many seconds (5 to 86400)
+    #[arg(long, value_name = "SECONDS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(5..=86_400))]
+    pub relay_idle: u64,
+    /// Nodes at most (1 to 1000000)
+    #[arg(long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_nodes: u64,
+}
+
 impl ServeOptions {
-    /// Parses `--listen ADDR:PORT [--relay-ports LO-HI] [--relay-rate BYTES]
-    /// [--relay-idle SECONDS] [--max-nodes N]`.
+    /// Parses the options of `facilitator serve` (see [`ServeArgs`]), as on the
+    /// command line.
     pub fn parse(args: &[&str]) -> anyhow::Result<ServeOptions> {
-        let mut listen = None;
+        ServeOptions::from_args(crate::cli::parse_args("facilitator serve", args)?)
+    }
+
+    /// Checks `facilitator serve`'s options.
+    pub fn from_args(a: ServeArgs) -> anyhow::Result<ServeOptions> {
+        let v = &a.listen;
+        let listen = Some(v.parse::<SocketAddr>().with_context(|| {
+            format!("facilitator serve: --listen {v}: not an ADDRESS:PORT (e.g. 203.0.113.1:7447)")
+        })?);
         let mut o = ServeOptions {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             relay_ports: None,
-            relay_rate: 25_000_000,
-            relay_idle: Duration::from_secs(120),
-            max_nodes: 4096,
+            relay_rate: a.relay_rate,
+            relay_idle: Duration::from_secs(a.relay_idle),
+            max_nodes: usize::try_from(a.max_nodes).unwrap_or(usize::MAX),
         };
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let mut value = || {
-                it.next()
-                    .copied()
-                    .with_context(|| format!("facilitator serve: {a} needs a value"))
-            };
-            match *a {
-                "--listen" => {
-                    let v = value()?;
-                    listen = Some(v.parse::<SocketAddr>().with_context(|| {
-                        format!("facilitator serve: --listen {v}: not an ADDRESS:PORT (e.g. 203.0.113.1:7447)")
-                    })?);
-                }
-                "--relay-ports" => {
-                    let v = value()?;
-                    let (lo, hi) = v
-                        .split_once('-')
-                        .and_then(|(l, h)| Some((l.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
-                        .filter(|(l, h)| *l > 0 && l < h)
-                        .with_context(|| {
-                            format!("facilitator serve: --relay-ports {v}: not LO-HI with 0 < LO < HI (e.g. 40000-40999)")
-                        })?;
-                    o.relay_ports = Some((lo, hi));
-                }
-                "--relay-rate" => {
-                    let v = value()?;
-                    o.relay_rate = v.parse().ok().filter(|r| *r >= 10_000).with_context(|| {
-                        format!(
-                            "facilitator serve: --relay-rate {v}: bytes per second, at least 10000"
-                        )
-                    })?;
-                }
-                "--relay-idle" => {
-                    let v = value()?;
-                    let s: u64 = v
-                        .parse()
-                        .ok()
-                        .filter(|s| (5..=86_400).contains(s))
-                        .with_context(|| {
-                            format!("facilitator serve: --relay-idle {v}: seconds, 5 to 86400")
-                        })?;
-                    o.relay_idle = Duration::from_secs(s);
-                }
-                "--max-nodes" => {
-                    let v = value()?;
-                    o.max_nodes = v
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=1_000_000).contains(n))
-                        .with_context(|| {
-                            format!("facilitator serve: --max-nodes {v}: 1 to 1000000")
-                        })?;
-                }
-                other => bail!("facilitator serve: unknown option {other}"),
-            }
+        if let Some(v) = &a.relay_ports {
+            let (lo, hi) = v
+                .split_once('-')
+                .and_then(|(l, h)| Some((l.parse::<u16>().ok()?, h.parse::<u16>().ok()?)))
+                .filter(|(l, h)| *l > 0 && l < h)
+                .with_context(|| {
+                    format!("facilitator serve: --relay-ports {v}: not LO-HI with 0 < LO < HI (e.g. 40000-40999)")
+                })?;
+            o.relay_ports = Some((lo, hi));
         }
         o.listen = listen.context(
             "facilitator serve: --listen ADDRESS:PORT is required (the public address nodes reach)",
