@@ -38,6 +38,7 @@ pub mod facilitator;
 pub mod freshness;
 pub mod node;
 pub mod serve;
+pub mod status;
 pub mod tunnels;
 
 pub use portdistrict_control_core::{identity, records, trust};

@@ -106,7 +106,7 @@ fn run(dirs: &Dirs, command: Command) -> anyhow::Result<()> {
         Command::Device(c) => run_device(dirs, c),
         Command::Tunnel(c) => run_tunnel(dirs, c),
         Command::Status(j) => {
-            out!("{}", tunnels::status(dirs, j.json)?);
+            out!("{}", portdistrict_control::status::status(dirs, j.json)?);
             Ok(())
         }
         Command::Facilitator(FacilitatorCommand::Serve(a)) => {

@@ -16,35 +16,63 @@ use std::process::ExitCode;
 use std::sync::{mpsc, Arc};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-const USAGE: &str = "\
-Usage: portdistrict-dataplane [--foreground] [--shm PATH] [--xdp off|filter|steer] IFNAME
-       portdistrict-dataplane --stats IFNAME
+/// What `--help` shows after the options.
+const AFTER_HELP: &str = "\
+Creates the WireGuard interface IFNAME and serves the userspace API on \
+/var/run/wireguard/IFNAME.sock; configure it with wg(8) or wg-quick(8) \
+(WG_QUICK_USERSPACE_IMPLEMENTATION=portdistrict-dataplane). It exits when IFNAME is \
+deleted, or on SIGTERM or SIGINT.
 
-Creates the WireGuard interface IFNAME and serves the userspace API on
-/var/run/wireguard/IFNAME.sock; configure it with wg(8) or wg-quick(8)
-(WG_QUICK_USERSPACE_IMPLEMENTATION=portdistrict-dataplane).
+Environment: RUST_LOG (tracing directives) or LOG_LEVEL=error|warn|info|debug|silent; \
+PD_LOG_FILE=PATH keeps the daemon's log in PATH (otherwise a daemonized process logs \
+nowhere); PD_OFFLOAD=off turns TUN TSO/GRO and UDP GSO/GRO off; PD_IO=poll receives \
+through the poll(2) loop with recvmmsg instead of io_uring (also the fallback where \
+io_uring is unavailable); PD_CRYPTO_THREADS=N forces N crypto threads (default: one \
+per CPU, used while CPUs are idle); PD_XDP=MODE as --xdp.
 
-  -f, --foreground   do not daemonize (also WG_PROCESS_FOREGROUND=1)
-      --shm PATH     also take the configuration from portdistrictd's shared-memory
-                     region PATH (validated first; a corrupt one is an error)
-      --xdp MODE     the XDP program on the underlay's Ethernet interfaces (also
-                     PD_XDP=MODE): filter (default) drops, in the kernel, UDP to the
-                     listen port that is not well-formed WireGuard naming one of our
-                     receiver indices and rate-limits handshake initiations per
-                     source under load; steer also hands data messages to AF_XDP
-                     sockets; off loads nothing. Where it cannot load or attach, the
-                     log says why and the interface runs without.
-      --stats        print the drop and event counters of a running IFNAME
-  -h, --help         this text
-      --version      the version
+Exit status: 0 when the interface went away or on a signal, 1 on failure, 2 for a \
+usage error.";
 
-Environment: RUST_LOG (tracing directives) or LOG_LEVEL=error|warn|info|debug|silent;
-PD_LOG_FILE=PATH keeps the
-daemon's log in PATH (otherwise a daemonized process logs nowhere); PD_OFFLOAD=off
-turns TUN TSO/GRO and UDP GSO/GRO off; PD_IO=poll receives through the poll(2) loop
-with recvmmsg instead of io_uring (also the fallback where io_uring is unavailable);
-PD_CRYPTO_THREADS=N forces N crypto threads (default: one per CPU, used while CPUs
-are idle).";
+/// The command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "portdistrict-dataplane",
+    version,
+    about = "A userspace WireGuard interface (the process contract of wireguard-go), \
+             over io_uring with offloads and an XDP filter.",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// Do not daemonize (also WG_PROCESS_FOREGROUND=1)
+    #[arg(short, long)]
+    foreground: bool,
+    /// Also take the configuration from portdistrictd's shared-memory region PATH
+    /// (validated first; a corrupt one is an error)
+    #[arg(long, value_name = "PATH")]
+    shm: Option<std::path::PathBuf>,
+    /// The XDP program on the underlay's Ethernet interfaces: filter (default) drops,
+    /// in the kernel, UDP to the listen port that is not well-formed WireGuard naming
+    /// one of our receiver indices and rate-limits handshake initiations per source
+    /// under load; steer also hands data messages to AF_XDP sockets; off loads
+    /// nothing. Where it cannot load or attach, the log says why and the interface
+    /// runs without
+    #[arg(long, value_name = "off|filter|steer",
+          value_parser = |s: &str| portdistrict_dataplane::xdp::XdpMode::parse(s))]
+    xdp: Option<portdistrict_dataplane::xdp::XdpMode>,
+    /// Print the drop and event counters of a running IFNAME
+    #[arg(long)]
+    stats: bool,
+    /// With --stats: one JSON object of counter names and values
+    #[arg(long, requires = "stats")]
+    json: bool,
+    /// Write this binary's man page and shell completions into DIR (packaging)
+    #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
+    dist_files: Option<std::path::PathBuf>,
+    /// The interface
+    #[arg(value_name = "IFNAME", required_unless_present = "dist_files",
+          value_parser = check_ifname)]
+    ifname: Option<String>,
+}
 
 enum Mode {
     Run {
@@ -55,43 +83,14 @@ enum Mode {
     },
     Stats {
         ifname: String,
+        json: bool,
     },
-    Help,
-    Version,
+    DistFiles(std::path::PathBuf),
 }
 
-/// The command line; `opts` (from the environment) is what `--xdp` overrides.
-fn parse_args(args: &[String], mut opts: Options) -> anyhow::Result<Mode> {
-    let mut foreground = std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1");
-    let mut stats = false;
-    let mut ifname = None;
-    let mut shm = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-f" | "--foreground" => foreground = true,
-            "--shm" => {
-                shm = Some(std::path::PathBuf::from(
-                    it.next().context("--shm needs the region's path")?,
-                ))
-            }
-            "--xdp" => {
-                opts.xdp = portdistrict_dataplane::xdp::XdpMode::parse(
-                    it.next().context("--xdp needs off, filter or steer")?,
-                )
-                .map_err(anyhow::Error::msg)?
-            }
-            "--stats" => stats = true,
-            "-h" | "--help" => return Ok(Mode::Help),
-            "--version" => return Ok(Mode::Version),
-            s if s.starts_with('-') => anyhow::bail!("unknown option {s}\n\n{USAGE}"),
-            s if ifname.is_none() => ifname = Some(s.to_string()),
-            s => anyhow::bail!("unexpected argument {s}\n\n{USAGE}"),
-        }
-    }
-    let ifname = ifname.with_context(|| format!("missing IFNAME\n\n{USAGE}"))?;
-    // What wg-quick takes: 1-15 of [a-zA-Z0-9_=+.-]. Above all no `*`, which nftables
-    // reads as a wildcard in a kill switch's `oifname "<tunnel>" accept`.
+/// What wg-quick takes: 1-15 of [a-zA-Z0-9_=+.-]. Above all no `*`, which nftables
+/// reads as a wildcard in a kill switch's `oifname "<tunnel>" accept`.
+fn check_ifname(ifname: &str) -> Result<String, String> {
     let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'=' | b'+' | b'.' | b'-');
     if ifname.is_empty()
         || ifname.len() > 15
@@ -99,21 +98,60 @@ fn parse_args(args: &[String], mut opts: Options) -> anyhow::Result<Mode> {
         || ifname == ".."
         || !ifname.bytes().all(valid)
     {
-        anyhow::bail!("invalid interface name {ifname:?}: use 1-15 letters, digits or _=+.- (no wildcards such as '*', no '/' or spaces)");
+        return Err(format!("invalid interface name {ifname:?}: use 1-15 letters, digits or _=+.- (no wildcards such as '*', no '/' or spaces)"));
     }
-    Ok(if stats {
-        Mode::Stats { ifname }
+    Ok(ifname.to_owned())
+}
+
+/// The command line `args` (without the program's name); `opts` (from the
+/// environment) is what `--xdp` overrides.
+fn parse_args(args: &[String], mut opts: Options) -> Result<Mode, clap::Error> {
+    use clap::Parser as _;
+    let cli = Cli::try_parse_from(
+        std::iter::once("portdistrict-dataplane").chain(args.iter().map(String::as_str)),
+    )?;
+    if let Some(dir) = cli.dist_files {
+        return Ok(Mode::DistFiles(dir));
+    }
+    let ifname = cli.ifname.unwrap_or_default();
+    if let Some(x) = cli.xdp {
+        opts.xdp = x;
+    }
+    let foreground = cli.foreground || std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1");
+    Ok(if cli.stats {
+        Mode::Stats {
+            ifname,
+            json: cli.json,
+        }
     } else {
         Mode::Run {
             ifname,
             foreground,
-            shm,
+            shm: cli.shm,
             opts,
         }
     })
 }
 
-fn print_stats(ifname: &str) -> anyhow::Result<()> {
+/// The man page and completions (bash, zsh, fish) into `dir`.
+fn dist_files(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    std::fs::write(dir.join("portdistrict-dataplane.1"), page)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "portdistrict-dataplane", dir)?;
+    }
+    Ok(())
+}
+
+/// `--stats [--json]`: the counters a running interface reports.
+fn print_stats(ifname: &str, json: bool) -> anyhow::Result<()> {
     let path = uapi_server::socket_path(ifname);
     let mut s = std::os::unix::net::UnixStream::connect(&path)
         .with_context(|| format!("connecting to {} (is {ifname} running?)", path.display()))?;
@@ -121,16 +159,45 @@ fn print_stats(ifname: &str) -> anyhow::Result<()> {
     let mut text = String::new();
     s.shutdown(std::net::Shutdown::Write)?;
     s.read_to_string(&mut text)?;
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with("errno="))
-    {
-        println!("{}", line.replacen('=', ": ", 1));
-    }
     if !text.contains("errno=0") {
         anyhow::bail!("{ifname} does not answer stats (not a portdistrict-dataplane?)");
     }
-    Ok(())
+    let out = if json {
+        stats_json(&text)
+    } else {
+        let mut out = String::new();
+        for (k, v) in stats_lines(&text) {
+            out.push_str(&format!("{k}: {v}\n"));
+        }
+        out
+    };
+    let mut o = std::io::stdout().lock();
+    match o.write_all(out.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to standard output"),
+    }
+}
+
+/// The `key=value` lines of a stats answer, without `errno`.
+fn stats_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| !k.is_empty() && *k != "errno")
+}
+
+/// The stats as one JSON object: numbers as numbers, anything else as a string.
+fn stats_json(text: &str) -> String {
+    let mut m = serde_json::Map::new();
+    for (k, v) in stats_lines(text) {
+        let value = v
+            .parse::<u64>()
+            .map(serde_json::Value::from)
+            .unwrap_or_else(|_| serde_json::Value::from(v));
+        m.insert(k.to_owned(), value);
+    }
+    let mut s = serde_json::Value::Object(m).to_string();
+    s.push('\n');
+    s
 }
 
 /// Forks; the parent exits at once (the interface and the socket already exist, so
@@ -258,26 +325,24 @@ fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mode = match Options::from_env()
-        .map_err(anyhow::Error::from)
-        .and_then(|opts| parse_args(&args, opts))
-    {
-        Ok(m) => m,
+    let opts = match Options::from_env() {
+        Ok(o) => o,
         Err(e) => {
             eprintln!("portdistrict-dataplane: {e}");
             return ExitCode::from(2);
         }
     };
+    // Usage errors exit 2 here; --help and --version exit 0.
+    let mode = parse_args(&args, opts).unwrap_or_else(|e| e.exit());
     match mode {
-        Mode::Help => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Mode::Version => {
-            println!("portdistrict-dataplane {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Mode::Stats { ifname } => match print_stats(&ifname) {
+        Mode::DistFiles(dir) => match dist_files(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portdistrict-dataplane: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Mode::Stats { ifname, json } => match print_stats(&ifname, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("portdistrict-dataplane: {e:#}");
@@ -313,11 +378,9 @@ fn main() -> ExitCode {
 mod interface_name_tests {
     use super::*;
 
-    fn parse(name: &str) -> anyhow::Result<Mode> {
-        parse_args(
-            &["--foreground".to_owned(), name.to_owned()],
-            Options::default(),
-        )
+    fn parse(a: &[&str]) -> Result<Mode, clap::Error> {
+        let a: Vec<String> = a.iter().map(|s| (*s).to_owned()).collect();
+        parse_args(&a, Options::default())
     }
 
     #[test]
@@ -335,11 +398,48 @@ mod interface_name_tests {
             "a:1",
             "a\"b",
         ] {
-            let e = parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            let e = parse(&["--foreground", bad])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains("invalid interface name"), "{bad:?}: {e}");
         }
         for good in ["wg0", "pd-exit_0", "a=b+c.d", "a23456789012345"] {
-            assert!(parse(good).is_ok(), "{good}");
+            assert!(parse(&["--foreground", good]).is_ok(), "{good}");
         }
+    }
+
+    #[test]
+    fn the_command_line() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        assert!(matches!(
+            parse(&["--stats", "--json", "wg0"]),
+            Ok(Mode::Stats { json: true, .. })
+        ));
+        assert!(matches!(
+            parse(&["-f", "--xdp=off", "wg0"]),
+            Ok(Mode::Run { foreground: true, opts, .. }) if opts.xdp == portdistrict_dataplane::xdp::XdpMode::Off
+        ));
+        for (bad, code) in [
+            (&["--json", "wg0"][..], 2),
+            (&[][..], 2),
+            (&["--bogus", "wg0"][..], 2),
+            (&["--xdp", "x", "wg0"][..], 2),
+        ] {
+            let e = parse(bad).err().unwrap();
+            assert_eq!(e.exit_code(), code, "{bad:?}");
+        }
+        assert_eq!(parse(&["--help"]).err().unwrap().exit_code(), 0);
+        assert_eq!(parse(&["--version"]).err().unwrap().exit_code(), 0);
+    }
+
+    #[test]
+    fn stats_as_json_keep_numbers_numbers() {
+        let v: serde_json::Value =
+            serde_json::from_str(&stats_json("rx_bad_mac=3\nio_backend=uring\nerrno=0\n")).unwrap();
+        assert_eq!(v["rx_bad_mac"], 3);
+        assert_eq!(v["io_backend"], "uring");
+        assert!(v.get("errno").is_none());
     }
 }

@@ -320,6 +320,12 @@ fn attested_exits_are_used_only_as_their_pins_say() {
     assert_eq!(on["kill_switch"], "on", "{on}");
     assert_eq!(on["tunnel"], "up", "{on}");
     assert_eq!(on["grants"], 1, "{on}");
+    // `status` summarizes every role: this machine is a consumer only (it has an
+    // identity for its grants, so a mesh part too, but no exit node).
+    let all: serde_json::Value = serde_json::from_str(&c1.run(&["status", "--json"])).unwrap();
+    assert_eq!(all["consumer"]["system_mode"], true, "{all}");
+    assert_eq!(all["consumer"]["tunnel"], "up", "{all}");
+    assert!(all["provider"].is_null(), "{all}");
     assert_eq!(on["provider"], endpoint.as_str(), "{on}");
     assert!(
         on["granted"]["inner_v4"]
