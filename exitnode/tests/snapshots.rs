@@ -86,17 +86,18 @@ fn provider_with_allow_dest() {
     check("provider-allow-dest.txt", &p.plan().unwrap().render());
 }
 
-/// The README shows the rulesets we ship exactly as `exitnode` renders them.
+/// docs/exit-nodes.md shows the rulesets we ship exactly as `exitnode` renders them.
 #[test]
-fn readme_shows_the_shipped_rulesets() {
+fn docs_show_the_shipped_rulesets() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("../README.md")).expect("README.md");
+    let page =
+        std::fs::read_to_string(root.join("../docs/exit-nodes.md")).expect("docs/exit-nodes.md");
     for name in ["consumer.txt", "lockdown.txt", "provider.txt"] {
         let snapshot =
             std::fs::read_to_string(root.join("tests/snapshots").join(name)).expect(name);
         assert!(
-            readme.contains(&format!("```text\n{snapshot}```")),
-            "README.md does not show tests/snapshots/{name} as it is: copy it into the README's ruleset section"
+            page.contains(&format!("```text\n{snapshot}```")),
+            "docs/exit-nodes.md does not show tests/snapshots/{name} as it is: copy it into its section \"The rulesets we ship\""
         );
     }
 }

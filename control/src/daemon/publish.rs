@@ -35,7 +35,7 @@ impl Daemon {
         readers.extend(own_devices.iter().copied());
         readers.sort_unstable();
         readers.dedup();
-        // Only this device's own names: a per-device TSIG key (see the README) may update
+        // Only this device's own names: a per-device TSIG key (see docs/mesh.md) may update
         // nothing else.
         let own_names = update_names(ns, &self.device, self.seed.is_some());
         let publish = |name: &str, txt: &[Vec<String>]| {
