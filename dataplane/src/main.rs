@@ -28,7 +28,8 @@ PD_LOG_FILE=PATH keeps the daemon's log in PATH (otherwise a daemonized process 
 nowhere); PD_OFFLOAD=off turns TUN TSO/GRO and UDP GSO/GRO off; PD_IO=poll receives \
 through the poll(2) loop with recvmmsg instead of io_uring (also the fallback where \
 io_uring is unavailable); PD_CRYPTO_THREADS=N forces N crypto threads (default: one \
-per CPU, used while CPUs are idle); PD_XDP=MODE as --xdp.
+per CPU, used while CPUs are idle); PD_XDP=MODE as --xdp; PD_METRICS_LISTEN=ADDR:PORT \
+as --metrics-listen.
 
 Exit status: 0 when the interface went away or on a signal, 1 on failure, 2 for a \
 usage error.";
@@ -59,6 +60,12 @@ struct Cli {
     #[arg(long, value_name = "off|filter|steer",
           value_parser = |s: &str| portdistrict_dataplane::xdp::XdpMode::parse(s))]
     xdp: Option<portdistrict_dataplane::xdp::XdpMode>,
+    /// Serve Prometheus metrics (every --stats counter, each peer's bytes and
+    /// handshake age) on http://ADDR:PORT/metrics, e.g. 127.0.0.1:9586; off by
+    /// default. They name peers' public keys and traffic volumes: keep the address
+    /// private (also PD_METRICS_LISTEN)
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Print the drop and event counters of a running IFNAME
     #[arg(long)]
     stats: bool,
@@ -116,6 +123,9 @@ fn parse_args(args: &[String], mut opts: Options) -> Result<Mode, clap::Error> {
     let ifname = cli.ifname.unwrap_or_default();
     if let Some(x) = cli.xdp {
         opts.xdp = x;
+    }
+    if let Some(a) = cli.metrics_listen {
+        opts.metrics_listen = Some(a);
     }
     let foreground = cli.foreground || std::env::var("WG_PROCESS_FOREGROUND").as_deref() == Ok("1");
     Ok(if cli.stats {
@@ -284,6 +294,14 @@ fn run(
         tracing::warn!("{name}: setting the default MTU 1420: {e}");
     }
     let listener = uapi_server::bind(&name)?;
+    // Bound before detaching: an address in use fails the start, visibly.
+    let metrics = opts
+        .metrics_listen
+        .map(|a| {
+            portdistrict_metrics::http::bind(a)
+                .with_context(|| format!("binding the metrics endpoint {a}"))
+        })
+        .transpose()?;
     let mtu = tun.mtu().unwrap_or(1420) as usize;
     if !foreground {
         use std::os::fd::{AsFd as _, AsRawFd};
@@ -291,6 +309,7 @@ fn run(
         let region_fd = region.as_ref().map(|r| r.as_fd().as_raw_fd());
         let mut keep = vec![tun.as_raw_fd(), listener.as_raw_fd()];
         keep.extend(region_fd);
+        keep.extend(metrics.as_ref().map(AsRawFd::as_raw_fd));
         daemonize(&keep, opts.log_file.as_deref())?;
     }
     let result = (|| {
@@ -298,6 +317,12 @@ fn run(
         let link = LinkMonitor::new(tun.ifindex()).context("rtnetlink link monitor")?;
         let wake = Arc::new(EventFd::new().context("eventfd")?);
         let (tx, rx) = mpsc::channel();
+        if let Some(m) = metrics {
+            let addr = m.local_addr()?;
+            let scrape = portdistrict_dataplane::metrics::scraper(tx.clone(), wake.clone());
+            portdistrict_metrics::http::spawn(m, scrape).context("starting the metrics thread")?;
+            tracing::info!("{name}: metrics on http://{addr}/metrics");
+        }
         uapi_server::spawn(listener, tx, wake.clone()).context("starting the UAPI thread")?;
         let mut seed = [0u8; 32];
         getrandom(&mut seed)?;
@@ -421,11 +446,16 @@ mod interface_name_tests {
             parse(&["-f", "--xdp=off", "wg0"]),
             Ok(Mode::Run { foreground: true, opts, .. }) if opts.xdp == portdistrict_dataplane::xdp::XdpMode::Off
         ));
+        assert!(matches!(
+            parse(&["--metrics-listen", "127.0.0.1:9586", "wg0"]),
+            Ok(Mode::Run { opts, .. }) if opts.metrics_listen == Some("127.0.0.1:9586".parse().unwrap())
+        ));
         for (bad, code) in [
             (&["--json", "wg0"][..], 2),
             (&[][..], 2),
             (&["--bogus", "wg0"][..], 2),
             (&["--xdp", "x", "wg0"][..], 2),
+            (&["--metrics-listen", "localhost", "wg0"][..], 2),
         ] {
             let e = parse(bad).err().unwrap();
             assert_eq!(e.exit_code(), code, "{bad:?}");

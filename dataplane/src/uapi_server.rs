@@ -36,12 +36,18 @@ pub enum Call {
     Stats,
 }
 
-/// A request and the channel its reply text goes back on.
-pub struct Pending {
-    /// What was asked.
-    pub call: Call,
-    /// Where the complete reply (ending in `errno=N\n\n`) goes.
-    pub reply: mpsc::SyncSender<String>,
+/// What the event loop is asked, and the channel its answer goes back on.
+pub enum Pending {
+    /// A UAPI request.
+    Uapi {
+        /// What was asked.
+        call: Call,
+        /// Where the complete reply (ending in `errno=N\n\n`) goes.
+        reply: mpsc::SyncSender<String>,
+    },
+    /// A scrape of the metrics endpoint ([`crate::metrics`]): the counters go back
+    /// as they are, not as text.
+    Metrics(mpsc::SyncSender<crate::metrics::Snapshot>),
 }
 
 /// What the socket server allows its clients.
@@ -198,7 +204,7 @@ impl Calls {
             }
             Ok(call) => {
                 let (rtx, rrx) = mpsc::sync_channel(1);
-                self.tx.send(Pending { call, reply: rtx }).ok()?;
+                self.tx.send(Pending::Uapi { call, reply: rtx }).ok()?;
                 self.wake.signal().ok()?;
                 rrx.recv().ok()
             }

@@ -245,38 +245,35 @@ impl Xdp {
     }
 
     /// `--stats` lines: the mode, the interfaces, the receiver map and every counter.
-    pub fn stats(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(out, "xdp={}", self.mode.as_str());
+    pub fn stats(&self, out: &mut crate::metrics::Stats) {
+        out.text("xdp", self.mode.as_str().to_owned());
         let ifs: Vec<String> = self
             .prog
             .attached()
             .iter()
             .map(|a| format!("{}:{}", a.name, a.mode.as_str()))
             .collect();
-        let _ = writeln!(out, "xdp_interfaces={}", ifs.join(","));
-        let _ = writeln!(
-            out,
-            "xdp_native={}",
-            self.prog
-                .attached()
-                .iter()
-                .filter(|a| a.mode == AttachMode::Native)
-                .count()
-        );
-        let _ = writeln!(out, "xdp_receivers={}", self.prog.receiver_count());
-        let _ = writeln!(out, "xdp_under_load={}", u8::from(self.under_load));
-        let _ = writeln!(out, "xdp_map_errors={}", self.errors);
+        out.text("xdp_interfaces", ifs.join(","));
+        let native = self
+            .prog
+            .attached()
+            .iter()
+            .filter(|a| a.mode == AttachMode::Native)
+            .count();
+        out.count("xdp_native", native as u64);
+        out.count("xdp_receivers", self.prog.receiver_count() as u64);
+        out.flag("xdp_under_load", self.under_load);
+        out.count("xdp_map_errors", self.errors);
         match self.prog.counters() {
             Ok(c) => {
                 let mut dropped = 0;
                 for (i, counter) in Counter::ALL.iter().enumerate() {
-                    let _ = writeln!(out, "{}={}", counter.name(), c[i]);
+                    out.count(counter.name(), c[i]);
                     if counter.is_drop() {
                         dropped += c[i];
                     }
                 }
-                let _ = writeln!(out, "xdp_dropped={dropped}");
+                out.count("xdp_dropped", dropped);
             }
             Err(e) => tracing::warn!("XDP counters: {e}"),
         }

@@ -6,7 +6,7 @@
 use super::{Driver, MAX_POLL_XSKS, TICK};
 use crate::crypto_pool::read_cpu_times;
 use crate::io::{LinkEvent, UdpSockets};
-use crate::uapi_server::Call;
+use crate::uapi_server::{Call, Pending};
 use portdistrict_wg::config::ConfigChange;
 use portdistrict_wg::uapi::{self, Request};
 use std::time::{Duration, Instant};
@@ -78,8 +78,15 @@ impl Driver {
 
     fn serve_calls(&mut self, now: Instant) {
         while let Ok(p) = self.calls.try_recv() {
+            let (call, reply) = match p {
+                Pending::Uapi { call, reply } => (call, reply),
+                Pending::Metrics(reply) => {
+                    let _ = reply.send(self.metrics_snapshot());
+                    continue;
+                }
+            };
             let mut out = String::new();
-            match p.call {
+            match call {
                 Call::Uapi(Request::Get) => {
                     let port = self.port();
                     uapi::format_get(&mut out, &self.device.snapshot(port, self.fwmark));
@@ -96,7 +103,7 @@ impl Driver {
                     uapi::format_errno(&mut out, 0);
                 }
             }
-            let _ = p.reply.send(out);
+            let _ = reply.send(out);
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Options {
     pub crypto_group: bool,
     /// Where a daemonized process keeps its log (`PD_LOG_FILE`).
     pub log_file: Option<PathBuf>,
+    /// The metrics endpoint's address (`PD_METRICS_LISTEN`, overridden by
+    /// `--metrics-listen`); `None`: no endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Values that were not understood and are ignored, one sentence each (logged
     /// once the logger runs).
     pub ignored: Vec<String>,
@@ -44,6 +47,9 @@ pub enum OptionsError {
     /// `PD_XDP` names no mode.
     #[error("PD_XDP: {0}")]
     Xdp(String),
+    /// `PD_METRICS_LISTEN` is not an address and port.
+    #[error("PD_METRICS_LISTEN={0:?}: expected ADDR:PORT, like 127.0.0.1:9586")]
+    MetricsListen(String),
 }
 
 impl Default for Options {
@@ -57,6 +63,7 @@ impl Default for Options {
             crypto_threads: None,
             crypto_group: true,
             log_file: None,
+            metrics_listen: None,
             ignored: Vec::new(),
         }
     }
@@ -80,6 +87,9 @@ impl Options {
         o.udp_offload = text("PD_OFFLOAD").as_deref() != Some("off");
         o.crypto_group = text("PD_CRYPTO_GROUP").as_deref() != Some("off");
         o.log_file = var("PD_LOG_FILE").map(PathBuf::from);
+        if let Some(v) = text("PD_METRICS_LISTEN").filter(|v| !v.is_empty()) {
+            o.metrics_listen = Some(v.parse().map_err(|_| OptionsError::MetricsListen(v))?);
+        }
         match text("PD_IO").as_deref() {
             Some("poll") => o.io = IoLoop::Poll,
             Some("uring") | None => {}
@@ -135,8 +145,10 @@ mod tests {
             ("PD_IO", "poll"),
             ("PD_CRYPTO_THREADS", " 3 "),
             ("PD_XDP_ATTACH", "tc"),
+            ("PD_METRICS_LISTEN", "127.0.0.1:9586"),
         ])
         .unwrap();
+        assert_eq!(o.metrics_listen, Some("127.0.0.1:9586".parse().unwrap()));
         assert_eq!(o.xdp, XdpMode::Steer);
         assert!(!o.udp_offload);
         assert!(!o.crypto_group);
@@ -170,6 +182,14 @@ mod tests {
         assert!(o.udp_offload);
         assert_eq!(o.ignored.len(), 3, "{:?}", o.ignored);
         assert!(o.ignored[0].starts_with("PD_IO=\"epoll\""));
+    }
+
+    #[test]
+    fn a_metrics_address_that_is_not_one_is_an_error() {
+        assert!(matches!(
+            from(&[("PD_METRICS_LISTEN", "localhost")]),
+            Err(OptionsError::MetricsListen(_))
+        ));
     }
 
     #[test]

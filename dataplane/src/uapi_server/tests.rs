@@ -54,13 +54,16 @@ impl Server {
         let log = applied.clone();
         std::thread::spawn(move || {
             for p in rx {
-                let (what, reply) = match p.call {
+                let Pending::Uapi { call, reply: to } = p else {
+                    continue;
+                };
+                let (what, reply) = match call {
                     Call::Stats => ("stats".to_owned(), "n=1\nerrno=0\n\n".to_owned()),
                     Call::Uapi(Request::Get) => ("get".to_owned(), "x=1\nerrno=0\n\n".to_owned()),
                     Call::Uapi(Request::Set(req)) => (format!("{req:?}"), "errno=0\n\n".to_owned()),
                 };
                 log.lock().expect("lock").push(what);
-                let _ = p.reply.send(reply);
+                let _ = to.send(reply);
             }
         });
         Server {

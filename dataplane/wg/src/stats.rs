@@ -2,11 +2,11 @@
 //! notable events. Every drop increments exactly one counter: none is silent.
 
 macro_rules! stats {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// Drop and event counters of one device.
         #[derive(Debug, Default, Clone, PartialEq, Eq)]
         pub struct Stats {
-            $( $(#[$doc])* pub $name: u64, )*
+            $( $(#[doc = $doc])* pub $name: u64, )*
         }
 
         impl Stats {
@@ -14,6 +14,12 @@ macro_rules! stats {
             pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
                 [$( (stringify!($name), self.$name), )*].into_iter()
             }
+
+            /// Each counter's name with its description (its doc comment), in the
+            /// order of [`Stats::iter`]: the help text of the metrics endpoint.
+            pub const HELP: &'static [(&'static str, &'static str)] = &[
+                $( (stringify!($name), concat!($($doc),*)), )*
+            ];
         }
     };
 }
@@ -80,4 +86,19 @@ stats! {
     tx_probe,
     /// Handshake initiations not sent because NAT traversal holds the peer.
     tx_handshake_held,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_has_its_doc_as_help() {
+        let names: Vec<&str> = Stats::default().iter().map(|(n, _)| n).collect();
+        let help: Vec<&str> = Stats::HELP.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, help);
+        let (_, h) = Stats::HELP.iter().find(|(n, _)| *n == "rx_replay").unwrap();
+        assert_eq!(*h, " Data messages with a replayed or too old counter.");
+        assert!(Stats::HELP.iter().all(|(_, h)| !h.trim().is_empty()));
+    }
 }
