@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The exit state directory.
+#[derive(Debug, Clone)]
 pub(crate) struct ExitDir(PathBuf);
 
 impl ExitDir {

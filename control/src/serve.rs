@@ -18,6 +18,7 @@
 //! logged and answered "unavailable", never fatal.
 
 mod channel;
+mod metrics;
 mod negotiation;
 mod sync;
 mod uplink;
@@ -98,6 +99,11 @@ pub struct ServeArgs {
     /// Another pinned AMD root key fingerprint (SHA-256, 64 hex digits), repeatable
     #[arg(long, value_name = "HEX")]
     pub attestation_root: Vec<String>,
+    /// Serve Prometheus metrics (consumers, live invites, exit channel conversations)
+    /// on http://ADDR:PORT/metrics, e.g. 127.0.0.1:9588 (off by default; keep it
+    /// private)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Options of `exit serve`.
@@ -114,6 +120,7 @@ pub struct ServeOptions {
     attestation: Option<PathBuf>,
     attestation_roots: Vec<[u8; 32]>,
     channel_port: Option<u16>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -141,6 +148,7 @@ impl ServeOptions {
             attestation: None,
             attestation_roots: Vec::new(),
             channel_port: None,
+            metrics_listen: a.metrics_listen,
         };
         o.uplink = crate::ifname("--uplink", &a.uplink)?;
         o.interface = crate::ifname("--interface", &a.interface)?;
@@ -288,6 +296,13 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Resul
     let noise = dir.noise_key()?;
     // Before anything changes: a port another process holds fails the start.
     let listener = channel::bind(o.channel_port())?;
+    let metrics_listener = o
+        .metrics_listen
+        .map(|a| {
+            portdistrict_metrics::http::bind(a)
+                .with_context(|| format!("binding the metrics endpoint {a}"))
+        })
+        .transpose()?;
     private_dir(&dirs.run)
         .with_context(|| format!("creating {} (mode 0700)", dirs.run.display()))?;
     let undo_path = dirs.run.join("exit-undo.json");
@@ -347,7 +362,15 @@ pub fn serve(dirs: &Dirs, o: &ServeOptions, say: &dyn Fn(&str)) -> anyhow::Resul
         group: o.control_group,
     };
     let ctl = crate::ctl::Control::bind(dirs, crate::ctl::Daemon::Exit, access)?;
+    let metrics = Arc::new(metrics::ExitMetrics::default());
+    if let Some(l) = metrics_listener {
+        let addr = l.local_addr()?;
+        let scrape = metrics::scraper(dir.clone(), Arc::clone(&metrics));
+        portdistrict_metrics::http::spawn(l, scrape).context("starting the metrics thread")?;
+        tracing::info!("metrics on http://{addr}/metrics");
+    }
     let ctx = Serving {
+        metrics,
         ctl: &ctl,
         o,
         dir: &dir,
@@ -382,6 +405,8 @@ struct Serving<'a> {
     attestation: Option<portdistrict_exitnode::channel::Attestation>,
     /// The exit channel's listener.
     listener: std::net::TcpListener,
+    /// The exit channel's conversations, for `--metrics-listen`.
+    metrics: Arc<metrics::ExitMetrics>,
 }
 
 impl Serving<'_> {
@@ -474,6 +499,11 @@ mod tests {
             Some(Path::new("/etc/portdistrict/attestation"))
         );
         assert_eq!(o.attestation_roots, vec![[0xab; 32]]);
+        assert_eq!(o.metrics_listen, None);
+        let o =
+            ServeOptions::parse(&["--uplink", "e", "--metrics-listen", "127.0.0.1:9588"]).unwrap();
+        assert_eq!(o.metrics_listen, Some("127.0.0.1:9588".parse().unwrap()));
+        assert!(ServeOptions::parse(&["--uplink", "e", "--metrics-listen", "x"]).is_err());
         let e = ServeOptions::parse(&["--uplink", "e", "--attestation-root", "abcd"])
             .unwrap_err()
             .to_string();

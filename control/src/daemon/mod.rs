@@ -18,6 +18,7 @@
 //!    [`connect`](Daemon::connect) applies it.
 
 mod connect;
+mod metrics;
 mod options;
 mod publish;
 mod refresh;
@@ -64,6 +65,8 @@ pub struct Daemon {
     fresh: Freshness,
     /// What the cycle shares with the traversal thread.
     live: Arc<Mutex<Live>>,
+    /// What the cycles did, for `--metrics-listen`.
+    metrics: Arc<metrics::CycleMetrics>,
 }
 
 /// What the cycles and the traversal thread share: the dataplane client, each peer's
@@ -156,6 +159,7 @@ impl Daemon {
             keys,
             connected: BTreeMap::new(),
             fresh,
+            metrics: Arc::default(),
         })
     }
 
@@ -209,10 +213,18 @@ impl Daemon {
                 return Err(e);
             }
         };
+        let m = &self.metrics;
+        m.trusted
+            .store(view.trusted.len() as u64, Ordering::Relaxed);
+        m.verified
+            .store(view.devices.len() as u64, Ordering::Relaxed);
         if let Err(e) = self.publish(now, &view) {
+            self.metrics.publish_failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!("publication failed: {e:#}");
         }
         self.connect(&view)?;
+        let configured = self.connected.len() as u64;
+        self.metrics.configured.store(configured, Ordering::Relaxed);
         Ok(view.devices.len())
     }
 
@@ -230,6 +242,14 @@ impl Daemon {
                 },
             )?),
         };
+        if let (Some(addr), false) = (self.o.metrics_listen, self.o.once) {
+            let listener = portdistrict_metrics::http::bind(addr)
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            let scrape = metrics::scraper(Arc::clone(&self.metrics), Arc::clone(&self.live));
+            portdistrict_metrics::http::spawn(listener, scrape)
+                .context("starting the metrics thread")?;
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
         if self.o.once {
             return self
                 .cycle()
@@ -264,7 +284,9 @@ impl Daemon {
         ctl: Option<&crate::ctl::Control>,
     ) -> anyhow::Result<()> {
         loop {
-            match self.cycle() {
+            let result = self.cycle();
+            self.metrics.cycle_done(result.is_ok(), crate::exit::now());
+            match result {
                 Ok(n) => tracing::info!("cycle done: {n} peer devices connected"),
                 Err(e) => tracing::error!("cycle failed: {e:#}"),
             }

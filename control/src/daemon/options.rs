@@ -45,6 +45,8 @@ pub struct DaemonOptions {
     /// Shared-secret windows (no facilitator): one per this long
     /// (`--secret-windows-every`, default 60 s).
     pub secret_every: Duration,
+    /// Where to serve Prometheus metrics (`--metrics-listen`); `None`: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_addr(v: &str, default_port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
@@ -139,6 +141,10 @@ pub struct DaemonArgs {
     /// The NAT-traversal facilitator (`facilitator show` prints it)
     #[arg(long, value_name = "HOST:PORT:PUBLIC_KEY")]
     pub facilitator: Option<String>,
+    /// Serve Prometheus metrics (cycles, peers, tunnels, records) on
+    /// http://ADDR:PORT/metrics, e.g. 127.0.0.1:9587 (off by default; keep it private)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
     /// Sync windows: how long primers go out before the punch
     #[arg(long, value_name = "DURATION", help_heading = "NAT traversal tuning")]
     pub primer: Option<String>,
@@ -177,6 +183,7 @@ const KNOWN: &[&str] = &[
     "record-lifetime",
     "control-group",
     "facilitator",
+    "metrics-listen",
     "primer",
     "primer-ttl",
     "punch",
@@ -339,7 +346,15 @@ impl DaemonOptions {
                 window_len.as_millis()
             );
         }
+        let metrics_listen = one("metrics-listen")
+            .map(|v| {
+                v.parse::<SocketAddr>().map_err(|_| {
+                    anyhow::anyhow!("--metrics-listen {v}: expected ADDR:PORT, like 127.0.0.1:9587")
+                })
+            })
+            .transpose()?;
         Ok(DaemonOptions {
+            metrics_listen,
             secret_every,
             facilitator: one("facilitator")
                 .map(crate::facilitator::parse_facilitator)
@@ -466,7 +481,13 @@ mod tests {
         assert_eq!(o.endpoints.len(), 2, "a TOML list");
         assert!(o.once);
         assert_eq!(o.record_lifetime, RECORD_LIFETIME);
+        assert_eq!(o.metrics_listen, None, "no endpoint unless asked");
         let c = conf.to_string_lossy();
+        let o =
+            DaemonOptions::parse(&["--config", &c, "--metrics-listen", "127.0.0.1:9587"]).unwrap();
+        assert_eq!(o.metrics_listen, Some("127.0.0.1:9587".parse().unwrap()));
+        let e = DaemonOptions::parse(&["--config", &c, "--metrics-listen", "9587"]).unwrap_err();
+        assert!(e.to_string().contains("expected ADDR:PORT"), "{e}");
         let o = DaemonOptions::parse(&["--config", &c, "--record-lifetime", "20s"]).unwrap();
         assert_eq!(o.record_lifetime, 20);
         let e = DaemonOptions::parse(&["--config", &c, "--record-lifetime", "5s"]).unwrap_err();

@@ -42,7 +42,11 @@ impl Daemon {
             if !own_names.iter().any(|n| n == name) {
                 bail!("refusing to publish at {name}: not one of this device's names");
             }
-            dns::publish(&self.o.dns, name, txt, crate::exit::now)
+            dns::publish(&self.o.dns, name, txt, crate::exit::now)?;
+            self.metrics
+                .published
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
         };
         if let Some(seed) = &self.seed {
             let name = master_name(ns);

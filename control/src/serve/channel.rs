@@ -16,6 +16,7 @@
 //! ([`Limits::CHANNEL`]); over a limit a connection gets the refusal "busy" without
 //! any X25519 work. Replays of message 1 are refused by the responder's window.
 
+use super::metrics::{ExitMetrics, Outcome};
 use super::sync::Applied;
 use crate::exit::frames::FrameConn;
 use crate::exit::now;
@@ -69,6 +70,8 @@ pub(super) struct Shared<'a> {
     pub(super) wg: &'a PrivateKey,
     pub(super) attestation: Option<Attestation>,
     pub(super) resolver: IpAddr,
+    /// Conversations by outcome.
+    pub(super) metrics: &'a ExitMetrics,
 }
 
 /// Accepts conversations until `exit serve` ends; each runs on its own thread of
@@ -101,15 +104,18 @@ pub(super) fn channel_loop<'s, 'e: 's>(
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
             let _ = stream.write_all(&out);
+            shared.metrics.ended(Outcome::Busy);
             continue;
         }
         live.fetch_add(1, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("exit-channel".into())
             .spawn_scoped(scope, move || {
-                if let Err(e) = conversation(stream, shared) {
+                let outcome = conversation(stream, shared).unwrap_or_else(|e| {
                     tracing::debug!("exit channel with {from}: {e:#}");
-                }
+                    Outcome::Failed
+                });
+                shared.metrics.ended(outcome);
                 live.fetch_sub(1, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
@@ -119,8 +125,8 @@ pub(super) fn channel_loop<'s, 'e: 's>(
     }
 }
 
-/// One consumer's conversation, to its end.
-fn conversation(stream: TcpStream, shared: &Shared<'_>) -> anyhow::Result<()> {
+/// One consumer's conversation, to its end: how it ended (an error: broken off).
+fn conversation(stream: TcpStream, shared: &Shared<'_>) -> anyhow::Result<Outcome> {
     let mut conn = FrameConn::new(stream, Instant::now() + DEADLINE, "the consumer")?;
     let mut out = Vec::new();
     // 1. Message 1 (read before the store: a connection that sends nothing costs no
@@ -132,7 +138,7 @@ fn conversation(stream: TcpStream, shared: &Shared<'_>) -> anyhow::Result<()> {
             // Unreadable for a moment: the consumer asks again shortly.
             tracing::warn!("the exit channel cannot read the store (answering busy): {e:#}");
             RefusalCode::Busy.encode(&mut out);
-            return conn.write(&out);
+            return conn.write(&out).map(|()| Outcome::Busy);
         }
     };
     let consumers =
@@ -147,11 +153,13 @@ fn conversation(stream: TcpStream, shared: &Shared<'_>) -> anyhow::Result<()> {
             Ok(p) => p,
             Err(e) => {
                 drop(r);
-                if let Some(code) = e.refusal() {
-                    code.encode(&mut out);
-                    conn.write(&out)?;
-                }
-                anyhow::bail!("message 1 refused: {e}");
+                let Some(code) = e.refusal() else {
+                    anyhow::bail!("message 1 refused: {e}");
+                };
+                code.encode(&mut out);
+                conn.write(&out)?;
+                tracing::debug!("exit channel: message 1 refused: {e}");
+                return Ok(Outcome::Refused);
             }
         }
     };
@@ -182,14 +190,14 @@ fn conversation(stream: TcpStream, shared: &Shared<'_>) -> anyhow::Result<()> {
     let mut session = pending.answer(&reply, &mut out)?;
     conn.write(&out)?;
     let (Ok(verified), true) = (checked, granted) else {
-        return Ok(());
+        return Ok(Outcome::Refused);
     };
     // 3. The consumer's confirmation: the same request, under the session keys.
     let (kind, body) = match conn.frame() {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!("a consumer did not confirm its grant (it refused the exit, or holds no token): {e:#}");
-            return Ok(());
+            return Ok(Outcome::Unconfirmed);
         }
     };
     let mut plain = Vec::new();
@@ -203,7 +211,11 @@ fn conversation(stream: TcpStream, shared: &Shared<'_>) -> anyhow::Result<()> {
         .decide(&verified, shared.resolver, shared.applied);
     out.clear();
     session.seal(&final_answer, &mut out)?;
-    conn.write(&out)
+    conn.write(&out)?;
+    Ok(match Message::parse(&final_answer) {
+        Ok(Message::Ack { .. }) => Outcome::Granted,
+        _ => Outcome::Refused,
+    })
 }
 
 impl Decider<'_> {

@@ -54,6 +54,7 @@ impl Serving<'_> {
             wg,
             attestation: self.attestation.clone(),
             resolver: IpAddr::V4(PROVIDER_V4),
+            metrics: &self.metrics,
         };
         let listener = &self.listener;
         let result = std::thread::scope(|scope| {
