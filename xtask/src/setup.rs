@@ -42,6 +42,11 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("knotd", "knot"),
     ("knotc", "knot"),
     ("kdig", "knot-dnsutils"),
+    // netns-tests/tests/metrics.rs and exit_serve.rs check the metrics endpoints'
+    // text with `promtool check metrics`. Only promtool is used; on a machine that
+    // runs systemd the package also starts its server (`systemctl disable --now
+    // prometheus` stops it), in a container policy-rc.d keeps it stopped.
+    ("promtool", "prometheus"),
     // The XDP program (ebpf/) is compiled by clang with libbpf's and the kernel's
     // headers; a path stands for a file the package installs.
     ("clang", "clang"),
