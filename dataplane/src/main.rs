@@ -283,6 +283,15 @@ fn run(
                 .with_context(|| format!("shared-memory region {}", p.display()))
         })
         .transpose()?;
+    // Bound before anything is created or the process detaches: an address in use
+    // fails the start, visibly.
+    let metrics = opts
+        .metrics_listen
+        .map(|a| {
+            portdistrict_metrics::http::bind(a)
+                .with_context(|| format!("binding the metrics endpoint {a}"))
+        })
+        .transpose()?;
     let tun = if opts.udp_offload {
         Tun::create_offloaded(ifname)
     } else {
@@ -294,14 +303,6 @@ fn run(
         tracing::warn!("{name}: setting the default MTU 1420: {e}");
     }
     let listener = uapi_server::bind(&name)?;
-    // Bound before detaching: an address in use fails the start, visibly.
-    let metrics = opts
-        .metrics_listen
-        .map(|a| {
-            portdistrict_metrics::http::bind(a)
-                .with_context(|| format!("binding the metrics endpoint {a}"))
-        })
-        .transpose()?;
     let mtu = tun.mtu().unwrap_or(1420) as usize;
     if !foreground {
         use std::os::fd::{AsFd as _, AsRawFd};

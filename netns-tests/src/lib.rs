@@ -32,6 +32,7 @@ mod daemon;
 pub mod exit;
 mod iperf;
 mod knot;
+pub mod metrics;
 mod names;
 mod netns;
 mod topology;

@@ -13,7 +13,8 @@ use portdistrict_exitnode::negotiate;
 use portdistrict_exitnode::store::Refusal;
 use portdistrict_exitnode::wire::Message;
 use portdistrict_netns_tests::{
-    exit, wait_until, ChildGuard, CliMachine, Daemon, Implementation, Keypair, Netns, TempDir, Veth,
+    exit, metrics, wait_until, ChildGuard, CliMachine, Daemon, Implementation, Keypair, Netns,
+    TempDir, Veth,
 };
 use portdistrict_wg::{PrivateKey, PublicKey};
 use std::net::IpAddr;
@@ -180,7 +181,7 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let invite = new_invite(&provider, &["--endpoint", &endpoint]);
 
     let ifname = portdistrict_netns_tests::unique_ifname("pdx");
-    let serve_args = serve_args(uplink.a_name(), &ifname, &[]);
+    let serve_args = serve_args(uplink.a_name(), &ifname, &["--metrics-listen", METRICS]);
     let mut serve = start_serve(&provider, &serve_args);
 
     let provider_key = b64(&invite.wg_key);
@@ -239,6 +240,18 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     let again = ask(&consumer, &invite, &me).expect("the same grant again");
     assert_eq!(again.granted, asked.granted);
 
+    // Its metrics say the same as `exit list --json`; two grants (the first ask and
+    // the same consumer again) and one refusal (the spent invite) were counted.
+    let m = metrics::exit_metrics_match_the_list(&provider, METRICS);
+    let outcome = |o: &str| {
+        m.get(
+            "portdistrict_exit_channel_conversations_total",
+            &[("outcome", o)],
+        )
+    };
+    assert_eq!(outcome("granted"), Some(2.0));
+    assert_eq!(outcome("refused"), Some(1.0));
+
     // SIGKILL leaves the plan and the interface; the next `exit serve` takes them
     // back before it starts (and comes up).
     provider
@@ -272,6 +285,9 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     assert!(!tables.contains("portdistrict_exit"), "{tables}");
     assert!(!provider.ns.has_link(&ifname));
 }
+
+/// Where `exit serve` serves its metrics, inside the provider's namespace.
+const METRICS: &str = "127.0.0.1:9588";
 
 /// Reads the source address the internet sees for a UDP datagram from `consumer` to
 /// 198.51.100.7:7000 (`none` when nothing arrives).
