@@ -241,16 +241,24 @@ fn serve_negotiates_forwards_masquerades_and_cleans_up() {
     assert_eq!(again.granted, asked.granted);
 
     // Its metrics say the same as `exit list --json`; two grants (the first ask and
-    // the same consumer again) and one refusal (the spent invite) were counted.
-    let m = metrics::exit_metrics_match_the_list(&provider, METRICS);
-    let outcome = |o: &str| {
-        m.get(
-            "portdistrict_exit_channel_conversations_total",
-            &[("outcome", o)],
-        )
+    // the same consumer again) and one refusal (the spent invite) are counted (a
+    // conversation is counted once its thread ends, just after the consumer has its
+    // answer: a moment is allowed for that).
+    let outcomes = || {
+        let m = metrics::exit_metrics_match_the_list(&provider, METRICS);
+        let outcome = |o: &str| {
+            m.get(
+                "portdistrict_exit_channel_conversations_total",
+                &[("outcome", o)],
+            )
+        };
+        (outcome("granted"), outcome("refused"))
     };
-    assert_eq!(outcome("granted"), Some(2.0));
-    assert_eq!(outcome("refused"), Some(1.0));
+    let want = (Some(2.0), Some(1.0));
+    wait_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        outcomes() == want
+    });
+    assert_eq!(outcomes(), want, "(granted, refused) conversations");
 
     // SIGKILL leaves the plan and the interface; the next `exit serve` takes them
     // back before it starts (and comes up).
