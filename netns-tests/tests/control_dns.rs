@@ -15,7 +15,9 @@
 //! a ping runs loses at most one; a device with no endpoint is published with a loud
 //! warning.
 
-use portdistrict_netns_tests::{output_text, uut_binary, ControlNode, Knot, Netns, TempDir, Veth};
+use portdistrict_netns_tests::{
+    metrics, output_text, uut_binary, ControlNode, Knot, Netns, TempDir, Veth,
+};
 use std::process::Stdio;
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=";
@@ -351,7 +353,11 @@ with open(sys.argv[1], "r+b") as f:
     let mut d = portdistrict_netns_tests::ChildGuard::spawn(
         "portdistrictd",
         alice
-            .daemon("pd-key", &secret, &["--interval", "1s"])
+            .daemon(
+                "pd-key",
+                &secret,
+                &["--interval", "1s", "--metrics-listen", "127.0.0.1:9587"],
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
@@ -369,6 +375,31 @@ with open(sys.argv[1], "r+b") as f:
         received >= 29,
         "more than one ping lost across the restart: {text}"
     );
+    // Its metrics (`--metrics-listen`): cycles done, bob trusted, his device
+    // configured and up (the pings just crossed it), records published.
+    let scrape = metrics::scrape(&alice.machine.ns, "127.0.0.1:9587", "/metrics");
+    assert_eq!(scrape.status, 200, "{}", scrape.body);
+    metrics::promtool_check(&scrape.body);
+    let m = metrics::parse(&scrape.body);
+    let get = |name: &str| {
+        m.get(name, &[])
+            .unwrap_or_else(|| panic!("no {name} in\n{}", scrape.body))
+    };
+    let ok = m.get("portdistrictd_cycles_total", &[("result", "ok")]);
+    assert!(ok.is_some_and(|n| n >= 1.0), "{}", scrape.body);
+    assert_eq!(get("portdistrictd_peers_trusted"), 1.0, "{}", scrape.body);
+    assert!(
+        get("portdistrictd_tunnels_configured") >= 1.0,
+        "{}",
+        scrape.body
+    );
+    assert!(get("portdistrictd_tunnels_up") >= 1.0, "{}", scrape.body);
+    assert!(
+        get("portdistrictd_records_published_total") >= 1.0,
+        "{}",
+        scrape.body
+    );
+    assert!(get("portdistrictd_last_successful_cycle_timestamp_seconds") > 1.7e9);
     alice
         .machine
         .ns
