@@ -100,9 +100,10 @@ pub enum Command {
         /// The shell
         shell: clap_complete::Shell,
     },
-    /// Write man pages (one per command, and portdistrictd's) into DIR
+    /// Write the man pages (one per command, and portdistrictd's) and the bash, zsh
+    /// and fish completions of portdistrict and portdistrictd into DIR (packaging)
     #[command(hide = true)]
-    Manpages {
+    DistFiles {
         /// Where to write them
         dir: PathBuf,
     },
@@ -355,7 +356,10 @@ pub fn write_manpages(cmd: clap::Command, dir: &std::path::Path) -> anyhow::Resu
         let path = dir.join(format!("{name}.1"));
         std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
         let mut n = 1;
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
             n += walk(sub.clone(), &name, dir)?;
         }
         Ok(n)
@@ -462,7 +466,7 @@ mod tests {
         assert!(n > 30, "{n}");
         let page = std::fs::read_to_string(dir.join("portdistrict-exit-serve.1")).unwrap();
         assert!(page.contains("uplink"), "{page}");
-        assert!(!dir.join("portdistrict-manpages.1").exists());
+        assert!(!dir.join("portdistrict-dist-files.1").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

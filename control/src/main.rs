@@ -130,13 +130,28 @@ fn run(dirs: &Dirs, command: Command) -> anyhow::Result<()> {
             out!("{}", String::from_utf8_lossy(&buf));
             Ok(())
         }
-        Command::Manpages { dir } => {
-            let n = portdistrict_control::cli::write_manpages(Cli::command(), &dir)?
-                + portdistrict_control::cli::write_manpages(
-                    portdistrict_control::daemon::DaemonArgs::command(),
+        Command::DistFiles { dir } => {
+            use portdistrict_control::cli::write_manpages;
+            use portdistrict_control::daemon::DaemonArgs;
+            let n = write_manpages(Cli::command(), &dir)?
+                + write_manpages(DaemonArgs::command(), &dir)?;
+            for shell in [
+                clap_complete::Shell::Bash,
+                clap_complete::Shell::Zsh,
+                clap_complete::Shell::Fish,
+            ] {
+                clap_complete::generate_to(shell, &mut Cli::command(), "portdistrict", &dir)?;
+                clap_complete::generate_to(
+                    shell,
+                    &mut DaemonArgs::command(),
+                    "portdistrictd",
                     &dir,
                 )?;
-            outln!("{n} man pages in {}", dir.display());
+            }
+            outln!(
+                "{n} man pages and 6 completion scripts in {}",
+                dir.display()
+            );
             Ok(())
         }
     }
