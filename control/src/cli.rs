@@ -95,6 +95,13 @@ pub enum Command {
     /// Verify SEV-SNP attestation reports offline
     #[command(subcommand)]
     Attest(AttestCommand),
+    /// Write one file (mode 0600) with versions, status, counters, firewall, routing
+    /// and the state files with secrets redacted, to attach to a bug report
+    Bugreport {
+        /// Where (default: ./portdistrict-bugreport-UNIXTIME.txt)
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell

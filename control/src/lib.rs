@@ -25,6 +25,7 @@
 
 mod args;
 pub mod attest;
+pub mod bugreport;
 pub mod cli;
 pub mod consumer;
 pub mod ctl;

@@ -124,6 +124,14 @@ fn run(dirs: &Dirs, command: Command) -> anyhow::Result<()> {
                 Some((check, e)) => bail!("attestation refused: {}: {e}", check.name()),
             }
         }
+        Command::Bugreport { output } => {
+            let path = portdistrict_control::bugreport::bugreport(dirs, output)?;
+            outln!(
+                "wrote {} (secrets redacted; read it before you share it)",
+                path.display()
+            );
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "portdistrict", &mut buf);
