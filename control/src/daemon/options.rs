@@ -260,7 +260,10 @@ impl DaemonOptions {
         let mut flags = Vec::new();
         for id in m.ids() {
             let id = id.as_str();
-            if matches!(id, "config" | "once" | "state_dir" | "run_dir" | "dirs")
+            // The settings only: not --config, --once, the directories, nor the
+            // argument groups clap adds (a flattened struct's name).
+            let key = id.replace('_', "-");
+            if !KNOWN.contains(&key.as_str())
                 || m.value_source(id) != Some(ValueSource::CommandLine)
             {
                 continue;
@@ -450,11 +453,14 @@ mod tests {
         )
         .unwrap();
         let o = DaemonOptions::parse(&[
+            "--state-dir",
+            "/tmp/x",
             "--config",
             &conf.to_string_lossy(),
             "--interval",
             "5s",
             "--once",
+            "--run-dir=/tmp/y",
         ])
         .unwrap();
         assert_eq!(o.dns.server, "192.0.2.53:53".parse().unwrap());
