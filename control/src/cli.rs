@@ -95,6 +95,17 @@ pub enum Command {
     /// Verify SEV-SNP attestation reports offline
     #[command(subcommand)]
     Attest(AttestCommand),
+    /// Is the tunnel to a peer (or, with `provider`, system mode's) there, and how fast:
+    /// path, last handshake, and the round trip of probes through it
+    Ping {
+        /// A tunnel as `tunnel list` names it (or its first label), or `provider`
+        #[arg(value_name = "PEER|provider")]
+        target: String,
+        /// How many probes (1 to 100)
+        #[arg(long, short, value_name = "N", default_value_t = 3,
+              value_parser = clap::value_parser!(u32).range(1..=100))]
+        count: u32,
+    },
     /// Write one file (mode 0600) with versions, status, counters, firewall, routing
     /// and the state files with secrets redacted, to attach to a bug report
     Bugreport {

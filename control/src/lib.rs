@@ -38,6 +38,7 @@ pub mod exit;
 pub mod facilitator;
 pub mod freshness;
 pub mod node;
+pub mod ping;
 pub mod serve;
 pub mod status;
 pub mod tunnels;

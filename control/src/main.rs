@@ -124,6 +124,14 @@ fn run(dirs: &Dirs, command: Command) -> anyhow::Result<()> {
                 Some((check, e)) => bail!("attestation refused: {}: {e}", check.name()),
             }
         }
+        Command::Ping { target, count } => {
+            let p = portdistrict_control::ping::ping(dirs, &target, count)?;
+            out!("{}", p.text);
+            if !p.answered {
+                bail!("no answer from {target}");
+            }
+            Ok(())
+        }
         Command::Bugreport { output } => {
             let path = portdistrict_control::bugreport::bugreport(dirs, output)?;
             outln!(
