@@ -106,6 +106,18 @@ pub enum Command {
               value_parser = clap::value_parser!(u32).range(1..=100))]
         count: u32,
     },
+    /// What this machine's network offers: its global addresses, whether the
+    /// NAT-traversal facilitator answers a WireGuard handshake (and how fast), and what
+    /// the dataplane can use (io_uring, offloads, XDP, AVX-512 crypto)
+    Netcheck {
+        /// The facilitator to try (default: `facilitator` in
+        /// /etc/portdistrict/portdistrictd.toml)
+        #[arg(long, value_name = "HOST:PORT:PUBLIC_KEY")]
+        facilitator: Option<String>,
+        /// Print JSON.
+        #[command(flatten)]
+        json: Json,
+    },
     /// Write one file (mode 0600) with versions, status, counters, firewall, routing
     /// and the state files with secrets redacted, to attach to a bug report
     Bugreport {

@@ -37,6 +37,7 @@ pub mod dnsfwd;
 pub mod exit;
 pub mod facilitator;
 pub mod freshness;
+pub mod netcheck;
 pub mod node;
 pub mod ping;
 pub mod serve;

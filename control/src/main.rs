@@ -132,6 +132,13 @@ fn run(dirs: &Dirs, command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Netcheck { facilitator, json } => {
+            out!(
+                "{}",
+                portdistrict_control::netcheck::netcheck(dirs, facilitator.as_deref(), json.json)?
+            );
+            Ok(())
+        }
         Command::Bugreport { output } => {
             let path = portdistrict_control::bugreport::bugreport(dirs, output)?;
             outln!(

@@ -23,8 +23,9 @@ mod publish;
 mod refresh;
 mod traversal;
 
-pub use options::{DaemonArgs, DaemonOptions, DEFAULT_CONFIG};
+pub use options::{configured, DaemonArgs, DaemonOptions, DEFAULT_CONFIG};
 pub use portdistrict_control_core::mesh::PeerDevice;
+pub(crate) use publish::detect_addresses;
 
 use crate::device::this_device;
 use crate::freshness::{Freshness, Grace, Kept};

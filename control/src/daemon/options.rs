@@ -228,6 +228,15 @@ fn read_config(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Vec<St
     Ok(kv)
 }
 
+/// The value of `key` in the configuration file `path`, when the file exists and sets
+/// it (the first value of a list).
+pub fn configured(path: &std::path::Path, key: &str) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    read_config(path).ok()?.remove(key)?.into_iter().next()
+}
+
 impl DaemonOptions {
     /// Parses the flags (without the program's name) as the command line would, with
     /// `--config FILE` read first; no default file.
