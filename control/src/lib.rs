@@ -95,7 +95,7 @@ pub fn need_root(what: &str) -> anyhow::Result<()> {
     if has_net_admin(&status) {
         return Ok(());
     }
-    bail!("not root: `portdistrict {what}` changes interfaces, routes and the firewall; run it as root (sudo portdistrict {what} ...) or with CAP_NET_ADMIN")
+    bail!("not root: `{what}` changes interfaces, routes and the firewall; run it as root (sudo {what} ...) or with CAP_NET_ADMIN")
 }
 
 /// Whether `/proc/self/status` text shows CAP_NET_ADMIN (bit 12) in `CapEff`.

@@ -184,7 +184,7 @@ fn run_exit(dirs: &Dirs, c: ExitCommand) -> anyhow::Result<()> {
     match c {
         ExitCommand::Serve(a) => {
             let o = usage(serve::ServeOptions::from_args(a))?;
-            portdistrict_control::need_root("exit serve")?;
+            portdistrict_control::need_root("portdistrict exit serve")?;
             serve::serve(dirs, &o, &say)
         }
         ExitCommand::Invite(a) => {
@@ -229,21 +229,21 @@ fn run_use(dirs: &Dirs, sub: Option<UseSub>, args: consumer::UseArgs) -> anyhow:
     match sub {
         None => {
             let o = usage(consumer::UseOptions::from_args(args))?;
-            portdistrict_control::need_root("use")?;
+            portdistrict_control::need_root("portdistrict use")?;
             outln!("{}", consumer::use_exit(dirs, &o, &say)?);
         }
         Some(UseSub::Status(j)) => out!("{}", consumer::status(dirs, j.json)?),
         Some(UseSub::Off) => {
-            portdistrict_control::need_root("use off")?;
+            portdistrict_control::need_root("portdistrict use off")?;
             outln!("{}", consumer::off(dirs)?);
         }
         Some(UseSub::Restore) => {
-            portdistrict_control::need_root("use restore")?;
+            portdistrict_control::need_root("portdistrict use restore")?;
             outln!("{}", consumer::restore(dirs)?);
         }
         Some(UseSub::Lockdown { what }) => {
             if what != consumer::LockdownCommand::Status {
-                portdistrict_control::need_root("use lockdown")?;
+                portdistrict_control::need_root("portdistrict use lockdown")?;
             }
             outln!("{}", consumer::lockdown(dirs, what)?);
         }
