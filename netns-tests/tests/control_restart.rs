@@ -17,7 +17,7 @@ use portdistrict_netns_tests::{
 };
 use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=";
 /// Pings sent during the test (one per 50 ms: 16 s).
@@ -33,6 +33,31 @@ fn next_notification(sock: &UnixDatagram, within: Duration) -> String {
         .recv(&mut buf)
         .unwrap_or_else(|e| panic!("no notification within {within:?}: {e}"));
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The first notification on `sock` with the line `line` (others, such as a cycle's
+/// `STATUS=`, are passed over), within `within`.
+fn wait_for(sock: &UnixDatagram, line: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no {line} within {within:?}; seen: {seen:?}"
+        );
+        sock.set_read_timeout(Some(left)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("no {line} within {within:?} ({e}); seen: {seen:?}"),
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.lines().any(|l| l == line) {
+            return text;
+        }
+        seen.push(text);
+    }
 }
 
 /// Alice's long-running daemon, its log in `log`, notifying `notify`.
@@ -139,8 +164,7 @@ fn restarting_the_daemon_keeps_the_tunnel_and_its_traffic() {
     std::thread::sleep(Duration::from_secs(3));
 
     run(&["kill", "-TERM", &daemon.pid().to_string()]);
-    let stopping = next_notification(&notify, Duration::from_secs(10));
-    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    wait_for(&notify, "STOPPING=1", Duration::from_secs(10));
     let status = daemon
         .wait_timeout(Duration::from_secs(10))
         .unwrap_or_else(|| panic!("the daemon did not exit on SIGTERM\n{}", alice_log()));
@@ -160,6 +184,10 @@ fn restarting_the_daemon_keeps_the_tunnel_and_its_traffic() {
         alice_log()
     );
     assert!(ready.contains("1 peer devices connected"), "{ready:?}");
+    assert!(
+        !pinger.is_finished(),
+        "the restart must happen while bob pings"
+    );
 
     let out = pinger.join().expect("ping thread");
     let (sent, received) = ping_counts(&output_text(&out));
