@@ -6,12 +6,17 @@
 //! - every unit's exposure (`systemd-analyze security --offline=yes`) is at most 5.0;
 //! - the dataplane in the foreground, with `NOTIFY_SOCKET` naming a datagram socket
 //!   the test bound, sends `READY=1` only once its interface exists and its UAPI
-//!   socket answers, and `STOPPING=1` on SIGTERM.
+//!   socket answers, and `STOPPING=1` on SIGTERM;
+//! - so does `exit serve`, once its plan, tunnel and control socket are in place
+//!   (`STATUS=exit node up on IFNAME, 0 consumers`), and it takes the plan back after
+//!   `STOPPING=1`.
 //!
 //! (portdistrictd's READY=1 and STOPPING=1 are checked across a restart in
 //! `control_restart.rs`.)
 
-use portdistrict_netns_tests::{run, uut_binary, wait_until, ChildGuard, Netns, TempDir};
+use portdistrict_netns_tests::{
+    run, uut_binary, wait_until, ChildGuard, CliMachine, Netns, TempDir, Veth,
+};
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
@@ -180,4 +185,69 @@ fn the_dataplane_is_ready_once_uapi_answers_and_says_stopping_on_sigterm() {
         "{} left behind",
         uapi.display()
     );
+}
+
+/// Whether the provider's `portdistrict_exit` table is in place in `ns`.
+fn exit_table(ns: &Netns) -> bool {
+    ns.try_exec(&["nft", "list", "table", "inet", "portdistrict_exit"])
+        .status
+        .success()
+}
+
+#[test]
+fn exit_serve_is_ready_once_it_serves_and_says_stopping_on_sigterm() {
+    portdistrict_netns_tests::require_root();
+    let provider = CliMachine::with_run_dir(
+        Netns::new("sd-provider"),
+        TempDir::new("sd-provider-state"),
+        TempDir::new("sd-provider-run"),
+    );
+    let internet = Netns::new("sd-internet");
+    let uplink = Veth::new(&provider.ns, &internet, 93);
+    let dir = TempDir::new("sd-exit-notify");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind the notify socket");
+    let ifname = portdistrict_netns_tests::unique_ifname("pdx");
+    let upstream = uplink.v4(2).to_string();
+    let mut cmd = provider.command(
+        "portdistrict",
+        &[
+            "exit",
+            "serve",
+            "--uplink",
+            uplink.a_name(),
+            "--interface",
+            &ifname,
+            "--dns-upstream",
+            &upstream,
+        ],
+    );
+    cmd.env("NOTIFY_SOCKET", &sock_path);
+    let mut serve = ChildGuard::spawn("exit serve", &mut cmd);
+
+    let first = next_notification(&sock, Duration::from_secs(30));
+    assert!(first.lines().any(|l| l == "READY=1"), "{first:?}");
+    assert!(
+        first.contains(&format!("STATUS=exit node up on {ifname}, 0 consumers")),
+        "{first:?}"
+    );
+    // Ready means serving: the plan, the tunnel and the control socket are there.
+    assert!(
+        exit_table(&provider.ns),
+        "the exit table right after READY=1"
+    );
+    run(&["ip", "-n", provider.ns.name(), "link", "show", &ifname]);
+    assert!(
+        provider.run_dir().join("exit.sock").exists(),
+        "control socket"
+    );
+
+    run(&["kill", "-TERM", &serve.pid().to_string()]);
+    let last = next_notification(&sock, Duration::from_secs(10));
+    assert!(last.lines().any(|l| l == "STOPPING=1"), "{last:?}");
+    let status = serve
+        .wait_timeout(Duration::from_secs(15))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(!exit_table(&provider.ns), "the plan is taken back");
 }
