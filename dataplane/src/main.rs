@@ -328,7 +328,11 @@ fn run(
         if let Some(r) = region {
             driver = driver.with_shm(r);
         }
-        driver.run()
+        // The interface exists and the UAPI socket listens (its thread answers).
+        portdistrict_logging::notify::ready(&format!("serving {name} (MTU {mtu})"));
+        let exit = driver.run();
+        portdistrict_logging::notify::stopping();
+        exit
     })();
     let _ = std::fs::remove_file(uapi_server::socket_path(&name));
     result

@@ -42,6 +42,9 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("knotd", "knot"),
     ("knotc", "knot"),
     ("kdig", "knot-dnsutils"),
+    // systemd_units.rs: verify and the exposure of dist/systemd/ (a path: the
+    // binary the test runs).
+    ("/usr/bin/systemd-analyze", "systemd"),
     // The XDP program (ebpf/) is compiled by clang with libbpf's and the kernel's
     // headers; a path stands for a file the package installs.
     ("clang", "clang"),

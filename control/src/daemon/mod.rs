@@ -264,10 +264,27 @@ impl Daemon {
         term: &AtomicBool,
         ctl: Option<&crate::ctl::Control>,
     ) -> anyhow::Result<()> {
+        let mut first = true;
         loop {
-            match self.cycle() {
-                Ok(n) => tracing::info!("cycle done: {n} peer devices connected"),
-                Err(e) => tracing::error!("cycle failed: {e:#}"),
+            let status = match self.cycle() {
+                Ok(n) => {
+                    tracing::info!("cycle done: {n} peer devices connected");
+                    format!("{n} peer devices connected on {}", self.o.interface)
+                }
+                Err(e) => {
+                    tracing::error!("cycle failed: {e:#}");
+                    format!(
+                        "{} peer devices connected on {}; the last cycle failed: {e:#}",
+                        self.connected.len(),
+                        self.o.interface
+                    )
+                }
+            };
+            // Ready once the control socket listens and the first cycle has run
+            // (a failed one included: the next retries, and the tunnel is up).
+            match std::mem::take(&mut first) {
+                true => portdistrict_logging::notify::ready(&status),
+                false => portdistrict_logging::notify::status(&status),
             }
             // A change through the control socket (`peer trust`, `peer revoke`,
             // `device roster add|remove`, ...) republishes at once with the new key
@@ -276,6 +293,9 @@ impl Daemon {
             let mut slept = Duration::ZERO;
             while slept < self.o.interval {
                 if term.load(Ordering::Relaxed) {
+                    // The tunnel stays (its dataplane runs on; a restarted daemon
+                    // takes it up): stop and restart cannot be told apart here.
+                    portdistrict_logging::notify::stopping();
                     return Ok(());
                 }
                 if ctl.is_some_and(|c| c.poll_holding(self.seed.as_ref())) {
