@@ -118,6 +118,7 @@ pub(crate) fn run(o: Options) -> Result<bool> {
         let t = Instant::now();
         let outcome = run_step(step, &steps).map(|r| {
             if let Some(r) = r {
+                warnings.extend(r.current_wireguard_go_unavailable.clone());
                 ready = r;
             }
         });
@@ -360,6 +361,7 @@ mod tests {
     fn a_fuzz_smoke_setup_could_not_prepare_is_skipped_with_a_warning() {
         let ready = setup::Ready {
             fuzz_unavailable: Some("no nightly toolchain: rustup could not install it".into()),
+            ..setup::Ready::default()
         };
         let w = skipped_for(Step::Fuzz, &ready).expect("skipped");
         assert!(
