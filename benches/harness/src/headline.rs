@@ -14,7 +14,7 @@ use crate::report::Report;
 pub(crate) struct Headline {
     /// The column portdistrict is compared with.
     pub(crate) versus: &'static str,
-    /// How that column is described: its version line.
+    /// That column's name and version (the first field of its version line).
     pub(crate) version: String,
     /// Why it is not the current wireguard-go, when it is not.
     pub(crate) note: Option<String>,
@@ -62,8 +62,11 @@ pub(crate) fn of(report: &Report) -> Option<Headline> {
         .implementations
         .iter()
         .find(|i| i.name == versus)
-        .and_then(|i| i.version.clone())
-        .unwrap_or_else(|| versus.to_owned());
+        .and_then(|i| i.version.as_deref())
+        .map_or_else(
+            || versus.to_owned(),
+            |v| crate::versions::short(v).to_owned(),
+        );
     let key = format!("{}/{versus}", Impl::Portdistrict.name());
     let ratios = report
         .scenarios
@@ -183,7 +186,7 @@ mod tests {
         assert_eq!(h.ratios[0].ratio, 4.0);
         let t = preamble(&r);
         assert!(
-            t.contains("headline: portdistrict / wireguard-go-deb13 (wireguard-go 0.0.20231211"),
+            t.contains("headline: portdistrict / wireguard-go-deb13 (wireguard-go 0.0.20231211 (Debian 13))\n"),
             "{t}"
         );
         assert!(t.contains("  gotatun"), "{t}");

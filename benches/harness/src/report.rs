@@ -521,7 +521,7 @@ pub(crate) mod tests {
         );
         c.versions.insert(
             Impl::WireguardGoDeb13,
-            "wireguard-go 0.0.20231211 (Debian 13 package 0.0.20231211-1+b9), /c".into(),
+            "wireguard-go 0.0.20231211 (Debian 13), package 0.0.20231211-1+b9, /c".into(),
         );
         let impls = vec![
             (Impl::Bare, None, None),

@@ -2,12 +2,13 @@
 //! once before the run. Peers say it themselves (`--version`, its first line); where a
 //! Debian package owns the binary, its package version is added (`dpkg-query`); the
 //! cached Debian 13 wireguard-go has its package version in the bench cache; ours is
-//! the git revision of the checkout the harness runs in.
+//! the git revision of the checkout the harness runs in. Each line is comma-separated,
+//! its first field the short name the headline uses ([`short`]).
 
 use std::path::Path;
 use std::time::Duration;
 
-use portdistrict_testkit::bench_cache::{upstream_version, CachedPeer};
+use portdistrict_testkit::bench_cache::CachedPeer;
 
 use crate::impls::Impl;
 use crate::proc::{capture, cmd};
@@ -19,7 +20,7 @@ const LIMIT: Duration = Duration::from_secs(10);
 pub(crate) fn describe(i: Impl, binary: Option<&Path>, revision: &str) -> Option<String> {
     let binary = binary?;
     if matches!(i, Impl::Portdistrict | Impl::PortdistrictXdpOff) {
-        return Some(format!("portdistrict {revision} ({})", binary.display()));
+        return Some(format!("portdistrict {revision}, {}", binary.display()));
     }
     let said = first_line_of(&mut cmd(&[&binary.to_string_lossy(), "--version"]));
     if let Some(peer) = i.cached() {
@@ -30,28 +31,28 @@ pub(crate) fn describe(i: Impl, binary: Option<&Path>, revision: &str) -> Option
     Some(peer_label(said.as_deref(), package.as_deref(), binary))
 }
 
-/// `wireguard-go 0.0.20231211 (Debian 13 package 0.0.20231211-1+b9; --version says
-/// "wireguard-go v0.0.20230223"), PATH`.
+/// `wireguard-go 0.0.20231211 (Debian 13), package 0.0.20231211-1+b9, --version says
+/// "wireguard-go v0.0.20230223", PATH`.
 fn cached_label(peer: &CachedPeer, version: &str, said: Option<&str>, binary: &Path) -> String {
-    let mut s = format!(
-        "{} {} (Debian {} package {version}",
-        peer.package,
-        upstream_version(version),
-        peer.release
-    );
+    let mut s = format!("{}, package {version}", peer.label(version));
     if let Some(said) = said {
-        s.push_str(&format!("; --version says \"{said}\""));
+        s.push_str(&format!(", --version says \"{said}\""));
     }
-    format!("{s}), {}", binary.display())
+    format!("{s}, {}", binary.display())
 }
 
-/// `SAID (Debian package PACKAGE), PATH`, each part when known.
+/// `SAID, Debian package PACKAGE, PATH`, each part when known.
 fn peer_label(said: Option<&str>, package: Option<&str>, binary: &Path) -> String {
     let mut s = said.unwrap_or("version unknown").to_owned();
     if let Some(p) = package {
-        s.push_str(&format!(" (Debian package {p})"));
+        s.push_str(&format!(", Debian package {p}"));
     }
     format!("{s}, {}", binary.display())
+}
+
+/// The first field of a version line: `wireguard-go 0.0.20231211 (Debian 13)`.
+pub(crate) fn short(line: &str) -> &str {
+    line.split_once(", ").map_or(line, |(first, _)| first)
 }
 
 /// `PACKAGE VERSION` of the Debian package that installed `binary`, if one did.
@@ -137,8 +138,8 @@ mod tests {
                 Some("wireguard-go v0.0.20230223"),
                 Path::new("/c/bin")
             ),
-            "wireguard-go 0.0.20231211 (Debian 13 package 0.0.20231211-1+b9; \
-             --version says \"wireguard-go v0.0.20230223\"), /c/bin"
+            "wireguard-go 0.0.20231211 (Debian 13), package 0.0.20231211-1+b9, \
+             --version says \"wireguard-go v0.0.20230223\", /c/bin"
         );
         assert_eq!(
             peer_label(
@@ -146,7 +147,7 @@ mod tests {
                 Some("wireguard-go 0.0.20220316-1+b4"),
                 Path::new("/usr/bin/wireguard-go")
             ),
-            "wireguard-go v0.0.20220316 (Debian package wireguard-go 0.0.20220316-1+b4), /usr/bin/wireguard-go"
+            "wireguard-go v0.0.20220316, Debian package wireguard-go 0.0.20220316-1+b4, /usr/bin/wireguard-go"
         );
         assert_eq!(
             peer_label(None, None, Path::new("/x")),
@@ -158,6 +159,12 @@ mod tests {
     fn bare_veth_has_no_version() {
         assert_eq!(describe(Impl::Bare, None, "git x"), None);
         let ours = describe(Impl::Portdistrict, Some(Path::new("/t/dp")), "git abc").unwrap();
-        assert_eq!(ours, "portdistrict git abc (/t/dp)");
+        assert_eq!(ours, "portdistrict git abc, /t/dp");
+        assert_eq!(short(&ours), "portdistrict git abc");
+        assert_eq!(
+            short("wireguard-go 0.0.20231211 (Debian 13), package 0.0.20231211-1+b9, /c"),
+            "wireguard-go 0.0.20231211 (Debian 13)"
+        );
+        assert_eq!(short("x"), "x");
     }
 }
