@@ -17,6 +17,7 @@
 //! All of them need root (packages, network namespaces).
 
 mod bench;
+mod debian_peer;
 mod demo;
 mod demo_exit;
 mod dist;
@@ -37,7 +38,8 @@ Usage: cargo xtask setup
        cargo xtask dist [--check]
 
   setup   install the tools the demo, the tests and the benchmark run (apt packages,
-          boringtun-cli, gotatun-cli, cargo-fuzz); skips what is already there
+          boringtun-cli, gotatun-cli, cargo-fuzz) and fetch Debian 13's wireguard-go into
+          the bench cache (no install); skips what is already there
   demo    two network namespaces, a portdistrict-dataplane in each configured with wg,
           pings and iperf3 through the tunnel; then an exit node: a consumer in system
           mode reaches an \"internet\" through a provider, behind its kill switch;
@@ -48,7 +50,8 @@ Usage: cargo xtask setup
   bench   setup, release build of portdistrict-dataplane and pd-bench, then
           `pd-bench --dataplane target/release/portdistrict-dataplane PD_BENCH_ARGS...`
           (e.g. --quick, or --duration 10 --repeat 5; see benches/harness/README.md):
-          bare veth, portdistrict, wireguard-go, boringtun and gotatun compared;
+          bare veth, portdistrict, wireguard-go (Debian 13's, fetched by setup into
+          /var/cache/portdistrict-bench, and the one on PATH), boringtun and gotatun;
           exits with pd-bench's exit code
   dist    the Debian package in target/dist/ (binaries, systemd units, man pages,
           completions; cargo-deb), checked by lintian; --check also installs it in a

@@ -65,7 +65,7 @@ impl Step {
             Step::Build => "cargo build --release --workspace",
             Step::Unit => "cargo test --workspace --exclude portdistrict-netns-tests",
             Step::Fuzz => "fuzz smoke (cargo +nightly fuzz run, each target)",
-            Step::Netns => "netns suite (cargo test --release -p portdistrict-netns-tests)",
+            Step::Netns => "netns suite (cargo test --profile netns -p portdistrict-netns-tests)",
             Step::Bench => "pd-bench --quick (every scenario runs; numbers are not checked)",
         }
     }
@@ -118,6 +118,7 @@ pub(crate) fn run(o: Options) -> Result<bool> {
         let t = Instant::now();
         let outcome = run_step(step, &steps).map(|r| {
             if let Some(r) = r {
+                warnings.extend(r.current_wireguard_go_unavailable.clone());
                 ready = r;
             }
         });
@@ -211,6 +212,23 @@ fn cargo(args: &[&str]) -> Result<()> {
     run_streamed(&mut crate::cargo(args), STEP_LIMIT)
 }
 
+/// The netns suite's cargo command. `--profile netns` (the workspace's Cargo.toml):
+/// release optimizations without cross-crate LTO. Its test binaries cannot reuse the
+/// release build's dependencies, whatever the flags: tests are always built with
+/// `panic = "unwind"`, the release build with `"abort"` (cargo's unit graph: 169 of the
+/// 205 units this step adds differ from the release build's in `panic` alone, 6 in
+/// `panic` and features, 30 are the suite's own targets). What the profile saves is a
+/// thin-LTO link per test binary.
+const NETNS_TEST: [&str; 7] = [
+    "test",
+    "--profile",
+    "netns",
+    "-p",
+    "portdistrict-netns-tests",
+    "--",
+    "--test-threads=2",
+];
+
 fn netns() -> Result<()> {
     let binary = crate::target_dir().join("release/portdistrict-dataplane");
     let binary = binary.canonicalize().with_context(|| {
@@ -220,14 +238,7 @@ fn netns() -> Result<()> {
         )
     })?;
     println!("PD_DATAPLANE={}", binary.display());
-    let mut c = crate::cargo(&[
-        "test",
-        "--release",
-        "-p",
-        "portdistrict-netns-tests",
-        "--",
-        "--test-threads=2",
-    ]);
+    let mut c = crate::cargo(&NETNS_TEST);
     c.env("PD_DATAPLANE", &binary);
     run_streamed(&mut c, STEP_LIMIT)
 }
@@ -360,6 +371,7 @@ mod tests {
     fn a_fuzz_smoke_setup_could_not_prepare_is_skipped_with_a_warning() {
         let ready = setup::Ready {
             fuzz_unavailable: Some("no nightly toolchain: rustup could not install it".into()),
+            ..setup::Ready::default()
         };
         let w = skipped_for(Step::Fuzz, &ready).expect("skipped");
         assert!(
@@ -389,6 +401,32 @@ mod tests {
         })
         .unwrap();
         assert!(!needs(&neither).peers && needs(&neither).fuzz);
+    }
+
+    #[test]
+    fn the_netns_suite_builds_with_the_netns_profile_and_runs_every_test() {
+        assert_eq!(NETNS_TEST[..3], ["test", "--profile", "netns"]);
+        // No test filter and no --lib/--test selection: every test of the package runs.
+        let before_args: Vec<&str> = NETNS_TEST
+            .iter()
+            .copied()
+            .take_while(|a| *a != "--")
+            .collect();
+        assert_eq!(
+            before_args,
+            [
+                "test",
+                "--profile",
+                "netns",
+                "-p",
+                "portdistrict-netns-tests"
+            ]
+        );
+        let manifest = std::fs::read_to_string(crate::workspace_root().join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains("[profile.netns]\ninherits = \"release\""),
+            "the profile is defined"
+        );
     }
 
     #[test]
