@@ -111,7 +111,13 @@ fn peer(dirs: &Dirs, name: &str) -> anyhow::Result<(String, Ipv6Addr)> {
         .get(&t.wg_key)
         .cloned()
         .unwrap_or_default();
-    let path = t.path.as_ref().map_or("direct", |p| p.path.as_str());
+    // The daemon's view as of its last cycle; a handshake since then is direct unless
+    // the daemon had put the tunnel on the relay.
+    let path = match (t.path.as_ref().map(|p| p.path.as_str()), live.handshake) {
+        (Some("relay"), _) => "relayed by the facilitator",
+        (Some("direct"), _) | (_, 1..) => "direct",
+        _ => "not established",
+    };
     let endpoint = live
         .endpoint
         .or_else(|| t.endpoint.clone())

@@ -54,7 +54,6 @@ pub(crate) fn run(check: bool) -> Result<PathBuf> {
             "-p",
             "portdistrict-control",
             "--no-build",
-            "--no-strip",
             "--output",
             &out.to_string_lossy(),
         ]),
