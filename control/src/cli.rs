@@ -36,7 +36,8 @@ pub struct DirArgs {
         long,
         global = true,
         value_name = "DIR",
-        default_value = "/var/lib/portdistrict"
+        default_value = "/var/lib/portdistrict",
+        overrides_with = "state_dir"
     )]
     pub state_dir: PathBuf,
     /// Runtime files (control sockets, dataplane sockets)
@@ -44,7 +45,8 @@ pub struct DirArgs {
         long,
         global = true,
         value_name = "DIR",
-        default_value = "/run/portdistrict"
+        default_value = "/run/portdistrict",
+        overrides_with = "run_dir"
     )]
     pub run_dir: PathBuf,
 }
@@ -431,6 +433,9 @@ mod tests {
             c.command,
             Command::Exit(ExitCommand::List(Json { json: true }))
         ));
+        // Given twice (a wrapper's default and the user's): the last wins.
+        let c = parse(&["--state-dir", "/a", "exit", "--state-dir", "/b", "list"]).unwrap();
+        assert_eq!(Dirs::from(c.dirs).state, PathBuf::from("/b"));
         let c = parse(&["status"]).unwrap();
         assert_eq!(
             Dirs::from(c.dirs).state,

@@ -83,6 +83,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/portdistrict/portdistrictd.toml";
 #[command(
     name = "portdistrictd",
     version,
+    args_override_self = true,
     about = "The portdistrict control daemon: publishes this identity's records in DNS \
              (RFC 2136 + TSIG), reads its trusted peers' records and connects this device's \
              tunnel to every trusted device, every interval, until SIGTERM.",
@@ -417,6 +418,28 @@ impl DaemonOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flag_given_twice_takes_the_last_and_lists_add_up() {
+        let m = {
+            use clap::CommandFactory as _;
+            DaemonArgs::command()
+                .no_binary_name(true)
+                .try_get_matches_from([
+                    "--interval",
+                    "5s",
+                    "--interval",
+                    "6s",
+                    "--endpoint",
+                    "192.0.2.1:1",
+                    "--endpoint",
+                    "192.0.2.2:2",
+                ])
+                .unwrap()
+        };
+        assert_eq!(m.get_one::<String>("interval").unwrap(), "6s");
+        assert_eq!(m.get_many::<String>("endpoint").unwrap().count(), 2);
+    }
 
     #[test]
     fn every_flag_is_a_known_key() {
