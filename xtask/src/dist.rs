@@ -31,7 +31,6 @@ const SUITE: &str = "bookworm";
 /// Builds the package; returns its path.
 pub(crate) fn run(check: bool) -> Result<PathBuf> {
     crate::proc::require_root("dist")?;
-    tools(check)?;
     run_streamed(
         &mut cargo(&[
             "build",
@@ -43,6 +42,13 @@ pub(crate) fn run(check: bool) -> Result<PathBuf> {
         ]),
         BUILD_LIMIT,
     )?;
+    package(check)
+}
+
+/// The package from the release binaries already built (the suite's build step):
+/// tools, staging, `cargo deb`, lintian, and with `check` the chroot.
+pub(crate) fn package(check: bool) -> Result<PathBuf> {
+    tools(check)?;
     let release = target_dir().join("release");
     stage(&release)?;
     let out = target_dir().join("dist");

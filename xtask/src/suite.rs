@@ -42,10 +42,11 @@ enum Step {
     Unit,
     Fuzz,
     Netns,
+    Dist,
     Bench,
 }
 
-const ALL_STEPS: [Step; 8] = [
+const ALL_STEPS: [Step; 9] = [
     Step::Setup,
     Step::Fmt,
     Step::Clippy,
@@ -53,6 +54,7 @@ const ALL_STEPS: [Step; 8] = [
     Step::Unit,
     Step::Fuzz,
     Step::Netns,
+    Step::Dist,
     Step::Bench,
 ];
 
@@ -66,6 +68,7 @@ impl Step {
             Step::Unit => "cargo test --workspace --exclude portdistrict-netns-tests",
             Step::Fuzz => "fuzz smoke (cargo +nightly fuzz run, each target)",
             Step::Netns => "netns suite (cargo test --profile netns -p portdistrict-netns-tests)",
+            Step::Dist => "cargo xtask dist (the Debian package, lintian)",
             Step::Bench => "pd-bench --quick (every scenario runs; numbers are not checked)",
         }
     }
@@ -194,6 +197,7 @@ fn run_step(step: Step, steps: &[Step]) -> Result<Option<setup::Ready>> {
         ]),
         Step::Fuzz => fuzz_smoke(),
         Step::Netns => netns(),
+        Step::Dist => crate::dist::package(false).map(|_| ()),
         Step::Bench => quick_bench(),
     }
     .map(|()| None)
@@ -328,7 +332,8 @@ mod tests {
     fn default_plan_runs_everything_in_order() {
         assert_eq!(plan(Options::default()).unwrap(), ALL_STEPS);
         assert_eq!(ALL_STEPS.last(), Some(&Step::Bench));
-        assert_eq!(ALL_STEPS[ALL_STEPS.len() - 2], Step::Netns);
+        assert_eq!(ALL_STEPS[ALL_STEPS.len() - 2], Step::Dist);
+        assert_eq!(ALL_STEPS[ALL_STEPS.len() - 3], Step::Netns);
     }
 
     #[test]
@@ -346,6 +351,7 @@ mod tests {
                 Step::Clippy,
                 Step::Build,
                 Step::Unit,
+                Step::Dist,
                 Step::Bench
             ]
         );
@@ -353,7 +359,7 @@ mod tests {
             skip_bench: true,
             ..Options::default()
         };
-        assert_eq!(plan(o).unwrap(), ALL_STEPS[..7]);
+        assert_eq!(plan(o).unwrap(), ALL_STEPS[..8]);
         let o = Options {
             only_netns: true,
             ..Options::default()
