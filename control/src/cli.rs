@@ -36,7 +36,8 @@ pub struct DirArgs {
         long,
         global = true,
         value_name = "DIR",
-        default_value = "/var/lib/portdistrict"
+        default_value = "/var/lib/portdistrict",
+        overrides_with = "state_dir"
     )]
     pub state_dir: PathBuf,
     /// Runtime files (control sockets, dataplane sockets)
@@ -44,7 +45,8 @@ pub struct DirArgs {
         long,
         global = true,
         value_name = "DIR",
-        default_value = "/run/portdistrict"
+        default_value = "/run/portdistrict",
+        overrides_with = "run_dir"
     )]
     pub run_dir: PathBuf,
 }
@@ -95,14 +97,45 @@ pub enum Command {
     /// Verify SEV-SNP attestation reports offline
     #[command(subcommand)]
     Attest(AttestCommand),
+    /// Is the tunnel to a peer (or, with `provider`, system mode's) there, and how fast:
+    /// path, last handshake, and the round trip of probes through it
+    Ping {
+        /// A tunnel as `tunnel list` names it (or its first label), or `provider`
+        #[arg(value_name = "PEER|provider")]
+        target: String,
+        /// How many probes (1 to 100)
+        #[arg(long, short, value_name = "N", default_value_t = 3,
+              value_parser = clap::value_parser!(u32).range(1..=100))]
+        count: u32,
+    },
+    /// What this machine's network offers: its global addresses, whether the
+    /// NAT-traversal facilitator answers a WireGuard handshake (and how fast), and what
+    /// the dataplane can use (io_uring, offloads, XDP, AVX-512 crypto)
+    Netcheck {
+        /// The facilitator to try (default: `facilitator` in
+        /// /etc/portdistrict/portdistrictd.toml)
+        #[arg(long, value_name = "HOST:PORT:PUBLIC_KEY")]
+        facilitator: Option<String>,
+        /// Print JSON.
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Write one file (mode 0600) with versions, status, counters, firewall, routing
+    /// and the state files with secrets redacted, to attach to a bug report
+    Bugreport {
+        /// Where (default: ./portdistrict-bugreport-UNIXTIME.txt)
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
         shell: clap_complete::Shell,
     },
-    /// Write man pages (one per command, and portdistrictd's) into DIR
+    /// Write the man pages (one per command, and portdistrictd's) and the bash, zsh
+    /// and fish completions of portdistrict and portdistrictd into DIR (packaging)
     #[command(hide = true)]
-    Manpages {
+    DistFiles {
         /// Where to write them
         dir: PathBuf,
     },
@@ -355,7 +388,10 @@ pub fn write_manpages(cmd: clap::Command, dir: &std::path::Path) -> anyhow::Resu
         let path = dir.join(format!("{name}.1"));
         std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
         let mut n = 1;
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
             n += walk(sub.clone(), &name, dir)?;
         }
         Ok(n)
@@ -397,6 +433,9 @@ mod tests {
             c.command,
             Command::Exit(ExitCommand::List(Json { json: true }))
         ));
+        // Given twice (a wrapper's default and the user's): the last wins.
+        let c = parse(&["--state-dir", "/a", "exit", "--state-dir", "/b", "list"]).unwrap();
+        assert_eq!(Dirs::from(c.dirs).state, PathBuf::from("/b"));
         let c = parse(&["status"]).unwrap();
         assert_eq!(
             Dirs::from(c.dirs).state,
@@ -462,7 +501,7 @@ mod tests {
         assert!(n > 30, "{n}");
         let page = std::fs::read_to_string(dir.join("portdistrict-exit-serve.1")).unwrap();
         assert!(page.contains("uplink"), "{page}");
-        assert!(!dir.join("portdistrict-manpages.1").exists());
+        assert!(!dir.join("portdistrict-dist-files.1").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

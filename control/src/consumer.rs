@@ -49,7 +49,7 @@ use state::{
     ensure_kill_switch, first_state, kill_switch_in_place, link_exists, policy, table_present,
     take_back, UseDir, UseState,
 };
-pub use status::{status, SystemMode, UseStatus};
+pub use status::{provider_probe, status, SystemMode, UseStatus};
 
 use crate::Dirs;
 use anyhow::{bail, Context as _};

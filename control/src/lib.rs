@@ -25,6 +25,7 @@
 
 mod args;
 pub mod attest;
+pub mod bugreport;
 pub mod cli;
 pub mod consumer;
 pub mod ctl;
@@ -36,7 +37,9 @@ pub mod dnsfwd;
 pub mod exit;
 pub mod facilitator;
 pub mod freshness;
+pub mod netcheck;
 pub mod node;
+pub mod ping;
 pub mod serve;
 pub mod status;
 pub mod tunnels;
@@ -92,7 +95,7 @@ pub fn need_root(what: &str) -> anyhow::Result<()> {
     if has_net_admin(&status) {
         return Ok(());
     }
-    bail!("not root: `portdistrict {what}` changes interfaces, routes and the firewall; run it as root (sudo portdistrict {what} ...) or with CAP_NET_ADMIN")
+    bail!("not root: `{what}` changes interfaces, routes and the firewall; run it as root (sudo {what} ...) or with CAP_NET_ADMIN")
 }
 
 /// Whether `/proc/self/status` text shows CAP_NET_ADMIN (bit 12) in `CapEff`.

@@ -124,19 +124,57 @@ fn run(dirs: &Dirs, command: Command) -> anyhow::Result<()> {
                 Some((check, e)) => bail!("attestation refused: {}: {e}", check.name()),
             }
         }
+        Command::Ping { target, count } => {
+            let p = portdistrict_control::ping::ping(dirs, &target, count)?;
+            out!("{}", p.text);
+            if !p.answered {
+                bail!("no answer from {target}");
+            }
+            Ok(())
+        }
+        Command::Netcheck { facilitator, json } => {
+            out!(
+                "{}",
+                portdistrict_control::netcheck::netcheck(dirs, facilitator.as_deref(), json.json)?
+            );
+            Ok(())
+        }
+        Command::Bugreport { output } => {
+            let path = portdistrict_control::bugreport::bugreport(dirs, output)?;
+            outln!(
+                "wrote {} (secrets redacted; read it before you share it)",
+                path.display()
+            );
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "portdistrict", &mut buf);
             out!("{}", String::from_utf8_lossy(&buf));
             Ok(())
         }
-        Command::Manpages { dir } => {
-            let n = portdistrict_control::cli::write_manpages(Cli::command(), &dir)?
-                + portdistrict_control::cli::write_manpages(
-                    portdistrict_control::daemon::DaemonArgs::command(),
+        Command::DistFiles { dir } => {
+            use portdistrict_control::cli::write_manpages;
+            use portdistrict_control::daemon::DaemonArgs;
+            let n = write_manpages(Cli::command(), &dir)?
+                + write_manpages(DaemonArgs::command(), &dir)?;
+            for shell in [
+                clap_complete::Shell::Bash,
+                clap_complete::Shell::Zsh,
+                clap_complete::Shell::Fish,
+            ] {
+                clap_complete::generate_to(shell, &mut Cli::command(), "portdistrict", &dir)?;
+                clap_complete::generate_to(
+                    shell,
+                    &mut DaemonArgs::command(),
+                    "portdistrictd",
                     &dir,
                 )?;
-            outln!("{n} man pages in {}", dir.display());
+            }
+            outln!(
+                "{n} man pages and 6 completion scripts in {}",
+                dir.display()
+            );
             Ok(())
         }
     }
@@ -146,7 +184,7 @@ fn run_exit(dirs: &Dirs, c: ExitCommand) -> anyhow::Result<()> {
     match c {
         ExitCommand::Serve(a) => {
             let o = usage(serve::ServeOptions::from_args(a))?;
-            portdistrict_control::need_root("exit serve")?;
+            portdistrict_control::need_root("portdistrict exit serve")?;
             serve::serve(dirs, &o, &say)
         }
         ExitCommand::Invite(a) => {
@@ -191,21 +229,21 @@ fn run_use(dirs: &Dirs, sub: Option<UseSub>, args: consumer::UseArgs) -> anyhow:
     match sub {
         None => {
             let o = usage(consumer::UseOptions::from_args(args))?;
-            portdistrict_control::need_root("use")?;
+            portdistrict_control::need_root("portdistrict use")?;
             outln!("{}", consumer::use_exit(dirs, &o, &say)?);
         }
         Some(UseSub::Status(j)) => out!("{}", consumer::status(dirs, j.json)?),
         Some(UseSub::Off) => {
-            portdistrict_control::need_root("use off")?;
+            portdistrict_control::need_root("portdistrict use off")?;
             outln!("{}", consumer::off(dirs)?);
         }
         Some(UseSub::Restore) => {
-            portdistrict_control::need_root("use restore")?;
+            portdistrict_control::need_root("portdistrict use restore")?;
             outln!("{}", consumer::restore(dirs)?);
         }
         Some(UseSub::Lockdown { what }) => {
             if what != consumer::LockdownCommand::Status {
-                portdistrict_control::need_root("use lockdown")?;
+                portdistrict_control::need_root("portdistrict use lockdown")?;
             }
             outln!("{}", consumer::lockdown(dirs, what)?);
         }

@@ -431,6 +431,7 @@ impl Serving<'_> {
         let result = apply_planned(&plan, &undo)
             .map_err(anyhow::Error::from)
             .and_then(|()| self.serving(store, wg));
+        portdistrict_logging::notify::stopping();
         let restored = undo_plan(&undo);
         if restored.is_ok() {
             let _ = std::fs::remove_file(undo_path);

@@ -92,7 +92,7 @@ pub fn save(dirs: &Dirs, f: &TunnelsFile) -> anyhow::Result<()> {
     .with_context(|| format!("writing {}", tunnels_path(dirs).display()))
 }
 
-fn load(dirs: &Dirs) -> anyhow::Result<TunnelsFile> {
+pub(crate) fn load(dirs: &Dirs) -> anyhow::Result<TunnelsFile> {
     let path = tunnels_path(dirs);
     match std::fs::read_to_string(&path) {
         Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is damaged", path.display())),
@@ -116,14 +116,14 @@ pub fn disconnected(dirs: &Dirs) -> anyhow::Result<Vec<String>> {
 
 /// Live per-peer facts from the dataplane, by base64 key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Live {
-    endpoint: Option<String>,
-    handshake: u64,
-    rx: u64,
-    tx: u64,
+pub(crate) struct Live {
+    pub(crate) endpoint: Option<String>,
+    pub(crate) handshake: u64,
+    pub(crate) rx: u64,
+    pub(crate) tx: u64,
 }
 
-fn live(ifname: &str) -> BTreeMap<String, Live> {
+pub(crate) fn live(ifname: &str) -> BTreeMap<String, Live> {
     let Ok(peers) = UapiClient::new(ifname).peers() else {
         return BTreeMap::new();
     };

@@ -269,6 +269,26 @@ fn facilitator_introduces_relays_and_drops_what_it_must() {
         0o600
     );
 
+    // `netcheck` completes a WireGuard handshake with it; with another key it cannot.
+    let check = |key: &PublicKey| -> serde_json::Value {
+        let spec = format!("{listen}:{}", key.to_base64());
+        let out = cli(&dir, &["netcheck", "--facilitator", &spec, "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["facilitator"].clone()
+    };
+    let good = check(&fkey);
+    assert_eq!(good["reachable"], true, "{good}");
+    assert!(good["rtt_ms"].as_f64().unwrap() < 1000.0, "{good}");
+    let wrong = check(&PrivateKey::from_bytes([9; 32]).public_key());
+    assert_eq!(wrong["reachable"], false, "{wrong}");
+    assert!(
+        wrong["error"]
+            .as_str()
+            .unwrap()
+            .contains("another public key"),
+        "{wrong}"
+    );
+
     let mut a = Node::new(1, listen, fkey);
     let mut b = Node::new(2, listen, fkey);
     let (ka, kb) = (a.public(), b.public());
@@ -427,7 +447,8 @@ fn facilitator_introduces_relays_and_drops_what_it_must() {
     let s = stats(&dir);
     assert_eq!(s["introductions"], 1);
     assert_eq!(s["relays"], 1);
-    assert_eq!(s["nodes"], 3);
+    // netcheck's throwaway key is one of them until its 30 s grace ends.
+    assert_eq!(s["nodes"], 4);
 }
 
 /// The next datagram that does not come from the facilitator's WireGuard port (its

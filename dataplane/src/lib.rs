@@ -12,6 +12,7 @@
 //! - [`driver`]: the event loop: TUN -> WireGuard -> UDP and back, timers, UAPI;
 //! - [`signals`]: SIGTERM/SIGINT as an fd (logging is set up by `portdistrict-logging`).
 
+pub mod check;
 pub mod crypto_jobs;
 pub mod crypto_pool;
 pub mod driver;

@@ -69,14 +69,18 @@ struct Cli {
     /// Print the drop and event counters of a running IFNAME
     #[arg(long)]
     stats: bool,
-    /// With --stats: one JSON object of counter names and values
-    #[arg(long, requires = "stats")]
+    /// Check what this machine offers the dataplane (io_uring, TUN and UDP offloads,
+    /// XDP, AVX-512 crypto) by trying each; changes nothing
+    #[arg(long, conflicts_with_all = ["stats", "foreground", "shm", "xdp"])]
+    check: bool,
+    /// With --stats or --check: JSON
+    #[arg(long)]
     json: bool,
     /// Write this binary's man page and shell completions into DIR (packaging)
     #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
     dist_files: Option<std::path::PathBuf>,
     /// The interface
-    #[arg(value_name = "IFNAME", required_unless_present = "dist_files",
+    #[arg(value_name = "IFNAME", required_unless_present_any = ["dist_files", "check"],
           value_parser = check_ifname)]
     ifname: Option<String>,
 }
@@ -93,6 +97,10 @@ enum Mode {
         json: bool,
     },
     DistFiles(std::path::PathBuf),
+    /// `--check [--json]`.
+    Check {
+        json: bool,
+    },
 }
 
 /// What wg-quick takes: 1-15 of [a-zA-Z0-9_=+.-]. Above all no `*`, which nftables
@@ -119,6 +127,16 @@ fn parse_args(args: &[String], mut opts: Options) -> Result<Mode, clap::Error> {
     )?;
     if let Some(dir) = cli.dist_files {
         return Ok(Mode::DistFiles(dir));
+    }
+    if cli.check {
+        return Ok(Mode::Check { json: cli.json });
+    }
+    if cli.json && !cli.stats {
+        use clap::CommandFactory as _;
+        return Err(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--json goes with --stats or --check",
+        ));
     }
     let ifname = cli.ifname.unwrap_or_default();
     if let Some(x) = cli.xdp {
@@ -336,7 +354,11 @@ fn run(
         if let Some(r) = region {
             driver = driver.with_shm(r);
         }
-        driver.run()
+        // The interface exists and the UAPI socket listens (its thread answers).
+        portdistrict_logging::notify::ready(&format!("serving {name} (MTU {mtu})"));
+        let exit = driver.run();
+        portdistrict_logging::notify::stopping();
+        exit
     })();
     let _ = std::fs::remove_file(uapi_server::socket_path(&name));
     result
@@ -368,6 +390,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Mode::Check { json } => {
+            let found = portdistrict_dataplane::check::run();
+            if json {
+                println!("{}", portdistrict_dataplane::check::json(&found));
+            } else {
+                print!("{}", portdistrict_dataplane::check::text(&found));
+            }
+            ExitCode::SUCCESS
+        }
         Mode::Stats { ifname, json } => match print_stats(&ifname, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -15,7 +15,11 @@
 //!   stream, as `JOURNAL_STREAM` says): `<P>PROCESS LEVEL: message`, where `<P>` is the
 //!   syslog priority journald turns into the entry's priority (sd-daemon(3)), and no
 //!   time (the journal keeps its own).
+//! - **Service manager.** [`init`] also takes `NOTIFY_SOCKET` for [`notify`]
+//!   (`READY=1`, `STATUS=`, `STOPPING=1` of `Type=notify` units).
 #![forbid(unsafe_code)]
+
+pub mod notify;
 
 use std::fmt;
 use std::time::Instant;
@@ -191,8 +195,10 @@ where
 /// Installs the process-wide subscriber for `process` (the name every line carries,
 /// e.g. `portdistrictd` or `portdistrict-dataplane(wg0)`), with `default` as the level
 /// when neither `RUST_LOG` nor `LOG_LEVEL` says otherwise. Events of the `log` crate
-/// are routed into it. A second call does nothing.
+/// are routed into it. A second call does nothing. It also takes `NOTIFY_SOCKET` out
+/// of the environment for [`notify`] (so call it before any thread starts).
 pub fn init(process: &str, default: Level) {
+    notify::take_from_env();
     let rust_log = std::env::var("RUST_LOG").ok();
     let log_level = std::env::var("LOG_LEVEL").ok();
     let mut d = directives(rust_log.as_deref(), log_level.as_deref(), default);

@@ -162,6 +162,15 @@ fn two_identities_find_each_other_in_dns_and_revocation_cuts_off() {
         );
     }
 
+    // `portdistrict ping` probes the same tunnel and says how it goes.
+    let pinged = alice.machine.run_ok(&["ping", "desk", "--count", "2"]);
+    assert!(
+        pinged.contains("desk.bob.pd.test")
+            && pinged.contains("path direct")
+            && pinged.contains("2 sent, 2 answered"),
+        "{pinged}"
+    );
+
     // The daemon programs the dataplane through shared memory; a corrupt region is
     // reported and counted by the dataplane, which keeps its last good configuration.
     let stats = |n: &ControlNode| {

@@ -320,6 +320,9 @@ fn attested_exits_are_used_only_as_their_pins_say() {
     assert_eq!(on["kill_switch"], "on", "{on}");
     assert_eq!(on["tunnel"], "up", "{on}");
     assert_eq!(on["grants"], 1, "{on}");
+    // `ping provider` probes through the tunnel.
+    let pinged = c1.run(&["ping", "provider", "--count", "2"]);
+    assert!(pinged.contains("2 sent, 2 answered"), "{pinged}");
     // `status` summarizes every role: this machine is a consumer only (it has an
     // identity for its grants, so a mesh part too, but no exit node).
     let all: serde_json::Value = serde_json::from_str(&c1.run(&["status", "--json"])).unwrap();

@@ -16,12 +16,15 @@
 //!   namespaces and UAPI sockets of runs that were killed before their guards ran;
 //! - [`nat`]: a NAT lab (two hosts behind nftables NAT routers of chosen kinds, a
 //!   "public" namespace between them) with loss, conntrack-timeout and relax knobs;
+//! - [`bench_cache`]: where `cargo xtask setup` keeps the peers pd-bench runs that no
+//!   package on the machine installs (Debian 13's wireguard-go), and its layout;
 //! - [`registry`]: every guard also registers what it owns, so that a panic hook can
 //!   undo it where destructors do not run (`panic = "abort"` in release builds).
 //!
 //! Errors are [`Error`]; callers map them into their own (`anyhow` in xtask, typed in
 //! pd-bench) or panic with them (the netns suites).
 
+pub mod bench_cache;
 pub mod error;
 pub mod fresh;
 pub mod names;

@@ -16,8 +16,9 @@ use std::time::Duration;
 const BUILD_LIMIT: Duration = Duration::from_secs(40 * 60);
 /// How long pd-bench gets to unwind (namespaces, daemons) after SIGTERM.
 const UNWIND_GRACE: Duration = Duration::from_secs(60);
-/// Columns pd-bench measures when `--impl` does not say.
-const ALL_IMPLS: u64 = 5;
+/// Columns pd-bench measures when `--impl` does not say (bare veth, portdistrict with
+/// and without XDP, two wireguard-go builds, boringtun, gotatun).
+const ALL_IMPLS: u64 = 7;
 /// Measurements per column and repeat that last `--duration` (TCP 1 and 4 streams, UDP
 /// 1420 and 64 bytes).
 const TIMED_SCENARIOS: u64 = 4;
@@ -162,10 +163,10 @@ mod tests {
     #[test]
     fn limit_follows_duration_repeat_and_impls() {
         let secs = |s: &str| limit(&args(s)).as_secs();
-        // Defaults: 5 columns x (30 + 3 x (4 x 5 + 15)) = 675 s, twice, plus 600.
-        assert_eq!(secs(""), 2 * 675 + 600);
-        // --quick: 5 x (30 + 1 x (4 + 15)) = 245.
-        assert_eq!(secs("--quick"), 2 * 245 + 600);
+        // Defaults: 7 columns x (30 + 3 x (4 x 5 + 15)) = 945 s, twice, plus 600.
+        assert_eq!(secs(""), 2 * 945 + 600);
+        // --quick: 7 x (30 + 1 x (4 + 15)) = 343.
+        assert_eq!(secs("--quick"), 2 * 343 + 600);
         // 2 columns x (30 + 5 x (40 + 15)) = 610.
         assert_eq!(
             secs("--duration 10 --repeat 5 --impl portdistrict,gotatun"),

@@ -10,11 +10,17 @@
 //! - `cargo xtask bench [PD_BENCH_ARGS...]`: the end-to-end throughput harness
 //!   (pd-bench) against bare veth and the other userspace WireGuards.
 //!
+//! - `cargo xtask dist [--check]`: the Debian package (binaries, systemd units, man
+//!   pages, completions), checked by lintian; `--check` installs and purges it in a
+//!   Debian chroot.
+//!
 //! All of them need root (packages, network namespaces).
 
 mod bench;
+mod debian_peer;
 mod demo;
 mod demo_exit;
+mod dist;
 mod guards;
 mod proc;
 mod setup;
@@ -29,9 +35,11 @@ Usage: cargo xtask setup
        cargo xtask demo
        cargo xtask test [--skip-fuzz] [--skip-netns] [--skip-bench] [--only-netns]
        cargo xtask bench [PD_BENCH_ARGS...]
+       cargo xtask dist [--check]
 
   setup   install the tools the demo, the tests and the benchmark run (apt packages,
-          boringtun-cli, gotatun-cli, cargo-fuzz); skips what is already there
+          boringtun-cli, gotatun-cli, cargo-fuzz) and fetch Debian 13's wireguard-go into
+          the bench cache (no install); skips what is already there
   demo    two network namespaces, a portdistrict-dataplane in each configured with wg,
           pings and iperf3 through the tunnel; then an exit node: a consumer in system
           mode reaches an \"internet\" through a provider, behind its kill switch;
@@ -42,8 +50,13 @@ Usage: cargo xtask setup
   bench   setup, release build of portdistrict-dataplane and pd-bench, then
           `pd-bench --dataplane target/release/portdistrict-dataplane PD_BENCH_ARGS...`
           (e.g. --quick, or --duration 10 --repeat 5; see benches/harness/README.md):
-          bare veth, portdistrict, wireguard-go, boringtun and gotatun compared;
+          bare veth, portdistrict, wireguard-go (Debian 13's, fetched by setup into
+          /var/cache/portdistrict-bench, and the one on PATH), boringtun and gotatun;
           exits with pd-bench's exit code
+  dist    the Debian package in target/dist/ (binaries, systemd units, man pages,
+          completions; cargo-deb), checked by lintian; --check also installs it in a
+          fresh Debian chroot (debootstrap), runs it and purges it, and fails if
+          anything is left behind
 
 All of them run as root.";
 
@@ -55,6 +68,10 @@ enum Task {
     Test(suite::Options),
     /// pd-bench's arguments, passed on as they are.
     Bench(Vec<String>),
+    /// `--check`: install and purge in a chroot too.
+    Dist {
+        check: bool,
+    },
     Help,
 }
 
@@ -80,6 +97,11 @@ fn parse(args: &[String]) -> Result<Task> {
             return Ok(Task::Test(o));
         }
         "bench" => return Ok(Task::Bench(rest.to_vec())),
+        "dist" => match rest {
+            [] => return Ok(Task::Dist { check: false }),
+            [c] if c == "--check" => return Ok(Task::Dist { check: true }),
+            _ => bail!("`cargo xtask dist` takes only --check\n\n{USAGE}"),
+        },
         "help" | "-h" | "--help" => Task::Help,
         other => bail!("unknown task {other}\n\n{USAGE}"),
     };
@@ -145,6 +167,7 @@ fn main() -> ExitCode {
             }
         }),
         Task::Bench(args) => bench::run(&args).map(ExitCode::from),
+        Task::Dist { check } => dist::run(check).map(|_| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -5,9 +5,14 @@
 //! toolchain (`rustup toolchain install nightly --profile minimal` when it is missing)
 //! and `cargo-fuzz`. Where rustup cannot install nightly (no rustup, or its server out of
 //! reach), setup says so in a warning and the suite runs without the fuzz smoke.
+//! With the peers it also fetches Debian 13's `wireguard-go` into the bench cache
+//! ([`crate::debian_peer`]); where it cannot, it says so in a warning and pd-bench runs
+//! without that column.
 
+use crate::debian_peer;
 use crate::proc::{capture, cmd, output, require_root, run_streamed, which};
 use anyhow::{bail, Context as _, Result};
+use portdistrict_testkit::bench_cache::{self, CachedPeer};
 use std::process::Command;
 use std::time::Duration;
 
@@ -42,11 +47,14 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("knotd", "knot"),
     ("knotc", "knot"),
     ("kdig", "knot-dnsutils"),
-    // netns-tests/tests/metrics.rs and exit_serve.rs check the metrics endpoints'
-    // text with `promtool check metrics`. Only promtool is used; on a machine that
-    // runs systemd the package also starts its server (`systemctl disable --now
-    // prometheus` stops it), in a container policy-rc.d keeps it stopped.
+    // netns-tests/tests/metrics.rs, exit_serve.rs and control_dns.rs check the
+    // metrics endpoints' text with `promtool check metrics`. Only promtool is used; on
+    // a machine that runs systemd the package also starts its server (`systemctl
+    // disable --now prometheus` stops it), in a container policy-rc.d keeps it stopped.
     ("promtool", "prometheus"),
+    // systemd_units.rs: verify and the exposure of dist/systemd/ (a path: the
+    // binary the test runs).
+    ("/usr/bin/systemd-analyze", "systemd"),
     // The XDP program (ebpf/) is compiled by clang with libbpf's and the kernel's
     // headers; a path stands for a file the package installs.
     ("clang", "clang"),
@@ -72,6 +80,9 @@ const NIGHTLY: &str = "nightly";
 pub(crate) struct Ready {
     /// Why the fuzz smoke cannot run here (`None`: it can, or it was not asked for).
     pub(crate) fuzz_unavailable: Option<String>,
+    /// Why pd-bench's Debian 13 wireguard-go column will be missing (`None`: it is
+    /// cached, or the peers were not asked for).
+    pub(crate) current_wireguard_go_unavailable: Option<String>,
 }
 
 /// Which optional tool sets to install.
@@ -113,6 +124,7 @@ const PEERS: &[(&str, &str)] = &[
 pub(crate) fn run(needs: Needs) -> Result<Ready> {
     require_root("setup")?;
     apt(needs)?;
+    let mut ready = Ready::default();
     if needs.peers {
         for (krate, executable) in PEERS {
             cargo_tool(
@@ -121,8 +133,16 @@ pub(crate) fn run(needs: Needs) -> Result<Ready> {
                 &mut cargo_install(false, krate),
             )?;
         }
+        let peer = CachedPeer::wireguard_go_debian13(&bench_cache::root());
+        if let Err(why) = debian_peer::ensure(&peer) {
+            let w = format!(
+                "WARNING: could not fetch Debian {}'s {} ({why}); pd-bench runs WITHOUT its column",
+                peer.release, peer.package
+            );
+            println!("setup: {w}");
+            ready.current_wireguard_go_unavailable = Some(w);
+        }
     }
-    let mut ready = Ready::default();
     if needs.fuzz {
         match ensure_toolchain(NIGHTLY, &[]) {
             Ok(()) => cargo_tool(

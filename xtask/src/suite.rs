@@ -42,10 +42,11 @@ enum Step {
     Unit,
     Fuzz,
     Netns,
+    Dist,
     Bench,
 }
 
-const ALL_STEPS: [Step; 8] = [
+const ALL_STEPS: [Step; 9] = [
     Step::Setup,
     Step::Fmt,
     Step::Clippy,
@@ -53,6 +54,7 @@ const ALL_STEPS: [Step; 8] = [
     Step::Unit,
     Step::Fuzz,
     Step::Netns,
+    Step::Dist,
     Step::Bench,
 ];
 
@@ -65,7 +67,8 @@ impl Step {
             Step::Build => "cargo build --release --workspace",
             Step::Unit => "cargo test --workspace --exclude portdistrict-netns-tests",
             Step::Fuzz => "fuzz smoke (cargo +nightly fuzz run, each target)",
-            Step::Netns => "netns suite (cargo test --release -p portdistrict-netns-tests)",
+            Step::Netns => "netns suite (cargo test --profile netns -p portdistrict-netns-tests)",
+            Step::Dist => "cargo xtask dist (the Debian package, lintian)",
             Step::Bench => "pd-bench --quick (every scenario runs; numbers are not checked)",
         }
     }
@@ -118,6 +121,7 @@ pub(crate) fn run(o: Options) -> Result<bool> {
         let t = Instant::now();
         let outcome = run_step(step, &steps).map(|r| {
             if let Some(r) = r {
+                warnings.extend(r.current_wireguard_go_unavailable.clone());
                 ready = r;
             }
         });
@@ -193,6 +197,7 @@ fn run_step(step: Step, steps: &[Step]) -> Result<Option<setup::Ready>> {
         ]),
         Step::Fuzz => fuzz_smoke(),
         Step::Netns => netns(),
+        Step::Dist => crate::dist::package(false).map(|_| ()),
         Step::Bench => quick_bench(),
     }
     .map(|()| None)
@@ -211,6 +216,23 @@ fn cargo(args: &[&str]) -> Result<()> {
     run_streamed(&mut crate::cargo(args), STEP_LIMIT)
 }
 
+/// The netns suite's cargo command. `--profile netns` (the workspace's Cargo.toml):
+/// release optimizations without cross-crate LTO. Its test binaries cannot reuse the
+/// release build's dependencies, whatever the flags: tests are always built with
+/// `panic = "unwind"`, the release build with `"abort"` (cargo's unit graph: 169 of the
+/// 205 units this step adds differ from the release build's in `panic` alone, 6 in
+/// `panic` and features, 30 are the suite's own targets). What the profile saves is a
+/// thin-LTO link per test binary.
+const NETNS_TEST: [&str; 7] = [
+    "test",
+    "--profile",
+    "netns",
+    "-p",
+    "portdistrict-netns-tests",
+    "--",
+    "--test-threads=2",
+];
+
 fn netns() -> Result<()> {
     let binary = crate::target_dir().join("release/portdistrict-dataplane");
     let binary = binary.canonicalize().with_context(|| {
@@ -220,14 +242,7 @@ fn netns() -> Result<()> {
         )
     })?;
     println!("PD_DATAPLANE={}", binary.display());
-    let mut c = crate::cargo(&[
-        "test",
-        "--release",
-        "-p",
-        "portdistrict-netns-tests",
-        "--",
-        "--test-threads=2",
-    ]);
+    let mut c = crate::cargo(&NETNS_TEST);
     c.env("PD_DATAPLANE", &binary);
     run_streamed(&mut c, STEP_LIMIT)
 }
@@ -317,7 +332,8 @@ mod tests {
     fn default_plan_runs_everything_in_order() {
         assert_eq!(plan(Options::default()).unwrap(), ALL_STEPS);
         assert_eq!(ALL_STEPS.last(), Some(&Step::Bench));
-        assert_eq!(ALL_STEPS[ALL_STEPS.len() - 2], Step::Netns);
+        assert_eq!(ALL_STEPS[ALL_STEPS.len() - 2], Step::Dist);
+        assert_eq!(ALL_STEPS[ALL_STEPS.len() - 3], Step::Netns);
     }
 
     #[test]
@@ -335,6 +351,7 @@ mod tests {
                 Step::Clippy,
                 Step::Build,
                 Step::Unit,
+                Step::Dist,
                 Step::Bench
             ]
         );
@@ -342,7 +359,7 @@ mod tests {
             skip_bench: true,
             ..Options::default()
         };
-        assert_eq!(plan(o).unwrap(), ALL_STEPS[..7]);
+        assert_eq!(plan(o).unwrap(), ALL_STEPS[..8]);
         let o = Options {
             only_netns: true,
             ..Options::default()
@@ -360,6 +377,7 @@ mod tests {
     fn a_fuzz_smoke_setup_could_not_prepare_is_skipped_with_a_warning() {
         let ready = setup::Ready {
             fuzz_unavailable: Some("no nightly toolchain: rustup could not install it".into()),
+            ..setup::Ready::default()
         };
         let w = skipped_for(Step::Fuzz, &ready).expect("skipped");
         assert!(
@@ -389,6 +407,32 @@ mod tests {
         })
         .unwrap();
         assert!(!needs(&neither).peers && needs(&neither).fuzz);
+    }
+
+    #[test]
+    fn the_netns_suite_builds_with_the_netns_profile_and_runs_every_test() {
+        assert_eq!(NETNS_TEST[..3], ["test", "--profile", "netns"]);
+        // No test filter and no --lib/--test selection: every test of the package runs.
+        let before_args: Vec<&str> = NETNS_TEST
+            .iter()
+            .copied()
+            .take_while(|a| *a != "--")
+            .collect();
+        assert_eq!(
+            before_args,
+            [
+                "test",
+                "--profile",
+                "netns",
+                "-p",
+                "portdistrict-netns-tests"
+            ]
+        );
+        let manifest = std::fs::read_to_string(crate::workspace_root().join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains("[profile.netns]\ninherits = \"release\""),
+            "the profile is defined"
+        );
     }
 
     #[test]

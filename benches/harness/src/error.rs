@@ -24,6 +24,17 @@ pub(crate) enum Error {
         /// How to install it.
         hint: String,
     },
+    /// A peer that `cargo xtask setup` fetches into the bench cache is not there.
+    #[error(
+        "{what} is not in the bench cache ({path} missing): `cargo xtask setup` fetches \
+         it (it printed a WARNING if it could not)"
+    )]
+    NotCached {
+        /// The peer, e.g. `wireguard-go (Debian 13)`.
+        what: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
     /// Our dataplane binary is not where `--dataplane` (or the default) says.
     #[error(
         "portdistrict-dataplane not found at {0}: build it with \

@@ -1,7 +1,10 @@
-//! The implementations compared: bare veth (no tunnel) and four userspace WireGuards,
-//! with where to find each and how to start it in the foreground.
+//! The implementations compared: bare veth (no tunnel), ours (with and without the
+//! XDP filter) and four other userspace WireGuards (two builds of wireguard-go), with
+//! where to find each and how to start it in the foreground.
 
 use std::path::{Path, PathBuf};
+
+use portdistrict_testkit::bench_cache::{self, CachedPeer};
 
 use crate::error::Error;
 use crate::proc::find_program;
@@ -16,7 +19,12 @@ pub(crate) enum Impl {
     /// Ours with `--xdp off`: what the XDP program costs, and what it saves under
     /// a flood.
     PortdistrictXdpOff,
-    /// `wireguard-go` (Debian package `wireguard-go`).
+    /// Debian 13's `wireguard-go` (0.0.20231211 when written: TUN TSO/GRO and UDP
+    /// GSO/GRO), from the bench cache that `cargo xtask setup` fills: the headline
+    /// comparison.
+    WireguardGoDeb13,
+    /// The `wireguard-go` on `$PATH` (here Debian 12's package: the 2022 release,
+    /// without those offloads).
     WireguardGo,
     /// `boringtun-cli` (crates.io).
     Boringtun,
@@ -26,10 +34,11 @@ pub(crate) enum Impl {
 
 impl Impl {
     /// Every implementation, in column order.
-    pub(crate) const ALL: [Impl; 6] = [
+    pub(crate) const ALL: [Impl; 7] = [
         Impl::Bare,
         Impl::Portdistrict,
         Impl::PortdistrictXdpOff,
+        Impl::WireguardGoDeb13,
         Impl::WireguardGo,
         Impl::Boringtun,
         Impl::Gotatun,
@@ -41,6 +50,7 @@ impl Impl {
             Impl::Bare => "bare-veth",
             Impl::Portdistrict => "portdistrict",
             Impl::PortdistrictXdpOff => "portdistrict-xdp-off",
+            Impl::WireguardGoDeb13 => "wireguard-go-deb13",
             Impl::WireguardGo => "wireguard-go",
             Impl::Boringtun => "boringtun",
             Impl::Gotatun => "gotatun",
@@ -53,6 +63,7 @@ impl Impl {
             "bare" | "bare-veth" | "veth" => Some(Impl::Bare),
             "portdistrict" | "pd" => Some(Impl::Portdistrict),
             "portdistrict-xdp-off" | "pd-xdp-off" => Some(Impl::PortdistrictXdpOff),
+            "wireguard-go-deb13" | "wg-go-deb13" => Some(Impl::WireguardGoDeb13),
             "wireguard-go" | "wg-go" => Some(Impl::WireguardGo),
             "boringtun" | "boringtun-cli" => Some(Impl::Boringtun),
             "gotatun" | "gotatun-cli" => Some(Impl::Gotatun),
@@ -64,6 +75,7 @@ impl Impl {
     fn program(self) -> Option<(&'static str, &'static str)> {
         match self {
             Impl::Bare | Impl::Portdistrict | Impl::PortdistrictXdpOff => None,
+            Impl::WireguardGoDeb13 => None,
             Impl::WireguardGo => Some((
                 "wireguard-go",
                 "install it with `cargo xtask setup` (or `apt-get install wireguard-go`)",
@@ -79,14 +91,30 @@ impl Impl {
         }
     }
 
-    /// The daemon's executable: `dataplane` for ours, a `$PATH` (or `~/.cargo/bin`)
-    /// lookup for peers; `None` for bare veth.
+    /// The peer that `cargo xtask setup` fetches into the bench cache, if this is one.
+    pub(crate) fn cached(self) -> Option<CachedPeer> {
+        (self == Impl::WireguardGoDeb13)
+            .then(|| CachedPeer::wireguard_go_debian13(&bench_cache::root()))
+    }
+
+    /// The daemon's executable: `dataplane` for ours, the bench cache for Debian 13's
+    /// wireguard-go, a `$PATH` (or `~/.cargo/bin`) lookup for other peers; `None` for
+    /// bare veth.
     pub(crate) fn binary(self, dataplane: &Path) -> Result<Option<PathBuf>, Error> {
         if matches!(self, Impl::Portdistrict | Impl::PortdistrictXdpOff) {
             if !dataplane.is_file() {
                 return Err(Error::MissingDataplane(dataplane.to_owned()));
             }
             return Ok(Some(dataplane.to_owned()));
+        }
+        if let Some(peer) = self.cached() {
+            return match peer.cached_version() {
+                Some(_) => Ok(Some(peer.binary())),
+                None => Err(Error::NotCached {
+                    what: format!("{} (Debian {})", peer.package, peer.release),
+                    path: peer.version_file(),
+                }),
+            };
         }
         let Some((program, hint)) = self.program() else {
             return Ok(None);
@@ -104,7 +132,7 @@ impl Impl {
     pub(crate) fn daemon_args(self) -> &'static [&'static str] {
         match self {
             Impl::Bare => &[],
-            Impl::Portdistrict | Impl::WireguardGo => &["--foreground"],
+            Impl::Portdistrict | Impl::WireguardGo | Impl::WireguardGoDeb13 => &["--foreground"],
             Impl::PortdistrictXdpOff => &["--foreground", "--xdp", "off"],
             Impl::Boringtun | Impl::Gotatun => &[
                 "--foreground",
@@ -166,5 +194,17 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("cargo build --release"), "{e}");
         assert_eq!(Impl::Bare.binary(Path::new("/x")).unwrap(), None);
+    }
+
+    #[test]
+    fn debian13_wireguard_go_comes_from_the_bench_cache() {
+        let peer = Impl::WireguardGoDeb13.cached().expect("a cached peer");
+        assert_eq!(peer.package, "wireguard-go");
+        assert_eq!(Impl::WireguardGo.cached(), None);
+        assert_eq!(
+            Impl::WireguardGoDeb13.daemon_args(),
+            Impl::WireguardGo.daemon_args()
+        );
+        assert_eq!(Impl::parse("wg-go-deb13"), Some(Impl::WireguardGoDeb13));
     }
 }

@@ -4,18 +4,20 @@
 //! pair with the implementation's daemon on each end (or no daemon: bare veth), then
 //! measures the same scenarios on each (TCP 1 and 4 streams, UDP packet rates at 1420
 //! and 64 bytes, ping idle and under load), repeating them with the implementations
-//! interleaved (`for rep { for impl { all scenarios } }`). It reports medians with
-//! min–max spread, portdistrict's ratio to every other column, the daemons' CPU seconds
+//! interleaved (`for rep { for impl { all scenarios } }`). It reports every column's
+//! version, leads with portdistrict's ratios to the current wireguard-go ([`headline`]),
+//! then medians with min–max spread, portdistrict's ratio to every other column, the daemons' CPU seconds
 //! per GB and peak RSS, as a table on stdout, a JSON file and an SVG chart. Then, for
 //! each tunnel, the [`scale`] section: one daemon's memory with no peer and with 1,000
 //! peers, and how long `wg setconf` took to configure them.
 //!
-//! Flow: [`cli`] → [`impls`] (find binaries) → [`topo`] (namespaces, daemons) →
+//! Flow: [`cli`] → [`impls`] (find binaries) → [`versions`] → [`topo`] (namespaces, daemons) →
 //! [`measure`] (one sample) → [`scale`] → [`report`] / [`svg`] (aggregate and render). Every
 //! resource is a guard in [`proc`]'s registry, torn down on return, Ctrl-C or panic.
 
 mod cli;
 mod error;
+mod headline;
 mod impls;
 mod measure;
 mod proc;
@@ -25,6 +27,7 @@ mod stats;
 mod svg;
 mod topo;
 mod usage;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -71,8 +74,15 @@ fn run() -> Result<ExitCode, Error> {
     proc::install_handlers();
     check_tools()?;
     topo::sweep_stale();
+    let load_average = load_average();
     let columns = resolve(&opts)?;
     let mut collected = Collected::default();
+    let revision = versions::revision();
+    for (i, binary, _) in &columns {
+        if let Some(v) = versions::describe(*i, binary.as_deref(), &revision) {
+            collected.versions.insert(*i, v);
+        }
+    }
     let mut topos = build_all(&columns, &mut collected)?;
     measure_all(&opts, &mut topos, &mut collected)?;
     for t in topos.iter().flatten() {
@@ -82,7 +92,7 @@ fn run() -> Result<ExitCode, Error> {
     }
     drop(topos);
     scale_all(&columns, &mut collected)?;
-    let report = Report::build(config(&opts), columns, collected);
+    let report = Report::build(config(&opts, revision, load_average), columns, collected);
     print!("{}", report.text());
     write(&opts.json, &to_json(&report)?)?;
     write(&opts.svg, &svg::render(&report))?;
@@ -114,13 +124,17 @@ fn check_tools() -> Result<(), Error> {
 }
 
 /// Finds every selected implementation's binary. A missing peer is an error in quick
-/// mode and a skipped column otherwise; a missing dataplane is always an error.
+/// mode and a skipped column otherwise, except a peer missing from the bench cache
+/// (setup warned that it could not fetch it): always a skipped column, shown in the
+/// report. A missing dataplane is always an error.
 fn resolve(opts: &cli::Options) -> Result<Vec<Column>, Error> {
     let mut out = Vec::new();
     for &i in &opts.impls {
         match i.binary(&opts.dataplane) {
             Ok(b) => out.push((i, b, None)),
-            Err(e) if opts.quick || i == Impl::Portdistrict => return Err(e),
+            Err(e) if (opts.quick && i.cached().is_none()) || i == Impl::Portdistrict => {
+                return Err(e)
+            }
             Err(e) => {
                 eprintln!("pd-bench: skipping {}: {e}", i.name());
                 out.push((i, None, Some(e.to_string())));
@@ -256,8 +270,21 @@ fn failure(i: Impl, s: Option<Scenario>, repeat: u32, e: &Error) -> Failure {
     }
 }
 
-fn config(opts: &cli::Options) -> Config {
+/// `/proc/loadavg`'s first three fields (`?` where unreadable).
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
+    if fields.len() == 3 {
+        fields.join(" ")
+    } else {
+        "?".to_owned()
+    }
+}
+
+fn config(opts: &cli::Options, revision: String, load_average: String) -> Config {
     Config {
+        revision,
+        load_average,
         duration_s: opts.duration,
         repeat: opts.repeat,
         quick: opts.quick,

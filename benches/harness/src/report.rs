@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::headline::{self, Headline};
 use crate::impls::Impl;
 use crate::measure::{Sample, Scenario};
 use crate::scale::ScaleSample;
@@ -21,6 +22,8 @@ pub(crate) struct Collected {
     pub(crate) peak_rss: BTreeMap<Impl, Vec<u64>>,
     /// The scale section, one per implementation measured.
     pub(crate) scale: Vec<ScaleSample>,
+    /// Each column's version line ([`crate::versions`]).
+    pub(crate) versions: BTreeMap<Impl, String>,
     /// What went wrong, in order.
     pub(crate) failures: Vec<Failure>,
 }
@@ -45,6 +48,8 @@ pub(crate) struct Report {
     pub(crate) tool: &'static str,
     /// How the run was configured.
     pub(crate) config: Config,
+    /// portdistrict against the current wireguard-go ([`crate::headline`]).
+    pub(crate) headline: Option<Headline>,
     /// The columns, in order, measured or skipped.
     pub(crate) implementations: Vec<ImplReport>,
     /// The rows.
@@ -68,6 +73,10 @@ pub(crate) struct Config {
     pub(crate) dataplane: PathBuf,
     /// `uname -r`.
     pub(crate) kernel: String,
+    /// Ours: `git <describe>` of the checkout.
+    pub(crate) revision: String,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute figures when the run started.
+    pub(crate) load_average: String,
     /// Online CPUs.
     pub(crate) cpus: usize,
 }
@@ -79,6 +88,8 @@ pub(crate) struct ImplReport {
     pub(crate) name: &'static str,
     /// The daemon binary, if any.
     pub(crate) binary: Option<PathBuf>,
+    /// Its version line, if it has a daemon that was found.
+    pub(crate) version: Option<String>,
     /// Why it was not measured, if it was not.
     pub(crate) skipped: Option<String>,
     /// Peak RSS of each daemon, KiB.
@@ -139,19 +150,23 @@ impl Report {
             .into_iter()
             .map(|(i, binary, skipped)| ImplReport {
                 name: i.name(),
+                version: c.versions.get(&i).cloned(),
                 binary,
                 skipped,
                 peak_rss_kib: c.peak_rss.get(&i).cloned().unwrap_or_default(),
             })
             .collect();
-        Report {
+        let mut report = Report {
             tool: "pd-bench",
             config,
+            headline: None,
             implementations,
             scenarios,
             scale: c.scale,
             failures: c.failures,
-        }
+        };
+        report.headline = headline::of(&report);
+        report
     }
 
     /// The measured columns' names, in order.
@@ -295,11 +310,7 @@ impl Report {
                 .chain(names.iter().map(|n| n.to_string()))
                 .collect()
         };
-        let c = &self.config;
-        let mut out = format!(
-            "pd-bench: {} s per run, {} repeat(s), kernel {}, {} CPUs; median (min-max)\n\n",
-            c.duration_s, c.repeat, c.kernel, c.cpus
-        );
+        let mut out = headline::preamble(self);
         let mut rows = vec![header("scenario")];
         for s in &self.scenarios {
             let mut row = vec![format!("{} [{}]", s.label, s.unit)];
@@ -491,6 +502,38 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn example() -> Report {
+        let impls = vec![
+            (Impl::Bare, None, None),
+            (Impl::Portdistrict, Some("/dp".into()), None),
+            (Impl::WireguardGo, Some("/wg".into()), None),
+            (Impl::Gotatun, None, Some("not installed".into())),
+        ];
+        Report::build(example_config(), impls, example_collected())
+    }
+
+    /// [`example`] with the Debian 13 wireguard-go measured too (half as fast as ours
+    /// on TCP 1 stream: 1.25 Gbit/s).
+    pub(crate) fn example_with_deb13() -> Report {
+        let mut c = example_collected();
+        c.samples.insert(
+            (0, Impl::WireguardGoDeb13),
+            vec![sample(1.25, 1_000_000_000, Some(2.0))],
+        );
+        c.versions.insert(
+            Impl::WireguardGoDeb13,
+            "wireguard-go 0.0.20231211 (Debian 13), package 0.0.20231211-1+b9, /c".into(),
+        );
+        let impls = vec![
+            (Impl::Bare, None, None),
+            (Impl::Portdistrict, Some("/dp".into()), None),
+            (Impl::WireguardGoDeb13, Some("/c".into()), None),
+            (Impl::WireguardGo, Some("/wg".into()), None),
+            (Impl::Gotatun, None, Some("not installed".into())),
+        ];
+        Report::build(example_config(), impls, c)
+    }
+
+    fn example_collected() -> Collected {
         let mut c = Collected::default();
         c.samples.insert(
             (0, Impl::Bare),
@@ -525,21 +568,20 @@ pub(crate) mod tests {
             },
             setconf_ms: 42.0,
         });
-        let config = Config {
+        c
+    }
+
+    fn example_config() -> Config {
+        Config {
             duration_s: 1,
             repeat: 2,
             quick: true,
             dataplane: "/dp".into(),
             kernel: "6.18".into(),
+            revision: "git abc".into(),
+            load_average: "0.5 0.4 0.3".into(),
             cpus: 2,
-        };
-        let impls = vec![
-            (Impl::Bare, None, None),
-            (Impl::Portdistrict, Some("/dp".into()), None),
-            (Impl::WireguardGo, Some("/wg".into()), None),
-            (Impl::Gotatun, None, Some("not installed".into())),
-        ];
-        Report::build(config, impls, c)
+        }
     }
 
     #[test]

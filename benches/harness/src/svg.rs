@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 
 use crate::report::{fmt_num, Report};
 
-const COLORS: [&str; 5] = ["#8c8c8c", "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e"];
+const COLORS: [&str; 7] = [
+    "#8c8c8c", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
 const BAR: f64 = 18.0;
 const GAP: f64 = 34.0;
 const LEFT: f64 = 80.0;

@@ -6,8 +6,9 @@ pub(crate) const USAGE: &str = "\
 usage: pd-bench [--quick] [--duration S] [--repeat N] [--impl LIST] [--dataplane PATH]
                 [--json PATH] [--svg PATH]
 
-Measures bare veth, portdistrict, wireguard-go, boringtun and gotatun between two network
-namespaces (TCP 1 and 4 streams, UDP 1420- and 64-byte packet rates, ping idle and under
+Measures bare veth, portdistrict (XDP filter on and off), wireguard-go (Debian 13's build
+from the bench cache, wireguard-go-deb13, and the one on PATH), boringtun and gotatun
+between two network namespaces (TCP 1 and 4 streams, UDP 1420- and 64-byte packet rates, ping idle and under
 load), repeating each scenario with the implementations interleaved; then each tunnel
 daemon's RSS with 0 and 1,000 peers and the `wg setconf` time. Run as root.
 
@@ -16,8 +17,9 @@ daemon's RSS with 0 and 1,000 peers and the `wg setconf` time. Run as root.
                     the scale section (numbers are never compared)
   --duration S      seconds per iperf3 run (default 5)
   --repeat N        repeats per scenario (default 3)
-  --impl LIST       comma-separated subset of: bare-veth,portdistrict,wireguard-go,
-                    boringtun,gotatun (default: all)
+  --impl LIST       comma-separated subset of: bare-veth,portdistrict,
+                    portdistrict-xdp-off,wireguard-go-deb13,wireguard-go,boringtun,
+                    gotatun (default: all)
   --dataplane PATH  our binary (default: target/release/portdistrict-dataplane)
   --json PATH       results file (default: target/pd-bench/results.json)
   --svg PATH        chart file (default: target/pd-bench/results.svg)";

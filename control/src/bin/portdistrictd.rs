@@ -19,7 +19,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(Dirs::from(args.dirs), o) {
+    if let Err(e) = portdistrict_control::need_root("portdistrictd")
+        .and_then(|()| run(Dirs::from(args.dirs), o))
+    {
         eprintln!("portdistrictd: {e:#}");
         std::process::exit(1);
     }

@@ -30,6 +30,29 @@ pub(super) fn probe(
     run(IpAddr::V4(inner_v4), &mut exchange).map(|_| ())
 }
 
+/// One probe within `wait`: its round trip when the provider answered through the
+/// tunnel, `None` when nothing came; a refusal is an error.
+pub(super) fn probe_once(
+    inner_v4: Ipv4Addr,
+    invite: &Invite,
+    key: &PrivateKey,
+    wait: Duration,
+) -> anyhow::Result<Option<Duration>> {
+    let started = std::time::Instant::now();
+    match probe(inner_v4, invite, key, wait) {
+        Ok(()) => Ok(Some(started.elapsed())),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<portdistrict_exitnode::client::ExchangeError>(),
+                Some(portdistrict_exitnode::client::ExchangeError::NoAnswer { .. })
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Carries out `exchange` to its end from a UDP socket on `src` to the provider's
 /// negotiation port.
 fn run(src: IpAddr, exchange: &mut Exchange) -> anyhow::Result<Grant> {

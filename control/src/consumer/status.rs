@@ -193,3 +193,36 @@ fn render(st: &UseStatus) -> String {
     }
     out
 }
+
+/// For `portdistrict ping provider`: the header (provider, tunnel, last handshake) and
+/// a probe to call once per answer wanted (see [`crate::ping`]).
+pub fn provider_probe(
+    dirs: &Dirs,
+    wait: std::time::Duration,
+) -> anyhow::Result<(
+    String,
+    impl FnMut() -> anyhow::Result<Option<std::time::Duration>>,
+)> {
+    use anyhow::Context as _;
+    let st = gather(dirs)?;
+    let on = st
+        .on
+        .context("system mode is not on: `portdistrict use INVITE --mode system` first")?;
+    let granted = on
+        .granted
+        .context("system mode has no grant yet (blocked): `portdistrict use` again to finish it")?;
+    let dir = UseDir::new(dirs)?;
+    let s = dir.load()?.context("system mode's state went away")?;
+    let invite = Invite::decode(&s.invite).context("the saved invite")?;
+    let key = dir.wg_key()?;
+    let handshake = match on.last_handshake_secs_ago {
+        Some(t) => format!("last handshake {t}s ago"),
+        None => "no handshake yet".to_owned(),
+    };
+    let header = format!(
+        "provider {} on {} (tunnel {}, kill switch {}): path direct, {handshake}\n",
+        on.provider, on.interface, on.tunnel, on.kill_switch
+    );
+    let probe = move || super::negotiation::probe_once(granted.inner_v4, &invite, &key, wait);
+    Ok((header, probe))
+}

@@ -24,8 +24,9 @@ mod publish;
 mod refresh;
 mod traversal;
 
-pub use options::{DaemonArgs, DaemonOptions, DEFAULT_CONFIG};
+pub use options::{configured, DaemonArgs, DaemonOptions, DEFAULT_CONFIG};
 pub use portdistrict_control_core::mesh::PeerDevice;
+pub(crate) use publish::detect_addresses;
 
 use crate::device::this_device;
 use crate::freshness::{Freshness, Grace, Kept};
@@ -283,12 +284,29 @@ impl Daemon {
         term: &AtomicBool,
         ctl: Option<&crate::ctl::Control>,
     ) -> anyhow::Result<()> {
+        let mut first = true;
         loop {
             let result = self.cycle();
             self.metrics.cycle_done(result.is_ok(), crate::exit::now());
-            match result {
-                Ok(n) => tracing::info!("cycle done: {n} peer devices connected"),
-                Err(e) => tracing::error!("cycle failed: {e:#}"),
+            let status = match result {
+                Ok(n) => {
+                    tracing::info!("cycle done: {n} peer devices connected");
+                    format!("{n} peer devices connected on {}", self.o.interface)
+                }
+                Err(e) => {
+                    tracing::error!("cycle failed: {e:#}");
+                    format!(
+                        "{} peer devices connected on {}; the last cycle failed: {e:#}",
+                        self.connected.len(),
+                        self.o.interface
+                    )
+                }
+            };
+            // Ready once the control socket listens and the first cycle has run
+            // (a failed one included: the next retries, and the tunnel is up).
+            match std::mem::take(&mut first) {
+                true => portdistrict_logging::notify::ready(&status),
+                false => portdistrict_logging::notify::status(&status),
             }
             // A change through the control socket (`peer trust`, `peer revoke`,
             // `device roster add|remove`, ...) republishes at once with the new key
@@ -297,6 +315,9 @@ impl Daemon {
             let mut slept = Duration::ZERO;
             while slept < self.o.interval {
                 if term.load(Ordering::Relaxed) {
+                    // The tunnel stays (its dataplane runs on; a restarted daemon
+                    // takes it up): stop and restart cannot be told apart here.
+                    portdistrict_logging::notify::stopping();
                     return Ok(());
                 }
                 if ctl.is_some_and(|c| c.poll_holding(self.seed.as_ref())) {

@@ -85,6 +85,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/portdistrict/portdistrictd.toml";
 #[command(
     name = "portdistrictd",
     version,
+    args_override_self = true,
     about = "The portdistrict control daemon: publishes this identity's records in DNS \
              (RFC 2136 + TSIG), reads its trusted peers' records and connects this device's \
              tunnel to every trusted device, every interval, until SIGTERM.",
@@ -233,6 +234,15 @@ fn read_config(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Vec<St
         kv.insert(k, values);
     }
     Ok(kv)
+}
+
+/// The value of `key` in the configuration file `path`, when the file exists and sets
+/// it (the first value of a list).
+pub fn configured(path: &std::path::Path, key: &str) -> Option<String> {
+    if !path.exists() {
+        return None;
+    }
+    read_config(path).ok()?.remove(key)?.into_iter().next()
 }
 
 impl DaemonOptions {
@@ -423,6 +433,28 @@ impl DaemonOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flag_given_twice_takes_the_last_and_lists_add_up() {
+        let m = {
+            use clap::CommandFactory as _;
+            DaemonArgs::command()
+                .no_binary_name(true)
+                .try_get_matches_from([
+                    "--interval",
+                    "5s",
+                    "--interval",
+                    "6s",
+                    "--endpoint",
+                    "192.0.2.1:1",
+                    "--endpoint",
+                    "192.0.2.2:2",
+                ])
+                .unwrap()
+        };
+        assert_eq!(m.get_one::<String>("interval").unwrap(), "6s");
+        assert_eq!(m.get_many::<String>("endpoint").unwrap().count(), 2);
+    }
 
     #[test]
     fn every_flag_is_a_known_key() {

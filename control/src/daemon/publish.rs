@@ -10,7 +10,7 @@ use portdistrict_wg::PrivateKey;
 use std::net::{IpAddr, SocketAddr};
 
 /// Global addresses of this machine's interfaces (except `skip`), from `ip -o addr`.
-fn detect_addresses(skip: &str) -> Vec<IpAddr> {
+pub(crate) fn detect_addresses(skip: &str) -> Vec<IpAddr> {
     let Ok(mut h) = portdistrict_netlink::Handle::open() else {
         return Vec::new();
     };

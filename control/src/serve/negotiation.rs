@@ -45,6 +45,8 @@ impl Serving<'_> {
             },
             self.upstream
         ));
+        let consumers = consumers_of(&applied);
+        portdistrict_logging::notify::ready(&self.status_line(consumers));
         let shared = Shared {
             decider: self.decider(),
             term: self.term,
@@ -86,6 +88,7 @@ impl Serving<'_> {
         let mut buf = [0u8; 512];
         let mut last_sync = Instant::now();
         let mut failing = false;
+        let mut consumers = consumers_of(applied);
         while !self.term.load(Ordering::Relaxed) {
             // `exit revoke` / `exit invite` (through the control socket) changed the
             // store, or invites expired. A store that cannot be read for a moment is
@@ -113,6 +116,11 @@ impl Serving<'_> {
                     }
                     Err(_) => {}
                 }
+                let now = consumers_of(applied);
+                if now != consumers {
+                    consumers = now;
+                    portdistrict_logging::notify::status(&self.status_line(consumers));
+                }
             }
             let (n, from) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
@@ -136,6 +144,14 @@ impl Serving<'_> {
         Ok(())
     }
 
+    /// The service manager's status line (`systemctl status`).
+    fn status_line(&self, consumers: usize) -> String {
+        format!(
+            "exit node up on {}, {consumers} consumers",
+            self.o.interface
+        )
+    }
+
     /// Decides requests, shared with the exit channel's threads.
     fn decider(&self) -> Decider<'_> {
         Decider {
@@ -144,4 +160,9 @@ impl Serving<'_> {
             ipv6: self.ipv6,
         }
     }
+}
+
+/// How many consumers are peers of the tunnel now.
+fn consumers_of(applied: &Mutex<Applied>) -> usize {
+    applied.lock().map(|a| a.peers.len()).unwrap_or_default()
 }
