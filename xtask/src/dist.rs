@@ -60,6 +60,7 @@ pub(crate) fn package(check: bool) -> Result<PathBuf> {
             "-p",
             "portdistrict-control",
             "--no-build",
+            "--strip",
             "--output",
             &out.to_string_lossy(),
         ]),
@@ -147,7 +148,11 @@ fn stage(release: &Path) -> Result<()> {
             || dist.join("man").join(&name),
             |c| dist.join("completions").join(c),
         );
-        std::fs::rename(&path, &to)?;
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(&path, &to)
+            .with_context(|| format!("moving {} to {}", path.display(), to.display()))?;
         if name.ends_with(".1") {
             // Debian's man pages are compressed, reproducibly (no name, no time).
             output(
@@ -200,7 +205,7 @@ fn packaged_unit(text: &str) -> String {
 /// `lintian` on the package: its tags shown, an error fails.
 fn lintian(deb: &Path) -> Result<()> {
     let out = std::process::Command::new("lintian")
-        .args(["--fail-on", "error", "--no-tag-display-limit"])
+        .args(["--fail-on", "error", "--tag-display-limit", "0"])
         .arg(deb)
         .output()
         .context("running lintian")?;
@@ -269,7 +274,8 @@ fn chroot_check(deb: &Path) -> Result<()> {
         "usr/share/bash-completion/completions/portdistrict",
         "lib/systemd/system/portdistrict-killswitch.service",
     ] {
-        if !installed.contains(want) {
+        // With merged /usr, /lib is a link to /usr/lib.
+        if !installed.contains(want) && !installed.contains(&format!("usr/{want}")) {
             bail!("the package did not install {want}");
         }
     }

@@ -68,7 +68,7 @@ impl Step {
             Step::Unit => "cargo test --workspace --exclude portdistrict-netns-tests",
             Step::Fuzz => "fuzz smoke (cargo +nightly fuzz run, each target)",
             Step::Netns => "netns suite (cargo test --profile netns -p portdistrict-netns-tests)",
-            Step::Dist => "cargo xtask dist (the Debian package, lintian)",
+            Step::Dist => "cargo xtask dist --check (the Debian package, lintian, install and purge in a chroot)",
             Step::Bench => "pd-bench --quick (every scenario runs; numbers are not checked)",
         }
     }
@@ -197,7 +197,7 @@ fn run_step(step: Step, steps: &[Step]) -> Result<Option<setup::Ready>> {
         ]),
         Step::Fuzz => fuzz_smoke(),
         Step::Netns => netns(),
-        Step::Dist => crate::dist::package(false).map(|_| ()),
+        Step::Dist => crate::dist::package(true).map(|_| ()),
         Step::Bench => quick_bench(),
     }
     .map(|()| None)
