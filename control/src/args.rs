@@ -12,6 +12,16 @@ pub(crate) fn hex_bytes<const N: usize>(flag: &str, v: &str) -> anyhow::Result<[
         .with_context(|| format!("{flag}: {} bytes, expected {N}", b.len()))
 }
 
+/// `--endpoint HOST:PORT`: its first address.
+pub(crate) fn endpoint(value: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    value
+        .to_socket_addrs()
+        .with_context(|| format!("--endpoint {value}: expected HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--endpoint {value}: no address"))
+}
+
 /// `--min-abi MAJOR.MINOR`.
 pub(crate) fn parse_abi(v: &str) -> anyhow::Result<(u8, u8)> {
     v.split_once('.')

@@ -36,7 +36,7 @@ use portdistrict_exitnode::store::Store;
 use portdistrict_netlink as nl;
 use portdistrict_wg::config::ConfigChange;
 use portdistrict_wg::PrivateKey;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -154,12 +154,7 @@ impl ServeOptions {
         o.interface = crate::ifname("--interface", &a.interface)?;
         o.listen_port = a.listen_port;
         for value in &a.endpoint {
-            let first = value
-                .to_socket_addrs()
-                .with_context(|| format!("--endpoint {value}: expected HOST:PORT"))?
-                .next()
-                .with_context(|| format!("--endpoint {value}: no address"))?;
-            o.endpoints.push(first);
+            o.endpoints.push(crate::args::endpoint(value)?);
         }
         o.ipv6 = a.ipv6;
         if let Some(value) = &a.dns_upstream {

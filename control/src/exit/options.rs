@@ -4,7 +4,7 @@ use super::{InviteFormat, MAX_EXPIRY};
 use crate::parse_duration;
 use anyhow::{bail, Context as _};
 use portdistrict_exitnode::invite::{Pin, MAX_ENDPOINTS};
-use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// `exit invite` on the command line (checked into [`InviteOptions`]).
@@ -100,12 +100,7 @@ impl InviteOptions {
             qr: a.qr,
         };
         for value in &a.endpoint {
-            let first = value
-                .to_socket_addrs()
-                .with_context(|| format!("--endpoint {value}: expected HOST:PORT"))?
-                .next()
-                .with_context(|| format!("--endpoint {value}: no address"))?;
-            o.endpoints.push(first);
+            o.endpoints.push(crate::args::endpoint(value)?);
         }
         if let Some(m) = &a.measurement {
             o.pin = Some(Pin {
