@@ -1,5 +1,6 @@
 //! Parsers of command-line values that several commands share (`attest verify`, `exit
-//! grant`, `exit invite`, `use`): hex of a fixed length, an ABI version, an SMT rule.
+//! grant`, `exit invite`, `use`): hex of a fixed length, an ABI version, an SMT rule, an
+//! endpoint; and [`parse_args`], one command's options from words.
 
 use anyhow::{bail, Context as _};
 use portdistrict_control_core::attest::Smt;
@@ -36,4 +37,18 @@ pub(crate) fn parse_smt(v: &str) -> anyhow::Result<Smt> {
         "forbidden" => Ok(Smt::Forbidden),
         _ => bail!("--smt {v}: any or forbidden"),
     }
+}
+
+/// Parses `argv` (one command's options, without its name) as `A`, the way the
+/// command line would; clap's message is the error. For tests and the control
+/// socket, which carry options as words.
+pub(crate) fn parse_args<A: clap::Args + clap::FromArgMatches>(
+    name: &'static str,
+    argv: &[&str],
+) -> anyhow::Result<A> {
+    let cmd = A::augment_args(clap::Command::new(name).no_binary_name(true));
+    let m = cmd
+        .try_get_matches_from(argv)
+        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
+    A::from_arg_matches(&m).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
 }

@@ -69,7 +69,7 @@ pub struct VerifyArgs {
 impl VerifyOptions {
     /// Parses the options of `attest verify` (see [`VerifyArgs`]), as on the command line.
     pub fn parse(args: &[&str]) -> anyhow::Result<VerifyOptions> {
-        VerifyOptions::from_args(crate::cli::parse_args("attest verify", args)?)
+        VerifyOptions::from_args(crate::args::parse_args("attest verify", args)?)
     }
 
     /// Checks `attest verify`'s options.
@@ -397,7 +397,7 @@ pub struct GrantArgs {
 impl GrantOptions {
     /// Parses the options of `exit grant` (see [`GrantArgs`]), as on the command line.
     pub fn parse(args: &[&str]) -> anyhow::Result<GrantOptions> {
-        GrantOptions::from_args(crate::cli::parse_args("exit grant", args)?)
+        GrantOptions::from_args(crate::args::parse_args("exit grant", args)?)
     }
 
     /// Checks `exit grant`'s options.

@@ -356,20 +356,6 @@ pub enum AttestCommand {
     Verify(attest::VerifyArgs),
 }
 
-/// Parses `argv` (one command's options, without its name) as `A`, the way the
-/// command line would; clap's message is the error. For tests and the control
-/// socket, which carry options as words.
-pub fn parse_args<A: Args + clap::FromArgMatches>(
-    name: &'static str,
-    argv: &[&str],
-) -> anyhow::Result<A> {
-    let cmd = A::augment_args(clap::Command::new(name).no_binary_name(true));
-    let m = cmd
-        .try_get_matches_from(argv)
-        .map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
-    A::from_arg_matches(&m).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
-}
-
 /// Writes a man page for `cmd` and one for each of its subcommands (recursively:
 /// `portdistrict-exit-serve.1`) into `dir`; returns how many.
 pub fn write_manpages(cmd: clap::Command, dir: &std::path::Path) -> anyhow::Result<usize> {

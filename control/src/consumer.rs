@@ -115,7 +115,7 @@ pub struct UseArgs {
 impl UseOptions {
     /// Parses the options of `use` (see [`UseArgs`]), as on the command line.
     pub fn parse(opts: &[&str]) -> anyhow::Result<UseOptions> {
-        UseOptions::from_args(crate::cli::parse_args("use", opts)?)
+        UseOptions::from_args(crate::args::parse_args("use", opts)?)
     }
 
     /// Checks `use`'s options; errors name the option and what it takes

@@ -131,7 +131,7 @@ impl ServeOptions {
 
     /// Parses the options of `exit serve` (see [`ServeArgs`]), as on the command line.
     pub fn parse(opts: &[&str]) -> anyhow::Result<ServeOptions> {
-        ServeOptions::from_args(crate::cli::parse_args("exit serve", opts)?)
+        ServeOptions::from_args(crate::args::parse_args("exit serve", opts)?)
     }
 
     /// Checks `exit serve`'s options; errors name the option and what it takes.

@@ -86,7 +86,7 @@ impl InviteOptions {
 
     /// Parses the options of `exit invite` (see [`InviteArgs`]), as on the command line.
     pub fn parse(opts: &[&str]) -> anyhow::Result<InviteOptions> {
-        InviteOptions::from_args(crate::cli::parse_args("exit invite", opts)?)
+        InviteOptions::from_args(crate::args::parse_args("exit invite", opts)?)
     }
 
     /// Checks `exit invite`'s options; errors name the option and what it takes.

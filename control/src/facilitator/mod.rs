@@ -78,7 +78,7 @@ impl ServeOptions {
     /// Parses the options of `facilitator serve` (see [`ServeArgs`]), as on the
     /// command line.
     pub fn parse(args: &[&str]) -> anyhow::Result<ServeOptions> {
-        ServeOptions::from_args(crate::cli::parse_args("facilitator serve", args)?)
+        ServeOptions::from_args(crate::args::parse_args("facilitator serve", args)?)
     }
 
     /// Checks `facilitator serve`'s options.
