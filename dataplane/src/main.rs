@@ -338,7 +338,8 @@ fn run(
         let (tx, rx) = mpsc::channel();
         if let Some(m) = metrics {
             let addr = m.local_addr()?;
-            let scrape = portdistrict_dataplane::metrics::scraper(tx.clone(), wake.clone());
+            let scrape =
+                portdistrict_dataplane::uapi_server::metrics_scraper(tx.clone(), wake.clone());
             portdistrict_metrics::http::spawn(m, scrape).context("starting the metrics thread")?;
             tracing::info!("{name}: metrics on http://{addr}/metrics");
         }

@@ -13,18 +13,15 @@
 //! (no endpoint label: it changes on every roam). Every sample has the label
 //! `interface`.
 
-use crate::io::EventFd;
-use crate::uapi_server::Pending;
 use portdistrict_metrics::{Exposition, Kind, Value};
 use portdistrict_wg::config::PeerStats;
-use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// The prefix of every name.
 const PREFIX: &str = "portdistrict_dataplane_";
 
 /// How long a scrape waits for the event loop.
-const LOOP_TIMEOUT: Duration = Duration::from_secs(4);
+pub(crate) const LOOP_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// One `--stats` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,25 +330,6 @@ fn render_peers(e: &mut Exposition, s: &Snapshot) {
             f.sample(&labels(i), Value::Float(age));
         }
     }
-}
-
-/// The render function of the endpoint: a snapshot from the event loop (over `tx`,
-/// woken through `wake`), rendered.
-pub fn scraper(
-    tx: mpsc::Sender<Pending>,
-    wake: Arc<EventFd>,
-) -> Arc<portdistrict_metrics::http::Render> {
-    Arc::new(move || {
-        let (stx, srx) = mpsc::sync_channel(1);
-        tx.send(Pending::Metrics(stx))
-            .map_err(|_| "the event loop has ended".to_owned())?;
-        wake.signal()
-            .map_err(|e| format!("waking the event loop: {e}"))?;
-        let snapshot = srx
-            .recv_timeout(LOOP_TIMEOUT)
-            .map_err(|_| "the event loop did not answer in time".to_owned())?;
-        Ok(render(&snapshot))
-    })
 }
 
 #[cfg(test)]

@@ -514,5 +514,24 @@ impl Server {
     }
 }
 
+/// The render function of the endpoint: a snapshot from the event loop (over `tx`,
+/// woken through `wake`), rendered.
+pub fn metrics_scraper(
+    tx: mpsc::Sender<Pending>,
+    wake: Arc<EventFd>,
+) -> Arc<portdistrict_metrics::http::Render> {
+    Arc::new(move || {
+        let (stx, srx) = mpsc::sync_channel(1);
+        tx.send(Pending::Metrics(stx))
+            .map_err(|_| "the event loop has ended".to_owned())?;
+        wake.signal()
+            .map_err(|e| format!("waking the event loop: {e}"))?;
+        let snapshot = srx
+            .recv_timeout(crate::metrics::LOOP_TIMEOUT)
+            .map_err(|_| "the event loop did not answer in time".to_owned())?;
+        Ok(crate::metrics::render(&snapshot))
+    })
+}
+
 #[cfg(test)]
 mod tests;
