@@ -94,11 +94,7 @@ fn peer(dirs: &Dirs, name: &str) -> anyhow::Result<(String, Ipv6Addr)> {
     let f = crate::tunnels::load(dirs).context(
         "no mesh tunnels here: `portdistrict ping provider` for system mode, or run portdistrictd",
     )?;
-    let t = f
-        .tunnels
-        .iter()
-        .find(|t| t.name == name || t.name.starts_with(&format!("{name}.")))
-        .with_context(|| format!("no tunnel {name:?} (see `portdistrict tunnel list`)"))?;
+    let t = f.find(name)?;
     let prefix: Ipv6Addr = t
         .prefix
         .split('/')

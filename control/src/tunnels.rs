@@ -92,6 +92,16 @@ pub fn save(dirs: &Dirs, f: &TunnelsFile) -> anyhow::Result<()> {
     .with_context(|| format!("writing {}", tunnels_path(dirs).display()))
 }
 
+impl TunnelsFile {
+    /// The tunnel `name` (`device.namespace`, or its first label).
+    pub(crate) fn find(&self, name: &str) -> anyhow::Result<&Tunnel> {
+        self.tunnels
+            .iter()
+            .find(|t| t.name == name || t.name.starts_with(&format!("{name}.")))
+            .with_context(|| format!("no tunnel {name:?} (see `portdistrict tunnel list`)"))
+    }
+}
+
 pub(crate) fn load(dirs: &Dirs) -> anyhow::Result<TunnelsFile> {
     let path = tunnels_path(dirs);
     match std::fs::read_to_string(&path) {
@@ -222,11 +232,7 @@ fn json_of(t: &Tunnel, l: Live) -> serde_json::Value {
 /// `tunnel show NAME [--json]`.
 pub fn show(dirs: &Dirs, name: &str, json: bool) -> anyhow::Result<String> {
     let f = load(dirs)?;
-    let t = f
-        .tunnels
-        .iter()
-        .find(|t| t.name == name || t.name.starts_with(&format!("{name}.")))
-        .with_context(|| format!("no tunnel {name:?} (see `portdistrict tunnel list`)"))?;
+    let t = f.find(name)?;
     let l = live(&f.interface)
         .get(&t.wg_key)
         .cloned()

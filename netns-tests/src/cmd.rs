@@ -130,3 +130,17 @@ impl ChildGuard {
         self.0.kill();
     }
 }
+
+/// The next sd_notify datagram on `sock` (a `NOTIFY_SOCKET` the test bound), within
+/// `within`; panics when none came.
+pub fn next_notification(
+    sock: &std::os::unix::net::UnixDatagram,
+    within: std::time::Duration,
+) -> String {
+    sock.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no notification within {within:?}: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}

@@ -40,7 +40,7 @@ mod traffic;
 mod wg;
 
 pub use cli::{control_argv, control_binary, output_text, CliMachine, ControlNode};
-pub use cmd::{run, try_run, ChildGuard};
+pub use cmd::{next_notification, run, try_run, ChildGuard};
 pub use daemon::{find_daemon_pids, uut_binary, Daemon, Detached, Implementation};
 pub use iperf::{iperf3_tcp, iperf3_udp, IperfReport};
 pub use knot::{Knot, UpdateKey};

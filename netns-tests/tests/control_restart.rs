@@ -13,7 +13,8 @@
 //! it; `kill_switch.rs` and `consumer_boot.rs` cover the switch itself.
 
 use portdistrict_netns_tests::{
-    find_daemon_pids, output_text, run, uut_binary, ChildGuard, ControlNode, Knot, Netns, TempDir,
+    find_daemon_pids, next_notification, output_text, run, uut_binary, ChildGuard, ControlNode,
+    Knot, Netns, TempDir,
 };
 use std::os::unix::net::UnixDatagram;
 use std::process::Stdio;
@@ -24,16 +25,6 @@ const SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3I=";
 const PINGS: u32 = 320;
 /// Pings that may go missing across the restart (0.5 s worth).
 const MAX_LOST: u32 = 10;
-
-/// The next notification on `sock`, within `within`.
-fn next_notification(sock: &UnixDatagram, within: Duration) -> String {
-    sock.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = sock
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no notification within {within:?}: {e}"));
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
 
 /// The first notification on `sock` with the line `line` (others, such as a cycle's
 /// `STATUS=`, are passed over), within `within`.

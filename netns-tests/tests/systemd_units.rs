@@ -15,7 +15,7 @@
 //! `control_restart.rs`.)
 
 use portdistrict_netns_tests::{
-    run, uut_binary, wait_until, ChildGuard, CliMachine, Netns, TempDir, Veth,
+    next_notification, run, uut_binary, wait_until, ChildGuard, CliMachine, Netns, TempDir, Veth,
 };
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -121,16 +121,6 @@ fn every_unit_is_exposed_at_most_5() {
             unit.display()
         );
     }
-}
-
-/// The next notification on `sock` (bounded wait).
-fn next_notification(sock: &UnixDatagram, within: Duration) -> String {
-    sock.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 4096];
-    let n = sock
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no notification within {within:?}: {e}"));
-    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// `get=1` over the UAPI socket answers `errno=0`.
